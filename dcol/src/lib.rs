@@ -1,0 +1,15 @@
+//! DCol, the Detour Collective: MPTCP detours through other members' routers.
+//!
+//! Pure protocol and policy code lives in [`proto`], [`trust`], [`waypoint`] and
+//! [`client`]: state machines that take `now`, bytes and events in and hand actions
+//! out. Everything that touches the kernel lives in [`sys`]; [`daemon`] wires the two.
+#![deny(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod proto;
+pub mod sys;
+pub mod trust;
+pub mod waypoint;

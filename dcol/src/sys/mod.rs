@@ -1,0 +1,46 @@
+//! Kernel glue: netlink (generic netlink `mptcp_pm`, nf_tables, ctnetlink), sysctls,
+//! sockets. Nothing above this module knows a netlink attribute number.
+
+use std::io;
+
+/// Errors of the kernel glue: the operation that failed and why.
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    /// A system call failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel answered a netlink request with an error.
+    #[error("{op}: {}{}", io::Error::from_raw_os_error(*.errno), .extack.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Netlink {
+        /// What we were doing.
+        op: &'static str,
+        /// Positive errno.
+        errno: i32,
+        /// The kernel's extended-ack message, if any.
+        extack: Option<String>,
+    },
+    /// The kernel sent something we could not parse.
+    #[error("{op}: malformed netlink reply: {what}")]
+    Malformed {
+        /// What we were doing.
+        op: &'static str,
+        /// What was wrong.
+        what: String,
+    },
+    /// A feature this needs is missing from the running kernel.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl SysError {
+    /// Wraps an `io::Error` with the operation that caused it.
+    pub fn io(op: &'static str, source: io::Error) -> Self {
+        SysError::Io { op, source }
+    }
+}
