@@ -1,1 +1,649 @@
-//! (being written)
+//! `dcol run`: wires the pure roles ([`crate::client`], [`crate::waypoint`]) to
+//! the kernel ([`crate::sys`]) in one single-threaded `poll(2)` loop.
+//!
+//! Start-up order matters for "nothing left behind": signals are blocked first,
+//! then every piece of kernel state is created through an owner whose `Drop` (or
+//! explicit teardown) removes it, and crash leftovers are reconciled before new
+//! state is made: the NAT table of a crashed run is listed, its conntrack flows
+//! deleted and the table replaced (live tunnels of the crashed run are cleanly
+//! revoked; their clients see the renewal refused and ask again), and sysctls
+//! recorded in the state directory are restored.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::client::{self, Action, Client, PeerSpec};
+use crate::config::{Config, TunnelKind};
+use crate::control::{self, ControlServer, Status};
+use crate::sys::conntrack;
+use crate::sys::mptcp_pm::{PmEvents, PmSocket};
+use crate::sys::nft::{NatElement, NatTable};
+use crate::sys::os::{self, Signals};
+use crate::sys::sysctl::{self, SysctlGuard};
+use crate::sys::SysError;
+use crate::trust::{self, files, Certificate, Revocations, SecretKey};
+use crate::waypoint::{self, Decision, Lease, Waypoint};
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Keys, certificate or configuration are unusable (exit code 2).
+    #[error("{0}")]
+    Config(String),
+    /// The kernel or the OS refused something (exit code 1).
+    #[error("{0}")]
+    Sys(#[from] SysError),
+    /// Socket or file trouble (exit code 1).
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The control socket.
+    #[error("{0}")]
+    Control(#[from] control::ControlError),
+}
+
+impl DaemonError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DaemonError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Unix time in milliseconds.
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// At most `per_sec` log lines per second for one noisy source; the rest are
+/// counted and summarized, so a flood of garbage cannot fill the router's log.
+struct LogLimit {
+    per_sec: u32,
+    window: Instant,
+    used: u32,
+    dropped: u64,
+}
+
+impl LogLimit {
+    fn new(per_sec: u32) -> Self {
+        LogLimit { per_sec, window: Instant::now(), used: 0, dropped: 0 }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                log::warn!("{} more refusals not logged in the last second", self.dropped);
+            }
+            self.window = now;
+            self.used = 0;
+            self.dropped = 0;
+        }
+        if self.used < self.per_sec {
+            self.used += 1;
+            true
+        } else {
+            self.dropped = self.dropped.wrapping_add(1);
+            false
+        }
+    }
+}
+
+struct Identity {
+    cert: Certificate,
+    key: SecretKey,
+    root: trust::PublicKey,
+    revocations: Revocations,
+}
+
+fn load_identity(cfg: &Config) -> Result<Identity, DaemonError> {
+    let cfgerr = |e: files::FileError| DaemonError::Config(e.to_string());
+    let key = files::read_secret_key(&cfg.main.key).map_err(cfgerr)?;
+    let cert = files::read_certificate(&cfg.main.cert).map_err(cfgerr)?;
+    let root = files::read_public_key(&cfg.main.collective).map_err(cfgerr)?;
+    let mut revocations = Revocations::default();
+    for r in &cfg.main.revoked {
+        let id = r
+            .parse()
+            .map_err(|_| DaemonError::Config(format!("revoked member id '{r}' is not 16 hex digits")))?;
+        revocations.insert(id);
+    }
+    if cert.key != key.public() {
+        return Err(DaemonError::Config(format!(
+            "{}: certificate is for another key than {}",
+            cfg.main.cert.display(),
+            cfg.main.key.display()
+        )));
+    }
+    cert.verify(&root, wall_ms() / 1000)
+        .map_err(|e| DaemonError::Config(format!("{}: {e}", cfg.main.cert.display())))?;
+    Ok(Identity { cert, key, root, revocations })
+}
+
+struct WaypointRole {
+    core: Waypoint,
+    sockets: Vec<UdpSocket>,
+    nat: Option<NatTable>,
+    log: LogLimit,
+}
+
+struct ClientRole {
+    core: Client,
+    events: PmEvents,
+    pm: PmSocket,
+    sock4: UdpSocket,
+    sock6: Option<UdpSocket>,
+    tunnels: Vec<TunnelKind>,
+    _sysctl: SysctlGuard,
+    log: LogLimit,
+}
+
+/// The running daemon.
+pub struct Daemon {
+    started: Instant,
+    cert: Certificate,
+    control: ControlServer,
+    signals: Signals,
+    waypoint: Option<WaypointRole>,
+    client: Option<ClientRole>,
+}
+
+impl Daemon {
+    /// Sets everything up (see the module docs for the order).
+    pub fn start(cfg: &Config) -> Result<Self, DaemonError> {
+        let signals = Signals::new().map_err(io_err("signalfd"))?;
+        let id = load_identity(cfg)?;
+        let control = ControlServer::bind(&cfg.main.control_socket)?;
+        let waypoint = if cfg.waypoint.enabled { Some(start_waypoint(cfg, &id)?) } else { None };
+        let client = if cfg.client.enabled { Some(start_client(cfg, &id)?) } else { None };
+        log::info!(
+            "dcol {} running as '{}' ({}): client {}, waypoint {}",
+            env!("CARGO_PKG_VERSION"),
+            id.cert.name,
+            id.cert.member,
+            if client.is_some() { "on" } else { "off" },
+            if waypoint.is_some() { "on" } else { "off" },
+        );
+        Ok(Daemon { started: Instant::now(), cert: id.cert, control, signals, waypoint, client })
+    }
+
+    /// Runs until SIGTERM or SIGINT, then tears down.
+    pub fn run(mut self) -> Result<(), DaemonError> {
+        let result = self.event_loop();
+        self.shutdown();
+        result
+    }
+
+    fn event_loop(&mut self) -> Result<(), DaemonError> {
+        loop {
+            let now = Instant::now();
+            let mut fds = vec![self.signals.fd(), self.control.listener().as_raw_fd()];
+            if let Some(c) = &self.client {
+                fds.push(c.events.fd());
+                fds.push(c.sock4.as_raw_fd());
+                if let Some(s) = &c.sock6 {
+                    fds.push(s.as_raw_fd());
+                }
+            }
+            if let Some(w) = &self.waypoint {
+                fds.extend(w.sockets.iter().map(|s| s.as_raw_fd()));
+            }
+            let deadline = [
+                self.client.as_ref().and_then(|c| c.core.next_timeout()),
+                self.waypoint.as_ref().and_then(|w| w.core.next_timeout()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = deadline.map(|d| d.saturating_duration_since(now));
+            let ready = os::poll_readable(&fds, timeout).map_err(io_err("poll"))?;
+            if ready[0] {
+                while let Some(sig) = self.signals.read() {
+                    if sig == libc::SIGHUP {
+                        log::info!("SIGHUP: configuration reload is not supported yet; restart to apply changes");
+                    } else {
+                        log::info!("signal {sig}: shutting down");
+                        return Ok(());
+                    }
+                }
+            }
+            if ready[1] {
+                let status = self.status();
+                self.control.serve(|| status.clone());
+            }
+            if let Some(c) = &mut self.client {
+                c.step();
+            }
+            if let Some(w) = &mut self.waypoint {
+                w.step();
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(mut c) = self.client.take() {
+            let (now, wall) = (Instant::now(), wall_ms());
+            for a in c.core.shutdown(now, wall) {
+                c.act(a);
+            }
+            // Dropping restores the path manager sysctl.
+        }
+        if let Some(mut w) = self.waypoint.take() {
+            let leases: Vec<Lease> = w.core.leases().cloned().collect();
+            for l in &leases {
+                drop_flows(l);
+            }
+            if let Some(nat) = w.nat.take() {
+                if let Err(e) = nat.destroy() {
+                    log::error!("removing the NAT table: {e}");
+                }
+            }
+        }
+        log::info!("stopped; kernel state removed");
+    }
+
+    /// The status document.
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let client = self.client.as_ref().map(|c| client_status(c, now));
+        let waypoint = self.waypoint.as_ref().map(|w| waypoint_status(w, now));
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: now.saturating_duration_since(self.started).as_secs(),
+            member: control::MemberStatus {
+                name: self.cert.name.clone(),
+                id: self.cert.member.to_string(),
+                collective: trust::to_hex(&self.cert.collective.0),
+                cert_not_after: self.cert.not_after,
+                roles: self.cert.roles.to_string(),
+            },
+            client,
+            waypoint,
+        }
+    }
+}
+
+fn start_waypoint(cfg: &Config, id: &Identity) -> Result<WaypointRole, DaemonError> {
+    let w = &cfg.waypoint;
+    if !id.cert.roles.contains(trust::Roles::WAYPOINT) {
+        return Err(DaemonError::Config(format!(
+            "{}: the certificate lacks the waypoint role, but the waypoint section is enabled",
+            cfg.main.cert.display()
+        )));
+    }
+    let mut sockets = Vec::new();
+    for addr in &w.listen {
+        let s = os::bind_udp(*addr).map_err(io_err(format!("waypoint: bind {addr}")))?;
+        sockets.push(s);
+    }
+    let (nat, leftovers) = NatTable::create(&w.table)?;
+    if !leftovers.is_empty() {
+        log::warn!(
+            "found {} NAT tunnels of a previous run: revoking them (table replaced, flows deleted)",
+            leftovers.len()
+        );
+        for el in &leftovers {
+            if let Err(e) = conntrack::delete_flows(el.client, el.port) {
+                log::warn!("conntrack cleanup for {}:{}: {e}", el.client, el.port);
+            }
+        }
+    }
+    let own = os::local_addresses().map_err(io_err("getifaddrs"))?;
+    let settings = waypoint::Settings {
+        ports: w.nat_ports,
+        lease: Duration::from_secs(u64::from(w.lease_s)),
+        max_per_member: w.max_tunnels_per_member,
+        allow: w.allow_destination.clone(),
+        max_skew: Duration::from_secs(u64::from(w.max_clock_skew_s)),
+    };
+    let core = Waypoint::new(settings, id.cert.clone(), id.key.clone(), id.root, id.revocations.clone(), own);
+    log::info!(
+        "waypoint: NAT tunnels on ports {}-{}, signaling on {:?}",
+        w.nat_ports.0,
+        w.nat_ports.1,
+        w.listen
+    );
+    Ok(WaypointRole { core, sockets, nat: Some(nat), log: LogLimit::new(20) })
+}
+
+fn start_client(cfg: &Config, id: &Identity) -> Result<ClientRole, DaemonError> {
+    let c = &cfg.client;
+    let mut guard = SysctlGuard::recover(&cfg.main.state_dir)?;
+    if std::path::Path::new(sysctl::MPTCP_PATH_MANAGER).exists() {
+        guard.set(sysctl::MPTCP_PATH_MANAGER, "userspace")?;
+    } else {
+        guard.set(sysctl::MPTCP_PM_TYPE, "1")?;
+    }
+    let events = PmEvents::open()?;
+    let pm = PmSocket::open()?;
+    let any4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+    let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
+    let sock4 = os::bind_udp(any4).map_err(io_err("client: bind UDP"))?;
+    let sock6 = match os::bind_udp(any6) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::info!("client: no IPv6 signaling socket ({e})");
+            None
+        }
+    };
+    let mut peers = Vec::new();
+    let mut tunnels = Vec::new();
+    for p in &cfg.peers {
+        if p.tunnel == TunnelKind::Vpn {
+            log::warn!("peer '{}': VPN tunnels are not supported yet; skipped", p.name);
+            continue;
+        }
+        peers.push(PeerSpec { name: p.name.clone(), address: p.address });
+        tunnels.push(p.tunnel);
+    }
+    if peers.is_empty() {
+        log::warn!("client: no usable peers configured; connections get no detours");
+    }
+    let settings = client::Settings {
+        max_detours: c.max_detours,
+        request_timeout: Duration::from_millis(u64::from(c.request_timeout_ms)),
+        renew_interval: Duration::from_secs(u64::from(c.renew_interval_s)),
+        liveness_misses: c.liveness_misses,
+        holddown: Duration::from_secs(30),
+    };
+    let mut prefix = [0u8; 8];
+    random_bytes(&mut prefix).map_err(io_err("/dev/urandom"))?;
+    let core = Client::new(
+        settings,
+        id.cert.clone(),
+        id.key.clone(),
+        id.root,
+        id.revocations.clone(),
+        peers,
+        prefix,
+    );
+    log::info!("client: userspace path manager on, {} waypoint(s), max {} detours", tunnels.len(), c.max_detours);
+    Ok(ClientRole { core, events, pm, sock4, sock6, tunnels, _sysctl: guard, log: LogLimit::new(20) })
+}
+
+fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+impl ClientRole {
+    fn step(&mut self) {
+        let (now, wall) = (Instant::now(), wall_ms());
+        match self.events.read() {
+            Ok(evs) => {
+                for ev in evs {
+                    log::debug!("pm event: {ev:?}");
+                    for a in self.core.on_event(now, wall, &ev) {
+                        self.act(a);
+                    }
+                }
+            }
+            Err(e) => log::warn!("path manager events: {e}"),
+        }
+        let mut buf = [0u8; 2048];
+        for i in 0..2 {
+            loop {
+                let sock = if i == 0 { Some(&self.sock4) } else { self.sock6.as_ref() };
+                let Some(sock) = sock else { break };
+                let (n, from) = match sock.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log::warn!("client signaling socket: {e}");
+                        break;
+                    }
+                };
+                match self.core.on_datagram(now, wall, from, &buf[..n]) {
+                    Ok(actions) => {
+                        for a in actions {
+                            self.act(a);
+                        }
+                    }
+                    Err(e) => {
+                        if self.log.allow(now) {
+                            log::warn!("client: ignored datagram: {e}");
+                        }
+                    }
+                }
+            }
+        }
+        for a in self.core.poll(now, wall) {
+            self.act(a);
+        }
+    }
+
+    fn act(&mut self, a: Action) {
+        match a {
+            Action::Send { to, bytes } => {
+                let sock = if to.is_ipv4() { Some(&self.sock4) } else { self.sock6.as_ref() };
+                match sock.map(|s| s.send_to(&bytes, to)) {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => log::debug!("client: send to {to}: {e}"),
+                    None => log::debug!("client: no IPv6 socket for {to}"),
+                }
+            }
+            Action::CreateSubflow { token, local, local_id, remote } => {
+                match self.pm.subflow_create(token, local, local_id, remote) {
+                    Ok(()) => log::info!("detour subflow for {:#010x}: {local} -> {remote}", token.0),
+                    Err(e) => {
+                        log::warn!("detour subflow for {:#010x} via {remote}: {e}", token.0);
+                        self.core.create_failed(token, remote, &e.to_string());
+                    }
+                }
+            }
+            Action::DestroySubflow { token, local, remote } => {
+                match self.pm.subflow_destroy(token, local, remote) {
+                    Ok(()) => log::info!("dropped detour subflow {local} -> {remote} of {:#010x}", token.0),
+                    Err(e) => log::debug!("destroy subflow {local} -> {remote}: {e}"),
+                }
+            }
+        }
+    }
+}
+
+fn element(l: &Lease) -> NatElement {
+    NatElement { client: l.client, port: l.port, destination: l.destination, expires_in: None }
+}
+
+fn drop_flows(l: &Lease) {
+    match conntrack::delete_flows(l.client, l.port) {
+        Ok(0) => {}
+        Ok(n) => log::info!("deleted {n} conntrack flow(s) of {}:{}", l.client, l.port),
+        Err(e) => log::warn!("conntrack cleanup for {}:{}: {e}", l.client, l.port),
+    }
+}
+
+impl WaypointRole {
+    fn step(&mut self) {
+        let mut buf = [0u8; 4096];
+        for i in 0..self.sockets.len() {
+            loop {
+                let (n, from) = match self.sockets[i].recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log::warn!("waypoint socket: {e}");
+                        break;
+                    }
+                };
+                let (now, wall) = (Instant::now(), wall_ms());
+                let d = self.core.handle(now, wall, from, &buf[..n]);
+                self.execute(i, now, wall, from, d);
+            }
+        }
+        let now = Instant::now();
+        for l in self.core.expire(now) {
+            log::info!("lease expired: {} {}:{} -> {}", l.member_name, l.client, l.port, l.destination);
+            if let Some(nat) = &mut self.nat {
+                if let Err(e) = nat.remove(l.client, l.port) {
+                    log::warn!("removing expired element: {e}");
+                }
+            }
+            drop_flows(&l);
+        }
+    }
+
+    fn send(&self, i: usize, to: SocketAddr, bytes: &[u8]) {
+        if let Err(e) = self.sockets[i].send_to(bytes, to) {
+            log::debug!("waypoint: send to {to}: {e}");
+        }
+    }
+
+    fn execute(&mut self, i: usize, now: Instant, wall: u64, from: SocketAddr, d: Decision) {
+        let Some(nat) = self.nat.as_mut() else { return };
+        match d {
+            Decision::Ignore { reason } => {
+                if self.log.allow(now) {
+                    log::warn!("waypoint: ignored datagram from {from}: {reason}");
+                }
+            }
+            Decision::Reply { to, bytes, refused } => {
+                match refused {
+                    Some(why) => {
+                        if self.log.allow(now) {
+                            log::warn!("waypoint: refused request from {from}: {why}");
+                        }
+                    }
+                    None => log::debug!("waypoint: repeated request from {from}, same reply"),
+                }
+                self.send(i, to, &bytes);
+            }
+            Decision::Install { lease, timeout, to, bytes, nonce } => match nat.add(&element(&lease), timeout) {
+                Ok(()) => {
+                    log::info!(
+                        "granted {} ({}) {}:{} -> {} for {}s",
+                        lease.member_name,
+                        lease.member,
+                        lease.client,
+                        lease.port,
+                        lease.destination,
+                        timeout.as_secs()
+                    );
+                    self.send(i, to, &bytes);
+                }
+                Err(e) => {
+                    log::error!("installing NAT element: {e}");
+                    let r = self.core.abort(now, wall, &lease, to, nonce, bytes.len(), "internal error");
+                    if let Decision::Reply { to, bytes, .. } = r {
+                        self.send(i, to, &bytes);
+                    }
+                }
+            },
+            Decision::Refresh { lease, timeout, to, bytes } => match nat.refresh(&element(&lease), timeout) {
+                Ok(()) => {
+                    log::debug!("renewed {}:{} for {}", lease.client, lease.port, lease.member_name);
+                    self.send(i, to, &bytes);
+                }
+                Err(e) => log::error!("refreshing NAT element {}:{}: {e}", lease.client, lease.port),
+            },
+            Decision::Remove { lease, to, bytes } => {
+                if let Err(e) = nat.remove(lease.client, lease.port) {
+                    log::warn!("removing NAT element: {e}");
+                }
+                drop_flows(&lease);
+                log::info!("released {}:{} of {}", lease.client, lease.port, lease.member_name);
+                self.send(i, to, &bytes);
+            }
+        }
+    }
+}
+
+fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
+    let connections = c
+        .core
+        .conns()
+        .map(|conn| {
+            let mut subflows = vec![control::SubflowStatus {
+                path: "direct".into(),
+                waypoint: None,
+                tunnel: None,
+                local: Some(conn.local.to_string()),
+                remote: Some(conn.remote.to_string()),
+                state: if conn.established_at.is_some() { "established" } else { "connecting" }.into(),
+                detail: None,
+                setup_ms: None,
+            }];
+            for d in &conn.detours {
+                let detail = match &d.state {
+                    client::DetourState::Failed(why) => Some(why.clone()),
+                    _ => None,
+                };
+                subflows.push(control::SubflowStatus {
+                    path: "detour".into(),
+                    waypoint: Some(c.core.peer_name(d.peer).to_owned()),
+                    tunnel: Some(tunnel_name(c.tunnels[d.peer]).into()),
+                    local: d.local_port.map(|p| SocketAddr::new(conn.local.ip(), p).to_string()),
+                    remote: c.core.detour_remote(d).map(|r| r.to_string()),
+                    state: d.state.name().into(),
+                    detail,
+                    setup_ms: d.setup.map(|s| s.as_millis() as u64),
+                });
+            }
+            control::ConnectionStatus {
+                token: format!("{:#010x}", conn.token.0),
+                local: conn.local.to_string(),
+                remote: conn.remote.to_string(),
+                state: if conn.established_at.is_some() { "established" } else { "connecting" }.into(),
+                subflows,
+            }
+        })
+        .collect();
+    let peers = c
+        .core
+        .peers(now)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| control::PeerStatus {
+            name: p.name,
+            address: p.address.to_string(),
+            tunnel: tunnel_name(c.tunnels[i]).into(),
+            up: p.up,
+            rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1000.0),
+        })
+        .collect();
+    control::ClientStatus { connections, peers }
+}
+
+fn tunnel_name(t: TunnelKind) -> &'static str {
+    match t {
+        TunnelKind::Nat => "nat",
+        TunnelKind::Vpn => "vpn",
+    }
+}
+
+fn waypoint_status(w: &WaypointRole, now: Instant) -> control::WaypointStatus {
+    let grants = w
+        .core
+        .leases()
+        .map(|l| control::GrantStatus {
+            member: l.member_name.clone(),
+            member_id: l.member.to_string(),
+            client: l.client.to_string(),
+            port: l.port,
+            destination: l.destination.to_string(),
+            age_s: now.saturating_duration_since(l.granted_at).as_secs(),
+            expires_in_s: l.expires_at.saturating_duration_since(now).as_secs(),
+        })
+        .collect();
+    let st = w.core.stats();
+    control::WaypointStatus {
+        listen: w.sockets.iter().filter_map(|s| s.local_addr().ok()).map(|a| a.to_string()).collect(),
+        grants,
+        datagrams: st.datagrams,
+        granted: st.granted,
+        refused: st.refused.clone(),
+    }
+}

@@ -8,8 +8,10 @@
 pub mod client;
 pub mod config;
 pub mod control;
+#[cfg(dcol_wip)]
 pub mod daemon;
 pub mod proto;
 pub mod sys;
 pub mod trust;
+#[cfg(dcol_wip)]
 pub mod waypoint;

@@ -3,6 +3,9 @@
 
 use std::io;
 
+pub mod os;
+pub mod sysctl;
+
 /// Errors of the kernel glue: the operation that failed and why.
 #[derive(Debug, thiserror::Error)]
 pub enum SysError {

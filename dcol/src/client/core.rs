@@ -1,0 +1,703 @@
+//! The client's path-manager state machine. No I/O, no clock: it takes kernel
+//! events, waypoint datagrams and `now`, and returns [`Action`]s.
+//!
+//! For each outgoing MPTCP connection that is ESTABLISHED it asks up to
+//! `max_detours` waypoints (in parallel) for a NAT tunnel to the connection's
+//! server, creates one subflow per grant (local address of the connection with
+//! one non-zero local id, remote = waypoint address and granted port), renews
+//! each lease every `renew_interval` (the renewal doubles as the waypoint's
+//! liveness probe), drops detours through a waypoint that stops answering, and
+//! stops adding detours to a connection whose server refuses joins (a stock
+//! server accepts 2 extra subflows by default: a refused join shows as
+//! SUB_ESTABLISHED immediately followed by SUB_CLOSED).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::{PmEvent, SubflowInfo, Token};
+use crate::proto::{self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind};
+use crate::trust::{Certificate, PublicKey, Revocations, Roles, SecretKey};
+
+/// The local address id we use for detour subflows (RFC 8684 §3.2: id 0 is the
+/// initial subflow's; any other id names the address in MP_JOIN).
+pub const DETOUR_LOCAL_ID: u8 = 1;
+
+/// A subflow that closes sooner than this after it was established was refused
+/// by the server (its subflow limit), not lost on the path.
+const JOIN_REFUSED_WINDOW: Duration = Duration::from_millis(1000);
+
+/// Attempts for a detour request before the waypoint counts as unreachable.
+const REQUEST_ATTEMPTS: u32 = 4;
+
+/// Fresh requests a connection may make after losing detours.
+const MAX_RETRIES: u32 = 3;
+
+/// Errors of a subflow that mean the waypoint's mapping is gone (ECONNREFUSED:
+/// the port is not mapped; ECONNRESET: the waypoint lost its state).
+const ECONNREFUSED: u32 = 111;
+const ECONNRESET: u32 = 104;
+
+/// What the daemon must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send a signaling datagram.
+    Send {
+        /// Waypoint address.
+        to: SocketAddr,
+        /// Encoded request.
+        bytes: Vec<u8>,
+    },
+    /// `MPTCP_PM_CMD_SUBFLOW_CREATE`.
+    CreateSubflow {
+        /// Connection.
+        token: Token,
+        /// Local address (the connection's).
+        local: IpAddr,
+        /// Non-zero local address id.
+        local_id: u8,
+        /// Waypoint address and granted port.
+        remote: SocketAddr,
+    },
+    /// `MPTCP_PM_CMD_SUBFLOW_DESTROY`.
+    DestroySubflow {
+        /// Connection.
+        token: Token,
+        /// Local address and port of the subflow.
+        local: SocketAddr,
+        /// Remote address and port of the subflow.
+        remote: SocketAddr,
+    },
+}
+
+/// One configured waypoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// The name in its certificate; responses must come from a certificate with it.
+    pub name: String,
+    /// Signaling address.
+    pub address: SocketAddr,
+}
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Detours per connection.
+    pub max_detours: u8,
+    /// First retransmission timeout of a request (doubles per attempt).
+    pub request_timeout: Duration,
+    /// Lease renewal and liveness probe interval.
+    pub renew_interval: Duration,
+    /// Unanswered renewals before a waypoint counts as gone.
+    pub liveness_misses: u32,
+    /// How long an unreachable waypoint is skipped for new connections.
+    pub holddown: Duration,
+}
+
+/// Where a detour stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetourState {
+    /// Waiting for the waypoint's grant.
+    Requesting,
+    /// Granted; SUBFLOW_CREATE sent, waiting for SUB_ESTABLISHED.
+    Connecting,
+    /// Carrying data.
+    Established,
+    /// Ended; the text says why.
+    Failed(String),
+}
+
+impl DetourState {
+    /// Short name for status output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DetourState::Requesting => "requesting",
+            DetourState::Connecting => "connecting",
+            DetourState::Established => "established",
+            DetourState::Failed(_) => "failed",
+        }
+    }
+}
+
+/// One detour of a connection.
+#[derive(Debug, Clone)]
+pub struct Detour {
+    /// Index into the peers.
+    pub peer: usize,
+    /// State.
+    pub state: DetourState,
+    /// Granted port.
+    pub port: Option<u16>,
+    /// Local port of the subflow once established.
+    pub local_port: Option<u16>,
+    /// ESTABLISHED of the connection → SUB_ESTABLISHED of this detour.
+    pub setup: Option<Duration>,
+    /// Unanswered renewals in a row.
+    misses: u32,
+    renew_due: Option<Instant>,
+    established_at: Option<Instant>,
+}
+
+impl Detour {
+    fn remote(&self, peers: &[Peer]) -> Option<SocketAddr> {
+        self.port.map(|p| SocketAddr::new(peers[self.peer].spec.address.ip(), p))
+    }
+
+    fn live(&self) -> bool {
+        !matches!(self.state, DetourState::Failed(_))
+    }
+}
+
+/// One MPTCP connection this host opened.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// Kernel token.
+    pub token: Token,
+    /// Local address and port of the initial subflow.
+    pub local: SocketAddr,
+    /// The server.
+    pub remote: SocketAddr,
+    /// When ESTABLISHED arrived.
+    pub established_at: Option<Instant>,
+    /// The server refused a join: no more detours for this connection.
+    pub join_refused: bool,
+    /// Detours asked for again after being lost.
+    retries: u32,
+    /// Its detours.
+    pub detours: Vec<Detour>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    spec: PeerSpec,
+    down_until: Option<Instant>,
+    last_rtt: Option<Duration>,
+}
+
+/// A peer as status shows it.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    /// Configured name.
+    pub name: String,
+    /// Signaling address.
+    pub address: SocketAddr,
+    /// False while held down after it stopped answering.
+    pub up: bool,
+    /// Last request round trip.
+    pub rtt: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    token: Token,
+    detour: usize,
+    kind: RequestKind,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+    sent_at: Instant,
+    next_at: Instant,
+    attempts: u32,
+    max_attempts: u32,
+}
+
+/// The client's protocol state.
+#[derive(Debug)]
+pub struct Client {
+    settings: Settings,
+    cert: Certificate,
+    key: SecretKey,
+    root: PublicKey,
+    revocations: Revocations,
+    peers: Vec<Peer>,
+    conns: BTreeMap<Token, Conn>,
+    pending: HashMap<Nonce, Pending>,
+    nonce_prefix: [u8; 8],
+    nonce_counter: u64,
+}
+
+impl Client {
+    /// A client signing as `cert`/`key`. `nonce_prefix` must be random per process
+    /// start so that nonces never repeat across restarts.
+    pub fn new(
+        settings: Settings,
+        cert: Certificate,
+        key: SecretKey,
+        root: PublicKey,
+        revocations: Revocations,
+        peers: Vec<PeerSpec>,
+        nonce_prefix: [u8; 8],
+    ) -> Self {
+        let peers = peers
+            .into_iter()
+            .map(|spec| Peer { spec, down_until: None, last_rtt: None })
+            .collect();
+        Client {
+            settings,
+            cert,
+            key,
+            root,
+            revocations,
+            peers,
+            conns: BTreeMap::new(),
+            pending: HashMap::new(),
+            nonce_prefix,
+            nonce_counter: 0,
+        }
+    }
+
+    /// Handles a path-manager event.
+    pub fn on_event(&mut self, now: Instant, wall_ms: u64, ev: &PmEvent) -> Vec<Action> {
+        match *ev {
+            PmEvent::Created { token, local, remote, server_side } => {
+                if !server_side {
+                    self.conns.entry(token).or_insert_with(|| Conn {
+                        token,
+                        local,
+                        remote,
+                        established_at: None,
+                        join_refused: false,
+                        retries: 0,
+                        detours: Vec::new(),
+                    });
+                }
+                Vec::new()
+            }
+            PmEvent::Established { token, local, remote, server_side } => {
+                if server_side {
+                    return Vec::new();
+                }
+                // CREATED may have been lost (event queue overflow): ESTABLISHED
+                // carries everything we need.
+                let conn = self.conns.entry(token).or_insert_with(|| Conn {
+                    token,
+                    local,
+                    remote,
+                    established_at: None,
+                    join_refused: false,
+                    retries: 0,
+                    detours: Vec::new(),
+                });
+                if conn.established_at.is_some() {
+                    return Vec::new();
+                }
+                conn.established_at = Some(now);
+                self.add_detours(now, wall_ms, token)
+            }
+            PmEvent::Closed { token } => self.close(now, wall_ms, token),
+            PmEvent::SubEstablished { token, subflow } => {
+                self.sub_established(now, token, &subflow);
+                Vec::new()
+            }
+            PmEvent::SubClosed { token, subflow, error } => self.sub_closed(now, wall_ms, token, &subflow, error),
+            PmEvent::SubPriority { .. } | PmEvent::Other { .. } => Vec::new(),
+        }
+    }
+
+    /// Handles a datagram from a waypoint.
+    pub fn on_datagram(&mut self, now: Instant, wall_ms: u64, from: SocketAddr, dgram: &[u8]) -> Result<Vec<Action>, String> {
+        let resp = match proto::decode(dgram) {
+            Ok(Message::Response(r)) => r,
+            Ok(Message::Request(_)) => return Err(format!("{from}: a request sent to the client")),
+            Err(e) => return Err(format!("{from}: undecodable datagram: {e}")),
+        };
+        let Some(p) = self.pending.get(&resp.body.nonce) else {
+            return Err(format!("{from}: response to no pending request (late or forged)"));
+        };
+        if p.to != from {
+            return Err(format!("{from}: response for a request sent to {}", p.to));
+        }
+        let peer_idx = self.conns.get(&p.token).and_then(|c| c.detours.get(p.detour)).map(|d| d.peer);
+        let Some(peer_idx) = peer_idx else {
+            self.pending.remove(&resp.body.nonce);
+            return Ok(Vec::new());
+        };
+        resp.verify(&self.root, &self.revocations, wall_ms / 1000)
+            .map_err(|e| format!("{from}: waypoint certificate or signature: {e}"))?;
+        let peer = &self.peers[peer_idx];
+        if resp.cert.name != peer.spec.name {
+            return Err(format!("{from}: answered as '{}', configured as '{}'", resp.cert.name, peer.spec.name));
+        }
+        if !resp.cert.roles.contains(Roles::WAYPOINT) {
+            return Err(format!("{from}: '{}' lacks the waypoint role", resp.cert.name));
+        }
+        let p = self.pending.remove(&resp.body.nonce).expect("looked up above");
+        self.peers[peer_idx].last_rtt = Some(now.saturating_duration_since(p.sent_at));
+        self.peers[peer_idx].down_until = None;
+        Ok(self.on_outcome(now, wall_ms, p, resp.body.outcome))
+    }
+
+    fn on_outcome(&mut self, now: Instant, wall_ms: u64, p: Pending, outcome: Outcome) -> Vec<Action> {
+        let renew = self.settings.renew_interval;
+        let peers = &self.peers;
+        let Some(conn) = self.conns.get_mut(&p.token) else { return Vec::new() };
+        let local_ip = conn.local.ip();
+        let token = conn.token;
+        let Some(d) = conn.detours.get_mut(p.detour) else { return Vec::new() };
+        match (p.kind, outcome) {
+            (RequestKind::NatDetour { .. }, Outcome::Granted { port, .. }) => {
+                if d.state != DetourState::Requesting {
+                    return Vec::new();
+                }
+                d.port = Some(port);
+                d.state = DetourState::Connecting;
+                d.renew_due = Some(now + renew);
+                let remote = d.remote(peers).expect("port set just above");
+                vec![Action::CreateSubflow { token, local: local_ip, local_id: DETOUR_LOCAL_ID, remote }]
+            }
+            (RequestKind::NatDetour { .. }, Outcome::Refused { reason }) => {
+                d.state = DetourState::Failed(format!("refused: {reason}"));
+                Vec::new()
+            }
+            (RequestKind::Renew { .. }, Outcome::Granted { .. }) => {
+                d.misses = 0;
+                Vec::new()
+            }
+            (RequestKind::Renew { .. }, Outcome::Refused { reason }) => {
+                // The waypoint lost the lease (restart, revocation): this subflow is
+                // dead; ask afresh unless the server is full.
+                let mut out = Vec::new();
+                if let (Some(remote), Some(lp)) = (d.remote(peers), d.local_port) {
+                    out.push(Action::DestroySubflow { token, local: SocketAddr::new(local_ip, lp), remote });
+                }
+                d.state = DetourState::Failed(format!("lease lost: {reason}"));
+                let peer = d.peer;
+                if reason == RefusalReason::UnknownLease && self.retry_allowed(token) {
+                    out.extend(self.request_detour(now, wall_ms, token, peer));
+                }
+                out
+            }
+            (RequestKind::Release { .. }, _) => Vec::new(),
+        }
+    }
+
+    /// Reports that SUBFLOW_CREATE failed for a detour.
+    pub fn create_failed(&mut self, token: Token, remote: SocketAddr, why: &str) {
+        let peers = &self.peers;
+        if let Some(conn) = self.conns.get_mut(&token) {
+            if let Some(d) = conn.detours.iter_mut().find(|d| d.remote(peers) == Some(remote) && d.live()) {
+                d.state = DetourState::Failed(format!("subflow create: {why}"));
+            }
+        }
+    }
+
+    /// Timers: retransmissions, renewals, liveness.
+    pub fn poll(&mut self, now: Instant, wall_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        let due: Vec<Nonce> = self.pending.iter().filter(|(_, p)| p.next_at <= now).map(|(n, _)| *n).collect();
+        for nonce in due {
+            let p = self.pending.get_mut(&nonce).expect("collected above");
+            if p.attempts < p.max_attempts {
+                p.attempts += 1;
+                let backoff = self.settings.request_timeout * 2u32.saturating_pow(p.attempts.min(16));
+                p.next_at = now + backoff;
+                out.push(Action::Send { to: p.to, bytes: p.bytes.clone() });
+                continue;
+            }
+            let p = self.pending.remove(&nonce).expect("collected above");
+            out.extend(self.unanswered(now, p));
+        }
+        let renew_interval = self.settings.renew_interval;
+        let mut renewals = Vec::new();
+        for conn in self.conns.values_mut() {
+            for (i, d) in conn.detours.iter_mut().enumerate() {
+                if d.live() && d.port.is_some() && d.renew_due.is_some_and(|t| t <= now) {
+                    d.renew_due = Some(now + renew_interval);
+                    renewals.push((conn.token, i, d.port.unwrap_or(0), conn.remote));
+                }
+            }
+        }
+        for (token, i, port, destination) in renewals {
+            let kind = RequestKind::Renew { port, destination };
+            out.extend(self.send_request(now, wall_ms, token, i, kind, 0, renew_interval));
+        }
+        out
+    }
+
+    /// When [`Client::poll`] next has work.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let p = self.pending.values().map(|p| p.next_at).min();
+        let r = self
+            .conns
+            .values()
+            .flat_map(|c| c.detours.iter())
+            .filter(|d| d.live())
+            .filter_map(|d| d.renew_due)
+            .min();
+        match (p, r) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Connections, for status.
+    pub fn conns(&self) -> impl Iterator<Item = &Conn> {
+        self.conns.values()
+    }
+
+    /// The configured name of peer `i`.
+    pub fn peer_name(&self, i: usize) -> &str {
+        &self.peers[i].spec.name
+    }
+
+    /// The waypoint-side address of a detour, once granted.
+    pub fn detour_remote(&self, d: &Detour) -> Option<SocketAddr> {
+        d.remote(&self.peers)
+    }
+
+    /// Peers, for status.
+    pub fn peers(&self, now: Instant) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .map(|p| PeerStatus {
+                name: p.spec.name.clone(),
+                address: p.spec.address,
+                up: p.down_until.is_none_or(|t| t <= now),
+                rtt: p.last_rtt,
+            })
+            .collect()
+    }
+
+    /// Releases every lease (daemon shutdown). One datagram each, no retries.
+    pub fn shutdown(&mut self, now: Instant, wall_ms: u64) -> Vec<Action> {
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        let mut out = Vec::new();
+        for t in tokens {
+            out.extend(self.close(now, wall_ms, t));
+        }
+        self.pending.clear();
+        out
+    }
+
+    fn add_detours(&mut self, now: Instant, wall_ms: u64, token: Token) -> Vec<Action> {
+        let Some(conn) = self.conns.get(&token) else { return Vec::new() };
+        if conn.join_refused || conn.remote.ip().is_loopback() {
+            return Vec::new();
+        }
+        let live = conn.detours.iter().filter(|d| d.live()).count();
+        let want = usize::from(self.settings.max_detours).saturating_sub(live);
+        let used: Vec<usize> = conn.detours.iter().filter(|d| d.live()).map(|d| d.peer).collect();
+        let remote = conn.remote;
+        let candidates: Vec<usize> = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                !used.contains(i)
+                    && p.spec.address.is_ipv4() == remote.is_ipv4()
+                    && p.spec.address.ip() != remote.ip()
+                    && p.down_until.is_none_or(|t| t <= now)
+            })
+            .map(|(i, _)| i)
+            .take(want)
+            .collect();
+        let mut out = Vec::new();
+        for peer in candidates {
+            out.extend(self.request_detour(now, wall_ms, token, peer));
+        }
+        out
+    }
+
+    fn request_detour(&mut self, now: Instant, wall_ms: u64, token: Token, peer: usize) -> Vec<Action> {
+        let Some(conn) = self.conns.get_mut(&token) else { return Vec::new() };
+        conn.detours.push(Detour {
+            peer,
+            state: DetourState::Requesting,
+            port: None,
+            local_port: None,
+            setup: None,
+            misses: 0,
+            renew_due: None,
+            established_at: None,
+        });
+        let idx = conn.detours.len() - 1;
+        let kind = RequestKind::NatDetour { destination: conn.remote };
+        let timeout = self.settings.request_timeout;
+        self.send_request(now, wall_ms, token, idx, kind, REQUEST_ATTEMPTS - 1, timeout)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_request(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        token: Token,
+        detour: usize,
+        kind: RequestKind,
+        retries: u32,
+        timeout: Duration,
+    ) -> Vec<Action> {
+        let Some(peer) = self.conns.get(&token).and_then(|c| c.detours.get(detour)).map(|d| d.peer) else {
+            return Vec::new();
+        };
+        let to = self.peers[peer].spec.address;
+        let nonce = self.next_nonce();
+        let body = RequestBody {
+            waypoint: self.peers[peer].spec.name.clone(),
+            timestamp_ms: wall_ms,
+            nonce,
+            kind: kind.clone(),
+        };
+        let req = Request::sign(self.cert.clone(), &self.key, body);
+        let bytes = proto::encode(&Message::Request(req));
+        self.pending.insert(
+            nonce,
+            Pending {
+                token,
+                detour,
+                kind,
+                to,
+                bytes: bytes.clone(),
+                sent_at: now,
+                next_at: now + timeout,
+                attempts: 0,
+                max_attempts: retries,
+            },
+        );
+        vec![Action::Send { to, bytes }]
+    }
+
+    fn unanswered(&mut self, now: Instant, p: Pending) -> Vec<Action> {
+        let Some(peer) = self.conns.get(&p.token).and_then(|c| c.detours.get(p.detour)).map(|d| d.peer) else {
+            return Vec::new();
+        };
+        match p.kind {
+            RequestKind::NatDetour { .. } => {
+                if let Some(d) = self.conns.get_mut(&p.token).and_then(|c| c.detours.get_mut(p.detour)) {
+                    d.state = DetourState::Failed("waypoint did not answer".into());
+                }
+                self.peers[peer].down_until = Some(now + self.settings.holddown);
+                Vec::new()
+            }
+            RequestKind::Renew { .. } => {
+                let misses = {
+                    let Some(d) = self.conns.get_mut(&p.token).and_then(|c| c.detours.get_mut(p.detour)) else {
+                        return Vec::new();
+                    };
+                    d.misses += 1;
+                    d.misses
+                };
+                if misses >= self.settings.liveness_misses {
+                    self.peer_lost(now, peer)
+                } else {
+                    Vec::new()
+                }
+            }
+            RequestKind::Release { .. } => Vec::new(),
+        }
+    }
+
+    /// A waypoint stopped answering: drop every detour through it.
+    fn peer_lost(&mut self, now: Instant, peer: usize) -> Vec<Action> {
+        self.peers[peer].down_until = Some(now + self.settings.holddown);
+        let peers = &self.peers;
+        let mut out = Vec::new();
+        for conn in self.conns.values_mut() {
+            for d in conn.detours.iter_mut().filter(|d| d.peer == peer && d.live()) {
+                if let (Some(remote), Some(lp)) = (d.remote(peers), d.local_port) {
+                    out.push(Action::DestroySubflow {
+                        token: conn.token,
+                        local: SocketAddr::new(conn.local.ip(), lp),
+                        remote,
+                    });
+                }
+                d.state = DetourState::Failed("waypoint stopped answering".into());
+            }
+        }
+        let dead: Vec<Nonce> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                self.conns.get(&p.token).and_then(|c| c.detours.get(p.detour)).is_some_and(|d| d.peer == peer)
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        for n in dead {
+            self.pending.remove(&n);
+        }
+        out
+    }
+
+    fn sub_established(&mut self, now: Instant, token: Token, sf: &SubflowInfo) {
+        let peers = &self.peers;
+        let Some(conn) = self.conns.get_mut(&token) else { return };
+        let est = conn.established_at;
+        if let Some(d) = conn.detours.iter_mut().find(|d| d.live() && d.remote(peers) == Some(sf.remote)) {
+            d.state = DetourState::Established;
+            d.local_port = Some(sf.local.port());
+            d.established_at = Some(now);
+            d.setup = est.map(|e| now.saturating_duration_since(e));
+        }
+    }
+
+    fn sub_closed(&mut self, now: Instant, wall_ms: u64, token: Token, sf: &SubflowInfo, error: Option<u32>) -> Vec<Action> {
+        let peers = &self.peers;
+        let Some(conn) = self.conns.get_mut(&token) else { return Vec::new() };
+        let Some(i) = conn.detours.iter().position(|d| d.live() && d.remote(peers) == Some(sf.remote)) else {
+            return Vec::new();
+        };
+        let d = &mut conn.detours[i];
+        let quick = d.established_at.is_some_and(|t| now.saturating_duration_since(t) < JOIN_REFUSED_WINDOW);
+        let why = match error {
+            Some(ECONNREFUSED) => "waypoint has no mapping (connection refused)".to_owned(),
+            Some(ECONNRESET) => "waypoint lost its state (connection reset)".to_owned(),
+            _ if quick => {
+                conn.join_refused = true;
+                "server refused the join (its subflow limit)".to_owned()
+            }
+            Some(e) => format!("subflow closed (error {e})"),
+            None => "subflow closed".to_owned(),
+        };
+        // The waypoint lost our mapping (restart, expiry): ask it afresh, a few
+        // times per connection at most.
+        let lost = matches!(error, Some(ECONNREFUSED) | Some(ECONNRESET));
+        d.state = DetourState::Failed(why);
+        let (port, peer) = (d.port, d.peer);
+        let mut out = Vec::new();
+        if let Some(port) = port {
+            let timeout = self.settings.request_timeout;
+            out.extend(self.send_request(now, wall_ms, token, i, RequestKind::Release { port }, 1, timeout));
+        }
+        if lost && self.retry_allowed(token) {
+            out.extend(self.request_detour(now, wall_ms, token, peer));
+        }
+        out
+    }
+
+    /// Whether a connection may ask again for a detour it lost.
+    fn retry_allowed(&mut self, token: Token) -> bool {
+        match self.conns.get_mut(&token) {
+            Some(c) if !c.join_refused && c.retries < MAX_RETRIES => {
+                c.retries += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn close(&mut self, now: Instant, wall_ms: u64, token: Token) -> Vec<Action> {
+        let Some(conn) = self.conns.get(&token) else { return Vec::new() };
+        let releases: Vec<(usize, u16)> = conn
+            .detours
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.live())
+            .filter_map(|(i, d)| d.port.map(|p| (i, p)))
+            .collect();
+        let mut out = Vec::new();
+        for (i, port) in releases {
+            out.extend(self.send_request(now, wall_ms, token, i, RequestKind::Release { port }, 0, self.settings.request_timeout));
+        }
+        // Pending requests of this connection can no longer be matched.
+        self.pending.retain(|_, p| p.token != token || matches!(p.kind, RequestKind::Release { .. }));
+        self.conns.remove(&token);
+        out
+    }
+
+    fn next_nonce(&mut self) -> Nonce {
+        self.nonce_counter = self.nonce_counter.wrapping_add(1);
+        let mut n = [0u8; 16];
+        n[..8].copy_from_slice(&self.nonce_prefix);
+        n[8..].copy_from_slice(&self.nonce_counter.to_be_bytes());
+        Nonce(n)
+    }
+}

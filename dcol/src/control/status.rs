@@ -1,0 +1,166 @@
+//! The `dcol status --json` document: the contract with LuCI.
+//!
+//! Shape (fields marked `?` are `null` when unknown; `client` is `null` when the
+//! client role is off, `waypoint` likewise):
+//!
+//! ```json
+//! {
+//!   "version": "0.1.0",
+//!   "uptime_s": 42,
+//!   "member": { "name": "bob", "id": "3f2a9c0d11e4b7a0", "collective": "<64 hex>",
+//!               "cert_not_after": 1795000000, "roles": "client,waypoint" },
+//!   "client": {
+//!     "connections": [
+//!       { "token": "0x1a2b3c4d", "local": "10.0.1.1:51234", "remote": "10.0.3.2:5201",
+//!         "state": "established",
+//!         "subflows": [
+//!           { "path": "direct", "waypoint": null, "tunnel": null,
+//!             "local": "10.0.1.1:51234", "remote": "10.0.3.2:5201",
+//!             "state": "established", "detail": null, "setup_ms": null },
+//!           { "path": "detour", "waypoint": "alice", "tunnel": "nat",
+//!             "local": "10.0.1.1:40123", "remote": "10.0.6.2:40000",
+//!             "state": "established", "detail": null, "setup_ms": 3 } ] } ],
+//!     "peers": [ { "name": "alice", "address": "10.0.6.2:7447", "tunnel": "nat",
+//!                  "up": true, "rtt_ms": 1.2 } ]
+//!   },
+//!   "waypoint": {
+//!     "listen": ["0.0.0.0:7447"],
+//!     "grants": [ { "member": "bob", "member_id": "3f2a9c0d11e4b7a0", "client": "10.0.1.1",
+//!                   "port": 40000, "destination": "10.0.3.2:5201",
+//!                   "age_s": 12, "expires_in_s": 288 } ],
+//!     "datagrams": 10, "granted": 9, "refused": { "Stale": 1 }
+//!   }
+//! }
+//! ```
+//!
+//! Subflow `state` is one of `requesting`, `connecting`, `established`, `failed`
+//! (then `detail` says why). Addresses are strings in Rust's `SocketAddr` format
+//! (`[v6]:port` for IPv6). New fields may be added; existing ones keep their meaning.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole status document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// `dcol` version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// This router's membership.
+    pub member: MemberStatus,
+    /// Client role, when enabled.
+    pub client: Option<ClientStatus>,
+    /// Waypoint role, when enabled.
+    pub waypoint: Option<WaypointStatus>,
+}
+
+/// This router's identity in the collective.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberStatus {
+    /// Certificate name.
+    pub name: String,
+    /// Member id (16 hex digits).
+    pub id: String,
+    /// Collective root public key (hex).
+    pub collective: String,
+    /// Certificate end of validity (Unix seconds).
+    pub cert_not_after: u64,
+    /// Roles in the certificate, comma separated.
+    pub roles: String,
+}
+
+/// The client role.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClientStatus {
+    /// MPTCP connections this host opened.
+    pub connections: Vec<ConnectionStatus>,
+    /// Configured waypoints.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One MPTCP connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionStatus {
+    /// Kernel token, `0x` and 8 hex digits.
+    pub token: String,
+    /// Local address of the initial subflow.
+    pub local: String,
+    /// The server.
+    pub remote: String,
+    /// `connecting` until MPTCP ESTABLISHED, then `established`.
+    pub state: String,
+    /// The direct subflow first, then detours.
+    pub subflows: Vec<SubflowStatus>,
+}
+
+/// One subflow (or a detour not yet a subflow).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubflowStatus {
+    /// `direct` or `detour`.
+    pub path: String,
+    /// Waypoint name for detours.
+    pub waypoint: Option<String>,
+    /// `nat` or `vpn` for detours.
+    pub tunnel: Option<String>,
+    /// Local address, once known.
+    pub local: Option<String>,
+    /// Remote address (waypoint and granted port for NAT detours), once known.
+    pub remote: Option<String>,
+    /// `requesting`, `connecting`, `established` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    pub detail: Option<String>,
+    /// Connection ESTABLISHED → this subflow's SUB_ESTABLISHED, in ms.
+    pub setup_ms: Option<u64>,
+}
+
+/// A configured waypoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    /// Name.
+    pub name: String,
+    /// Signaling address.
+    pub address: String,
+    /// `nat` or `vpn`.
+    pub tunnel: String,
+    /// False while held down after it stopped answering.
+    pub up: bool,
+    /// Last signaling round trip in ms.
+    pub rtt_ms: Option<f64>,
+}
+
+/// The waypoint role.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WaypointStatus {
+    /// Signaling sockets.
+    pub listen: Vec<String>,
+    /// Live NAT tunnels.
+    pub grants: Vec<GrantStatus>,
+    /// Datagrams received.
+    pub datagrams: u64,
+    /// Grants sent (new, renewed, repeated).
+    pub granted: u64,
+    /// Refusals by reason.
+    pub refused: BTreeMap<String, u64>,
+}
+
+/// One live NAT tunnel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GrantStatus {
+    /// Member name.
+    pub member: String,
+    /// Member id.
+    pub member_id: String,
+    /// Client address as seen by the waypoint.
+    pub client: String,
+    /// Allocated port.
+    pub port: u16,
+    /// Destination.
+    pub destination: String,
+    /// Seconds since granted.
+    pub age_s: u64,
+    /// Seconds left unless renewed.
+    pub expires_in_s: u64,
+}

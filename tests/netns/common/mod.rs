@@ -1,0 +1,145 @@
+//! Shared set-up of the root network-namespace tests: the paper's topology with a
+//! DCol waypoint and a DCol client in it, and an unmodified MPTCP server.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dcol_tests::dcol::{main_section, Collective, Daemon, Member, Scratch};
+use dcol_tests::{LinkProfile, Node, Topology};
+
+/// Skips (loudly) when not root: only root can make network namespaces.
+pub fn need_root() -> bool {
+    if unsafe_is_root() {
+        return true;
+    }
+    eprintln!("SKIP: this test needs root (network namespaces, nftables, MPTCP path manager)");
+    false
+}
+
+fn unsafe_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// The signaling port the waypoints listen on.
+pub const SIGNAL_PORT: u16 = 7447;
+/// The iperf3 port of the server.
+pub const IPERF_PORT: u16 = 5201;
+
+/// A running collective: topology, members, daemons.
+pub struct Lab {
+    pub topo: Topology,
+    pub scratch: Scratch,
+    pub collective: Collective,
+    pub client_member: Member,
+    pub waypoint_member: Member,
+    pub waypoint: Option<Daemon>,
+    pub client: Option<Daemon>,
+}
+
+impl Lab {
+    /// Builds the topology and the collective; starts nothing.
+    pub fn new(profile: LinkProfile) -> Lab {
+        let topo = Topology::paper(profile);
+        let scratch = Scratch::new("lab");
+        let collective = Collective::new(scratch.path(), "coop");
+        let client_member = collective.admit("bob", "client", 30);
+        let waypoint_member = collective.admit("alice", "client,waypoint", 30);
+        Lab { topo, scratch, collective, client_member, waypoint_member, waypoint: None, client: None }
+    }
+
+    pub fn ns(&self, n: Node) -> String {
+        self.topo.ns(n).name().to_owned()
+    }
+
+    pub fn sock(&self, tag: &str) -> PathBuf {
+        self.scratch.path().join(format!("{tag}.sock"))
+    }
+
+    /// The waypoint's UCI file.
+    pub fn waypoint_config(&self, extra: &str) -> String {
+        let state = self.scratch.path().join("wp-state");
+        format!(
+            "{}config waypoint 'waypoint'\n\toption enabled '1'\n\tlist listen '0.0.0.0:{SIGNAL_PORT}'\n\tlist listen '[::]:{SIGNAL_PORT}'\n\toption nat_ports '40000-40099'\n\toption lease_s '60'\n\tlist allow_destination '10.0.0.0/8'\n\tlist allow_destination 'fd00::/8'\n{extra}\n",
+            main_section(&self.waypoint_member, &self.collective, &self.sock("wp"), &state)
+        )
+    }
+
+    /// The client's UCI file, with the waypoint as a peer over IPv4 and IPv6.
+    pub fn client_config(&self, extra: &str) -> String {
+        let state = self.scratch.path().join("cl-state");
+        let w4 = self.topo.addr4(Node::Waypoint);
+        let w6 = self.topo.addr6(Node::Waypoint);
+        format!(
+            "{}config client 'client'\n\toption enabled '1'\n\toption max_detours '2'\n\toption renew_interval_s '1'\n\toption liveness_misses '3'\n{extra}\nconfig peer\n\toption name 'alice'\n\toption address '{}'\n\toption tunnel 'nat'\n\nconfig peer\n\toption name 'alice'\n\toption address '{}'\n\toption tunnel 'nat'\n",
+            main_section(&self.client_member, &self.collective, &self.sock("cl"), &state),
+            SocketAddr::new(IpAddr::V4(w4), SIGNAL_PORT),
+            SocketAddr::new(IpAddr::V6(w6), SIGNAL_PORT),
+        )
+    }
+
+    pub fn start_waypoint(&mut self) {
+        let cfg = self.waypoint_config("");
+        let d = Daemon::start(&self.ns(Node::Waypoint), self.scratch.path(), "wp", &cfg, &self.sock("wp"));
+        self.waypoint = Some(d);
+    }
+
+    pub fn start_client(&mut self) {
+        let cfg = self.client_config("");
+        let d = Daemon::start(&self.ns(Node::Client), self.scratch.path(), "cl", &cfg, &self.sock("cl"));
+        self.client = Some(d);
+    }
+
+    pub fn wp(&self) -> &Daemon {
+        self.waypoint.as_ref().expect("waypoint started")
+    }
+
+    pub fn cl(&self) -> &Daemon {
+        self.client.as_ref().expect("client started")
+    }
+}
+
+/// Count of detours in state `state` across the client's connections.
+pub fn detours_in(status: &serde_json::Value, state: &str) -> usize {
+    status["client"]["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["subflows"].as_array().into_iter().flatten())
+        .filter(|s| s["path"] == "detour" && s["state"] == state)
+        .count()
+}
+
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// Sends `bytes` to `to` from a fresh UDP socket inside network namespace `ns`
+/// and returns the reply, if one arrives within `wait`.
+pub fn udp_exchange(ns: &str, to: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let ns_path = format!("/var/run/netns/{ns}");
+    let bytes = bytes.to_vec();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns_path).expect("open netns");
+        enter_netns(&f);
+        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+        let s = std::net::UdpSocket::bind(any).expect("bind");
+        s.set_read_timeout(Some(wait)).expect("timeout");
+        s.send_to(&bytes, to).expect("send");
+        let mut buf = [0u8; 4096];
+        s.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+    })
+    .join()
+    .expect("udp thread")
+}
+
+/// Moves the calling thread into the network namespace open as `f`.
+pub fn enter_netns(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns on an open namespace fd affects only the calling thread.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+}

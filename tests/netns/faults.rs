@@ -1,0 +1,105 @@
+// Needs: root, network namespaces, kernel MPTCP (userspace path manager), nftables
+// with NAT and maps, conntrack, tbf; programs ip, tc, nft, conntrack, ethtool,
+// iperf3, mptcpize (package mptcpd). tests/setup.sh installs them.
+//
+//! Faults: the waypoint vanishing mid-transfer, and `kill -9` of the waypoint
+//! daemon followed by a restart (crash reconciliation).
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::{detours_in, need_root, Lab, IPERF_PORT};
+use dcol_tests::dcol::{has_table, in_ns, map_elements};
+use dcol_tests::{iperf3_client, iperf3_server, LinkProfile, Node};
+
+/// The waypoint's links go down in the middle of a transfer: the transfer
+/// completes over the direct path, and the client notices and drops the detour.
+#[test]
+fn waypoint_vanishes_mid_transfer() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::new(LinkProfile::core_limited());
+    let server: IpAddr = lab.topo.addr4(Node::Server).into();
+    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
+    lab.start_waypoint();
+    lab.start_client();
+    let topo = &lab.topo;
+    let cl = lab.client.as_ref().unwrap();
+    let result = std::thread::scope(|s| {
+        let h = s.spawn(|| iperf3_client(topo.ns(Node::Client), server, IPERF_PORT, 10, true, false));
+        cl.wait_status(Duration::from_secs(3), |s| detours_in(s, "established") >= 1)
+            .unwrap_or_else(|s| panic!("no detour established: {s}"));
+        std::thread::sleep(Duration::from_secs(2));
+        topo.link_down(6);
+        // renew_interval 1 s, 3 misses: the client must drop the detour well
+        // before the transfer ends.
+        let st = cl
+            .wait_status(Duration::from_secs(7), |s| detours_in(s, "established") == 0)
+            .unwrap_or_else(|s| panic!("client kept the dead detour: {s}"));
+        let det = st["client"]["connections"][0]["subflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["path"] == "detour")
+            .cloned()
+            .unwrap();
+        assert_eq!(det["state"], "failed", "{det}");
+        h.join().expect("iperf thread")
+    });
+    let r = result.expect("the transfer must complete over the direct path");
+    eprintln!("transfer with a vanishing waypoint: {:.2} Mbit/s", r.mbps_after_first_second());
+    assert!(r.mbps_after_first_second() > 3.0, "transfer stalled: {:.2} Mbit/s", r.mbps_after_first_second());
+    let log = cl.log_text();
+    assert!(log.contains("dropped detour subflow"), "client did not destroy the subflow:\n{log}");
+    topo.link_up(6);
+}
+
+/// `kill -9` of the waypoint daemon leaves its table; a restart replaces it
+/// (old tunnels revoked: no duplicates, no stale elements) and the client gets
+/// a fresh grant for its running connection.
+#[test]
+fn waypoint_crash_is_reconciled() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::new(LinkProfile::core_limited());
+    let server: IpAddr = lab.topo.addr4(Node::Server).into();
+    let wns = lab.ns(Node::Waypoint);
+    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
+    lab.start_waypoint();
+    lab.start_client();
+    // A transfer keeps running through the crash (its own thread); the checks
+    // run meanwhile.
+    let cns = lab.topo.ns(Node::Client).name().to_owned();
+    let h = std::thread::spawn(move || {
+        let dst = format!("{server}");
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &cns, "mptcpize", "run", "iperf3", "-c", &dst, "-t", "10", "-p"])
+            .arg(IPERF_PORT.to_string())
+            .output()
+            .expect("iperf3");
+        out.status.success()
+    });
+    lab.cl()
+        .wait_status(Duration::from_secs(3), |s| detours_in(s, "established") >= 1)
+        .unwrap_or_else(|s| panic!("no detour established: {s}"));
+    lab.waypoint.as_mut().unwrap().kill9();
+    assert!(has_table(&wns, "dcol"), "the crashed waypoint's table should still be there");
+    assert_eq!(map_elements(&wns, "dcol", "nat4"), 1);
+    lab.waypoint = None;
+    lab.start_waypoint();
+    assert!(lab.wp().log_text().contains("previous run"), "no reconciliation logged:\n{}", lab.wp().log_text());
+    let tables = in_ns(&wns, &["nft", "list", "tables"]);
+    assert_eq!(tables.lines().filter(|l| l.contains("dcol")).count(), 1, "{tables}");
+    // The client's renewal is refused (unknown lease) or its subflow reset; it
+    // asks again and gets exactly one fresh grant.
+    let st = lab
+        .wp()
+        .wait_status(Duration::from_secs(6), |s| s["waypoint"]["grants"].as_array().is_some_and(|g| g.len() == 1))
+        .unwrap_or_else(|s| panic!("client did not get a fresh grant: {s}\n{}", lab.cl().log_text()));
+    assert_eq!(map_elements(&wns, "dcol", "nat4"), 1, "{st}");
+    assert!(h.join().expect("iperf thread"), "the transfer failed across the waypoint crash");
+}
