@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod proto;
 pub mod sys;
+#[cfg(test)]
+mod testutil;
 pub mod trust;
-#[cfg(dcol_wip)]
 pub mod waypoint;

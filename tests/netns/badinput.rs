@@ -6,12 +6,10 @@
 //! refused (or ignored) with a logged reason, adds no nftables element, and the
 //! waypoint keeps serving the next valid request.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{need_root, udp_exchange, Lab, SIGNAL_PORT};
+use dcol_tests::lab::{need_root, udp_exchange, Lab, SIGNAL_PORT};
 use dcol::proto::{self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind};
 use dcol::trust::{files, Certificate, Roles, SecretKey};
 use dcol_tests::dcol::{map_elements, Collective};

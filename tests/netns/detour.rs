@@ -6,12 +6,10 @@
 //! the paper's topology, an unmodified MPTCP server (`mptcpize run iperf3 -s`) and
 //! an unmodified MPTCP client app (`mptcpize run iperf3 -c`).
 
-mod common;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::{detours_in, need_root, Lab, IPERF_PORT};
+use dcol_tests::lab::{detours_in, need_root, Lab, IPERF_PORT};
 use dcol_tests::dcol::{has_table, in_ns, map_elements};
 use dcol_tests::{iperf3_client, iperf3_server, JoinCounter, LinkProfile, Node};
 

@@ -5,12 +5,10 @@
 //! Faults: the waypoint vanishing mid-transfer, and `kill -9` of the waypoint
 //! daemon followed by a restart (crash reconciliation).
 
-mod common;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::{detours_in, need_root, Lab, IPERF_PORT};
+use dcol_tests::lab::{detours_in, need_root, Lab, IPERF_PORT};
 use dcol_tests::dcol::{has_table, in_ns, map_elements};
 use dcol_tests::{iperf3_client, iperf3_server, LinkProfile, Node};
 

@@ -701,3 +701,295 @@ impl Client {
         Nonce(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{self, cert, T0};
+    use crate::waypoint::{self, Decision, Waypoint};
+
+    const MS: u64 = T0 * 1000;
+    const WP: &str = "10.0.6.2:7447";
+    const CLIENT_IP: &str = "10.0.1.2";
+
+    /// A client and a real (pure) waypoint on a virtual network with a clock.
+    struct Pair {
+        c: Client,
+        w: Waypoint,
+        t0: Instant,
+        now: Instant,
+        /// Drop the next n client → waypoint datagrams.
+        drop_next: usize,
+        created: Vec<(Token, SocketAddr)>,
+        destroyed: Vec<(Token, SocketAddr)>,
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            max_detours: 2,
+            request_timeout: Duration::from_millis(300),
+            renew_interval: Duration::from_secs(1),
+            liveness_misses: 3,
+            holddown: Duration::from_secs(30),
+        }
+    }
+
+    impl Pair {
+        fn new(peers: Vec<PeerSpec>) -> Pair {
+            let c = Client::new(
+                settings(),
+                cert("bob", 3, Roles::CLIENT),
+                testutil::key(3),
+                testutil::root_pub(),
+                Revocations::default(),
+                peers,
+                [7; 8],
+            );
+            let ws = waypoint::Settings {
+                ports: (40000, 40099),
+                lease: Duration::from_secs(60),
+                max_per_member: 16,
+                allow: vec!["10.0.0.0/8".parse().unwrap()],
+                max_skew: Duration::from_secs(30),
+            };
+            let me = cert("alice", 2, Roles::CLIENT | Roles::WAYPOINT);
+            let w = Waypoint::new(ws, me, testutil::key(2), testutil::root_pub(), Revocations::default(), vec![]);
+            let t0 = Instant::now();
+            Pair { c, w, t0, now: t0, drop_next: 0, created: vec![], destroyed: vec![] }
+        }
+
+        fn alice() -> Vec<PeerSpec> {
+            vec![PeerSpec { name: "alice".into(), address: WP.parse().unwrap() }]
+        }
+
+        fn ms(&self) -> u64 {
+            MS + self.now.duration_since(self.t0).as_millis() as u64
+        }
+
+        /// Carries actions out: datagrams go to the waypoint (if it is up) and
+        /// its replies come back; subflow commands are recorded.
+        fn run(&mut self, actions: Vec<Action>, waypoint_up: bool) {
+            let mut queue = actions;
+            while let Some(a) = queue.pop() {
+                match a {
+                    Action::Send { to, bytes } => {
+                        assert_eq!(to, WP.parse().unwrap());
+                        if self.drop_next > 0 {
+                            self.drop_next -= 1;
+                            continue;
+                        }
+                        if !waypoint_up {
+                            continue;
+                        }
+                        let from = SocketAddr::new(CLIENT_IP.parse().unwrap(), 50000);
+                        let reply = match self.w.handle(self.now, self.ms(), from, &bytes) {
+                            Decision::Reply { bytes, .. }
+                            | Decision::Install { bytes, .. }
+                            | Decision::Refresh { bytes, .. }
+                            | Decision::Remove { bytes, .. } => bytes,
+                            Decision::Ignore { reason } => panic!("waypoint ignored: {reason}"),
+                        };
+                        let more = self.c.on_datagram(self.now, self.ms(), to, &reply).expect("valid reply");
+                        queue.extend(more);
+                    }
+                    Action::CreateSubflow { token, local, local_id, remote } => {
+                        assert_eq!(local, CLIENT_IP.parse::<IpAddr>().unwrap());
+                        assert_eq!(local_id, DETOUR_LOCAL_ID);
+                        self.created.push((token, remote));
+                    }
+                    Action::DestroySubflow { token, remote, .. } => self.destroyed.push((token, remote)),
+                }
+            }
+        }
+
+        fn event(&mut self, ev: PmEvent) {
+            let a = self.c.on_event(self.now, self.ms(), &ev);
+            self.run(a, true);
+        }
+
+        fn advance(&mut self, d: Duration, waypoint_up: bool) {
+            let end = self.now + d;
+            while let Some(t) = self.c.next_timeout().filter(|t| *t <= end) {
+                self.now = t.max(self.now);
+                let a = self.c.poll(self.now, self.ms());
+                self.run(a, waypoint_up);
+            }
+            self.now = end;
+        }
+    }
+
+    fn established(token: u32) -> PmEvent {
+        PmEvent::Established {
+            token: Token(token),
+            local: format!("{CLIENT_IP}:40404").parse().unwrap(),
+            remote: "10.0.3.2:5201".parse().unwrap(),
+            server_side: false,
+        }
+    }
+
+    fn sub(remote: SocketAddr, local_port: u16) -> SubflowInfo {
+        SubflowInfo {
+            local_id: DETOUR_LOCAL_ID,
+            remote_id: 0,
+            local: SocketAddr::new(CLIENT_IP.parse().unwrap(), local_port),
+            remote,
+            backup: false,
+        }
+    }
+
+    fn detour_state(p: &Pair, token: u32) -> Vec<&'static str> {
+        p.c.conns()
+            .filter(|c| c.token == Token(token))
+            .flat_map(|c| c.detours.iter().map(|d| d.state.name()))
+            .collect()
+    }
+
+    #[test]
+    fn established_connection_gets_a_detour_subflow() {
+        let mut p = Pair::new(Pair::alice());
+        p.event(established(1));
+        assert_eq!(p.created.len(), 1);
+        let (token, remote) = p.created[0];
+        assert_eq!(token, Token(1));
+        assert_eq!(remote.ip(), "10.0.6.2".parse::<IpAddr>().unwrap());
+        assert!((40000..=40099).contains(&remote.port()));
+        assert_eq!(detour_state(&p, 1), vec!["connecting"]);
+        p.now += Duration::from_millis(20);
+        p.event(PmEvent::SubEstablished { token: Token(1), subflow: sub(remote, 41000) });
+        assert_eq!(detour_state(&p, 1), vec!["established"]);
+        let setup = p.c.conns().next().unwrap().detours[0].setup;
+        assert_eq!(setup, Some(Duration::from_millis(20)));
+        // Renewals keep it alive for a long time.
+        p.advance(Duration::from_secs(30), true);
+        assert_eq!(detour_state(&p, 1), vec!["established"]);
+        assert!(p.destroyed.is_empty());
+    }
+
+    #[test]
+    fn server_side_and_unknown_connections_are_left_alone() {
+        let mut p = Pair::new(Pair::alice());
+        let mut ev = established(2);
+        if let PmEvent::Established { server_side, .. } = &mut ev {
+            *server_side = true;
+        }
+        p.event(ev);
+        p.event(PmEvent::SubClosed { token: Token(99), subflow: sub(WP.parse().unwrap(), 1), error: Some(111) });
+        p.event(PmEvent::Closed { token: Token(98) });
+        assert!(p.created.is_empty());
+        assert_eq!(p.c.conns().count(), 0);
+    }
+
+    #[test]
+    fn lost_request_is_retransmitted_and_granted_once() {
+        let mut p = Pair::new(Pair::alice());
+        p.drop_next = 2;
+        p.event(established(1));
+        assert!(p.created.is_empty());
+        p.advance(Duration::from_millis(299), true);
+        assert!(p.created.is_empty(), "retransmitted too early");
+        p.advance(Duration::from_secs(2), true);
+        assert_eq!(p.created.len(), 1, "not granted after retransmission");
+        assert_eq!(p.w.leases().count(), 1);
+    }
+
+    #[test]
+    fn refused_join_stops_further_detours() {
+        let mut p = Pair::new(Pair::alice());
+        p.event(established(1));
+        let (_, remote) = p.created[0];
+        p.event(PmEvent::SubEstablished { token: Token(1), subflow: sub(remote, 41000) });
+        p.now += Duration::from_millis(5);
+        p.event(PmEvent::SubClosed { token: Token(1), subflow: sub(remote, 41000), error: None });
+        let c = p.c.conns().next().unwrap();
+        assert!(c.join_refused);
+        assert_eq!(detour_state(&p, 1), vec!["failed"]);
+        // The lease was released at the waypoint.
+        assert_eq!(p.w.leases().count(), 0);
+        assert_eq!(p.created.len(), 1);
+    }
+
+    #[test]
+    fn dead_waypoint_is_detected_and_its_subflow_destroyed() {
+        let mut p = Pair::new(Pair::alice());
+        p.event(established(1));
+        let (_, remote) = p.created[0];
+        p.event(PmEvent::SubEstablished { token: Token(1), subflow: sub(remote, 41000) });
+        // The waypoint goes silent: 3 renewals at 1 s intervals go unanswered.
+        p.advance(Duration::from_millis(2500), false);
+        assert!(p.destroyed.is_empty(), "gave up too early");
+        p.advance(Duration::from_secs(3), false);
+        assert_eq!(p.destroyed, vec![(Token(1), remote)]);
+        assert_eq!(detour_state(&p, 1), vec!["failed"]);
+        // Held down: a new connection does not wait on it.
+        p.event(established(2));
+        assert_eq!(p.created.len(), 1);
+    }
+
+    #[test]
+    fn waypoint_restart_means_a_fresh_grant() {
+        let mut p = Pair::new(Pair::alice());
+        p.event(established(1));
+        let (_, remote) = p.created[0];
+        p.event(PmEvent::SubEstablished { token: Token(1), subflow: sub(remote, 41000) });
+        // The waypoint restarts and forgets its leases.
+        let fresh = Pair::new(Pair::alice()).w;
+        p.w = fresh;
+        p.advance(Duration::from_millis(1100), true);
+        assert_eq!(p.destroyed, vec![(Token(1), remote)]);
+        assert_eq!(p.created.len(), 2, "no fresh grant after the restart");
+        assert_eq!(detour_state(&p, 1), vec!["failed", "connecting"]);
+    }
+
+    #[test]
+    fn closed_connection_releases_its_leases() {
+        let mut p = Pair::new(Pair::alice());
+        p.event(established(1));
+        assert_eq!(p.w.leases().count(), 1);
+        p.event(PmEvent::Closed { token: Token(1) });
+        assert_eq!(p.w.leases().count(), 0);
+        assert_eq!(p.c.conns().count(), 0);
+        assert_eq!(p.c.next_timeout(), None);
+    }
+
+    #[test]
+    fn forged_and_misaddressed_responses_are_rejected() {
+        let mut p = Pair::new(Pair::alice());
+        p.drop_next = 1;
+        p.event(established(1));
+        // A response signed by a non-member, with a nonce it could have sniffed.
+        let nonce = *p.c.pending.keys().next().unwrap();
+        let evil = crate::testutil::cert_by(&testutil::key(66), "alice", 5, Roles::WAYPOINT, T0 - 9, T0 + 9);
+        let body = crate::proto::ResponseBody {
+            nonce,
+            timestamp_ms: MS,
+            outcome: Outcome::Granted { port: 40050, lease_secs: 60, observed: CLIENT_IP.parse().unwrap() },
+        };
+        let forged = proto::encode(&Message::Response(crate::proto::Response::sign(evil, &testutil::key(5), body.clone())));
+        assert!(p.c.on_datagram(p.now, MS, WP.parse().unwrap(), &forged).is_err());
+        // A genuine member answering for the wrong peer name.
+        let carol = cert("carol", 4, Roles::WAYPOINT);
+        let wrong = proto::encode(&Message::Response(crate::proto::Response::sign(carol, &testutil::key(4), body.clone())));
+        let e = p.c.on_datagram(p.now, MS, WP.parse().unwrap(), &wrong).unwrap_err();
+        assert!(e.contains("carol"), "{e}");
+        // From another address than the one asked.
+        let other: SocketAddr = "10.0.9.9:7447".parse().unwrap();
+        assert!(p.c.on_datagram(p.now, MS, other, &forged).is_err());
+        assert!(p.created.is_empty());
+        // The genuine answer still gets through afterwards.
+        p.advance(Duration::from_secs(1), true);
+        assert_eq!(p.created.len(), 1);
+    }
+
+    #[test]
+    fn max_detours_and_address_family() {
+        let peers = vec![
+            PeerSpec { name: "alice".into(), address: WP.parse().unwrap() },
+            PeerSpec { name: "alice".into(), address: "[fd00:0:0:6::2]:7447".parse().unwrap() },
+        ];
+        let mut p = Pair::new(peers);
+        p.event(established(1));
+        // Only the IPv4 peer serves an IPv4 connection.
+        assert_eq!(p.created.len(), 1);
+        assert_eq!(p.c.conns().next().unwrap().detours.len(), 1);
+    }
+}

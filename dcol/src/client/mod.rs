@@ -1,10 +1,8 @@
 //! The client role: path-manager decisions (pure) — which detours to ask for, when to
 //! create, keep or drop subflows. Netlink lives in `sys::mptcp_pm`.
 
-#[cfg(dcol_wip)]
 mod core;
 mod event;
 
-#[cfg(dcol_wip)]
 pub use self::core::{Action, Client, Conn, Detour, DetourState, PeerSpec, PeerStatus, Settings, DETOUR_LOCAL_ID};
 pub use event::{PmEvent, SubflowInfo, Token};

@@ -1,1 +1,697 @@
-//! (being written)
+//! `/etc/config/dcol` (UCI syntax) parsed once, strictly, into a typed
+//! [`Config`]. Pure apart from [`load`], which reads the file.
+//!
+//! Invalid values are errors that name the file, the line and the option;
+//! unknown sections and options are warnings (kept in [`Config::warnings`]), so
+//! a newer LuCI writing an option an older daemon does not know yet does not
+//! stop the router's daemon. No libuci: the daemon reads the file itself.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// An invalid configuration: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line (0 when the file could not be read).
+    pub line: usize,
+    /// The option, when the error is about one.
+    pub option: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if let Some(o) = &self.option {
+            write!(f, ": option '{o}'")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// An address block, e.g. `10.0.0.0/8` or `fd00::/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address (host bits cleared).
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// True when `ip` is inside the block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(*ip),
+            v4 => *v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => mask4(u32::from(a), self.prefix) == u32::from(n),
+            (IpAddr::V6(n), IpAddr::V6(a)) => mask6(u128::from(a), self.prefix) == u128::from(n),
+            _ => false,
+        }
+    }
+}
+
+fn mask4(a: u32, p: u8) -> u32 {
+    if p == 0 {
+        0
+    } else {
+        a & (u32::MAX << (32 - u32::from(p)))
+    }
+}
+
+fn mask6(a: u128, p: u8) -> u128 {
+    if p == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - u32::from(p)))
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| format!("'{a}' is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("bad prefix length '{p}' (0-{max})"))?,
+        };
+        let addr = match addr {
+            IpAddr::V4(v4) => IpAddr::V4(mask4(u32::from(v4), prefix).into()),
+            IpAddr::V6(v6) => IpAddr::V6(mask6(u128::from(v6), prefix).into()),
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Tunnel type of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelKind {
+    /// NAT tunnel: one map element per destination.
+    Nat,
+    /// WireGuard tunnel (not implemented yet; skipped with a warning).
+    Vpn,
+}
+
+/// `config dcol 'main'`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MainConfig {
+    /// Run at all.
+    pub enabled: bool,
+    /// Member secret key file.
+    pub key: PathBuf,
+    /// Member certificate file.
+    pub cert: PathBuf,
+    /// Collective root public key file.
+    pub collective: PathBuf,
+    /// Unix socket for `dcol status`.
+    pub control_socket: PathBuf,
+    /// Directory for crash-recovery state.
+    pub state_dir: PathBuf,
+    /// Log level.
+    pub log_level: log::LevelFilter,
+    /// Revoked member ids (16 hex digits each).
+    pub revoked: Vec<String>,
+}
+
+/// `config client 'client'`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// Client role on.
+    pub enabled: bool,
+    /// Detours per connection (0-8).
+    pub max_detours: u8,
+    /// First request retransmission timeout, ms.
+    pub request_timeout_ms: u32,
+    /// Lease renewal / liveness interval, s.
+    pub renew_interval_s: u32,
+    /// Missed renewals before a waypoint counts as gone.
+    pub liveness_misses: u32,
+}
+
+/// `config waypoint 'waypoint'`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaypointConfig {
+    /// Waypoint role on.
+    pub enabled: bool,
+    /// Signaling sockets.
+    pub listen: Vec<SocketAddr>,
+    /// NAT tunnel port range (inclusive).
+    pub nat_ports: (u16, u16),
+    /// Lease length, s.
+    pub lease_s: u32,
+    /// Live tunnels per member.
+    pub max_tunnels_per_member: u32,
+    /// Destinations allowed despite the built-in policy.
+    pub allow_destination: Vec<Cidr>,
+    /// Allowed clock difference, s.
+    pub max_clock_skew_s: u32,
+    /// nftables table name (`inet <table>`).
+    pub table: String,
+}
+
+/// `config peer`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConfig {
+    /// Name in its certificate.
+    pub name: String,
+    /// Signaling address.
+    pub address: SocketAddr,
+    /// Tunnel type.
+    pub tunnel: TunnelKind,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `main` section.
+    pub main: MainConfig,
+    /// `client` section.
+    pub client: ClientConfig,
+    /// `waypoint` section.
+    pub waypoint: WaypointConfig,
+    /// `peer` sections.
+    pub peers: Vec<PeerConfig>,
+    /// Unknown sections/options, duplicates: `file:line: ...`.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            main: MainConfig {
+                enabled: true,
+                key: "/etc/dcol/member.key".into(),
+                cert: "/etc/dcol/member.cert".into(),
+                collective: "/etc/dcol/collective.pub".into(),
+                control_socket: "/var/run/dcol.sock".into(),
+                state_dir: "/var/run/dcol".into(),
+                log_level: log::LevelFilter::Info,
+                revoked: Vec::new(),
+            },
+            client: ClientConfig {
+                enabled: false,
+                max_detours: 2,
+                request_timeout_ms: 300,
+                renew_interval_s: 5,
+                liveness_misses: 3,
+            },
+            waypoint: WaypointConfig {
+                enabled: false,
+                listen: vec!["0.0.0.0:7447".parse().expect("constant")],
+                nat_ports: (40000, 40999),
+                lease_s: 300,
+                max_tunnels_per_member: 16,
+                allow_destination: Vec::new(),
+                max_clock_skew_s: 30,
+                table: "dcol".into(),
+            },
+            peers: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Reads and parses `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: 0,
+        option: None,
+        message: e.to_string(),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+        ConfigError { file: path.to_owned(), line, option: None, message: "not valid UTF-8".into() }
+    })?;
+    parse(&text, path)
+}
+
+/// One `option`/`list` line.
+struct Item {
+    line: usize,
+    name: String,
+    value: String,
+    list: bool,
+}
+
+struct Section {
+    line: usize,
+    kind: String,
+    name: Option<String>,
+    items: Vec<Item>,
+}
+
+/// Splits a UCI line into words, honouring quotes and `#` comments.
+fn words(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let Some(&c) = chars.peek() else { break };
+        if c == '#' {
+            break;
+        }
+        let mut w = String::new();
+        while let Some(&c) = chars.peek() {
+            if c.is_whitespace() {
+                break;
+            }
+            chars.next();
+            match c {
+                '\'' => loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(x) => w.push(x),
+                        None => return Err("unterminated single quote".into()),
+                    }
+                },
+                '"' => loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(x) => w.push(x),
+                            None => return Err("unterminated double quote".into()),
+                        },
+                        Some(x) => w.push(x),
+                        None => return Err("unterminated double quote".into()),
+                    }
+                },
+                '\\' => match chars.next() {
+                    Some(x) => w.push(x),
+                    None => return Err("dangling backslash".into()),
+                },
+                x => w.push(x),
+            }
+        }
+        out.push(w);
+    }
+    Ok(out)
+}
+
+fn sections(text: &str, file: &Path) -> Result<Vec<Section>, ConfigError> {
+    let err = |line: usize, msg: String| ConfigError { file: file.to_owned(), line, option: None, message: msg };
+    let mut out: Vec<Section> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let w = words(raw).map_err(|m| err(n, m))?;
+        let Some(first) = w.first() else { continue };
+        match first.as_str() {
+            "config" => {
+                let kind = w.get(1).ok_or_else(|| err(n, "'config' needs a section type".into()))?;
+                if w.len() > 3 {
+                    return Err(err(n, "too many words after 'config'".into()));
+                }
+                out.push(Section { line: n, kind: kind.clone(), name: w.get(2).cloned(), items: Vec::new() });
+            }
+            "option" | "list" => {
+                let sec = out.last_mut().ok_or_else(|| err(n, format!("'{first}' outside a 'config' section")))?;
+                if w.len() != 3 {
+                    return Err(ConfigError {
+                        file: file.to_owned(),
+                        line: n,
+                        option: w.get(1).cloned(),
+                        message: format!("expected '{first} <name> <value>'"),
+                    });
+                }
+                sec.items.push(Item { line: n, name: w[1].clone(), value: w[2].clone(), list: first == "list" });
+            }
+            "package" => {}
+            other => return Err(err(n, format!("unknown keyword '{}'", other.escape_debug()))),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses UCI text (`file` is only used in messages).
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let mut cfg = Config::default();
+    let mut seen_main = false;
+    for sec in sections(text, file)? {
+        let mut p = SectionParser { file, warnings: &mut cfg.warnings, seen: Vec::new() };
+        match sec.kind.as_str() {
+            "dcol" => {
+                seen_main = true;
+                let m = &mut cfg.main;
+                for it in &sec.items {
+                    match it.name.as_str() {
+                        "enabled" => m.enabled = p.value(it, parse_bool)?,
+                        "key" => m.key = p.value(it, parse_path)?,
+                        "cert" => m.cert = p.value(it, parse_path)?,
+                        "collective" => m.collective = p.value(it, parse_path)?,
+                        "control_socket" => m.control_socket = p.value(it, parse_path)?,
+                        "state_dir" => m.state_dir = p.value(it, parse_path)?,
+                        "log_level" => m.log_level = p.value(it, parse_level)?,
+                        "revoked" => m.revoked.push(p.list_value(it, parse_member_id)?),
+                        _ => p.unknown(it),
+                    }
+                }
+            }
+            "client" => {
+                let c = &mut cfg.client;
+                c.enabled = true;
+                for it in &sec.items {
+                    match it.name.as_str() {
+                        "enabled" => c.enabled = p.value(it, parse_bool)?,
+                        "max_detours" => c.max_detours = p.value(it, |v| range(v, 0, 8).map(|x| x as u8))?,
+                        "request_timeout_ms" => c.request_timeout_ms = p.value(it, |v| range(v, 10, 10_000))?,
+                        "renew_interval_s" => c.renew_interval_s = p.value(it, |v| range(v, 1, 3600))?,
+                        "liveness_misses" => c.liveness_misses = p.value(it, |v| range(v, 1, 100))?,
+                        _ => p.unknown(it),
+                    }
+                }
+            }
+            "waypoint" => {
+                let w = &mut cfg.waypoint;
+                w.enabled = true;
+                let mut listens = Vec::new();
+                for it in &sec.items {
+                    match it.name.as_str() {
+                        "enabled" => w.enabled = p.value(it, parse_bool)?,
+                        "listen" => listens.push(p.list_value(it, parse_socket)?),
+                        "nat_ports" => w.nat_ports = p.value(it, parse_ports)?,
+                        "lease_s" => w.lease_s = p.value(it, |v| range(v, 10, 86_400))?,
+                        "max_tunnels_per_member" => w.max_tunnels_per_member = p.value(it, |v| range(v, 1, 1_000_000))?,
+                        "allow_destination" => w.allow_destination.push(p.list_value(it, |v| v.parse())?),
+                        "max_clock_skew_s" => w.max_clock_skew_s = p.value(it, |v| range(v, 1, 3600))?,
+                        "table" => w.table = p.value(it, parse_table)?,
+                        _ => p.unknown(it),
+                    }
+                }
+                if !listens.is_empty() {
+                    w.listen = listens;
+                }
+            }
+            "peer" => {
+                let (mut name, mut address, mut tunnel) = (None, None, TunnelKind::Nat);
+                for it in &sec.items {
+                    match it.name.as_str() {
+                        "name" => name = Some(p.value(it, parse_name)?),
+                        "address" => address = Some(p.value(it, parse_socket)?),
+                        "tunnel" => tunnel = p.value(it, parse_tunnel)?,
+                        _ => p.unknown(it),
+                    }
+                }
+                let missing = |o: &str| ConfigError {
+                    file: file.to_owned(),
+                    line: sec.line,
+                    option: Some(o.to_owned()),
+                    message: "required in a 'peer' section".into(),
+                };
+                cfg.peers.push(PeerConfig {
+                    name: name.ok_or_else(|| missing("name"))?,
+                    address: address.ok_or_else(|| missing("address"))?,
+                    tunnel,
+                });
+            }
+            other => cfg.warnings.push(format!(
+                "{}:{}: unknown section type '{}' ignored",
+                file.display(),
+                sec.line,
+                other.escape_debug()
+            )),
+        }
+        let _ = &sec.name;
+    }
+    if !seen_main {
+        cfg.warnings.push(format!("{}: no 'config dcol' section; using defaults", file.display()));
+    }
+    Ok(cfg)
+}
+
+struct SectionParser<'a> {
+    file: &'a Path,
+    warnings: &'a mut Vec<String>,
+    seen: Vec<String>,
+}
+
+impl SectionParser<'_> {
+    fn value<T>(&mut self, it: &Item, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        if it.list {
+            self.warnings.push(format!(
+                "{}:{}: '{}' is a single option; 'list' used",
+                self.file.display(),
+                it.line,
+                it.name
+            ));
+        }
+        if self.seen.contains(&it.name) {
+            self.warnings.push(format!(
+                "{}:{}: option '{}' given twice; the last one wins",
+                self.file.display(),
+                it.line,
+                it.name
+            ));
+        }
+        self.seen.push(it.name.clone());
+        self.parse(it, f)
+    }
+
+    fn list_value<T>(&mut self, it: &Item, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        self.parse(it, f)
+    }
+
+    fn parse<T>(&self, it: &Item, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        f(&it.value).map_err(|m| ConfigError {
+            file: self.file.to_owned(),
+            line: it.line,
+            option: Some(it.name.clone()),
+            message: m,
+        })
+    }
+
+    fn unknown(&mut self, it: &Item) {
+        self.warnings.push(format!(
+            "{}:{}: unknown option '{}' ignored",
+            self.file.display(),
+            it.line,
+            it.name.escape_debug()
+        ));
+    }
+}
+
+fn show(v: &str) -> String {
+    v.chars().take(64).collect::<String>().escape_debug().to_string()
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "yes" | "on" | "true" | "enabled" => Ok(true),
+        "0" | "no" | "off" | "false" | "disabled" => Ok(false),
+        _ => Err(format!("expected a boolean (1/0, yes/no, on/off, true/false), got '{}'", show(v))),
+    }
+}
+
+fn range(v: &str, lo: u32, hi: u32) -> Result<u32, String> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|x| (lo..=hi).contains(x))
+        .ok_or_else(|| format!("expected a number {lo}-{hi}, got '{}'", show(v)))
+}
+
+fn parse_path(v: &str) -> Result<PathBuf, String> {
+    if v.is_empty() || v.contains('\0') {
+        return Err("expected a file path".into());
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn parse_level(v: &str) -> Result<log::LevelFilter, String> {
+    match v {
+        "error" => Ok(log::LevelFilter::Error),
+        "warn" | "warning" => Ok(log::LevelFilter::Warn),
+        "info" => Ok(log::LevelFilter::Info),
+        "debug" => Ok(log::LevelFilter::Debug),
+        "trace" => Ok(log::LevelFilter::Trace),
+        _ => Err(format!("expected error, warn, info, debug or trace, got '{}'", show(v))),
+    }
+}
+
+fn parse_member_id(v: &str) -> Result<String, String> {
+    if v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(v.to_ascii_lowercase())
+    } else {
+        Err(format!("expected a member id of 16 hex digits, got '{}'", show(v)))
+    }
+}
+
+fn parse_socket(v: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|_| format!("expected address:port ('203.0.113.5:7447' or '[2001:db8::1]:7447'), got '{}'", show(v)))
+}
+
+fn parse_ports(v: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("expected a port range like '40000-40999' (ports >= 1024), got '{}'", show(v));
+    let (a, b) = v.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = a.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = b.trim().parse().map_err(|_| bad())?;
+    if lo < 1024 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+fn parse_table(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(format!("expected 1-16 of [a-z0-9_], got '{}'", show(v)))
+    }
+}
+
+fn parse_name(v: &str) -> Result<String, String> {
+    crate::trust::check_name(v).map(|_| v.to_owned()).map_err(|e| e.to_string())
+}
+
+fn parse_tunnel(v: &str) -> Result<TunnelKind, String> {
+    match v {
+        "nat" => Ok(TunnelKind::Nat),
+        "vpn" => Ok(TunnelKind::Vpn),
+        _ => Err(format!("expected 'nat' or 'vpn', got '{}'", show(v))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("/etc/config/dcol"))
+    }
+
+    const SAMPLE: &str = "
+config dcol 'main'
+	option enabled '1'
+	option key '/etc/dcol/member.key'
+	option cert '/etc/dcol/member.cert'
+	option collective '/etc/dcol/collective.pub'
+	option control_socket '/var/run/dcol.sock'
+
+config client 'client'
+	option enabled '1'
+	option max_detours '2'
+
+config waypoint 'waypoint'
+	option enabled '1'
+	option listen '0.0.0.0:7447'          # UDP signaling
+	option nat_ports '40000-40999'
+	list allow_destination '10.0.0.0/8'    # only where private destinations must be reachable (tests)
+
+config peer
+	option name 'alice'
+	option address '203.0.113.5:7447'
+	option tunnel 'nat'                    # nat | vpn
+";
+
+    #[test]
+    fn design_sample_parses() {
+        let c = p(SAMPLE).unwrap();
+        assert!(c.main.enabled && c.client.enabled && c.waypoint.enabled);
+        assert_eq!(c.client.max_detours, 2);
+        assert_eq!(c.waypoint.listen, vec!["0.0.0.0:7447".parse().unwrap()]);
+        assert_eq!(c.waypoint.nat_ports, (40000, 40999));
+        assert_eq!(c.waypoint.allow_destination, vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.peers[0].address, "203.0.113.5:7447".parse().unwrap());
+        assert_eq!(c.peers[0].tunnel, TunnelKind::Nat);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn errors_name_line_and_option() {
+        let e = p("config client 'client'\n\toption max_detours 'x'\n").unwrap_err();
+        assert_eq!(e.to_string(), "/etc/config/dcol:2: option 'max_detours': expected a number 0-8, got 'x'");
+        let e = p("config waypoint 'w'\n\n\toption nat_ports '50-10'\n").unwrap_err();
+        assert_eq!((e.line, e.option.as_deref()), (3, Some("nat_ports")));
+        let e = p("config peer\n\toption name 'bob'\n").unwrap_err();
+        assert_eq!((e.line, e.option.as_deref()), (1, Some("address")));
+        let e = p("config dcol 'main'\n\toption enabled 'maybe'\n").unwrap_err();
+        assert!(e.message.contains("boolean"));
+        let e = p("option x 'y'\n").unwrap_err();
+        assert!(e.message.contains("outside"));
+        let e = p("config dcol 'main'\n\toption key 'unterminated\n").unwrap_err();
+        assert!(e.message.contains("unterminated"));
+        for bad in [
+            "config peer\n\toption name 'a b'\n\toption address '1.2.3.4:1'\n",
+            "config peer\n\toption name 'a'\n\toption address '1.2.3.4'\n",
+            "config peer\n\toption name 'a'\n\toption address '1.2.3.4:1'\n\toption tunnel 'gre'\n",
+            "config waypoint\n\tlist allow_destination '10.0.0.0/33'\n",
+            "config waypoint\n\toption table 'Bad-Name'\n",
+            "config dcol\n\tlist revoked 'xyz'\n",
+            "config dcol\n\toption log_level 'loud'\n",
+            "config client\n\toption renew_interval_s '0'\n",
+            "bogus line\n",
+        ] {
+            assert!(p(bad).is_err(), "accepted: {bad}");
+        }
+    }
+
+    #[test]
+    fn warnings_defaults_and_quoting() {
+        let c = p("config dcol 'main'\n\toption frobnicate '1'\n\toption enabled \"0\"\n\toption enabled 1\nconfig other\n").unwrap();
+        assert!(c.main.enabled, "the last of two 'enabled' wins");
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains(":2: unknown option 'frobnicate'"));
+        assert!(!c.client.enabled && !c.waypoint.enabled);
+        let c = p("config waypoint\n\tlist listen '0.0.0.0:1'\n\tlist listen '[::]:1'\n").unwrap();
+        assert_eq!(c.waypoint.listen.len(), 2);
+        assert_eq!(words(r#"option a "x \"y\" z" # c"#).unwrap(), vec!["option", "a", "x \"y\" z"]);
+    }
+
+    #[test]
+    fn cidr() {
+        let c: Cidr = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        assert!(c.contains(&"10.200.0.1".parse().unwrap()));
+        assert!(c.contains(&"::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!c.contains(&"11.0.0.1".parse().unwrap()));
+        let c6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(c6.contains(&"fd00:0:0:3::2".parse().unwrap()));
+        assert!(!c6.contains(&"10.0.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(&"1.2.3.4".parse().unwrap()));
+        assert_eq!("1.2.3.4".parse::<Cidr>().unwrap().prefix, 32);
+    }
+
+    const ALPHABET: &[u8] = b"config option list 'x\"\\# \n\tabc0-9:/[]";
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut s = 1u32;
+        for n in 0..500 {
+            let text: String = (0..n % 97)
+                .map(|_| {
+                    s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    ALPHABET[(s >> 16) as usize % ALPHABET.len()] as char
+                })
+                .collect();
+            let _ = p(&text);
+        }
+    }
+}

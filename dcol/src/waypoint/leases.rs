@@ -8,7 +8,7 @@
 //! is handed out again, because MPTCP subflows linger after they close
 //! (`net.mptcp.close_timeout`, 60 s by default).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -45,13 +45,17 @@ pub enum LeaseError {
     NoPortsLeft,
 }
 
-/// The table of live leases.
+/// The table of live leases, indexed so that every operation is logarithmic or
+/// constant in the number of leases (a busy waypoint holds thousands).
 #[derive(Debug)]
 pub struct LeaseTable {
     ports: (u16, u16),
     max_per_member: u32,
     live: BTreeMap<(IpAddr, u16), Lease>,
-    resting: BTreeMap<(IpAddr, u16), Instant>,
+    by_flow: HashMap<(MemberId, IpAddr, SocketAddr), u16>,
+    per_member: HashMap<MemberId, u32>,
+    expiry: BTreeSet<(Instant, IpAddr, u16)>,
+    resting: HashMap<(IpAddr, u16), Instant>,
     cursor: u16,
 }
 
@@ -63,16 +67,18 @@ impl LeaseTable {
             ports,
             max_per_member,
             live: BTreeMap::new(),
-            resting: BTreeMap::new(),
+            by_flow: HashMap::new(),
+            per_member: HashMap::new(),
+            expiry: BTreeSet::new(),
+            resting: HashMap::new(),
             cursor: ports.0,
         }
     }
 
     /// The live lease of `member` from `client` to `destination`, if any.
     pub fn find(&self, member: MemberId, client: IpAddr, destination: SocketAddr) -> Option<&Lease> {
-        self.live
-            .values()
-            .find(|l| l.member == member && l.client == client && l.destination == destination)
+        let port = self.by_flow.get(&(member, client, destination))?;
+        self.live.get(&(client, *port))
     }
 
     /// The live lease on `(client, port)`.
@@ -90,11 +96,10 @@ impl LeaseTable {
         destination: SocketAddr,
         lease: Duration,
     ) -> Result<Lease, LeaseError> {
-        let held = self.live.values().filter(|l| l.member == member).count();
-        if held >= self.max_per_member as usize {
+        let held = self.per_member.get(&member).copied().unwrap_or(0);
+        if held >= self.max_per_member {
             return Err(LeaseError::QuotaExceeded);
         }
-        self.resting.retain(|_, until| *until > now);
         let (lo, hi) = self.ports;
         let span = u32::from(hi - lo) + 1;
         for i in 0..span {
@@ -102,8 +107,14 @@ impl LeaseTable {
             // offset < span <= 65536 - lo, so lo + offset fits in u16.
             let port = lo + offset as u16;
             let key = (client, port);
-            if self.live.contains_key(&key) || self.resting.contains_key(&key) {
+            if self.live.contains_key(&key) {
                 continue;
+            }
+            if let Some(until) = self.resting.get(&key) {
+                if *until > now {
+                    continue;
+                }
+                self.resting.remove(&key);
             }
             self.cursor = if port == hi { lo } else { port + 1 };
             let l = Lease {
@@ -116,6 +127,9 @@ impl LeaseTable {
                 expires_at: now + lease,
             };
             self.live.insert(key, l.clone());
+            self.by_flow.insert((member, client, destination), port);
+            *self.per_member.entry(member).or_default() += 1;
+            self.expiry.insert((l.expires_at, client, port));
             return Ok(l);
         }
         Err(LeaseError::NoPortsLeft)
@@ -124,28 +138,48 @@ impl LeaseTable {
     /// Extends a live lease; returns it, or `None` when there is no such lease.
     pub fn renew(&mut self, client: IpAddr, port: u16, until: Instant) -> Option<&Lease> {
         let l = self.live.get_mut(&(client, port))?;
-        l.expires_at = l.expires_at.max(until);
+        if until > l.expires_at {
+            self.expiry.remove(&(l.expires_at, client, port));
+            l.expires_at = until;
+            self.expiry.insert((until, client, port));
+        }
         Some(l)
     }
 
     /// Ends a lease now (release, revocation, failed install).
     pub fn end(&mut self, now: Instant, client: IpAddr, port: u16) -> Option<Lease> {
         let l = self.live.remove(&(client, port))?;
+        self.expiry.remove(&(l.expires_at, client, port));
+        self.by_flow.remove(&(l.member, client, l.destination));
+        if let Some(n) = self.per_member.get_mut(&l.member) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_member.remove(&l.member);
+            }
+        }
+        // Forget rests that are over, so the map stays as small as the churn.
+        if self.resting.len() > 1024 {
+            self.resting.retain(|_, until| *until > now);
+        }
         self.resting.insert((client, port), now + QUARANTINE);
         Some(l)
     }
 
     /// Removes and returns every lease that has expired at `now`.
     pub fn expire(&mut self, now: Instant) -> Vec<Lease> {
-        let gone: Vec<(IpAddr, u16)> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.expires_at <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        gone.into_iter()
-            .filter_map(|(c, p)| self.end(now, c, p))
-            .collect()
+        let mut out = Vec::new();
+        while let Some(&(t, c, p)) = self.expiry.first() {
+            if t > now {
+                break;
+            }
+            match self.end(now, c, p) {
+                Some(l) => out.push(l),
+                None => {
+                    self.expiry.remove(&(t, c, p));
+                }
+            }
+        }
+        out
     }
 
     /// Ends every lease of a member (revocation).
@@ -163,7 +197,7 @@ impl LeaseTable {
 
     /// The earliest expiry among live leases.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.live.values().map(|l| l.expires_at).min()
+        self.expiry.first().map(|e| e.0)
     }
 
     /// Every live lease, ordered by client and port.

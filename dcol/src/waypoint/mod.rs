@@ -17,7 +17,7 @@
 pub mod leases;
 pub mod policy;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -28,9 +28,11 @@ use crate::proto::{
 use crate::trust::{Certificate, MemberId, PublicKey, Revocations, Roles, SecretKey, TrustError};
 pub use leases::{Lease, LeaseError, LeaseTable};
 
-/// At most this many remembered nonces; beyond it new requests are refused
-/// (only reachable under a flood of valid signed requests within one skew window).
-const MAX_SEEN: usize = 65_536;
+/// At most this many remembered nonces (~200 bytes each: 3 MB on a router);
+/// beyond it new requests are refused until old ones age out of the freshness
+/// window. Reached only by more than ~270 valid signed requests per second
+/// sustained over a whole window (2 × `max_skew`).
+const MAX_SEEN: usize = 16_384;
 
 /// The owner's settings for the waypoint role.
 #[derive(Debug, Clone)]
@@ -114,7 +116,8 @@ pub struct Stats {
 struct Seen {
     from: SocketAddr,
     signature: [u8; 64],
-    reply: Vec<u8>,
+    /// The reply's body; re-signing it gives the same bytes (Ed25519 is deterministic).
+    reply: ResponseBody,
     until: Instant,
 }
 
@@ -129,6 +132,10 @@ pub struct Waypoint {
     own: Vec<IpAddr>,
     leases: LeaseTable,
     seen: HashMap<(MemberId, Nonce), Seen>,
+    /// Insertion order of `seen` (its deadlines are monotonic), for cheap expiry.
+    seen_order: VecDeque<(Instant, (MemberId, Nonce))>,
+    /// Body of the last reply made, to remember it under its nonce.
+    last_reply: Option<ResponseBody>,
     stats: Stats,
 }
 
@@ -153,6 +160,8 @@ impl Waypoint {
             own,
             leases,
             seen: HashMap::new(),
+            seen_order: VecDeque::new(),
+            last_reply: None,
             stats: Stats::default(),
         }
     }
@@ -186,11 +195,12 @@ impl Waypoint {
             );
             return refuse(self, RefusalReason::Stale, d);
         }
-        self.seen.retain(|_, s| s.until > now);
+        self.forget_seen(now);
         if let Some(s) = self.seen.get(&(member, nonce)) {
             if s.from == from && s.signature == req.signature.0 {
+                let bytes = self.sign(s.reply.clone());
                 self.count_grant();
-                return Decision::Reply { to: from, bytes: s.reply.clone(), refused: None };
+                return Decision::Reply { to: from, bytes, refused: None };
             }
             let d = format!("nonce of {} already used from {}", req.cert.name, s.from);
             return refuse(self, RefusalReason::Replay, d);
@@ -205,17 +215,15 @@ impl Waypoint {
             return refuse(self, RefusalReason::Internal, "replay cache full".into());
         }
         let decision = self.decide(now, wall_ms, from, &req, limit);
-        let reply = match &decision {
-            Decision::Reply { bytes, refused: None, .. }
-            | Decision::Install { bytes, .. }
-            | Decision::Refresh { bytes, .. }
-            | Decision::Remove { bytes, .. } => Some(bytes.clone()),
-            _ => None,
-        };
-        if let Some(reply) = reply {
+        let remember = matches!(
+            decision,
+            Decision::Install { .. } | Decision::Refresh { .. } | Decision::Remove { .. }
+        );
+        if let Some(reply) = self.last_reply.take().filter(|_| remember) {
             let until = now + self.settings.max_skew * 2;
             let seen = Seen { from, signature: req.signature.0, reply, until };
             self.seen.insert((member, nonce), seen);
+            self.seen_order.push_back((until, (member, nonce)));
         }
         decision
     }
@@ -333,6 +341,18 @@ impl Waypoint {
         &self.stats
     }
 
+    fn forget_seen(&mut self, now: Instant) {
+        while let Some((until, key)) = self.seen_order.front().copied() {
+            if until > now {
+                break;
+            }
+            self.seen_order.pop_front();
+            if self.seen.get(&key).is_some_and(|s| s.until <= now) {
+                self.seen.remove(&key);
+            }
+        }
+    }
+
     fn count_grant(&mut self) {
         self.stats.granted = self.stats.granted.wrapping_add(1);
     }
@@ -370,14 +390,210 @@ impl Waypoint {
         Decision::Reply { to, bytes, refused }
     }
 
-    fn grant_bytes(&self, wall_ms: u64, nonce: Nonce, port: u16, observed: IpAddr) -> Vec<u8> {
+    fn grant_bytes(&mut self, wall_ms: u64, nonce: Nonce, port: u16, observed: IpAddr) -> Vec<u8> {
         let lease_secs = u32::try_from(self.settings.lease.as_secs()).unwrap_or(u32::MAX);
         self.response_bytes(wall_ms, nonce, Outcome::Granted { port, lease_secs, observed })
     }
 
-    fn response_bytes(&self, wall_ms: u64, nonce: Nonce, outcome: Outcome) -> Vec<u8> {
+    fn response_bytes(&mut self, wall_ms: u64, nonce: Nonce, outcome: Outcome) -> Vec<u8> {
         let body = ResponseBody { nonce, timestamp_ms: wall_ms, outcome };
+        self.last_reply = Some(body.clone());
+        self.sign(body)
+    }
+
+    fn sign(&self, body: ResponseBody) -> Vec<u8> {
         let resp = Response::sign(self.cert.clone(), &self.key, body);
         proto::encode(&Message::Response(resp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{self, cert, cert_by, nat, request, T0};
+
+    const MS: u64 = T0 * 1000;
+
+    fn from() -> SocketAddr {
+        "10.0.1.2:50000".parse().unwrap()
+    }
+
+    fn waypoint() -> Waypoint {
+        let settings = Settings {
+            ports: (40000, 40009),
+            lease: Duration::from_secs(60),
+            max_per_member: 3,
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            max_skew: Duration::from_secs(30),
+        };
+        let own = vec!["10.0.6.2".parse().unwrap()];
+        let me = cert("alice", 2, Roles::CLIENT | Roles::WAYPOINT);
+        Waypoint::new(settings, me, testutil::key(2), testutil::root_pub(), Revocations::default(), own)
+    }
+
+    fn bob() -> Certificate {
+        cert("bob", 3, Roles::CLIENT)
+    }
+
+    fn outcome(bytes: &[u8]) -> Outcome {
+        match proto::decode(bytes) {
+            Ok(Message::Response(r)) => {
+                r.verify(&testutil::root_pub(), &Revocations::default(), T0).expect("signed by alice");
+                r.body.outcome
+            }
+            other => panic!("not a response: {other:?}"),
+        }
+    }
+
+    fn refusal(d: &Decision) -> RefusalReason {
+        match d {
+            Decision::Reply { bytes, refused: Some(_), .. } => match outcome(bytes) {
+                Outcome::Refused { reason } => reason,
+                o => panic!("{o:?}"),
+            },
+            d => panic!("expected a refusal, got {d:?}"),
+        }
+    }
+
+    #[test]
+    fn grants_once_and_repeats_the_same_grant() {
+        let mut w = waypoint();
+        let t = Instant::now();
+        let req = request(&bob(), 3, "alice", 1, MS, nat("10.0.3.2:5201"));
+        let d = w.handle(t, MS, from(), &req);
+        let (lease, bytes) = match d {
+            Decision::Install { lease, bytes, timeout, .. } => {
+                assert_eq!(timeout, Duration::from_secs(60));
+                (lease, bytes)
+            }
+            d => panic!("{d:?}"),
+        };
+        assert!(bytes.len() <= req.len(), "amplification");
+        assert_eq!(lease.client, from().ip());
+        assert_eq!(lease.destination, "10.0.3.2:5201".parse().unwrap());
+        assert!(matches!(outcome(&bytes), Outcome::Granted { port, .. } if port == lease.port));
+        // A retransmission gets the same bytes and no second port.
+        match w.handle(t + Duration::from_millis(300), MS + 300, from(), &req) {
+            Decision::Reply { bytes: again, refused: None, .. } => assert_eq!(again, bytes),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(w.leases().count(), 1);
+        // The same request from another address is a replay.
+        let other: SocketAddr = "10.9.9.9:1".parse().unwrap();
+        assert_eq!(refusal(&w.handle(t, MS, other, &req)), RefusalReason::Replay);
+        assert_eq!(w.leases().count(), 1);
+    }
+
+    #[test]
+    fn refuses_bad_members_and_requests() {
+        let mut w = waypoint();
+        let t = Instant::now();
+        let dst = "10.0.3.2:5201";
+        // Another collective.
+        let evil_root = testutil::key(66);
+        let mallory = cert_by(&evil_root, "mallory", 7, Roles::CLIENT, T0 - 10, T0 + 10);
+        let d = w.handle(t, MS, from(), &request(&mallory, 7, "alice", 1, MS, nat(dst)));
+        assert_eq!(refusal(&d), RefusalReason::BadCertificate);
+        // Expired.
+        let old = cert_by(&testutil::root(), "bob", 3, Roles::CLIENT, T0 - 100, T0 - 10);
+        let d = w.handle(t, MS, from(), &request(&old, 3, "alice", 2, MS, nat(dst)));
+        assert_eq!(refusal(&d), RefusalReason::BadCertificate);
+        // Signed by a key that is not the certificate's.
+        let d = w.handle(t, MS, from(), &request(&bob(), 9, "alice", 3, MS, nat(dst)));
+        assert_eq!(refusal(&d), RefusalReason::BadCertificate);
+        // Stale and future timestamps.
+        let d = w.handle(t, MS, from(), &request(&bob(), 3, "alice", 4, MS - 31_000, nat(dst)));
+        assert_eq!(refusal(&d), RefusalReason::Stale);
+        let d = w.handle(t, MS, from(), &request(&bob(), 3, "alice", 5, MS + 31_000, nat(dst)));
+        assert_eq!(refusal(&d), RefusalReason::Stale);
+        // Addressed to another waypoint.
+        let d = w.handle(t, MS, from(), &request(&bob(), 3, "carol", 6, MS, nat(dst)));
+        assert_eq!(refusal(&d), RefusalReason::WrongWaypoint);
+        // Private (not allowed), loopback and the waypoint's own address.
+        for (n, bad) in [(7, "192.168.1.1:80"), (8, "127.0.0.1:22"), (9, "10.0.6.2:22")] {
+            let d = w.handle(t, MS, from(), &request(&bob(), 3, "alice", n, MS, nat(bad)));
+            assert_eq!(refusal(&d), RefusalReason::DestinationNotAllowed, "{bad}");
+        }
+        // Revoked at run time.
+        let mut w2 = waypoint();
+        w2.revoke(t, bob().member);
+        let d = w2.handle(t, MS, from(), &request(&bob(), 3, "alice", 10, MS, nat(dst)));
+        assert_eq!(refusal(&d), RefusalReason::Revoked);
+        assert_eq!(w.leases().count(), 0);
+        assert_eq!(w.stats().granted, 0);
+    }
+
+    #[test]
+    fn ignores_garbage_and_never_amplifies() {
+        let mut w = waypoint();
+        let t = Instant::now();
+        let req = request(&bob(), 3, "alice", 1, MS, nat("10.0.3.2:5201"));
+        for bad in [&[][..], &[0x01][..], &req[..req.len() / 3], &[0xff; 700][..]] {
+            assert!(matches!(w.handle(t, MS, from(), bad), Decision::Ignore { .. }));
+        }
+        let mut v2 = req.clone();
+        v2[0] = 2;
+        match w.handle(t, MS, from(), &v2) {
+            Decision::Ignore { reason } => assert!(reason.contains("version"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+        let mut big = req.clone();
+        big.resize(1500, 0);
+        assert!(matches!(w.handle(t, MS, from(), &big), Decision::Ignore { .. }));
+        assert_eq!(w.leases().count(), 0);
+        assert_eq!(w.stats().refused.get("garbage").copied(), Some(6));
+    }
+
+    #[test]
+    fn quota_renew_release_and_expiry() {
+        let mut w = waypoint();
+        let t = Instant::now();
+        let mut ports = Vec::new();
+        for i in 0..3u8 {
+            let dst = format!("10.0.3.2:{}", 5201 + u16::from(i));
+            match w.handle(t, MS, from(), &request(&bob(), 3, "alice", i + 1, MS, nat(&dst))) {
+                Decision::Install { lease, .. } => ports.push(lease.port),
+                d => panic!("{d:?}"),
+            }
+        }
+        let d = w.handle(t, MS, from(), &request(&bob(), 3, "alice", 9, MS, nat("10.0.3.2:6000")));
+        assert_eq!(refusal(&d), RefusalReason::QuotaExceeded);
+        // Renew the first lease at t+50 s: it outlives the others.
+        let t50 = t + Duration::from_secs(50);
+        let renew = RequestKind::Renew { port: ports[0], destination: "10.0.3.2:5201".parse().unwrap() };
+        match w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 20, MS + 50_000, renew)) {
+            Decision::Refresh { lease, .. } => assert_eq!(lease.port, ports[0]),
+            d => panic!("{d:?}"),
+        }
+        // Renewing a port one does not hold is refused.
+        let bogus = RequestKind::Renew { port: 40009, destination: "10.0.3.2:5201".parse().unwrap() };
+        let d = w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 21, MS + 50_000, bogus));
+        assert_eq!(refusal(&d), RefusalReason::UnknownLease);
+        // Release the second.
+        let rel = RequestKind::Release { port: ports[1] };
+        assert!(matches!(
+            w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 22, MS + 50_000, rel)),
+            Decision::Remove { .. }
+        ));
+        // At t+60 s the third expires; the renewed first lives until t+110 s.
+        let gone = w.expire(t + Duration::from_secs(60));
+        assert_eq!(gone.iter().map(|l| l.port).collect::<Vec<_>>(), vec![ports[2]]);
+        assert_eq!(w.next_timeout(), Some(t50 + Duration::from_secs(60)));
+        assert_eq!(w.leases().count(), 1);
+    }
+
+    #[test]
+    fn abort_undoes_a_failed_install() {
+        let mut w = waypoint();
+        let t = Instant::now();
+        let req = request(&bob(), 3, "alice", 1, MS, nat("10.0.3.2:5201"));
+        let Decision::Install { lease, to, nonce, bytes, .. } = w.handle(t, MS, from(), &req) else {
+            panic!("no install")
+        };
+        let d = w.abort(t, MS, &lease, to, nonce, bytes.len(), "netlink said no");
+        assert_eq!(refusal(&d), RefusalReason::Internal);
+        assert_eq!(w.leases().count(), 0);
+        // The client's retransmission is evaluated afresh and granted.
+        assert!(matches!(w.handle(t, MS, from(), &req), Decision::Install { .. }));
     }
 }

@@ -1,14 +1,12 @@
-//! Shared set-up of the root network-namespace tests: the paper's topology with a
+//! Shared set-up of the root network-namespace tests and the demo: the paper's topology with a
 //! DCol waypoint and a DCol client in it, and an unmodified MPTCP server.
-
-#![allow(dead_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dcol_tests::dcol::{main_section, Collective, Daemon, Member, Scratch};
-use dcol_tests::{LinkProfile, Node, Topology};
+use crate::dcol::{main_section, Collective, Daemon, Member, Scratch};
+use crate::{LinkProfile, Node, Topology};
 
 /// Skips (loudly) when not root: only root can make network namespaces.
 pub fn need_root() -> bool {
@@ -33,12 +31,19 @@ pub const IPERF_PORT: u16 = 5201;
 
 /// A running collective: topology, members, daemons.
 pub struct Lab {
+    /// The namespaces.
     pub topo: Topology,
+    /// Files of this run.
     pub scratch: Scratch,
+    /// The collective.
     pub collective: Collective,
+    /// 'bob', the client.
     pub client_member: Member,
+    /// 'alice', the waypoint.
     pub waypoint_member: Member,
+    /// The waypoint daemon, once started.
     pub waypoint: Option<Daemon>,
+    /// The client daemon, once started.
     pub client: Option<Daemon>,
 }
 
@@ -53,10 +58,12 @@ impl Lab {
         Lab { topo, scratch, collective, client_member, waypoint_member, waypoint: None, client: None }
     }
 
+    /// The name of a node's namespace.
     pub fn ns(&self, n: Node) -> String {
         self.topo.ns(n).name().to_owned()
     }
 
+    /// A control socket path in the scratch dir.
     pub fn sock(&self, tag: &str) -> PathBuf {
         self.scratch.path().join(format!("{tag}.sock"))
     }
@@ -83,22 +90,26 @@ impl Lab {
         )
     }
 
+    /// Starts the waypoint daemon in its namespace.
     pub fn start_waypoint(&mut self) {
         let cfg = self.waypoint_config("");
         let d = Daemon::start(&self.ns(Node::Waypoint), self.scratch.path(), "wp", &cfg, &self.sock("wp"));
         self.waypoint = Some(d);
     }
 
+    /// Starts the client daemon in its namespace.
     pub fn start_client(&mut self) {
         let cfg = self.client_config("");
         let d = Daemon::start(&self.ns(Node::Client), self.scratch.path(), "cl", &cfg, &self.sock("cl"));
         self.client = Some(d);
     }
 
+    /// The waypoint daemon.
     pub fn wp(&self) -> &Daemon {
         self.waypoint.as_ref().expect("waypoint started")
     }
 
+    /// The client daemon.
     pub fn cl(&self) -> &Daemon {
         self.client.as_ref().expect("client started")
     }
@@ -115,7 +126,6 @@ pub fn detours_in(status: &serde_json::Value, state: &str) -> usize {
         .count()
 }
 
-pub const SETTLE: Duration = Duration::from_millis(300);
 
 /// Sends `bytes` to `to` from a fresh UDP socket inside network namespace `ns`
 /// and returns the reply, if one arrives within `wait`.

@@ -1,0 +1,229 @@
+//! Key and certificate files: one line of text each, so they can be pasted,
+//! mailed and diffed.
+//!
+//! ```text
+//! dcol-secret-v1 <64 hex digits: the Ed25519 seed>       (mode 0600)
+//! dcol-public-v1 <64 hex digits>
+//! dcol-cert-v1 <hex of the postcard-encoded certificate>
+//! ```
+//! Secret keys are created with mode 0600 from the start (never world-readable,
+//! not even briefly) and are never overwritten.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{from_hex, to_hex, Certificate, PublicKey, Roles, SecretKey, TrustError};
+
+const SECRET_TAG: &str = "dcol-secret-v1";
+const PUBLIC_TAG: &str = "dcol-public-v1";
+const CERT_TAG: &str = "dcol-cert-v1";
+/// Larger files are not ours.
+const MAX_FILE: u64 = 16 * 1024;
+
+/// Errors of key and certificate files; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file's content is not what it should be.
+    #[error("{path}: {what}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The certificate could not be issued.
+    #[error("{path}: {source}")]
+    Trust {
+        /// The file involved.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: TrustError,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
+    move |source| FileError::Io { path: path.to_owned(), source }
+}
+
+fn format_err(path: &Path, what: impl Into<String>) -> FileError {
+    FileError::Format { path: path.to_owned(), what: what.into() }
+}
+
+fn read_small(path: &Path) -> Result<String, FileError> {
+    let f = fs::File::open(path).map_err(io_err(path))?;
+    let mut s = String::new();
+    f.take(MAX_FILE + 1).read_to_string(&mut s).map_err(io_err(path))?;
+    if s.len() as u64 > MAX_FILE {
+        return Err(format_err(path, format!("larger than {MAX_FILE} bytes")));
+    }
+    Ok(s)
+}
+
+/// Parses `<tag> <hex>` and returns the bytes.
+fn parse_line(path: &Path, text: &str, tag: &str) -> Result<Vec<u8>, FileError> {
+    let line = text.trim();
+    let Some(hex) = line.strip_prefix(tag).and_then(|r| r.strip_prefix(' ')) else {
+        return Err(format_err(path, format!("expected '{tag} <hex>'")));
+    };
+    from_hex(hex.trim()).map_err(|col| format_err(path, format!("bad hex at column {}", col + tag.len() + 1)))
+}
+
+fn write_new(path: &Path, mode: u32, text: &str) -> Result<(), FileError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(text.as_bytes()).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+fn pub_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
+fn random_seed() -> io::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(seed)
+}
+
+/// Writes a new secret key to `out` (0600) and its public key to `out.pub`.
+/// Refuses to overwrite either.
+pub fn generate_secret_key(out: &Path) -> Result<SecretKey, FileError> {
+    let key = SecretKey::from_seed(random_seed().map_err(io_err(Path::new("/dev/urandom")))?);
+    let public = pub_path(out);
+    if public.exists() {
+        return Err(FileError::Io {
+            path: public,
+            source: io::Error::new(io::ErrorKind::AlreadyExists, "exists; not overwriting"),
+        });
+    }
+    write_new(out, 0o600, &format!("{SECRET_TAG} {}\n", to_hex(&key.seed())))?;
+    write_new(&public, 0o644, &format!("{PUBLIC_TAG} {}\n", to_hex(&key.public().0)))?;
+    Ok(key)
+}
+
+/// Writes `dir/collective.key` (0600) and `dir/collective.pub`.
+pub fn init_collective(dir: &Path) -> Result<SecretKey, FileError> {
+    let key = SecretKey::from_seed(random_seed().map_err(io_err(Path::new("/dev/urandom")))?);
+    write_new(&dir.join("collective.key"), 0o600, &format!("{SECRET_TAG} {}\n", to_hex(&key.seed())))?;
+    write_new(&dir.join("collective.pub"), 0o644, &format!("{PUBLIC_TAG} {}\n", to_hex(&key.public().0)))?;
+    Ok(key)
+}
+
+/// Reads a secret key; warns when group or others may read it.
+pub fn read_secret_key(path: &Path) -> Result<SecretKey, FileError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        log::warn!("{}: secret key readable by group or others (chmod 600 it)", path.display());
+    }
+    let b = parse_line(path, &read_small(path)?, SECRET_TAG)?;
+    let seed: [u8; 32] = b.try_into().map_err(|_| format_err(path, "expected 64 hex digits"))?;
+    Ok(SecretKey::from_seed(seed))
+}
+
+/// Reads a public key.
+pub fn read_public_key(path: &Path) -> Result<PublicKey, FileError> {
+    let b = parse_line(path, &read_small(path)?, PUBLIC_TAG)?;
+    let k: [u8; 32] = b.try_into().map_err(|_| format_err(path, "expected 64 hex digits"))?;
+    Ok(PublicKey(k))
+}
+
+/// Reads a certificate (format only; the caller verifies it).
+pub fn read_certificate(path: &Path) -> Result<Certificate, FileError> {
+    let b = parse_line(path, &read_small(path)?, CERT_TAG)?;
+    let (cert, rest): (Certificate, &[u8]) =
+        postcard::take_from_bytes(&b).map_err(|e| format_err(path, format!("not a certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(format_err(path, format!("{} bytes after the certificate", rest.len())));
+    }
+    Ok(cert)
+}
+
+/// Writes a certificate (0644; refuses to overwrite).
+pub fn write_certificate(path: &Path, cert: &Certificate) -> Result<(), FileError> {
+    let bytes = postcard::to_allocvec(cert).expect("serializing to a Vec cannot fail");
+    write_new(path, 0o644, &format!("{CERT_TAG} {}\n", to_hex(&bytes)))
+}
+
+/// Issues a certificate for the member key in `member_pub`, valid `days` from
+/// `now` (Unix seconds), signed with the collective key in `collective_key`.
+pub fn admit(
+    collective_key: &Path,
+    member_pub: &Path,
+    name: &str,
+    days: u32,
+    roles: Roles,
+    now: u64,
+) -> Result<Certificate, FileError> {
+    let root = read_secret_key(collective_key)?;
+    let key = read_public_key(member_pub)?;
+    let not_after = now.saturating_add(u64::from(days) * 86_400);
+    Certificate::issue(&root, name, key, None, now.saturating_sub(300), not_after, roles)
+        .map_err(|source| FileError::Trust { path: member_pub.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dcol-files-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn keys_and_certificates_round_trip_with_modes() {
+        let d = dir("rt");
+        let root = init_collective(&d).unwrap();
+        assert_eq!(fs::metadata(d.join("collective.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(read_public_key(&d.join("collective.pub")).unwrap(), root.public());
+        let k = generate_secret_key(&d.join("m.key")).unwrap();
+        assert_eq!(fs::metadata(d.join("m.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(read_secret_key(&d.join("m.key")).unwrap().public(), k.public());
+        assert!(generate_secret_key(&d.join("m.key")).is_err(), "overwrote a key");
+        let c = admit(&d.join("collective.key"), &d.join("m.key.pub"), "bob", 30, Roles::CLIENT, 1_800_000_000).unwrap();
+        c.verify(&root.public(), 1_800_000_000).unwrap();
+        write_certificate(&d.join("m.cert"), &c).unwrap();
+        assert_eq!(read_certificate(&d.join("m.cert")).unwrap(), c);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bad_files_name_file_and_place() {
+        let d = dir("bad");
+        let p = d.join("x");
+        fs::write(&p, "dcol-public-v1 12zz\n").unwrap();
+        let e = read_public_key(&p).unwrap_err().to_string();
+        assert!(e.contains("/x") && e.contains("column 18"), "{e}");
+        fs::write(&p, "hello").unwrap();
+        assert!(read_certificate(&p).unwrap_err().to_string().contains("expected 'dcol-cert-v1 <hex>'"));
+        fs::write(&p, "dcol-cert-v1 0102\n").unwrap();
+        assert!(read_certificate(&p).unwrap_err().to_string().contains("not a certificate"));
+        fs::write(&p, "dcol-public-v1 0102\n").unwrap();
+        assert!(read_public_key(&p).unwrap_err().to_string().contains("64 hex"));
+        assert!(read_public_key(&d.join("missing")).is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
+}
