@@ -147,7 +147,6 @@ struct ClientRole {
     sock4: UdpSocket,
     sock6: Option<UdpSocket>,
     tunnels: Vec<TunnelKind>,
-    _sysctl: SysctlGuard,
     log: LogLimit,
 }
 
@@ -159,6 +158,8 @@ pub struct Daemon {
     signals: Signals,
     waypoint: Option<WaypointRole>,
     client: Option<ClientRole>,
+    /// Sysctls changed by either role, restored at shutdown.
+    sysctls: SysctlGuard,
 }
 
 impl Daemon {
@@ -167,8 +168,9 @@ impl Daemon {
         let signals = Signals::new().map_err(io_err("signalfd"))?;
         let id = load_identity(cfg)?;
         let control = ControlServer::bind(&cfg.main.control_socket)?;
-        let waypoint = if cfg.waypoint.enabled { Some(start_waypoint(cfg, &id)?) } else { None };
-        let client = if cfg.client.enabled { Some(start_client(cfg, &id)?) } else { None };
+        let mut sysctls = SysctlGuard::recover(&cfg.main.state_dir)?;
+        let waypoint = if cfg.waypoint.enabled { Some(start_waypoint(cfg, &id, &mut sysctls)?) } else { None };
+        let client = if cfg.client.enabled { Some(start_client(cfg, &id, &mut sysctls)?) } else { None };
         log::info!(
             "dcol {} running as '{}' ({}): client {}, waypoint {}",
             env!("CARGO_PKG_VERSION"),
@@ -177,7 +179,7 @@ impl Daemon {
             if client.is_some() { "on" } else { "off" },
             if waypoint.is_some() { "on" } else { "off" },
         );
-        Ok(Daemon { started: Instant::now(), cert: id.cert, control, signals, waypoint, client })
+        Ok(Daemon { started: Instant::now(), cert: id.cert, control, signals, waypoint, client, sysctls })
     }
 
     /// Runs until SIGTERM or SIGINT, then tears down.
@@ -239,7 +241,6 @@ impl Daemon {
             for a in c.core.shutdown(now, wall) {
                 c.act(a);
             }
-            // Dropping restores the path manager sysctl.
         }
         if let Some(mut w) = self.waypoint.take() {
             let leases: Vec<Lease> = w.core.leases().cloned().collect();
@@ -252,6 +253,7 @@ impl Daemon {
                 }
             }
         }
+        self.sysctls.restore();
         log::info!("stopped; kernel state removed");
     }
 
@@ -276,7 +278,7 @@ impl Daemon {
     }
 }
 
-fn start_waypoint(cfg: &Config, id: &Identity) -> Result<WaypointRole, DaemonError> {
+fn start_waypoint(cfg: &Config, id: &Identity, sysctls: &mut SysctlGuard) -> Result<WaypointRole, DaemonError> {
     let w = &cfg.waypoint;
     if !id.cert.roles.contains(trust::Roles::WAYPOINT) {
         return Err(DaemonError::Config(format!(
@@ -289,7 +291,15 @@ fn start_waypoint(cfg: &Config, id: &Identity) -> Result<WaypointRole, DaemonErr
         let s = os::bind_udp(*addr).map_err(io_err(format!("waypoint: bind {addr}")))?;
         sockets.push(s);
     }
-    let (nat, leftovers) = NatTable::create(&w.table)?;
+    // A waypoint forwards the DNATed subflows: routers have forwarding on; a
+    // host serving as waypoint gets it on for the daemon's lifetime.
+    for (path, v4) in [(sysctl::IPV4_FORWARD, true), (sysctl::IPV6_FORWARD, false)] {
+        if w.listen.iter().any(|l| l.is_ipv4() == v4) && sysctl::read(path)? == "0" {
+            log::warn!("enabling {path} for the waypoint role (restored on exit)");
+            sysctls.set(path, "1")?;
+        }
+    }
+    let (nat, leftovers) = NatTable::create(&w.table, w.nat_ports)?;
     if !leftovers.is_empty() {
         log::warn!(
             "found {} NAT tunnels of a previous run: revoking them (table replaced, flows deleted)",
@@ -319,13 +329,12 @@ fn start_waypoint(cfg: &Config, id: &Identity) -> Result<WaypointRole, DaemonErr
     Ok(WaypointRole { core, sockets, nat: Some(nat), log: LogLimit::new(20) })
 }
 
-fn start_client(cfg: &Config, id: &Identity) -> Result<ClientRole, DaemonError> {
+fn start_client(cfg: &Config, id: &Identity, sysctls: &mut SysctlGuard) -> Result<ClientRole, DaemonError> {
     let c = &cfg.client;
-    let mut guard = SysctlGuard::recover(&cfg.main.state_dir)?;
     if std::path::Path::new(sysctl::MPTCP_PATH_MANAGER).exists() {
-        guard.set(sysctl::MPTCP_PATH_MANAGER, "userspace")?;
+        sysctls.set(sysctl::MPTCP_PATH_MANAGER, "userspace")?;
     } else {
-        guard.set(sysctl::MPTCP_PM_TYPE, "1")?;
+        sysctls.set(sysctl::MPTCP_PM_TYPE, "1")?;
     }
     let events = PmEvents::open()?;
     let pm = PmSocket::open()?;
@@ -371,7 +380,7 @@ fn start_client(cfg: &Config, id: &Identity) -> Result<ClientRole, DaemonError> 
         prefix,
     );
     log::info!("client: userspace path manager on, {} waypoint(s), max {} detours", tunnels.len(), c.max_detours);
-    Ok(ClientRole { core, events, pm, sock4, sock6, tunnels, _sysctl: guard, log: LogLimit::new(20) })
+    Ok(ClientRole { core, events, pm, sock4, sock6, tunnels, log: LogLimit::new(20) })
 }
 
 fn random_bytes(buf: &mut [u8]) -> io::Result<()> {

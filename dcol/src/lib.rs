@@ -8,7 +8,6 @@
 pub mod client;
 pub mod config;
 pub mod control;
-#[cfg(dcol_wip)]
 pub mod daemon;
 pub mod proto;
 pub mod sys;

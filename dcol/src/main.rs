@@ -1,1 +1,314 @@
-fn main() {}
+//! The `dcol` command line. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or
+//! bad configuration.
+#![deny(unsafe_code)]
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use dcol::{config, control, daemon, trust};
+
+const USAGE: &str = "\
+dcol — the Detour Collective daemon
+
+usage:
+  dcol run [--config FILE]          run the daemon in the foreground (default /etc/config/dcol)
+  dcol status [--json] [--socket PATH] [--config FILE]
+  dcol config check [--config FILE] validate a configuration file
+  dcol key generate --out FILE      write a member key (FILE, 0600) and FILE.pub
+  dcol collective init --out-dir DIR
+                                    write DIR/collective.key (0600) and DIR/collective.pub
+  dcol collective admit --collective-key KEY --member-pub PUB --name NAME
+                        [--days N] [--roles client,waypoint] --out CERT
+  dcol --version
+  dcol <command> --help
+";
+
+const DEFAULT_CONFIG: &str = "/etc/config/dcol";
+const DEFAULT_SOCKET: &str = "/var/run/dcol.sock";
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    msg: String,
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure { code: 2, msg: format!("{}\n(see 'dcol --help')", msg.into()) }
+}
+
+fn runtime(msg: impl std::fmt::Display) -> Failure {
+    Failure { code: 1, msg: msg.to_string() }
+}
+
+impl From<lexopt::Error> for Failure {
+    fn from(e: lexopt::Error) -> Self {
+        usage(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let _ = writeln!(std::io::stderr(), "dcol: {}", f.msg);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn real_main() -> Result<(), Failure> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_env();
+    let cmd = match p.next()? {
+        Some(Long("version")) | Some(Short('V')) => {
+            println!("dcol {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        Some(Long("help")) | Some(Short('h')) => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        Some(Value(v)) => string(v)?,
+        Some(other) => return Err(usage(other.unexpected().to_string())),
+        None => return Err(usage("missing command")),
+    };
+    match cmd.as_str() {
+        "run" => cmd_run(&mut p),
+        "status" => cmd_status(&mut p),
+        "config" => match sub(&mut p, "config")?.as_str() {
+            "check" => cmd_config_check(&mut p),
+            s => Err(usage(format!("unknown command 'config {s}'"))),
+        },
+        "key" => match sub(&mut p, "key")?.as_str() {
+            "generate" => cmd_key_generate(&mut p),
+            s => Err(usage(format!("unknown command 'key {s}'"))),
+        },
+        "collective" => match sub(&mut p, "collective")?.as_str() {
+            "init" => cmd_collective_init(&mut p),
+            "admit" => cmd_collective_admit(&mut p),
+            s => Err(usage(format!("unknown command 'collective {s}'"))),
+        },
+        s => Err(usage(format!("unknown command '{s}'"))),
+    }
+}
+
+fn string(v: OsString) -> Result<String, Failure> {
+    v.into_string().map_err(|v| usage(format!("argument is not UTF-8: {v:?}")))
+}
+
+fn sub(p: &mut lexopt::Parser, what: &str) -> Result<String, Failure> {
+    use lexopt::prelude::*;
+    match p.next()? {
+        Some(Value(v)) => string(v),
+        Some(Long("help")) | Some(Short('h')) => {
+            print!("{USAGE}");
+            std::process::exit(0);
+        }
+        Some(other) => Err(usage(other.unexpected().to_string())),
+        None => Err(usage(format!("'{what}' needs a subcommand"))),
+    }
+}
+
+/// Parses `--name VALUE` style options; `flags` take no value.
+struct Opts {
+    values: Vec<(String, String)>,
+    flags: Vec<String>,
+}
+
+impl Opts {
+    fn parse(p: &mut lexopt::Parser, valued: &[&str], flags: &[&str], help: &str) -> Result<Opts, Failure> {
+        use lexopt::prelude::*;
+        let mut o = Opts { values: Vec::new(), flags: Vec::new() };
+        while let Some(arg) = p.next()? {
+            match arg {
+                Long("help") | Short('h') => {
+                    print!("{help}");
+                    std::process::exit(0);
+                }
+                Long(name) if valued.contains(&name) => {
+                    let name = name.to_owned();
+                    let v = string(p.value()?)?;
+                    o.values.push((name, v));
+                }
+                Long(name) if flags.contains(&name) => o.flags.push(name.to_owned()),
+                other => return Err(usage(other.unexpected().to_string())),
+            }
+        }
+        Ok(o)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn need(&self, name: &str) -> Result<&str, Failure> {
+        self.get(name).ok_or_else(|| usage(format!("missing --{name}")))
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+}
+
+fn load_config(path: &str) -> Result<config::Config, Failure> {
+    let cfg = config::load(std::path::Path::new(path)).map_err(|e| Failure { code: 2, msg: e.to_string() })?;
+    for w in &cfg.warnings {
+        log::warn!("{w}");
+    }
+    Ok(cfg)
+}
+
+fn cmd_run(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let o = Opts::parse(p, &["config"], &[], "usage: dcol run [--config FILE]\n")?;
+    let path = o.get("config").unwrap_or(DEFAULT_CONFIG).to_owned();
+    Logger::install(log::LevelFilter::Info);
+    let cfg = load_config(&path)?;
+    log::set_max_level(cfg.main.log_level);
+    if !cfg.main.enabled {
+        log::info!("{path}: option enabled is '0'; nothing to do");
+        return Ok(());
+    }
+    let d = daemon::Daemon::start(&cfg).map_err(|e| Failure { code: e.exit_code() as u8, msg: e.to_string() })?;
+    d.run().map_err(|e| Failure { code: e.exit_code() as u8, msg: e.to_string() })
+}
+
+fn cmd_config_check(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let o = Opts::parse(p, &["config"], &[], "usage: dcol config check [--config FILE]\n")?;
+    let path = o.get("config").unwrap_or(DEFAULT_CONFIG);
+    let cfg = config::load(std::path::Path::new(path)).map_err(|e| Failure { code: 2, msg: e.to_string() })?;
+    for w in &cfg.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("{path}: ok");
+    Ok(())
+}
+
+fn cmd_status(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let o = Opts::parse(
+        p,
+        &["socket", "config"],
+        &["json"],
+        "usage: dcol status [--json] [--socket PATH] [--config FILE]\n",
+    )?;
+    let socket = match (o.get("socket"), o.get("config")) {
+        (Some(s), _) => PathBuf::from(s),
+        (None, Some(c)) => load_config(c)?.main.control_socket,
+        (None, None) => PathBuf::from(DEFAULT_SOCKET),
+    };
+    let (text, st) = control::query(&socket).map_err(runtime)?;
+    if o.flag("json") {
+        print!("{text}");
+        return Ok(());
+    }
+    print_status(&st);
+    Ok(())
+}
+
+fn print_status(st: &control::Status) {
+    println!("dcol {} up {}s, member '{}' ({}), roles {}", st.version, st.uptime_s, st.member.name, st.member.id, st.member.roles);
+    if let Some(c) = &st.client {
+        println!("client: {} connection(s)", c.connections.len());
+        for p in &c.peers {
+            let rtt = p.rtt_ms.map(|r| format!(" rtt {r:.1} ms")).unwrap_or_default();
+            println!("  peer {} {} ({}) {}{rtt}", p.name, p.address, p.tunnel, if p.up { "up" } else { "down" });
+        }
+        for conn in &c.connections {
+            println!("  {} {} -> {} {}", conn.token, conn.local, conn.remote, conn.state);
+            for s in &conn.subflows {
+                let via = s.waypoint.as_deref().map(|w| format!(" via {w}")).unwrap_or_default();
+                let detail = s.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+                println!(
+                    "    {}{via} {} -> {} {}{detail}",
+                    s.path,
+                    s.local.as_deref().unwrap_or("-"),
+                    s.remote.as_deref().unwrap_or("-"),
+                    s.state
+                );
+            }
+        }
+    }
+    if let Some(w) = &st.waypoint {
+        println!("waypoint: {} grant(s), {} datagrams, {} granted", w.grants.len(), w.datagrams, w.granted);
+        for g in &w.grants {
+            println!(
+                "  {} {}:{} -> {} age {}s expires in {}s",
+                g.member, g.client, g.port, g.destination, g.age_s, g.expires_in_s
+            );
+        }
+        for (why, n) in &w.refused {
+            println!("  refused {why}: {n}");
+        }
+    }
+}
+
+fn cmd_key_generate(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let o = Opts::parse(p, &["out"], &[], "usage: dcol key generate --out FILE\n")?;
+    let out = PathBuf::from(o.need("out")?);
+    let key = trust::files::generate_secret_key(&out).map_err(runtime)?;
+    println!("wrote {} and {}.pub (member id {})", out.display(), out.display(), trust::MemberId::of(&key.public()));
+    Ok(())
+}
+
+fn cmd_collective_init(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let o = Opts::parse(p, &["out-dir"], &[], "usage: dcol collective init --out-dir DIR\n")?;
+    let dir = PathBuf::from(o.need("out-dir")?);
+    trust::files::init_collective(&dir).map_err(runtime)?;
+    println!("wrote {0}/collective.key and {0}/collective.pub", dir.display());
+    Ok(())
+}
+
+fn cmd_collective_admit(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let help = "usage: dcol collective admit --collective-key KEY --member-pub PUB --name NAME [--days N] [--roles client,waypoint] --out CERT\n";
+    let o = Opts::parse(p, &["collective-key", "member-pub", "name", "days", "roles", "out"], &[], help)?;
+    let days: u32 = match o.get("days") {
+        None => 365,
+        Some(d) => d.parse().ok().filter(|d| (1..=3650).contains(d)).ok_or_else(|| usage(format!("--days: expected 1-3650, got '{d}'")))?,
+    };
+    let roles: trust::Roles = o
+        .get("roles")
+        .unwrap_or("client,waypoint")
+        .parse()
+        .map_err(|e| usage(format!("--roles: {e}")))?;
+    let now = daemon::wall_ms() / 1000;
+    let cert = trust::files::admit(
+        std::path::Path::new(o.need("collective-key")?),
+        std::path::Path::new(o.need("member-pub")?),
+        o.need("name")?,
+        days,
+        roles,
+        now,
+    )
+    .map_err(|e| Failure { code: 2, msg: e.to_string() })?;
+    let out = PathBuf::from(o.need("out")?);
+    trust::files::write_certificate(&out, &cert).map_err(runtime)?;
+    println!("wrote {} for '{}' ({}), valid {days} days", out.display(), cert.name, cert.member);
+    Ok(())
+}
+
+/// Logs to stderr (procd forwards it to logd on OpenWrt).
+struct Logger;
+
+impl Logger {
+    fn install(level: log::LevelFilter) {
+        static LOGGER: Logger = Logger;
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let _ = writeln!(std::io::stderr(), "dcol[{}]: {}", r.level().as_str().to_lowercase(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}

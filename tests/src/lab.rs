@@ -31,20 +31,21 @@ pub const IPERF_PORT: u16 = 5201;
 
 /// A running collective: topology, members, daemons.
 pub struct Lab {
+    /// The client daemon, once started (dropped first: SIGTERM while the
+    /// namespaces still exist).
+    pub client: Option<Daemon>,
+    /// The waypoint daemon, once started.
+    pub waypoint: Option<Daemon>,
     /// The namespaces.
     pub topo: Topology,
-    /// Files of this run.
-    pub scratch: Scratch,
-    /// The collective.
-    pub collective: Collective,
     /// 'bob', the client.
     pub client_member: Member,
     /// 'alice', the waypoint.
     pub waypoint_member: Member,
-    /// The waypoint daemon, once started.
-    pub waypoint: Option<Daemon>,
-    /// The client daemon, once started.
-    pub client: Option<Daemon>,
+    /// The collective.
+    pub collective: Collective,
+    /// Files of this run (removed last).
+    pub scratch: Scratch,
 }
 
 impl Lab {

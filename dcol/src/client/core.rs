@@ -128,6 +128,8 @@ pub struct Detour {
     pub state: DetourState,
     /// Granted port.
     pub port: Option<u16>,
+    /// Nonce of the request that got the grant: names the lease in renewals.
+    lease: Option<Nonce>,
     /// Local port of the subflow once established.
     pub local_port: Option<u16>,
     /// ESTABLISHED of the connection → SUB_ESTABLISHED of this detour.
@@ -323,10 +325,10 @@ impl Client {
         let p = self.pending.remove(&resp.body.nonce).expect("looked up above");
         self.peers[peer_idx].last_rtt = Some(now.saturating_duration_since(p.sent_at));
         self.peers[peer_idx].down_until = None;
-        Ok(self.on_outcome(now, wall_ms, p, resp.body.outcome))
+        Ok(self.on_outcome(now, wall_ms, resp.body.nonce, p, resp.body.outcome))
     }
 
-    fn on_outcome(&mut self, now: Instant, wall_ms: u64, p: Pending, outcome: Outcome) -> Vec<Action> {
+    fn on_outcome(&mut self, now: Instant, wall_ms: u64, nonce: Nonce, p: Pending, outcome: Outcome) -> Vec<Action> {
         let renew = self.settings.renew_interval;
         let peers = &self.peers;
         let Some(conn) = self.conns.get_mut(&p.token) else { return Vec::new() };
@@ -339,6 +341,7 @@ impl Client {
                     return Vec::new();
                 }
                 d.port = Some(port);
+                d.lease = Some(nonce);
                 d.state = DetourState::Connecting;
                 d.renew_due = Some(now + renew);
                 let remote = d.remote(peers).expect("port set just above");
@@ -385,7 +388,9 @@ impl Client {
         let mut out = Vec::new();
         let due: Vec<Nonce> = self.pending.iter().filter(|(_, p)| p.next_at <= now).map(|(n, _)| *n).collect();
         for nonce in due {
-            let p = self.pending.get_mut(&nonce).expect("collected above");
+            // Handling one may drop others (a lost waypoint takes its pending
+            // requests with it).
+            let Some(p) = self.pending.get_mut(&nonce) else { continue };
             if p.attempts < p.max_attempts {
                 p.attempts += 1;
                 let backoff = self.settings.request_timeout * 2u32.saturating_pow(p.attempts.min(16));
@@ -393,21 +398,23 @@ impl Client {
                 out.push(Action::Send { to: p.to, bytes: p.bytes.clone() });
                 continue;
             }
-            let p = self.pending.remove(&nonce).expect("collected above");
-            out.extend(self.unanswered(now, p));
+            if let Some(p) = self.pending.remove(&nonce) {
+                out.extend(self.unanswered(now, p));
+            }
         }
         let renew_interval = self.settings.renew_interval;
         let mut renewals = Vec::new();
         for conn in self.conns.values_mut() {
             for (i, d) in conn.detours.iter_mut().enumerate() {
-                if d.live() && d.port.is_some() && d.renew_due.is_some_and(|t| t <= now) {
-                    d.renew_due = Some(now + renew_interval);
-                    renewals.push((conn.token, i, d.port.unwrap_or(0), conn.remote));
+                if let (true, Some(port), Some(lease)) = (d.live(), d.port, d.lease) {
+                    if d.renew_due.is_some_and(|t| t <= now) {
+                        d.renew_due = Some(now + renew_interval);
+                        renewals.push((conn.token, i, RequestKind::Renew { port, destination: conn.remote, lease }));
+                    }
                 }
             }
         }
-        for (token, i, port, destination) in renewals {
-            let kind = RequestKind::Renew { port, destination };
+        for (token, i, kind) in renewals {
             out.extend(self.send_request(now, wall_ms, token, i, kind, 0, renew_interval));
         }
         out
@@ -503,6 +510,7 @@ impl Client {
             peer,
             state: DetourState::Requesting,
             port: None,
+            lease: None,
             local_port: None,
             setup: None,
             misses: 0,
@@ -651,11 +659,11 @@ impl Client {
         // times per connection at most.
         let lost = matches!(error, Some(ECONNREFUSED) | Some(ECONNRESET));
         d.state = DetourState::Failed(why);
-        let (port, peer) = (d.port, d.peer);
+        let (port, lease, peer) = (d.port, d.lease, d.peer);
         let mut out = Vec::new();
-        if let Some(port) = port {
+        if let (Some(port), Some(lease)) = (port, lease) {
             let timeout = self.settings.request_timeout;
-            out.extend(self.send_request(now, wall_ms, token, i, RequestKind::Release { port }, 1, timeout));
+            out.extend(self.send_request(now, wall_ms, token, i, RequestKind::Release { port, lease }, 1, timeout));
         }
         if lost && self.retry_allowed(token) {
             out.extend(self.request_detour(now, wall_ms, token, peer));
@@ -676,16 +684,17 @@ impl Client {
 
     fn close(&mut self, now: Instant, wall_ms: u64, token: Token) -> Vec<Action> {
         let Some(conn) = self.conns.get(&token) else { return Vec::new() };
-        let releases: Vec<(usize, u16)> = conn
+        let releases: Vec<(usize, RequestKind)> = conn
             .detours
             .iter()
             .enumerate()
             .filter(|(_, d)| d.live())
-            .filter_map(|(i, d)| d.port.map(|p| (i, p)))
+            .filter_map(|(i, d)| Some((i, RequestKind::Release { port: d.port?, lease: d.lease? })))
             .collect();
         let mut out = Vec::new();
-        for (i, port) in releases {
-            out.extend(self.send_request(now, wall_ms, token, i, RequestKind::Release { port }, 0, self.settings.request_timeout));
+        let timeout = self.settings.request_timeout;
+        for (i, kind) in releases {
+            out.extend(self.send_request(now, wall_ms, token, i, kind, 0, timeout));
         }
         // Pending requests of this connection can no longer be matched.
         self.pending.retain(|_, p| p.token != token || matches!(p.kind, RequestKind::Release { .. }));
@@ -923,6 +932,23 @@ mod tests {
         // Held down: a new connection does not wait on it.
         p.event(established(2));
         assert_eq!(p.created.len(), 1);
+    }
+
+    #[test]
+    fn dead_waypoint_with_many_connections() {
+        let mut p = Pair::new(Pair::alice());
+        for t in 1..=3 {
+            p.event(established(t));
+        }
+        for (i, (token, remote)) in p.created.clone().into_iter().enumerate() {
+            p.event(PmEvent::SubEstablished { token, subflow: sub(remote, 41000 + i as u16) });
+        }
+        // All renewals of all connections go unanswered at once.
+        p.advance(Duration::from_secs(6), false);
+        assert_eq!(p.destroyed.len(), 3);
+        for t in 1..=3 {
+            assert_eq!(detour_state(&p, t), vec!["failed"]);
+        }
     }
 
     #[test]

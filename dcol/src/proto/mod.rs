@@ -56,11 +56,16 @@ pub enum RequestKind {
         port: u16,
         /// The server it maps to.
         destination: SocketAddr,
+        /// Nonce of the request that created the lease: after a waypoint restart
+        /// the same port may belong to a new lease, which this tells apart.
+        lease: Nonce,
     },
     /// The connection is over: end the lease on `port`.
     Release {
         /// The granted port.
         port: u16,
+        /// Nonce of the request that created the lease.
+        lease: Nonce,
     },
 }
 

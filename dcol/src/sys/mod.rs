@@ -3,6 +3,10 @@
 
 use std::io;
 
+pub mod conntrack;
+pub mod mptcp_pm;
+pub mod netlink;
+pub mod nft;
 pub mod os;
 pub mod sysctl;
 

@@ -16,6 +16,11 @@ pub const MPTCP_PM_TYPE: &str = "/proc/sys/net/mptcp/pm_type";
 /// `net.mptcp.path_manager` (kernel ≥ 6.15): "kernel" or "userspace".
 pub const MPTCP_PATH_MANAGER: &str = "/proc/sys/net/mptcp/path_manager";
 
+/// `net.ipv4.ip_forward`.
+pub const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// `net.ipv6.conf.all.forwarding`.
+pub const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
 /// Reads a sysctl file, trimmed.
 pub fn read(path: &str) -> Result<String, SysError> {
     fs::read_to_string(path)

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::proto::Nonce;
 use crate::trust::MemberId;
 
 /// How long a `(client, port)` pair rests after its lease ends.
@@ -34,6 +35,8 @@ pub struct Lease {
     pub granted_at: Instant,
     /// When it ends unless renewed.
     pub expires_at: Instant,
+    /// Nonce of the request that created it; renewals and releases must name it.
+    pub nonce: Nonce,
 }
 
 /// Why no lease could be made.
@@ -87,9 +90,11 @@ impl LeaseTable {
     }
 
     /// Allocates a new lease.
+    #[allow(clippy::too_many_arguments)]
     pub fn allocate(
         &mut self,
         now: Instant,
+        nonce: Nonce,
         member: MemberId,
         member_name: &str,
         client: IpAddr,
@@ -125,6 +130,7 @@ impl LeaseTable {
                 destination,
                 granted_at: now,
                 expires_at: now + lease,
+                nonce,
             };
             self.live.insert(key, l.clone());
             self.by_flow.insert((member, client, destination), port);
@@ -238,16 +244,16 @@ mod tests {
     fn allocates_distinct_ports_and_respects_quota() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new((40000, 40009), 3);
-        let a = t.allocate(t0, m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
-        let b = t.allocate(t0, m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        let a = t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        let b = t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
         assert_ne!(a.port, b.port);
-        t.allocate(t0, m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
         assert_eq!(
-            t.allocate(t0, m(1), "a", ip("10.0.1.2"), dst(), LEASE),
+            t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE),
             Err(LeaseError::QuotaExceeded)
         );
         // Another member is unaffected.
-        t.allocate(t0, m(2), "b", ip("10.0.1.3"), dst(), LEASE).unwrap();
+        t.allocate(t0, Nonce([0; 16]), m(2), "b", ip("10.0.1.3"), dst(), LEASE).unwrap();
         assert_eq!(t.len(), 4);
     }
 
@@ -255,22 +261,22 @@ mod tests {
     fn exhausts_range_per_client_and_quarantines() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new((40000, 40001), 10);
-        let a = t.allocate(t0, m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
-        t.allocate(t0, m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        let a = t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
         assert_eq!(
-            t.allocate(t0, m(1), "a", ip("10.0.1.2"), dst(), LEASE),
+            t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE),
             Err(LeaseError::NoPortsLeft)
         );
         // Same ports are free for another client address.
-        t.allocate(t0, m(2), "b", ip("10.0.9.9"), dst(), LEASE).unwrap();
+        t.allocate(t0, Nonce([0; 16]), m(2), "b", ip("10.0.9.9"), dst(), LEASE).unwrap();
         // A released port rests before reuse.
         assert!(t.end(t0, ip("10.0.1.2"), a.port).is_some());
         assert_eq!(
-            t.allocate(t0, m(1), "a", ip("10.0.1.2"), dst(), LEASE),
+            t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE),
             Err(LeaseError::NoPortsLeft)
         );
         let later = t0 + QUARANTINE + Duration::from_secs(1);
-        let again = t.allocate(later, m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        let again = t.allocate(later, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
         assert_eq!(again.port, a.port);
     }
 
@@ -278,7 +284,7 @@ mod tests {
     fn expiry_and_renewal() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new((40000, 40999), 10);
-        let a = t.allocate(t0, m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        let a = t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
         assert_eq!(t.next_expiry(), Some(t0 + LEASE));
         assert!(t.expire(t0 + LEASE - Duration::from_secs(1)).is_empty());
         t.renew(a.client, a.port, t0 + LEASE * 2).unwrap();
@@ -293,8 +299,8 @@ mod tests {
     fn finds_existing_lease_and_ends_member() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new((40000, 40999), 10);
-        let a = t.allocate(t0, m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
-        t.allocate(t0, m(2), "b", ip("10.0.1.3"), dst(), LEASE).unwrap();
+        let a = t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        t.allocate(t0, Nonce([0; 16]), m(2), "b", ip("10.0.1.3"), dst(), LEASE).unwrap();
         assert_eq!(t.find(m(1), ip("10.0.1.2"), dst()).map(|l| l.port), Some(a.port));
         assert!(t.find(m(1), ip("10.0.1.9"), dst()).is_none());
         assert_eq!(t.end_member(t0, m(1)).len(), 1);

@@ -239,14 +239,7 @@ impl Waypoint {
                     let d = format!("{destination}: {why}");
                     return self.refusal(wall_ms, from, nonce, RefusalReason::DestinationNotAllowed, d, limit);
                 }
-                if let Some(l) = self.leases.find(member, client, destination) {
-                    let (c, p) = (l.client, l.port);
-                    let lease = self.leases.renew(c, p, now + lease_len).cloned();
-                    let lease = lease.expect("lease found just above");
-                    let bytes = self.grant_bytes(wall_ms, nonce, lease.port, client);
-                    return self.fit(bytes, limit, |bytes| Decision::Refresh { lease, timeout: lease_len, to: from, bytes });
-                }
-                match self.leases.allocate(now, member, &req.cert.name, client, destination, lease_len) {
+                match self.leases.allocate(now, nonce, member, &req.cert.name, client, destination, lease_len) {
                     Ok(lease) => {
                         let bytes = self.grant_bytes(wall_ms, nonce, lease.port, client);
                         if bytes.len() > limit {
@@ -268,11 +261,11 @@ impl Waypoint {
                     }
                 }
             }
-            RequestKind::Renew { port, destination } => {
+            RequestKind::Renew { port, destination, lease } => {
                 let owned = self
                     .leases
                     .lookup(client, port)
-                    .is_some_and(|l| l.member == member && l.destination == destination);
+                    .is_some_and(|l| l.member == member && l.destination == destination && l.nonce == lease);
                 if !owned {
                     let d = format!("no lease on port {port} for {client}");
                     return self.refusal(wall_ms, from, nonce, RefusalReason::UnknownLease, d, limit);
@@ -282,8 +275,8 @@ impl Waypoint {
                 let bytes = self.grant_bytes(wall_ms, nonce, port, client);
                 self.fit(bytes, limit, |bytes| Decision::Refresh { lease, timeout: lease_len, to: from, bytes })
             }
-            RequestKind::Release { port } => {
-                let owned = self.leases.lookup(client, port).is_some_and(|l| l.member == member);
+            RequestKind::Release { port, lease } => {
+                let owned = self.leases.lookup(client, port).is_some_and(|l| l.member == member && l.nonce == lease);
                 if !owned {
                     let d = format!("no lease on port {port} for {client}");
                     return self.refusal(wall_ms, from, nonce, RefusalReason::UnknownLease, d, limit);
@@ -560,17 +553,26 @@ mod tests {
         assert_eq!(refusal(&d), RefusalReason::QuotaExceeded);
         // Renew the first lease at t+50 s: it outlives the others.
         let t50 = t + Duration::from_secs(50);
-        let renew = RequestKind::Renew { port: ports[0], destination: "10.0.3.2:5201".parse().unwrap() };
+        let renew = RequestKind::Renew {
+            port: ports[0],
+            destination: "10.0.3.2:5201".parse().unwrap(),
+            lease: Nonce([1; 16]),
+        };
         match w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 20, MS + 50_000, renew)) {
             Decision::Refresh { lease, .. } => assert_eq!(lease.port, ports[0]),
             d => panic!("{d:?}"),
         }
         // Renewing a port one does not hold is refused.
-        let bogus = RequestKind::Renew { port: 40009, destination: "10.0.3.2:5201".parse().unwrap() };
+        let bogus = RequestKind::Renew { port: 40009, destination: "10.0.3.2:5201".parse().unwrap(), lease: Nonce([1; 16]) };
         let d = w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 21, MS + 50_000, bogus));
         assert_eq!(refusal(&d), RefusalReason::UnknownLease);
         // Release the second.
-        let rel = RequestKind::Release { port: ports[1] };
+        // A renewal naming another lease's nonce (a restarted waypoint reused
+        // the port) is refused.
+        let alias = RequestKind::Renew { port: ports[1], destination: "10.0.3.2:5202".parse().unwrap(), lease: Nonce([9; 16]) };
+        let d = w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 23, MS + 50_000, alias));
+        assert_eq!(refusal(&d), RefusalReason::UnknownLease);
+        let rel = RequestKind::Release { port: ports[1], lease: Nonce([2; 16]) };
         assert!(matches!(
             w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 22, MS + 50_000, rel)),
             Decision::Remove { .. }

@@ -29,14 +29,14 @@ fn main() -> ExitCode {
     let server: IpAddr = lab.topo.addr4(Node::Server).into();
     let waypoint: IpAddr = lab.topo.addr4(Node::Waypoint).into();
     let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
-    let counter = JoinCounter::install(lab.topo.ns(Node::Server), IPERF_PORT);
+    let counter = JoinCounter::install(lab.topo.ns(Node::Server), IPERF_PORT, &[waypoint]);
     std::thread::sleep(std::time::Duration::from_millis(300));
 
-    let run = |mptcp: bool| {
+    let run = |lab: &Lab, mptcp: bool| {
         iperf3_client(lab.topo.ns(Node::Client), server, IPERF_PORT, secs, mptcp, false)
             .map(|r| r.mbps_after_first_second())
     };
-    let tcp = match run(false) {
+    let tcp = match run(&lab, false) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("plain TCP run failed: {e}");
@@ -44,11 +44,11 @@ fn main() -> ExitCode {
         }
     };
     println!("  plain TCP, direct path:                {tcp:6.2} Mbit/s");
-    let mp1 = run(true).unwrap_or(f64::NAN);
+    let mp1 = run(&lab, true).unwrap_or(f64::NAN);
     println!("  MPTCP, no DCol (1 subflow):            {mp1:6.2} Mbit/s");
     lab.start_waypoint();
     lab.start_client();
-    let dcol = match run(true) {
+    let dcol = match run(&lab, true) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("DCol run failed: {e}");
