@@ -25,7 +25,10 @@ const THROUGHPUT_N: usize = 10_000;
 const WINDOW: usize = 64;
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn requests(cert: &Certificate, key: &SecretKey, n: usize, salt: u8) -> Vec<Vec<u8>> {
@@ -136,8 +139,14 @@ fn main() {
     let (gm, gp) = (percentile(&grant, 0.5), percentile(&grant, 0.99));
     let st = wp.status();
     let grants = st["waypoint"]["grants"].as_array().map_or(0, |a| a.len());
-    println!("waypoint grant benchmark ({LATENCY_N} sequential, {THROUGHPUT_N} with {WINDOW} in flight)");
-    println!("  UDP echo baseline RTT: median {:.1} us, p99 {:.1} us", us(em), us(ep));
+    println!(
+        "waypoint grant benchmark ({LATENCY_N} sequential, {THROUGHPUT_N} with {WINDOW} in flight)"
+    );
+    println!(
+        "  UDP echo baseline RTT: median {:.1} us, p99 {:.1} us",
+        us(em),
+        us(ep)
+    );
     println!(
         "  grant latency:         median {:.1} us, p99 {:.1} us  ({:.1}x / {:.1}x the echo baseline)",
         us(gm),
@@ -148,11 +157,16 @@ fn main() {
     println!("  grants per second (one daemon thread): {tput:.0}");
     println!("  live grants (map elements) at the end: {grants}");
     wp.terminate();
-    let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status();
 }
 
 fn in_ns_setup(ns: &str) {
-    let st = std::process::Command::new("ip").args(["netns", "add", ns]).status().unwrap();
+    let st = std::process::Command::new("ip")
+        .args(["netns", "add", ns])
+        .status()
+        .unwrap();
     assert!(st.success());
     in_ns(ns, &["ip", "link", "set", "lo", "up"]);
 }

@@ -66,7 +66,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
 
 /// Unix time in milliseconds.
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// At most `per_sec` log lines per second for one noisy source; the rest are
@@ -80,13 +83,21 @@ struct LogLimit {
 
 impl LogLimit {
     fn new(per_sec: u32) -> Self {
-        LogLimit { per_sec, window: Instant::now(), used: 0, dropped: 0 }
+        LogLimit {
+            per_sec,
+            window: Instant::now(),
+            used: 0,
+            dropped: 0,
+        }
     }
 
     fn allow(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
             if self.dropped > 0 {
-                log::warn!("{} more refusals not logged in the last second", self.dropped);
+                log::warn!(
+                    "{} more refusals not logged in the last second",
+                    self.dropped
+                );
             }
             self.window = now;
             self.used = 0;
@@ -116,9 +127,9 @@ fn load_identity(cfg: &Config) -> Result<Identity, DaemonError> {
     let root = files::read_public_key(&cfg.main.collective).map_err(cfgerr)?;
     let mut revocations = Revocations::default();
     for r in &cfg.main.revoked {
-        let id = r
-            .parse()
-            .map_err(|_| DaemonError::Config(format!("revoked member id '{r}' is not 16 hex digits")))?;
+        let id = r.parse().map_err(|_| {
+            DaemonError::Config(format!("revoked member id '{r}' is not 16 hex digits"))
+        })?;
         revocations.insert(id);
     }
     if cert.key != key.public() {
@@ -130,7 +141,12 @@ fn load_identity(cfg: &Config) -> Result<Identity, DaemonError> {
     }
     cert.verify(&root, wall_ms() / 1000)
         .map_err(|e| DaemonError::Config(format!("{}: {e}", cfg.main.cert.display())))?;
-    Ok(Identity { cert, key, root, revocations })
+    Ok(Identity {
+        cert,
+        key,
+        root,
+        revocations,
+    })
 }
 
 struct WaypointRole {
@@ -169,8 +185,16 @@ impl Daemon {
         let id = load_identity(cfg)?;
         let control = ControlServer::bind(&cfg.main.control_socket)?;
         let mut sysctls = SysctlGuard::recover(&cfg.main.state_dir)?;
-        let waypoint = if cfg.waypoint.enabled { Some(start_waypoint(cfg, &id, &mut sysctls)?) } else { None };
-        let client = if cfg.client.enabled { Some(start_client(cfg, &id, &mut sysctls)?) } else { None };
+        let waypoint = if cfg.waypoint.enabled {
+            Some(start_waypoint(cfg, &id, &mut sysctls)?)
+        } else {
+            None
+        };
+        let client = if cfg.client.enabled {
+            Some(start_client(cfg, &id, &mut sysctls)?)
+        } else {
+            None
+        };
         log::info!(
             "dcol {} running as '{}' ({}): client {}, waypoint {}",
             env!("CARGO_PKG_VERSION"),
@@ -179,7 +203,15 @@ impl Daemon {
             if client.is_some() { "on" } else { "off" },
             if waypoint.is_some() { "on" } else { "off" },
         );
-        Ok(Daemon { started: Instant::now(), cert: id.cert, control, signals, waypoint, client, sysctls })
+        Ok(Daemon {
+            started: Instant::now(),
+            cert: id.cert,
+            control,
+            signals,
+            waypoint,
+            client,
+            sysctls,
+        })
     }
 
     /// Runs until SIGTERM or SIGINT, then tears down.
@@ -278,7 +310,11 @@ impl Daemon {
     }
 }
 
-fn start_waypoint(cfg: &Config, id: &Identity, sysctls: &mut SysctlGuard) -> Result<WaypointRole, DaemonError> {
+fn start_waypoint(
+    cfg: &Config,
+    id: &Identity,
+    sysctls: &mut SysctlGuard,
+) -> Result<WaypointRole, DaemonError> {
     let w = &cfg.waypoint;
     if !id.cert.roles.contains(trust::Roles::WAYPOINT) {
         return Err(DaemonError::Config(format!(
@@ -319,17 +355,33 @@ fn start_waypoint(cfg: &Config, id: &Identity, sysctls: &mut SysctlGuard) -> Res
         allow: w.allow_destination.clone(),
         max_skew: Duration::from_secs(u64::from(w.max_clock_skew_s)),
     };
-    let core = Waypoint::new(settings, id.cert.clone(), id.key.clone(), id.root, id.revocations.clone(), own);
+    let core = Waypoint::new(
+        settings,
+        id.cert.clone(),
+        id.key.clone(),
+        id.root,
+        id.revocations.clone(),
+        own,
+    );
     log::info!(
         "waypoint: NAT tunnels on ports {}-{}, signaling on {:?}",
         w.nat_ports.0,
         w.nat_ports.1,
         w.listen
     );
-    Ok(WaypointRole { core, sockets, nat: Some(nat), log: LogLimit::new(20) })
+    Ok(WaypointRole {
+        core,
+        sockets,
+        nat: Some(nat),
+        log: LogLimit::new(20),
+    })
 }
 
-fn start_client(cfg: &Config, id: &Identity, sysctls: &mut SysctlGuard) -> Result<ClientRole, DaemonError> {
+fn start_client(
+    cfg: &Config,
+    id: &Identity,
+    sysctls: &mut SysctlGuard,
+) -> Result<ClientRole, DaemonError> {
     let c = &cfg.client;
     if std::path::Path::new(sysctl::MPTCP_PATH_MANAGER).exists() {
         sysctls.set(sysctl::MPTCP_PATH_MANAGER, "userspace")?;
@@ -352,10 +404,16 @@ fn start_client(cfg: &Config, id: &Identity, sysctls: &mut SysctlGuard) -> Resul
     let mut tunnels = Vec::new();
     for p in &cfg.peers {
         if p.tunnel == TunnelKind::Vpn {
-            log::warn!("peer '{}': VPN tunnels are not supported yet; skipped", p.name);
+            log::warn!(
+                "peer '{}': VPN tunnels are not supported yet; skipped",
+                p.name
+            );
             continue;
         }
-        peers.push(PeerSpec { name: p.name.clone(), address: p.address });
+        peers.push(PeerSpec {
+            name: p.name.clone(),
+            address: p.address,
+        });
         tunnels.push(p.tunnel);
     }
     if peers.is_empty() {
@@ -379,8 +437,20 @@ fn start_client(cfg: &Config, id: &Identity, sysctls: &mut SysctlGuard) -> Resul
         peers,
         prefix,
     );
-    log::info!("client: userspace path manager on, {} waypoint(s), max {} detours", tunnels.len(), c.max_detours);
-    Ok(ClientRole { core, events, pm, sock4, sock6, tunnels, log: LogLimit::new(20) })
+    log::info!(
+        "client: userspace path manager on, {} waypoint(s), max {} detours",
+        tunnels.len(),
+        c.max_detours
+    );
+    Ok(ClientRole {
+        core,
+        events,
+        pm,
+        sock4,
+        sock6,
+        tunnels,
+        log: LogLimit::new(20),
+    })
 }
 
 fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
@@ -405,7 +475,11 @@ impl ClientRole {
         let mut buf = [0u8; 2048];
         for i in 0..2 {
             loop {
-                let sock = if i == 0 { Some(&self.sock4) } else { self.sock6.as_ref() };
+                let sock = if i == 0 {
+                    Some(&self.sock4)
+                } else {
+                    self.sock6.as_ref()
+                };
                 let Some(sock) = sock else { break };
                 let (n, from) = match sock.recv_from(&mut buf) {
                     Ok(x) => x,
@@ -437,34 +511,51 @@ impl ClientRole {
     fn act(&mut self, a: Action) {
         match a {
             Action::Send { to, bytes } => {
-                let sock = if to.is_ipv4() { Some(&self.sock4) } else { self.sock6.as_ref() };
+                let sock = if to.is_ipv4() {
+                    Some(&self.sock4)
+                } else {
+                    self.sock6.as_ref()
+                };
                 match sock.map(|s| s.send_to(&bytes, to)) {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => log::debug!("client: send to {to}: {e}"),
                     None => log::debug!("client: no IPv6 socket for {to}"),
                 }
             }
-            Action::CreateSubflow { token, local, local_id, remote } => {
-                match self.pm.subflow_create(token, local, local_id, remote) {
-                    Ok(()) => log::info!("detour subflow for {:#010x}: {local} -> {remote}", token.0),
-                    Err(e) => {
-                        log::warn!("detour subflow for {:#010x} via {remote}: {e}", token.0);
-                        self.core.create_failed(token, remote, &e.to_string());
-                    }
+            Action::CreateSubflow {
+                token,
+                local,
+                local_id,
+                remote,
+            } => match self.pm.subflow_create(token, local, local_id, remote) {
+                Ok(()) => log::info!("detour subflow for {:#010x}: {local} -> {remote}", token.0),
+                Err(e) => {
+                    log::warn!("detour subflow for {:#010x} via {remote}: {e}", token.0);
+                    self.core.create_failed(token, remote, &e.to_string());
                 }
-            }
-            Action::DestroySubflow { token, local, remote } => {
-                match self.pm.subflow_destroy(token, local, remote) {
-                    Ok(()) => log::info!("dropped detour subflow {local} -> {remote} of {:#010x}", token.0),
-                    Err(e) => log::debug!("destroy subflow {local} -> {remote}: {e}"),
-                }
-            }
+            },
+            Action::DestroySubflow {
+                token,
+                local,
+                remote,
+            } => match self.pm.subflow_destroy(token, local, remote) {
+                Ok(()) => log::info!(
+                    "dropped detour subflow {local} -> {remote} of {:#010x}",
+                    token.0
+                ),
+                Err(e) => log::debug!("destroy subflow {local} -> {remote}: {e}"),
+            },
         }
     }
 }
 
 fn element(l: &Lease) -> NatElement {
-    NatElement { client: l.client, port: l.port, destination: l.destination, expires_in: None }
+    NatElement {
+        client: l.client,
+        port: l.port,
+        destination: l.destination,
+        expires_in: None,
+    }
 }
 
 fn drop_flows(l: &Lease) {
@@ -495,7 +586,13 @@ impl WaypointRole {
         }
         let now = Instant::now();
         for l in self.core.expire(now) {
-            log::info!("lease expired: {} {}:{} -> {}", l.member_name, l.client, l.port, l.destination);
+            log::info!(
+                "lease expired: {} {}:{} -> {}",
+                l.member_name,
+                l.client,
+                l.port,
+                l.destination
+            );
             if let Some(nat) = &mut self.nat {
                 if let Err(e) = nat.remove(l.client, l.port) {
                     log::warn!("removing expired element: {e}");
@@ -530,7 +627,13 @@ impl WaypointRole {
                 }
                 self.send(i, to, &bytes);
             }
-            Decision::Install { lease, timeout, to, bytes, nonce } => match nat.add(&element(&lease), timeout) {
+            Decision::Install {
+                lease,
+                timeout,
+                to,
+                bytes,
+                nonce,
+            } => match nat.add(&element(&lease), timeout) {
                 Ok(()) => {
                     log::info!(
                         "granted {} ({}) {}:{} -> {} for {}s",
@@ -545,25 +648,52 @@ impl WaypointRole {
                 }
                 Err(e) => {
                     log::error!("installing NAT element: {e}");
-                    let r = self.core.abort(now, wall, &lease, to, nonce, bytes.len(), "internal error");
+                    let r = self.core.abort(
+                        now,
+                        wall,
+                        &lease,
+                        to,
+                        nonce,
+                        bytes.len(),
+                        "internal error",
+                    );
                     if let Decision::Reply { to, bytes, .. } = r {
                         self.send(i, to, &bytes);
                     }
                 }
             },
-            Decision::Refresh { lease, timeout, to, bytes } => match nat.refresh(&element(&lease), timeout) {
+            Decision::Refresh {
+                lease,
+                timeout,
+                to,
+                bytes,
+            } => match nat.refresh(&element(&lease), timeout) {
                 Ok(()) => {
-                    log::debug!("renewed {}:{} for {}", lease.client, lease.port, lease.member_name);
+                    log::debug!(
+                        "renewed {}:{} for {}",
+                        lease.client,
+                        lease.port,
+                        lease.member_name
+                    );
                     self.send(i, to, &bytes);
                 }
-                Err(e) => log::error!("refreshing NAT element {}:{}: {e}", lease.client, lease.port),
+                Err(e) => log::error!(
+                    "refreshing NAT element {}:{}: {e}",
+                    lease.client,
+                    lease.port
+                ),
             },
             Decision::Remove { lease, to, bytes } => {
                 if let Err(e) = nat.remove(lease.client, lease.port) {
                     log::warn!("removing NAT element: {e}");
                 }
                 drop_flows(&lease);
-                log::info!("released {}:{} of {}", lease.client, lease.port, lease.member_name);
+                log::info!(
+                    "released {}:{} of {}",
+                    lease.client,
+                    lease.port,
+                    lease.member_name
+                );
                 self.send(i, to, &bytes);
             }
         }
@@ -581,7 +711,12 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
                 tunnel: None,
                 local: Some(conn.local.to_string()),
                 remote: Some(conn.remote.to_string()),
-                state: if conn.established_at.is_some() { "established" } else { "connecting" }.into(),
+                state: if conn.established_at.is_some() {
+                    "established"
+                } else {
+                    "connecting"
+                }
+                .into(),
                 detail: None,
                 setup_ms: None,
             }];
@@ -594,7 +729,9 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
                     path: "detour".into(),
                     waypoint: Some(c.core.peer_name(d.peer).to_owned()),
                     tunnel: Some(tunnel_name(c.tunnels[d.peer]).into()),
-                    local: d.local_port.map(|p| SocketAddr::new(conn.local.ip(), p).to_string()),
+                    local: d
+                        .local_port
+                        .map(|p| SocketAddr::new(conn.local.ip(), p).to_string()),
                     remote: c.core.detour_remote(d).map(|r| r.to_string()),
                     state: d.state.name().into(),
                     detail,
@@ -605,7 +742,12 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
                 token: format!("{:#010x}", conn.token.0),
                 local: conn.local.to_string(),
                 remote: conn.remote.to_string(),
-                state: if conn.established_at.is_some() { "established" } else { "connecting" }.into(),
+                state: if conn.established_at.is_some() {
+                    "established"
+                } else {
+                    "connecting"
+                }
+                .into(),
                 subflows,
             }
         })
@@ -649,7 +791,12 @@ fn waypoint_status(w: &WaypointRole, now: Instant) -> control::WaypointStatus {
         .collect();
     let st = w.core.stats();
     control::WaypointStatus {
-        listen: w.sockets.iter().filter_map(|s| s.local_addr().ok()).map(|a| a.to_string()).collect(),
+        listen: w
+            .sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect(),
         grants,
         datagrams: st.datagrams,
         granted: st.granted,

@@ -35,11 +35,17 @@ struct Failure {
 }
 
 fn usage(msg: impl Into<String>) -> Failure {
-    Failure { code: 2, msg: format!("{}\n(see 'dcol --help')", msg.into()) }
+    Failure {
+        code: 2,
+        msg: format!("{}\n(see 'dcol --help')", msg.into()),
+    }
 }
 
 fn runtime(msg: impl std::fmt::Display) -> Failure {
-    Failure { code: 1, msg: msg.to_string() }
+    Failure {
+        code: 1,
+        msg: msg.to_string(),
+    }
 }
 
 impl From<lexopt::Error> for Failure {
@@ -95,7 +101,8 @@ fn real_main() -> Result<(), Failure> {
 }
 
 fn string(v: OsString) -> Result<String, Failure> {
-    v.into_string().map_err(|v| usage(format!("argument is not UTF-8: {v:?}")))
+    v.into_string()
+        .map_err(|v| usage(format!("argument is not UTF-8: {v:?}")))
 }
 
 fn sub(p: &mut lexopt::Parser, what: &str) -> Result<String, Failure> {
@@ -118,9 +125,17 @@ struct Opts {
 }
 
 impl Opts {
-    fn parse(p: &mut lexopt::Parser, valued: &[&str], flags: &[&str], help: &str) -> Result<Opts, Failure> {
+    fn parse(
+        p: &mut lexopt::Parser,
+        valued: &[&str],
+        flags: &[&str],
+        help: &str,
+    ) -> Result<Opts, Failure> {
         use lexopt::prelude::*;
-        let mut o = Opts { values: Vec::new(), flags: Vec::new() };
+        let mut o = Opts {
+            values: Vec::new(),
+            flags: Vec::new(),
+        };
         while let Some(arg) = p.next()? {
             match arg {
                 Long("help") | Short('h') => {
@@ -140,11 +155,16 @@ impl Opts {
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.values.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn need(&self, name: &str) -> Result<&str, Failure> {
-        self.get(name).ok_or_else(|| usage(format!("missing --{name}")))
+        self.get(name)
+            .ok_or_else(|| usage(format!("missing --{name}")))
     }
 
     fn flag(&self, name: &str) -> bool {
@@ -153,7 +173,10 @@ impl Opts {
 }
 
 fn load_config(path: &str) -> Result<config::Config, Failure> {
-    let cfg = config::load(std::path::Path::new(path)).map_err(|e| Failure { code: 2, msg: e.to_string() })?;
+    let cfg = config::load(std::path::Path::new(path)).map_err(|e| Failure {
+        code: 2,
+        msg: e.to_string(),
+    })?;
     for w in &cfg.warnings {
         log::warn!("{w}");
     }
@@ -170,14 +193,28 @@ fn cmd_run(p: &mut lexopt::Parser) -> Result<(), Failure> {
         log::info!("{path}: option enabled is '0'; nothing to do");
         return Ok(());
     }
-    let d = daemon::Daemon::start(&cfg).map_err(|e| Failure { code: e.exit_code() as u8, msg: e.to_string() })?;
-    d.run().map_err(|e| Failure { code: e.exit_code() as u8, msg: e.to_string() })
+    let d = daemon::Daemon::start(&cfg).map_err(|e| Failure {
+        code: e.exit_code() as u8,
+        msg: e.to_string(),
+    })?;
+    d.run().map_err(|e| Failure {
+        code: e.exit_code() as u8,
+        msg: e.to_string(),
+    })
 }
 
 fn cmd_config_check(p: &mut lexopt::Parser) -> Result<(), Failure> {
-    let o = Opts::parse(p, &["config"], &[], "usage: dcol config check [--config FILE]\n")?;
+    let o = Opts::parse(
+        p,
+        &["config"],
+        &[],
+        "usage: dcol config check [--config FILE]\n",
+    )?;
     let path = o.get("config").unwrap_or(DEFAULT_CONFIG);
-    let cfg = config::load(std::path::Path::new(path)).map_err(|e| Failure { code: 2, msg: e.to_string() })?;
+    let cfg = config::load(std::path::Path::new(path)).map_err(|e| Failure {
+        code: 2,
+        msg: e.to_string(),
+    })?;
     for w in &cfg.warnings {
         eprintln!("warning: {w}");
     }
@@ -207,18 +244,41 @@ fn cmd_status(p: &mut lexopt::Parser) -> Result<(), Failure> {
 }
 
 fn print_status(st: &control::Status) {
-    println!("dcol {} up {}s, member '{}' ({}), roles {}", st.version, st.uptime_s, st.member.name, st.member.id, st.member.roles);
+    println!(
+        "dcol {} up {}s, member '{}' ({}), roles {}",
+        st.version, st.uptime_s, st.member.name, st.member.id, st.member.roles
+    );
     if let Some(c) = &st.client {
         println!("client: {} connection(s)", c.connections.len());
         for p in &c.peers {
-            let rtt = p.rtt_ms.map(|r| format!(" rtt {r:.1} ms")).unwrap_or_default();
-            println!("  peer {} {} ({}) {}{rtt}", p.name, p.address, p.tunnel, if p.up { "up" } else { "down" });
+            let rtt = p
+                .rtt_ms
+                .map(|r| format!(" rtt {r:.1} ms"))
+                .unwrap_or_default();
+            println!(
+                "  peer {} {} ({}) {}{rtt}",
+                p.name,
+                p.address,
+                p.tunnel,
+                if p.up { "up" } else { "down" }
+            );
         }
         for conn in &c.connections {
-            println!("  {} {} -> {} {}", conn.token, conn.local, conn.remote, conn.state);
+            println!(
+                "  {} {} -> {} {}",
+                conn.token, conn.local, conn.remote, conn.state
+            );
             for s in &conn.subflows {
-                let via = s.waypoint.as_deref().map(|w| format!(" via {w}")).unwrap_or_default();
-                let detail = s.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+                let via = s
+                    .waypoint
+                    .as_deref()
+                    .map(|w| format!(" via {w}"))
+                    .unwrap_or_default();
+                let detail = s
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
                 println!(
                     "    {}{via} {} -> {} {}{detail}",
                     s.path,
@@ -230,7 +290,12 @@ fn print_status(st: &control::Status) {
         }
     }
     if let Some(w) = &st.waypoint {
-        println!("waypoint: {} grant(s), {} datagrams, {} granted", w.grants.len(), w.datagrams, w.granted);
+        println!(
+            "waypoint: {} grant(s), {} datagrams, {} granted",
+            w.grants.len(),
+            w.datagrams,
+            w.granted
+        );
         for g in &w.grants {
             println!(
                 "  {} {}:{} -> {} age {}s expires in {}s",
@@ -247,24 +312,53 @@ fn cmd_key_generate(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let o = Opts::parse(p, &["out"], &[], "usage: dcol key generate --out FILE\n")?;
     let out = PathBuf::from(o.need("out")?);
     let key = trust::files::generate_secret_key(&out).map_err(runtime)?;
-    println!("wrote {} and {}.pub (member id {})", out.display(), out.display(), trust::MemberId::of(&key.public()));
+    println!(
+        "wrote {} and {}.pub (member id {})",
+        out.display(),
+        out.display(),
+        trust::MemberId::of(&key.public())
+    );
     Ok(())
 }
 
 fn cmd_collective_init(p: &mut lexopt::Parser) -> Result<(), Failure> {
-    let o = Opts::parse(p, &["out-dir"], &[], "usage: dcol collective init --out-dir DIR\n")?;
+    let o = Opts::parse(
+        p,
+        &["out-dir"],
+        &[],
+        "usage: dcol collective init --out-dir DIR\n",
+    )?;
     let dir = PathBuf::from(o.need("out-dir")?);
     trust::files::init_collective(&dir).map_err(runtime)?;
-    println!("wrote {0}/collective.key and {0}/collective.pub", dir.display());
+    println!(
+        "wrote {0}/collective.key and {0}/collective.pub",
+        dir.display()
+    );
     Ok(())
 }
 
 fn cmd_collective_admit(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let help = "usage: dcol collective admit --collective-key KEY --member-pub PUB --name NAME [--days N] [--roles client,waypoint] --out CERT\n";
-    let o = Opts::parse(p, &["collective-key", "member-pub", "name", "days", "roles", "out"], &[], help)?;
+    let o = Opts::parse(
+        p,
+        &[
+            "collective-key",
+            "member-pub",
+            "name",
+            "days",
+            "roles",
+            "out",
+        ],
+        &[],
+        help,
+    )?;
     let days: u32 = match o.get("days") {
         None => 365,
-        Some(d) => d.parse().ok().filter(|d| (1..=3650).contains(d)).ok_or_else(|| usage(format!("--days: expected 1-3650, got '{d}'")))?,
+        Some(d) => d
+            .parse()
+            .ok()
+            .filter(|d| (1..=3650).contains(d))
+            .ok_or_else(|| usage(format!("--days: expected 1-3650, got '{d}'")))?,
     };
     let roles: trust::Roles = o
         .get("roles")
@@ -280,10 +374,18 @@ fn cmd_collective_admit(p: &mut lexopt::Parser) -> Result<(), Failure> {
         roles,
         now,
     )
-    .map_err(|e| Failure { code: 2, msg: e.to_string() })?;
+    .map_err(|e| Failure {
+        code: 2,
+        msg: e.to_string(),
+    })?;
     let out = PathBuf::from(o.need("out")?);
     trust::files::write_certificate(&out, &cert).map_err(runtime)?;
-    println!("wrote {} for '{}' ({}), valid {days} days", out.display(), cert.name, cert.member);
+    println!(
+        "wrote {} for '{}' ({}), valid {days} days",
+        out.display(),
+        cert.name,
+        cert.member
+    );
     Ok(())
 }
 
@@ -306,7 +408,12 @@ impl log::Log for Logger {
 
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            let _ = writeln!(std::io::stderr(), "dcol[{}]: {}", r.level().as_str().to_lowercase(), r.args());
+            let _ = writeln!(
+                std::io::stderr(),
+                "dcol[{}]: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
         }
     }
 

@@ -30,17 +30,43 @@ pub fn cert(name: &str, seed: u8, roles: Roles) -> Certificate {
 }
 
 /// A certificate issued by `issuer` with an explicit window.
-pub fn cert_by(issuer: &SecretKey, name: &str, seed: u8, roles: Roles, nb: u64, na: u64) -> Certificate {
-    Certificate::issue(issuer, name, key(seed).public(), None, nb, na, roles).expect("valid fixture")
+pub fn cert_by(
+    issuer: &SecretKey,
+    name: &str,
+    seed: u8,
+    roles: Roles,
+    nb: u64,
+    na: u64,
+) -> Certificate {
+    Certificate::issue(issuer, name, key(seed).public(), None, nb, na, roles)
+        .expect("valid fixture")
 }
 
 /// A signed NAT detour request from member `seed` to waypoint `to`.
-pub fn request(c: &Certificate, seed: u8, to: &str, nonce: u8, ms: u64, kind: RequestKind) -> Vec<u8> {
-    let body = RequestBody { waypoint: to.to_owned(), timestamp_ms: ms, nonce: Nonce([nonce; 16]), kind };
-    proto::encode(&Message::Request(Request::sign(c.clone(), &key(seed), body)))
+pub fn request(
+    c: &Certificate,
+    seed: u8,
+    to: &str,
+    nonce: u8,
+    ms: u64,
+    kind: RequestKind,
+) -> Vec<u8> {
+    let body = RequestBody {
+        waypoint: to.to_owned(),
+        timestamp_ms: ms,
+        nonce: Nonce([nonce; 16]),
+        kind,
+    };
+    proto::encode(&Message::Request(Request::sign(
+        c.clone(),
+        &key(seed),
+        body,
+    )))
 }
 
 /// A NAT detour request kind.
 pub fn nat(dest: &str) -> RequestKind {
-    RequestKind::NatDetour { destination: dest.parse::<SocketAddr>().expect("fixture address") }
+    RequestKind::NatDetour {
+        destination: dest.parse::<SocketAddr>().expect("fixture address"),
+    }
 }

@@ -9,16 +9,21 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dcol_tests::lab::{need_root, udp_exchange, Lab, SIGNAL_PORT};
-use dcol::proto::{self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind};
+use dcol::proto::{
+    self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind,
+};
 use dcol::trust::{files, Certificate, Roles, SecretKey};
 use dcol_tests::dcol::{map_elements, Collective};
+use dcol_tests::lab::{need_root, udp_exchange, Lab, SIGNAL_PORT};
 use dcol_tests::{LinkProfile, Node};
 
 const WAIT: Duration = Duration::from_millis(500);
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn nonce(n: u8) -> Nonce {
@@ -61,7 +66,12 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
     let elements = || map_elements(&wns, "dcol", "nat4");
     let refused = |bytes: &[u8], want: RefusalReason, log: &str| {
         let reply = udp_exchange(&cns, wp, bytes, WAIT).expect("a refusal reply");
-        assert!(reply.len() <= bytes.len(), "reply {} > request {}", reply.len(), bytes.len());
+        assert!(
+            reply.len() <= bytes.len(),
+            "reply {} > request {}",
+            reply.len(),
+            bytes.len()
+        );
         match outcome(&reply) {
             Outcome::Refused { reason } => assert_eq!(reason, want),
             o => panic!("expected refusal {want:?}, got {o:?}"),
@@ -71,7 +81,10 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
         assert!(l.contains(log), "waypoint log lacks '{log}':\n{l}");
     };
     let ignored = |bytes: &[u8], log: &str| {
-        assert!(udp_exchange(&cns, wp, bytes, WAIT).is_none(), "answered undecodable input");
+        assert!(
+            udp_exchange(&cns, wp, bytes, WAIT).is_none(),
+            "answered undecodable input"
+        );
         assert_eq!(elements(), 0);
         let l = lab.wp().log_text();
         assert!(l.contains(log), "waypoint log lacks '{log}':\n{l}");
@@ -94,20 +107,43 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
     let mallory = other.admit("mallory", "client", 30);
     let mkey = files::read_secret_key(&mallory.key).unwrap();
     let mcert = files::read_certificate(&mallory.cert).unwrap();
-    refused(&request(&mcert, &mkey, 2, server), RefusalReason::BadCertificate, "refused request");
+    refused(
+        &request(&mcert, &mkey, 2, server),
+        RefusalReason::BadCertificate,
+        "refused request",
+    );
 
     // An expired certificate, properly signed by our collective's root.
     let root = files::read_secret_key(&lab.collective.root_key).unwrap();
     let now = now_ms() / 1000;
-    let old = Certificate::issue(&root, "bob", key.public(), None, now - 10 * 86400, now - 86400, Roles::CLIENT).unwrap();
-    refused(&request(&old, &key, 3, server), RefusalReason::BadCertificate, "expired");
+    let old = Certificate::issue(
+        &root,
+        "bob",
+        key.public(),
+        None,
+        now - 10 * 86400,
+        now - 86400,
+        Roles::CLIENT,
+    )
+    .unwrap();
+    refused(
+        &request(&old, &key, 3, server),
+        RefusalReason::BadCertificate,
+        "expired",
+    );
 
     // A private destination the owner did not allow.
     let lan = "192.168.1.1:80".parse().unwrap();
-    refused(&request(&cert, &key, 4, lan), RefusalReason::DestinationNotAllowed, "private address");
+    refused(
+        &request(&cert, &key, 4, lan),
+        RefusalReason::DestinationNotAllowed,
+        "private address",
+    );
 
     // Garbage, truncated, oversized, future version: not even answered.
-    let garbage: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..300u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     ignored(&garbage, "ignored datagram");
     let valid = request(&cert, &key, 5, server);
     ignored(&valid[..100], "ignored datagram");
@@ -135,12 +171,21 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
     assert_eq!(elements(), 1, "a replay added an element");
 
     // Still serving: another valid request, another port.
-    let reply = udp_exchange(&cns, wp, &request(&cert, &key, 6, SocketAddr::new(server.ip(), 5202)), WAIT).expect("grant");
+    let reply = udp_exchange(
+        &cns,
+        wp,
+        &request(&cert, &key, 6, SocketAddr::new(server.ip(), 5202)),
+        WAIT,
+    )
+    .expect("grant");
     match outcome(&reply) {
         Outcome::Granted { port: p2, .. } => assert_ne!(p2, port),
         o => panic!("expected a grant, got {o:?}"),
     }
     assert_eq!(elements(), 2);
     let st = lab.wp().status();
-    assert!(st["waypoint"]["refused"].as_object().map_or(0, |m| m.len()) >= 4, "{st}");
+    assert!(
+        st["waypoint"]["refused"].as_object().map_or(0, |m| m.len()) >= 4,
+        "{st}"
+    );
 }

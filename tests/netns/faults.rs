@@ -8,8 +8,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use dcol_tests::lab::{detours_in, need_root, Lab, IPERF_PORT};
 use dcol_tests::dcol::{has_table, in_ns, map_elements};
+use dcol_tests::lab::{detours_in, need_root, Lab, IPERF_PORT};
 use dcol_tests::{iperf3_client, iperf3_server, LinkProfile, Node};
 
 /// The waypoint's links go down in the middle of a transfer: the transfer
@@ -27,15 +27,20 @@ fn waypoint_vanishes_mid_transfer() {
     let topo = &lab.topo;
     let cl = lab.client.as_ref().unwrap();
     let result = std::thread::scope(|s| {
-        let h = s.spawn(|| iperf3_client(topo.ns(Node::Client), server, IPERF_PORT, 10, true, false));
-        cl.wait_status(Duration::from_secs(3), |s| detours_in(s, "established") >= 1)
-            .unwrap_or_else(|s| panic!("no detour established: {s}"));
+        let h =
+            s.spawn(|| iperf3_client(topo.ns(Node::Client), server, IPERF_PORT, 10, true, false));
+        cl.wait_status(Duration::from_secs(3), |s| {
+            detours_in(s, "established") >= 1
+        })
+        .unwrap_or_else(|s| panic!("no detour established: {s}"));
         std::thread::sleep(Duration::from_secs(2));
         topo.link_down(6);
         // renew_interval 1 s, 3 misses: the client must drop the detour well
         // before the transfer ends.
         let st = cl
-            .wait_status(Duration::from_secs(7), |s| detours_in(s, "established") == 0)
+            .wait_status(Duration::from_secs(7), |s| {
+                detours_in(s, "established") == 0
+            })
             .unwrap_or_else(|s| panic!("client kept the dead detour: {s}"));
         let det = st["client"]["connections"][0]["subflows"]
             .as_array()
@@ -48,10 +53,20 @@ fn waypoint_vanishes_mid_transfer() {
         h.join().expect("iperf thread")
     });
     let r = result.expect("the transfer must complete over the direct path");
-    eprintln!("transfer with a vanishing waypoint: {:.2} Mbit/s", r.mbps_after_first_second());
-    assert!(r.mbps_after_first_second() > 3.0, "transfer stalled: {:.2} Mbit/s", r.mbps_after_first_second());
+    eprintln!(
+        "transfer with a vanishing waypoint: {:.2} Mbit/s",
+        r.mbps_after_first_second()
+    );
+    assert!(
+        r.mbps_after_first_second() > 3.0,
+        "transfer stalled: {:.2} Mbit/s",
+        r.mbps_after_first_second()
+    );
     let log = cl.log_text();
-    assert!(log.contains("dropped detour subflow"), "client did not destroy the subflow:\n{log}");
+    assert!(
+        log.contains("dropped detour subflow"),
+        "client did not destroy the subflow:\n{log}"
+    );
     topo.link_up(6);
 }
 
@@ -75,34 +90,64 @@ fn waypoint_crash_is_reconciled() {
     let h = std::thread::spawn(move || {
         let dst = format!("{server}");
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &cns, "mptcpize", "run", "iperf3", "-c", &dst, "-t", "10", "-p"])
+            .args([
+                "netns", "exec", &cns, "mptcpize", "run", "iperf3", "-c", &dst, "-t", "10", "-p",
+            ])
             .arg(IPERF_PORT.to_string())
             .output()
             .expect("iperf3");
         out.status.success()
     });
     lab.cl()
-        .wait_status(Duration::from_secs(3), |s| detours_in(s, "established") >= 1)
+        .wait_status(Duration::from_secs(3), |s| {
+            detours_in(s, "established") >= 1
+        })
         .unwrap_or_else(|s| panic!("no detour established: {s}"));
     lab.waypoint.as_mut().unwrap().kill9();
-    assert!(has_table(&wns, "dcol"), "the crashed waypoint's table should still be there");
+    assert!(
+        has_table(&wns, "dcol"),
+        "the crashed waypoint's table should still be there"
+    );
     let before = map_elements(&wns, "dcol", "nat4");
     assert!(before >= 1, "no element before the crash");
     lab.waypoint = None;
     lab.start_waypoint();
-    assert!(lab.wp().log_text().contains("previous run"), "no reconciliation logged:\n{}", lab.wp().log_text());
+    assert!(
+        lab.wp().log_text().contains("previous run"),
+        "no reconciliation logged:\n{}",
+        lab.wp().log_text()
+    );
     let tables = in_ns(&wns, &["nft", "list", "tables"]);
-    assert_eq!(tables.lines().filter(|l| l.contains("dcol")).count(), 1, "{tables}");
+    assert_eq!(
+        tables.lines().filter(|l| l.contains("dcol")).count(),
+        1,
+        "{tables}"
+    );
     // The old elements are gone with the old table. The client's renewals are
     // refused (unknown lease) or its subflows reset; it asks again and gets one
     // fresh grant per live connection: as many elements as grants, no stale ones.
     let st = lab
         .wp()
-        .wait_status(Duration::from_secs(6), |s| s["waypoint"]["grants"].as_array().is_some_and(|g| g.len() == before))
-        .unwrap_or_else(|s| panic!("client did not get fresh grants: {s}\n{}", lab.cl().log_text()));
+        .wait_status(Duration::from_secs(6), |s| {
+            s["waypoint"]["grants"]
+                .as_array()
+                .is_some_and(|g| g.len() == before)
+        })
+        .unwrap_or_else(|s| {
+            panic!(
+                "client did not get fresh grants: {s}\n{}",
+                lab.cl().log_text()
+            )
+        });
     assert_eq!(map_elements(&wns, "dcol", "nat4"), before, "{st}");
     for g in st["waypoint"]["grants"].as_array().unwrap() {
-        assert!(g["age_s"].as_u64().unwrap() <= 6, "a stale grant survived: {g}");
+        assert!(
+            g["age_s"].as_u64().unwrap() <= 6,
+            "a stale grant survived: {g}"
+        );
     }
-    assert!(h.join().expect("iperf thread"), "the transfer failed across the waypoint crash");
+    assert!(
+        h.join().expect("iperf thread"),
+        "the transfer failed across the waypoint crash"
+    );
 }

@@ -50,11 +50,18 @@ pub fn dcol_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let cands = [target.join("debug/dcol"), target.join("release/dcol")];
     cands
         .iter()
-        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok().map(|t| (t, p.clone())))
+        .filter_map(|p| {
+            fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| (t, p.clone()))
+        })
         .max()
         .map(|(_, p)| p)
         .expect("dcol binary not built: run `cargo build -p dcol` first or set DCOL_BIN")
@@ -62,7 +69,10 @@ pub fn dcol_bin() -> PathBuf {
 
 /// Runs `dcol ARGS` and returns stdout; panics with stderr on failure.
 pub fn dcol(args: &[&str]) -> String {
-    let out = Command::new(dcol_bin()).args(args).output().expect("run dcol");
+    let out = Command::new(dcol_bin())
+        .args(args)
+        .output()
+        .expect("run dcol");
     assert!(
         out.status.success(),
         "dcol {args:?} failed ({}): {}",
@@ -98,15 +108,29 @@ impl Collective {
     /// `dcol collective init --out-dir DIR/<tag>`.
     pub fn new(dir: &Path, tag: &str) -> Collective {
         let dir = dir.join(tag);
-        dcol(&["collective", "init", "--out-dir", dir.to_str().expect("utf-8 path")]);
-        Collective { root_key: dir.join("collective.key"), root_pub: dir.join("collective.pub"), dir }
+        dcol(&[
+            "collective",
+            "init",
+            "--out-dir",
+            dir.to_str().expect("utf-8 path"),
+        ]);
+        Collective {
+            root_key: dir.join("collective.key"),
+            root_pub: dir.join("collective.pub"),
+            dir,
+        }
     }
 
     /// `dcol key generate` + `dcol collective admit` for `name` with `roles`.
     pub fn admit(&self, name: &str, roles: &str, days: u32) -> Member {
         let key = self.dir.join(format!("{name}.key"));
         let cert = self.dir.join(format!("{name}.cert"));
-        dcol(&["key", "generate", "--out", key.to_str().expect("utf-8 path")]);
+        dcol(&[
+            "key",
+            "generate",
+            "--out",
+            key.to_str().expect("utf-8 path"),
+        ]);
         let days = days.to_string();
         dcol(&[
             "collective",
@@ -124,7 +148,11 @@ impl Collective {
             "--out",
             cert.to_str().expect("utf-8"),
         ]);
-        Member { name: name.to_owned(), key, cert }
+        Member {
+            name: name.to_owned(),
+            key,
+            cert,
+        }
     }
 }
 
@@ -171,7 +199,13 @@ impl Daemon {
             .stderr(err)
             .spawn()
             .expect("spawn dcol run");
-        let mut d = Daemon { child: Some(child), socket: socket.to_owned(), config, log, netns: netns.to_owned() };
+        let mut d = Daemon {
+            child: Some(child),
+            socket: socket.to_owned(),
+            config,
+            log,
+            netns: netns.to_owned(),
+        };
         d.wait_ready(Duration::from_secs(10));
         d
     }
@@ -179,13 +213,26 @@ impl Daemon {
     fn wait_ready(&mut self, limit: Duration) {
         let t0 = Instant::now();
         loop {
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("dcol in {} exited early ({st}):\n{}", self.netns, self.log_text());
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "dcol in {} exited early ({st}):\n{}",
+                    self.netns,
+                    self.log_text()
+                );
             }
             if self.try_status().is_some() {
                 return;
             }
-            assert!(t0.elapsed() < limit, "dcol in {} not ready after {limit:?}:\n{}", self.netns, self.log_text());
+            assert!(
+                t0.elapsed() < limit,
+                "dcol in {} not ready after {limit:?}:\n{}",
+                self.netns,
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -210,11 +257,16 @@ impl Daemon {
 
     /// `dcol status --json`, parsed; panics with the log if it does not answer.
     pub fn status(&self) -> Value {
-        self.try_status().unwrap_or_else(|| panic!("dcol status failed; log:\n{}", self.log_text()))
+        self.try_status()
+            .unwrap_or_else(|| panic!("dcol status failed; log:\n{}", self.log_text()))
     }
 
     /// Polls `status` until `pred` holds or `limit` passes; returns the last status.
-    pub fn wait_status(&self, limit: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value, Value> {
+    pub fn wait_status(
+        &self,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value, Value> {
         let t0 = Instant::now();
         loop {
             let s = self.status();
@@ -231,7 +283,9 @@ impl Daemon {
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
             // `ip netns exec` execs the program, so the child's pid is dcol's.
-            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
         }
     }
 
@@ -267,7 +321,9 @@ impl Daemon {
 
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -292,7 +348,11 @@ impl Drop for Daemon {
 
 /// Runs a command in `netns` and returns stdout (panics on failure).
 pub fn in_ns(netns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip").args(["netns", "exec", netns]).args(args).output().expect("ip netns exec");
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .output()
+        .expect("ip netns exec");
     assert!(
         out.status.success(),
         "in {netns}: {args:?} failed: {}",
@@ -303,13 +363,17 @@ pub fn in_ns(netns: &str, args: &[&str]) -> String {
 
 /// `nft list tables` in `netns` contains `inet <table>`.
 pub fn has_table(netns: &str, table: &str) -> bool {
-    in_ns(netns, &["nft", "list", "tables"]).lines().any(|l| l.trim() == format!("table inet {table}"))
+    in_ns(netns, &["nft", "list", "tables"])
+        .lines()
+        .any(|l| l.trim() == format!("table inet {table}"))
 }
 
 /// Number of elements in `inet <table>` map `map` in `netns` (0 if absent).
 pub fn map_elements(netns: &str, table: &str, map: &str) -> usize {
     let out = Command::new("ip")
-        .args(["netns", "exec", netns, "nft", "-j", "list", "map", "inet", table, map])
+        .args([
+            "netns", "exec", netns, "nft", "-j", "list", "map", "inet", table, map,
+        ])
         .output()
         .expect("nft");
     if !out.status.success() {
@@ -321,6 +385,10 @@ pub fn map_elements(netns: &str, table: &str, map: &str) -> usize {
         .into_iter()
         .flatten()
         .filter_map(|o| o.get("map"))
-        .map(|m| m.get("elem").and_then(|e| e.as_array()).map_or(0, |a| a.len()))
+        .map(|m| {
+            m.get("elem")
+                .and_then(|e| e.as_array())
+                .map_or(0, |a| a.len())
+        })
         .sum()
 }

@@ -20,7 +20,11 @@ pub fn need_root() -> bool {
 fn unsafe_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -56,7 +60,15 @@ impl Lab {
         let collective = Collective::new(scratch.path(), "coop");
         let client_member = collective.admit("bob", "client", 30);
         let waypoint_member = collective.admit("alice", "client,waypoint", 30);
-        Lab { topo, scratch, collective, client_member, waypoint_member, waypoint: None, client: None }
+        Lab {
+            topo,
+            scratch,
+            collective,
+            client_member,
+            waypoint_member,
+            waypoint: None,
+            client: None,
+        }
     }
 
     /// The name of a node's namespace.
@@ -94,14 +106,26 @@ impl Lab {
     /// Starts the waypoint daemon in its namespace.
     pub fn start_waypoint(&mut self) {
         let cfg = self.waypoint_config("");
-        let d = Daemon::start(&self.ns(Node::Waypoint), self.scratch.path(), "wp", &cfg, &self.sock("wp"));
+        let d = Daemon::start(
+            &self.ns(Node::Waypoint),
+            self.scratch.path(),
+            "wp",
+            &cfg,
+            &self.sock("wp"),
+        );
         self.waypoint = Some(d);
     }
 
     /// Starts the client daemon in its namespace.
     pub fn start_client(&mut self) {
         let cfg = self.client_config("");
-        let d = Daemon::start(&self.ns(Node::Client), self.scratch.path(), "cl", &cfg, &self.sock("cl"));
+        let d = Daemon::start(
+            &self.ns(Node::Client),
+            self.scratch.path(),
+            "cl",
+            &cfg,
+            &self.sock("cl"),
+        );
         self.client = Some(d);
     }
 
@@ -127,7 +151,6 @@ pub fn detours_in(status: &serde_json::Value, state: &str) -> usize {
         .count()
 }
 
-
 /// Sends `bytes` to `to` from a fresh UDP socket inside network namespace `ns`
 /// and returns the reply, if one arrives within `wait`.
 pub fn udp_exchange(ns: &str, to: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
@@ -136,7 +159,11 @@ pub fn udp_exchange(ns: &str, to: SocketAddr, bytes: &[u8], wait: Duration) -> O
     std::thread::spawn(move || {
         let f = std::fs::File::open(&ns_path).expect("open netns");
         enter_netns(&f);
-        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+        let any: SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
         let s = std::net::UdpSocket::bind(any).expect("bind");
         s.set_read_timeout(Some(wait)).expect("timeout");
         s.send_to(&bytes, to).expect("send");

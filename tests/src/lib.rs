@@ -28,8 +28,15 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command; panics with its stderr if it fails.
 pub fn run(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     out
 }
 
@@ -46,7 +53,10 @@ impl Netns {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("dcol-{}-{n}-{role}", std::process::id());
         run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name, children: Mutex::new(Vec::new()) };
+        let ns = Netns {
+            name,
+            children: Mutex::new(Vec::new()),
+        };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         ns
     }
@@ -64,7 +74,10 @@ impl Netns {
 
     /// Runs a command inside; panics with its stderr if it fails.
     pub fn exec(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let out = self
+            .cmd(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         assert!(
             out.status.success(),
             "in {}: {args:?} failed: {}",
@@ -76,7 +89,9 @@ impl Netns {
 
     /// Runs a command inside and returns its output, whatever the exit status.
     pub fn output(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        self.cmd(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
     /// Starts a background process inside; it is killed when the namespace is dropped.
@@ -102,7 +117,10 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Everything running inside, ours or not (daemons, iperf3).
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
@@ -113,7 +131,9 @@ impl Drop for Netns {
                 let _ = c.wait();
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -134,7 +154,14 @@ pub enum Node {
     Server,
 }
 
-const NODES: [Node; 6] = [Node::Client, Node::Rc, Node::Rs, Node::Rw, Node::Waypoint, Node::Server];
+const NODES: [Node; 6] = [
+    Node::Client,
+    Node::Rc,
+    Node::Rs,
+    Node::Rw,
+    Node::Waypoint,
+    Node::Server,
+];
 
 /// Links: (number, first node, second node, core?).
 const LINKS: [(u8, Node, Node, bool); 6] = [
@@ -158,12 +185,18 @@ pub struct LinkProfile {
 impl LinkProfile {
     /// Every link 10 Mbit/s.
     pub fn symmetric() -> Self {
-        LinkProfile { core_mbit: 10, access_mbit: 10 }
+        LinkProfile {
+            core_mbit: 10,
+            access_mbit: 10,
+        }
     }
 
     /// Core 10 Mbit/s, access 20 Mbit/s: a detour adds a second bottleneck path.
     pub fn core_limited() -> Self {
-        LinkProfile { core_mbit: 10, access_mbit: 20 }
+        LinkProfile {
+            core_mbit: 10,
+            access_mbit: 20,
+        }
     }
 }
 
@@ -192,20 +225,64 @@ impl Topology {
         for (l, a, b, core) in LINKS {
             let (ia, ib) = (format!("l{l}a"), format!("l{l}b"));
             run(&[
-                "ip", "link", "add", &ia, "netns", t.ns(a).name(), "type", "veth", "peer", "name", &ib, "netns",
+                "ip",
+                "link",
+                "add",
+                &ia,
+                "netns",
+                t.ns(a).name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ib,
+                "netns",
                 t.ns(b).name(),
             ]);
-            let rate = if core { profile.core_mbit } else { profile.access_mbit };
+            let rate = if core {
+                profile.core_mbit
+            } else {
+                profile.access_mbit
+            };
             for (node, ifname, host) in [(a, &ia, 1u8), (b, &ib, 2u8)] {
                 let ns = t.ns(node);
-                ns.exec(&["ip", "addr", "add", &format!("{}/24", ip4(l, host)), "dev", ifname]);
-                ns.exec(&["ip", "-6", "addr", "add", &format!("{}/64", ip6(l, u16::from(host))), "dev", ifname, "nodad"]);
+                ns.exec(&[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/24", ip4(l, host)),
+                    "dev",
+                    ifname,
+                ]);
+                ns.exec(&[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{}/64", ip6(l, u16::from(host))),
+                    "dev",
+                    ifname,
+                    "nodad",
+                ]);
                 ns.exec(&["ip", "link", "set", ifname, "up"]);
-                ns.exec(&["ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off"]);
+                ns.exec(&[
+                    "ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off",
+                ]);
                 // 10 packets of burst; a queue of ~50 ms at the link rate.
                 ns.exec(&[
-                    "tc", "qdisc", "replace", "dev", ifname, "root", "tbf", "rate", &format!("{rate}mbit"), "burst",
-                    "15000", "latency", "50ms",
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    ifname,
+                    "root",
+                    "tbf",
+                    "rate",
+                    &format!("{rate}mbit"),
+                    "burst",
+                    "15000",
+                    "latency",
+                    "50ms",
                 ]);
             }
         }
@@ -216,8 +293,23 @@ impl Topology {
         // Hosts: default routes over their access link.
         for (host, link) in [(Node::Client, 1u8), (Node::Server, 3), (Node::Waypoint, 6)] {
             let ns = t.ns(host);
-            ns.exec(&["ip", "route", "add", "default", "via", &ip4(link, 1).to_string()]);
-            ns.exec(&["ip", "-6", "route", "add", "default", "via", &ip6(link, 1).to_string()]);
+            ns.exec(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &ip4(link, 1).to_string(),
+            ]);
+            ns.exec(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &ip6(link, 1).to_string(),
+            ]);
         }
         // Routers: (router, destination link, via link, via host).
         let routes: [(Node, u8, u8, u8); 9] = [
@@ -233,9 +325,21 @@ impl Topology {
         ];
         for (r, dst, via_link, via_host) in routes {
             let ns = t.ns(r);
-            ns.exec(&["ip", "route", "add", &format!("10.0.{dst}.0/24"), "via", &ip4(via_link, via_host).to_string()]);
             ns.exec(&[
-                "ip", "-6", "route", "add", &format!("fd00:0:0:{dst}::/64"), "via",
+                "ip",
+                "route",
+                "add",
+                &format!("10.0.{dst}.0/24"),
+                "via",
+                &ip4(via_link, via_host).to_string(),
+            ]);
+            ns.exec(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                &format!("fd00:0:0:{dst}::/64"),
+                "via",
                 &ip6(via_link, u16::from(via_host)).to_string(),
             ]);
         }
@@ -244,7 +348,12 @@ impl Topology {
 
     /// A node's namespace.
     pub fn ns(&self, n: Node) -> &Netns {
-        &self.nodes.iter().find(|(m, _)| *m == n).expect("every node exists").1
+        &self
+            .nodes
+            .iter()
+            .find(|(m, _)| *m == n)
+            .expect("every node exists")
+            .1
     }
 
     /// A host's IPv4 address on its access link (routers: their first link).
@@ -260,7 +369,11 @@ impl Topology {
     }
 
     fn link_ifaces(&self, link: u8) -> [(Node, String); 2] {
-        let (l, a, b, _) = LINKS.iter().find(|x| x.0 == link).copied().expect("links are 1-6");
+        let (l, a, b, _) = LINKS
+            .iter()
+            .find(|x| x.0 == link)
+            .copied()
+            .expect("links are 1-6");
         [(a, format!("l{l}a")), (b, format!("l{l}b"))]
     }
 
@@ -318,16 +431,23 @@ impl JoinCounter {
         );
         for s in sources {
             let fam = if s.is_ipv4() { "ip" } else { "ip6" };
-            rules.push_str(&format!("  {fam} saddr {s} tcp dport {port} counter comment \"{s}\"\n"));
+            rules.push_str(&format!(
+                "  {fam} saddr {s} tcp dport {port} counter comment \"{s}\"\n"
+            ));
         }
         rules.push_str(" }\n}\n");
         ns.exec(&["nft", &rules]);
-        JoinCounter { ns: ns.name().to_owned() }
+        JoinCounter {
+            ns: ns.name().to_owned(),
+        }
     }
 
     /// Bytes received from `src` so far.
     pub fn bytes_from(&self, src: IpAddr) -> u64 {
-        let out = run(&["ip", "netns", "exec", &self.ns, "nft", "-j", "list", "chain", "inet", "dcoltest", "input"]);
+        let out = run(&[
+            "ip", "netns", "exec", &self.ns, "nft", "-j", "list", "chain", "inet", "dcoltest",
+            "input",
+        ]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j output");
         let want = src.to_string();
         v["nftables"]
@@ -400,7 +520,14 @@ impl IperfResult {
 
 /// Runs `iperf3 -c DST -p PORT -t SECS -J -C cubic` (under `mptcpize run` when `mptcp`;
 /// `-R` when `reverse`).
-pub fn iperf3_client(ns: &Netns, dst: IpAddr, port: u16, secs: u32, mptcp: bool, reverse: bool) -> Result<IperfResult, String> {
+pub fn iperf3_client(
+    ns: &Netns,
+    dst: IpAddr,
+    port: u16,
+    secs: u32,
+    mptcp: bool,
+    reverse: bool,
+) -> Result<IperfResult, String> {
     let (d, p, t) = (dst.to_string(), port.to_string(), secs.to_string());
     let mut args = vec![];
     if mptcp {
@@ -408,13 +535,19 @@ pub fn iperf3_client(ns: &Netns, dst: IpAddr, port: u16, secs: u32, mptcp: bool,
     }
     // CUBIC as in the paper (this machine's default is BBR; root may pick any
     // available algorithm per socket).
-    args.extend(["iperf3", "-c", &d, "-p", &p, "-t", &t, "-J", "-O", "0", "-C", "cubic"]);
+    args.extend([
+        "iperf3", "-c", &d, "-p", &p, "-t", &t, "-J", "-O", "0", "-C", "cubic",
+    ]);
     if reverse {
         args.push("-R");
     }
     let out = ns.output(&args);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("iperf3 output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "iperf3 output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
     if let Some(err) = v["error"].as_str() {
         return Err(format!("iperf3: {err}"));
     }
@@ -424,7 +557,11 @@ pub fn iperf3_client(ns: &Netns, dst: IpAddr, port: u16, secs: u32, mptcp: bool,
         .flatten()
         .map(|i| {
             let s = &i["sum"];
-            (s["start"].as_f64().unwrap_or(0.0), s["end"].as_f64().unwrap_or(0.0), s["bytes"].as_u64().unwrap_or(0))
+            (
+                s["start"].as_f64().unwrap_or(0.0),
+                s["end"].as_f64().unwrap_or(0.0),
+                s["bytes"].as_u64().unwrap_or(0),
+            )
         })
         .collect();
     let bytes = v["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);

@@ -16,7 +16,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{PmEvent, SubflowInfo, Token};
-use crate::proto::{self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind};
+use crate::proto::{
+    self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind,
+};
 use crate::trust::{Certificate, PublicKey, Revocations, Roles, SecretKey};
 
 /// The local address id we use for detour subflows (RFC 8684 §3.2: id 0 is the
@@ -142,7 +144,8 @@ pub struct Detour {
 
 impl Detour {
     fn remote(&self, peers: &[Peer]) -> Option<SocketAddr> {
-        self.port.map(|p| SocketAddr::new(peers[self.peer].spec.address.ip(), p))
+        self.port
+            .map(|p| SocketAddr::new(peers[self.peer].spec.address.ip(), p))
     }
 
     fn live(&self) -> bool {
@@ -231,7 +234,11 @@ impl Client {
     ) -> Self {
         let peers = peers
             .into_iter()
-            .map(|spec| Peer { spec, down_until: None, last_rtt: None })
+            .map(|spec| Peer {
+                spec,
+                down_until: None,
+                last_rtt: None,
+            })
             .collect();
         Client {
             settings,
@@ -250,7 +257,12 @@ impl Client {
     /// Handles a path-manager event.
     pub fn on_event(&mut self, now: Instant, wall_ms: u64, ev: &PmEvent) -> Vec<Action> {
         match *ev {
-            PmEvent::Created { token, local, remote, server_side } => {
+            PmEvent::Created {
+                token,
+                local,
+                remote,
+                server_side,
+            } => {
                 if !server_side {
                     self.conns.entry(token).or_insert_with(|| Conn {
                         token,
@@ -264,7 +276,12 @@ impl Client {
                 }
                 Vec::new()
             }
-            PmEvent::Established { token, local, remote, server_side } => {
+            PmEvent::Established {
+                token,
+                local,
+                remote,
+                server_side,
+            } => {
                 if server_side {
                     return Vec::new();
                 }
@@ -290,25 +307,41 @@ impl Client {
                 self.sub_established(now, token, &subflow);
                 Vec::new()
             }
-            PmEvent::SubClosed { token, subflow, error } => self.sub_closed(now, wall_ms, token, &subflow, error),
+            PmEvent::SubClosed {
+                token,
+                subflow,
+                error,
+            } => self.sub_closed(now, wall_ms, token, &subflow, error),
             PmEvent::SubPriority { .. } | PmEvent::Other { .. } => Vec::new(),
         }
     }
 
     /// Handles a datagram from a waypoint.
-    pub fn on_datagram(&mut self, now: Instant, wall_ms: u64, from: SocketAddr, dgram: &[u8]) -> Result<Vec<Action>, String> {
+    pub fn on_datagram(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        from: SocketAddr,
+        dgram: &[u8],
+    ) -> Result<Vec<Action>, String> {
         let resp = match proto::decode(dgram) {
             Ok(Message::Response(r)) => r,
             Ok(Message::Request(_)) => return Err(format!("{from}: a request sent to the client")),
             Err(e) => return Err(format!("{from}: undecodable datagram: {e}")),
         };
         let Some(p) = self.pending.get(&resp.body.nonce) else {
-            return Err(format!("{from}: response to no pending request (late or forged)"));
+            return Err(format!(
+                "{from}: response to no pending request (late or forged)"
+            ));
         };
         if p.to != from {
             return Err(format!("{from}: response for a request sent to {}", p.to));
         }
-        let peer_idx = self.conns.get(&p.token).and_then(|c| c.detours.get(p.detour)).map(|d| d.peer);
+        let peer_idx = self
+            .conns
+            .get(&p.token)
+            .and_then(|c| c.detours.get(p.detour))
+            .map(|d| d.peer);
         let Some(peer_idx) = peer_idx else {
             self.pending.remove(&resp.body.nonce);
             return Ok(Vec::new());
@@ -317,24 +350,44 @@ impl Client {
             .map_err(|e| format!("{from}: waypoint certificate or signature: {e}"))?;
         let peer = &self.peers[peer_idx];
         if resp.cert.name != peer.spec.name {
-            return Err(format!("{from}: answered as '{}', configured as '{}'", resp.cert.name, peer.spec.name));
+            return Err(format!(
+                "{from}: answered as '{}', configured as '{}'",
+                resp.cert.name, peer.spec.name
+            ));
         }
         if !resp.cert.roles.contains(Roles::WAYPOINT) {
-            return Err(format!("{from}: '{}' lacks the waypoint role", resp.cert.name));
+            return Err(format!(
+                "{from}: '{}' lacks the waypoint role",
+                resp.cert.name
+            ));
         }
-        let p = self.pending.remove(&resp.body.nonce).expect("looked up above");
+        let p = self
+            .pending
+            .remove(&resp.body.nonce)
+            .expect("looked up above");
         self.peers[peer_idx].last_rtt = Some(now.saturating_duration_since(p.sent_at));
         self.peers[peer_idx].down_until = None;
         Ok(self.on_outcome(now, wall_ms, resp.body.nonce, p, resp.body.outcome))
     }
 
-    fn on_outcome(&mut self, now: Instant, wall_ms: u64, nonce: Nonce, p: Pending, outcome: Outcome) -> Vec<Action> {
+    fn on_outcome(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        nonce: Nonce,
+        p: Pending,
+        outcome: Outcome,
+    ) -> Vec<Action> {
         let renew = self.settings.renew_interval;
         let peers = &self.peers;
-        let Some(conn) = self.conns.get_mut(&p.token) else { return Vec::new() };
+        let Some(conn) = self.conns.get_mut(&p.token) else {
+            return Vec::new();
+        };
         let local_ip = conn.local.ip();
         let token = conn.token;
-        let Some(d) = conn.detours.get_mut(p.detour) else { return Vec::new() };
+        let Some(d) = conn.detours.get_mut(p.detour) else {
+            return Vec::new();
+        };
         match (p.kind, outcome) {
             (RequestKind::NatDetour { .. }, Outcome::Granted { port, .. }) => {
                 if d.state != DetourState::Requesting {
@@ -345,7 +398,12 @@ impl Client {
                 d.state = DetourState::Connecting;
                 d.renew_due = Some(now + renew);
                 let remote = d.remote(peers).expect("port set just above");
-                vec![Action::CreateSubflow { token, local: local_ip, local_id: DETOUR_LOCAL_ID, remote }]
+                vec![Action::CreateSubflow {
+                    token,
+                    local: local_ip,
+                    local_id: DETOUR_LOCAL_ID,
+                    remote,
+                }]
             }
             (RequestKind::NatDetour { .. }, Outcome::Refused { reason }) => {
                 d.state = DetourState::Failed(format!("refused: {reason}"));
@@ -360,7 +418,11 @@ impl Client {
                 // dead; ask afresh unless the server is full.
                 let mut out = Vec::new();
                 if let (Some(remote), Some(lp)) = (d.remote(peers), d.local_port) {
-                    out.push(Action::DestroySubflow { token, local: SocketAddr::new(local_ip, lp), remote });
+                    out.push(Action::DestroySubflow {
+                        token,
+                        local: SocketAddr::new(local_ip, lp),
+                        remote,
+                    });
                 }
                 d.state = DetourState::Failed(format!("lease lost: {reason}"));
                 let peer = d.peer;
@@ -377,7 +439,11 @@ impl Client {
     pub fn create_failed(&mut self, token: Token, remote: SocketAddr, why: &str) {
         let peers = &self.peers;
         if let Some(conn) = self.conns.get_mut(&token) {
-            if let Some(d) = conn.detours.iter_mut().find(|d| d.remote(peers) == Some(remote) && d.live()) {
+            if let Some(d) = conn
+                .detours
+                .iter_mut()
+                .find(|d| d.remote(peers) == Some(remote) && d.live())
+            {
                 d.state = DetourState::Failed(format!("subflow create: {why}"));
             }
         }
@@ -386,16 +452,27 @@ impl Client {
     /// Timers: retransmissions, renewals, liveness.
     pub fn poll(&mut self, now: Instant, wall_ms: u64) -> Vec<Action> {
         let mut out = Vec::new();
-        let due: Vec<Nonce> = self.pending.iter().filter(|(_, p)| p.next_at <= now).map(|(n, _)| *n).collect();
+        let due: Vec<Nonce> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.next_at <= now)
+            .map(|(n, _)| *n)
+            .collect();
         for nonce in due {
             // Handling one may drop others (a lost waypoint takes its pending
             // requests with it).
-            let Some(p) = self.pending.get_mut(&nonce) else { continue };
+            let Some(p) = self.pending.get_mut(&nonce) else {
+                continue;
+            };
             if p.attempts < p.max_attempts {
                 p.attempts += 1;
-                let backoff = self.settings.request_timeout * 2u32.saturating_pow(p.attempts.min(16));
+                let backoff =
+                    self.settings.request_timeout * 2u32.saturating_pow(p.attempts.min(16));
                 p.next_at = now + backoff;
-                out.push(Action::Send { to: p.to, bytes: p.bytes.clone() });
+                out.push(Action::Send {
+                    to: p.to,
+                    bytes: p.bytes.clone(),
+                });
                 continue;
             }
             if let Some(p) = self.pending.remove(&nonce) {
@@ -409,7 +486,15 @@ impl Client {
                 if let (true, Some(port), Some(lease)) = (d.live(), d.port, d.lease) {
                     if d.renew_due.is_some_and(|t| t <= now) {
                         d.renew_due = Some(now + renew_interval);
-                        renewals.push((conn.token, i, RequestKind::Renew { port, destination: conn.remote, lease }));
+                        renewals.push((
+                            conn.token,
+                            i,
+                            RequestKind::Renew {
+                                port,
+                                destination: conn.remote,
+                                lease,
+                            },
+                        ));
                     }
                 }
             }
@@ -476,13 +561,20 @@ impl Client {
     }
 
     fn add_detours(&mut self, now: Instant, wall_ms: u64, token: Token) -> Vec<Action> {
-        let Some(conn) = self.conns.get(&token) else { return Vec::new() };
+        let Some(conn) = self.conns.get(&token) else {
+            return Vec::new();
+        };
         if conn.join_refused || conn.remote.ip().is_loopback() {
             return Vec::new();
         }
         let live = conn.detours.iter().filter(|d| d.live()).count();
         let want = usize::from(self.settings.max_detours).saturating_sub(live);
-        let used: Vec<usize> = conn.detours.iter().filter(|d| d.live()).map(|d| d.peer).collect();
+        let used: Vec<usize> = conn
+            .detours
+            .iter()
+            .filter(|d| d.live())
+            .map(|d| d.peer)
+            .collect();
         let remote = conn.remote;
         let candidates: Vec<usize> = self
             .peers
@@ -504,8 +596,16 @@ impl Client {
         out
     }
 
-    fn request_detour(&mut self, now: Instant, wall_ms: u64, token: Token, peer: usize) -> Vec<Action> {
-        let Some(conn) = self.conns.get_mut(&token) else { return Vec::new() };
+    fn request_detour(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        token: Token,
+        peer: usize,
+    ) -> Vec<Action> {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return Vec::new();
+        };
         conn.detours.push(Detour {
             peer,
             state: DetourState::Requesting,
@@ -518,9 +618,19 @@ impl Client {
             established_at: None,
         });
         let idx = conn.detours.len() - 1;
-        let kind = RequestKind::NatDetour { destination: conn.remote };
+        let kind = RequestKind::NatDetour {
+            destination: conn.remote,
+        };
         let timeout = self.settings.request_timeout;
-        self.send_request(now, wall_ms, token, idx, kind, REQUEST_ATTEMPTS - 1, timeout)
+        self.send_request(
+            now,
+            wall_ms,
+            token,
+            idx,
+            kind,
+            REQUEST_ATTEMPTS - 1,
+            timeout,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -534,7 +644,12 @@ impl Client {
         retries: u32,
         timeout: Duration,
     ) -> Vec<Action> {
-        let Some(peer) = self.conns.get(&token).and_then(|c| c.detours.get(detour)).map(|d| d.peer) else {
+        let Some(peer) = self
+            .conns
+            .get(&token)
+            .and_then(|c| c.detours.get(detour))
+            .map(|d| d.peer)
+        else {
             return Vec::new();
         };
         let to = self.peers[peer].spec.address;
@@ -565,12 +680,21 @@ impl Client {
     }
 
     fn unanswered(&mut self, now: Instant, p: Pending) -> Vec<Action> {
-        let Some(peer) = self.conns.get(&p.token).and_then(|c| c.detours.get(p.detour)).map(|d| d.peer) else {
+        let Some(peer) = self
+            .conns
+            .get(&p.token)
+            .and_then(|c| c.detours.get(p.detour))
+            .map(|d| d.peer)
+        else {
             return Vec::new();
         };
         match p.kind {
             RequestKind::NatDetour { .. } => {
-                if let Some(d) = self.conns.get_mut(&p.token).and_then(|c| c.detours.get_mut(p.detour)) {
+                if let Some(d) = self
+                    .conns
+                    .get_mut(&p.token)
+                    .and_then(|c| c.detours.get_mut(p.detour))
+                {
                     d.state = DetourState::Failed("waypoint did not answer".into());
                 }
                 self.peers[peer].down_until = Some(now + self.settings.holddown);
@@ -578,7 +702,11 @@ impl Client {
             }
             RequestKind::Renew { .. } => {
                 let misses = {
-                    let Some(d) = self.conns.get_mut(&p.token).and_then(|c| c.detours.get_mut(p.detour)) else {
+                    let Some(d) = self
+                        .conns
+                        .get_mut(&p.token)
+                        .and_then(|c| c.detours.get_mut(p.detour))
+                    else {
                         return Vec::new();
                     };
                     d.misses += 1;
@@ -600,7 +728,11 @@ impl Client {
         let peers = &self.peers;
         let mut out = Vec::new();
         for conn in self.conns.values_mut() {
-            for d in conn.detours.iter_mut().filter(|d| d.peer == peer && d.live()) {
+            for d in conn
+                .detours
+                .iter_mut()
+                .filter(|d| d.peer == peer && d.live())
+            {
                 if let (Some(remote), Some(lp)) = (d.remote(peers), d.local_port) {
                     out.push(Action::DestroySubflow {
                         token: conn.token,
@@ -615,7 +747,10 @@ impl Client {
             .pending
             .iter()
             .filter(|(_, p)| {
-                self.conns.get(&p.token).and_then(|c| c.detours.get(p.detour)).is_some_and(|d| d.peer == peer)
+                self.conns
+                    .get(&p.token)
+                    .and_then(|c| c.detours.get(p.detour))
+                    .is_some_and(|d| d.peer == peer)
             })
             .map(|(n, _)| *n)
             .collect();
@@ -627,9 +762,15 @@ impl Client {
 
     fn sub_established(&mut self, now: Instant, token: Token, sf: &SubflowInfo) {
         let peers = &self.peers;
-        let Some(conn) = self.conns.get_mut(&token) else { return };
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
         let est = conn.established_at;
-        if let Some(d) = conn.detours.iter_mut().find(|d| d.live() && d.remote(peers) == Some(sf.remote)) {
+        if let Some(d) = conn
+            .detours
+            .iter_mut()
+            .find(|d| d.live() && d.remote(peers) == Some(sf.remote))
+        {
             d.state = DetourState::Established;
             d.local_port = Some(sf.local.port());
             d.established_at = Some(now);
@@ -637,14 +778,29 @@ impl Client {
         }
     }
 
-    fn sub_closed(&mut self, now: Instant, wall_ms: u64, token: Token, sf: &SubflowInfo, error: Option<u32>) -> Vec<Action> {
+    fn sub_closed(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        token: Token,
+        sf: &SubflowInfo,
+        error: Option<u32>,
+    ) -> Vec<Action> {
         let peers = &self.peers;
-        let Some(conn) = self.conns.get_mut(&token) else { return Vec::new() };
-        let Some(i) = conn.detours.iter().position(|d| d.live() && d.remote(peers) == Some(sf.remote)) else {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return Vec::new();
+        };
+        let Some(i) = conn
+            .detours
+            .iter()
+            .position(|d| d.live() && d.remote(peers) == Some(sf.remote))
+        else {
             return Vec::new();
         };
         let d = &mut conn.detours[i];
-        let quick = d.established_at.is_some_and(|t| now.saturating_duration_since(t) < JOIN_REFUSED_WINDOW);
+        let quick = d
+            .established_at
+            .is_some_and(|t| now.saturating_duration_since(t) < JOIN_REFUSED_WINDOW);
         let why = match error {
             Some(ECONNREFUSED) => "waypoint has no mapping (connection refused)".to_owned(),
             Some(ECONNRESET) => "waypoint lost its state (connection reset)".to_owned(),
@@ -663,7 +819,15 @@ impl Client {
         let mut out = Vec::new();
         if let (Some(port), Some(lease)) = (port, lease) {
             let timeout = self.settings.request_timeout;
-            out.extend(self.send_request(now, wall_ms, token, i, RequestKind::Release { port, lease }, 1, timeout));
+            out.extend(self.send_request(
+                now,
+                wall_ms,
+                token,
+                i,
+                RequestKind::Release { port, lease },
+                1,
+                timeout,
+            ));
         }
         if lost && self.retry_allowed(token) {
             out.extend(self.request_detour(now, wall_ms, token, peer));
@@ -683,13 +847,23 @@ impl Client {
     }
 
     fn close(&mut self, now: Instant, wall_ms: u64, token: Token) -> Vec<Action> {
-        let Some(conn) = self.conns.get(&token) else { return Vec::new() };
+        let Some(conn) = self.conns.get(&token) else {
+            return Vec::new();
+        };
         let releases: Vec<(usize, RequestKind)> = conn
             .detours
             .iter()
             .enumerate()
             .filter(|(_, d)| d.live())
-            .filter_map(|(i, d)| Some((i, RequestKind::Release { port: d.port?, lease: d.lease? })))
+            .filter_map(|(i, d)| {
+                Some((
+                    i,
+                    RequestKind::Release {
+                        port: d.port?,
+                        lease: d.lease?,
+                    },
+                ))
+            })
             .collect();
         let mut out = Vec::new();
         let timeout = self.settings.request_timeout;
@@ -697,7 +871,8 @@ impl Client {
             out.extend(self.send_request(now, wall_ms, token, i, kind, 0, timeout));
         }
         // Pending requests of this connection can no longer be matched.
-        self.pending.retain(|_, p| p.token != token || matches!(p.kind, RequestKind::Release { .. }));
+        self.pending
+            .retain(|_, p| p.token != token || matches!(p.kind, RequestKind::Release { .. }));
         self.conns.remove(&token);
         out
     }
@@ -762,13 +937,31 @@ mod tests {
                 max_skew: Duration::from_secs(30),
             };
             let me = cert("alice", 2, Roles::CLIENT | Roles::WAYPOINT);
-            let w = Waypoint::new(ws, me, testutil::key(2), testutil::root_pub(), Revocations::default(), vec![]);
+            let w = Waypoint::new(
+                ws,
+                me,
+                testutil::key(2),
+                testutil::root_pub(),
+                Revocations::default(),
+                vec![],
+            );
             let t0 = Instant::now();
-            Pair { c, w, t0, now: t0, drop_next: 0, created: vec![], destroyed: vec![] }
+            Pair {
+                c,
+                w,
+                t0,
+                now: t0,
+                drop_next: 0,
+                created: vec![],
+                destroyed: vec![],
+            }
         }
 
         fn alice() -> Vec<PeerSpec> {
-            vec![PeerSpec { name: "alice".into(), address: WP.parse().unwrap() }]
+            vec![PeerSpec {
+                name: "alice".into(),
+                address: WP.parse().unwrap(),
+            }]
         }
 
         fn ms(&self) -> u64 {
@@ -798,15 +991,25 @@ mod tests {
                             | Decision::Remove { bytes, .. } => bytes,
                             Decision::Ignore { reason } => panic!("waypoint ignored: {reason}"),
                         };
-                        let more = self.c.on_datagram(self.now, self.ms(), to, &reply).expect("valid reply");
+                        let more = self
+                            .c
+                            .on_datagram(self.now, self.ms(), to, &reply)
+                            .expect("valid reply");
                         queue.extend(more);
                     }
-                    Action::CreateSubflow { token, local, local_id, remote } => {
+                    Action::CreateSubflow {
+                        token,
+                        local,
+                        local_id,
+                        remote,
+                    } => {
                         assert_eq!(local, CLIENT_IP.parse::<IpAddr>().unwrap());
                         assert_eq!(local_id, DETOUR_LOCAL_ID);
                         self.created.push((token, remote));
                     }
-                    Action::DestroySubflow { token, remote, .. } => self.destroyed.push((token, remote)),
+                    Action::DestroySubflow { token, remote, .. } => {
+                        self.destroyed.push((token, remote))
+                    }
                 }
             }
         }
@@ -864,7 +1067,10 @@ mod tests {
         assert!((40000..=40099).contains(&remote.port()));
         assert_eq!(detour_state(&p, 1), vec!["connecting"]);
         p.now += Duration::from_millis(20);
-        p.event(PmEvent::SubEstablished { token: Token(1), subflow: sub(remote, 41000) });
+        p.event(PmEvent::SubEstablished {
+            token: Token(1),
+            subflow: sub(remote, 41000),
+        });
         assert_eq!(detour_state(&p, 1), vec!["established"]);
         let setup = p.c.conns().next().unwrap().detours[0].setup;
         assert_eq!(setup, Some(Duration::from_millis(20)));
@@ -882,7 +1088,11 @@ mod tests {
             *server_side = true;
         }
         p.event(ev);
-        p.event(PmEvent::SubClosed { token: Token(99), subflow: sub(WP.parse().unwrap(), 1), error: Some(111) });
+        p.event(PmEvent::SubClosed {
+            token: Token(99),
+            subflow: sub(WP.parse().unwrap(), 1),
+            error: Some(111),
+        });
         p.event(PmEvent::Closed { token: Token(98) });
         assert!(p.created.is_empty());
         assert_eq!(p.c.conns().count(), 0);
@@ -906,9 +1116,16 @@ mod tests {
         let mut p = Pair::new(Pair::alice());
         p.event(established(1));
         let (_, remote) = p.created[0];
-        p.event(PmEvent::SubEstablished { token: Token(1), subflow: sub(remote, 41000) });
+        p.event(PmEvent::SubEstablished {
+            token: Token(1),
+            subflow: sub(remote, 41000),
+        });
         p.now += Duration::from_millis(5);
-        p.event(PmEvent::SubClosed { token: Token(1), subflow: sub(remote, 41000), error: None });
+        p.event(PmEvent::SubClosed {
+            token: Token(1),
+            subflow: sub(remote, 41000),
+            error: None,
+        });
         let c = p.c.conns().next().unwrap();
         assert!(c.join_refused);
         assert_eq!(detour_state(&p, 1), vec!["failed"]);
@@ -922,7 +1139,10 @@ mod tests {
         let mut p = Pair::new(Pair::alice());
         p.event(established(1));
         let (_, remote) = p.created[0];
-        p.event(PmEvent::SubEstablished { token: Token(1), subflow: sub(remote, 41000) });
+        p.event(PmEvent::SubEstablished {
+            token: Token(1),
+            subflow: sub(remote, 41000),
+        });
         // The waypoint goes silent: 3 renewals at 1 s intervals go unanswered.
         p.advance(Duration::from_millis(2500), false);
         assert!(p.destroyed.is_empty(), "gave up too early");
@@ -941,7 +1161,10 @@ mod tests {
             p.event(established(t));
         }
         for (i, (token, remote)) in p.created.clone().into_iter().enumerate() {
-            p.event(PmEvent::SubEstablished { token, subflow: sub(remote, 41000 + i as u16) });
+            p.event(PmEvent::SubEstablished {
+                token,
+                subflow: sub(remote, 41000 + i as u16),
+            });
         }
         // All renewals of all connections go unanswered at once.
         p.advance(Duration::from_secs(6), false);
@@ -956,7 +1179,10 @@ mod tests {
         let mut p = Pair::new(Pair::alice());
         p.event(established(1));
         let (_, remote) = p.created[0];
-        p.event(PmEvent::SubEstablished { token: Token(1), subflow: sub(remote, 41000) });
+        p.event(PmEvent::SubEstablished {
+            token: Token(1),
+            subflow: sub(remote, 41000),
+        });
         // The waypoint restarts and forgets its leases.
         let fresh = Pair::new(Pair::alice()).w;
         p.w = fresh;
@@ -984,18 +1210,42 @@ mod tests {
         p.event(established(1));
         // A response signed by a non-member, with a nonce it could have sniffed.
         let nonce = *p.c.pending.keys().next().unwrap();
-        let evil = crate::testutil::cert_by(&testutil::key(66), "alice", 5, Roles::WAYPOINT, T0 - 9, T0 + 9);
+        let evil = crate::testutil::cert_by(
+            &testutil::key(66),
+            "alice",
+            5,
+            Roles::WAYPOINT,
+            T0 - 9,
+            T0 + 9,
+        );
         let body = crate::proto::ResponseBody {
             nonce,
             timestamp_ms: MS,
-            outcome: Outcome::Granted { port: 40050, lease_secs: 60, observed: CLIENT_IP.parse().unwrap() },
+            outcome: Outcome::Granted {
+                port: 40050,
+                lease_secs: 60,
+                observed: CLIENT_IP.parse().unwrap(),
+            },
         };
-        let forged = proto::encode(&Message::Response(crate::proto::Response::sign(evil, &testutil::key(5), body.clone())));
-        assert!(p.c.on_datagram(p.now, MS, WP.parse().unwrap(), &forged).is_err());
+        let forged = proto::encode(&Message::Response(crate::proto::Response::sign(
+            evil,
+            &testutil::key(5),
+            body.clone(),
+        )));
+        assert!(p
+            .c
+            .on_datagram(p.now, MS, WP.parse().unwrap(), &forged)
+            .is_err());
         // A genuine member answering for the wrong peer name.
         let carol = cert("carol", 4, Roles::WAYPOINT);
-        let wrong = proto::encode(&Message::Response(crate::proto::Response::sign(carol, &testutil::key(4), body.clone())));
-        let e = p.c.on_datagram(p.now, MS, WP.parse().unwrap(), &wrong).unwrap_err();
+        let wrong = proto::encode(&Message::Response(crate::proto::Response::sign(
+            carol,
+            &testutil::key(4),
+            body.clone(),
+        )));
+        let e =
+            p.c.on_datagram(p.now, MS, WP.parse().unwrap(), &wrong)
+                .unwrap_err();
         assert!(e.contains("carol"), "{e}");
         // From another address than the one asked.
         let other: SocketAddr = "10.0.9.9:7447".parse().unwrap();
@@ -1009,8 +1259,14 @@ mod tests {
     #[test]
     fn max_detours_and_address_family() {
         let peers = vec![
-            PeerSpec { name: "alice".into(), address: WP.parse().unwrap() },
-            PeerSpec { name: "alice".into(), address: "[fd00:0:0:6::2]:7447".parse().unwrap() },
+            PeerSpec {
+                name: "alice".into(),
+                address: WP.parse().unwrap(),
+            },
+            PeerSpec {
+                name: "alice".into(),
+                address: "[fd00:0:0:6::2]:7447".parse().unwrap(),
+            },
         ];
         let mut p = Pair::new(peers);
         p.event(established(1));

@@ -4,5 +4,7 @@
 mod core;
 mod event;
 
-pub use self::core::{Action, Client, Conn, Detour, DetourState, PeerSpec, PeerStatus, Settings, DETOUR_LOCAL_ID};
+pub use self::core::{
+    Action, Client, Conn, Detour, DetourState, PeerSpec, PeerStatus, Settings, DETOUR_LOCAL_ID,
+};
 pub use event::{PmEvent, SubflowInfo, Token};

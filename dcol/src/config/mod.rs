@@ -87,11 +87,17 @@ impl FromStr for Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = a.parse().map_err(|_| format!("'{a}' is not an IP address"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             None => max,
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("bad prefix length '{p}' (0-{max})"))?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("bad prefix length '{p}' (0-{max})"))?,
         };
         let addr = match addr {
             IpAddr::V4(v4) => IpAddr::V4(mask4(u32::from(v4), prefix).into()),
@@ -244,8 +250,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         message: e.to_string(),
     })?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
-        ConfigError { file: path.to_owned(), line, option: None, message: "not valid UTF-8".into() }
+        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        ConfigError {
+            file: path.to_owned(),
+            line,
+            option: None,
+            message: "not valid UTF-8".into(),
+        }
     })?;
     parse(&text, path)
 }
@@ -315,7 +329,12 @@ fn words(line: &str) -> Result<Vec<String>, String> {
 }
 
 fn sections(text: &str, file: &Path) -> Result<Vec<Section>, ConfigError> {
-    let err = |line: usize, msg: String| ConfigError { file: file.to_owned(), line, option: None, message: msg };
+    let err = |line: usize, msg: String| ConfigError {
+        file: file.to_owned(),
+        line,
+        option: None,
+        message: msg,
+    };
     let mut out: Vec<Section> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
@@ -323,14 +342,23 @@ fn sections(text: &str, file: &Path) -> Result<Vec<Section>, ConfigError> {
         let Some(first) = w.first() else { continue };
         match first.as_str() {
             "config" => {
-                let kind = w.get(1).ok_or_else(|| err(n, "'config' needs a section type".into()))?;
+                let kind = w
+                    .get(1)
+                    .ok_or_else(|| err(n, "'config' needs a section type".into()))?;
                 if w.len() > 3 {
                     return Err(err(n, "too many words after 'config'".into()));
                 }
-                out.push(Section { line: n, kind: kind.clone(), name: w.get(2).cloned(), items: Vec::new() });
+                out.push(Section {
+                    line: n,
+                    kind: kind.clone(),
+                    name: w.get(2).cloned(),
+                    items: Vec::new(),
+                });
             }
             "option" | "list" => {
-                let sec = out.last_mut().ok_or_else(|| err(n, format!("'{first}' outside a 'config' section")))?;
+                let sec = out
+                    .last_mut()
+                    .ok_or_else(|| err(n, format!("'{first}' outside a 'config' section")))?;
                 if w.len() != 3 {
                     return Err(ConfigError {
                         file: file.to_owned(),
@@ -339,10 +367,20 @@ fn sections(text: &str, file: &Path) -> Result<Vec<Section>, ConfigError> {
                         message: format!("expected '{first} <name> <value>'"),
                     });
                 }
-                sec.items.push(Item { line: n, name: w[1].clone(), value: w[2].clone(), list: first == "list" });
+                sec.items.push(Item {
+                    line: n,
+                    name: w[1].clone(),
+                    value: w[2].clone(),
+                    list: first == "list",
+                });
             }
             "package" => {}
-            other => return Err(err(n, format!("unknown keyword '{}'", other.escape_debug()))),
+            other => {
+                return Err(err(
+                    n,
+                    format!("unknown keyword '{}'", other.escape_debug()),
+                ))
+            }
         }
     }
     Ok(out)
@@ -353,7 +391,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let mut cfg = Config::default();
     let mut seen_main = false;
     for sec in sections(text, file)? {
-        let mut p = SectionParser { file, warnings: &mut cfg.warnings, seen: Vec::new() };
+        let mut p = SectionParser {
+            file,
+            warnings: &mut cfg.warnings,
+            seen: Vec::new(),
+        };
         match sec.kind.as_str() {
             "dcol" => {
                 seen_main = true;
@@ -378,10 +420,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                 for it in &sec.items {
                     match it.name.as_str() {
                         "enabled" => c.enabled = p.value(it, parse_bool)?,
-                        "max_detours" => c.max_detours = p.value(it, |v| range(v, 0, 8).map(|x| x as u8))?,
-                        "request_timeout_ms" => c.request_timeout_ms = p.value(it, |v| range(v, 10, 10_000))?,
-                        "renew_interval_s" => c.renew_interval_s = p.value(it, |v| range(v, 1, 3600))?,
-                        "liveness_misses" => c.liveness_misses = p.value(it, |v| range(v, 1, 100))?,
+                        "max_detours" => {
+                            c.max_detours = p.value(it, |v| range(v, 0, 8).map(|x| x as u8))?
+                        }
+                        "request_timeout_ms" => {
+                            c.request_timeout_ms = p.value(it, |v| range(v, 10, 10_000))?
+                        }
+                        "renew_interval_s" => {
+                            c.renew_interval_s = p.value(it, |v| range(v, 1, 3600))?
+                        }
+                        "liveness_misses" => {
+                            c.liveness_misses = p.value(it, |v| range(v, 1, 100))?
+                        }
                         _ => p.unknown(it),
                     }
                 }
@@ -396,9 +446,15 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         "listen" => listens.push(p.list_value(it, parse_socket)?),
                         "nat_ports" => w.nat_ports = p.value(it, parse_ports)?,
                         "lease_s" => w.lease_s = p.value(it, |v| range(v, 10, 86_400))?,
-                        "max_tunnels_per_member" => w.max_tunnels_per_member = p.value(it, |v| range(v, 1, 1_000_000))?,
-                        "allow_destination" => w.allow_destination.push(p.list_value(it, |v| v.parse())?),
-                        "max_clock_skew_s" => w.max_clock_skew_s = p.value(it, |v| range(v, 1, 3600))?,
+                        "max_tunnels_per_member" => {
+                            w.max_tunnels_per_member = p.value(it, |v| range(v, 1, 1_000_000))?
+                        }
+                        "allow_destination" => {
+                            w.allow_destination.push(p.list_value(it, |v| v.parse())?)
+                        }
+                        "max_clock_skew_s" => {
+                            w.max_clock_skew_s = p.value(it, |v| range(v, 1, 3600))?
+                        }
                         "table" => w.table = p.value(it, parse_table)?,
                         _ => p.unknown(it),
                     }
@@ -439,7 +495,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let _ = &sec.name;
     }
     if !seen_main {
-        cfg.warnings.push(format!("{}: no 'config dcol' section; using defaults", file.display()));
+        cfg.warnings.push(format!(
+            "{}: no 'config dcol' section; using defaults",
+            file.display()
+        ));
     }
     Ok(cfg)
 }
@@ -451,7 +510,11 @@ struct SectionParser<'a> {
 }
 
 impl SectionParser<'_> {
-    fn value<T>(&mut self, it: &Item, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    fn value<T>(
+        &mut self,
+        it: &Item,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
         if it.list {
             self.warnings.push(format!(
                 "{}:{}: '{}' is a single option; 'list' used",
@@ -472,11 +535,19 @@ impl SectionParser<'_> {
         self.parse(it, f)
     }
 
-    fn list_value<T>(&mut self, it: &Item, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    fn list_value<T>(
+        &mut self,
+        it: &Item,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
         self.parse(it, f)
     }
 
-    fn parse<T>(&self, it: &Item, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    fn parse<T>(
+        &self,
+        it: &Item,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
         f(&it.value).map_err(|m| ConfigError {
             file: self.file.to_owned(),
             line: it.line,
@@ -496,14 +567,21 @@ impl SectionParser<'_> {
 }
 
 fn show(v: &str) -> String {
-    v.chars().take(64).collect::<String>().escape_debug().to_string()
+    v.chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .to_string()
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
         "1" | "yes" | "on" | "true" | "enabled" => Ok(true),
         "0" | "no" | "off" | "false" | "disabled" => Ok(false),
-        _ => Err(format!("expected a boolean (1/0, yes/no, on/off, true/false), got '{}'", show(v))),
+        _ => Err(format!(
+            "expected a boolean (1/0, yes/no, on/off, true/false), got '{}'",
+            show(v)
+        )),
     }
 }
 
@@ -528,7 +606,10 @@ fn parse_level(v: &str) -> Result<log::LevelFilter, String> {
         "info" => Ok(log::LevelFilter::Info),
         "debug" => Ok(log::LevelFilter::Debug),
         "trace" => Ok(log::LevelFilter::Trace),
-        _ => Err(format!("expected error, warn, info, debug or trace, got '{}'", show(v))),
+        _ => Err(format!(
+            "expected error, warn, info, debug or trace, got '{}'",
+            show(v)
+        )),
     }
 }
 
@@ -536,17 +617,29 @@ fn parse_member_id(v: &str) -> Result<String, String> {
     if v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(v.to_ascii_lowercase())
     } else {
-        Err(format!("expected a member id of 16 hex digits, got '{}'", show(v)))
+        Err(format!(
+            "expected a member id of 16 hex digits, got '{}'",
+            show(v)
+        ))
     }
 }
 
 fn parse_socket(v: &str) -> Result<SocketAddr, String> {
-    v.parse()
-        .map_err(|_| format!("expected address:port ('203.0.113.5:7447' or '[2001:db8::1]:7447'), got '{}'", show(v)))
+    v.parse().map_err(|_| {
+        format!(
+            "expected address:port ('203.0.113.5:7447' or '[2001:db8::1]:7447'), got '{}'",
+            show(v)
+        )
+    })
 }
 
 fn parse_ports(v: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("expected a port range like '40000-40999' (ports >= 1024), got '{}'", show(v));
+    let bad = || {
+        format!(
+            "expected a port range like '40000-40999' (ports >= 1024), got '{}'",
+            show(v)
+        )
+    };
     let (a, b) = v.split_once('-').ok_or_else(bad)?;
     let lo: u16 = a.trim().parse().map_err(|_| bad())?;
     let hi: u16 = b.trim().parse().map_err(|_| bad())?;
@@ -557,7 +650,10 @@ fn parse_ports(v: &str) -> Result<(u16, u16), String> {
 }
 
 fn parse_table(v: &str) -> Result<String, String> {
-    let ok = !v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let ok = !v.is_empty()
+        && v.len() <= 16
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(v.to_owned())
     } else {
@@ -566,7 +662,9 @@ fn parse_table(v: &str) -> Result<String, String> {
 }
 
 fn parse_name(v: &str) -> Result<String, String> {
-    crate::trust::check_name(v).map(|_| v.to_owned()).map_err(|e| e.to_string())
+    crate::trust::check_name(v)
+        .map(|_| v.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_tunnel(v: &str) -> Result<TunnelKind, String> {
@@ -616,7 +714,10 @@ config peer
         assert_eq!(c.client.max_detours, 2);
         assert_eq!(c.waypoint.listen, vec!["0.0.0.0:7447".parse().unwrap()]);
         assert_eq!(c.waypoint.nat_ports, (40000, 40999));
-        assert_eq!(c.waypoint.allow_destination, vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            c.waypoint.allow_destination,
+            vec!["10.0.0.0/8".parse().unwrap()]
+        );
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.peers[0].address, "203.0.113.5:7447".parse().unwrap());
         assert_eq!(c.peers[0].tunnel, TunnelKind::Nat);
@@ -626,7 +727,10 @@ config peer
     #[test]
     fn errors_name_line_and_option() {
         let e = p("config client 'client'\n\toption max_detours 'x'\n").unwrap_err();
-        assert_eq!(e.to_string(), "/etc/config/dcol:2: option 'max_detours': expected a number 0-8, got 'x'");
+        assert_eq!(
+            e.to_string(),
+            "/etc/config/dcol:2: option 'max_detours': expected a number 0-8, got 'x'"
+        );
         let e = p("config waypoint 'w'\n\n\toption nat_ports '50-10'\n").unwrap_err();
         assert_eq!((e.line, e.option.as_deref()), (3, Some("nat_ports")));
         let e = p("config peer\n\toption name 'bob'\n").unwrap_err();
@@ -661,7 +765,10 @@ config peer
         assert!(!c.client.enabled && !c.waypoint.enabled);
         let c = p("config waypoint\n\tlist listen '0.0.0.0:1'\n\tlist listen '[::]:1'\n").unwrap();
         assert_eq!(c.waypoint.listen.len(), 2);
-        assert_eq!(words(r#"option a "x \"y\" z" # c"#).unwrap(), vec!["option", "a", "x \"y\" z"]);
+        assert_eq!(
+            words(r#"option a "x \"y\" z" # c"#).unwrap(),
+            vec!["option", "a", "x \"y\" z"]
+        );
     }
 
     #[test]

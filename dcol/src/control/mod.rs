@@ -50,9 +50,15 @@ impl ControlServer {
     /// Binds `path`, replacing a stale socket left by a crashed daemon (but not a
     /// live one: if something answers there, binding fails).
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
-        let err = |source| ControlError::Io { path: path.to_owned(), source };
+        let err = |source| ControlError::Io {
+            path: path.to_owned(),
+            source,
+        };
         if UnixStream::connect(path).is_ok() {
-            return Err(err(io::Error::new(io::ErrorKind::AddrInUse, "another dcol is running")));
+            return Err(err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another dcol is running",
+            )));
         }
         match std::fs::remove_file(path) {
             Ok(()) => {}
@@ -64,7 +70,10 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(path).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
-        Ok(ControlServer { listener, path: path.to_owned() })
+        Ok(ControlServer {
+            listener,
+            path: path.to_owned(),
+        })
     }
 
     /// The listener, for polling.
@@ -120,13 +129,19 @@ impl Drop for ControlServer {
 /// Asks the daemon at `path` for its status; returns the raw JSON text and the
 /// parsed document.
 pub fn query(path: &Path) -> Result<(String, Status), ControlError> {
-    let err = |source| ControlError::Io { path: path.to_owned(), source };
+    let err = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut s = UnixStream::connect(path).map_err(err)?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(err)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(err)?;
     s.write_all(b"status\n").map_err(err)?;
     let mut text = String::new();
     s.take(16 << 20).read_to_string(&mut text).map_err(err)?;
-    let parsed = serde_json::from_str(&text)
-        .map_err(|e| ControlError::BadReply { path: path.to_owned(), what: e.to_string() })?;
+    let parsed = serde_json::from_str(&text).map_err(|e| ControlError::BadReply {
+        path: path.to_owned(),
+        what: e.to_string(),
+    })?;
     Ok((text, parsed))
 }

@@ -190,14 +190,27 @@ impl Request {
     /// Signs `body` with the member `key` (which must be `cert.key`'s secret).
     pub fn sign(cert: Certificate, key: &SecretKey, body: RequestBody) -> Request {
         let signature = key.sign(&signed(REQUEST_DOMAIN, &body));
-        Request { cert, body, signature }
+        Request {
+            cert,
+            body,
+            signature,
+        }
     }
 
     /// Checks the certificate (collective, validity at `now` in Unix seconds,
     /// revocation) and the signature.
-    pub fn verify(&self, root: &PublicKey, revoked: &Revocations, now: u64) -> Result<(), TrustError> {
+    pub fn verify(
+        &self,
+        root: &PublicKey,
+        revoked: &Revocations,
+        now: u64,
+    ) -> Result<(), TrustError> {
         self.cert.verify_member(root, revoked, now)?;
-        trust::verify(&self.cert.key, &signed(REQUEST_DOMAIN, &self.body), &self.signature)
+        trust::verify(
+            &self.cert.key,
+            &signed(REQUEST_DOMAIN, &self.body),
+            &self.signature,
+        )
     }
 }
 
@@ -205,13 +218,26 @@ impl Response {
     /// Signs `body` with the waypoint `key`.
     pub fn sign(cert: Certificate, key: &SecretKey, body: ResponseBody) -> Response {
         let signature = key.sign(&signed(RESPONSE_DOMAIN, &body));
-        Response { cert, body, signature }
+        Response {
+            cert,
+            body,
+            signature,
+        }
     }
 
     /// Checks the waypoint's certificate and the signature.
-    pub fn verify(&self, root: &PublicKey, revoked: &Revocations, now: u64) -> Result<(), TrustError> {
+    pub fn verify(
+        &self,
+        root: &PublicKey,
+        revoked: &Revocations,
+        now: u64,
+    ) -> Result<(), TrustError> {
         self.cert.verify_member(root, revoked, now)?;
-        trust::verify(&self.cert.key, &signed(RESPONSE_DOMAIN, &self.body), &self.signature)
+        trust::verify(
+            &self.cert.key,
+            &signed(RESPONSE_DOMAIN, &self.body),
+            &self.signature,
+        )
     }
 }
 
@@ -265,9 +291,14 @@ impl fmt::Display for WireError {
         match self {
             WireError::Empty => f.write_str("empty datagram"),
             WireError::Truncated => f.write_str("truncated datagram"),
-            WireError::TooLong { len } => write!(f, "datagram of {len} bytes (limit {MAX_DATAGRAM})"),
+            WireError::TooLong { len } => {
+                write!(f, "datagram of {len} bytes (limit {MAX_DATAGRAM})")
+            }
             WireError::UnsupportedVersion(v) => {
-                write!(f, "protocol version {v} (this router speaks version {VERSION})")
+                write!(
+                    f,
+                    "protocol version {v} (this router speaks version {VERSION})"
+                )
             }
             WireError::UnknownKind(k) => write!(f, "unknown message kind {k:#04x}"),
             WireError::Malformed(e) => write!(f, "malformed message: {e}"),
@@ -302,7 +333,9 @@ pub fn decode(b: &[u8]) -> Result<Message, WireError> {
     if b[0] != VERSION {
         return Err(WireError::UnsupportedVersion(b[0]));
     }
-    let Some(&kind) = b.get(1) else { return Err(WireError::Truncated) };
+    let Some(&kind) = b.get(1) else {
+        return Err(WireError::Truncated);
+    };
     let payload = &b[2..];
     let map = |e: postcard::Error| match e {
         postcard::Error::DeserializeUnexpectedEnd => WireError::Truncated,
@@ -320,7 +353,9 @@ pub fn decode(b: &[u8]) -> Result<Message, WireError> {
         k => return Err(WireError::UnknownKind(k)),
     };
     if let Some(i) = rest.iter().position(|&x| x != 0) {
-        return Err(WireError::TrailingBytes { at: b.len() - rest.len() + i });
+        return Err(WireError::TrailingBytes {
+            at: b.len() - rest.len() + i,
+        });
     }
     Ok(msg)
 }
@@ -338,7 +373,16 @@ mod tests {
 
     fn cert(name: &str, seed: u8, wg: Option<[u8; 32]>) -> Certificate {
         let k = SecretKey::from_seed([seed; 32]);
-        Certificate::issue(&root(), name, k.public(), wg, NOW - 10, NOW + 10, Roles::CLIENT | Roles::WAYPOINT).unwrap()
+        Certificate::issue(
+            &root(),
+            name,
+            k.public(),
+            wg,
+            NOW - 10,
+            NOW + 10,
+            Roles::CLIENT | Roles::WAYPOINT,
+        )
+        .unwrap()
     }
 
     fn request() -> Request {
@@ -346,7 +390,9 @@ mod tests {
             waypoint: "alice".into(),
             timestamp_ms: NOW * 1000,
             nonce: Nonce([7; 16]),
-            kind: RequestKind::NatDetour { destination: "203.0.113.9:443".parse().unwrap() },
+            kind: RequestKind::NatDetour {
+                destination: "203.0.113.9:443".parse().unwrap(),
+            },
         };
         Request::sign(cert("bob", 3, None), &SecretKey::from_seed([3; 32]), body)
     }
@@ -364,7 +410,8 @@ mod tests {
         let body = &bytes[2 + cert_bytes.len()..];
         assert_eq!(&body[..6], b"\x05alice");
         assert_eq!(decode(&bytes), Ok(Message::Request(r.clone())));
-        r.verify(&root().public(), &Revocations::default(), NOW).unwrap();
+        r.verify(&root().public(), &Revocations::default(), NOW)
+            .unwrap();
         // Deterministic signatures: encoding twice gives the same bytes.
         assert_eq!(encode(&Message::Request(request())), bytes);
     }
@@ -373,20 +420,42 @@ mod tests {
     fn tampering_and_wrong_keys_fail() {
         let mut r = request();
         r.body.timestamp_ms += 1;
-        assert_eq!(r.verify(&root().public(), &Revocations::default(), NOW), Err(TrustError::BadSignature));
+        assert_eq!(
+            r.verify(&root().public(), &Revocations::default(), NOW),
+            Err(TrustError::BadSignature)
+        );
         let r = request();
         let other = SecretKey::from_seed([9; 32]).public();
-        assert_eq!(r.verify(&other, &Revocations::default(), NOW), Err(TrustError::WrongCollective));
+        assert_eq!(
+            r.verify(&other, &Revocations::default(), NOW),
+            Err(TrustError::WrongCollective)
+        );
         let mut rev = Revocations::default();
         rev.insert(r.cert.member);
-        assert!(matches!(r.verify(&root().public(), &rev, NOW), Err(TrustError::Revoked { .. })));
+        assert!(matches!(
+            r.verify(&root().public(), &rev, NOW),
+            Err(TrustError::Revoked { .. })
+        ));
         // Signed by a key that is not the certificate's.
-        let forged = Request::sign(r.cert.clone(), &SecretKey::from_seed([9; 32]), r.body.clone());
-        assert_eq!(forged.verify(&root().public(), &Revocations::default(), NOW), Err(TrustError::BadSignature));
+        let forged = Request::sign(
+            r.cert.clone(),
+            &SecretKey::from_seed([9; 32]),
+            r.body.clone(),
+        );
+        assert_eq!(
+            forged.verify(&root().public(), &Revocations::default(), NOW),
+            Err(TrustError::BadSignature)
+        );
         // A response signature never verifies as a request's (domain separation).
         let resp_sig = SecretKey::from_seed([3; 32]).sign(&signed(RESPONSE_DOMAIN, &r.body));
-        let mixed = Request { signature: resp_sig, ..r };
-        assert_eq!(mixed.verify(&root().public(), &Revocations::default(), NOW), Err(TrustError::BadSignature));
+        let mixed = Request {
+            signature: resp_sig,
+            ..r
+        };
+        assert_eq!(
+            mixed.verify(&root().public(), &Revocations::default(), NOW),
+            Err(TrustError::BadSignature)
+        );
     }
 
     #[test]
@@ -401,12 +470,30 @@ mod tests {
                 observed: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
             },
         };
-        let r = Response::sign(cert(&long, 2, Some([0xff; 32])), &SecretKey::from_seed([2; 32]), body);
+        let r = Response::sign(
+            cert(&long, 2, Some([0xff; 32])),
+            &SecretKey::from_seed([2; 32]),
+            body,
+        );
         let bytes = encode(&Message::Response(r.clone()));
-        assert!(response_fits(REQUEST_MIN_LEN, bytes.len()), "{} bytes", bytes.len());
+        assert!(
+            response_fits(REQUEST_MIN_LEN, bytes.len()),
+            "{} bytes",
+            bytes.len()
+        );
         assert_eq!(decode(&bytes), Ok(Message::Response(r)));
-        let refusal = ResponseBody { nonce: Nonce([0; 16]), timestamp_ms: u64::MAX, outcome: Outcome::Refused { reason: RefusalReason::Internal } };
-        let r = Response::sign(cert(&long, 2, Some([0xff; 32])), &SecretKey::from_seed([2; 32]), refusal);
+        let refusal = ResponseBody {
+            nonce: Nonce([0; 16]),
+            timestamp_ms: u64::MAX,
+            outcome: Outcome::Refused {
+                reason: RefusalReason::Internal,
+            },
+        };
+        let r = Response::sign(
+            cert(&long, 2, Some([0xff; 32])),
+            &SecretKey::from_seed([2; 32]),
+            refusal,
+        );
         assert!(encode(&Message::Response(r)).len() <= REQUEST_MIN_LEN);
     }
 
@@ -417,17 +504,31 @@ mod tests {
         assert_eq!(decode(&[VERSION]), Err(WireError::Truncated));
         assert_eq!(decode(&[2, 1, 0]), Err(WireError::UnsupportedVersion(2)));
         assert_eq!(decode(&[VERSION, 9]), Err(WireError::UnknownKind(9)));
-        assert_eq!(decode(&vec![0; MAX_DATAGRAM + 1]), Err(WireError::TooLong { len: MAX_DATAGRAM + 1 }));
+        assert_eq!(
+            decode(&vec![0; MAX_DATAGRAM + 1]),
+            Err(WireError::TooLong {
+                len: MAX_DATAGRAM + 1
+            })
+        );
         let mut trailing = good.clone();
         trailing[REQUEST_MIN_LEN - 1] = 1;
-        assert_eq!(decode(&trailing), Err(WireError::TrailingBytes { at: REQUEST_MIN_LEN - 1 }));
+        assert_eq!(
+            decode(&trailing),
+            Err(WireError::TrailingBytes {
+                at: REQUEST_MIN_LEN - 1
+            })
+        );
         let mut bad_enum = good.clone();
         // The certificate's wg_key Option tag (after version, root key, member id,
         // "\x03bob" and the member key) may only be 0 or 1.
         let tag = 2 + 1 + 32 + 8 + 4 + 32;
         assert_eq!(bad_enum[tag], 0);
         bad_enum[tag] = 7;
-        assert!(matches!(decode(&bad_enum), Err(WireError::Malformed(_))), "{:?}", decode(&bad_enum));
+        assert!(
+            matches!(decode(&bad_enum), Err(WireError::Malformed(_))),
+            "{:?}",
+            decode(&bad_enum)
+        );
         // Truncated at every length: an error, never a panic.
         let unpadded = {
             let mut v = vec![VERSION, KIND_REQUEST];

@@ -16,7 +16,11 @@ use std::time::Duration;
 pub fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
-        .map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
         .collect();
     let ms = match timeout {
         None => -1,
@@ -61,7 +65,9 @@ impl Signals {
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(Signals { fd: OwnedFd::from_raw_fd(fd) })
+            Ok(Signals {
+                fd: OwnedFd::from_raw_fd(fd),
+            })
         }
     }
 
@@ -76,7 +82,11 @@ impl Signals {
         unsafe {
             let mut info: libc::signalfd_siginfo = std::mem::zeroed();
             let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            let n = libc::read(self.fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size);
+            let n = libc::read(
+                self.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            );
             (n == size as isize).then_some(info.ssi_signo as i32)
         }
     }
@@ -100,7 +110,9 @@ pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
                 match i32::from((*a).sa_family) {
                     libc::AF_INET => {
                         let sin = &*(a as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(a as *const libc::sockaddr_in6);
@@ -120,9 +132,19 @@ pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
 /// `0.0.0.0:P` and `[::]:P` can both be bound and each family keeps its own
 /// addresses (no IPv4-mapped sources).
 pub fn bind_udp(addr: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: socket() has no memory preconditions; on success we own the fd.
-    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -155,7 +177,9 @@ fn bind(sock: &std::net::UdpSocket, addr: std::net::SocketAddr) -> io::Result<()
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sin is a valid sockaddr_in of the size passed.
@@ -172,7 +196,9 @@ fn bind(sock: &std::net::UdpSocket, addr: std::net::SocketAddr) -> io::Result<()
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sin6 is a valid sockaddr_in6 of the size passed.

@@ -25,13 +25,22 @@ pub const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 pub fn read(path: &str) -> Result<String, SysError> {
     fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
-        .map_err(|e| SysError::io("read sysctl", io::Error::new(e.kind(), format!("{path}: {e}"))))
+        .map_err(|e| {
+            SysError::io(
+                "read sysctl",
+                io::Error::new(e.kind(), format!("{path}: {e}")),
+            )
+        })
 }
 
 /// Writes a sysctl file.
 pub fn write(path: &str, value: &str) -> Result<(), SysError> {
-    fs::write(path, value)
-        .map_err(|e| SysError::io("write sysctl", io::Error::new(e.kind(), format!("{path}={value}: {e}"))))
+    fs::write(path, value).map_err(|e| {
+        SysError::io(
+            "write sysctl",
+            io::Error::new(e.kind(), format!("{path}={value}: {e}")),
+        )
+    })
 }
 
 /// Sysctls changed by this daemon, with their original values.
@@ -57,7 +66,10 @@ impl SysctlGuard {
             }
             let _ = fs::remove_file(&state);
         }
-        Ok(SysctlGuard { state, saved: Vec::new() })
+        Ok(SysctlGuard {
+            state,
+            saved: Vec::new(),
+        })
     }
 
     /// Sets `path` to `value`, remembering the original (persisted before the change).
@@ -75,7 +87,8 @@ impl SysctlGuard {
         if let Some(dir) = self.state.parent() {
             fs::create_dir_all(dir).map_err(|e| SysError::io("create state dir", e))?;
         }
-        let mut f = fs::File::create(&self.state).map_err(|e| SysError::io("write sysctl state", e))?;
+        let mut f =
+            fs::File::create(&self.state).map_err(|e| SysError::io("write sysctl state", e))?;
         for (p, v) in &self.saved {
             writeln!(f, "{p} {v}").map_err(|e| SysError::io("write sysctl state", e))?;
         }

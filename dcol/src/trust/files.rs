@@ -54,17 +54,25 @@ pub enum FileError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
-    move |source| FileError::Io { path: path.to_owned(), source }
+    move |source| FileError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn format_err(path: &Path, what: impl Into<String>) -> FileError {
-    FileError::Format { path: path.to_owned(), what: what.into() }
+    FileError::Format {
+        path: path.to_owned(),
+        what: what.into(),
+    }
 }
 
 fn read_small(path: &Path) -> Result<String, FileError> {
     let f = fs::File::open(path).map_err(io_err(path))?;
     let mut s = String::new();
-    f.take(MAX_FILE + 1).read_to_string(&mut s).map_err(io_err(path))?;
+    f.take(MAX_FILE + 1)
+        .read_to_string(&mut s)
+        .map_err(io_err(path))?;
     if s.len() as u64 > MAX_FILE {
         return Err(format_err(path, format!("larger than {MAX_FILE} bytes")));
     }
@@ -77,7 +85,8 @@ fn parse_line(path: &Path, text: &str, tag: &str) -> Result<Vec<u8>, FileError> 
     let Some(hex) = line.strip_prefix(tag).and_then(|r| r.strip_prefix(' ')) else {
         return Err(format_err(path, format!("expected '{tag} <hex>'")));
     };
-    from_hex(hex.trim()).map_err(|col| format_err(path, format!("bad hex at column {}", col + tag.len() + 1)))
+    from_hex(hex.trim())
+        .map_err(|col| format_err(path, format!("bad hex at column {}", col + tag.len() + 1)))
 }
 
 fn write_new(path: &Path, mode: u32, text: &str) -> Result<(), FileError> {
@@ -117,16 +126,32 @@ pub fn generate_secret_key(out: &Path) -> Result<SecretKey, FileError> {
             source: io::Error::new(io::ErrorKind::AlreadyExists, "exists; not overwriting"),
         });
     }
-    write_new(out, 0o600, &format!("{SECRET_TAG} {}\n", to_hex(&key.seed())))?;
-    write_new(&public, 0o644, &format!("{PUBLIC_TAG} {}\n", to_hex(&key.public().0)))?;
+    write_new(
+        out,
+        0o600,
+        &format!("{SECRET_TAG} {}\n", to_hex(&key.seed())),
+    )?;
+    write_new(
+        &public,
+        0o644,
+        &format!("{PUBLIC_TAG} {}\n", to_hex(&key.public().0)),
+    )?;
     Ok(key)
 }
 
 /// Writes `dir/collective.key` (0600) and `dir/collective.pub`.
 pub fn init_collective(dir: &Path) -> Result<SecretKey, FileError> {
     let key = SecretKey::from_seed(random_seed().map_err(io_err(Path::new("/dev/urandom")))?);
-    write_new(&dir.join("collective.key"), 0o600, &format!("{SECRET_TAG} {}\n", to_hex(&key.seed())))?;
-    write_new(&dir.join("collective.pub"), 0o644, &format!("{PUBLIC_TAG} {}\n", to_hex(&key.public().0)))?;
+    write_new(
+        &dir.join("collective.key"),
+        0o600,
+        &format!("{SECRET_TAG} {}\n", to_hex(&key.seed())),
+    )?;
+    write_new(
+        &dir.join("collective.pub"),
+        0o644,
+        &format!("{PUBLIC_TAG} {}\n", to_hex(&key.public().0)),
+    )?;
     Ok(key)
 }
 
@@ -134,27 +159,37 @@ pub fn init_collective(dir: &Path) -> Result<SecretKey, FileError> {
 pub fn read_secret_key(path: &Path) -> Result<SecretKey, FileError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
     if meta.permissions().mode() & 0o077 != 0 {
-        log::warn!("{}: secret key readable by group or others (chmod 600 it)", path.display());
+        log::warn!(
+            "{}: secret key readable by group or others (chmod 600 it)",
+            path.display()
+        );
     }
     let b = parse_line(path, &read_small(path)?, SECRET_TAG)?;
-    let seed: [u8; 32] = b.try_into().map_err(|_| format_err(path, "expected 64 hex digits"))?;
+    let seed: [u8; 32] = b
+        .try_into()
+        .map_err(|_| format_err(path, "expected 64 hex digits"))?;
     Ok(SecretKey::from_seed(seed))
 }
 
 /// Reads a public key.
 pub fn read_public_key(path: &Path) -> Result<PublicKey, FileError> {
     let b = parse_line(path, &read_small(path)?, PUBLIC_TAG)?;
-    let k: [u8; 32] = b.try_into().map_err(|_| format_err(path, "expected 64 hex digits"))?;
+    let k: [u8; 32] = b
+        .try_into()
+        .map_err(|_| format_err(path, "expected 64 hex digits"))?;
     Ok(PublicKey(k))
 }
 
 /// Reads a certificate (format only; the caller verifies it).
 pub fn read_certificate(path: &Path) -> Result<Certificate, FileError> {
     let b = parse_line(path, &read_small(path)?, CERT_TAG)?;
-    let (cert, rest): (Certificate, &[u8]) =
-        postcard::take_from_bytes(&b).map_err(|e| format_err(path, format!("not a certificate: {e}")))?;
+    let (cert, rest): (Certificate, &[u8]) = postcard::take_from_bytes(&b)
+        .map_err(|e| format_err(path, format!("not a certificate: {e}")))?;
     if !rest.is_empty() {
-        return Err(format_err(path, format!("{} bytes after the certificate", rest.len())));
+        return Err(format_err(
+            path,
+            format!("{} bytes after the certificate", rest.len()),
+        ));
     }
     Ok(cert)
 }
@@ -178,8 +213,19 @@ pub fn admit(
     let root = read_secret_key(collective_key)?;
     let key = read_public_key(member_pub)?;
     let not_after = now.saturating_add(u64::from(days) * 86_400);
-    Certificate::issue(&root, name, key, None, now.saturating_sub(300), not_after, roles)
-        .map_err(|source| FileError::Trust { path: member_pub.to_owned(), source })
+    Certificate::issue(
+        &root,
+        name,
+        key,
+        None,
+        now.saturating_sub(300),
+        not_after,
+        roles,
+    )
+    .map_err(|source| FileError::Trust {
+        path: member_pub.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -197,13 +243,40 @@ mod tests {
     fn keys_and_certificates_round_trip_with_modes() {
         let d = dir("rt");
         let root = init_collective(&d).unwrap();
-        assert_eq!(fs::metadata(d.join("collective.key")).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(read_public_key(&d.join("collective.pub")).unwrap(), root.public());
+        assert_eq!(
+            fs::metadata(d.join("collective.key"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert_eq!(
+            read_public_key(&d.join("collective.pub")).unwrap(),
+            root.public()
+        );
         let k = generate_secret_key(&d.join("m.key")).unwrap();
-        assert_eq!(fs::metadata(d.join("m.key")).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(read_secret_key(&d.join("m.key")).unwrap().public(), k.public());
-        assert!(generate_secret_key(&d.join("m.key")).is_err(), "overwrote a key");
-        let c = admit(&d.join("collective.key"), &d.join("m.key.pub"), "bob", 30, Roles::CLIENT, 1_800_000_000).unwrap();
+        assert_eq!(
+            fs::metadata(d.join("m.key")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            read_secret_key(&d.join("m.key")).unwrap().public(),
+            k.public()
+        );
+        assert!(
+            generate_secret_key(&d.join("m.key")).is_err(),
+            "overwrote a key"
+        );
+        let c = admit(
+            &d.join("collective.key"),
+            &d.join("m.key.pub"),
+            "bob",
+            30,
+            Roles::CLIENT,
+            1_800_000_000,
+        )
+        .unwrap();
         c.verify(&root.public(), 1_800_000_000).unwrap();
         write_certificate(&d.join("m.cert"), &c).unwrap();
         assert_eq!(read_certificate(&d.join("m.cert")).unwrap(), c);
@@ -218,11 +291,20 @@ mod tests {
         let e = read_public_key(&p).unwrap_err().to_string();
         assert!(e.contains("/x") && e.contains("column 18"), "{e}");
         fs::write(&p, "hello").unwrap();
-        assert!(read_certificate(&p).unwrap_err().to_string().contains("expected 'dcol-cert-v1 <hex>'"));
+        assert!(read_certificate(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("expected 'dcol-cert-v1 <hex>'"));
         fs::write(&p, "dcol-cert-v1 0102\n").unwrap();
-        assert!(read_certificate(&p).unwrap_err().to_string().contains("not a certificate"));
+        assert!(read_certificate(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a certificate"));
         fs::write(&p, "dcol-public-v1 0102\n").unwrap();
-        assert!(read_public_key(&p).unwrap_err().to_string().contains("64 hex"));
+        assert!(read_public_key(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("64 hex"));
         assert!(read_public_key(&d.join("missing")).is_err());
         let _ = fs::remove_dir_all(&d);
     }

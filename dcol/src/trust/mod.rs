@@ -135,7 +135,9 @@ impl FromStr for MemberId {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let b = from_hex(s).map_err(|col| format!("bad hex digit at column {col}"))?;
-        let a: [u8; 8] = b.try_into().map_err(|_| "expected 16 hex digits".to_owned())?;
+        let a: [u8; 8] = b
+            .try_into()
+            .map_err(|_| "expected 16 hex digits".to_owned())?;
         Ok(MemberId(a))
     }
 }
@@ -245,8 +247,12 @@ impl fmt::Display for TrustError {
             TrustError::BadMemberId => f.write_str("member id does not match the key"),
             TrustError::BadName(n) => write!(f, "invalid member name '{}'", n.escape_debug()),
             TrustError::UnsupportedVersion(v) => write!(f, "unsupported certificate version {v}"),
-            TrustError::NotYetValid { not_before } => write!(f, "certificate not valid before {not_before} (unix time)"),
-            TrustError::Expired { not_after } => write!(f, "certificate expired at {not_after} (unix time)"),
+            TrustError::NotYetValid { not_before } => {
+                write!(f, "certificate not valid before {not_before} (unix time)")
+            }
+            TrustError::Expired { not_after } => {
+                write!(f, "certificate expired at {not_after} (unix time)")
+            }
             TrustError::Revoked { member } => write!(f, "member {member} is revoked"),
             TrustError::BadWindow => f.write_str("empty validity window"),
         }
@@ -259,7 +265,9 @@ impl std::error::Error for TrustError {}
 pub fn check_name(name: &str) -> Result<(), TrustError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -367,19 +375,30 @@ impl Certificate {
         }
         verify(root, &self.signed_bytes(), &self.signature)?;
         if now < self.not_before {
-            return Err(TrustError::NotYetValid { not_before: self.not_before });
+            return Err(TrustError::NotYetValid {
+                not_before: self.not_before,
+            });
         }
         if now >= self.not_after {
-            return Err(TrustError::Expired { not_after: self.not_after });
+            return Err(TrustError::Expired {
+                not_after: self.not_after,
+            });
         }
         Ok(())
     }
 
     /// [`Certificate::verify`] plus revocation.
-    pub fn verify_member(&self, root: &PublicKey, revoked: &Revocations, now: u64) -> Result<(), TrustError> {
+    pub fn verify_member(
+        &self,
+        root: &PublicKey,
+        revoked: &Revocations,
+        now: u64,
+    ) -> Result<(), TrustError> {
         self.verify(root, now)?;
         if revoked.is_revoked(&self.member) {
-            return Err(TrustError::Revoked { member: self.member });
+            return Err(TrustError::Revoked {
+                member: self.member,
+            });
         }
         Ok(())
     }
@@ -463,7 +482,16 @@ mod tests {
     }
 
     fn cert() -> Certificate {
-        Certificate::issue(&root(), "bob", member().public(), None, NOW - 10, NOW + 10, Roles::CLIENT).unwrap()
+        Certificate::issue(
+            &root(),
+            "bob",
+            member().public(),
+            None,
+            NOW - 10,
+            NOW + 10,
+            Roles::CLIENT,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -489,21 +517,55 @@ mod tests {
     fn certificate_checks() {
         let c = cert();
         let other = SecretKey::from_seed([9; 32]);
-        assert_eq!(c.verify(&other.public(), NOW), Err(TrustError::WrongCollective));
-        assert_eq!(c.verify(&root().public(), NOW - 11), Err(TrustError::NotYetValid { not_before: NOW - 10 }));
-        assert_eq!(c.verify(&root().public(), NOW + 10), Err(TrustError::Expired { not_after: NOW + 10 }));
+        assert_eq!(
+            c.verify(&other.public(), NOW),
+            Err(TrustError::WrongCollective)
+        );
+        assert_eq!(
+            c.verify(&root().public(), NOW - 11),
+            Err(TrustError::NotYetValid {
+                not_before: NOW - 10
+            })
+        );
+        assert_eq!(
+            c.verify(&root().public(), NOW + 10),
+            Err(TrustError::Expired {
+                not_after: NOW + 10
+            })
+        );
         let mut t = c.clone();
         t.roles = Roles::CLIENT | Roles::WAYPOINT;
-        assert_eq!(t.verify(&root().public(), NOW), Err(TrustError::BadSignature));
+        assert_eq!(
+            t.verify(&root().public(), NOW),
+            Err(TrustError::BadSignature)
+        );
         let mut t = c.clone();
         t.key = other.public();
-        assert_eq!(t.verify(&root().public(), NOW), Err(TrustError::BadMemberId));
-        let mut forged = Certificate::issue(&other, "bob", member().public(), None, NOW - 10, NOW + 10, Roles::CLIENT).unwrap();
+        assert_eq!(
+            t.verify(&root().public(), NOW),
+            Err(TrustError::BadMemberId)
+        );
+        let mut forged = Certificate::issue(
+            &other,
+            "bob",
+            member().public(),
+            None,
+            NOW - 10,
+            NOW + 10,
+            Roles::CLIENT,
+        )
+        .unwrap();
         forged.collective = root().public();
-        assert_eq!(forged.verify(&root().public(), NOW), Err(TrustError::BadSignature));
+        assert_eq!(
+            forged.verify(&root().public(), NOW),
+            Err(TrustError::BadSignature)
+        );
         let mut rev = Revocations::default();
         rev.insert(c.member);
-        assert_eq!(c.verify_member(&root().public(), &rev, NOW), Err(TrustError::Revoked { member: c.member }));
+        assert_eq!(
+            c.verify_member(&root().public(), &rev, NOW),
+            Err(TrustError::Revoked { member: c.member })
+        );
     }
 
     #[test]
@@ -512,10 +574,16 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad}");
         }
         check_name("alice.home-1_x").unwrap();
-        assert_eq!("client,waypoint".parse::<Roles>().unwrap(), Roles::CLIENT | Roles::WAYPOINT);
+        assert_eq!(
+            "client,waypoint".parse::<Roles>().unwrap(),
+            Roles::CLIENT | Roles::WAYPOINT
+        );
         assert!("root".parse::<Roles>().is_err());
         assert!("".parse::<Roles>().is_err());
-        assert_eq!((Roles::CLIENT | Roles::WAYPOINT).to_string(), "client,waypoint");
+        assert_eq!(
+            (Roles::CLIENT | Roles::WAYPOINT).to_string(),
+            "client,waypoint"
+        );
         let id = MemberId::of(&member().public());
         assert_eq!(id.to_string().parse::<MemberId>().unwrap(), id);
         assert!("123".parse::<MemberId>().is_err());

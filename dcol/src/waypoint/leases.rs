@@ -79,7 +79,12 @@ impl LeaseTable {
     }
 
     /// The live lease of `member` from `client` to `destination`, if any.
-    pub fn find(&self, member: MemberId, client: IpAddr, destination: SocketAddr) -> Option<&Lease> {
+    pub fn find(
+        &self,
+        member: MemberId,
+        client: IpAddr,
+        destination: SocketAddr,
+    ) -> Option<&Lease> {
         let port = self.by_flow.get(&(member, client, destination))?;
         self.live.get(&(client, *port))
     }
@@ -244,16 +249,22 @@ mod tests {
     fn allocates_distinct_ports_and_respects_quota() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new((40000, 40009), 3);
-        let a = t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
-        let b = t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        let a = t
+            .allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE)
+            .unwrap();
+        let b = t
+            .allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE)
+            .unwrap();
         assert_ne!(a.port, b.port);
-        t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE)
+            .unwrap();
         assert_eq!(
             t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE),
             Err(LeaseError::QuotaExceeded)
         );
         // Another member is unaffected.
-        t.allocate(t0, Nonce([0; 16]), m(2), "b", ip("10.0.1.3"), dst(), LEASE).unwrap();
+        t.allocate(t0, Nonce([0; 16]), m(2), "b", ip("10.0.1.3"), dst(), LEASE)
+            .unwrap();
         assert_eq!(t.len(), 4);
     }
 
@@ -261,14 +272,18 @@ mod tests {
     fn exhausts_range_per_client_and_quarantines() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new((40000, 40001), 10);
-        let a = t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
-        t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        let a = t
+            .allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE)
+            .unwrap();
+        t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE)
+            .unwrap();
         assert_eq!(
             t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE),
             Err(LeaseError::NoPortsLeft)
         );
         // Same ports are free for another client address.
-        t.allocate(t0, Nonce([0; 16]), m(2), "b", ip("10.0.9.9"), dst(), LEASE).unwrap();
+        t.allocate(t0, Nonce([0; 16]), m(2), "b", ip("10.0.9.9"), dst(), LEASE)
+            .unwrap();
         // A released port rests before reuse.
         assert!(t.end(t0, ip("10.0.1.2"), a.port).is_some());
         assert_eq!(
@@ -276,7 +291,17 @@ mod tests {
             Err(LeaseError::NoPortsLeft)
         );
         let later = t0 + QUARANTINE + Duration::from_secs(1);
-        let again = t.allocate(later, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        let again = t
+            .allocate(
+                later,
+                Nonce([0; 16]),
+                m(1),
+                "a",
+                ip("10.0.1.2"),
+                dst(),
+                LEASE,
+            )
+            .unwrap();
         assert_eq!(again.port, a.port);
     }
 
@@ -284,7 +309,9 @@ mod tests {
     fn expiry_and_renewal() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new((40000, 40999), 10);
-        let a = t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
+        let a = t
+            .allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE)
+            .unwrap();
         assert_eq!(t.next_expiry(), Some(t0 + LEASE));
         assert!(t.expire(t0 + LEASE - Duration::from_secs(1)).is_empty());
         t.renew(a.client, a.port, t0 + LEASE * 2).unwrap();
@@ -299,9 +326,15 @@ mod tests {
     fn finds_existing_lease_and_ends_member() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new((40000, 40999), 10);
-        let a = t.allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE).unwrap();
-        t.allocate(t0, Nonce([0; 16]), m(2), "b", ip("10.0.1.3"), dst(), LEASE).unwrap();
-        assert_eq!(t.find(m(1), ip("10.0.1.2"), dst()).map(|l| l.port), Some(a.port));
+        let a = t
+            .allocate(t0, Nonce([0; 16]), m(1), "a", ip("10.0.1.2"), dst(), LEASE)
+            .unwrap();
+        t.allocate(t0, Nonce([0; 16]), m(2), "b", ip("10.0.1.3"), dst(), LEASE)
+            .unwrap();
+        assert_eq!(
+            t.find(m(1), ip("10.0.1.2"), dst()).map(|l| l.port),
+            Some(a.port)
+        );
         assert!(t.find(m(1), ip("10.0.1.9"), dst()).is_none());
         assert_eq!(t.end_member(t0, m(1)).len(), 1);
         assert_eq!(t.len(), 1);

@@ -167,12 +167,23 @@ impl Waypoint {
     }
 
     /// Handles one datagram from `from`. `wall_ms` is Unix time in milliseconds.
-    pub fn handle(&mut self, now: Instant, wall_ms: u64, from: SocketAddr, dgram: &[u8]) -> Decision {
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        from: SocketAddr,
+        dgram: &[u8],
+    ) -> Decision {
         self.stats.datagrams = self.stats.datagrams.wrapping_add(1);
         let req = match proto::decode(dgram) {
             Ok(Message::Request(r)) => r,
             Ok(Message::Response(_)) => return self.ignore("a response sent to the waypoint port"),
-            Err(e) => return self.ignore(&format!("undecodable datagram ({} bytes): {e}", dgram.len())),
+            Err(e) => {
+                return self.ignore(&format!(
+                    "undecodable datagram ({} bytes): {e}",
+                    dgram.len()
+                ))
+            }
         };
         let nonce = req.body.nonce;
         let limit = dgram.len();
@@ -200,16 +211,28 @@ impl Waypoint {
             if s.from == from && s.signature == req.signature.0 {
                 let bytes = self.sign(s.reply.clone());
                 self.count_grant();
-                return Decision::Reply { to: from, bytes, refused: None };
+                return Decision::Reply {
+                    to: from,
+                    bytes,
+                    refused: None,
+                };
             }
             let d = format!("nonce of {} already used from {}", req.cert.name, s.from);
             return refuse(self, RefusalReason::Replay, d);
         }
         if !proto::addressed_to(&req.body, &self.cert) {
-            return refuse(self, RefusalReason::WrongWaypoint, "addressed to another waypoint".into());
+            return refuse(
+                self,
+                RefusalReason::WrongWaypoint,
+                "addressed to another waypoint".into(),
+            );
         }
         if !req.cert.roles.contains(Roles::CLIENT) {
-            return refuse(self, RefusalReason::NotAWaypoint, "member lacks the client role".into());
+            return refuse(
+                self,
+                RefusalReason::NotAWaypoint,
+                "member lacks the client role".into(),
+            );
         }
         if self.seen.len() >= MAX_SEEN {
             return refuse(self, RefusalReason::Internal, "replay cache full".into());
@@ -221,25 +244,54 @@ impl Waypoint {
         );
         if let Some(reply) = self.last_reply.take().filter(|_| remember) {
             let until = now + self.settings.max_skew * 2;
-            let seen = Seen { from, signature: req.signature.0, reply, until };
+            let seen = Seen {
+                from,
+                signature: req.signature.0,
+                reply,
+                until,
+            };
             self.seen.insert((member, nonce), seen);
             self.seen_order.push_back((until, (member, nonce)));
         }
         decision
     }
 
-    fn decide(&mut self, now: Instant, wall_ms: u64, from: SocketAddr, req: &Request, limit: usize) -> Decision {
+    fn decide(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        from: SocketAddr,
+        req: &Request,
+        limit: usize,
+    ) -> Decision {
         let client = from.ip();
         let nonce = req.body.nonce;
         let member = req.cert.member;
         let lease_len = self.settings.lease;
         match req.body.kind {
             RequestKind::NatDetour { destination } => {
-                if let Err(why) = policy::check_destination(destination, &self.settings.allow, &self.own) {
+                if let Err(why) =
+                    policy::check_destination(destination, &self.settings.allow, &self.own)
+                {
                     let d = format!("{destination}: {why}");
-                    return self.refusal(wall_ms, from, nonce, RefusalReason::DestinationNotAllowed, d, limit);
+                    return self.refusal(
+                        wall_ms,
+                        from,
+                        nonce,
+                        RefusalReason::DestinationNotAllowed,
+                        d,
+                        limit,
+                    );
                 }
-                match self.leases.allocate(now, nonce, member, &req.cert.name, client, destination, lease_len) {
+                match self.leases.allocate(
+                    now,
+                    nonce,
+                    member,
+                    &req.cert.name,
+                    client,
+                    destination,
+                    lease_len,
+                ) {
                     Ok(lease) => {
                         let bytes = self.grant_bytes(wall_ms, nonce, lease.port, client);
                         if bytes.len() > limit {
@@ -247,43 +299,94 @@ impl Waypoint {
                             return self.ignore("grant would be larger than the request");
                         }
                         self.count_grant();
-                        Decision::Install { lease, timeout: lease_len, to: from, bytes, nonce }
+                        Decision::Install {
+                            lease,
+                            timeout: lease_len,
+                            to: from,
+                            bytes,
+                            nonce,
+                        }
                     }
                     Err(e) => {
                         let (reason, d) = match e {
                             LeaseError::QuotaExceeded => (
                                 RefusalReason::QuotaExceeded,
-                                format!("{} holds {} tunnels", req.cert.name, self.settings.max_per_member),
+                                format!(
+                                    "{} holds {} tunnels",
+                                    req.cert.name, self.settings.max_per_member
+                                ),
                             ),
-                            LeaseError::NoPortsLeft => (RefusalReason::NoPortsLeft, "port range exhausted".into()),
+                            LeaseError::NoPortsLeft => {
+                                (RefusalReason::NoPortsLeft, "port range exhausted".into())
+                            }
                         };
                         self.refusal(wall_ms, from, nonce, reason, d, limit)
                     }
                 }
             }
-            RequestKind::Renew { port, destination, lease } => {
-                let owned = self
-                    .leases
-                    .lookup(client, port)
-                    .is_some_and(|l| l.member == member && l.destination == destination && l.nonce == lease);
+            RequestKind::Renew {
+                port,
+                destination,
+                lease,
+            } => {
+                let owned = self.leases.lookup(client, port).is_some_and(|l| {
+                    l.member == member && l.destination == destination && l.nonce == lease
+                });
                 if !owned {
                     let d = format!("no lease on port {port} for {client}");
-                    return self.refusal(wall_ms, from, nonce, RefusalReason::UnknownLease, d, limit);
+                    return self.refusal(
+                        wall_ms,
+                        from,
+                        nonce,
+                        RefusalReason::UnknownLease,
+                        d,
+                        limit,
+                    );
                 }
                 let lease = self.leases.renew(client, port, now + lease_len).cloned();
                 let lease = lease.expect("lease checked just above");
                 let bytes = self.grant_bytes(wall_ms, nonce, port, client);
-                self.fit(bytes, limit, |bytes| Decision::Refresh { lease, timeout: lease_len, to: from, bytes })
+                self.fit(bytes, limit, |bytes| Decision::Refresh {
+                    lease,
+                    timeout: lease_len,
+                    to: from,
+                    bytes,
+                })
             }
             RequestKind::Release { port, lease } => {
-                let owned = self.leases.lookup(client, port).is_some_and(|l| l.member == member && l.nonce == lease);
+                let owned = self
+                    .leases
+                    .lookup(client, port)
+                    .is_some_and(|l| l.member == member && l.nonce == lease);
                 if !owned {
                     let d = format!("no lease on port {port} for {client}");
-                    return self.refusal(wall_ms, from, nonce, RefusalReason::UnknownLease, d, limit);
+                    return self.refusal(
+                        wall_ms,
+                        from,
+                        nonce,
+                        RefusalReason::UnknownLease,
+                        d,
+                        limit,
+                    );
                 }
-                let lease = self.leases.end(now, client, port).expect("lease checked just above");
-                let bytes = self.response_bytes(wall_ms, nonce, Outcome::Granted { port, lease_secs: 0, observed: client });
-                self.fit(bytes, limit, |bytes| Decision::Remove { lease, to: from, bytes })
+                let lease = self
+                    .leases
+                    .end(now, client, port)
+                    .expect("lease checked just above");
+                let bytes = self.response_bytes(
+                    wall_ms,
+                    nonce,
+                    Outcome::Granted {
+                        port,
+                        lease_secs: 0,
+                        observed: client,
+                    },
+                );
+                self.fit(bytes, limit, |bytes| Decision::Remove {
+                    lease,
+                    to: from,
+                    bytes,
+                })
             }
         }
     }
@@ -304,7 +407,14 @@ impl Waypoint {
         self.leases.end(now, lease.client, lease.port);
         self.seen.remove(&(lease.member, nonce));
         self.stats.granted = self.stats.granted.saturating_sub(1);
-        self.refusal(wall_ms, to, nonce, RefusalReason::Internal, why.to_owned(), limit)
+        self.refusal(
+            wall_ms,
+            to,
+            nonce,
+            RefusalReason::Internal,
+            why.to_owned(),
+            limit,
+        )
     }
 
     /// Ends leases that expired by `now`; the daemon removes their elements and
@@ -353,10 +463,17 @@ impl Waypoint {
     fn ignore(&mut self, reason: &str) -> Decision {
         let c = self.stats.refused.entry("garbage".to_owned()).or_default();
         *c = c.wrapping_add(1);
-        Decision::Ignore { reason: reason.to_owned() }
+        Decision::Ignore {
+            reason: reason.to_owned(),
+        }
     }
 
-    fn fit(&mut self, bytes: Vec<u8>, limit: usize, make: impl FnOnce(Vec<u8>) -> Decision) -> Decision {
+    fn fit(
+        &mut self,
+        bytes: Vec<u8>,
+        limit: usize,
+        make: impl FnOnce(Vec<u8>) -> Decision,
+    ) -> Decision {
         if bytes.len() > limit {
             return self.ignore("reply would be larger than the request");
         }
@@ -378,18 +495,32 @@ impl Waypoint {
         let bytes = self.response_bytes(wall_ms, nonce, Outcome::Refused { reason });
         let refused = Some(format!("{reason}: {detail}"));
         if bytes.len() > limit {
-            return Decision::Ignore { reason: format!("{reason}: {detail} (not answered: reply would amplify)") };
+            return Decision::Ignore {
+                reason: format!("{reason}: {detail} (not answered: reply would amplify)"),
+            };
         }
         Decision::Reply { to, bytes, refused }
     }
 
     fn grant_bytes(&mut self, wall_ms: u64, nonce: Nonce, port: u16, observed: IpAddr) -> Vec<u8> {
         let lease_secs = u32::try_from(self.settings.lease.as_secs()).unwrap_or(u32::MAX);
-        self.response_bytes(wall_ms, nonce, Outcome::Granted { port, lease_secs, observed })
+        self.response_bytes(
+            wall_ms,
+            nonce,
+            Outcome::Granted {
+                port,
+                lease_secs,
+                observed,
+            },
+        )
     }
 
     fn response_bytes(&mut self, wall_ms: u64, nonce: Nonce, outcome: Outcome) -> Vec<u8> {
-        let body = ResponseBody { nonce, timestamp_ms: wall_ms, outcome };
+        let body = ResponseBody {
+            nonce,
+            timestamp_ms: wall_ms,
+            outcome,
+        };
         self.last_reply = Some(body.clone());
         self.sign(body)
     }
@@ -421,7 +552,14 @@ mod tests {
         };
         let own = vec!["10.0.6.2".parse().unwrap()];
         let me = cert("alice", 2, Roles::CLIENT | Roles::WAYPOINT);
-        Waypoint::new(settings, me, testutil::key(2), testutil::root_pub(), Revocations::default(), own)
+        Waypoint::new(
+            settings,
+            me,
+            testutil::key(2),
+            testutil::root_pub(),
+            Revocations::default(),
+            own,
+        )
     }
 
     fn bob() -> Certificate {
@@ -431,7 +569,8 @@ mod tests {
     fn outcome(bytes: &[u8]) -> Outcome {
         match proto::decode(bytes) {
             Ok(Message::Response(r)) => {
-                r.verify(&testutil::root_pub(), &Revocations::default(), T0).expect("signed by alice");
+                r.verify(&testutil::root_pub(), &Revocations::default(), T0)
+                    .expect("signed by alice");
                 r.body.outcome
             }
             other => panic!("not a response: {other:?}"),
@@ -440,7 +579,11 @@ mod tests {
 
     fn refusal(d: &Decision) -> RefusalReason {
         match d {
-            Decision::Reply { bytes, refused: Some(_), .. } => match outcome(bytes) {
+            Decision::Reply {
+                bytes,
+                refused: Some(_),
+                ..
+            } => match outcome(bytes) {
                 Outcome::Refused { reason } => reason,
                 o => panic!("{o:?}"),
             },
@@ -455,7 +598,12 @@ mod tests {
         let req = request(&bob(), 3, "alice", 1, MS, nat("10.0.3.2:5201"));
         let d = w.handle(t, MS, from(), &req);
         let (lease, bytes) = match d {
-            Decision::Install { lease, bytes, timeout, .. } => {
+            Decision::Install {
+                lease,
+                bytes,
+                timeout,
+                ..
+            } => {
                 assert_eq!(timeout, Duration::from_secs(60));
                 (lease, bytes)
             }
@@ -467,13 +615,20 @@ mod tests {
         assert!(matches!(outcome(&bytes), Outcome::Granted { port, .. } if port == lease.port));
         // A retransmission gets the same bytes and no second port.
         match w.handle(t + Duration::from_millis(300), MS + 300, from(), &req) {
-            Decision::Reply { bytes: again, refused: None, .. } => assert_eq!(again, bytes),
+            Decision::Reply {
+                bytes: again,
+                refused: None,
+                ..
+            } => assert_eq!(again, bytes),
             d => panic!("{d:?}"),
         }
         assert_eq!(w.leases().count(), 1);
         // The same request from another address is a replay.
         let other: SocketAddr = "10.9.9.9:1".parse().unwrap();
-        assert_eq!(refusal(&w.handle(t, MS, other, &req)), RefusalReason::Replay);
+        assert_eq!(
+            refusal(&w.handle(t, MS, other, &req)),
+            RefusalReason::Replay
+        );
         assert_eq!(w.leases().count(), 1);
     }
 
@@ -485,32 +640,63 @@ mod tests {
         // Another collective.
         let evil_root = testutil::key(66);
         let mallory = cert_by(&evil_root, "mallory", 7, Roles::CLIENT, T0 - 10, T0 + 10);
-        let d = w.handle(t, MS, from(), &request(&mallory, 7, "alice", 1, MS, nat(dst)));
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&mallory, 7, "alice", 1, MS, nat(dst)),
+        );
         assert_eq!(refusal(&d), RefusalReason::BadCertificate);
         // Expired.
-        let old = cert_by(&testutil::root(), "bob", 3, Roles::CLIENT, T0 - 100, T0 - 10);
+        let old = cert_by(
+            &testutil::root(),
+            "bob",
+            3,
+            Roles::CLIENT,
+            T0 - 100,
+            T0 - 10,
+        );
         let d = w.handle(t, MS, from(), &request(&old, 3, "alice", 2, MS, nat(dst)));
         assert_eq!(refusal(&d), RefusalReason::BadCertificate);
         // Signed by a key that is not the certificate's.
         let d = w.handle(t, MS, from(), &request(&bob(), 9, "alice", 3, MS, nat(dst)));
         assert_eq!(refusal(&d), RefusalReason::BadCertificate);
         // Stale and future timestamps.
-        let d = w.handle(t, MS, from(), &request(&bob(), 3, "alice", 4, MS - 31_000, nat(dst)));
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 4, MS - 31_000, nat(dst)),
+        );
         assert_eq!(refusal(&d), RefusalReason::Stale);
-        let d = w.handle(t, MS, from(), &request(&bob(), 3, "alice", 5, MS + 31_000, nat(dst)));
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 5, MS + 31_000, nat(dst)),
+        );
         assert_eq!(refusal(&d), RefusalReason::Stale);
         // Addressed to another waypoint.
         let d = w.handle(t, MS, from(), &request(&bob(), 3, "carol", 6, MS, nat(dst)));
         assert_eq!(refusal(&d), RefusalReason::WrongWaypoint);
         // Private (not allowed), loopback and the waypoint's own address.
-        for (n, bad) in [(7, "192.168.1.1:80"), (8, "127.0.0.1:22"), (9, "10.0.6.2:22")] {
+        for (n, bad) in [
+            (7, "192.168.1.1:80"),
+            (8, "127.0.0.1:22"),
+            (9, "10.0.6.2:22"),
+        ] {
             let d = w.handle(t, MS, from(), &request(&bob(), 3, "alice", n, MS, nat(bad)));
             assert_eq!(refusal(&d), RefusalReason::DestinationNotAllowed, "{bad}");
         }
         // Revoked at run time.
         let mut w2 = waypoint();
         w2.revoke(t, bob().member);
-        let d = w2.handle(t, MS, from(), &request(&bob(), 3, "alice", 10, MS, nat(dst)));
+        let d = w2.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 10, MS, nat(dst)),
+        );
         assert_eq!(refusal(&d), RefusalReason::Revoked);
         assert_eq!(w.leases().count(), 0);
         assert_eq!(w.stats().granted, 0);
@@ -521,8 +707,16 @@ mod tests {
         let mut w = waypoint();
         let t = Instant::now();
         let req = request(&bob(), 3, "alice", 1, MS, nat("10.0.3.2:5201"));
-        for bad in [&[][..], &[0x01][..], &req[..req.len() / 3], &[0xff; 700][..]] {
-            assert!(matches!(w.handle(t, MS, from(), bad), Decision::Ignore { .. }));
+        for bad in [
+            &[][..],
+            &[0x01][..],
+            &req[..req.len() / 3],
+            &[0xff; 700][..],
+        ] {
+            assert!(matches!(
+                w.handle(t, MS, from(), bad),
+                Decision::Ignore { .. }
+            ));
         }
         let mut v2 = req.clone();
         v2[0] = 2;
@@ -532,7 +726,10 @@ mod tests {
         }
         let mut big = req.clone();
         big.resize(1500, 0);
-        assert!(matches!(w.handle(t, MS, from(), &big), Decision::Ignore { .. }));
+        assert!(matches!(
+            w.handle(t, MS, from(), &big),
+            Decision::Ignore { .. }
+        ));
         assert_eq!(w.leases().count(), 0);
         assert_eq!(w.stats().refused.get("garbage").copied(), Some(6));
     }
@@ -544,12 +741,22 @@ mod tests {
         let mut ports = Vec::new();
         for i in 0..3u8 {
             let dst = format!("10.0.3.2:{}", 5201 + u16::from(i));
-            match w.handle(t, MS, from(), &request(&bob(), 3, "alice", i + 1, MS, nat(&dst))) {
+            match w.handle(
+                t,
+                MS,
+                from(),
+                &request(&bob(), 3, "alice", i + 1, MS, nat(&dst)),
+            ) {
                 Decision::Install { lease, .. } => ports.push(lease.port),
                 d => panic!("{d:?}"),
             }
         }
-        let d = w.handle(t, MS, from(), &request(&bob(), 3, "alice", 9, MS, nat("10.0.3.2:6000")));
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 9, MS, nat("10.0.3.2:6000")),
+        );
         assert_eq!(refusal(&d), RefusalReason::QuotaExceeded);
         // Renew the first lease at t+50 s: it outlives the others.
         let t50 = t + Duration::from_secs(50);
@@ -558,28 +765,62 @@ mod tests {
             destination: "10.0.3.2:5201".parse().unwrap(),
             lease: Nonce([1; 16]),
         };
-        match w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 20, MS + 50_000, renew)) {
+        match w.handle(
+            t50,
+            MS + 50_000,
+            from(),
+            &request(&bob(), 3, "alice", 20, MS + 50_000, renew),
+        ) {
             Decision::Refresh { lease, .. } => assert_eq!(lease.port, ports[0]),
             d => panic!("{d:?}"),
         }
         // Renewing a port one does not hold is refused.
-        let bogus = RequestKind::Renew { port: 40009, destination: "10.0.3.2:5201".parse().unwrap(), lease: Nonce([1; 16]) };
-        let d = w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 21, MS + 50_000, bogus));
+        let bogus = RequestKind::Renew {
+            port: 40009,
+            destination: "10.0.3.2:5201".parse().unwrap(),
+            lease: Nonce([1; 16]),
+        };
+        let d = w.handle(
+            t50,
+            MS + 50_000,
+            from(),
+            &request(&bob(), 3, "alice", 21, MS + 50_000, bogus),
+        );
         assert_eq!(refusal(&d), RefusalReason::UnknownLease);
         // Release the second.
         // A renewal naming another lease's nonce (a restarted waypoint reused
         // the port) is refused.
-        let alias = RequestKind::Renew { port: ports[1], destination: "10.0.3.2:5202".parse().unwrap(), lease: Nonce([9; 16]) };
-        let d = w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 23, MS + 50_000, alias));
+        let alias = RequestKind::Renew {
+            port: ports[1],
+            destination: "10.0.3.2:5202".parse().unwrap(),
+            lease: Nonce([9; 16]),
+        };
+        let d = w.handle(
+            t50,
+            MS + 50_000,
+            from(),
+            &request(&bob(), 3, "alice", 23, MS + 50_000, alias),
+        );
         assert_eq!(refusal(&d), RefusalReason::UnknownLease);
-        let rel = RequestKind::Release { port: ports[1], lease: Nonce([2; 16]) };
+        let rel = RequestKind::Release {
+            port: ports[1],
+            lease: Nonce([2; 16]),
+        };
         assert!(matches!(
-            w.handle(t50, MS + 50_000, from(), &request(&bob(), 3, "alice", 22, MS + 50_000, rel)),
+            w.handle(
+                t50,
+                MS + 50_000,
+                from(),
+                &request(&bob(), 3, "alice", 22, MS + 50_000, rel)
+            ),
             Decision::Remove { .. }
         ));
         // At t+60 s the third expires; the renewed first lives until t+110 s.
         let gone = w.expire(t + Duration::from_secs(60));
-        assert_eq!(gone.iter().map(|l| l.port).collect::<Vec<_>>(), vec![ports[2]]);
+        assert_eq!(
+            gone.iter().map(|l| l.port).collect::<Vec<_>>(),
+            vec![ports[2]]
+        );
         assert_eq!(w.next_timeout(), Some(t50 + Duration::from_secs(60)));
         assert_eq!(w.leases().count(), 1);
     }
@@ -589,13 +830,23 @@ mod tests {
         let mut w = waypoint();
         let t = Instant::now();
         let req = request(&bob(), 3, "alice", 1, MS, nat("10.0.3.2:5201"));
-        let Decision::Install { lease, to, nonce, bytes, .. } = w.handle(t, MS, from(), &req) else {
+        let Decision::Install {
+            lease,
+            to,
+            nonce,
+            bytes,
+            ..
+        } = w.handle(t, MS, from(), &req)
+        else {
             panic!("no install")
         };
         let d = w.abort(t, MS, &lease, to, nonce, bytes.len(), "netlink said no");
         assert_eq!(refusal(&d), RefusalReason::Internal);
         assert_eq!(w.leases().count(), 0);
         // The client's retransmission is evaluated afresh and granted.
-        assert!(matches!(w.handle(t, MS, from(), &req), Decision::Install { .. }));
+        assert!(matches!(
+            w.handle(t, MS, from(), &req),
+            Decision::Install { .. }
+        ));
     }
 }

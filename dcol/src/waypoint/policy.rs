@@ -93,7 +93,10 @@ fn classify_v4(ip: Ipv4Addr) -> Result<(), Forbidden> {
         Err(Forbidden::LinkLocal)
     } else if ip.is_multicast() || ip.is_broadcast() {
         Err(Forbidden::Multicast)
-    } else if o[0] == 0 || o[0] >= 240 || ip.is_documentation() || (o[0] == 198 && (o[1] & 0xfe) == 18)
+    } else if o[0] == 0
+        || o[0] >= 240
+        || ip.is_documentation()
+        || (o[0] == 198 && (o[1] & 0xfe) == 18)
     {
         Err(Forbidden::Reserved)
     } else {
@@ -159,7 +162,10 @@ mod tests {
     #[test]
     fn accepts_public_and_allowed() {
         assert_eq!(check_destination(sa("93.184.216.34:443"), &[], &[]), Ok(()));
-        assert_eq!(check_destination(sa("[2a00:1450::1]:443"), &[], &[]), Ok(()));
+        assert_eq!(
+            check_destination(sa("[2a00:1450::1]:443"), &[], &[]),
+            Ok(())
+        );
         let allow: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
         assert_eq!(check_destination(sa("10.0.3.2:5201"), &allow, &[]), Ok(()));
         assert_eq!(
@@ -170,7 +176,10 @@ mod tests {
 
     #[test]
     fn refuses_own_address_even_if_public() {
-        let own = ["93.184.216.34".parse().unwrap(), "10.0.6.2".parse().unwrap()];
+        let own = [
+            "93.184.216.34".parse().unwrap(),
+            "10.0.6.2".parse().unwrap(),
+        ];
         assert_eq!(
             check_destination(sa("93.184.216.34:22"), &[], &own),
             Err(Forbidden::OwnAddress)

@@ -33,8 +33,15 @@ fn main() -> ExitCode {
     std::thread::sleep(std::time::Duration::from_millis(300));
 
     let run = |lab: &Lab, mptcp: bool| {
-        iperf3_client(lab.topo.ns(Node::Client), server, IPERF_PORT, secs, mptcp, false)
-            .map(|r| r.mbps_after_first_second())
+        iperf3_client(
+            lab.topo.ns(Node::Client),
+            server,
+            IPERF_PORT,
+            secs,
+            mptcp,
+            false,
+        )
+        .map(|r| r.mbps_after_first_second())
     };
     let tcp = match run(&lab, false) {
         Ok(v) => v,
@@ -61,6 +68,9 @@ fn main() -> ExitCode {
         100.0 * dcol / (2.0 * tcp)
     );
     let via = counter.bytes_from(waypoint);
-    println!("  the server received {:.1} MB through the waypoint {waypoint} (MP_JOIN from its address)", via as f64 / 1e6);
+    println!(
+        "  the server received {:.1} MB through the waypoint {waypoint} (MP_JOIN from its address)",
+        via as f64 / 1e6
+    );
     ExitCode::SUCCESS
 }
