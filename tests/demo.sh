@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 # shellcheck source=tests/setup.sh
 source tests/setup.sh
 cargo build --release -p dcol --bins
-DCOL_BIN="$PWD/target/release/dcol" cargo run --release -q -p dcol-tests --bin demo -- "$@"
+DCOL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/dcol" cargo run --release -q -p dcol-tests --bin demo -- "$@"

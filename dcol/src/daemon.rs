@@ -275,14 +275,16 @@ impl Daemon {
             }
         }
         if let Some(mut w) = self.waypoint.take() {
-            let leases: Vec<Lease> = w.core.leases().cloned().collect();
-            for l in &leases {
-                drop_flows(l);
-            }
+            let tunnels: Vec<(IpAddr, u16)> = w.core.leases().map(|l| (l.client, l.port)).collect();
             if let Some(nat) = w.nat.take() {
                 if let Err(e) = nat.destroy() {
                     log::error!("removing the NAT table: {e}");
                 }
+            }
+            // After the table: no new flow can start through a tunnel meanwhile.
+            match conntrack::delete_many(&tunnels) {
+                Ok(n) => log::info!("revoked {} tunnel(s), {n} conntrack flow(s)", tunnels.len()),
+                Err(e) => log::warn!("conntrack cleanup: {e}"),
             }
         }
         self.sysctls.restore();
@@ -341,10 +343,9 @@ fn start_waypoint(
             "found {} NAT tunnels of a previous run: revoking them (table replaced, flows deleted)",
             leftovers.len()
         );
-        for el in &leftovers {
-            if let Err(e) = conntrack::delete_flows(el.client, el.port) {
-                log::warn!("conntrack cleanup for {}:{}: {e}", el.client, el.port);
-            }
+        let tunnels: Vec<(IpAddr, u16)> = leftovers.iter().map(|e| (e.client, e.port)).collect();
+        if let Err(e) = conntrack::delete_many(&tunnels) {
+            log::warn!("conntrack cleanup of the previous run: {e}");
         }
     }
     let own = os::local_addresses().map_err(io_err("getifaddrs"))?;

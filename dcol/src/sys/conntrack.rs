@@ -77,28 +77,38 @@ struct Flow {
 /// `client` and destination port `port` (a tunnel's allocated port). Returns
 /// how many were deleted; entries that vanish meanwhile are not errors.
 pub fn delete_flows(client: IpAddr, port: u16) -> Result<usize, SysError> {
+    delete_many(&[(client, port)])
+}
+
+/// [`delete_flows`] for many tunnels at once: one dump per address family
+/// (a dump walks the whole conntrack hash table, ~10 ms here), then one delete
+/// per matching entry. Used at shutdown and for crash reconciliation.
+pub fn delete_many(tunnels: &[(IpAddr, u16)]) -> Result<usize, SysError> {
+    let wanted: std::collections::HashSet<(IpAddr, u16)> = tunnels.iter().copied().collect();
     let mut sock = NlSocket::open(NETLINK_NETFILTER)?;
-    let family = family_of(client);
-    let flows = dump(&mut sock, family)?;
     let mut n = 0;
-    for f in flows
-        .iter()
-        .filter(|f| f.proto == IPPROTO_TCP && f.src == client && f.dport == port)
-    {
-        match sock.request("conntrack delete", delete_msg(family, f), |_| Ok(())) {
-            Ok(()) => n += 1,
-            Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => {}
-            Err(e) => return Err(e),
+    for v4 in [true, false] {
+        if !wanted.iter().any(|(c, _)| c.is_ipv4() == v4) {
+            continue;
+        }
+        let family = if v4 {
+            libc::AF_INET as u8
+        } else {
+            libc::AF_INET6 as u8
+        };
+        let flows = dump(&mut sock, family)?;
+        for f in flows
+            .iter()
+            .filter(|f| f.proto == IPPROTO_TCP && wanted.contains(&(f.src, f.dport)))
+        {
+            match sock.request("conntrack delete", delete_msg(family, f), |_| Ok(())) {
+                Ok(()) => n += 1,
+                Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(n)
-}
-
-fn family_of(ip: IpAddr) -> u8 {
-    match ip {
-        IpAddr::V4(_) => libc::AF_INET as u8,
-        IpAddr::V6(_) => libc::AF_INET6 as u8,
-    }
 }
 
 fn dump(sock: &mut NlSocket, family: u8) -> Result<Vec<Flow>, SysError> {
