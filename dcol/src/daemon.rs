@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::client::{self, Action, Client, PeerSpec};
+use crate::client::{self, Action, Client, PeerSpec, PmEvent};
 use crate::config::{Config, TunnelKind};
 use crate::control::{self, ControlServer, Status};
 use crate::sys::conntrack;
@@ -274,19 +274,8 @@ impl Daemon {
                 c.act(a);
             }
         }
-        if let Some(mut w) = self.waypoint.take() {
-            let tunnels: Vec<(IpAddr, u16)> = w.core.leases().map(|l| (l.client, l.port)).collect();
-            if let Some(nat) = w.nat.take() {
-                if let Err(e) = nat.destroy() {
-                    log::error!("removing the NAT table: {e}");
-                }
-            }
-            // After the table: no new flow can start through a tunnel meanwhile.
-            match conntrack::delete_many(&tunnels) {
-                Ok(n) => log::info!("revoked {} tunnel(s), {n} conntrack flow(s)", tunnels.len()),
-                Err(e) => log::warn!("conntrack cleanup: {e}"),
-            }
-        }
+        // Dropping the waypoint role removes its table and revokes its tunnels.
+        drop(self.waypoint.take());
         self.sysctls.restore();
         log::info!("stopped; kernel state removed");
     }
@@ -469,6 +458,16 @@ impl ClientRole {
                     for a in self.core.on_event(now, wall, &ev) {
                         self.act(a);
                     }
+                    if let PmEvent::SubEstablished { token, subflow } = &ev {
+                        if let Some((peer, setup)) = self.core.detour_setup(*token, subflow.remote)
+                        {
+                            log::info!(
+                                "detour of {:#010x} via {peer} established {:.2} ms after the connection",
+                                token.0,
+                                setup.as_secs_f64() * 1000.0
+                            );
+                        }
+                    }
                 }
             }
             Err(e) => log::warn!("path manager events: {e}"),
@@ -564,6 +563,24 @@ fn drop_flows(l: &Lease) {
         Ok(0) => {}
         Ok(n) => log::info!("deleted {n} conntrack flow(s) of {}:{}", l.client, l.port),
         Err(e) => log::warn!("conntrack cleanup for {}:{}: {e}", l.client, l.port),
+    }
+}
+
+impl Drop for WaypointRole {
+    /// Removes the NAT table and the conntrack flows of every live tunnel, also
+    /// when the daemon fails half-way through starting.
+    fn drop(&mut self) {
+        let tunnels: Vec<(IpAddr, u16)> = self.core.leases().map(|l| (l.client, l.port)).collect();
+        if let Some(nat) = self.nat.take() {
+            if let Err(e) = nat.destroy() {
+                log::error!("removing the NAT table: {e}");
+            }
+        }
+        // After the table: no new flow can start through a tunnel meanwhile.
+        match conntrack::delete_many(&tunnels) {
+            Ok(n) => log::info!("revoked {} tunnel(s), {n} conntrack flow(s)", tunnels.len()),
+            Err(e) => log::warn!("conntrack cleanup: {e}"),
+        }
     }
 }
 

@@ -123,6 +123,12 @@ fn status_and_clean_shutdown() {
     let cns = lab.ns(Node::Client);
     let wns = lab.ns(Node::Waypoint);
     let pm_before = in_ns(&cns, &["sysctl", "-n", "net.mptcp.path_manager"]);
+    let fwd_before = in_ns(&wns, &["sysctl", "-n", "net.ipv4.ip_forward"]);
+    assert_eq!(
+        fwd_before.trim(),
+        "0",
+        "the waypoint host starts without forwarding"
+    );
     let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
     lab.start_waypoint();
     lab.start_client();

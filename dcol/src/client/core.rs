@@ -536,6 +536,17 @@ impl Client {
         d.remote(&self.peers)
     }
 
+    /// For an established detour subflow to `remote`: the waypoint's name and the
+    /// time from the connection's ESTABLISHED to this subflow's SUB_ESTABLISHED.
+    pub fn detour_setup(&self, token: Token, remote: SocketAddr) -> Option<(&str, Duration)> {
+        let conn = self.conns.get(&token)?;
+        let d = conn
+            .detours
+            .iter()
+            .find(|d| d.live() && d.remote(&self.peers) == Some(remote))?;
+        Some((&self.peers[d.peer].spec.name, d.setup?))
+    }
+
     /// Peers, for status.
     pub fn peers(&self, now: Instant) -> Vec<PeerStatus> {
         self.peers

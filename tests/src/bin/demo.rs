@@ -31,6 +31,28 @@ fn main() -> ExitCode {
     let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
     let counter = JoinCounter::install(lab.topo.ns(Node::Server), IPERF_PORT, &[waypoint]);
     std::thread::sleep(std::time::Duration::from_millis(300));
+    // The path's round trip on the idle network, for the detour setup time.
+    let ping = lab.topo.ns(Node::Client).output(&[
+        "ping",
+        "-c",
+        "5",
+        "-i",
+        "0.2",
+        "-q",
+        &server.to_string(),
+    ]);
+    let rtt = String::from_utf8_lossy(&ping.stdout)
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .and_then(|l| {
+            l.split('=')
+                .nth(1)?
+                .split('/')
+                .nth(1)?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        });
 
     let run = |lab: &Lab, mptcp: bool| {
         iperf3_client(
@@ -67,6 +89,27 @@ fn main() -> ExitCode {
         dcol / tcp,
         100.0 * dcol / (2.0 * tcp)
     );
+    // Detour setup: connection ESTABLISHED -> detour SUB_ESTABLISHED, from the
+    // client's log, next to the path round trip (ping client -> server).
+    let setups: Vec<f64> = lab
+        .cl()
+        .log_text()
+        .lines()
+        .filter_map(|l| {
+            l.split(" established ")
+                .nth(1)?
+                .split(" ms")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if let (Some(rtt), false) = (rtt, setups.is_empty()) {
+        let mut s = setups.clone();
+        s.sort_by(f64::total_cmp);
+        let med = s[s.len() / 2];
+        println!("  detour setup (ESTABLISHED -> SUB_ESTABLISHED): median {med:.2} ms over {} detours = {:.1} RTTs (ping RTT {rtt:.3} ms)", s.len(), med / rtt);
+    }
     let via = counter.bytes_from(waypoint);
     println!(
         "  the server received {:.1} MB through the waypoint {waypoint} (MP_JOIN from its address)",
