@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use dcol_tests::dcol::{has_table, in_ns, map_elements};
-use dcol_tests::lab::{detours_in, need_root, Lab, IPERF_PORT};
+use dcol_tests::lab::{detours_in, need_root, no_tunnel_flows, Lab, IPERF_PORT};
 use dcol_tests::{iperf3_client, iperf3_server, JoinCounter, LinkProfile, Node};
 
 fn aggregation(v6: bool) {
@@ -190,10 +190,4 @@ fn status_and_clean_shutdown() {
         no_tunnel_flows(&wns),
         "conntrack flows of the tunnel survived SIGTERM"
     );
-}
-
-/// No conntrack entry to the waypoint's tunnel ports (40000-40099) is left.
-pub fn no_tunnel_flows(ns: &str) -> bool {
-    let out = in_ns(ns, &["conntrack", "-L", "-p", "tcp"]);
-    !out.lines().any(|l| l.contains("dport=400"))
 }

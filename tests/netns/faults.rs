@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use dcol_tests::dcol::{has_table, in_ns, map_elements};
-use dcol_tests::lab::{detours_in, need_root, Lab, IPERF_PORT};
+use dcol_tests::lab::{detours_in, need_root, no_tunnel_flows, Lab, IPERF_PORT};
 use dcol_tests::{iperf3_client, iperf3_server, LinkProfile, Node};
 
 /// The waypoint's links go down in the middle of a transfer: the transfer
@@ -149,5 +149,138 @@ fn waypoint_crash_is_reconciled() {
     assert!(
         h.join().expect("iperf thread"),
         "the transfer failed across the waypoint crash"
+    );
+}
+
+/// A server that accepts no extra subflows (its MPTCP limit is 0): the join
+/// through the waypoint is refused, the client notices, stops asking for that
+/// connection, and the transfer runs on the direct path.
+#[test]
+fn server_refusing_joins_is_noticed() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::new(LinkProfile::core_limited());
+    let server: IpAddr = lab.topo.addr4(Node::Server).into();
+    lab.topo
+        .ns(Node::Server)
+        .exec(&["ip", "mptcp", "limits", "set", "subflows", "0"]);
+    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
+    lab.start_waypoint();
+    lab.start_client();
+    let topo = &lab.topo;
+    let cl = lab.client.as_ref().unwrap();
+    let r = std::thread::scope(|s| {
+        let h =
+            s.spawn(|| iperf3_client(topo.ns(Node::Client), server, IPERF_PORT, 4, true, false));
+        let st = cl
+            .wait_status(Duration::from_secs(3), |s| {
+                s["client"]["connections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c["subflows"].as_array().into_iter().flatten().any(|f| {
+                            f["detail"]
+                                .as_str()
+                                .is_some_and(|d| d.contains("refused the join"))
+                        })
+                    })
+            })
+            .unwrap_or_else(|s| panic!("refused join not noticed: {s}\n{}", cl.log_text()));
+        assert_eq!(detours_in(&st, "established"), 0, "{st}");
+        h.join().expect("iperf thread")
+    });
+    let r = r.expect("transfer on the direct path");
+    assert!(
+        r.mbps_after_first_second() > 5.0,
+        "{:.2} Mbit/s",
+        r.mbps_after_first_second()
+    );
+    // One try per connection, no retry storm: at most one grant per connection.
+    let granted = lab.wp().status()["waypoint"]["granted"]
+        .as_u64()
+        .unwrap_or(0);
+    let log = lab.wp().log_text();
+    let grants = log.lines().filter(|l| l.contains("granted bob")).count();
+    assert!(grants <= 2, "{grants} grants for 2 connections:\n{log}");
+    assert!(granted >= grants as u64);
+}
+
+/// A client that vanishes without releasing (kill -9): its lease expires in
+/// the kernel and in the daemon, and the daemon deletes the tunnel's conntrack
+/// flow.
+#[test]
+fn abandoned_lease_expires_and_its_flow_is_deleted() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::new(LinkProfile::core_limited());
+    let server: IpAddr = lab.topo.addr4(Node::Server).into();
+    let wns = lab.ns(Node::Waypoint);
+    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
+    // Lease 10 s (the minimum).
+    let cfg = lab
+        .waypoint_config("")
+        .replace("option lease_s '60'", "option lease_s '10'");
+    let sock = lab.sock("wp");
+    lab.waypoint = Some(dcol_tests::dcol::Daemon::start(
+        &wns,
+        lab.scratch.path(),
+        "wp",
+        &cfg,
+        &sock,
+    ));
+    lab.start_client();
+    let cns = lab.topo.ns(Node::Client).name().to_owned();
+    let h = std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &cns,
+                "mptcpize",
+                "run",
+                "iperf3",
+                "-c",
+                &server.to_string(),
+                "-t",
+                "16",
+            ])
+            .arg("-p")
+            .arg(IPERF_PORT.to_string())
+            .output()
+            .expect("iperf3")
+            .status
+            .success()
+    });
+    lab.cl()
+        .wait_status(Duration::from_secs(3), |s| {
+            detours_in(s, "established") >= 1
+        })
+        .unwrap_or_else(|s| panic!("no detour: {s}"));
+    assert!(
+        !no_tunnel_flows(&wns),
+        "the tunnel should have a conntrack flow"
+    );
+    lab.client.as_mut().unwrap().kill9();
+    let st = lab
+        .wp()
+        .wait_status(Duration::from_secs(14), |s| {
+            s["waypoint"]["grants"]
+                .as_array()
+                .is_some_and(|g| g.is_empty())
+        })
+        .unwrap_or_else(|s| panic!("lease did not expire: {s}"));
+    let _ = st;
+    assert_eq!(map_elements(&wns, "dcol", "nat4"), 0);
+    assert!(
+        no_tunnel_flows(&wns),
+        "expired tunnel kept its conntrack flow"
+    );
+    assert!(lab.wp().log_text().contains("lease expired"));
+    assert!(
+        h.join().expect("iperf thread"),
+        "the transfer must survive on the direct path"
     );
 }

@@ -181,3 +181,12 @@ pub fn enter_netns(f: &std::fs::File) {
     let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
 }
+
+/// No DNATed conntrack entry through the lab waypoint's tunnel ports
+/// (40000-40099) in namespace `ns`: original direction to one of them, reply
+/// direction from the lab's server (10.0.3.2).
+pub fn no_tunnel_flows(ns: &str) -> bool {
+    !crate::dcol::in_ns(ns, &["conntrack", "-L", "-p", "tcp"])
+        .lines()
+        .any(|l| l.contains("dport=400") && l.contains("src=10.0.3.2"))
+}
