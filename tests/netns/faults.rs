@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dcol_tests::dcol::{has_table, in_ns, map_elements};
 use dcol_tests::lab::{detours_in, need_root, no_tunnel_flows, Lab, IPERF_PORT};
-use dcol_tests::{iperf3_client, iperf3_server, LinkProfile, Node};
+use dcol_tests::{iperf3_background, iperf3_client, iperf3_server, LinkProfile, Node};
 
 /// The waypoint's links go down in the middle of a transfer: the transfer
 /// completes over the direct path, and the client notices and drops the detour.
@@ -86,18 +86,7 @@ fn waypoint_crash_is_reconciled() {
     lab.start_client();
     // A transfer keeps running through the crash (its own thread); the checks
     // run meanwhile.
-    let cns = lab.topo.ns(Node::Client).name().to_owned();
-    let h = std::thread::spawn(move || {
-        let dst = format!("{server}");
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &cns, "mptcpize", "run", "iperf3", "-c", &dst, "-t", "10", "-p",
-            ])
-            .arg(IPERF_PORT.to_string())
-            .output()
-            .expect("iperf3");
-        out.status.success()
-    });
+    let h = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 10);
     lab.cl()
         .wait_status(Duration::from_secs(3), |s| {
             detours_in(s, "established") >= 1
@@ -232,28 +221,7 @@ fn abandoned_lease_expires_and_its_flow_is_deleted() {
         &sock,
     ));
     lab.start_client();
-    let cns = lab.topo.ns(Node::Client).name().to_owned();
-    let h = std::thread::spawn(move || {
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &cns,
-                "mptcpize",
-                "run",
-                "iperf3",
-                "-c",
-                &server.to_string(),
-                "-t",
-                "16",
-            ])
-            .arg("-p")
-            .arg(IPERF_PORT.to_string())
-            .output()
-            .expect("iperf3")
-            .status
-            .success()
-    });
+    let h = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 16);
     lab.cl()
         .wait_status(Duration::from_secs(3), |s| {
             detours_in(s, "established") >= 1

@@ -567,3 +567,39 @@ pub fn iperf3_client(
     let bytes = v["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
     Ok(IperfResult { intervals, bytes })
 }
+
+/// Runs `mptcpize run iperf3 -c DST -p PORT -t SECS` in namespace `ns` on its own
+/// thread (for tests that change the network while a transfer runs); the
+/// handle yields whether iperf3 succeeded.
+pub fn iperf3_background(
+    ns: &Netns,
+    dst: IpAddr,
+    port: u16,
+    secs: u32,
+) -> std::thread::JoinHandle<bool> {
+    let ns = ns.name().to_owned();
+    std::thread::spawn(move || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "mptcpize",
+                "run",
+                "iperf3",
+                "-c",
+                &dst.to_string(),
+            ])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-t",
+                &secs.to_string(),
+                "-C",
+                "cubic",
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}

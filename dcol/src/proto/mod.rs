@@ -186,6 +186,21 @@ fn signed(domain: &[u8], body: &impl Serialize) -> Vec<u8> {
     m
 }
 
+/// Checks `cert` as a member of the collective `root` at `now`, then `sig` by
+/// its key over `domain` || postcard(`body`).
+fn verify_signed(
+    cert: &Certificate,
+    domain: &[u8],
+    body: &impl Serialize,
+    sig: &Signature,
+    root: &PublicKey,
+    revoked: &Revocations,
+    now: u64,
+) -> Result<(), TrustError> {
+    cert.verify_member(root, revoked, now)?;
+    trust::verify(&cert.key, &signed(domain, body), sig)
+}
+
 impl Request {
     /// Signs `body` with the member `key` (which must be `cert.key`'s secret).
     pub fn sign(cert: Certificate, key: &SecretKey, body: RequestBody) -> Request {
@@ -205,11 +220,14 @@ impl Request {
         revoked: &Revocations,
         now: u64,
     ) -> Result<(), TrustError> {
-        self.cert.verify_member(root, revoked, now)?;
-        trust::verify(
-            &self.cert.key,
-            &signed(REQUEST_DOMAIN, &self.body),
+        verify_signed(
+            &self.cert,
+            REQUEST_DOMAIN,
+            &self.body,
             &self.signature,
+            root,
+            revoked,
+            now,
         )
     }
 }
@@ -232,11 +250,14 @@ impl Response {
         revoked: &Revocations,
         now: u64,
     ) -> Result<(), TrustError> {
-        self.cert.verify_member(root, revoked, now)?;
-        trust::verify(
-            &self.cert.key,
-            &signed(RESPONSE_DOMAIN, &self.body),
+        verify_signed(
+            &self.cert,
+            RESPONSE_DOMAIN,
+            &self.body,
             &self.signature,
+            root,
+            revoked,
+            now,
         )
     }
 }
