@@ -3,6 +3,7 @@
 
 mod core;
 mod event;
+pub mod fallback;
 
 pub use self::core::{
     Action, Client, Conn, Detour, DetourState, PeerSpec, PeerStatus, Settings, DETOUR_LOCAL_ID,

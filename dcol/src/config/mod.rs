@@ -156,6 +156,18 @@ pub struct ClientConfig {
     pub renew_interval_s: u32,
     /// Missed renewals before a waypoint counts as gone.
     pub liveness_misses: u32,
+    /// Transparent proxy for LAN devices on.
+    pub lan_proxy: bool,
+    /// LAN interfaces whose TCP is intercepted.
+    pub lan_interfaces: Vec<String>,
+    /// Destinations never intercepted.
+    pub bypass: Vec<Cidr>,
+    /// Destination ports never intercepted.
+    pub bypass_ports: Vec<u16>,
+    /// The proxy's listening port.
+    pub proxy_port: u16,
+    /// Concurrent proxied connections one LAN host may have.
+    pub max_conns_per_host: u32,
 }
 
 /// `config waypoint 'waypoint'`.
@@ -224,6 +236,12 @@ impl Default for Config {
                 request_timeout_ms: 300,
                 renew_interval_s: 5,
                 liveness_misses: 3,
+                lan_proxy: false,
+                lan_interfaces: Vec::new(),
+                bypass: Vec::new(),
+                bypass_ports: Vec::new(),
+                proxy_port: 7448,
+                max_conns_per_host: 512,
             },
             waypoint: WaypointConfig {
                 enabled: false,
@@ -432,6 +450,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         "liveness_misses" => {
                             c.liveness_misses = p.value(it, |v| range(v, 1, 100))?
                         }
+                        "lan_proxy" => c.lan_proxy = p.value(it, parse_bool)?,
+                        "lan_interface" => c.lan_interfaces.push(p.list_value(it, parse_ifname)?),
+                        "bypass" => c.bypass.push(p.list_value(it, |v| v.parse())?),
+                        "bypass_port" => c
+                            .bypass_ports
+                            .push(p.list_value(it, |v| range(v, 1, 65535).map(|x| x as u16))?),
+                        "proxy_port" => {
+                            c.proxy_port = p.value(it, |v| range(v, 1, 65535).map(|x| x as u16))?
+                        }
+                        "max_conns_per_host" => {
+                            c.max_conns_per_host = p.value(it, |v| range(v, 1, 65_536))?
+                        }
                         _ => p.unknown(it),
                     }
                 }
@@ -493,6 +523,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             )),
         }
         let _ = &sec.name;
+    }
+    if cfg.client.lan_interfaces.is_empty() {
+        cfg.client.lan_interfaces.push("br-lan".into());
     }
     if !seen_main {
         cfg.warnings.push(format!(
@@ -667,6 +700,21 @@ fn parse_name(v: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+fn parse_ifname(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() < 16
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(format!(
+            "expected an interface name (1-15 of [A-Za-z0-9-_.@]), got '{}'",
+            show(v)
+        ))
+    }
+}
+
 fn parse_tunnel(v: &str) -> Result<TunnelKind, String> {
     match v {
         "nat" => Ok(TunnelKind::Nat),
@@ -747,6 +795,9 @@ config peer
             "config peer\n\toption name 'a'\n\toption address '1.2.3.4:1'\n\toption tunnel 'gre'\n",
             "config waypoint\n\tlist allow_destination '10.0.0.0/33'\n",
             "config waypoint\n\toption table 'Bad-Name'\n",
+            "config client\n\tlist lan_interface 'br lan'\n",
+            "config client\n\tlist bypass_port '0'\n",
+            "config client\n\toption proxy_port '70000'\n",
             "config dcol\n\tlist revoked 'xyz'\n",
             "config dcol\n\toption log_level 'loud'\n",
             "config client\n\toption renew_interval_s '0'\n",
@@ -765,6 +816,16 @@ config peer
         assert!(!c.client.enabled && !c.waypoint.enabled);
         let c = p("config waypoint\n\tlist listen '0.0.0.0:1'\n\tlist listen '[::]:1'\n").unwrap();
         assert_eq!(c.waypoint.listen.len(), 2);
+        assert_eq!(
+            c.client.lan_interfaces,
+            vec!["br-lan".to_string()],
+            "default LAN interface"
+        );
+        let c = p("config client\n\toption lan_proxy '1'\n\tlist lan_interface 'l1a'\n\tlist bypass '10.9.0.0/16'\n\tlist bypass_port '22'\n").unwrap();
+        assert!(c.client.lan_proxy);
+        assert_eq!(c.client.lan_interfaces, vec!["l1a".to_string()]);
+        assert_eq!(c.client.bypass_ports, vec![22]);
+        assert_eq!(c.client.bypass[0].to_string(), "10.9.0.0/16");
         assert_eq!(
             words(r#"option a "x \"y\" z" # c"#).unwrap(),
             vec!["option", "a", "x \"y\" z"]

@@ -230,7 +230,7 @@ pub fn table_exists(name: &str) -> Result<bool, SysError> {
     table_exists_on(&mut sock, name)
 }
 
-fn table_exists_on(sock: &mut NlSocket, name: &str) -> Result<bool, SysError> {
+pub(crate) fn table_exists_on(sock: &mut NlSocket, name: &str) -> Result<bool, SysError> {
     let op = "nft get table";
     let mut m = MsgBuilder::new(nft_type(NFT_MSG_GETTABLE), 0);
     m.push_header(&nfgenmsg(NFPROTO_INET, 0));
@@ -242,7 +242,7 @@ fn table_exists_on(sock: &mut NlSocket, name: &str) -> Result<bool, SysError> {
     }
 }
 
-fn delete_table(sock: &mut NlSocket, name: &str) -> Result<(), SysError> {
+pub(crate) fn delete_table(sock: &mut NlSocket, name: &str) -> Result<(), SysError> {
     let op = "nft delete table";
     let mut m = MsgBuilder::new(nft_type(NFT_MSG_DELTABLE), 0);
     m.push_header(&nfgenmsg(NFPROTO_INET, 0));
@@ -336,7 +336,7 @@ pub fn ruleset(name: &str, ports: (u16, u16)) -> String {
     )
 }
 
-fn run_nft(script: &str) -> Result<(), SysError> {
+pub(crate) fn run_nft(script: &str) -> Result<(), SysError> {
     let op = "nft -f -";
     let mut child = Command::new("nft")
         .args(["-f", "-"])
@@ -386,6 +386,43 @@ fn parse_concat(b: &[u8], v6: bool) -> Option<(IpAddr, u16)> {
     }
     Some((ip, u16::from_be_bytes([rest[0], rest[1]])))
 }
+
+/// Builds a NEWSETELEM (with `timeout`) or DELSETELEM message for one key of a
+/// plain set (no data) `set` in table `inet <table>`.
+pub(crate) fn set_key_msg(
+    msg_add: bool,
+    table: &str,
+    set: &str,
+    key: &[u8],
+    timeout: Option<Duration>,
+) -> MsgBuilder {
+    let (msg, flags) = if msg_add {
+        (NFT_MSG_NEWSETELEM, NLM_F_CREATE)
+    } else {
+        (NFT_MSG_DELSETELEM, 0)
+    };
+    let mut m = MsgBuilder::new(nft_type(msg), flags);
+    m.push_header(&nfgenmsg(NFPROTO_INET, 0));
+    m.attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
+        .attr_str(NFTA_SET_ELEM_LIST_SET, set);
+    let list = m.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
+    let e = m.begin_nested(NFTA_LIST_ELEM);
+    let k = m.begin_nested(NFTA_SET_ELEM_KEY);
+    m.attr(NFTA_DATA_VALUE, key);
+    m.end_nested(k);
+    if let Some(t) = timeout.filter(|_| msg_add) {
+        m.attr_be64(
+            NFTA_SET_ELEM_TIMEOUT,
+            t.as_millis().clamp(1, u128::from(u64::MAX)) as u64,
+        );
+    }
+    m.end_nested(e);
+    m.end_nested(list);
+    m
+}
+
+/// The nf_tables netlink subsystem, for batches.
+pub(crate) const SUBSYS: u8 = NFNL_SUBSYS_NFTABLES;
 
 /// Builds a NEWSETELEM or DELSETELEM message for `el` in its family's map.
 /// Deletion carries only the key; `timeout` only matters for NEWSETELEM.
