@@ -15,12 +15,15 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::client::{self, Action, Client, PeerSpec, PmEvent};
-use crate::config::{Config, TunnelKind};
+use crate::config::{Config, DetourPolicy, TunnelKind};
 use crate::control::{self, ControlServer, Status};
+use crate::proxy::Gate;
 use crate::sys::conntrack;
+use crate::sys::lan::{self, InterceptSpec, LanIntercept};
 use crate::sys::mptcp_pm::{PmEvents, PmSocket};
 use crate::sys::nft::{NatElement, NatTable};
 use crate::sys::os::{self, Signals};
+use crate::sys::relay::{Relay, RelayEvent, RelaySettings};
 use crate::sys::sysctl::{self, SysctlGuard};
 use crate::sys::SysError;
 use crate::trust::{self, files, Certificate, Revocations, SecretKey};
@@ -164,7 +167,20 @@ struct ClientRole {
     sock6: Option<UdpSocket>,
     tunnels: Vec<TunnelKind>,
     log: LogLimit,
+    lan: Option<LanRole>,
 }
+
+/// The transparent proxy for LAN devices: the relay and the interception
+/// rules that feed it (on only while heartbeats keep coming).
+struct LanRole {
+    relay: Relay,
+    intercept: Option<LanIntercept>,
+    next_beat: Instant,
+    policy: DetourPolicy,
+}
+
+/// Name of the interception table (`inet dcol_lan`).
+pub const LAN_TABLE: &str = "dcol_lan";
 
 /// The running daemon.
 pub struct Daemon {
@@ -226,6 +242,9 @@ impl Daemon {
             let now = Instant::now();
             let mut fds = vec![self.signals.fd(), self.control.listener().as_raw_fd()];
             if let Some(c) = &self.client {
+                if let Some(l) = &c.lan {
+                    fds.push(l.relay.fd());
+                }
                 fds.push(c.events.fd());
                 fds.push(c.sock4.as_raw_fd());
                 if let Some(s) = &c.sock6 {
@@ -237,6 +256,10 @@ impl Daemon {
             }
             let deadline = [
                 self.client.as_ref().and_then(|c| c.core.next_timeout()),
+                self.client
+                    .as_ref()
+                    .and_then(|c| c.lan.as_ref())
+                    .map(|l| l.relay.next_timeout().min(l.next_beat)),
                 self.waypoint.as_ref().and_then(|w| w.core.next_timeout()),
             ]
             .into_iter()
@@ -269,6 +292,16 @@ impl Daemon {
 
     fn shutdown(&mut self) {
         if let Some(mut c) = self.client.take() {
+            if let Some(mut l) = c.lan.take() {
+                // Interception off first: new LAN connections go direct.
+                if let Some(i) = l.intercept.take() {
+                    if let Err(e) = i.destroy() {
+                        log::error!("removing the LAN interception table: {e}");
+                    }
+                }
+                let n = l.relay.close_all().len();
+                log::info!("lan proxy stopped ({n} MPTCP connections reset)");
+            }
             let (now, wall) = (Instant::now(), wall_ms());
             for a in c.core.shutdown(now, wall) {
                 c.act(a);
@@ -415,6 +448,11 @@ fn start_client(
         renew_interval: Duration::from_secs(u64::from(c.renew_interval_s)),
         liveness_misses: c.liveness_misses,
         holddown: Duration::from_secs(30),
+        own_connections: if c.detour_policy == DetourPolicy::None {
+            Gate::Shut("detour_policy 'none'")
+        } else {
+            Gate::Open
+        },
     };
     let mut prefix = [0u8; 8];
     random_bytes(&mut prefix).map_err(io_err("/dev/urandom"))?;
@@ -432,6 +470,11 @@ fn start_client(
         tunnels.len(),
         c.max_detours
     );
+    let lan = if c.lan_proxy {
+        Some(start_lan(cfg)?)
+    } else {
+        None
+    };
     Ok(ClientRole {
         core,
         events,
@@ -440,6 +483,43 @@ fn start_client(
         sock6,
         tunnels,
         log: LogLimit::new(20),
+        lan,
+    })
+}
+
+/// Starts the relay, then switches interception on (relay first: a redirected
+/// connection must find a listener).
+fn start_lan(cfg: &Config) -> Result<LanRole, DaemonError> {
+    let c = &cfg.client;
+    let relay = Relay::open(RelaySettings {
+        port: c.proxy_port,
+        max_per_host: c.max_conns_per_host,
+        idle: Duration::from_secs(u64::from(c.proxy_idle_timeout_s)),
+        policy: c.detour_policy,
+    })?;
+    let spec = InterceptSpec {
+        interfaces: c.lan_interfaces.clone(),
+        port: c.proxy_port,
+        bypass: c.bypass.clone(),
+        bypass_ports: c.bypass_ports.clone(),
+    };
+    let mut intercept = LanIntercept::create(LAN_TABLE, &spec)?;
+    if let Err(e) = intercept.heartbeat() {
+        let _ = intercept.destroy();
+        return Err(e.into());
+    }
+    log::info!(
+        "lan proxy: TCP from {} redirected to port {} (detour policy {}; off within {} s if dcol dies)",
+        c.lan_interfaces.join(", "),
+        c.proxy_port,
+        c.detour_policy.name(),
+        lan::ALIVE_TTL.as_secs()
+    );
+    Ok(LanRole {
+        relay,
+        intercept: Some(intercept),
+        next_beat: Instant::now() + lan::HEARTBEAT,
+        policy: c.detour_policy,
     })
 }
 
@@ -449,8 +529,48 @@ fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
 }
 
 impl ClientRole {
+    /// The LAN relay's work; its events reach the core before any path-manager
+    /// event about the same connection can.
+    fn step_lan(&mut self, now: Instant, wall: u64) {
+        let Some(l) = self.lan.as_mut() else { return };
+        if now >= l.next_beat {
+            l.next_beat = now + lan::HEARTBEAT;
+            if let Some(i) = l.intercept.as_mut() {
+                if let Err(e) = i.heartbeat() {
+                    log::warn!("lan proxy heartbeat (interception lapses without it): {e}");
+                }
+            }
+        }
+        for e in l.relay.step(now) {
+            match e {
+                RelayEvent::Opened {
+                    local,
+                    lan,
+                    server,
+                    gate,
+                } => {
+                    log::debug!(
+                        "lan proxy: {lan} -> {server} proxied from {local}, detours {}",
+                        gate.describe()
+                    );
+                    self.core.proxy_opened(local, lan, gate);
+                }
+                RelayEvent::Connected { local, token } => {
+                    log::debug!("lan proxy: connection from {local} is MPTCP {token:#010x}");
+                }
+                RelayEvent::Gate { local, gate } => {
+                    for a in self.core.proxy_gate(now, wall, local, gate) {
+                        self.act(a);
+                    }
+                }
+                RelayEvent::Closed { local } => self.core.proxy_closed(local),
+            }
+        }
+    }
+
     fn step(&mut self) {
         let (now, wall) = (Instant::now(), wall_ms());
+        self.step_lan(now, wall);
         match self.events.read() {
             Ok(evs) => {
                 for ev in evs {
@@ -510,13 +630,13 @@ impl ClientRole {
 
     fn act(&mut self, a: Action) {
         match a {
-            Action::Send { to, bytes } => {
+            Action::Send { from, to, bytes } => {
                 let sock = if to.is_ipv4() {
                     Some(&self.sock4)
                 } else {
                     self.sock6.as_ref()
                 };
-                match sock.map(|s| s.send_to(&bytes, to)) {
+                match sock.map(|s| os::send_from(s, &bytes, to, from)) {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => log::debug!("client: send to {to}: {e}"),
                     None => log::debug!("client: no IPv6 socket for {to}"),
@@ -766,6 +886,8 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
                     "connecting"
                 }
                 .into(),
+                lan_client: conn.lan.map(|l| l.to_string()),
+                detour_gate: conn.gate.describe().to_owned(),
                 subflows,
             }
         })
@@ -783,7 +905,15 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
             rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1000.0),
         })
         .collect();
-    control::ClientStatus { connections, peers }
+    let lan_proxy = c.lan.as_ref().map(|l| control::LanProxyStatus {
+        counters: l.relay.stats(),
+        detour_policy: l.policy.name().to_owned(),
+    });
+    control::ClientStatus {
+        connections,
+        peers,
+        lan_proxy,
+    }
 }
 
 fn tunnel_name(t: TunnelKind) -> &'static str {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod proto;
+pub mod proxy;
 pub mod sys;
 #[cfg(test)]
 mod testutil;

@@ -1,6 +1,6 @@
 // Needs: root, network namespaces, kernel MPTCP (userspace path manager), nftables
 // with NAT and maps, conntrack, tbf; programs ip, tc, nft, ethtool, iperf3,
-// mptcpize (package mptcpd). tests/setup.sh installs them.
+// mptcpize (package mptcpize). tests/setup.sh installs them.
 //
 //! The detour path end to end: a DCol waypoint (NAT tunnel) and a DCol client in
 //! the paper's topology, an unmodified MPTCP server (`mptcpize run iperf3 -s`) and

@@ -1,6 +1,6 @@
 // Needs: root, network namespaces, kernel MPTCP (userspace path manager), nftables
 // with NAT and maps, conntrack, tbf; programs ip, tc, nft, conntrack, ethtool,
-// iperf3, mptcpize (package mptcpd). tests/setup.sh installs them.
+// iperf3, mptcpize (package mptcpize). tests/setup.sh installs them.
 //
 //! Faults: the waypoint vanishing mid-transfer, and `kill -9` of the waypoint
 //! daemon followed by a restart (crash reconciliation).

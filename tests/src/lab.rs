@@ -103,6 +103,23 @@ impl Lab {
         )
     }
 
+    /// Starts the client daemon on the client's router (`rc`) as a transparent
+    /// proxy for the client host behind it (LAN interface `l1a`); the client
+    /// host then runs unmodified programs. `extra` goes into the client section.
+    pub fn start_router_client(&mut self, extra: &str) {
+        let cfg = self.client_config(&format!(
+            "\toption lan_proxy '1'\n\tlist lan_interface 'l1a'\n{extra}"
+        ));
+        let d = Daemon::start(
+            &self.ns(Node::Rc),
+            self.scratch.path(),
+            "cl",
+            &cfg,
+            &self.sock("cl"),
+        );
+        self.client = Some(d);
+    }
+
     /// Starts the waypoint daemon in its namespace.
     pub fn start_waypoint(&mut self) {
         let cfg = self.waypoint_config("");

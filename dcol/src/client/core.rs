@@ -19,6 +19,7 @@ use super::{PmEvent, SubflowInfo, Token};
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind,
 };
+use crate::proxy::Gate;
 use crate::trust::{Certificate, PublicKey, Revocations, Roles, SecretKey};
 
 /// The local address id we use for detour subflows (RFC 8684 §3.2: id 0 is the
@@ -45,6 +46,9 @@ const ECONNRESET: u32 = 104;
 pub enum Action {
     /// Send a signaling datagram.
     Send {
+        /// Source address: the connection's own, which its detour subflows
+        /// will use too (the waypoint maps the address it sees).
+        from: IpAddr,
         /// Waypoint address.
         to: SocketAddr,
         /// Encoded request.
@@ -94,6 +98,10 @@ pub struct Settings {
     pub liveness_misses: u32,
     /// How long an unreachable waypoint is skipped for new connections.
     pub holddown: Duration,
+    /// The detour gate of connections the LAN proxy did not open (programs on
+    /// this host): their bytes are not inspected, so they are detoured unless
+    /// the policy is `none`.
+    pub own_connections: Gate,
 }
 
 /// Where a detour stands.
@@ -170,6 +178,10 @@ pub struct Conn {
     retries: u32,
     /// Its detours.
     pub detours: Vec<Detour>,
+    /// The LAN host this connection carries, when the LAN proxy opened it.
+    pub lan: Option<SocketAddr>,
+    /// Whether it may have detours (the LAN proxy's detour policy).
+    pub gate: Gate,
 }
 
 #[derive(Debug)]
@@ -197,6 +209,7 @@ struct Pending {
     token: Token,
     detour: usize,
     kind: RequestKind,
+    from: IpAddr,
     to: SocketAddr,
     bytes: Vec<u8>,
     sent_at: Instant,
@@ -215,6 +228,9 @@ pub struct Client {
     revocations: Revocations,
     peers: Vec<Peer>,
     conns: BTreeMap<Token, Conn>,
+    /// Connections the LAN proxy opened, by upstream local address: the LAN
+    /// host and the detour gate.
+    proxied: HashMap<SocketAddr, (SocketAddr, Gate)>,
     pending: HashMap<Nonce, Pending>,
     nonce_prefix: [u8; 8],
     nonce_counter: u64,
@@ -248,6 +264,7 @@ impl Client {
             revocations,
             peers,
             conns: BTreeMap::new(),
+            proxied: HashMap::new(),
             pending: HashMap::new(),
             nonce_prefix,
             nonce_counter: 0,
@@ -263,16 +280,9 @@ impl Client {
                 remote,
                 server_side,
             } => {
-                if !server_side {
-                    self.conns.entry(token).or_insert_with(|| Conn {
-                        token,
-                        local,
-                        remote,
-                        established_at: None,
-                        join_refused: false,
-                        retries: 0,
-                        detours: Vec::new(),
-                    });
+                if !server_side && !self.conns.contains_key(&token) {
+                    let conn = self.new_conn(token, local, remote);
+                    self.conns.insert(token, conn);
                 }
                 Vec::new()
             }
@@ -287,15 +297,11 @@ impl Client {
                 }
                 // CREATED may have been lost (event queue overflow): ESTABLISHED
                 // carries everything we need.
-                let conn = self.conns.entry(token).or_insert_with(|| Conn {
-                    token,
-                    local,
-                    remote,
-                    established_at: None,
-                    join_refused: false,
-                    retries: 0,
-                    detours: Vec::new(),
-                });
+                if !self.conns.contains_key(&token) {
+                    let conn = self.new_conn(token, local, remote);
+                    self.conns.insert(token, conn);
+                }
+                let conn = self.conns.get_mut(&token).expect("inserted above");
                 if conn.established_at.is_some() {
                     return Vec::new();
                 }
@@ -313,6 +319,67 @@ impl Client {
                 error,
             } => self.sub_closed(now, wall_ms, token, &subflow, error),
             PmEvent::SubPriority { .. } | PmEvent::Other { .. } => Vec::new(),
+        }
+    }
+
+    /// The LAN proxy is opening an upstream connection from `local` for the
+    /// LAN host `lan`; `gate` says whether it may have detours yet. Call before
+    /// the path manager's events for it are handled.
+    pub fn proxy_opened(&mut self, local: SocketAddr, lan: SocketAddr, gate: Gate) {
+        self.proxied.insert(local, (lan, gate));
+    }
+
+    /// The detour gate of the proxied connection from `local` changed; an
+    /// opened gate of an established connection asks for its detours now.
+    pub fn proxy_gate(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        local: SocketAddr,
+        gate: Gate,
+    ) -> Vec<Action> {
+        if let Some(p) = self.proxied.get_mut(&local) {
+            p.1 = gate;
+        }
+        let Some(conn) = self.conns.values_mut().find(|c| c.local == local) else {
+            return Vec::new();
+        };
+        conn.gate = gate;
+        if gate == Gate::Open && conn.established_at.is_some() {
+            let token = conn.token;
+            return self.add_detours(now, wall_ms, token);
+        }
+        Vec::new()
+    }
+
+    /// The proxied connection from `local` is gone.
+    pub fn proxy_closed(&mut self, local: SocketAddr) {
+        self.proxied.remove(&local);
+    }
+
+    /// The token of the connection from `local`, if the kernel announced it.
+    pub fn token_of(&self, local: SocketAddr) -> Option<Token> {
+        self.conns
+            .values()
+            .find(|c| c.local == local)
+            .map(|c| c.token)
+    }
+
+    fn new_conn(&self, token: Token, local: SocketAddr, remote: SocketAddr) -> Conn {
+        let (lan, gate) = match self.proxied.get(&local) {
+            Some(&(lan, gate)) => (Some(lan), gate),
+            None => (None, self.settings.own_connections),
+        };
+        Conn {
+            token,
+            local,
+            remote,
+            established_at: None,
+            join_refused: false,
+            retries: 0,
+            detours: Vec::new(),
+            lan,
+            gate,
         }
     }
 
@@ -470,6 +537,7 @@ impl Client {
                     self.settings.request_timeout * 2u32.saturating_pow(p.attempts.min(16));
                 p.next_at = now + backoff;
                 out.push(Action::Send {
+                    from: p.from,
                     to: p.to,
                     bytes: p.bytes.clone(),
                 });
@@ -575,7 +643,7 @@ impl Client {
         let Some(conn) = self.conns.get(&token) else {
             return Vec::new();
         };
-        if conn.join_refused || conn.remote.ip().is_loopback() {
+        if conn.join_refused || conn.remote.ip().is_loopback() || conn.gate != Gate::Open {
             return Vec::new();
         }
         let live = conn.detours.iter().filter(|d| d.live()).count();
@@ -655,11 +723,10 @@ impl Client {
         retries: u32,
         timeout: Duration,
     ) -> Vec<Action> {
-        let Some(peer) = self
+        let Some((peer, from)) = self
             .conns
             .get(&token)
-            .and_then(|c| c.detours.get(detour))
-            .map(|d| d.peer)
+            .and_then(|c| Some((c.detours.get(detour)?.peer, c.local.ip())))
         else {
             return Vec::new();
         };
@@ -679,6 +746,7 @@ impl Client {
                 token,
                 detour,
                 kind,
+                from,
                 to,
                 bytes: bytes.clone(),
                 sent_at: now,
@@ -687,7 +755,7 @@ impl Client {
                 max_attempts: retries,
             },
         );
-        vec![Action::Send { to, bytes }]
+        vec![Action::Send { from, to, bytes }]
     }
 
     fn unanswered(&mut self, now: Instant, p: Pending) -> Vec<Action> {
@@ -926,6 +994,7 @@ mod tests {
             renew_interval: Duration::from_secs(1),
             liveness_misses: 3,
             holddown: Duration::from_secs(30),
+            own_connections: Gate::Open,
         }
     }
 
@@ -985,8 +1054,9 @@ mod tests {
             let mut queue = actions;
             while let Some(a) = queue.pop() {
                 match a {
-                    Action::Send { to, bytes } => {
+                    Action::Send { from, to, bytes } => {
                         assert_eq!(to, WP.parse().unwrap());
+                        assert_eq!(from, CLIENT_IP.parse::<IpAddr>().unwrap());
                         if self.drop_next > 0 {
                             self.drop_next -= 1;
                             continue;

@@ -122,6 +122,32 @@ pub enum TunnelKind {
     Vpn,
 }
 
+/// Which proxied LAN connections may get detours (`option detour_policy`).
+///
+/// Waypoints must never see a TLS handshake in the clear (the paper's rule):
+/// the default detours a TLS connection only once its handshake has passed
+/// over the direct path, and never a plaintext one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetourPolicy {
+    /// `tls-after-handshake` (default).
+    TlsAfterHandshake,
+    /// `all`: every proxied connection, from its first byte.
+    All,
+    /// `none`: no proxied connection gets a detour.
+    None,
+}
+
+impl DetourPolicy {
+    /// The UCI spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            DetourPolicy::TlsAfterHandshake => "tls-after-handshake",
+            DetourPolicy::All => "all",
+            DetourPolicy::None => "none",
+        }
+    }
+}
+
 /// `config dcol 'main'`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MainConfig {
@@ -168,6 +194,10 @@ pub struct ClientConfig {
     pub proxy_port: u16,
     /// Concurrent proxied connections one LAN host may have.
     pub max_conns_per_host: u32,
+    /// Which proxied connections may be detoured.
+    pub detour_policy: DetourPolicy,
+    /// A proxied connection with no bytes either way for this long is closed, s.
+    pub proxy_idle_timeout_s: u32,
 }
 
 /// `config waypoint 'waypoint'`.
@@ -242,6 +272,8 @@ impl Default for Config {
                 bypass_ports: Vec::new(),
                 proxy_port: 7448,
                 max_conns_per_host: 512,
+                detour_policy: DetourPolicy::TlsAfterHandshake,
+                proxy_idle_timeout_s: 3600,
             },
             waypoint: WaypointConfig {
                 enabled: false,
@@ -461,6 +493,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         }
                         "max_conns_per_host" => {
                             c.max_conns_per_host = p.value(it, |v| range(v, 1, 65_536))?
+                        }
+                        "detour_policy" => c.detour_policy = p.value(it, parse_policy)?,
+                        "proxy_idle_timeout_s" => {
+                            c.proxy_idle_timeout_s = p.value(it, |v| range(v, 1, 86_400 * 7))?
                         }
                         _ => p.unknown(it),
                     }
@@ -723,6 +759,18 @@ fn parse_tunnel(v: &str) -> Result<TunnelKind, String> {
     }
 }
 
+fn parse_policy(v: &str) -> Result<DetourPolicy, String> {
+    match v {
+        "tls-after-handshake" => Ok(DetourPolicy::TlsAfterHandshake),
+        "all" => Ok(DetourPolicy::All),
+        "none" => Ok(DetourPolicy::None),
+        _ => Err(format!(
+            "expected 'tls-after-handshake', 'all' or 'none', got '{}'",
+            show(v)
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,6 +846,8 @@ config peer
             "config client\n\tlist lan_interface 'br lan'\n",
             "config client\n\tlist bypass_port '0'\n",
             "config client\n\toption proxy_port '70000'\n",
+            "config client\n\toption detour_policy 'some'\n",
+            "config client\n\toption proxy_idle_timeout_s '0'\n",
             "config dcol\n\tlist revoked 'xyz'\n",
             "config dcol\n\toption log_level 'loud'\n",
             "config client\n\toption renew_interval_s '0'\n",

@@ -13,8 +13,8 @@ use std::time::Duration;
 mod status;
 
 pub use status::{
-    ClientStatus, ConnectionStatus, GrantStatus, MemberStatus, PeerStatus, Status, SubflowStatus,
-    WaypointStatus,
+    ClientStatus, ConnectionStatus, GrantStatus, LanProxyStatus, MemberStatus, PeerStatus, Status,
+    SubflowStatus, WaypointStatus,
 };
 
 /// Errors of the control socket.

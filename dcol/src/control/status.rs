@@ -12,7 +12,8 @@
 //!   "client": {
 //!     "connections": [
 //!       { "token": "0x1a2b3c4d", "local": "10.0.1.1:51234", "remote": "10.0.3.2:5201",
-//!         "state": "established",
+//!         "state": "established", "lan_client": "192.168.1.20:40312",
+//!         "detour_gate": "open",
 //!         "subflows": [
 //!           { "path": "direct", "waypoint": null, "tunnel": null,
 //!             "local": "10.0.1.1:51234", "remote": "10.0.3.2:5201",
@@ -21,7 +22,11 @@
 //!             "local": "10.0.1.1:40123", "remote": "10.0.6.2:40000",
 //!             "state": "established", "detail": null, "setup_ms": 3 } ] } ],
 //!     "peers": [ { "name": "alice", "address": "10.0.6.2:7447", "tunnel": "nat",
-//!                  "up": true, "rtt_ms": 1.2 } ]
+//!                  "up": true, "rtt_ms": 1.2 } ],
+//!     "lan_proxy": { "active": 3, "accepted": 120, "refused_limit": 0, "refused_direct": 0,
+//!                    "connect_failed": 1, "plain_tcp": 4, "fell_back": 1, "resets": 2,
+//!                    "bytes_up": 48213, "bytes_down": 90312744, "fallback_cached": 1,
+//!                    "detour_policy": "tls-after-handshake" }
 //!   },
 //!   "waypoint": {
 //!     "listen": ["0.0.0.0:7447"],
@@ -33,6 +38,11 @@
 //! }
 //! ```
 //!
+//! `lan_client` is the LAN device a proxied connection carries (`null` for
+//! connections of programs on the router itself); `detour_gate` is `open`,
+//! `waiting for the TLS handshake`, or why the connection gets no detours
+//! (`plaintext`, `detour_policy 'none'`, ...). `lan_proxy` is `null` when the
+//! transparent proxy is off; its counters count since the daemon started.
 //! Subflow `state` is one of `requesting`, `connecting`, `established`, `failed`
 //! (then `detail` says why). Addresses are strings in Rust's `SocketAddr` format
 //! (`[v6]:port` for IPv6). New fields may be added; existing ones keep their meaning.
@@ -78,6 +88,19 @@ pub struct ClientStatus {
     pub connections: Vec<ConnectionStatus>,
     /// Configured waypoints.
     pub peers: Vec<PeerStatus>,
+    /// The transparent LAN proxy, when on.
+    #[serde(default)]
+    pub lan_proxy: Option<LanProxyStatus>,
+}
+
+/// The transparent LAN proxy: its counters and policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LanProxyStatus {
+    /// Counters since start (flattened into this object).
+    #[serde(flatten)]
+    pub counters: crate::proxy::Counters,
+    /// `tls-after-handshake`, `all` or `none`.
+    pub detour_policy: String,
 }
 
 /// One MPTCP connection.
@@ -91,6 +114,12 @@ pub struct ConnectionStatus {
     pub remote: String,
     /// `connecting` until MPTCP ESTABLISHED, then `established`.
     pub state: String,
+    /// The LAN device this connection carries (proxied connections only).
+    #[serde(default)]
+    pub lan_client: Option<String>,
+    /// `open`, or why detours wait or are never added.
+    #[serde(default)]
+    pub detour_gate: String,
     /// The direct subflow first, then detours.
     pub subflows: Vec<SubflowStatus>,
 }

@@ -25,9 +25,9 @@ use crate::config::Cidr;
 pub const ALIVE_TTL: Duration = Duration::from_secs(2);
 /// How often the daemon should call [`LanIntercept::heartbeat`].
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
-/// `IPPROTO_TCP` as the key of the `alive` set (type `inet_proto`: one byte,
-/// padded to a 4-byte register).
-const ALIVE_KEY: [u8; 4] = [6, 0, 0, 0];
+/// `IPPROTO_TCP` as the key of the `alive` set (type `inet_proto`: one byte;
+/// the kernel wants exactly the set's key length).
+const ALIVE_KEY: [u8; 1] = [6];
 
 /// What to intercept.
 #[derive(Debug, Clone)]

@@ -9,6 +9,8 @@ pub mod mptcp_pm;
 pub mod netlink;
 pub mod nft;
 pub mod os;
+pub mod relay;
+pub mod sock;
 pub mod sysctl;
 
 /// Errors of the kernel glue: the operation that failed and why.

@@ -172,47 +172,100 @@ pub fn bind_udp(addr: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 fn bind(sock: &std::net::UdpSocket, addr: std::net::SocketAddr) -> io::Result<()> {
-    let r = match addr {
-        std::net::SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sin is a valid sockaddr_in of the size passed.
-            unsafe {
-                libc::bind(
-                    sock.as_raw_fd(),
-                    (&sin as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            }
-        }
-        std::net::SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sin6 is a valid sockaddr_in6 of the size passed.
-            unsafe {
-                libc::bind(
-                    sock.as_raw_fd(),
-                    (&sin6 as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                )
-            }
-        }
+    let (ss, len) = super::sock::raw_addr(&addr);
+    // SAFETY: ss holds a sockaddr of length len.
+    let r = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
     };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Sends `buf` to `to` from the local address `from` (`IP_PKTINFO` /
+/// `IPV6_PKTINFO`), so that the peer sees the address we choose rather than
+/// the one routing would pick. On a router with several interfaces the
+/// waypoint must see the address the detour subflows will come from.
+pub fn send_from(
+    sock: &std::net::UdpSocket,
+    buf: &[u8],
+    to: std::net::SocketAddr,
+    from: IpAddr,
+) -> io::Result<usize> {
+    use std::mem::{size_of, zeroed};
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // Room for one cmsg of either pktinfo kind, u64-aligned.
+    let mut cbuf = [0u64; 8];
+    // SAFETY: all of these are plain data; zero is a valid value for each.
+    let (mut sin, mut sin6): (libc::sockaddr_in, libc::sockaddr_in6) =
+        unsafe { (zeroed(), zeroed()) };
+    // SAFETY: msghdr is plain data.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    let (level, ty, data_len) = match (to, from) {
+        (std::net::SocketAddr::V4(t), IpAddr::V4(_)) => {
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = t.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*t.ip()).to_be();
+            msg.msg_name = (&mut sin as *mut libc::sockaddr_in).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            (
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                size_of::<libc::in_pktinfo>(),
+            )
+        }
+        (std::net::SocketAddr::V6(t), IpAddr::V6(_)) => {
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = t.port().to_be();
+            sin6.sin6_addr.s6_addr = t.ip().octets();
+            sin6.sin6_scope_id = t.scope_id();
+            msg.msg_name = (&mut sin6 as *mut libc::sockaddr_in6).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_PKTINFO,
+                size_of::<libc::in6_pktinfo>(),
+            )
+        }
+        _ => return sock.send_to(buf, to),
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(data_len as u32) } as _;
+    // SAFETY: msg_control points to cbuf, large enough for one cmsg of
+    // data_len bytes (64 bytes >= CMSG_SPACE(20)); CMSG_FIRSTHDR/CMSG_DATA
+    // stay inside it; the pktinfo structs are written unaligned-safely.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = ty;
+        (*c).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
+        match from {
+            IpAddr::V4(f) => {
+                let mut pi: libc::in_pktinfo = zeroed();
+                pi.ipi_spec_dst.s_addr = u32::from(f).to_be();
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>(), pi);
+            }
+            IpAddr::V6(f) => {
+                let mut pi: libc::in6_pktinfo = zeroed();
+                pi.ipi6_addr.s6_addr = f.octets();
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>(), pi);
+            }
+        }
+        let n = libc::sendmsg(sock.as_raw_fd(), &msg, 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
 }

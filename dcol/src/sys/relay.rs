@@ -1,0 +1,768 @@
+//! The transparent relay for LAN devices: accepts the TCP connections that
+//! [`super::lan`] REDIRECTs to it, opens each one upstream to its original
+//! destination as MPTCP (plain TCP where the server is known not to speak it),
+//! and moves the bytes with `splice(2)` through one pipe per direction, on one
+//! edge-triggered epoll set. No thread per connection, no user-space copy of
+//! the payload — except the first client bytes of a connection whose detours
+//! wait for its TLS handshake ([`crate::proxy::Gate`]): those are read, their
+//! record headers followed, and written on.
+//!
+//! What it promises:
+//! - a half-close travels both ways (`shutdown(SHUT_WR)` when one side's EOF
+//!   has been relayed), a reset as a reset (`SO_LINGER` {1, 0} then close);
+//! - memory per connection is bounded by two pipes (64 KiB each by default)
+//!   plus the kernel's socket buffers; reading stops while a pipe is full;
+//! - a LAN host may hold at most `max_per_host` connections; more are reset
+//!   at once, other hosts are unaffected;
+//! - a connection idle for `idle` is reset on both sides;
+//! - the caller learns, through [`RelayEvent`]s, which upstream connection
+//!   (local address, then token) belongs to which LAN flow and when its detour
+//!   gate opens, before the path manager can report the connection.
+//!
+//! It does not touch nftables (that is [`super::lan`]) and never decides
+//! detours itself.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use super::sock::{self, ev, Epoll};
+use super::SysError;
+use crate::client::fallback::FallbackCache;
+use crate::config::DetourPolicy;
+use crate::proxy::tls::TlsWatch;
+use crate::proxy::{Counters, Gate};
+
+/// Most bytes one connection moves per turn before others get theirs.
+const TURN_BUDGET: usize = 512 * 1024;
+/// Largest read while following a TLS handshake.
+const INSPECT_CHUNK: usize = 16 * 1024;
+/// epoll data of the listeners: `LISTENER | index`.
+const LISTENER: u64 = 1 << 63;
+/// How long servers that fell back to TCP are remembered.
+const FALLBACK_TTL: Duration = Duration::from_secs(3600);
+/// How many such servers are remembered.
+const FALLBACK_CAP: usize = 4096;
+
+/// How the relay behaves.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Listening port (IPv4 and IPv6, every address).
+    pub port: u16,
+    /// Connections one LAN host may hold at once.
+    pub max_per_host: u32,
+    /// A connection with no bytes moving for this long is reset.
+    pub idle: Duration,
+    /// Which connections may get detours.
+    pub policy: DetourPolicy,
+}
+
+/// What the relay tells the path manager's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// An upstream MPTCP connection is starting from `local` on behalf of
+    /// `lan`. Reported before the kernel can announce the connection.
+    Opened {
+        /// Upstream local address (the initial subflow's).
+        local: SocketAddr,
+        /// The LAN host's address and port.
+        lan: SocketAddr,
+        /// Where the LAN host was going.
+        server: SocketAddr,
+        /// Whether detours are allowed yet.
+        gate: Gate,
+    },
+    /// The upstream connection is established as MPTCP with this token.
+    Connected {
+        /// Upstream local address.
+        local: SocketAddr,
+        /// The connection's MPTCP token.
+        token: u32,
+    },
+    /// The detour gate changed (the TLS handshake passed, or the flow turned
+    /// out to be plaintext).
+    Gate {
+        /// Upstream local address.
+        local: SocketAddr,
+        /// The new gate.
+        gate: Gate,
+    },
+    /// The connection is gone.
+    Closed {
+        /// Upstream local address.
+        local: SocketAddr,
+    },
+}
+
+/// One direction of a connection: source socket → pipe → destination socket.
+#[derive(Debug)]
+struct Dir {
+    /// Read end, write end.
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    cap: usize,
+    /// Bytes in the pipe.
+    filled: usize,
+    /// The source said EOF.
+    eof: bool,
+    /// The EOF has been passed on (`shutdown(SHUT_WR)` on the destination).
+    shut: bool,
+    bytes: u64,
+}
+
+impl Dir {
+    fn new() -> Dir {
+        Dir {
+            pipe: None,
+            cap: 0,
+            filled: 0,
+            eof: false,
+            shut: false,
+            bytes: 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.eof && self.filled == 0 && self.shut
+    }
+}
+
+/// Which socket of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Lan,
+    Up,
+}
+
+#[derive(Debug)]
+struct Conn {
+    lan: OwnedFd,
+    up: OwnedFd,
+    lan_peer: SocketAddr,
+    server: SocketAddr,
+    local: SocketAddr,
+    mptcp: bool,
+    connected: bool,
+    gate: Gate,
+    /// Following the client's TLS records (policy `tls-after-handshake`).
+    watch: Option<TlsWatch>,
+    /// The gate to announce once `pending` is written.
+    next_gate: Gate,
+    /// Client bytes read while inspecting, not yet written upstream.
+    pending: Vec<u8>,
+    /// LAN → upstream, upstream → LAN.
+    dirs: [Dir; 2],
+    last: Instant,
+}
+
+/// How a connection ends.
+enum End {
+    /// Both directions finished with FINs.
+    Done,
+    /// `side` failed (reset or error): reset the other side.
+    Failed(Side, io::Error),
+}
+
+#[derive(Debug)]
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+}
+
+/// The relay.
+#[derive(Debug)]
+pub struct Relay {
+    settings: RelaySettings,
+    epoll: Epoll,
+    listeners: Vec<(OwnedFd, bool)>,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    per_host: HashMap<IpAddr, u32>,
+    fallback: FallbackCache,
+    /// Connections that used their turn's budget and must be pumped again.
+    again: Vec<(usize, u32)>,
+    accept_retry: Option<Instant>,
+    next_scan: Instant,
+    stats: Counters,
+    scratch: Vec<u8>,
+    events: Vec<RelayEvent>,
+    /// Refusals logged in the current second (rate limit).
+    log_window: (Instant, u32),
+}
+
+fn ioerr(op: &'static str) -> impl FnOnce(io::Error) -> SysError {
+    move |e| SysError::io(op, e)
+}
+
+impl Relay {
+    /// Listens on `0.0.0.0:port` and, where the host has IPv6, `[::]:port`.
+    pub fn open(settings: RelaySettings) -> Result<Relay, SysError> {
+        match sock::raise_nofile() {
+            Ok(n) if n < 4096 => {
+                log::warn!("lan proxy: only {n} open files allowed; each connection needs up to 6")
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("lan proxy: cannot raise the open-file limit: {e}"),
+        }
+        let epoll = Epoll::new().map_err(ioerr("epoll_create"))?;
+        let mut listeners = Vec::new();
+        let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), settings.port);
+        listeners.push((
+            sock::tcp_listener(v4, 1024).map_err(ioerr("lan proxy: listen on IPv4"))?,
+            false,
+        ));
+        let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), settings.port);
+        match sock::tcp_listener(v6, 1024) {
+            Ok(l) => listeners.push((l, true)),
+            Err(e) => log::info!("lan proxy: no IPv6 listener ({e})"),
+        }
+        for (i, (l, _)) in listeners.iter().enumerate() {
+            epoll
+                .add(l, ev::IN | ev::ET, LISTENER | i as u64)
+                .map_err(ioerr("epoll_ctl"))?;
+        }
+        let now = Instant::now();
+        Ok(Relay {
+            next_scan: now + scan_interval(settings.idle),
+            settings,
+            epoll,
+            listeners,
+            slots: Vec::new(),
+            free: Vec::new(),
+            per_host: HashMap::new(),
+            fallback: FallbackCache::new(FALLBACK_TTL, FALLBACK_CAP),
+            again: Vec::new(),
+            accept_retry: None,
+            stats: Counters::default(),
+            scratch: vec![0; INSPECT_CHUNK],
+            events: Vec::new(),
+            log_window: (now, 0),
+        })
+    }
+
+    /// The descriptor to poll: readable when the relay has work.
+    pub fn fd(&self) -> RawFd {
+        self.epoll.fd()
+    }
+
+    /// When [`Relay::step`] must run even if [`Relay::fd`] stays quiet.
+    pub fn next_timeout(&self) -> Instant {
+        let mut t = self.next_scan;
+        if let Some(r) = self.accept_retry {
+            t = t.min(r);
+        }
+        if !self.again.is_empty() {
+            t = Instant::now();
+        }
+        t
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Counters {
+        let mut s = self.stats.clone();
+        s.fallback_cached = self.fallback.len() as u64;
+        s
+    }
+
+    /// Does all the work that is ready; returns what the path manager's side
+    /// must know.
+    pub fn step(&mut self, now: Instant) -> Vec<RelayEvent> {
+        let mut ready = Vec::new();
+        if let Err(e) = self.epoll.ready(&mut ready, 256) {
+            log::warn!("lan proxy: epoll_wait: {e}");
+        }
+        for (flags, data) in ready {
+            if data & LISTENER != 0 {
+                self.accept_all(now, (data & !LISTENER) as usize);
+                continue;
+            }
+            let (idx, gen, side) = untag(data);
+            self.on_ready(now, idx, gen, side, flags);
+        }
+        for (idx, gen) in std::mem::take(&mut self.again) {
+            self.pump(now, idx, gen);
+        }
+        if self.accept_retry.is_some_and(|t| t <= now) {
+            self.accept_retry = None;
+            for i in 0..self.listeners.len() {
+                self.accept_all(now, i);
+            }
+        }
+        if now >= self.next_scan {
+            self.next_scan = now + scan_interval(self.settings.idle);
+            self.close_idle(now);
+        }
+        std::mem::take(&mut self.events)
+    }
+
+    /// Resets every connection (daemon shutdown). The LAN hosts see a reset
+    /// and reconnect, by then without the proxy.
+    pub fn close_all(&mut self) -> Vec<RelayEvent> {
+        for idx in 0..self.slots.len() {
+            if let Some(c) = self.slots[idx].conn.as_ref() {
+                sock::set_reset_on_close(&c.lan);
+                sock::set_reset_on_close(&c.up);
+                self.remove(idx);
+            }
+        }
+        std::mem::take(&mut self.events)
+    }
+
+    fn refusal_logged(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.log_window.0) >= Duration::from_secs(1) {
+            self.log_window = (now, 0);
+        }
+        self.log_window.1 += 1;
+        self.log_window.1 <= 10
+    }
+
+    fn accept_all(&mut self, now: Instant, i: usize) {
+        loop {
+            let (l, v6) = &self.listeners[i];
+            let v6 = *v6;
+            match sock::accept(l) {
+                Ok(None) => return,
+                Ok(Some((fd, peer))) => self.admit(now, fd, peer, v6),
+                Err(e) => {
+                    // Out of descriptors, most likely: the waiting connections
+                    // stay queued; try again shortly (no new edge would come).
+                    if self.refusal_logged(now) {
+                        log::warn!("lan proxy: accept: {e}");
+                    }
+                    self.accept_retry = Some(now + Duration::from_millis(100));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, now: Instant, lan: OwnedFd, peer: SocketAddr, v6: bool) {
+        self.stats.accepted = self.stats.accepted.wrapping_add(1);
+        let server = match sock::original_dst(&lan, v6) {
+            Ok(d) if sock::local_addr(&lan).is_ok_and(|l| l != d) => d,
+            _ => {
+                // Addressed to the proxy port itself, not redirected: relaying
+                // it would loop.
+                self.stats.refused_direct += 1;
+                if self.refusal_logged(now) {
+                    log::warn!("lan proxy: {peer} connected to the proxy port directly; closed");
+                }
+                sock::set_reset_on_close(&lan);
+                return;
+            }
+        };
+        let count = self.per_host.entry(peer.ip()).or_insert(0);
+        if *count >= self.settings.max_per_host {
+            self.stats.refused_limit += 1;
+            let n = *count;
+            if self.refusal_logged(now) {
+                log::warn!(
+                    "lan proxy: refused {peer} -> {server}: the host has {n} connections open (max_conns_per_host)"
+                );
+            }
+            sock::set_reset_on_close(&lan);
+            return;
+        }
+        let plain = self.fallback.plain_tcp(now, server);
+        let (up, mptcp) = match sock::connect(server, !plain) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.connect_failed += 1;
+                log::debug!("lan proxy: {peer} -> {server}: connect: {e}");
+                sock::set_reset_on_close(&lan);
+                return;
+            }
+        };
+        let local = match sock::local_addr(&up) {
+            Ok(l) => l,
+            Err(e) => {
+                log::warn!("lan proxy: getsockname: {e}");
+                sock::set_reset_on_close(&lan);
+                return;
+            }
+        };
+        *count += 1;
+        if plain {
+            self.stats.plain_tcp += 1;
+            log::debug!("lan proxy: {peer} -> {server}: plain TCP (cached: no MPTCP there)");
+        } else {
+            log::debug!("lan proxy: {peer} -> {server}: proxied as MPTCP from {local}");
+        }
+        let gate = if mptcp {
+            Gate::initial(self.settings.policy)
+        } else {
+            Gate::Shut("plain TCP")
+        };
+        let conn = Conn {
+            lan,
+            up,
+            lan_peer: peer,
+            server,
+            local,
+            mptcp,
+            connected: false,
+            gate,
+            watch: (gate == Gate::Waiting).then(TlsWatch::default),
+            next_gate: gate,
+            pending: Vec::new(),
+            dirs: [Dir::new(), Dir::new()],
+            last: now,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, conn: None });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[idx];
+        slot.gen = slot.gen.wrapping_add(1) & 0x3fff_ffff;
+        let gen = slot.gen;
+        let flags = ev::IN | ev::OUT | ev::RDHUP | ev::ET;
+        let reg = self
+            .epoll
+            .add(&conn.lan, flags, tag(idx, gen, Side::Lan))
+            .and_then(|()| self.epoll.add(&conn.up, flags, tag(idx, gen, Side::Up)));
+        if mptcp {
+            self.events.push(RelayEvent::Opened {
+                local,
+                lan: peer,
+                server,
+                gate,
+            });
+        }
+        self.slots[idx].conn = Some(conn);
+        self.stats.active += 1;
+        if let Err(e) = reg {
+            log::warn!("lan proxy: epoll_ctl: {e}");
+            self.remove(idx);
+        }
+    }
+
+    fn on_ready(&mut self, now: Instant, idx: usize, gen: u32, side: Side, flags: u32) {
+        let Some(c) = self.conn_mut(idx, gen) else {
+            return;
+        };
+        if !c.connected {
+            if side == Side::Up && flags & (ev::OUT | ev::ERR | ev::HUP) != 0 {
+                self.finish_connect(now, idx, gen);
+            } else if side == Side::Lan && flags & (ev::ERR | ev::HUP) != 0 {
+                // The LAN host gave up before the server answered.
+                let c = self.slots[idx].conn.as_ref().expect("checked");
+                sock::set_reset_on_close(&c.up);
+                self.stats.resets += 1;
+                self.remove(idx);
+            }
+            return;
+        }
+        self.pump(now, idx, gen);
+    }
+
+    fn finish_connect(&mut self, now: Instant, idx: usize, gen: u32) {
+        let Some(c) = self.conn_mut(idx, gen) else {
+            return;
+        };
+        match sock::take_error(&c.up) {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.raw_os_error() == Some(libc::EINPROGRESS)
+                {
+                    return;
+                }
+                log::debug!("lan proxy: {} -> {}: {e}", c.lan_peer, c.server);
+                sock::set_reset_on_close(&c.lan);
+                self.stats.connect_failed += 1;
+                self.remove(idx);
+                return;
+            }
+        }
+        c.connected = true;
+        c.last = now;
+        if c.mptcp {
+            let (server, local) = (c.server, c.local);
+            match sock::mptcp_info(&c.up) {
+                Ok(info) if info.fallback => {
+                    log::info!(
+                        "lan proxy: {server} does not speak MPTCP; connections to it use plain TCP for the next {} min",
+                        FALLBACK_TTL.as_secs() / 60
+                    );
+                    self.stats.fell_back += 1;
+                    self.fallback.record_fallback(now, server);
+                }
+                Ok(info) => {
+                    self.fallback.record_mptcp(server);
+                    self.events.push(RelayEvent::Connected {
+                        local,
+                        token: info.token,
+                    });
+                }
+                Err(e) => log::debug!("lan proxy: MPTCP_INFO: {e}"),
+            }
+        }
+        self.pump(now, idx, gen);
+    }
+
+    /// Moves what can move in both directions; closes the connection when it
+    /// is finished or broken.
+    fn pump(&mut self, now: Instant, idx: usize, gen: u32) {
+        let c = match self.slots.get_mut(idx) {
+            Some(Slot {
+                gen: g,
+                conn: Some(c),
+            }) if *g == gen => c,
+            _ => return,
+        };
+        if !c.connected {
+            return;
+        }
+        let mut budget = TURN_BUDGET;
+        let before = [c.dirs[0].bytes, c.dirs[1].bytes];
+        let mut result = Ok(());
+        if c.watch.is_some() || !c.pending.is_empty() {
+            result = inspect(c, &mut self.scratch, &mut budget);
+            if c.next_gate != c.gate && c.pending.is_empty() {
+                c.gate = c.next_gate;
+                log::debug!(
+                    "lan proxy: {} -> {}: detour gate {}",
+                    c.lan_peer,
+                    c.server,
+                    c.gate.describe()
+                );
+                self.events.push(RelayEvent::Gate {
+                    local: c.local,
+                    gate: c.gate,
+                });
+            }
+        }
+        if result.is_ok() && c.watch.is_none() && c.pending.is_empty() {
+            result = splice_dir(c, 0, &mut budget);
+        }
+        if result.is_ok() {
+            result = splice_dir(c, 1, &mut budget);
+        }
+        let moved = [
+            c.dirs[0].bytes.wrapping_sub(before[0]),
+            c.dirs[1].bytes.wrapping_sub(before[1]),
+        ];
+        if moved != [0, 0] {
+            c.last = now;
+        }
+        self.stats.bytes_up = self.stats.bytes_up.wrapping_add(moved[0]);
+        self.stats.bytes_down = self.stats.bytes_down.wrapping_add(moved[1]);
+        let end = match result {
+            Err(e) => Some(e),
+            Ok(()) if c.dirs[0].done() && c.dirs[1].done() => Some(End::Done),
+            Ok(()) => None,
+        };
+        match end {
+            Some(End::Done) => self.remove(idx),
+            Some(End::Failed(side, e)) => {
+                log::debug!(
+                    "lan proxy: {} -> {}: {} side: {e}; resetting the other",
+                    c.lan_peer,
+                    c.server,
+                    if side == Side::Lan { "LAN" } else { "server" }
+                );
+                let other = if side == Side::Lan { &c.up } else { &c.lan };
+                sock::set_reset_on_close(other);
+                self.stats.resets += 1;
+                self.remove(idx);
+            }
+            None if budget == 0 => self.again.push((idx, gen)),
+            None => {}
+        }
+    }
+
+    fn close_idle(&mut self, now: Instant) {
+        let idle = self.settings.idle;
+        for idx in 0..self.slots.len() {
+            let Some(c) = self.slots[idx].conn.as_ref() else {
+                continue;
+            };
+            if now.saturating_duration_since(c.last) >= idle {
+                log::debug!(
+                    "lan proxy: {} -> {}: idle for {}s; reset",
+                    c.lan_peer,
+                    c.server,
+                    idle.as_secs()
+                );
+                sock::set_reset_on_close(&c.lan);
+                sock::set_reset_on_close(&c.up);
+                self.stats.resets += 1;
+                self.remove(idx);
+            }
+        }
+    }
+
+    fn conn_mut(&mut self, idx: usize, gen: u32) -> Option<&mut Conn> {
+        let slot = self.slots.get_mut(idx)?;
+        if slot.gen != gen {
+            return None;
+        }
+        slot.conn.as_mut()
+    }
+
+    /// Drops a connection (its descriptors close; epoll forgets them).
+    fn remove(&mut self, idx: usize) {
+        let Some(c) = self.slots[idx].conn.take() else {
+            return;
+        };
+        self.free.push(idx);
+        self.stats.active = self.stats.active.saturating_sub(1);
+        if let Some(n) = self.per_host.get_mut(&c.lan_peer.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_host.remove(&c.lan_peer.ip());
+            }
+        }
+        if c.mptcp {
+            self.events.push(RelayEvent::Closed { local: c.local });
+        }
+        log::debug!(
+            "lan proxy: {} -> {} closed after {} bytes up, {} down",
+            c.lan_peer,
+            c.server,
+            c.dirs[0].bytes,
+            c.dirs[1].bytes
+        );
+    }
+}
+
+fn scan_interval(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+fn tag(idx: usize, gen: u32, side: Side) -> u64 {
+    (u64::from(gen) << 33) | ((idx as u64) << 1) | u64::from(side == Side::Up)
+}
+
+fn untag(data: u64) -> (usize, u32, Side) {
+    let side = if data & 1 == 1 { Side::Up } else { Side::Lan };
+    (
+        ((data >> 1) & 0xffff_ffff) as usize,
+        ((data >> 33) & 0x3fff_ffff) as u32,
+        side,
+    )
+}
+
+/// LAN → upstream while following the TLS handshake: read, look at the record
+/// headers, write on. Stops reading while written bytes are pending.
+fn inspect(c: &mut Conn, scratch: &mut [u8], budget: &mut usize) -> Result<(), End> {
+    loop {
+        while !c.pending.is_empty() {
+            match sock::write(&c.up, &c.pending) {
+                Ok(n) => {
+                    c.pending.drain(..n);
+                    c.dirs[0].bytes = c.dirs[0].bytes.wrapping_add(n as u64);
+                    *budget = budget.saturating_sub(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(End::Failed(Side::Up, e)),
+            }
+        }
+        let Some(watch) = c.watch.as_mut() else {
+            return Ok(());
+        };
+        if *budget == 0 {
+            return Ok(());
+        }
+        match sock::read(&c.lan, scratch) {
+            Ok(0) => {
+                // EOF before a verdict: the splice path passes it on.
+                c.watch = None;
+                return Ok(());
+            }
+            Ok(n) => {
+                let verdict = watch.feed(&scratch[..n]);
+                c.next_gate = c.gate.after(verdict);
+                if c.next_gate != Gate::Waiting {
+                    c.watch = None;
+                }
+                c.pending.extend_from_slice(&scratch[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(End::Failed(Side::Lan, e)),
+        }
+    }
+}
+
+/// One direction with `splice`: source → pipe → destination, until neither
+/// can move or the budget is spent; passes an EOF on once the pipe is empty.
+fn splice_dir(c: &mut Conn, d: usize, budget: &mut usize) -> Result<(), End> {
+    let (src, dst, src_side, dst_side) = if d == 0 {
+        (&c.lan, &c.up, Side::Lan, Side::Up)
+    } else {
+        (&c.up, &c.lan, Side::Up, Side::Lan)
+    };
+    let dir = &mut c.dirs[d];
+    if dir.pipe.is_none() && !dir.eof {
+        let (r, w, cap) = sock::pipe().map_err(|e| End::Failed(src_side, e))?;
+        dir.pipe = Some((r, w));
+        dir.cap = cap;
+    }
+    if let Some((r, w)) = dir.pipe.as_ref() {
+        while *budget > 0 {
+            let mut progress = false;
+            if !dir.eof && dir.filled < dir.cap {
+                match sock::splice(src, w, dir.cap - dir.filled) {
+                    Ok(0) => {
+                        dir.eof = true;
+                        progress = true;
+                    }
+                    Ok(n) => {
+                        dir.filled += n;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(End::Failed(src_side, e)),
+                }
+            }
+            if dir.filled > 0 {
+                match sock::splice(r, dst, dir.filled) {
+                    Ok(n) => {
+                        dir.filled -= n;
+                        dir.bytes = dir.bytes.wrapping_add(n as u64);
+                        *budget = budget.saturating_sub(n);
+                        progress |= n > 0;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(End::Failed(dst_side, e)),
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+    if dir.eof && dir.filled == 0 && !dir.shut {
+        dir.shut = true;
+        match sock::shutdown_write(dst) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+            Err(e) => return Err(End::Failed(dst_side, e)),
+        }
+        // Nothing more will be read from this source: free the pipe.
+        dir.pipe = None;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip() {
+        for (idx, gen, side) in [
+            (0, 1, Side::Lan),
+            (7, 0x3fff_ffff, Side::Up),
+            (65_535, 12, Side::Lan),
+        ] {
+            let t = tag(idx, gen, side);
+            assert_eq!(t & LISTENER, 0);
+            assert_eq!(untag(t), (idx, gen, side));
+        }
+    }
+}
