@@ -262,7 +262,7 @@ fn half_close_and_resets_travel_through_the_proxy() {
         wait_listen(&lab, p);
     }
     lab.start_waypoint();
-    lab.start_router_client("");
+    lab.start_router_client("\toption proxy_idle_timeout_s '2'\n");
 
     // Half-close: the client sends 2 MB, shuts down writing, reads the answer.
     let v = client_check(&lab, &["halfclose-client", &server, "9001", "2000000"]);
@@ -282,8 +282,17 @@ fn half_close_and_resets_travel_through_the_proxy() {
     // The server resets: the LAN host sees a reset.
     let v = client_check(&lab, &["rst-client", &server, "9003", "expect-rst"]);
     assert_eq!(v["ended"], "rst", "{v}");
+    // Idle: nothing moves for 2 s (the server never answers): reset.
+    let t0 = Instant::now();
+    let v = client_check(&lab, &["rst-client", &server, "9001", "expect-rst"]);
+    let idle = t0.elapsed();
+    assert_eq!(v["ended"], "rst", "{v}");
+    assert!(
+        idle >= Duration::from_millis(1900) && idle < Duration::from_secs(5),
+        "idle reset after {idle:?}"
+    );
     let lp = &lab.cl().status()["client"]["lan_proxy"];
-    assert!(lp["resets"].as_u64().unwrap() >= 2, "{lp}");
+    assert!(lp["resets"].as_u64().unwrap() >= 3, "{lp}");
 }
 
 #[test]

@@ -1162,6 +1162,56 @@ mod tests {
     }
 
     #[test]
+    fn proxied_connection_waits_for_its_gate() {
+        let mut p = Pair::new(Pair::alice());
+        let local: SocketAddr = format!("{CLIENT_IP}:40404").parse().unwrap();
+        let lan: SocketAddr = "192.168.1.20:50000".parse().unwrap();
+        // The proxy announces the flow before the kernel's events arrive.
+        p.c.proxy_opened(local, lan, Gate::Waiting);
+        p.event(established(1));
+        assert!(p.created.is_empty(), "detour before the gate opened");
+        let conn = p.c.conns().next().unwrap();
+        assert_eq!((conn.lan, conn.gate), (Some(lan), Gate::Waiting));
+        // Still nothing after a while: no timer opens the gate.
+        p.advance(Duration::from_secs(5), true);
+        assert!(p.created.is_empty());
+        // The TLS handshake passed: detours now.
+        let a = p.c.proxy_gate(p.now, p.ms(), local, Gate::Open);
+        p.run(a, true);
+        assert_eq!(p.created.len(), 1);
+        assert_eq!(p.c.token_of(local), Some(Token(1)));
+        p.c.proxy_closed(local);
+
+        // A shut gate (plaintext) never opens by itself; other connections are
+        // unaffected.
+        let local2: SocketAddr = format!("{CLIENT_IP}:40405").parse().unwrap();
+        p.c.proxy_opened(local2, lan, Gate::Waiting);
+        p.event(PmEvent::Established {
+            token: Token(2),
+            local: local2,
+            remote: "10.0.3.2:443".parse().unwrap(),
+            server_side: false,
+        });
+        let a =
+            p.c.proxy_gate(p.now, p.ms(), local2, Gate::Shut("plaintext"));
+        p.run(a, true);
+        p.advance(Duration::from_secs(5), true);
+        assert_eq!(p.created.len(), 1, "a shut connection got a detour");
+        // The gate opening before ESTABLISHED: detours at ESTABLISHED.
+        let local3: SocketAddr = format!("{CLIENT_IP}:40406").parse().unwrap();
+        p.c.proxy_opened(local3, lan, Gate::Waiting);
+        let a = p.c.proxy_gate(p.now, p.ms(), local3, Gate::Open);
+        assert!(a.is_empty());
+        p.event(PmEvent::Established {
+            token: Token(3),
+            local: local3,
+            remote: "10.0.3.2:443".parse().unwrap(),
+            server_side: false,
+        });
+        assert_eq!(p.created.len(), 2);
+    }
+
+    #[test]
     fn server_side_and_unknown_connections_are_left_alone() {
         let mut p = Pair::new(Pair::alice());
         let mut ev = established(2);

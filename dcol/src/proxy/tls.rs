@@ -24,7 +24,7 @@ const CLIENT_HELLO: u8 = 0x01;
 /// Largest record body: 2^14 plus the 2048 bytes RFC 5246 §6.2.3 allows for
 /// ciphertext expansion.
 const MAX_RECORD: usize = (1 << 14) + 2048;
-/// Give up after this many client bytes without reaching application data.
+/// Give up on a handshake whose records go on past this many client bytes.
 pub const MAX_HANDSHAKE: usize = 64 * 1024;
 
 /// What the client's bytes so far say.
@@ -81,6 +81,13 @@ impl TlsWatch {
                 data = &data[n..];
                 continue;
             }
+            // A record starting this far in: the handshake is not ending.
+            // (Checked at record starts only, so the verdict does not depend
+            // on how the stream was cut into reads.)
+            if self.have == 0 && self.seen >= MAX_HANDSHAKE {
+                self.verdict = Verdict::Malformed("handshake longer than 64 KiB");
+                break;
+            }
             // The first record's header is read together with the handshake
             // type that follows it.
             let want = if self.first { 6 } else { 5 };
@@ -102,9 +109,6 @@ impl TlsWatch {
             }
             self.verdict = self.record();
             self.have = 0;
-        }
-        if self.verdict == Verdict::Pending && self.seen > MAX_HANDSHAKE {
-            self.verdict = Verdict::Malformed("handshake longer than 64 KiB");
         }
         self.verdict
     }
