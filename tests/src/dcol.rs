@@ -237,6 +237,11 @@ impl Daemon {
         }
     }
 
+    /// The process id (`ip netns exec` execs `dcol`, so it is dcol's own).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The daemon's stderr so far.
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

@@ -13,6 +13,10 @@ JSON (clients) so the Rust test can assert on them. Servers run until killed.
   echo-server PORT              echo every connection (many at once)
   many-client HOST PORT SRC:N,.. hold N connections per source open at once,
                                 echo on each
+  hold HOST PORT N SECS         open N connections, echo one byte on each,
+                                print "ready", keep them idle for SECS
+  latency HOST PORT N           N connections one after another: connect, echo
+                                16 bytes, close; median and p99 in ms
   tls-server PORT CERT KEY DELAY  accept, wait DELAY s, TLS handshake, echo
   tls-client HOST PORT SECS     TLS handshake, then send/receive for SECS
 """
@@ -199,6 +203,42 @@ def many_client(host, port, spec):
     print(json.dumps(out))
 
 
+def hold(host, port, n, secs):
+    raise_nofile()
+    socks = []
+    for _ in range(n):
+        c = socket.create_connection((host, port), timeout=10)
+        c.sendall(b"x")
+        if c.recv(1) != b"x":
+            raise SystemExit("no echo")
+        socks.append(c)
+    print("ready", flush=True)
+    time.sleep(secs)
+    for c in socks:
+        c.close()
+
+
+def latency(host, port, n):
+    conn, first = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        c = socket.create_connection((host, port), timeout=10)
+        t1 = time.perf_counter()
+        c.sendall(b"0123456789abcdef")
+        got = b""
+        while len(got) < 16:
+            got += c.recv(16)
+        t2 = time.perf_counter()
+        c.close()
+        conn.append((t1 - t0) * 1000)
+        first.append((t2 - t0) * 1000)
+    conn.sort()
+    first.sort()
+    q = lambda v, p: v[min(len(v) - 1, int(p * len(v)))]
+    print(json.dumps({"connect_ms": [q(conn, 0.5), q(conn, 0.99)],
+                      "first_echo_ms": [q(first, 0.5), q(first, 0.99)]}))
+
+
 def tls_server(port, cert, key, delay):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
@@ -257,6 +297,10 @@ def main(a):
         echo_server(int(a[1]))
     elif cmd == "many-client":
         many_client(a[1], int(a[2]), a[3])
+    elif cmd == "hold":
+        hold(a[1], int(a[2]), int(a[3]), float(a[4]))
+    elif cmd == "latency":
+        latency(a[1], int(a[2]), int(a[3]))
     elif cmd == "tls-server":
         tls_server(int(a[1]), a[2], a[3], float(a[4]))
     elif cmd == "tls-client":

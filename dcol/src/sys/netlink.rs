@@ -1332,7 +1332,9 @@ mod tests {
         let r: Vec<_> = Attrs::new("t", &b).collect();
         assert!(matches!(r.as_slice(), [Err(SysError::Malformed { .. })]));
         // Length below the header size.
-        let r: Vec<_> = Attrs::new("t", &[2, 0, 1, 0, 0, 0, 0, 0]).collect();
+        // (Netlink headers are in host byte order: big-endian on MIPS.)
+        let short = [2u16.to_ne_bytes(), 1u16.to_ne_bytes(), [0, 0], [0, 0]].concat();
+        let r: Vec<_> = Attrs::new("t", &short).collect();
         assert!(matches!(r.as_slice(), [Err(SysError::Malformed { .. })]));
         // A good attribute then garbage: one Ok then one Err, then the end.
         let mut b = attr_bytes(1, &[1]);
@@ -1341,7 +1343,8 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert!(r[0].is_ok() && r[1].is_err());
         // Last attribute without its padding is fine.
-        let r: Vec<_> = Attrs::new("t", &[5, 0, 1, 0, 9])
+        let unpadded = attr_bytes(1, &[9]);
+        let r: Vec<_> = Attrs::new("t", &unpadded[..5])
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(r[0].payload, &[9]);
