@@ -5,6 +5,8 @@
 //! element with a timeout. Its chains:
 //! - `prerouting` (nat, priority dstnat): `dnat ip to ip saddr . tcp dport map @nat4`
 //!   (and the ip6 twin): a client's packets to its allocated port go to the server;
+//!   such flows also get the conntrack mark bits [`DETOUR_CT_MARK`], so that a
+//!   firewall we do not own (OpenWrt's fw4) can accept them by a static rule;
 //! - `postrouting` (nat, priority srcnat): masquerades DNATed flows whose original
 //!   `client . port` is in our maps, and nothing else;
 //! - `forward` (filter, priority filter, policy accept): accepts `ct status dnat`
@@ -304,6 +306,11 @@ fn check_name(name: &str) -> Result<(), SysError> {
     }
 }
 
+/// Conntrack mark bits set on every detour flow (OR-ed in, other bits kept).
+/// The OpenWrt feed's fw4 include accepts forwarded flows carrying them:
+/// `ct mark & 0x00dc0000 == 0x00dc0000 accept`.
+pub const DETOUR_CT_MARK: u32 = 0x00dc_0000;
+
 /// The `nft -f` script that creates the table (see the module docs).
 pub fn ruleset(name: &str, ports: (u16, u16)) -> String {
     let (lo, hi) = ports;
@@ -319,6 +326,8 @@ pub fn ruleset(name: &str, ports: (u16, u16)) -> String {
 	}}
 	chain prerouting {{
 		type nat hook prerouting priority dstnat; policy accept;
+		meta nfproto ipv4 tcp dport {lo}-{hi} ip saddr . tcp dport @{MAP4} ct mark set ct mark | {DETOUR_CT_MARK:#010x}
+		meta nfproto ipv6 tcp dport {lo}-{hi} ip6 saddr . tcp dport @{MAP6} ct mark set ct mark | {DETOUR_CT_MARK:#010x}
 		meta nfproto ipv4 tcp dport {lo}-{hi} dnat ip to ip saddr . tcp dport map @{MAP4}
 		meta nfproto ipv6 tcp dport {lo}-{hi} dnat ip6 to ip6 saddr . tcp dport map @{MAP6}
 	}}
@@ -911,6 +920,9 @@ mod tests {
 
         let ct = w.out(&["conntrack", "-L", "-p", "tcp", "--orig-port-dst", "40000"]);
         assert!(ct.contains("dport=40000"), "{ct}");
+        assert!(ct.contains("mark=14417920"), "detour flow not marked: {ct}");
+        let ct = w.out(&["conntrack", "-L", "-p", "tcp", "--orig-port-dst", "5000"]);
+        assert!(ct.contains("mark=0 "), "unrelated flow marked: {ct}");
         let n = w
             .run(|| crate::sys::conntrack::delete_flows("10.99.0.1".parse().unwrap(), 40000))
             .expect("delete_flows");
