@@ -12,10 +12,11 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::client::{self, Action, Client, PeerSpec, PmEvent};
-use crate::config::{Config, DetourPolicy, TunnelKind};
+use crate::config::{self, Config, DetourPolicy, TunnelKind};
 use crate::control::{self, ControlServer, Status};
 use crate::proxy::Gate;
 use crate::sys::conntrack;
@@ -185,6 +186,12 @@ pub const LAN_TABLE: &str = "dcol_lan";
 /// The running daemon.
 pub struct Daemon {
     started: Instant,
+    /// The UCI file, re-read on SIGHUP.
+    path: PathBuf,
+    /// The configuration in force.
+    cfg: Config,
+    /// The collective root of that configuration.
+    root: trust::PublicKey,
     cert: Certificate,
     control: ControlServer,
     signals: Signals,
@@ -196,7 +203,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Sets everything up (see the module docs for the order).
-    pub fn start(cfg: &Config) -> Result<Self, DaemonError> {
+    pub fn start(cfg: &Config, path: &Path) -> Result<Self, DaemonError> {
         let signals = Signals::new().map_err(io_err("signalfd"))?;
         let id = load_identity(cfg)?;
         let control = ControlServer::bind(&cfg.main.control_socket)?;
@@ -221,6 +228,9 @@ impl Daemon {
         );
         Ok(Daemon {
             started: Instant::now(),
+            path: path.to_owned(),
+            cfg: cfg.clone(),
+            root: id.root,
             cert: id.cert,
             control,
             signals,
@@ -270,7 +280,9 @@ impl Daemon {
             if ready[0] {
                 while let Some(sig) = self.signals.read() {
                     if sig == libc::SIGHUP {
-                        log::info!("SIGHUP: configuration reload is not supported yet; restart to apply changes");
+                        if !self.reload() {
+                            return Ok(());
+                        }
                     } else {
                         log::info!("signal {sig}: shutting down");
                         return Ok(());
@@ -290,22 +302,194 @@ impl Daemon {
         }
     }
 
-    fn shutdown(&mut self) {
-        if let Some(mut c) = self.client.take() {
-            if let Some(mut l) = c.lan.take() {
-                // Interception off first: new LAN connections go direct.
-                if let Some(i) = l.intercept.take() {
-                    if let Err(e) = i.destroy() {
-                        log::error!("removing the LAN interception table: {e}");
+    /// SIGHUP: re-reads the UCI file and applies what changed, keeping
+    /// established connections wherever the change allows it (see
+    /// [`Daemon::apply`]). An unreadable or invalid file changes nothing.
+    /// Returns false when the daemon should stop (`enabled '0'`).
+    fn reload(&mut self) -> bool {
+        let new = match config::load(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reload: {e}; keeping the running configuration");
+                return true;
+            }
+        };
+        for w in &new.warnings {
+            log::warn!("{w}");
+        }
+        if !new.main.enabled {
+            log::info!("reload: option enabled is now '0'; shutting down");
+            return false;
+        }
+        let id = match load_identity(&new) {
+            Ok(id) => id,
+            Err(e) => {
+                log::error!("reload: {e}; keeping the running configuration");
+                return true;
+            }
+        };
+        match self.apply(&new, &id) {
+            Ok(changes) if changes.is_empty() => log::info!("reload: nothing changed"),
+            Ok(changes) => log::info!("reloaded: {}", changes.join("; ")),
+            Err(e) => log::error!("reload: {e}; the affected role is off until the next reload"),
+        }
+        self.cfg = new;
+        self.root = id.root;
+        self.cert = id.cert;
+        true
+    }
+
+    /// Applies `new` (already validated) over the running configuration.
+    ///
+    /// In place, live tunnels and connections kept: log level; identity
+    /// (certificate, key) and revocations (a revoked member's tunnels end
+    /// now); client tunables and detour policy; LAN interfaces and bypass
+    /// lists (the interception table is replaced; proxied connections live
+    /// on); waypoint lease length, caps, allowed destinations, listen
+    /// addresses. With a restart of the role: a new collective root, a
+    /// changed peer list (the client's detours are released and asked for
+    /// afresh by new connections), a new proxy port (proxied connections
+    /// are reset), a new NAT port range or table (tunnels revoked). Turning a
+    /// role on or off starts or stops it.
+    fn apply(&mut self, new: &Config, id: &Identity) -> Result<Vec<String>, DaemonError> {
+        let old = self.cfg.clone();
+        let mut changes = Vec::new();
+        let now = Instant::now();
+        if new.main.log_level != old.main.log_level {
+            log::set_max_level(new.main.log_level);
+            changes.push(format!("log level {}", new.main.log_level));
+        }
+        let root_changed = id.root != self.root;
+        let identity_changed =
+            root_changed || id.cert != self.cert || new.main.revoked != old.main.revoked;
+        if identity_changed {
+            changes.push("identity or revocations".into());
+        }
+        if new.main.control_socket != old.main.control_socket {
+            self.control = ControlServer::bind(&new.main.control_socket)?;
+            changes.push(format!(
+                "control socket {}",
+                new.main.control_socket.display()
+            ));
+        }
+        if new.main.state_dir != old.main.state_dir {
+            log::warn!("reload: state_dir changes apply at the next start");
+        }
+
+        // Waypoint.
+        let (wo, wn) = (&old.waypoint, &new.waypoint);
+        if wo.enabled
+            && (!wn.enabled || root_changed || wo.nat_ports != wn.nat_ports || wo.table != wn.table)
+        {
+            drop(self.waypoint.take());
+            changes.push("waypoint stopped (tunnels revoked)".into());
+        }
+        if wn.enabled && self.waypoint.is_none() {
+            self.waypoint = Some(start_waypoint(new, id, &mut self.sysctls)?);
+            changes.push("waypoint started".into());
+        } else if let Some(w) = self.waypoint.as_mut() {
+            if wo != wn || identity_changed {
+                let ended = w.core.reconfigure(
+                    now,
+                    waypoint_settings(new),
+                    id.cert.clone(),
+                    id.key.clone(),
+                    id.revocations.clone(),
+                );
+                for l in &ended {
+                    log::info!(
+                        "revoked: {} {}:{} -> {}",
+                        l.member_name,
+                        l.client,
+                        l.port,
+                        l.destination
+                    );
+                    if let Some(nat) = &mut w.nat {
+                        if let Err(e) = nat.remove(l.client, l.port) {
+                            log::warn!("removing a revoked element: {e}");
+                        }
+                    }
+                    drop_flows(l);
+                }
+                if wo.listen != wn.listen {
+                    let mut sockets = Vec::new();
+                    for addr in &wn.listen {
+                        sockets.push(
+                            os::bind_udp(*addr)
+                                .map_err(io_err(format!("waypoint: bind {addr}")))?,
+                        );
+                    }
+                    w.sockets = sockets;
+                }
+                changes.push("waypoint settings".into());
+            }
+        }
+
+        // Client.
+        let (co, cn) = (&old.client, &new.client);
+        if co.enabled && (!cn.enabled || root_changed) {
+            if let Some(c) = self.client.take() {
+                c.stop();
+            }
+            changes.push("client stopped".into());
+        }
+        if cn.enabled && self.client.is_none() {
+            self.client = Some(start_client(new, id, &mut self.sysctls)?);
+            changes.push("client started".into());
+        } else if let Some(c) = self.client.as_mut() {
+            if old.peers != new.peers {
+                c.release_all();
+                let (core, tunnels) = client_core(new, id)?;
+                c.core = core;
+                c.tunnels = tunnels;
+                changes.push(format!(
+                    "peers ({} now; detours of running connections released)",
+                    c.tunnels.len()
+                ));
+            } else if co != cn || identity_changed {
+                c.core.reconfigure(
+                    client_settings(new),
+                    id.cert.clone(),
+                    id.key.clone(),
+                    id.revocations.clone(),
+                );
+            }
+            if co != cn {
+                changes.push("client settings".into());
+            }
+            // The LAN proxy.
+            if cn.lan_proxy && co.lan_proxy && cn.proxy_port == co.proxy_port {
+                if let Some(l) = c.lan.as_mut() {
+                    l.relay.set_settings(relay_settings(new));
+                    l.policy = cn.detour_policy;
+                    if (&co.lan_interfaces, &co.bypass, &co.bypass_ports)
+                        != (&cn.lan_interfaces, &cn.bypass, &cn.bypass_ports)
+                    {
+                        match l.intercept.as_mut() {
+                            Some(i) => i.update(&intercept_spec(new))?,
+                            None => l.intercept = Some(start_intercept(new)?),
+                        }
+                        changes.push("LAN interception rules".into());
                     }
                 }
-                let n = l.relay.close_all().len();
-                log::info!("lan proxy stopped ({n} MPTCP connections reset)");
+            } else if cn.lan_proxy != co.lan_proxy || cn.proxy_port != co.proxy_port {
+                if let Some(l) = c.lan.take() {
+                    l.stop();
+                }
+                if cn.lan_proxy {
+                    c.lan = Some(start_lan(new)?);
+                    changes.push("LAN proxy (re)started".into());
+                } else {
+                    changes.push("LAN proxy stopped".into());
+                }
             }
-            let (now, wall) = (Instant::now(), wall_ms());
-            for a in c.core.shutdown(now, wall) {
-                c.act(a);
-            }
+        }
+        Ok(changes)
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(c) = self.client.take() {
+            c.stop();
         }
         // Dropping the waypoint role removes its table and revokes its tunnels.
         drop(self.waypoint.take());
@@ -371,15 +555,8 @@ fn start_waypoint(
         }
     }
     let own = os::local_addresses().map_err(io_err("getifaddrs"))?;
-    let settings = waypoint::Settings {
-        ports: w.nat_ports,
-        lease: Duration::from_secs(u64::from(w.lease_s)),
-        max_per_member: w.max_tunnels_per_member,
-        allow: w.allow_destination.clone(),
-        max_skew: Duration::from_secs(u64::from(w.max_clock_skew_s)),
-    };
     let core = Waypoint::new(
-        settings,
+        waypoint_settings(cfg),
         id.cert.clone(),
         id.key.clone(),
         id.root,
@@ -398,6 +575,17 @@ fn start_waypoint(
         nat: Some(nat),
         log: LogLimit::new(20),
     })
+}
+
+fn waypoint_settings(cfg: &Config) -> waypoint::Settings {
+    let w = &cfg.waypoint;
+    waypoint::Settings {
+        ports: w.nat_ports,
+        lease: Duration::from_secs(u64::from(w.lease_s)),
+        max_per_member: w.max_tunnels_per_member,
+        allow: w.allow_destination.clone(),
+        max_skew: Duration::from_secs(u64::from(w.max_clock_skew_s)),
+    }
 }
 
 fn start_client(
@@ -423,48 +611,7 @@ fn start_client(
             None
         }
     };
-    let mut peers = Vec::new();
-    let mut tunnels = Vec::new();
-    for p in &cfg.peers {
-        if p.tunnel == TunnelKind::Vpn {
-            log::warn!(
-                "peer '{}': VPN tunnels are not supported yet; skipped",
-                p.name
-            );
-            continue;
-        }
-        peers.push(PeerSpec {
-            name: p.name.clone(),
-            address: p.address,
-        });
-        tunnels.push(p.tunnel);
-    }
-    if peers.is_empty() {
-        log::warn!("client: no usable peers configured; connections get no detours");
-    }
-    let settings = client::Settings {
-        max_detours: c.max_detours,
-        request_timeout: Duration::from_millis(u64::from(c.request_timeout_ms)),
-        renew_interval: Duration::from_secs(u64::from(c.renew_interval_s)),
-        liveness_misses: c.liveness_misses,
-        holddown: Duration::from_secs(30),
-        own_connections: if c.detour_policy == DetourPolicy::None {
-            Gate::Shut("detour_policy 'none'")
-        } else {
-            Gate::Open
-        },
-    };
-    let mut prefix = [0u8; 8];
-    random_bytes(&mut prefix).map_err(io_err("/dev/urandom"))?;
-    let core = Client::new(
-        settings,
-        id.cert.clone(),
-        id.key.clone(),
-        id.root,
-        id.revocations.clone(),
-        peers,
-        prefix,
-    );
+    let (core, tunnels) = client_core(cfg, id)?;
     log::info!(
         "client: userspace path manager on, {} waypoint(s), max {} detours",
         tunnels.len(),
@@ -487,27 +634,93 @@ fn start_client(
     })
 }
 
-/// Starts the relay, then switches interception on (relay first: a redirected
-/// connection must find a listener).
-fn start_lan(cfg: &Config) -> Result<LanRole, DaemonError> {
+fn client_settings(cfg: &Config) -> client::Settings {
     let c = &cfg.client;
-    let relay = Relay::open(RelaySettings {
+    client::Settings {
+        max_detours: c.max_detours,
+        request_timeout: Duration::from_millis(u64::from(c.request_timeout_ms)),
+        renew_interval: Duration::from_secs(u64::from(c.renew_interval_s)),
+        liveness_misses: c.liveness_misses,
+        holddown: Duration::from_secs(30),
+        own_connections: if c.detour_policy == DetourPolicy::None {
+            Gate::Shut("detour_policy 'none'")
+        } else {
+            Gate::Open
+        },
+    }
+}
+
+/// The client's protocol core for `cfg`'s peers, and each peer's tunnel kind.
+fn client_core(cfg: &Config, id: &Identity) -> Result<(Client, Vec<TunnelKind>), DaemonError> {
+    let mut peers = Vec::new();
+    let mut tunnels = Vec::new();
+    for p in &cfg.peers {
+        if p.tunnel == TunnelKind::Vpn {
+            log::warn!(
+                "peer '{}': VPN tunnels are not supported yet; skipped",
+                p.name
+            );
+            continue;
+        }
+        peers.push(PeerSpec {
+            name: p.name.clone(),
+            address: p.address,
+        });
+        tunnels.push(p.tunnel);
+    }
+    if peers.is_empty() {
+        log::warn!("client: no usable peers configured; connections get no detours");
+    }
+    let mut prefix = [0u8; 8];
+    random_bytes(&mut prefix).map_err(io_err("/dev/urandom"))?;
+    let core = Client::new(
+        client_settings(cfg),
+        id.cert.clone(),
+        id.key.clone(),
+        id.root,
+        id.revocations.clone(),
+        peers,
+        prefix,
+    );
+    Ok((core, tunnels))
+}
+
+fn relay_settings(cfg: &Config) -> RelaySettings {
+    let c = &cfg.client;
+    RelaySettings {
         port: c.proxy_port,
         max_per_host: c.max_conns_per_host,
         idle: Duration::from_secs(u64::from(c.proxy_idle_timeout_s)),
         policy: c.detour_policy,
-    })?;
-    let spec = InterceptSpec {
+    }
+}
+
+/// Creates (or replaces) the interception table and switches it on.
+fn intercept_spec(cfg: &Config) -> InterceptSpec {
+    let c = &cfg.client;
+    InterceptSpec {
         interfaces: c.lan_interfaces.clone(),
         port: c.proxy_port,
         bypass: c.bypass.clone(),
         bypass_ports: c.bypass_ports.clone(),
-    };
-    let mut intercept = LanIntercept::create(LAN_TABLE, &spec)?;
+    }
+}
+
+fn start_intercept(cfg: &Config) -> Result<LanIntercept, DaemonError> {
+    let mut intercept = LanIntercept::create(LAN_TABLE, &intercept_spec(cfg))?;
     if let Err(e) = intercept.heartbeat() {
         let _ = intercept.destroy();
         return Err(e.into());
     }
+    Ok(intercept)
+}
+
+/// Starts the relay, then switches interception on (relay first: a redirected
+/// connection must find a listener).
+fn start_lan(cfg: &Config) -> Result<LanRole, DaemonError> {
+    let c = &cfg.client;
+    let relay = Relay::open(relay_settings(cfg))?;
+    let intercept = start_intercept(cfg)?;
     log::info!(
         "lan proxy: TCP from {} redirected to port {} (detour policy {}; off within {} s if dcol dies)",
         c.lan_interfaces.join(", "),
@@ -528,7 +741,36 @@ fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
+impl LanRole {
+    /// Interception off first (new LAN connections go direct), then the
+    /// proxied connections are reset.
+    fn stop(mut self) {
+        if let Some(i) = self.intercept.take() {
+            if let Err(e) = i.destroy() {
+                log::error!("removing the LAN interception table: {e}");
+            }
+        }
+        let n = self.relay.close_all().len();
+        log::info!("lan proxy stopped ({n} MPTCP connections reset)");
+    }
+}
+
 impl ClientRole {
+    /// Stops the LAN proxy and releases every lease.
+    fn stop(mut self) {
+        if let Some(l) = self.lan.take() {
+            l.stop();
+        }
+        self.release_all();
+    }
+
+    fn release_all(&mut self) {
+        let (now, wall) = (Instant::now(), wall_ms());
+        for a in self.core.shutdown(now, wall) {
+            self.act(a);
+        }
+    }
+
     /// The LAN relay's work; its events reach the core before any path-manager
     /// event about the same connection can.
     fn step_lan(&mut self, now: Instant, wall: u64) {

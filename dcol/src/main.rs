@@ -193,7 +193,7 @@ fn cmd_run(p: &mut lexopt::Parser) -> Result<(), Failure> {
         log::info!("{path}: option enabled is '0'; nothing to do");
         return Ok(());
     }
-    let d = daemon::Daemon::start(&cfg).map_err(|e| Failure {
+    let d = daemon::Daemon::start(&cfg, std::path::Path::new(&path)).map_err(|e| Failure {
         code: e.exit_code() as u8,
         msg: e.to_string(),
     })?;

@@ -294,6 +294,31 @@ impl Daemon {
         }
     }
 
+    /// Rewrites the daemon's UCI file with `uci` and sends SIGHUP; waits until
+    /// the log says the reload was handled (or refused), returns that line.
+    pub fn reload(&self, uci: &str) -> String {
+        let before = self
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("reload"))
+            .count();
+        fs::write(&self.config, uci).expect("write config");
+        self.signal("-HUP");
+        let t0 = Instant::now();
+        loop {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("reload")).collect();
+            if lines.len() > before {
+                return lines[before].to_owned();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no reload logged:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM and wait (at most 10 s, then SIGKILL and panic).
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal("-TERM");

@@ -322,6 +322,22 @@ impl Client {
         }
     }
 
+    /// Applies a changed configuration: settings, identity and revocations
+    /// apply to requests and connections from now on; live detours are kept.
+    /// (A changed peer list needs a new `Client`.)
+    pub fn reconfigure(
+        &mut self,
+        settings: Settings,
+        cert: Certificate,
+        key: SecretKey,
+        revocations: Revocations,
+    ) {
+        self.settings = settings;
+        self.cert = cert;
+        self.key = key;
+        self.revocations = revocations;
+    }
+
     /// The LAN proxy is opening an upstream connection from `local` for the
     /// LAN host `lan`; `gate` says whether it may have detours yet. Call before
     /// the path manager's events for it are handled.

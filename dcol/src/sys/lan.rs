@@ -127,7 +127,7 @@ impl LanIntercept {
         let rules = ruleset(table, spec)?;
         let mut sock = NlSocket::open(NETLINK_NETFILTER)?;
         if table_exists_on(&mut sock, table)? {
-            log::info!("lan proxy: replacing table inet {table} of a previous run");
+            log::info!("lan proxy: replacing table inet {table}");
             delete_table(&mut sock, table)?;
         }
         run_nft(&rules)?;
@@ -135,6 +135,20 @@ impl LanIntercept {
             table: table.to_owned(),
             sock,
         })
+    }
+
+    /// Changes interfaces, port or bypass lists in place, in one transaction:
+    /// the table, its base chain and the `alive` set stay, so interception
+    /// never lapses and connections already redirected keep their NAT
+    /// bindings (deleting a NAT base chain makes the kernel drop the
+    /// conntrack entries it translated).
+    pub fn update(&mut self, spec: &InterceptSpec) -> Result<(), SysError> {
+        let t = &self.table;
+        let script = format!(
+            "flush chain inet {t} prerouting\nflush set inet {t} bypass4\nflush set inet {t} bypass6\n{}",
+            ruleset(t, spec)?
+        );
+        run_nft(&script)
     }
 
     /// Keeps interception on for [`ALIVE_TTL`] from now.

@@ -241,6 +241,16 @@ impl Relay {
         })
     }
 
+    /// Applies changed settings to connections accepted from now on (and the
+    /// idle timeout to all). The port cannot change (open a new relay).
+    pub fn set_settings(&mut self, settings: RelaySettings) {
+        debug_assert_eq!(settings.port, self.settings.port);
+        self.next_scan = self
+            .next_scan
+            .min(Instant::now() + scan_interval(settings.idle));
+        self.settings = settings;
+    }
+
     /// The descriptor to poll: readable when the relay has work.
     pub fn fd(&self) -> RawFd {
         self.epoll.fd()

@@ -63,6 +63,11 @@ pub struct LeaseTable {
 }
 
 impl LeaseTable {
+    /// Changes the per-member cap for new leases (live ones are kept).
+    pub fn set_max_per_member(&mut self, max: u32) {
+        self.max_per_member = max;
+    }
+
     /// A table allocating from `ports` (inclusive), at most `max_per_member` live
     /// leases per member.
     pub fn new(ports: (u16, u16), max_per_member: u32) -> Self {

@@ -423,6 +423,35 @@ impl Waypoint {
         self.leases.expire(now)
     }
 
+    /// Applies a changed configuration without dropping live tunnels: the
+    /// new lease length, caps and allow list apply to requests from now on;
+    /// members newly in `revocations` lose their leases now (returned, for
+    /// the daemon to remove). The port range cannot change here (the caller
+    /// restarts the role for that).
+    pub fn reconfigure(
+        &mut self,
+        now: Instant,
+        settings: Settings,
+        cert: Certificate,
+        key: SecretKey,
+        revocations: Revocations,
+    ) -> Vec<Lease> {
+        debug_assert_eq!(settings.ports, self.settings.ports);
+        self.leases.set_max_per_member(settings.max_per_member);
+        self.settings = settings;
+        self.cert = cert;
+        self.key = key;
+        let members: Vec<MemberId> = self.leases.iter().map(|l| l.member).collect();
+        self.revocations = revocations;
+        let mut ended = Vec::new();
+        for m in members {
+            if self.revocations.is_revoked(&m) {
+                ended.extend(self.leases.end_member(now, m));
+            }
+        }
+        ended
+    }
+
     /// Revokes a member at run time: its leases end now.
     pub fn revoke(&mut self, now: Instant, member: MemberId) -> Vec<Lease> {
         self.revocations.insert(member);
