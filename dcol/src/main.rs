@@ -313,8 +313,7 @@ fn cmd_key_generate(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let out = PathBuf::from(o.need("out")?);
     let key = trust::files::generate_secret_key(&out).map_err(runtime)?;
     println!(
-        "wrote {} and {}.pub (member id {})",
-        out.display(),
+        "wrote {0}, {0}.pub and {0}.wgpub (member id {1})",
         out.display(),
         trust::MemberId::of(&key.public())
     );
@@ -338,7 +337,7 @@ fn cmd_collective_init(p: &mut lexopt::Parser) -> Result<(), Failure> {
 }
 
 fn cmd_collective_admit(p: &mut lexopt::Parser) -> Result<(), Failure> {
-    let help = "usage: dcol collective admit --collective-key KEY --member-pub PUB --name NAME [--days N] [--roles client,waypoint] --out CERT\n";
+    let help = "usage: dcol collective admit --collective-key KEY --member-pub PUB --name NAME [--days N] [--roles client,waypoint] [--wg-pub KEY.wgpub] --out CERT\n";
     let o = Opts::parse(
         p,
         &[
@@ -347,6 +346,7 @@ fn cmd_collective_admit(p: &mut lexopt::Parser) -> Result<(), Failure> {
             "name",
             "days",
             "roles",
+            "wg-pub",
             "out",
         ],
         &[],
@@ -372,6 +372,7 @@ fn cmd_collective_admit(p: &mut lexopt::Parser) -> Result<(), Failure> {
         o.need("name")?,
         days,
         roles,
+        o.get("wg-pub").map(std::path::Path::new),
         now,
     )
     .map_err(|e| Failure {

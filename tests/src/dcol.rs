@@ -145,6 +145,8 @@ impl Collective {
             &days,
             "--roles",
             roles,
+            "--wg-pub",
+            &format!("{}.wgpub", key.display()),
             "--out",
             cert.to_str().expect("utf-8"),
         ]);

@@ -115,7 +115,24 @@ fn random_seed() -> io::Result<[u8; 32]> {
     Ok(seed)
 }
 
-/// Writes a new secret key to `out` (0600) and its public key to `out.pub`.
+/// The WireGuard public key file of the member key file `key` (`KEY.wgpub`).
+pub fn wgpub_path(key: &Path) -> std::path::PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(".wgpub");
+    s.into()
+}
+
+/// Reads a WireGuard public key file (base64, as `wg pubkey` prints).
+pub fn read_wg_public(path: &Path) -> Result<super::wg::WgKey, FileError> {
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    super::wg::from_base64(&text).map_err(|what| FileError::Format {
+        path: path.to_owned(),
+        what,
+    })
+}
+
+/// Writes a new secret key to `out` (0600), its public key to `out.pub` and
+/// its WireGuard public key to `out.wgpub`.
 /// Refuses to overwrite either.
 pub fn generate_secret_key(out: &Path) -> Result<SecretKey, FileError> {
     let key = SecretKey::from_seed(random_seed().map_err(io_err(Path::new("/dev/urandom")))?);
@@ -130,6 +147,14 @@ pub fn generate_secret_key(out: &Path) -> Result<SecretKey, FileError> {
         out,
         0o600,
         &format!("{SECRET_TAG} {}\n", to_hex(&key.seed())),
+    )?;
+    write_new(
+        &wgpub_path(out),
+        0o644,
+        &format!(
+            "{}\n",
+            super::wg::to_base64(&super::wg::public(&super::wg::secret(&key)))
+        ),
     )?;
     write_new(
         &public,
@@ -208,16 +233,18 @@ pub fn admit(
     name: &str,
     days: u32,
     roles: Roles,
+    wg_pub: Option<&Path>,
     now: u64,
 ) -> Result<Certificate, FileError> {
     let root = read_secret_key(collective_key)?;
     let key = read_public_key(member_pub)?;
+    let wg_key = wg_pub.map(read_wg_public).transpose()?;
     let not_after = now.saturating_add(u64::from(days) * 86_400);
     Certificate::issue(
         &root,
         name,
         key,
-        None,
+        wg_key,
         now.saturating_sub(300),
         not_after,
         roles,
@@ -274,10 +301,15 @@ mod tests {
             "bob",
             30,
             Roles::CLIENT,
+            Some(&d.join("m.key.wgpub")),
             1_800_000_000,
         )
         .unwrap();
         c.verify(&root.public(), 1_800_000_000).unwrap();
+        assert_eq!(
+            c.wg_key,
+            Some(crate::trust::wg::public(&crate::trust::wg::secret(&k)))
+        );
         write_certificate(&d.join("m.cert"), &c).unwrap();
         assert_eq!(read_certificate(&d.join("m.cert")).unwrap(), c);
         let _ = fs::remove_dir_all(&d);

@@ -14,6 +14,7 @@ use ed25519_dalek::{Signer, Verifier};
 use serde::{Deserialize, Serialize};
 
 pub mod files;
+pub mod wg;
 
 /// Domain separation of certificate signatures.
 const CERT_DOMAIN: &[u8] = b"dcol/cert/v1\0";
