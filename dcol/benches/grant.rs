@@ -168,6 +168,7 @@ fn main() {
         max_per_member: 100_000,
         allow: vec!["10.0.0.0/8".parse().unwrap()],
         max_skew: Duration::from_secs(30),
+        vpn: None,
     };
     let mut core = dcol::waypoint::Waypoint::new(
         settings,

@@ -25,7 +25,10 @@ use crate::sys::mptcp_pm::{PmEvents, PmSocket};
 use crate::sys::nft::{NatElement, NatTable};
 use crate::sys::os::{self, Signals};
 use crate::sys::relay::{Relay, RelayEvent, RelaySettings};
+use crate::sys::rtnl::Rtnl;
 use crate::sys::sysctl::{self, SysctlGuard};
+use crate::sys::vpnfw::VpnFirewall;
+use crate::sys::wg::{WgDevice, WgPeer};
 use crate::sys::SysError;
 use crate::trust::{self, files, Certificate, Revocations, SecretKey};
 use crate::waypoint::{self, Decision, Lease, Waypoint};
@@ -158,6 +161,15 @@ struct WaypointRole {
     sockets: Vec<UdpSocket>,
     nat: Option<NatTable>,
     log: LogLimit,
+    /// VPN tunnels: the WireGuard interface and its firewall table.
+    wg: Option<WgDevice>,
+    vpnfw: Option<VpnFirewall>,
+}
+
+/// A client's tunnel to one VPN waypoint.
+struct ClientVpn {
+    dev: WgDevice,
+    rules: Vec<(IpAddr, u32)>,
 }
 
 struct ClientRole {
@@ -169,6 +181,13 @@ struct ClientRole {
     tunnels: Vec<TunnelKind>,
     log: LogLimit,
     lan: Option<LanRole>,
+    /// Tunnels to VPN waypoints, by peer index.
+    vpns: std::collections::HashMap<usize, ClientVpn>,
+    /// Interface name prefix and first routing table of VPN tunnels.
+    vpn_prefix: String,
+    vpn_table: u32,
+    /// This member's WireGuard secret key.
+    wg_secret: trust::wg::WgKey,
 }
 
 /// The transparent proxy for LAN devices: the relay and the interception
@@ -378,8 +397,24 @@ impl Daemon {
 
         // Waypoint.
         let (wo, wn) = (&old.waypoint, &new.waypoint);
+        let vpn_changed = (
+            &wo.vpn_subnet,
+            &wo.vpn_subnet6,
+            wo.vpn_port,
+            &wo.vpn_interface,
+        ) != (
+            &wn.vpn_subnet,
+            &wn.vpn_subnet6,
+            wn.vpn_port,
+            &wn.vpn_interface,
+        );
         if wo.enabled
-            && (!wn.enabled || root_changed || wo.nat_ports != wn.nat_ports || wo.table != wn.table)
+            && (!wn.enabled
+                || root_changed
+                || vpn_changed
+                || id.key.public() != self.cert.key
+                || wo.nat_ports != wn.nat_ports
+                || wo.table != wn.table)
         {
             drop(self.waypoint.take());
             changes.push("waypoint stopped (tunnels revoked)".into());
@@ -391,7 +426,7 @@ impl Daemon {
             if wo != wn || identity_changed {
                 let ended = w.core.reconfigure(
                     now,
-                    waypoint_settings(new),
+                    waypoint_settings(new, id),
                     id.cert.clone(),
                     id.key.clone(),
                     id.revocations.clone(),
@@ -411,6 +446,7 @@ impl Daemon {
                     }
                     drop_flows(l);
                 }
+                w.expire_vpn(now);
                 if wo.listen != wn.listen {
                     let mut sockets = Vec::new();
                     for addr in &wn.listen {
@@ -554,32 +590,80 @@ fn start_waypoint(
             log::warn!("conntrack cleanup of the previous run: {e}");
         }
     }
-    let own = os::local_addresses().map_err(io_err("getifaddrs"))?;
     let core = Waypoint::new(
-        waypoint_settings(cfg),
+        waypoint_settings(cfg, id),
         id.cert.clone(),
         id.key.clone(),
         id.root,
         id.revocations.clone(),
-        own,
+        Vec::new(),
     );
+    // From here on, Drop removes what was made if a later step fails.
+    let mut role = WaypointRole {
+        core,
+        sockets,
+        nat: Some(nat),
+        log: LogLimit::new(20),
+        wg: None,
+        vpnfw: None,
+    };
+    if let Some(subnet) = &w.vpn_subnet {
+        let secret = trust::wg::secret(&id.key);
+        let dev = WgDevice::create(&w.vpn_interface, &secret, w.vpn_port)?;
+        let vpn = waypoint_settings(cfg, id).vpn.expect("subnet set");
+        let mut rt = Rtnl::open()?;
+        let r = rt
+            .add_addr(
+                &w.vpn_interface,
+                IpAddr::V4(vpn.own_address()),
+                subnet.prefix,
+            )
+            .and_then(|()| match (vpn.own_address6(), &w.vpn_subnet6) {
+                (Some(a), Some(s6)) => rt.add_addr(&w.vpn_interface, IpAddr::V6(a), s6.prefix),
+                _ => Ok(()),
+            })
+            .and_then(|()| rt.set_up(&w.vpn_interface));
+        if let Err(e) = r {
+            dev.destroy();
+            return Err(e.into());
+        }
+        log::info!(
+            "waypoint: VPN tunnels on {} ({}, key {}, port {}), subnet {subnet}",
+            w.vpn_interface,
+            dev.backend(),
+            trust::wg::to_base64(&vpn.wg_key),
+            w.vpn_port
+        );
+        role.wg = Some(dev);
+        role.vpnfw = Some(VpnFirewall::create(
+            &format!("{}_vpn", w.table),
+            &w.vpn_interface,
+            subnet,
+            w.vpn_subnet6.as_ref(),
+            &w.allow_destination,
+        )?);
+    }
+    // The router's own addresses (tunnel address included) are never a destination.
+    role.core
+        .set_own(os::local_addresses().map_err(io_err("getifaddrs"))?);
     log::info!(
         "waypoint: NAT tunnels on ports {}-{}, signaling on {:?}",
         w.nat_ports.0,
         w.nat_ports.1,
         w.listen
     );
-    Ok(WaypointRole {
-        core,
-        sockets,
-        nat: Some(nat),
-        log: LogLimit::new(20),
-    })
+    Ok(role)
 }
 
-fn waypoint_settings(cfg: &Config) -> waypoint::Settings {
+fn waypoint_settings(cfg: &Config, id: &Identity) -> waypoint::Settings {
     let w = &cfg.waypoint;
     waypoint::Settings {
+        vpn: w.vpn_subnet.map(|subnet| waypoint::VpnSettings {
+            subnet,
+            subnet6: w.vpn_subnet6,
+            port: w.vpn_port,
+            wg_key: trust::wg::public(&trust::wg::secret(&id.key)),
+        }),
         ports: w.nat_ports,
         lease: Duration::from_secs(u64::from(w.lease_s)),
         max_per_member: w.max_tunnels_per_member,
@@ -631,6 +715,10 @@ fn start_client(
         tunnels,
         log: LogLimit::new(20),
         lan,
+        vpns: std::collections::HashMap::new(),
+        vpn_prefix: c.vpn_interface_prefix.clone(),
+        vpn_table: c.vpn_table,
+        wg_secret: trust::wg::secret(&id.key),
     })
 }
 
@@ -655,16 +743,10 @@ fn client_core(cfg: &Config, id: &Identity) -> Result<(Client, Vec<TunnelKind>),
     let mut peers = Vec::new();
     let mut tunnels = Vec::new();
     for p in &cfg.peers {
-        if p.tunnel == TunnelKind::Vpn {
-            log::warn!(
-                "peer '{}': VPN tunnels are not supported yet; skipped",
-                p.name
-            );
-            continue;
-        }
         peers.push(PeerSpec {
             name: p.name.clone(),
             address: p.address,
+            vpn: p.tunnel == TunnelKind::Vpn,
         });
         tunnels.push(p.tunnel);
     }
@@ -741,6 +823,21 @@ fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
+fn vpn_down(v: ClientVpn) {
+    match Rtnl::open() {
+        Ok(mut rt) => {
+            for (src, table) in &v.rules {
+                if let Err(e) = rt.del_rule(*src, *table, *table) {
+                    log::warn!("removing rule from {src}: {e}");
+                }
+            }
+        }
+        Err(e) => log::warn!("rtnetlink: {e}"),
+    }
+    // The routes in its table go with the interface.
+    v.dev.destroy();
+}
+
 impl LanRole {
     /// Interception off first (new LAN connections go direct), then the
     /// proxied connections are reset.
@@ -756,12 +853,73 @@ impl LanRole {
 }
 
 impl ClientRole {
+    /// Creates the tunnel interface for VPN peer `peer`: key, waypoint as
+    /// its peer, address, a default route in the peer's own table and the
+    /// rule `from <address> lookup <table>`, so only subflows bound to the
+    /// tunnel address use it.
+    fn vpn_up(
+        &mut self,
+        peer: usize,
+        address: std::net::Ipv4Addr,
+        address6: Option<Ipv6Addr>,
+        wg_key: trust::wg::WgKey,
+        endpoint: SocketAddr,
+    ) -> Result<ClientVpn, DaemonError> {
+        if let Some(old) = self.vpns.remove(&peer) {
+            vpn_down(old);
+        }
+        let name = format!("{}{peer}", self.vpn_prefix);
+        let table = self.vpn_table.saturating_add(peer as u32);
+        let dev = WgDevice::create(&name, &self.wg_secret, 0)?;
+        let mut v = ClientVpn {
+            dev,
+            rules: Vec::new(),
+        };
+        let r = (|| -> Result<(), SysError> {
+            let mut allowed = vec![(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)];
+            if address6.is_some() {
+                allowed.push((IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0));
+            }
+            v.dev.set_peer(&WgPeer {
+                key: wg_key,
+                endpoint: Some(endpoint),
+                allowed,
+                keepalive: Some(25),
+            })?;
+            let mut rt = Rtnl::open()?;
+            rt.add_addr(&name, IpAddr::V4(address), 32)?;
+            if let Some(a6) = address6 {
+                rt.add_addr(&name, IpAddr::V6(a6), 128)?;
+            }
+            rt.set_up(&name)?;
+            rt.add_default_route(&name, true, table)?;
+            rt.add_rule(IpAddr::V4(address), table, table)?;
+            v.rules.push((IpAddr::V4(address), table));
+            if let Some(a6) = address6 {
+                rt.add_default_route(&name, false, table)?;
+                rt.add_rule(IpAddr::V6(a6), table, table)?;
+                v.rules.push((IpAddr::V6(a6), table));
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                vpn_down(v);
+                Err(e.into())
+            }
+        }
+    }
+
     /// Stops the LAN proxy and releases every lease.
     fn stop(mut self) {
         if let Some(l) = self.lan.take() {
             l.stop();
         }
         self.release_all();
+        for (_, v) in self.vpns.drain() {
+            vpn_down(v);
+        }
     }
 
     fn release_all(&mut self) {
@@ -896,6 +1054,36 @@ impl ClientRole {
                     self.core.create_failed(token, remote, &e.to_string());
                 }
             },
+            Action::VpnUp {
+                peer,
+                address,
+                address6,
+                wg_key,
+                endpoint,
+            } => {
+                let name = self.core.peer_name(peer).to_owned();
+                match self.vpn_up(peer, address, address6, wg_key, endpoint) {
+                    Ok(v) => {
+                        log::info!(
+                            "VPN tunnel to {name} up: {} ({}) address {address}",
+                            v.dev.name(),
+                            v.dev.backend()
+                        );
+                        self.vpns.insert(peer, v);
+                    }
+                    Err(e) => {
+                        log::warn!("VPN tunnel to {name}: {e}");
+                        self.core.vpn_failed(Instant::now(), peer, &e.to_string());
+                    }
+                }
+            }
+            Action::VpnDown { peer } => {
+                if let Some(v) = self.vpns.remove(&peer) {
+                    let name = v.dev.name().to_owned();
+                    vpn_down(v);
+                    log::info!("VPN tunnel {name} down");
+                }
+            }
             Action::DestroySubflow {
                 token,
                 local,
@@ -937,6 +1125,16 @@ impl Drop for WaypointRole {
             if let Err(e) = nat.destroy() {
                 log::error!("removing the NAT table: {e}");
             }
+        }
+        if let Some(fw) = self.vpnfw.take() {
+            if let Err(e) = fw.destroy() {
+                log::error!("removing the VPN firewall table: {e}");
+            }
+        }
+        if let Some(dev) = self.wg.take() {
+            let n = self.core.vpn_leases().count();
+            dev.destroy();
+            log::info!("VPN interface removed ({n} peer(s))");
         }
         // After the table: no new flow can start through a tunnel meanwhile.
         match conntrack::delete_many(&tunnels) {
@@ -980,6 +1178,86 @@ impl WaypointRole {
             }
             drop_flows(&l);
         }
+        self.expire_vpn(now);
+    }
+
+    fn expire_vpn(&mut self, now: Instant) {
+        for l in self.core.expire_vpn(now) {
+            log::info!("VPN lease ended: {} {}", l.member_name, l.address);
+            if let Some(dev) = self.wg.as_mut() {
+                if let Err(e) = dev.remove_peer(&l.wg_key) {
+                    log::warn!("removing VPN peer of {}: {e}", l.member_name);
+                }
+            }
+        }
+    }
+
+    fn execute_vpn(&mut self, i: usize, wall: u64, d: Decision) {
+        match d {
+            Decision::VpnInstall {
+                lease,
+                replaced,
+                to,
+                bytes,
+                nonce,
+            } => {
+                let Some(dev) = self.wg.as_mut() else { return };
+                if let Some(old) = replaced {
+                    let _ = dev.remove_peer(&old);
+                }
+                let mut allowed = vec![(IpAddr::V4(lease.address), 32)];
+                if let Some(a6) = lease.address6 {
+                    allowed.push((IpAddr::V6(a6), 128));
+                }
+                let peer = WgPeer {
+                    key: lease.wg_key,
+                    endpoint: None,
+                    allowed,
+                    keepalive: None,
+                };
+                match dev.set_peer(&peer) {
+                    Ok(()) => {
+                        log::info!(
+                            "granted VPN to {} ({}) from {}: {} key {}",
+                            lease.member_name,
+                            lease.member,
+                            lease.client,
+                            lease.address,
+                            trust::wg::to_base64(&lease.wg_key)
+                        );
+                        self.send(i, to, &bytes);
+                    }
+                    Err(e) => {
+                        log::error!("adding VPN peer: {e}");
+                        let r = self.core.abort_vpn(
+                            wall,
+                            &lease,
+                            to,
+                            nonce,
+                            bytes.len(),
+                            "internal error",
+                        );
+                        if let Decision::Reply { to, bytes, .. } = r {
+                            self.send(i, to, &bytes);
+                        }
+                    }
+                }
+            }
+            Decision::VpnRefresh { lease, to, bytes } => {
+                log::debug!("renewed VPN of {}", lease.member_name);
+                self.send(i, to, &bytes);
+            }
+            Decision::VpnRemove { lease, to, bytes } => {
+                if let Some(dev) = self.wg.as_mut() {
+                    if let Err(e) = dev.remove_peer(&lease.wg_key) {
+                        log::warn!("removing VPN peer: {e}");
+                    }
+                }
+                log::info!("released VPN of {} ({})", lease.member_name, lease.address);
+                self.send(i, to, &bytes);
+            }
+            _ => {}
+        }
     }
 
     fn send(&self, i: usize, to: SocketAddr, bytes: &[u8]) {
@@ -989,8 +1267,19 @@ impl WaypointRole {
     }
 
     fn execute(&mut self, i: usize, now: Instant, wall: u64, from: SocketAddr, d: Decision) {
+        let d = match d {
+            Decision::VpnInstall { .. }
+            | Decision::VpnRefresh { .. }
+            | Decision::VpnRemove { .. } => {
+                return self.execute_vpn(i, wall, d);
+            }
+            d => d,
+        };
         let Some(nat) = self.nat.as_mut() else { return };
         match d {
+            Decision::VpnInstall { .. }
+            | Decision::VpnRefresh { .. }
+            | Decision::VpnRemove { .. } => {}
             Decision::Ignore { reason } => {
                 if self.log.allow(now) {
                     log::warn!("waypoint: ignored datagram from {from}: {reason}");
@@ -1111,7 +1400,7 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
                     tunnel: Some(tunnel_name(c.tunnels[d.peer]).into()),
                     local: d
                         .local_port
-                        .map(|p| SocketAddr::new(conn.local.ip(), p).to_string()),
+                        .map(|p| SocketAddr::new(d.local_ip(conn.local.ip()), p).to_string()),
                     remote: c.core.detour_remote(d).map(|r| r.to_string()),
                     state: d.state.name().into(),
                     detail,

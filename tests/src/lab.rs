@@ -103,6 +103,48 @@ impl Lab {
         )
     }
 
+    /// A client UCI file with the waypoint as one IPv4 peer per entry of
+    /// `tunnels` (`nat` or `vpn`; the same waypoint may serve both).
+    pub fn client_config_tunnels(&self, extra: &str, tunnels: &[&str]) -> String {
+        let state = self.scratch.path().join("cl-state");
+        let w4 = SocketAddr::new(IpAddr::V4(self.topo.addr4(Node::Waypoint)), SIGNAL_PORT);
+        let mut s = format!(
+            "{}config client 'client'\n\toption enabled '1'\n\toption max_detours '2'\n\toption renew_interval_s '1'\n\toption liveness_misses '3'\n{extra}\n",
+            main_section(&self.client_member, &self.collective, &self.sock("cl"), &state),
+        );
+        for t in tunnels {
+            s.push_str(&format!(
+                "config peer\n\toption name 'alice'\n\toption address '{w4}'\n\toption tunnel '{t}'\n\n"
+            ));
+        }
+        s
+    }
+
+    /// Starts a daemon with `uci` in node `n`'s namespace as the client.
+    pub fn start_client_with(&mut self, n: Node, uci: &str) {
+        let d = Daemon::start(
+            &self.ns(n),
+            self.scratch.path(),
+            "cl",
+            uci,
+            &self.sock("cl"),
+        );
+        self.client = Some(d);
+    }
+
+    /// Starts the waypoint daemon with `extra` in its waypoint section.
+    pub fn start_waypoint_with(&mut self, extra: &str) {
+        let cfg = self.waypoint_config(extra);
+        let d = Daemon::start(
+            &self.ns(Node::Waypoint),
+            self.scratch.path(),
+            "wp",
+            &cfg,
+            &self.sock("wp"),
+        );
+        self.waypoint = Some(d);
+    }
+
     /// Starts the client daemon on the client's router (`rc`) as a transparent
     /// proxy for the client host behind it (LAN interface `l1a`); the client
     /// host then runs unmodified programs. `extra` goes into the client section.

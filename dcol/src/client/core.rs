@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+mod vpn;
+
 use super::{PmEvent, SubflowInfo, Token};
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind,
@@ -65,6 +67,24 @@ pub enum Action {
         /// Waypoint address and granted port.
         remote: SocketAddr,
     },
+    /// Bring up the WireGuard tunnel to VPN peer `peer` as granted.
+    VpnUp {
+        /// Peer index.
+        peer: usize,
+        /// Our tunnel address.
+        address: std::net::Ipv4Addr,
+        /// Our IPv6 tunnel address, if granted.
+        address6: Option<std::net::Ipv6Addr>,
+        /// The waypoint's WireGuard public key.
+        wg_key: [u8; 32],
+        /// The waypoint's WireGuard endpoint.
+        endpoint: SocketAddr,
+    },
+    /// Take the tunnel to VPN peer `peer` down.
+    VpnDown {
+        /// Peer index.
+        peer: usize,
+    },
     /// `MPTCP_PM_CMD_SUBFLOW_DESTROY`.
     DestroySubflow {
         /// Connection.
@@ -83,6 +103,8 @@ pub struct PeerSpec {
     pub name: String,
     /// Signaling address.
     pub address: SocketAddr,
+    /// A VPN (WireGuard) waypoint rather than a NAT one.
+    pub vpn: bool,
 }
 
 /// Tunables.
@@ -148,12 +170,29 @@ pub struct Detour {
     misses: u32,
     renew_due: Option<Instant>,
     established_at: Option<Instant>,
+    /// VPN detours: the tunnel address (local) and the server (remote).
+    vpn: Option<(IpAddr, SocketAddr)>,
 }
 
 impl Detour {
     fn remote(&self, peers: &[Peer]) -> Option<SocketAddr> {
+        if let Some((_, server)) = self.vpn {
+            return Some(server);
+        }
         self.port
             .map(|p| SocketAddr::new(peers[self.peer].spec.address.ip(), p))
+    }
+
+    /// The local address of its subflow: the connection's, or the tunnel's.
+    pub fn local_ip(&self, conn_local: IpAddr) -> IpAddr {
+        self.vpn.map_or(conn_local, |(l, _)| l)
+    }
+
+    /// Whether subflow `sf` is this detour's.
+    fn is(&self, peers: &[Peer], sf: &SubflowInfo) -> bool {
+        self.live()
+            && self.remote(peers) == Some(sf.remote)
+            && self.vpn.is_none_or(|(l, _)| l == sf.local.ip())
     }
 
     fn live(&self) -> bool {
@@ -189,6 +228,8 @@ struct Peer {
     spec: PeerSpec,
     down_until: Option<Instant>,
     last_rtt: Option<Duration>,
+    /// The tunnel, for VPN peers.
+    vpn: Option<vpn::VpnPeer>,
 }
 
 /// A peer as status shows it.
@@ -232,6 +273,7 @@ pub struct Client {
     /// host and the detour gate.
     proxied: HashMap<SocketAddr, (SocketAddr, Gate)>,
     pending: HashMap<Nonce, Pending>,
+    vpn_pending: HashMap<Nonce, vpn::VpnPending>,
     nonce_prefix: [u8; 8],
     nonce_counter: u64,
 }
@@ -251,6 +293,7 @@ impl Client {
         let peers = peers
             .into_iter()
             .map(|spec| Peer {
+                vpn: spec.vpn.then(vpn::VpnPeer::default),
                 spec,
                 down_until: None,
                 last_rtt: None,
@@ -266,6 +309,7 @@ impl Client {
             conns: BTreeMap::new(),
             proxied: HashMap::new(),
             pending: HashMap::new(),
+            vpn_pending: HashMap::new(),
             nonce_prefix,
             nonce_counter: 0,
         }
@@ -412,6 +456,9 @@ impl Client {
             Ok(Message::Request(_)) => return Err(format!("{from}: a request sent to the client")),
             Err(e) => return Err(format!("{from}: undecodable datagram: {e}")),
         };
+        if self.vpn_pending.contains_key(&resp.body.nonce) {
+            return self.on_vpn_response(now, wall_ms, from, resp);
+        }
         let Some(p) = self.pending.get(&resp.body.nonce) else {
             return Err(format!(
                 "{from}: response to no pending request (late or forged)"
@@ -515,6 +562,7 @@ impl Client {
                 out
             }
             (RequestKind::Release { .. }, _) => Vec::new(),
+            (_, _) => Vec::new(),
         }
     }
 
@@ -522,11 +570,12 @@ impl Client {
     pub fn create_failed(&mut self, token: Token, remote: SocketAddr, why: &str) {
         let peers = &self.peers;
         if let Some(conn) = self.conns.get_mut(&token) {
-            if let Some(d) = conn
-                .detours
-                .iter_mut()
-                .find(|d| d.remote(peers) == Some(remote) && d.live())
-            {
+            if let Some(d) = conn.detours.iter_mut().find(|d| {
+                d.remote(peers) == Some(remote)
+                    && d.live()
+                    && d.state == DetourState::Connecting
+                    && d.established_at.is_none()
+            }) {
                 d.state = DetourState::Failed(format!("subflow create: {why}"));
             }
         }
@@ -586,6 +635,7 @@ impl Client {
         for (token, i, kind) in renewals {
             out.extend(self.send_request(now, wall_ms, token, i, kind, 0, renew_interval));
         }
+        out.extend(self.poll_vpn(now, wall_ms));
         out
     }
 
@@ -599,10 +649,7 @@ impl Client {
             .filter(|d| d.live())
             .filter_map(|d| d.renew_due)
             .min();
-        match (p, r) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [p, r, self.vpn_next_timeout()].into_iter().flatten().min()
     }
 
     /// Connections, for status.
@@ -624,10 +671,9 @@ impl Client {
     /// time from the connection's ESTABLISHED to this subflow's SUB_ESTABLISHED.
     pub fn detour_setup(&self, token: Token, remote: SocketAddr) -> Option<(&str, Duration)> {
         let conn = self.conns.get(&token)?;
-        let d = conn
-            .detours
-            .iter()
-            .find(|d| d.live() && d.remote(&self.peers) == Some(remote))?;
+        let d = conn.detours.iter().find(|d| {
+            d.live() && d.remote(&self.peers) == Some(remote) && d.established_at.is_some()
+        })?;
         Some((&self.peers[d.peer].spec.name, d.setup?))
     }
 
@@ -652,6 +698,7 @@ impl Client {
             out.extend(self.close(now, wall_ms, t));
         }
         self.pending.clear();
+        out.extend(self.vpn_shutdown(now, wall_ms));
         out
     }
 
@@ -677,6 +724,7 @@ impl Client {
             .enumerate()
             .filter(|(i, p)| {
                 !used.contains(i)
+                    && !p.spec.vpn
                     && p.spec.address.is_ipv4() == remote.is_ipv4()
                     && p.spec.address.ip() != remote.ip()
                     && p.down_until.is_none_or(|t| t <= now)
@@ -684,8 +732,9 @@ impl Client {
             .map(|(i, _)| i)
             .take(want)
             .collect();
-        let mut out = Vec::new();
-        for peer in candidates {
+        let mut out = self.add_vpn_detours(token, want);
+        let want = want.saturating_sub(out.len());
+        for peer in candidates.into_iter().take(want) {
             out.extend(self.request_detour(now, wall_ms, token, peer));
         }
         out
@@ -711,6 +760,7 @@ impl Client {
             misses: 0,
             renew_due: None,
             established_at: None,
+            vpn: None,
         });
         let idx = conn.detours.len() - 1;
         let kind = RequestKind::NatDetour {
@@ -813,7 +863,7 @@ impl Client {
                     Vec::new()
                 }
             }
-            RequestKind::Release { .. } => Vec::new(),
+            _ => Vec::new(),
         }
     }
 
@@ -831,7 +881,7 @@ impl Client {
                 if let (Some(remote), Some(lp)) = (d.remote(peers), d.local_port) {
                     out.push(Action::DestroySubflow {
                         token: conn.token,
-                        local: SocketAddr::new(conn.local.ip(), lp),
+                        local: SocketAddr::new(d.local_ip(conn.local.ip()), lp),
                         remote,
                     });
                 }
@@ -861,11 +911,7 @@ impl Client {
             return;
         };
         let est = conn.established_at;
-        if let Some(d) = conn
-            .detours
-            .iter_mut()
-            .find(|d| d.live() && d.remote(peers) == Some(sf.remote))
-        {
+        if let Some(d) = conn.detours.iter_mut().find(|d| d.is(peers, sf)) {
             d.state = DetourState::Established;
             d.local_port = Some(sf.local.port());
             d.established_at = Some(now);
@@ -885,11 +931,7 @@ impl Client {
         let Some(conn) = self.conns.get_mut(&token) else {
             return Vec::new();
         };
-        let Some(i) = conn
-            .detours
-            .iter()
-            .position(|d| d.live() && d.remote(peers) == Some(sf.remote))
-        else {
+        let Some(i) = conn.detours.iter().position(|d| d.is(peers, sf)) else {
             return Vec::new();
         };
         let d = &mut conn.detours[i];
@@ -908,7 +950,7 @@ impl Client {
         };
         // The waypoint lost our mapping (restart, expiry): ask it afresh, a few
         // times per connection at most.
-        let lost = matches!(error, Some(ECONNREFUSED) | Some(ECONNRESET));
+        let lost = matches!(error, Some(ECONNREFUSED) | Some(ECONNRESET)) && d.vpn.is_none();
         d.state = DetourState::Failed(why);
         let (port, lease, peer) = (d.port, d.lease, d.peer);
         let mut out = Vec::new();
@@ -1001,6 +1043,10 @@ mod tests {
         drop_next: usize,
         created: Vec<(Token, SocketAddr)>,
         destroyed: Vec<(Token, SocketAddr)>,
+        /// VpnUp/VpnDown actions, as "up <address>" / "down".
+        vpn: Vec<String>,
+        /// Local addresses of created subflows.
+        locals: Vec<IpAddr>,
     }
 
     fn settings() -> Settings {
@@ -1016,9 +1062,20 @@ mod tests {
 
     impl Pair {
         fn new(peers: Vec<PeerSpec>) -> Pair {
+            let k = testutil::key(3);
+            let bob = Certificate::issue(
+                &testutil::root(),
+                "bob",
+                k.public(),
+                Some(crate::trust::wg::public(&crate::trust::wg::secret(&k))),
+                testutil::T0 - 86_400,
+                testutil::T0 + 86_400,
+                Roles::CLIENT,
+            )
+            .unwrap();
             let c = Client::new(
                 settings(),
-                cert("bob", 3, Roles::CLIENT),
+                bob,
                 testutil::key(3),
                 testutil::root_pub(),
                 Revocations::default(),
@@ -1031,6 +1088,12 @@ mod tests {
                 max_per_member: 16,
                 allow: vec!["10.0.0.0/8".parse().unwrap()],
                 max_skew: Duration::from_secs(30),
+                vpn: Some(crate::waypoint::VpnSettings {
+                    subnet: "10.200.7.0/24".parse().unwrap(),
+                    subnet6: None,
+                    port: 51820,
+                    wg_key: [5; 32],
+                }),
             };
             let me = cert("alice", 2, Roles::CLIENT | Roles::WAYPOINT);
             let w = Waypoint::new(
@@ -1050,6 +1113,8 @@ mod tests {
                 drop_next: 0,
                 created: vec![],
                 destroyed: vec![],
+                vpn: vec![],
+                locals: vec![],
             }
         }
 
@@ -1057,6 +1122,7 @@ mod tests {
             vec![PeerSpec {
                 name: "alice".into(),
                 address: WP.parse().unwrap(),
+                vpn: false,
             }]
         }
 
@@ -1072,7 +1138,10 @@ mod tests {
                 match a {
                     Action::Send { from, to, bytes } => {
                         assert_eq!(to, WP.parse().unwrap());
-                        assert_eq!(from, CLIENT_IP.parse::<IpAddr>().unwrap());
+                        assert!(
+                            from == CLIENT_IP.parse::<IpAddr>().unwrap() || from.is_unspecified(),
+                            "{from}"
+                        );
                         if self.drop_next > 0 {
                             self.drop_next -= 1;
                             continue;
@@ -1085,7 +1154,10 @@ mod tests {
                             Decision::Reply { bytes, .. }
                             | Decision::Install { bytes, .. }
                             | Decision::Refresh { bytes, .. }
-                            | Decision::Remove { bytes, .. } => bytes,
+                            | Decision::Remove { bytes, .. }
+                            | Decision::VpnInstall { bytes, .. }
+                            | Decision::VpnRefresh { bytes, .. }
+                            | Decision::VpnRemove { bytes, .. } => bytes,
                             Decision::Ignore { reason } => panic!("waypoint ignored: {reason}"),
                         };
                         let more = self
@@ -1100,10 +1172,16 @@ mod tests {
                         local_id,
                         remote,
                     } => {
-                        assert_eq!(local, CLIENT_IP.parse::<IpAddr>().unwrap());
-                        assert_eq!(local_id, DETOUR_LOCAL_ID);
+                        if local == CLIENT_IP.parse::<IpAddr>().unwrap() {
+                            assert_eq!(local_id, DETOUR_LOCAL_ID);
+                        } else {
+                            assert_ne!(local_id, DETOUR_LOCAL_ID, "one id per address");
+                        }
+                        self.locals.push(local);
                         self.created.push((token, remote));
                     }
+                    Action::VpnUp { address, .. } => self.vpn.push(format!("up {address}")),
+                    Action::VpnDown { .. } => self.vpn.push("down".into()),
                     Action::DestroySubflow { token, remote, .. } => {
                         self.destroyed.push((token, remote))
                     }
@@ -1225,6 +1303,51 @@ mod tests {
             server_side: false,
         });
         assert_eq!(p.created.len(), 2);
+    }
+
+    #[test]
+    fn vpn_tunnel_serves_every_connection_and_is_dropped_when_the_waypoint_dies() {
+        let mut p = Pair::new(vec![PeerSpec {
+            name: "alice".into(),
+            address: WP.parse().unwrap(),
+            vpn: true,
+        }]);
+        // The tunnel is asked for at once, not per connection.
+        p.advance(Duration::from_millis(10), true);
+        assert_eq!(p.vpn, vec!["up 10.200.7.2"]);
+        for token in [1, 2] {
+            let mut ev = established(token);
+            if let PmEvent::Established { local, .. } = &mut ev {
+                local.set_port(40000 + token as u16);
+            }
+            p.event(ev);
+        }
+        // One VPN detour per connection: tunnel address -> the server itself.
+        assert_eq!(p.created.len(), 2);
+        assert!(p
+            .created
+            .iter()
+            .all(|(_, r)| *r == "10.0.3.2:5201".parse().unwrap()));
+        assert!(p
+            .locals
+            .iter()
+            .all(|l| *l == "10.200.7.2".parse::<IpAddr>().unwrap()));
+        for (token, remote) in p.created.clone() {
+            let mut sf = sub(remote, 41000 + token.0 as u16);
+            sf.local = SocketAddr::new("10.200.7.2".parse().unwrap(), sf.local.port());
+            p.event(PmEvent::SubEstablished { token, subflow: sf });
+        }
+        assert_eq!(detour_state(&p, 1), vec!["established"]);
+        // Renewals keep it; a silent waypoint takes it down with its subflows.
+        p.advance(Duration::from_secs(20), true);
+        assert_eq!(p.vpn.len(), 1);
+        p.advance(Duration::from_secs(10), false);
+        assert_eq!(p.vpn, vec!["up 10.200.7.2", "down"]);
+        assert_eq!(p.destroyed.len(), 2);
+        assert_eq!(detour_state(&p, 2), vec!["failed"]);
+        // After the hold-down it comes back, and new connections use it.
+        p.advance(Duration::from_secs(40), true);
+        assert_eq!(p.vpn.last().map(String::as_str), Some("up 10.200.7.2"));
     }
 
     #[test]
@@ -1409,10 +1532,12 @@ mod tests {
             PeerSpec {
                 name: "alice".into(),
                 address: WP.parse().unwrap(),
+                vpn: false,
             },
             PeerSpec {
                 name: "alice".into(),
                 address: "[fd00:0:0:6::2]:7447".parse().unwrap(),
+                vpn: false,
             },
         ];
         let mut p = Pair::new(peers);

@@ -118,7 +118,7 @@ impl fmt::Display for Cidr {
 pub enum TunnelKind {
     /// NAT tunnel: one map element per destination.
     Nat,
-    /// WireGuard tunnel (not implemented yet; skipped with a warning).
+    /// WireGuard tunnel: one per waypoint, for every connection.
     Vpn,
 }
 
@@ -198,6 +198,10 @@ pub struct ClientConfig {
     pub detour_policy: DetourPolicy,
     /// A proxied connection with no bytes either way for this long is closed, s.
     pub proxy_idle_timeout_s: u32,
+    /// VPN tunnel interfaces are named this plus the peer's index.
+    pub vpn_interface_prefix: String,
+    /// Routing tables (and rule priorities) of VPN tunnels start here.
+    pub vpn_table: u32,
 }
 
 /// `config waypoint 'waypoint'`.
@@ -219,6 +223,15 @@ pub struct WaypointConfig {
     pub max_clock_skew_s: u32,
     /// nftables table name (`inet <table>`).
     pub table: String,
+    /// VPN tunnels: the IPv4 subnet (its first address is the waypoint's);
+    /// `None`: no VPN tunnels.
+    pub vpn_subnet: Option<Cidr>,
+    /// Optional IPv6 subnet for VPN tunnels.
+    pub vpn_subnet6: Option<Cidr>,
+    /// WireGuard UDP port.
+    pub vpn_port: u16,
+    /// WireGuard interface name.
+    pub vpn_interface: String,
 }
 
 /// `config peer`.
@@ -274,6 +287,8 @@ impl Default for Config {
                 max_conns_per_host: 512,
                 detour_policy: DetourPolicy::TlsAfterHandshake,
                 proxy_idle_timeout_s: 3600,
+                vpn_interface_prefix: "dcolc".into(),
+                vpn_table: 7400,
             },
             waypoint: WaypointConfig {
                 enabled: false,
@@ -284,6 +299,10 @@ impl Default for Config {
                 allow_destination: Vec::new(),
                 max_clock_skew_s: 30,
                 table: "dcol".into(),
+                vpn_subnet: None,
+                vpn_subnet6: None,
+                vpn_port: 51820,
+                vpn_interface: "dcolwg".into(),
             },
             peers: Vec::new(),
             warnings: Vec::new(),
@@ -495,6 +514,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                             c.max_conns_per_host = p.value(it, |v| range(v, 1, 65_536))?
                         }
                         "detour_policy" => c.detour_policy = p.value(it, parse_policy)?,
+                        "vpn_interface_prefix" => {
+                            c.vpn_interface_prefix = p.value(it, |v| {
+                                if v.len() > 12 {
+                                    return Err(format!(
+                                        "expected at most 12 characters, got '{}'",
+                                        show(v)
+                                    ));
+                                }
+                                parse_ifname(v)
+                            })?
+                        }
+                        "vpn_table" => c.vpn_table = p.value(it, |v| range(v, 1, 0x7fff_0000))?,
                         "proxy_idle_timeout_s" => {
                             c.proxy_idle_timeout_s = p.value(it, |v| range(v, 1, 86_400 * 7))?
                         }
@@ -522,6 +553,34 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                             w.max_clock_skew_s = p.value(it, |v| range(v, 1, 3600))?
                         }
                         "table" => w.table = p.value(it, parse_table)?,
+                        "vpn_subnet" => {
+                            w.vpn_subnet = Some(p.value(it, |v| {
+                                let c: Cidr = v.parse()?;
+                                if !c.addr.is_ipv4() || c.prefix > 30 {
+                                    return Err(format!(
+                                        "expected an IPv4 subnet of /30 or larger, got '{}'",
+                                        show(v)
+                                    ));
+                                }
+                                Ok(c)
+                            })?)
+                        }
+                        "vpn_subnet6" => {
+                            w.vpn_subnet6 = Some(p.value(it, |v| {
+                                let c: Cidr = v.parse()?;
+                                if c.addr.is_ipv4() || c.prefix > 120 {
+                                    return Err(format!(
+                                        "expected an IPv6 subnet of /120 or larger, got '{}'",
+                                        show(v)
+                                    ));
+                                }
+                                Ok(c)
+                            })?)
+                        }
+                        "vpn_port" => {
+                            w.vpn_port = p.value(it, |v| range(v, 1, 65535).map(|x| x as u16))?
+                        }
+                        "vpn_interface" => w.vpn_interface = p.value(it, parse_ifname)?,
                         _ => p.unknown(it),
                     }
                 }

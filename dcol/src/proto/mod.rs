@@ -67,6 +67,19 @@ pub enum RequestKind {
         /// Nonce of the request that created the lease.
         lease: Nonce,
     },
+    /// A VPN tunnel: add the WireGuard key in the member's certificate as a
+    /// peer with one address of the waypoint's VPN subnet.
+    Vpn,
+    /// Extend the VPN lease (also the client's liveness probe).
+    VpnRenew {
+        /// Nonce of the request that created the lease.
+        lease: Nonce,
+    },
+    /// End the VPN lease (the peer is removed).
+    VpnRelease {
+        /// Nonce of the request that created the lease.
+        lease: Nonce,
+    },
 }
 
 /// The signed part of a request.
@@ -119,6 +132,12 @@ pub enum RefusalReason {
     NotAWaypoint = 0x0a,
     /// The waypoint failed internally (e.g. the kernel refused the map element).
     Internal = 0x0b,
+    /// The waypoint offers no VPN tunnels.
+    NoVpn = 0x0c,
+    /// Every address of the VPN subnet is in use.
+    NoAddressesLeft = 0x0d,
+    /// The member's certificate carries no WireGuard key.
+    NoWireGuardKey = 0x0e,
 }
 
 impl fmt::Display for RefusalReason {
@@ -135,6 +154,9 @@ impl fmt::Display for RefusalReason {
             RefusalReason::UnknownLease => "unknown lease",
             RefusalReason::NotAWaypoint => "role not allowed",
             RefusalReason::Internal => "internal error",
+            RefusalReason::NoVpn => "no VPN tunnels here",
+            RefusalReason::NoAddressesLeft => "VPN subnet exhausted",
+            RefusalReason::NoWireGuardKey => "certificate has no WireGuard key",
         })
     }
 }
@@ -150,6 +172,19 @@ pub enum Outcome {
         lease_secs: u32,
         /// The client's address as the waypoint saw it.
         observed: IpAddr,
+    },
+    /// The VPN tunnel exists (or was renewed / released; then `lease_secs` is 0).
+    VpnGranted {
+        /// The member's tunnel address (a /32 of the waypoint's subnet).
+        address: std::net::Ipv4Addr,
+        /// An IPv6 tunnel address (a /128), when the waypoint has a v6 subnet.
+        address6: Option<std::net::Ipv6Addr>,
+        /// The waypoint's WireGuard public key.
+        wg_key: [u8; 32],
+        /// The waypoint's WireGuard UDP port (at the address the request went to).
+        port: u16,
+        /// Lease length.
+        lease_secs: u32,
     },
     /// Refused.
     Refused {

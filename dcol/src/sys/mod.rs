@@ -10,8 +10,11 @@ pub mod netlink;
 pub mod nft;
 pub mod os;
 pub mod relay;
+pub mod rtnl;
 pub mod sock;
 pub mod sysctl;
+pub mod vpnfw;
+pub mod wg;
 
 /// Errors of the kernel glue: the operation that failed and why.
 #[derive(Debug, thiserror::Error)]

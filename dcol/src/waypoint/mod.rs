@@ -16,6 +16,7 @@
 
 pub mod leases;
 pub mod policy;
+pub mod vpn;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +28,7 @@ use crate::proto::{
 };
 use crate::trust::{Certificate, MemberId, PublicKey, Revocations, Roles, SecretKey, TrustError};
 pub use leases::{Lease, LeaseError, LeaseTable};
+pub use vpn::{VpnLease, VpnSettings, VpnTable};
 
 /// At most this many remembered nonces (~200 bytes each: 3 MB on a router);
 /// beyond it new requests are refused until old ones age out of the freshness
@@ -47,6 +49,8 @@ pub struct Settings {
     pub allow: Vec<Cidr>,
     /// How far a request's timestamp may be from our clock.
     pub max_skew: Duration,
+    /// VPN tunnels, when offered.
+    pub vpn: Option<VpnSettings>,
 }
 
 /// What the daemon must do with a datagram.
@@ -88,6 +92,37 @@ pub enum Decision {
         /// Destination of the reply.
         to: SocketAddr,
         /// The encoded grant.
+        bytes: Vec<u8>,
+    },
+    /// Add (or update) the WireGuard peer of `lease`, then send the grant.
+    VpnInstall {
+        /// The lease.
+        lease: VpnLease,
+        /// A key of the same member to remove first (its key changed).
+        replaced: Option<crate::trust::wg::WgKey>,
+        /// Destination of the reply.
+        to: SocketAddr,
+        /// The encoded grant.
+        bytes: Vec<u8>,
+        /// Nonce of the request (for [`Waypoint::abort_vpn`]).
+        nonce: Nonce,
+    },
+    /// The VPN lease was renewed: send the grant (no kernel change).
+    VpnRefresh {
+        /// The lease.
+        lease: VpnLease,
+        /// Destination of the reply.
+        to: SocketAddr,
+        /// The encoded grant.
+        bytes: Vec<u8>,
+    },
+    /// Remove the WireGuard peer of `lease`, then send the reply.
+    VpnRemove {
+        /// The ended lease.
+        lease: VpnLease,
+        /// Destination of the reply.
+        to: SocketAddr,
+        /// The encoded confirmation.
         bytes: Vec<u8>,
     },
     /// Remove the element (and conntrack entries) of `lease`, then send the reply.
@@ -137,6 +172,9 @@ pub struct Waypoint {
     /// Body of the last reply made, to remember it under its nonce.
     last_reply: Option<ResponseBody>,
     stats: Stats,
+    vpn: Option<VpnTable>,
+    /// VPN leases ended by revocation, handed out by [`Waypoint::expire_vpn`].
+    vpn_ended: Vec<VpnLease>,
 }
 
 impl Waypoint {
@@ -151,7 +189,10 @@ impl Waypoint {
         own: Vec<IpAddr>,
     ) -> Self {
         let leases = LeaseTable::new(settings.ports, settings.max_per_member);
+        let vpn = settings.vpn.clone().map(VpnTable::new);
         Waypoint {
+            vpn,
+            vpn_ended: Vec::new(),
             settings,
             cert,
             key,
@@ -164,6 +205,11 @@ impl Waypoint {
             last_reply: None,
             stats: Stats::default(),
         }
+    }
+
+    /// Replaces the router's own addresses (never a destination).
+    pub fn set_own(&mut self, own: Vec<IpAddr>) {
+        self.own = own;
     }
 
     /// Handles one datagram from `from`. `wall_ms` is Unix time in milliseconds.
@@ -240,7 +286,12 @@ impl Waypoint {
         let decision = self.decide(now, wall_ms, from, &req, limit);
         let remember = matches!(
             decision,
-            Decision::Install { .. } | Decision::Refresh { .. } | Decision::Remove { .. }
+            Decision::Install { .. }
+                | Decision::Refresh { .. }
+                | Decision::Remove { .. }
+                | Decision::VpnInstall { .. }
+                | Decision::VpnRefresh { .. }
+                | Decision::VpnRemove { .. }
         );
         if let Some(reply) = self.last_reply.take().filter(|_| remember) {
             let until = now + self.settings.max_skew * 2;
@@ -353,6 +404,9 @@ impl Waypoint {
                     bytes,
                 })
             }
+            RequestKind::Vpn | RequestKind::VpnRenew { .. } | RequestKind::VpnRelease { .. } => {
+                self.decide_vpn(now, wall_ms, from, req, limit)
+            }
             RequestKind::Release { port, lease } => {
                 let owned = self
                     .leases
@@ -389,6 +443,170 @@ impl Waypoint {
                 })
             }
         }
+    }
+
+    fn decide_vpn(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        from: SocketAddr,
+        req: &Request,
+        limit: usize,
+    ) -> Decision {
+        let nonce = req.body.nonce;
+        let member = req.cert.member;
+        let lease_len = self.settings.lease;
+        let Some(table) = self.vpn.as_mut() else {
+            let d = "this waypoint has no vpn_subnet".to_owned();
+            return self.refusal(wall_ms, from, nonce, RefusalReason::NoVpn, d, limit);
+        };
+        match req.body.kind {
+            RequestKind::Vpn => {
+                let Some(wg_key) = req.cert.wg_key else {
+                    let d = format!("{}'s certificate", req.cert.name);
+                    return self.refusal(
+                        wall_ms,
+                        from,
+                        nonce,
+                        RefusalReason::NoWireGuardKey,
+                        d,
+                        limit,
+                    );
+                };
+                let Some((lease, replaced)) = table.grant(
+                    now,
+                    nonce,
+                    member,
+                    &req.cert.name,
+                    wg_key,
+                    from.ip(),
+                    lease_len,
+                ) else {
+                    let d = "no free address".to_owned();
+                    return self.refusal(
+                        wall_ms,
+                        from,
+                        nonce,
+                        RefusalReason::NoAddressesLeft,
+                        d,
+                        limit,
+                    );
+                };
+                let bytes = self.vpn_grant_bytes(wall_ms, nonce, &lease, lease_len);
+                self.fit(bytes, limit, |bytes| Decision::VpnInstall {
+                    lease,
+                    replaced,
+                    to: from,
+                    bytes,
+                    nonce,
+                })
+            }
+            RequestKind::VpnRenew { lease } | RequestKind::VpnRelease { lease } => {
+                if table.lookup(member, lease).is_none() {
+                    let d = format!("no VPN lease of {}", req.cert.name);
+                    return self.refusal(
+                        wall_ms,
+                        from,
+                        nonce,
+                        RefusalReason::UnknownLease,
+                        d,
+                        limit,
+                    );
+                }
+                if matches!(req.body.kind, RequestKind::VpnRenew { .. }) {
+                    let l = table
+                        .renew(member, now + lease_len)
+                        .cloned()
+                        .expect("looked up");
+                    let bytes = self.vpn_grant_bytes(wall_ms, nonce, &l, lease_len);
+                    self.fit(bytes, limit, |bytes| Decision::VpnRefresh {
+                        lease: l,
+                        to: from,
+                        bytes,
+                    })
+                } else {
+                    let l = table.end(member).expect("looked up");
+                    let bytes = self.vpn_grant_bytes(wall_ms, nonce, &l, Duration::ZERO);
+                    self.fit(bytes, limit, |bytes| Decision::VpnRemove {
+                        lease: l,
+                        to: from,
+                        bytes,
+                    })
+                }
+            }
+            _ => unreachable!("only VPN requests come here"),
+        }
+    }
+
+    fn vpn_grant_bytes(
+        &mut self,
+        wall_ms: u64,
+        nonce: Nonce,
+        l: &VpnLease,
+        len: Duration,
+    ) -> Vec<u8> {
+        let (wg_key, port) = self
+            .vpn
+            .as_ref()
+            .map(|t| (t.settings().wg_key, t.settings().port))
+            .unwrap_or_default();
+        self.response_bytes(
+            wall_ms,
+            nonce,
+            Outcome::VpnGranted {
+                address: l.address,
+                address6: l.address6,
+                wg_key,
+                port,
+                lease_secs: u32::try_from(len.as_secs()).unwrap_or(u32::MAX),
+            },
+        )
+    }
+
+    /// Undoes a [`Decision::VpnInstall`] whose peer could not be added and
+    /// returns the refusal to send instead.
+    pub fn abort_vpn(
+        &mut self,
+        wall_ms: u64,
+        lease: &VpnLease,
+        to: SocketAddr,
+        nonce: Nonce,
+        limit: usize,
+        why: &str,
+    ) -> Decision {
+        if let Some(t) = self.vpn.as_mut() {
+            t.end(lease.member);
+        }
+        self.seen.remove(&(lease.member, nonce));
+        self.stats.granted = self.stats.granted.saturating_sub(1);
+        self.refusal(
+            wall_ms,
+            to,
+            nonce,
+            RefusalReason::Internal,
+            why.to_owned(),
+            limit,
+        )
+    }
+
+    /// VPN leases that expired by `now` or were revoked: the daemon removes
+    /// their WireGuard peers.
+    pub fn expire_vpn(&mut self, now: Instant) -> Vec<VpnLease> {
+        let mut out = std::mem::take(&mut self.vpn_ended);
+        if let Some(t) = self.vpn.as_mut() {
+            out.extend(t.expire(now));
+        }
+        out
+    }
+
+    /// The live VPN leases.
+    pub fn vpn_leases(&self) -> impl Iterator<Item = &VpnLease> {
+        self.vpn.iter().flat_map(|t| t.iter())
+    }
+
+    /// The VPN settings, when VPN tunnels are offered.
+    pub fn vpn_settings(&self) -> Option<&VpnSettings> {
+        self.vpn.as_ref().map(|t| t.settings())
     }
 
     /// Undoes an [`Decision::Install`] whose kernel change failed and returns the
@@ -449,18 +667,30 @@ impl Waypoint {
                 ended.extend(self.leases.end_member(now, m));
             }
         }
+        let vpn_members: Vec<MemberId> = self.vpn_leases().map(|l| l.member).collect();
+        for m in vpn_members {
+            if self.revocations.is_revoked(&m) {
+                if let Some(l) = self.vpn.as_mut().and_then(|t| t.end(m)) {
+                    self.vpn_ended.push(l);
+                }
+            }
+        }
         ended
     }
 
     /// Revokes a member at run time: its leases end now.
     pub fn revoke(&mut self, now: Instant, member: MemberId) -> Vec<Lease> {
         self.revocations.insert(member);
+        if let Some(l) = self.vpn.as_mut().and_then(|t| t.end(member)) {
+            self.vpn_ended.push(l);
+        }
         self.leases.end_member(now, member)
     }
 
     /// When [`Waypoint::expire`] next has work.
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.leases.next_expiry()
+        let vpn = self.vpn.as_ref().and_then(|t| t.next_expiry());
+        [self.leases.next_expiry(), vpn].into_iter().flatten().min()
     }
 
     /// The live leases.
@@ -578,6 +808,12 @@ mod tests {
             max_per_member: 3,
             allow: vec!["10.0.0.0/8".parse().unwrap()],
             max_skew: Duration::from_secs(30),
+            vpn: Some(VpnSettings {
+                subnet: "10.200.7.0/24".parse().unwrap(),
+                subnet6: None,
+                port: 51820,
+                wg_key: [5; 32],
+            }),
         };
         let own = vec!["10.0.6.2".parse().unwrap()];
         let me = cert("alice", 2, Roles::CLIENT | Roles::WAYPOINT);
@@ -589,6 +825,60 @@ mod tests {
             Revocations::default(),
             own,
         )
+    }
+
+    #[test]
+    fn vpn_grant_renew_release_and_refusals() {
+        use crate::trust::wg;
+        let mut w = waypoint();
+        let t = Instant::now();
+        let vpn = |c: &Certificate, seed: u8, nonce: u8, kind: RequestKind| {
+            request(c, seed, "alice", nonce, MS, kind)
+        };
+        // bob's certificate carries no WireGuard key.
+        let d = w.handle(t, MS, from(), &vpn(&bob(), 3, 1, RequestKind::Vpn));
+        assert_eq!(refusal(&d), RefusalReason::NoWireGuardKey);
+        let k = testutil::key(4);
+        let carol = Certificate::issue(
+            &testutil::root(),
+            "carol",
+            k.public(),
+            Some(wg::public(&wg::secret(&k))),
+            T0 - 86_400,
+            T0 + 86_400,
+            Roles::CLIENT,
+        )
+        .unwrap();
+        let d = w.handle(t, MS, from(), &vpn(&carol, 4, 2, RequestKind::Vpn));
+        let Decision::VpnInstall { lease, bytes, .. } = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            lease.address,
+            "10.200.7.2".parse::<std::net::Ipv4Addr>().unwrap()
+        );
+        assert_eq!(Some(lease.wg_key), carol.wg_key);
+        assert!(matches!(
+            outcome(&bytes),
+            Outcome::VpnGranted { port: 51820, wg_key, .. } if wg_key == [5; 32]
+        ));
+        let renew = |lease: u8| RequestKind::VpnRenew {
+            lease: Nonce([lease; 16]),
+        };
+        let d = w.handle(t, MS, from(), &vpn(&carol, 4, 3, renew(2)));
+        assert!(matches!(d, Decision::VpnRefresh { .. }), "{d:?}");
+        let d = w.handle(t, MS, from(), &vpn(&carol, 4, 4, renew(9)));
+        assert_eq!(refusal(&d), RefusalReason::UnknownLease);
+        // Revocation ends the tunnel; the daemon learns it from expire_vpn.
+        w.revoke(t, carol.member);
+        let ended = w.expire_vpn(t);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(w.vpn_leases().count(), 0);
+        // Expiry too.
+        let mut w = waypoint();
+        let _ = w.handle(t, MS, from(), &vpn(&carol, 4, 5, RequestKind::Vpn));
+        assert!(w.expire_vpn(t + Duration::from_secs(59)).is_empty());
+        assert_eq!(w.expire_vpn(t + Duration::from_secs(60)).len(), 1);
     }
 
     fn bob() -> Certificate {

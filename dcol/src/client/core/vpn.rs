@@ -1,0 +1,439 @@
+//! VPN waypoints in the client's state machine: one WireGuard tunnel per VPN
+//! peer, asked for once (not per connection), renewed every `renew_interval`
+//! (the renewal is the liveness probe, as for NAT leases), and used by every
+//! connection: a VPN detour is a subflow from the tunnel address to the
+//! server's own address, which policy routing sends through the tunnel.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
+
+use super::{Action, Client, Detour, DetourState, Gate, REQUEST_ATTEMPTS};
+use crate::proto::{
+    self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind, Response,
+};
+use crate::trust::Roles;
+
+/// Local address ids of VPN detours: one per tunnel address (RFC 8684 §3.2),
+/// distinct from the NAT detours' id.
+const VPN_LOCAL_ID_BASE: u8 = 2;
+
+/// Where a VPN peer's tunnel stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum VpnState {
+    /// No tunnel; ask at `retry_at` (`None`: now).
+    #[default]
+    Idle,
+    /// Request sent.
+    Requesting,
+    /// The tunnel is up.
+    Up {
+        /// Our tunnel address.
+        address: Ipv4Addr,
+        /// Our IPv6 tunnel address.
+        address6: Option<Ipv6Addr>,
+        /// Nonce of the granting request: names the lease.
+        lease: Nonce,
+    },
+}
+
+/// A VPN peer's tunnel state.
+#[derive(Debug, Clone, Default)]
+pub struct VpnPeer {
+    /// Where it stands.
+    pub state: VpnState,
+    /// Unanswered renewals in a row.
+    misses: u32,
+    renew_due: Option<Instant>,
+    retry_at: Option<Instant>,
+    /// Why the last attempt failed, for status.
+    pub last_error: Option<String>,
+}
+
+/// A VPN request awaiting its answer.
+#[derive(Debug)]
+pub struct VpnPending {
+    peer: usize,
+    kind: RequestKind,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+    next_at: Instant,
+    attempts: u32,
+    max_attempts: u32,
+}
+
+impl Client {
+    /// The tunnel state of peer `i`, if it is a VPN peer.
+    pub fn vpn_state(&self, i: usize) -> Option<&VpnPeer> {
+        self.peers.get(i)?.vpn.as_ref()
+    }
+
+    /// The daemon could not bring the tunnel to `peer` up: try again later.
+    pub fn vpn_failed(&mut self, now: Instant, peer: usize, why: &str) {
+        let holddown = self.settings.holddown;
+        if let Some(v) = self.peers.get_mut(peer).and_then(|p| p.vpn.as_mut()) {
+            v.state = VpnState::Idle;
+            v.retry_at = Some(now + holddown);
+            v.last_error = Some(why.to_owned());
+        }
+    }
+
+    fn send_vpn(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        peer: usize,
+        kind: RequestKind,
+        attempts: u32,
+    ) -> Vec<Action> {
+        let to = self.peers[peer].spec.address;
+        let nonce = self.next_nonce();
+        let body = RequestBody {
+            waypoint: self.peers[peer].spec.name.clone(),
+            timestamp_ms: wall_ms,
+            nonce,
+            kind: kind.clone(),
+        };
+        let bytes = proto::encode(&Message::Request(Request::sign(
+            self.cert.clone(),
+            &self.key,
+            body,
+        )));
+        let timeout = self.settings.request_timeout;
+        self.vpn_pending.insert(
+            nonce,
+            VpnPending {
+                peer,
+                kind,
+                to,
+                bytes: bytes.clone(),
+                next_at: now + timeout,
+                attempts: 0,
+                max_attempts: attempts,
+            },
+        );
+        // Not tied to a connection: routing picks the source address.
+        let from = if to.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        vec![Action::Send { from, to, bytes }]
+    }
+
+    /// VPN timers: first requests, retransmissions, renewals.
+    pub(super) fn poll_vpn(&mut self, now: Instant, wall_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        let due: Vec<Nonce> = self
+            .vpn_pending
+            .iter()
+            .filter(|(_, p)| p.next_at <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        for nonce in due {
+            let Some(p) = self.vpn_pending.get_mut(&nonce) else {
+                continue;
+            };
+            if p.attempts < p.max_attempts {
+                p.attempts += 1;
+                p.next_at =
+                    now + self.settings.request_timeout * 2u32.saturating_pow(p.attempts.min(16));
+                let from = if p.to.is_ipv4() {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                };
+                out.push(Action::Send {
+                    from,
+                    to: p.to,
+                    bytes: p.bytes.clone(),
+                });
+                continue;
+            }
+            let p = self.vpn_pending.remove(&nonce).expect("looked up");
+            out.extend(self.vpn_unanswered(now, p));
+        }
+        let renew = self.settings.renew_interval;
+        for i in 0..self.peers.len() {
+            let Some(v) = self.peers[i].vpn.as_mut() else {
+                continue;
+            };
+            match v.state {
+                VpnState::Idle if v.retry_at.is_none_or(|t| t <= now) => {
+                    v.state = VpnState::Requesting;
+                    v.retry_at = None;
+                    out.extend(self.send_vpn(
+                        now,
+                        wall_ms,
+                        i,
+                        RequestKind::Vpn,
+                        REQUEST_ATTEMPTS - 1,
+                    ));
+                }
+                VpnState::Up { lease, .. } if v.renew_due.is_some_and(|t| t <= now) => {
+                    v.renew_due = Some(now + renew);
+                    out.extend(self.send_vpn(now, wall_ms, i, RequestKind::VpnRenew { lease }, 0));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    pub(super) fn vpn_next_timeout(&self) -> Option<Instant> {
+        let p = self.vpn_pending.values().map(|p| p.next_at).min();
+        let peers = self
+            .peers
+            .iter()
+            .filter_map(|p| p.vpn.as_ref())
+            .filter_map(|v| match v.state {
+                VpnState::Idle => Some(v.retry_at.unwrap_or(Instant::now())),
+                VpnState::Up { .. } => v.renew_due,
+                VpnState::Requesting => None,
+            });
+        p.into_iter().chain(peers).min()
+    }
+
+    fn vpn_unanswered(&mut self, now: Instant, p: VpnPending) -> Vec<Action> {
+        let holddown = self.settings.holddown;
+        let misses_allowed = self.settings.liveness_misses;
+        let Some(v) = self.peers[p.peer].vpn.as_mut() else {
+            return Vec::new();
+        };
+        match p.kind {
+            RequestKind::Vpn => {
+                v.state = VpnState::Idle;
+                v.retry_at = Some(now + holddown);
+                v.last_error = Some("waypoint did not answer".into());
+                self.peers[p.peer].down_until = Some(now + holddown);
+                Vec::new()
+            }
+            RequestKind::VpnRenew { .. } => {
+                v.misses += 1;
+                if v.misses >= misses_allowed {
+                    v.last_error = Some("waypoint stopped answering".into());
+                    self.vpn_lost(now, p.peer, Some(now + holddown))
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The tunnel to `peer` is gone: its detours fail, the tunnel goes down,
+    /// a new one is asked for at `retry` (`None`: now).
+    fn vpn_lost(&mut self, now: Instant, peer: usize, retry: Option<Instant>) -> Vec<Action> {
+        let mut out = Vec::new();
+        let peers = &self.peers;
+        for conn in self.conns.values_mut() {
+            for d in conn
+                .detours
+                .iter_mut()
+                .filter(|d| d.peer == peer && d.live())
+            {
+                if let (Some(remote), Some(lp)) = (d.remote(peers), d.local_port) {
+                    out.push(Action::DestroySubflow {
+                        token: conn.token,
+                        local: SocketAddr::new(d.local_ip(conn.local.ip()), lp),
+                        remote,
+                    });
+                }
+                d.state = DetourState::Failed("VPN tunnel lost".into());
+            }
+        }
+        if retry.is_some() {
+            self.peers[peer].down_until = retry;
+        }
+        if let Some(v) = self.peers[peer].vpn.as_mut() {
+            if matches!(v.state, VpnState::Up { .. }) {
+                out.push(Action::VpnDown { peer });
+            }
+            v.state = VpnState::Idle;
+            v.retry_at = retry;
+            v.misses = 0;
+            v.renew_due = None;
+        }
+        let _ = now;
+        out
+    }
+
+    pub(super) fn on_vpn_response(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        from: SocketAddr,
+        resp: Response,
+    ) -> Result<Vec<Action>, String> {
+        let p = &self.vpn_pending[&resp.body.nonce];
+        if p.to != from {
+            return Err(format!("{from}: response for a request sent to {}", p.to));
+        }
+        resp.verify(&self.root, &self.revocations, wall_ms / 1000)
+            .map_err(|e| format!("{from}: waypoint certificate or signature: {e}"))?;
+        let peer = p.peer;
+        if resp.cert.name != self.peers[peer].spec.name
+            || !resp.cert.roles.contains(Roles::WAYPOINT)
+        {
+            return Err(format!(
+                "{from}: answered as '{}', not the configured waypoint",
+                resp.cert.name
+            ));
+        }
+        let p = self
+            .vpn_pending
+            .remove(&resp.body.nonce)
+            .expect("looked up");
+        self.peers[peer].down_until = None;
+        let renew = self.settings.renew_interval;
+        let holddown = self.settings.holddown;
+        let endpoint_ip = self.peers[peer].spec.address.ip();
+        let Some(v) = self.peers[peer].vpn.as_mut() else {
+            return Ok(Vec::new());
+        };
+        match (p.kind, resp.body.outcome) {
+            (
+                RequestKind::Vpn,
+                Outcome::VpnGranted {
+                    address,
+                    address6,
+                    wg_key,
+                    port,
+                    ..
+                },
+            ) => {
+                if v.state != VpnState::Requesting {
+                    return Ok(Vec::new());
+                }
+                v.state = VpnState::Up {
+                    address,
+                    address6,
+                    lease: resp.body.nonce,
+                };
+                v.renew_due = Some(now + renew);
+                v.misses = 0;
+                v.last_error = None;
+                let mut out = vec![Action::VpnUp {
+                    peer,
+                    address,
+                    address6,
+                    wg_key,
+                    endpoint: SocketAddr::new(endpoint_ip, port),
+                }];
+                // Every established connection may use the new tunnel.
+                let tokens: Vec<_> = self
+                    .conns
+                    .values()
+                    .filter(|c| {
+                        c.established_at.is_some() && c.gate == Gate::Open && !c.join_refused
+                    })
+                    .map(|c| c.token)
+                    .collect();
+                for t in tokens {
+                    out.extend(self.add_detours(now, wall_ms, t));
+                }
+                Ok(out)
+            }
+            (RequestKind::Vpn, Outcome::Refused { reason }) => {
+                v.state = VpnState::Idle;
+                v.retry_at = Some(now + holddown);
+                v.last_error = Some(format!("refused: {reason}"));
+                Ok(Vec::new())
+            }
+            (RequestKind::VpnRenew { .. }, Outcome::VpnGranted { .. }) => {
+                v.misses = 0;
+                Ok(Vec::new())
+            }
+            (RequestKind::VpnRenew { .. }, Outcome::Refused { reason }) => {
+                v.last_error = Some(format!("lease lost: {reason}"));
+                // The waypoint forgot us (restart): a fresh tunnel now, or
+                // after the hold-down if we were revoked.
+                let retry = (reason != RefusalReason::UnknownLease).then_some(now + holddown);
+                Ok(self.vpn_lost(now, peer, retry))
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// VPN detours for connection `token`, at most `want`.
+    pub(super) fn add_vpn_detours(
+        &mut self,
+        token: crate::client::Token,
+        want: usize,
+    ) -> Vec<Action> {
+        let Some(conn) = self.conns.get(&token) else {
+            return Vec::new();
+        };
+        let remote = conn.remote;
+        let used: Vec<usize> = conn
+            .detours
+            .iter()
+            .filter(|d| d.live())
+            .map(|d| d.peer)
+            .collect();
+        let mut picks = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if picks.len() >= want || used.contains(&i) {
+                continue;
+            }
+            if let Some(VpnPeer {
+                state: VpnState::Up {
+                    address, address6, ..
+                },
+                ..
+            }) = &p.vpn
+            {
+                let local = match remote {
+                    SocketAddr::V4(_) => Some(IpAddr::V4(*address)),
+                    SocketAddr::V6(_) => address6.map(IpAddr::V6),
+                };
+                if let Some(local) = local {
+                    picks.push((i, local));
+                }
+            }
+        }
+        let conn = self.conns.get_mut(&token).expect("looked up");
+        let mut out = Vec::new();
+        for (peer, local) in picks {
+            conn.detours.push(Detour {
+                peer,
+                state: DetourState::Connecting,
+                port: None,
+                lease: None,
+                local_port: None,
+                setup: None,
+                misses: 0,
+                renew_due: None,
+                established_at: None,
+                vpn: Some((local, remote)),
+            });
+            out.push(Action::CreateSubflow {
+                token,
+                local,
+                local_id: VPN_LOCAL_ID_BASE.saturating_add(peer.min(250) as u8),
+                remote,
+            });
+        }
+        out
+    }
+
+    /// Releases every VPN lease and takes the tunnels down (shutdown).
+    pub(super) fn vpn_shutdown(&mut self, now: Instant, wall_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        for i in 0..self.peers.len() {
+            if let Some(VpnPeer {
+                state: VpnState::Up { lease, .. },
+                ..
+            }) = self.peers[i].vpn.clone()
+            {
+                out.extend(self.send_vpn(now, wall_ms, i, RequestKind::VpnRelease { lease }, 0));
+                out.push(Action::VpnDown { peer: i });
+            }
+            if let Some(v) = self.peers[i].vpn.as_mut() {
+                v.state = VpnState::Idle;
+                v.retry_at = Some(now + self.settings.holddown);
+            }
+        }
+        self.vpn_pending.clear();
+        out
+    }
+}

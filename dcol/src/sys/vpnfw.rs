@@ -1,0 +1,135 @@
+//! The waypoint's firewall for VPN tunnels: table `inet <name>` that keeps
+//! tunnel traffic away from the router and its LAN and masquerades the rest
+//! to the Internet.
+//!
+//! - `input` (filter): nothing arriving on the tunnel interface reaches the
+//!   router itself (the WireGuard UDP packets arrive on the WAN interface).
+//! - `forward` (filter): from the tunnel, destinations in the owner's allow
+//!   list pass; local, private, loopback, link-local, multicast and reserved
+//!   destinations are dropped (the same policy as NAT tunnels,
+//!   `waypoint::policy`); what passes gets the detour conntrack mark
+//!   [`super::nft::DETOUR_CT_MARK`] so fw4 accepts it.
+//! - `postrouting` (nat): traffic from the tunnel subnet leaving by another
+//!   interface is masqueraded.
+
+use super::netlink::{NlSocket, NETLINK_NETFILTER};
+use super::nft::{delete_table, run_nft, table_exists_on, DETOUR_CT_MARK};
+use super::SysError;
+use crate::config::Cidr;
+
+/// Destinations no tunnel may reach (unless allowed), IPv4.
+const DENY4: &str = "0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.0.0.0/24, 192.168.0.0/16, 198.18.0.0/15, 224.0.0.0/3";
+/// Same for IPv6.
+const DENY6: &str = "::/127, ::ffff:0:0/96, fc00::/7, fe80::/10, ff00::/8";
+
+/// The `nft -f` script.
+pub fn ruleset(
+    table: &str,
+    ifname: &str,
+    subnet: &Cidr,
+    subnet6: Option<&Cidr>,
+    allow: &[Cidr],
+) -> String {
+    let set = |v4: bool| {
+        let e: Vec<String> = allow
+            .iter()
+            .filter(|c| c.addr.is_ipv4() == v4)
+            .map(|c| c.to_string())
+            .collect();
+        if e.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {} }};", e.join(", "))
+        }
+    };
+    let masq6 = subnet6
+        .map(|s6| format!("\t\tip6 saddr {s6} oifname != \"{ifname}\" masquerade\n"))
+        .unwrap_or_default();
+    format!(
+        "table inet {table} {{
+\tset allow4 {{ type ipv4_addr; flags interval;{a4} }}
+\tset allow6 {{ type ipv6_addr; flags interval;{a6} }}
+\tchain input {{
+\t\ttype filter hook input priority filter - 1; policy accept;
+\t\tiifname \"{ifname}\" drop
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter - 1; policy accept;
+\t\tiifname != \"{ifname}\" return
+\t\tfib daddr type {{ local, broadcast, multicast }} drop
+\t\tip daddr @allow4 ct mark set ct mark | {mark:#010x} accept
+\t\tip6 daddr @allow6 ct mark set ct mark | {mark:#010x} accept
+\t\tip daddr {{ {DENY4} }} drop
+\t\tip6 daddr {{ {DENY6} }} drop
+\t\tct mark set ct mark | {mark:#010x}
+\t}}
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr {subnet} oifname != \"{ifname}\" masquerade
+{masq6}\t}}
+}}
+",
+        a4 = set(true),
+        a6 = set(false),
+        mark = DETOUR_CT_MARK,
+    )
+}
+
+/// The live table; [`VpnFirewall::destroy`] removes it.
+#[derive(Debug)]
+pub struct VpnFirewall {
+    table: String,
+    sock: NlSocket,
+}
+
+impl VpnFirewall {
+    /// Replaces a leftover table of that name and creates the rules.
+    pub fn create(
+        table: &str,
+        ifname: &str,
+        subnet: &Cidr,
+        subnet6: Option<&Cidr>,
+        allow: &[Cidr],
+    ) -> Result<VpnFirewall, SysError> {
+        let mut sock = NlSocket::open(NETLINK_NETFILTER)?;
+        if table_exists_on(&mut sock, table)? {
+            delete_table(&mut sock, table)?;
+        }
+        run_nft(&ruleset(table, ifname, subnet, subnet6, allow))?;
+        Ok(VpnFirewall {
+            table: table.to_owned(),
+            sock,
+        })
+    }
+
+    /// Removes the table.
+    pub fn destroy(mut self) -> Result<(), SysError> {
+        delete_table(&mut self.sock, &self.table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_shape() {
+        let r = ruleset(
+            "dcol_vpn",
+            "dcolwg",
+            &"10.200.7.0/24".parse().unwrap(),
+            None,
+            &["10.0.3.0/24".parse().unwrap()],
+        );
+        assert!(r.contains("iifname \"dcolwg\" drop"), "{r}");
+        assert!(r.contains("elements = { 10.0.3.0/24 }"), "{r}");
+        assert!(
+            r.contains("ip saddr 10.200.7.0/24 oifname != \"dcolwg\" masquerade"),
+            "{r}"
+        );
+        assert!(
+            r.find("@allow4").unwrap() < r.find("10.0.0.0/8").unwrap(),
+            "allow before deny"
+        );
+    }
+}
