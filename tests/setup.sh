@@ -39,3 +39,6 @@ dcol_setup() {
 }
 
 dcol_setup || { echo "setup failed" >&2; exit 1; }
+# The LuCI browser test's chromium and npm packages.
+# shellcheck source=tests/luci/setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/luci/setup.sh" || exit 1

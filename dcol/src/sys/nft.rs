@@ -7,8 +7,10 @@
 //!   (and the ip6 twin): a client's packets to its allocated port go to the server;
 //!   such flows also get the conntrack mark bits [`DETOUR_CT_MARK`], so that a
 //!   firewall we do not own (OpenWrt's fw4) can accept them by a static rule;
-//! - `postrouting` (nat, priority srcnat): masquerades DNATed flows whose original
-//!   `client . port` is in our maps, and nothing else;
+//! - `postrouting` (nat, priority srcnat): masquerades DNATed flows carrying
+//!   our conntrack mark (set by the DNAT rule), and nothing else. (Not a
+//!   lookup of the original tuple in the maps: kernels before 6.5 refuse a map
+//!   used as a set, found by booting Debian's 6.1 kernel in `cross/qemu-boot`.)
 //! - `forward` (filter, priority filter, policy accept): accepts `ct status dnat`
 //!   flows. It changes nothing by itself (an accept in one base chain does not
 //!   override a drop in another): on OpenWrt fw4's forward chain must accept them
@@ -326,15 +328,12 @@ pub fn ruleset(name: &str, ports: (u16, u16)) -> String {
 	}}
 	chain prerouting {{
 		type nat hook prerouting priority dstnat; policy accept;
-		meta nfproto ipv4 tcp dport {lo}-{hi} ip saddr . tcp dport @{MAP4} ct mark set ct mark | {DETOUR_CT_MARK:#010x}
-		meta nfproto ipv6 tcp dport {lo}-{hi} ip6 saddr . tcp dport @{MAP6} ct mark set ct mark | {DETOUR_CT_MARK:#010x}
-		meta nfproto ipv4 tcp dport {lo}-{hi} dnat ip to ip saddr . tcp dport map @{MAP4}
-		meta nfproto ipv6 tcp dport {lo}-{hi} dnat ip6 to ip6 saddr . tcp dport map @{MAP6}
+		meta nfproto ipv4 tcp dport {lo}-{hi} ct mark set ct mark | {DETOUR_CT_MARK:#010x} dnat ip to ip saddr . tcp dport map @{MAP4}
+		meta nfproto ipv6 tcp dport {lo}-{hi} ct mark set ct mark | {DETOUR_CT_MARK:#010x} dnat ip6 to ip6 saddr . tcp dport map @{MAP6}
 	}}
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
-		ct status dnat meta nfproto ipv4 meta l4proto tcp ct original ip saddr . ct original proto-dst @{MAP4} masquerade
-		ct status dnat meta nfproto ipv6 meta l4proto tcp ct original ip6 saddr . ct original proto-dst @{MAP6} masquerade
+		ct status dnat ct mark & {DETOUR_CT_MARK:#010x} == {DETOUR_CT_MARK:#010x} masquerade
 	}}
 	chain forward {{
 		type filter hook forward priority filter; policy accept;
@@ -707,8 +706,11 @@ mod tests {
         }
         let r = ruleset("dcol", (40000, 40999));
         assert!(r.starts_with("table inet dcol {"));
-        assert!(r.contains("tcp dport 40000-40999 dnat ip to ip saddr . tcp dport map @nat4"));
+        assert!(r.contains("tcp dport 40000-40999 ct mark set ct mark | 0x00dc0000 dnat ip to ip saddr . tcp dport map @nat4"));
         assert!(r.contains("dnat ip6 to ip6 saddr . tcp dport map @nat6"));
+        // Kernels before 6.5 refuse a map used as a set (`... @nat4` without
+        // `map`): OpenWrt 23.05 runs 5.15. No rule may do that.
+        assert!(!r.contains("dport @"), "{r}");
         assert!(
             r.contains("priority dstnat")
                 && r.contains("priority srcnat")

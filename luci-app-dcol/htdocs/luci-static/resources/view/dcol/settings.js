@@ -1,0 +1,104 @@
+'use strict';
+'require view';
+'require form';
+'require uci';
+
+/*
+ * Settings of /etc/config/dcol (UCI; the daemon's parser in
+ * dcol/src/config/mod.rs is the reference for names and ranges). The
+ * membership switch and the roles are on the overview page.
+ */
+
+return view.extend({
+	load: function() {
+		return uci.load('dcol');
+	},
+
+	render: function() {
+		var m, s, o;
+
+		m = new form.Map('dcol', _('Detour Collective settings'),
+			_('How many detours this router uses, what it offers to other members, and which waypoints it knows.'));
+
+		s = m.section(form.NamedSection, 'client', 'client', _('Using detours (client role)'));
+		s.addremove = false;
+
+		o = s.option(form.Value, 'max_detours', _('Detours per connection'),
+			_('Extra subflows through waypoints for one MPTCP connection (0-8).'));
+		o.datatype = 'range(0,8)';
+		o.placeholder = '2';
+
+		o = s.option(form.ListValue, 'detour_policy', _('Detour policy for LAN devices'),
+			_('Waypoints must never see a TLS handshake in the clear: the default detours TLS connections once the handshake is over, and never plaintext ones.'));
+		o.value('tls-after-handshake', _('TLS connections, after the handshake (recommended)'));
+		o.value('all', _('All connections, from the first byte'));
+		o.value('none', _('None'));
+		o.default = 'tls-after-handshake';
+
+		o = s.option(form.Flag, 'lan_proxy', _('Detours for LAN devices'),
+			_('Intercepts the TCP connections of devices on the LAN interfaces below and carries them as MPTCP. The devices need nothing installed.'));
+		o.rmempty = false;
+
+		o = s.option(form.DynamicList, 'lan_interface', _('LAN interfaces'),
+			_('Interfaces whose outgoing TCP is intercepted, e.g. br-lan.'));
+		o.datatype = 'maxlength(15)';
+		o.placeholder = 'br-lan';
+		o.depends('lan_proxy', '1');
+
+		o = s.option(form.DynamicList, 'bypass', _('Never intercept these destinations'),
+			_('Addresses or networks (CIDR) that LAN devices reach directly, untouched.'));
+		o.datatype = 'cidr';
+		o.depends('lan_proxy', '1');
+
+		o = s.option(form.DynamicList, 'bypass_port', _('Never intercept these ports'));
+		o.datatype = 'port';
+		o.depends('lan_proxy', '1');
+
+		s = m.section(form.NamedSection, 'waypoint', 'waypoint', _('Serving detours (waypoint role)'));
+		s.addremove = false;
+
+		o = s.option(form.Value, 'nat_ports', _('Port range for NAT tunnels'),
+			_('One port per served detour, e.g. 40000-40999 (ports from 1024). Forward them on an upstream gateway if there is one.'));
+		o.datatype = 'portrange';
+		o.placeholder = '40000-40999';
+
+		o = s.option(form.Value, 'max_tunnels_per_member', _('Donation cap: tunnels per member'),
+			_('How many detours one member may use through this router at the same time.'));
+		o.datatype = 'range(1,65535)';
+		o.placeholder = '16';
+
+		o = s.option(form.Value, 'lease_s', _('Lease'),
+			_('Seconds a tunnel lives without renewal (10-86400).'));
+		o.datatype = 'range(10,86400)';
+		o.placeholder = '300';
+
+		o = s.option(form.DynamicList, 'listen', _('Signaling address'),
+			_('UDP address:port where other members ask for detours.'));
+		o.datatype = 'ipaddrport(1)';
+		o.placeholder = '0.0.0.0:7447';
+
+		s = m.section(form.GridSection, 'peer', _('Waypoints'),
+			_('Other members\' routers this router may send detours through. The name is the one in their certificate.'));
+		s.anonymous = true;
+		s.addremove = true;
+
+		o = s.option(form.Value, 'name', _('Name'));
+		o.editable = true;
+		o.datatype = 'and(minlength(1),maxlength(32))';
+		o.rmempty = false;
+
+		o = s.option(form.Value, 'address', _('Address'));
+		o.editable = true;
+		o.datatype = 'ipaddrport(1)';
+		o.placeholder = '203.0.113.5:7447';
+		o.rmempty = false;
+
+		o = s.option(form.ListValue, 'tunnel', _('Tunnel'));
+		o.editable = true;
+		o.value('nat', _('NAT (no overhead)'));
+		o.value('vpn', _('VPN (WireGuard)'));
+		o.default = 'nat';
+
+		return m.render();
+	}
+});

@@ -1,0 +1,246 @@
+// Browser test of luci-app-dcol: its real view files, the LuCI stand-in
+// (stand-in/, server.mjs) and the real dcol daemon behind the app's real rpcd
+// plugin, driven in headless Chromium with playwright-core (no browser
+// download: Debian's chromium). Called by tests/netns/luci.rs, which starts
+// the daemons; runnable by hand against any running daemon:
+//
+//   node tests/luci/run.mjs --socket CLIENT.sock --wp-socket WAYPOINT.sock \
+//       --uci DIR/dcol --dcol-bin target/debug/dcol --log CLIENT.log --artifacts target/luci-artifacts
+//
+// --uci is a scratch copy of a UCI file named 'dcol' that the pages edit.
+// Exits 0 after printing 'luci: N passed, 0 failed', else 1 with the reason.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { chromium } from 'playwright-core';
+
+import { extract, render } from './pot.mjs';
+import { APP, startServer } from './server.mjs';
+import * as uci from './uci.mjs';
+
+const argv = process.argv.slice(2);
+const arg = (name, def) => {
+  const i = argv.indexOf(name);
+  if (i >= 0) return argv[i + 1];
+  if (def === undefined) throw new Error(`missing ${name}`);
+  return def;
+};
+const opt = {
+  socket: arg('--socket'),
+  wpSocket: arg('--wp-socket', null),
+  uci: arg('--uci'),
+  dcolBin: arg('--dcol-bin'),
+  log: arg('--log', null),
+  artifacts: arg('--artifacts', 'target/luci-artifacts'),
+  chromium: arg('--chromium', process.env.CHROMIUM || '/usr/bin/chromium'),
+};
+if (path.basename(opt.uci) !== 'dcol') throw new Error('--uci must name a file called dcol');
+fs.mkdirSync(opt.artifacts, { recursive: true });
+
+const checks = [];
+function check(cond, what) {
+  if (!cond) throw new Error(`FAILED: ${what}`);
+  checks.push(what);
+  console.log(`ok: ${what}`);
+}
+
+/** The daemon's own answer, as `dcol status --json` gives it. */
+function daemonStatus(socket) {
+  return JSON.parse(execFileSync(opt.dcolBin, ['status', '--json', '--socket', socket], { encoding: 'utf8' }));
+}
+
+function uciFile() {
+  return uci.parse(fs.readFileSync(opt.uci, 'utf8')).sections;
+}
+
+async function until(what, fn, ms = 20000) {
+  const t0 = Date.now();
+  let last;
+  while (Date.now() - t0 < ms) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`timed out waiting for ${what} (last: ${last && last.message ? last.message : JSON.stringify(last)})`);
+}
+
+function aclIsMinimal() {
+  const groups = JSON.parse(fs.readFileSync(path.join(APP, 'root/usr/share/rpcd/acl.d/luci-app-dcol.json'), 'utf8'));
+  const g = groups['luci-app-dcol'];
+  check(
+    JSON.stringify(g.read) === JSON.stringify({ ubus: { 'luci.dcol': ['status'] }, uci: ['dcol'] }) &&
+      JSON.stringify(g.write) === JSON.stringify({ uci: ['dcol'] }),
+    'ACL luci-app-dcol: read = luci.dcol status + uci dcol, write = uci dcol, nothing else',
+  );
+  const log = groups['luci-app-dcol-log'];
+  check(
+    !log.write && JSON.stringify(log.read) === JSON.stringify({ ubus: { log: ['read'] }, uci: ['system'] }),
+    'ACL luci-app-dcol-log (log page only): read log + uci system, no write',
+  );
+}
+
+const server = await startServer({
+  uciDir: path.dirname(opt.uci),
+  socket: opt.socket,
+  dcolBin: opt.dcolBin,
+  log: opt.log,
+});
+const browser = await chromium.launch({ executablePath: opt.chromium, args: ['--no-sandbox'] });
+const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+const pageErrors = [];
+page.on('pageerror', (e) => pageErrors.push(e.message));
+
+async function open(view) {
+  await page.goto(`${server.url}?view=dcol/${view}&poll=1`);
+  await page.waitForSelector('body[data-view-ready]');
+  const state = await page.getAttribute('body', 'data-view-ready');
+  if (state !== '1') throw new Error(`view ${view} failed: ${await page.textContent('#view')}`);
+}
+
+async function shot(name) {
+  const f = path.join(opt.artifacts, `${name}.png`);
+  await page.screenshot({ path: f, fullPage: true });
+  console.log(`screenshot: ${f}`);
+}
+
+/** No daemon text was ever handed to innerHTML (LuCI's bare-string trap). */
+async function noDaemonTextAsHtml(strings) {
+  const writes = await page.evaluate(() => window.__standInHtmlWrites);
+  const bad = writes.filter((w) => strings.some((s) => s && w.includes(s)));
+  check(bad.length === 0, `no daemon text went through innerHTML (${writes.length} markup writes checked)`);
+}
+
+let failed = null;
+try {
+  aclIsMinimal();
+  const pot = fs.readFileSync(path.join(APP, 'po/templates/dcol.pot'), 'utf8');
+  check(pot === render(extract()), `po/templates/dcol.pot holds every _() string of the views (${extract().size})`);
+
+  // ---- Overview: identity from the daemon, membership switch -> UCI ----
+  const st = daemonStatus(opt.socket);
+  await open('overview');
+  check((await page.textContent('#dcol-member-name')) === st.member.name, `overview shows member name '${st.member.name}'`);
+  check((await page.textContent('#dcol-member-id')) === st.member.id, `overview shows member id ${st.member.id}`);
+  check((await page.textContent('#dcol-cert')).includes('valid until'), 'overview shows the certificate validity');
+  if (st.client && st.client.lan_proxy) {
+    await until('the live graph to get 3 samples', async () =>
+      +(await page.getAttribute('#dcol-graph', 'data-points')) >= 3);
+    const rate = await page.textContent('#dcol-rate');
+    check(/bit\/s$/.test(rate), `overview shows a live rate (${rate})`);
+  }
+  const before = uciFile();
+  const box = page.locator('[id="cbid.dcol.main.enabled"]');
+  check((await box.isChecked()) === (before.main.enabled === '1'), 'membership switch shows dcol.main.enabled');
+  await shot('overview');
+  if (before.main.enabled !== '1') throw new Error('the test expects a UCI file with main.enabled 1');
+  await box.uncheck();
+  check(!(await page.locator('[id="cbid.dcol.main.client_enabled"]').isVisible()), 'role switches hide when membership is off');
+  await page.click('#btn-save');
+  await until('dcol.main.enabled = 0 in the UCI file', () => uciFile().main.enabled === '0');
+  const after = uciFile();
+  check(after.main.enabled === '0', "Save wrote option enabled '0' to section main of the UCI file");
+  check(after.client.enabled === before.client.enabled, 'the client role kept its value (retain)');
+  await shot('overview-membership-off');
+
+  // ---- Detours: the table shows what the daemon reports ----
+  await open('detours');
+  const shown = await until('the detour rows the daemon reports', async () => {
+    const s = daemonStatus(opt.socket);
+    const want = (s.client.connections || []).filter((c) =>
+      c.subflows.some((f) => f.path === 'detour' && f.waypoint === 'alice' && f.state === 'established'));
+    if (!want.length) return false;
+    for (const c of want) {
+      const row = page.locator(`tr[data-token="${c.token}"][data-path="detour"][data-waypoint="alice"]`);
+      if ((await row.count()) < 1) return false;
+      if (!(await row.first().textContent()).includes('via alice (nat tunnel)')) return false;
+      const first = page.locator(`tr.dcol-conn-first[data-token="${c.token}"]`);
+      if (!(await first.textContent()).includes(c.token)) return false;
+    }
+    return want;
+  });
+  check(shown.length >= 1, `detours table shows token(s) ${shown.map((c) => c.token).join(', ')} with a detour via alice (nat)`);
+  await shot('detours');
+  await noDaemonTextAsHtml(shown.flatMap((c) => [c.token, c.remote, ...c.subflows.map((f) => f.remote)]));
+
+  // ---- Waypoint: grants ----
+  if (opt.wpSocket) {
+    server.setSocket(opt.wpSocket);
+    await open('detours');
+    const grants = await until('grant rows', async () => {
+      const g = daemonStatus(opt.wpSocket).waypoint.grants;
+      const rows = await page.locator('#dcol-grants tr.dcol-grant').allTextContents();
+      return g.length && rows.length && g.some((x) => rows.some((r) => r.includes(x.member) && r.includes(x.destination)))
+        ? { g, rows } : false;
+    });
+    check(grants.rows.every((r) => r.includes('bob')), `waypoint grants table shows member bob (${grants.rows.length} row(s))`);
+    await shot('detours-waypoint');
+    server.setSocket(opt.socket);
+  }
+
+  // ---- Settings: GridSection add, validation, save ----
+  await open('settings');
+  const rowsBefore = await page.locator('#cbi-dcol-peer tr.cbi-section-table-row').count();
+  await page.click('#cbi-dcol-peer .cbi-button-add');
+  const newRow = page.locator('#cbi-dcol-peer tr.cbi-section-table-row').nth(rowsBefore);
+  await newRow.locator('td[data-option="name"] input').fill('carol');
+  await newRow.locator('td[data-option="address"] input').fill('not an address');
+  await page.click('#btn-save');
+  await page.waitForSelector('.alert-message.error');
+  check(!fs.readFileSync(opt.uci, 'utf8').includes('carol'), 'an invalid peer address is refused, nothing written');
+  await shot('settings-invalid');
+  await newRow.locator('td[data-option="address"] input').fill('192.0.2.7:7447');
+  await page.click('#btn-save');
+  await until('peer carol in the UCI file', () => Object.values(uciFile()).some((s) => s['.type'] === 'peer' && s.name === 'carol'));
+  const carol = Object.values(uciFile()).find((s) => s.name === 'carol');
+  check(carol.address === '192.0.2.7:7447' && carol.tunnel === 'nat', 'a peer added in the grid is saved with address and tunnel');
+  const cc = spawnSync(opt.dcolBin, ['config', 'check', '--config', opt.uci], { encoding: 'utf8' });
+  check(cc.status === 0, `dcol config check accepts the file LuCI wrote (${(cc.stderr || cc.stdout).trim()})`);
+  await shot('settings');
+
+  // ---- Log ----
+  if (opt.log) {
+    await open('log');
+    await until('log lines', async () => (await page.inputValue('#syslog')).includes('dcol'));
+    check(true, 'log page shows the daemon log');
+    await shot('log');
+  }
+
+  // ---- An error from the daemon is shown, not swallowed ----
+  const bad = path.join(path.dirname(opt.uci), 'gone-<b>daemon</b>.sock');
+  const expected = spawnSync(opt.dcolBin, ['status', '--json', '--socket', bad], { encoding: 'utf8' });
+  check(expected.status !== 0 && expected.stderr.includes('gone-<b>daemon</b>.sock'), 'dcol status fails on a missing socket');
+  const errText = expected.stderr.trim();
+  await open('detours');
+  await page.waitForSelector('tr.dcol-subflow');
+  server.setSocket(bad);
+  await page.waitForSelector('#dcol-error', { timeout: 15000 });
+  const shownErr = await page.textContent('#dcol-error .dcol-error-text');
+  check(shownErr === errText, `detours page shows the daemon's error live: "${shownErr}"`);
+  check((await page.locator('#dcol-error b').count()) === 0, 'the error text is shown as text, its markup is not rendered');
+  check((await page.locator('tr.dcol-subflow').count()) === 0, 'no stale detour rows stay next to the error');
+  await shot('error-detours');
+  await open('overview');
+  check((await page.textContent('#dcol-error .dcol-error-text')) === errText, 'overview shows the daemon error too');
+  await noDaemonTextAsHtml([errText, 'gone-<b>']);
+  await shot('error-overview');
+  server.setSocket(opt.socket);
+
+  check(pageErrors.length === 0, `no uncaught page errors (${pageErrors.join('; ')})`);
+} catch (e) {
+  failed = e;
+  await shot('failure').catch(() => {});
+}
+await browser.close();
+await server.close();
+if (failed) {
+  console.log(`luci: ${checks.length} passed, 1 failed`);
+  console.error(failed.stack || failed);
+  process.exit(1);
+}
+console.log(`luci: ${checks.length} passed, 0 failed`);
