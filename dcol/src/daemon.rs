@@ -1434,6 +1434,19 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
             tunnel: tunnel_name(c.tunnels[i]).into(),
             up: p.up,
             rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1000.0),
+            vpn_state: c.core.vpn_state(i).map(|v| {
+                match v.state {
+                    client::VpnState::Idle => "idle",
+                    client::VpnState::Requesting => "requesting",
+                    client::VpnState::Up { .. } => "up",
+                }
+                .to_owned()
+            }),
+            vpn_address: c.core.vpn_state(i).and_then(|v| match v.state {
+                client::VpnState::Up { address, .. } => Some(address.to_string()),
+                _ => None,
+            }),
+            vpn_error: c.core.vpn_state(i).and_then(|v| v.last_error.clone()),
         })
         .collect();
     let lan_proxy = c.lan.as_ref().map(|l| control::LanProxyStatus {
@@ -1480,5 +1493,18 @@ fn waypoint_status(w: &WaypointRole, now: Instant) -> control::WaypointStatus {
         datagrams: st.datagrams,
         granted: st.granted,
         refused: st.refused.clone(),
+        vpn_peers: w
+            .core
+            .vpn_leases()
+            .map(|l| control::VpnPeerStatus {
+                member: l.member_name.clone(),
+                member_id: l.member.to_string(),
+                address: l.address.to_string(),
+                client: l.client.to_string(),
+                wg_key: trust::wg::to_base64(&l.wg_key),
+                age_s: now.saturating_duration_since(l.granted_at).as_secs(),
+                expires_in_s: l.expires_at.saturating_duration_since(now).as_secs(),
+            })
+            .collect(),
     }
 }

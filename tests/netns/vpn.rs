@@ -82,6 +82,18 @@ fn aggregation_through_a_vpn_detour_and_clean_exit() {
     assert!(b >= 1.8 * a, "{b:.2} is not 1.8x {a:.2}");
     let wlog = lab.wp().log_text();
     assert!(wlog.contains("granted VPN to bob"), "{wlog}");
+    let ws = lab.wp().status();
+    assert_eq!(ws["waypoint"]["vpn_peers"][0]["member"], "bob", "{ws}");
+    assert_eq!(
+        ws["waypoint"]["vpn_peers"][0]["address"], "10.200.7.2",
+        "{ws}"
+    );
+    let cs = lab.cl().status();
+    assert_eq!(cs["client"]["peers"][0]["vpn_state"], "up", "{cs}");
+    assert_eq!(
+        cs["client"]["peers"][0]["vpn_address"], "10.200.7.2",
+        "{cs}"
+    );
 
     // SIGTERM: no interface, rule, route or table left on either side.
     let (cns, wns) = (lab.ns(Node::Client), lab.ns(Node::Waypoint));

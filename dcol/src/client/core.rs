@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 mod vpn;
+pub use vpn::{VpnPeer, VpnState};
 
 use super::{PmEvent, SubflowInfo, Token};
 use crate::proto::{

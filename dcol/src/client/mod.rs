@@ -8,4 +8,5 @@ pub mod fallback;
 pub use self::core::{
     Action, Client, Conn, Detour, DetourState, PeerSpec, PeerStatus, Settings, DETOUR_LOCAL_ID,
 };
+pub use self::core::{VpnPeer, VpnState};
 pub use event::{PmEvent, SubflowInfo, Token};

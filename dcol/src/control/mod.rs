@@ -14,7 +14,7 @@ mod status;
 
 pub use status::{
     ClientStatus, ConnectionStatus, GrantStatus, LanProxyStatus, MemberStatus, PeerStatus, Status,
-    SubflowStatus, WaypointStatus,
+    SubflowStatus, VpnPeerStatus, WaypointStatus,
 };
 
 /// Errors of the control socket.

@@ -22,7 +22,8 @@
 //!             "local": "10.0.1.1:40123", "remote": "10.0.6.2:40000",
 //!             "state": "established", "detail": null, "setup_ms": 3 } ] } ],
 //!     "peers": [ { "name": "alice", "address": "10.0.6.2:7447", "tunnel": "nat",
-//!                  "up": true, "rtt_ms": 1.2 } ],
+//!                  "up": true, "rtt_ms": 1.2, "vpn_state": null, "vpn_address": null,
+//!                  "vpn_error": null } ],
 //!     "lan_proxy": { "active": 3, "accepted": 120, "refused_limit": 0, "refused_direct": 0,
 //!                    "connect_failed": 1, "plain_tcp": 4, "fell_back": 1, "resets": 2,
 //!                    "bytes_up": 48213, "bytes_down": 90312744, "fallback_cached": 1,
@@ -33,7 +34,10 @@
 //!     "grants": [ { "member": "bob", "member_id": "3f2a9c0d11e4b7a0", "client": "10.0.1.1",
 //!                   "port": 40000, "destination": "10.0.3.2:5201",
 //!                   "age_s": 12, "expires_in_s": 288 } ],
-//!     "datagrams": 10, "granted": 9, "refused": { "Stale": 1 }
+//!     "datagrams": 10, "granted": 9, "refused": { "Stale": 1 },
+//!     "vpn_peers": [ { "member": "bob", "member_id": "3f2a9c0d11e4b7a0", "address": "10.200.7.2",
+//!                      "client": "198.51.100.7", "wg_key": "<base64>", "age_s": 30,
+//!                      "expires_in_s": 270 } ]
 //!   }
 //! }
 //! ```
@@ -158,6 +162,15 @@ pub struct PeerStatus {
     pub up: bool,
     /// Last signaling round trip in ms.
     pub rtt_ms: Option<f64>,
+    /// VPN peers: `up`, `requesting` or `idle`.
+    #[serde(default)]
+    pub vpn_state: Option<String>,
+    /// VPN peers: our tunnel address while up.
+    #[serde(default)]
+    pub vpn_address: Option<String>,
+    /// VPN peers: why the last attempt failed.
+    #[serde(default)]
+    pub vpn_error: Option<String>,
 }
 
 /// The waypoint role.
@@ -173,6 +186,28 @@ pub struct WaypointStatus {
     pub granted: u64,
     /// Refusals by reason.
     pub refused: BTreeMap<String, u64>,
+    /// Live VPN tunnels (empty without `vpn_subnet`).
+    #[serde(default)]
+    pub vpn_peers: Vec<VpnPeerStatus>,
+}
+
+/// One member's live VPN tunnel on this waypoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VpnPeerStatus {
+    /// Member name.
+    pub member: String,
+    /// Member id.
+    pub member_id: String,
+    /// Its tunnel address.
+    pub address: String,
+    /// Where its request came from.
+    pub client: String,
+    /// Its WireGuard public key (base64).
+    pub wg_key: String,
+    /// Seconds since granted.
+    pub age_s: u64,
+    /// Seconds until it ends unless renewed.
+    pub expires_in_s: u64,
 }
 
 /// One live NAT tunnel.
