@@ -868,9 +868,9 @@ impl Client {
         }
     }
 
-    /// A waypoint stopped answering: drop every detour through it.
-    fn peer_lost(&mut self, now: Instant, peer: usize) -> Vec<Action> {
-        self.peers[peer].down_until = Some(now + self.settings.holddown);
+    /// Every live detour through `peer` fails with `why`; returns the
+    /// SUBFLOW_DESTROYs for those that had a subflow.
+    fn fail_detours_via(&mut self, peer: usize, why: &str) -> Vec<Action> {
         let peers = &self.peers;
         let mut out = Vec::new();
         for conn in self.conns.values_mut() {
@@ -886,9 +886,16 @@ impl Client {
                         remote,
                     });
                 }
-                d.state = DetourState::Failed("waypoint stopped answering".into());
+                d.state = DetourState::Failed(why.to_owned());
             }
         }
+        out
+    }
+
+    /// A waypoint stopped answering: drop every detour through it.
+    fn peer_lost(&mut self, now: Instant, peer: usize) -> Vec<Action> {
+        self.peers[peer].down_until = Some(now + self.settings.holddown);
+        let out = self.fail_detours_via(peer, "waypoint stopped answering");
         let dead: Vec<Nonce> = self
             .pending
             .iter()

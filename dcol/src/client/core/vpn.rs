@@ -223,24 +223,7 @@ impl Client {
     /// The tunnel to `peer` is gone: its detours fail, the tunnel goes down,
     /// a new one is asked for at `retry` (`None`: now).
     fn vpn_lost(&mut self, now: Instant, peer: usize, retry: Option<Instant>) -> Vec<Action> {
-        let mut out = Vec::new();
-        let peers = &self.peers;
-        for conn in self.conns.values_mut() {
-            for d in conn
-                .detours
-                .iter_mut()
-                .filter(|d| d.peer == peer && d.live())
-            {
-                if let (Some(remote), Some(lp)) = (d.remote(peers), d.local_port) {
-                    out.push(Action::DestroySubflow {
-                        token: conn.token,
-                        local: SocketAddr::new(d.local_ip(conn.local.ip()), lp),
-                        remote,
-                    });
-                }
-                d.state = DetourState::Failed("VPN tunnel lost".into());
-            }
-        }
+        let mut out = self.fail_detours_via(peer, "VPN tunnel lost");
         if retry.is_some() {
             self.peers[peer].down_until = retry;
         }
