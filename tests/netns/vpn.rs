@@ -116,6 +116,59 @@ fn aggregation_through_a_vpn_detour_and_clean_exit() {
 }
 
 #[test]
+fn ipv6_through_a_vpn_detour() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::new(LinkProfile::core_limited());
+    let server: IpAddr = lab.topo.addr6(Node::Server).into();
+    let waypoint: IpAddr = lab.topo.addr6(Node::Waypoint).into();
+    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
+    let counter = JoinCounter::install(lab.topo.ns(Node::Server), IPERF_PORT, &[waypoint]);
+    std::thread::sleep(Duration::from_millis(300));
+    let tcp = iperf3_client(
+        lab.topo.ns(Node::Client),
+        server,
+        IPERF_PORT,
+        6,
+        false,
+        false,
+    )
+    .expect("plain TCP over IPv6");
+    lab.start_waypoint_with(&format!("{VPN}\toption vpn_subnet6 'fd77:0:0:7::/64'\n"));
+    let cfg = lab.client_config_tunnels("", &["vpn"]);
+    lab.start_client_with(Node::Client, &cfg);
+    wait_vpn_up(&lab);
+    let cs = lab.cl().status();
+    assert_eq!(cs["client"]["peers"][0]["vpn_state"], "up", "{cs}");
+    let dcol = iperf3_client(
+        lab.topo.ns(Node::Client),
+        server,
+        IPERF_PORT,
+        6,
+        true,
+        false,
+    )
+    .expect("DCol over VPN, IPv6");
+    let (a, b) = (
+        tcp.mbps_after_first_second(),
+        dcol.mbps_after_first_second(),
+    );
+    eprintln!(
+        "VPN detour, IPv6: TCP {a:.2} Mbit/s, DCol {b:.2} Mbit/s, ratio {:.2}",
+        b / a
+    );
+    let via = counter.bytes_from(waypoint);
+    assert!(
+        via > 1_000_000,
+        "server got only {via} bytes from the waypoint (IPv6)"
+    );
+    assert!(b >= 1.8 * a, "{b:.2} is not 1.8x {a:.2}");
+    let rules = in_ns(&lab.ns(Node::Client), &["ip", "-6", "rule"]);
+    assert!(rules.contains("fd77:0:0:7::2"), "{rules}");
+}
+
+#[test]
 fn mixed_nat_and_vpn_detours() {
     if !need_root() {
         return;
