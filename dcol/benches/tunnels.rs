@@ -13,13 +13,15 @@
 //! Reported: medians and overheads against direct, beside the paper's (NAT
 //! ~1.5-2 %, VPN 2.8-4.5 % with OpenVPN) and WireGuard's header floor.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use dcol::proto::{self, Message, Nonce, Outcome, Request, RequestBody, RequestKind};
-use dcol::trust::files;
-use dcol_tests::lab::{enter_netns, need_root, Lab, IPERF_PORT, SIGNAL_PORT};
+use dcol_tests::lab::{need_root, Lab, IPERF_PORT};
 use dcol_tests::{iperf3_client, iperf3_server, LinkProfile, Node};
+
+#[path = "../../tests/netns/lease.rs"]
+mod lease;
+use lease::nat_lease;
 
 const TRIALS: usize = 3;
 const SECS: u32 = 10;
@@ -27,43 +29,6 @@ const SECS: u32 = 10;
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// Asks the waypoint for a NAT tunnel to `dest` from the client's namespace.
-fn nat_lease(lab: &Lab, dest: SocketAddr) -> u16 {
-    let ns = lab.ns(Node::Client);
-    let key = files::read_secret_key(&lab.client_member.key).expect("key");
-    let cert = files::read_certificate(&lab.client_member.cert).expect("cert");
-    let wp = SocketAddr::new(lab.topo.addr4(Node::Waypoint).into(), SIGNAL_PORT);
-    std::thread::spawn(move || {
-        enter_netns(&std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns"));
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        s.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_millis() as u64;
-        let body = RequestBody {
-            waypoint: "alice".into(),
-            timestamp_ms: ms,
-            nonce: Nonce([0x5a; 16]),
-            kind: RequestKind::NatDetour { destination: dest },
-        };
-        let req = proto::encode(&Message::Request(Request::sign(cert, &key, body)));
-        s.send_to(&req, wp).expect("send");
-        let mut buf = [0u8; 2048];
-        let (n, _) = s.recv_from(&mut buf).expect("grant");
-        match proto::decode(&buf[..n]) {
-            Ok(Message::Response(r)) => match r.body.outcome {
-                Outcome::Granted { port, .. } => port,
-                o => panic!("not granted: {o:?}"),
-            },
-            o => panic!("{o:?}"),
-        }
-    })
-    .join()
-    .expect("lease thread")
 }
 
 fn main() {
@@ -88,7 +53,7 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let port = nat_lease(&lab, SocketAddr::new(server, IPERF_PORT));
+    let port = nat_lease(&lab, SocketAddr::new(server, IPERF_PORT), 0x5a);
     let cns = lab.topo.ns(Node::Client);
     let (mut direct, mut nat, mut vpn) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..TRIALS {

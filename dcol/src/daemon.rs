@@ -22,7 +22,7 @@ use crate::proxy::Gate;
 use crate::sys::conntrack;
 use crate::sys::lan::{self, InterceptSpec, LanIntercept};
 use crate::sys::mptcp_pm::{PmEvents, PmSocket};
-use crate::sys::nft::{NatElement, NatTable};
+use crate::sys::nft::{Caps, NatElement, NatTable};
 use crate::sys::os::{self, Signals};
 use crate::sys::relay::{Relay, RelayEvent, RelaySettings};
 use crate::sys::rtnl::Rtnl;
@@ -164,6 +164,47 @@ struct WaypointRole {
     /// VPN tunnels: the WireGuard interface and its firewall table.
     wg: Option<WgDevice>,
     vpnfw: Option<VpnFirewall>,
+    /// Donation caps in force, and the monthly quota's bookkeeping.
+    caps: Caps,
+    month: (i64, u32),
+    next_quota_check: Option<Instant>,
+    donated_file: PathBuf,
+}
+
+/// How often the monthly quota's count is saved (and the month checked).
+const QUOTA_CHECK: Duration = Duration::from_secs(30);
+
+/// (year, month) of a Unix time, UTC (Howard Hinnant's `civil_from_days`).
+fn year_month(unix_s: u64) -> (i64, u32) {
+    let z = (unix_s / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m)
+}
+
+/// The bytes donated this month, from `state_dir/donated` (`YYYY-MM BYTES`).
+fn read_donated(path: &Path, month: (i64, u32)) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut it = text.split_whitespace();
+    match (it.next(), it.next().and_then(|b| b.parse().ok())) {
+        (Some(m), Some(b)) if m == format!("{:04}-{:02}", month.0, month.1) => b,
+        _ => 0,
+    }
+}
+
+fn write_donated(path: &Path, month: (i64, u32), used: u64) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let text = format!("{:04}-{:02} {used}\n", month.0, month.1);
+    if let Err(e) = std::fs::write(path, text) {
+        log::warn!("saving {}: {e}", path.display());
+    }
 }
 
 /// A client's tunnel to one VPN waypoint.
@@ -290,6 +331,7 @@ impl Daemon {
                     .and_then(|c| c.lan.as_ref())
                     .map(|l| l.relay.next_timeout().min(l.next_beat)),
                 self.waypoint.as_ref().and_then(|w| w.core.next_timeout()),
+                self.waypoint.as_ref().and_then(|w| w.next_quota_check),
             ]
             .into_iter()
             .flatten()
@@ -447,6 +489,12 @@ impl Daemon {
                     drop_flows(l);
                 }
                 w.expire_vpn(now);
+                if (wo.donate_kbit, wo.donate_monthly_bytes)
+                    != (wn.donate_kbit, wn.donate_monthly_bytes)
+                {
+                    w.set_caps(wn.donate_kbit, wn.donate_monthly_bytes)?;
+                    changes.push("donation caps".into());
+                }
                 if wo.listen != wn.listen {
                     let mut sockets = Vec::new();
                     for addr in &wn.listen {
@@ -599,6 +647,8 @@ fn start_waypoint(
         Vec::new(),
     );
     // From here on, Drop removes what was made if a later step fails.
+    let donated_file = cfg.main.state_dir.join("donated");
+    let month = year_month(wall_ms() / 1000);
     let mut role = WaypointRole {
         core,
         sockets,
@@ -606,7 +656,12 @@ fn start_waypoint(
         log: LogLimit::new(20),
         wg: None,
         vpnfw: None,
+        caps: Caps::default(),
+        month,
+        next_quota_check: None,
+        donated_file,
     };
+    role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
     if let Some(subnet) = &w.vpn_subnet {
         let secret = trust::wg::secret(&id.key);
         let dev = WgDevice::create(&w.vpn_interface, &secret, w.vpn_port)?;
@@ -1121,6 +1176,11 @@ impl Drop for WaypointRole {
     /// when the daemon fails half-way through starting.
     fn drop(&mut self) {
         let tunnels: Vec<(IpAddr, u16)> = self.core.leases().map(|l| (l.client, l.port)).collect();
+        if self.caps.month_bytes > 0 {
+            if let Some(Ok(used)) = self.nat.as_ref().map(|n| n.quota_used()) {
+                write_donated(&self.donated_file, self.month, used);
+            }
+        }
         if let Some(nat) = self.nat.take() {
             if let Err(e) = nat.destroy() {
                 log::error!("removing the NAT table: {e}");
@@ -1145,6 +1205,68 @@ impl Drop for WaypointRole {
 }
 
 impl WaypointRole {
+    /// Installs the donation caps; the month's count carries over from the
+    /// running quota or, at start, from the state file.
+    fn set_caps(&mut self, kbit: u32, month_bytes: u64) -> Result<(), SysError> {
+        let used = match self.next_quota_check {
+            Some(_) => self.nat.as_ref().map_or(Ok(0), |n| n.quota_used())?,
+            None => read_donated(&self.donated_file, self.month),
+        };
+        let caps = Caps {
+            kbit,
+            month_bytes,
+            used,
+        };
+        if let Some(nat) = self.nat.as_mut() {
+            nat.set_caps(&caps)?;
+        }
+        if caps != self.caps && (kbit > 0 || month_bytes > 0) {
+            log::info!(
+                "waypoint: donation caps {} kbit/s, {} bytes a month ({used} used)",
+                kbit,
+                month_bytes
+            );
+        }
+        self.caps = caps;
+        self.next_quota_check = (month_bytes > 0).then(|| Instant::now() + QUOTA_CHECK);
+        Ok(())
+    }
+
+    /// Saves the month's count; at a new month, starts the quota afresh.
+    fn check_quota(&mut self, now: Instant) {
+        if self.next_quota_check.is_none_or(|t| t > now) {
+            return;
+        }
+        self.next_quota_check = Some(now + QUOTA_CHECK);
+        let used = match self.nat.as_ref().map(|n| n.quota_used()) {
+            Some(Ok(u)) => u,
+            Some(Err(e)) => {
+                log::warn!("reading the donation quota: {e}");
+                return;
+            }
+            None => return,
+        };
+        let month = year_month(wall_ms() / 1000);
+        if month != self.month {
+            log::info!("new month: donation quota restarts ({used} bytes last month)");
+            self.month = month;
+            let caps = Caps {
+                used: 0,
+                ..self.caps
+            };
+            if let Some(nat) = self.nat.as_mut() {
+                if let Err(e) = nat.set_caps(&caps) {
+                    log::warn!("restarting the donation quota: {e}");
+                }
+            }
+            self.caps = caps;
+            write_donated(&self.donated_file, month, 0);
+        } else {
+            self.caps.used = used;
+            write_donated(&self.donated_file, month, used);
+        }
+    }
+
     fn step(&mut self) {
         let mut buf = [0u8; 4096];
         for i in 0..self.sockets.len() {
@@ -1179,6 +1301,7 @@ impl WaypointRole {
             drop_flows(&l);
         }
         self.expire_vpn(now);
+        self.check_quota(now);
     }
 
     fn expire_vpn(&mut self, now: Instant) {
@@ -1493,6 +1616,9 @@ fn waypoint_status(w: &WaypointRole, now: Instant) -> control::WaypointStatus {
         datagrams: st.datagrams,
         granted: st.granted,
         refused: st.refused.clone(),
+        donate_kbit: w.caps.kbit,
+        donate_monthly_bytes: w.caps.month_bytes,
+        donated_month_bytes: w.caps.used,
         vpn_peers: w
             .core
             .vpn_leases()

@@ -232,6 +232,11 @@ pub struct WaypointConfig {
     pub vpn_port: u16,
     /// WireGuard interface name.
     pub vpn_interface: String,
+    /// Rate cap on all detoured traffic, kbit/s (0: none).
+    pub donate_kbit: u32,
+    /// Monthly volume cap on all detoured traffic, bytes (0: none; UCI
+    /// `donate_monthly_gb`, decimal GB, fractions allowed).
+    pub donate_monthly_bytes: u64,
 }
 
 /// `config peer`.
@@ -303,6 +308,8 @@ impl Default for Config {
                 vpn_subnet6: None,
                 vpn_port: 51820,
                 vpn_interface: "dcolwg".into(),
+                donate_kbit: 0,
+                donate_monthly_bytes: 0,
             },
             peers: Vec::new(),
             warnings: Vec::new(),
@@ -581,6 +588,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                             w.vpn_port = p.value(it, |v| range(v, 1, 65535).map(|x| x as u16))?
                         }
                         "vpn_interface" => w.vpn_interface = p.value(it, parse_ifname)?,
+                        "donate_kbit" => {
+                            w.donate_kbit = p.value(it, |v| range(v, 0, 100_000_000))?
+                        }
+                        "donate_monthly_gb" => w.donate_monthly_bytes = p.value(it, parse_gb)?,
                         _ => p.unknown(it),
                     }
                 }
@@ -818,6 +829,25 @@ fn parse_tunnel(v: &str) -> Result<TunnelKind, String> {
     }
 }
 
+/// Decimal gigabytes (`100`, `0.5`) to bytes, at most 1,000,000 GB.
+fn parse_gb(v: &str) -> Result<u64, String> {
+    let bad = || format!("expected gigabytes like '100' or '0.5', got '{}'", show(v));
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if int.is_empty() || int.len() > 7 || frac.len() > 9 {
+        return Err(bad());
+    }
+    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let i: u64 = int.parse().map_err(|_| bad())?;
+    let f: u64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().map_err(|_| bad())?
+    };
+    Ok(i * 1_000_000_000 + f)
+}
+
 fn parse_policy(v: &str) -> Result<DetourPolicy, String> {
     match v {
         "tls-after-handshake" => Ok(DetourPolicy::TlsAfterHandshake),
@@ -880,6 +910,17 @@ config peer
     }
 
     #[test]
+    fn donation_caps() {
+        let c =
+            p("config waypoint\n\toption donate_kbit '8000'\n\toption donate_monthly_gb '0.25'\n")
+                .unwrap();
+        assert_eq!(c.waypoint.donate_kbit, 8000);
+        assert_eq!(c.waypoint.donate_monthly_bytes, 250_000_000);
+        assert_eq!(parse_gb("100").unwrap(), 100_000_000_000);
+        assert_eq!(parse_gb("0.000000001").unwrap(), 1);
+    }
+
+    #[test]
     fn errors_name_line_and_option() {
         let e = p("config client 'client'\n\toption max_detours 'x'\n").unwrap_err();
         assert_eq!(
@@ -906,6 +947,9 @@ config peer
             "config client\n\tlist bypass_port '0'\n",
             "config client\n\toption proxy_port '70000'\n",
             "config client\n\toption detour_policy 'some'\n",
+            "config waypoint\n\toption donate_monthly_gb '1.2.3'\n",
+            "config waypoint\n\toption donate_monthly_gb '-1'\n",
+            "config waypoint\n\toption donate_kbit 'fast'\n",
             "config client\n\toption proxy_idle_timeout_s '0'\n",
             "config dcol\n\tlist revoked 'xyz'\n",
             "config dcol\n\toption log_level 'loud'\n",

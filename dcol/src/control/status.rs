@@ -35,6 +35,8 @@
 //!                   "port": 40000, "destination": "10.0.3.2:5201",
 //!                   "age_s": 12, "expires_in_s": 288 } ],
 //!     "datagrams": 10, "granted": 9, "refused": { "Stale": 1 },
+//!     "donate_kbit": 8000, "donate_monthly_bytes": 100000000000,
+//!     "donated_month_bytes": 1234567,
 //!     "vpn_peers": [ { "member": "bob", "member_id": "3f2a9c0d11e4b7a0", "address": "10.200.7.2",
 //!                      "client": "198.51.100.7", "wg_key": "<base64>", "age_s": 30,
 //!                      "expires_in_s": 270 } ]
@@ -186,6 +188,16 @@ pub struct WaypointStatus {
     pub granted: u64,
     /// Refusals by reason.
     pub refused: BTreeMap<String, u64>,
+    /// Donation rate cap, kbit/s (0: none).
+    #[serde(default)]
+    pub donate_kbit: u32,
+    /// Monthly donation cap, bytes (0: none).
+    #[serde(default)]
+    pub donate_monthly_bytes: u64,
+    /// Detoured bytes this month (counted only with a monthly cap; saved
+    /// every 30 s and across restarts).
+    #[serde(default)]
+    pub donated_month_bytes: u64,
     /// Live VPN tunnels (empty without `vpn_subnet`).
     #[serde(default)]
     pub vpn_peers: Vec<VpnPeerStatus>,

@@ -104,9 +104,84 @@ pub struct NatElement {
 pub struct NatTable {
     sock: NlSocket,
     name: String,
+    /// The `month` quota object exists.
+    quota: bool,
+}
+
+/// The owner's donation caps on all detoured traffic (NAT and VPN flows,
+/// both directions, recognized by [`DETOUR_CT_MARK`]), enforced by the
+/// kernel in the table's `caps` chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// Rate cap in kbit/s (0: none): a policer (`limit rate over`), so TCP
+    /// through it backs off to about this rate.
+    pub kbit: u32,
+    /// Monthly volume in bytes (0: none): a `quota` object; beyond it detour
+    /// packets are dropped until the month turns.
+    pub month_bytes: u64,
+    /// Bytes already used this month (carried over a restart).
+    pub used: u64,
+}
+
+/// The `nft -f` script that installs `caps` in table `name`.
+pub fn caps_script(name: &str, caps: &Caps, had_quota: bool) -> String {
+    let m = format!("ct mark & {DETOUR_CT_MARK:#010x} == {DETOUR_CT_MARK:#010x}");
+    let mut s = format!("flush chain inet {name} caps\n");
+    if had_quota {
+        s.push_str(&format!("delete quota inet {name} month\n"));
+    }
+    if caps.month_bytes > 0 {
+        s.push_str(&format!(
+            "add quota inet {name} month {{ over {} bytes used {} bytes; }}\nadd rule inet {name} caps {m} quota name \"month\" drop\n",
+            caps.month_bytes, caps.used
+        ));
+    }
+    if caps.kbit > 0 {
+        let kbytes = (caps.kbit / 8).max(1);
+        // A tenth of a second's worth, at least 16 KB: enough for TCP's bursts.
+        let burst = (kbytes / 10).max(16);
+        s.push_str(&format!(
+            "add rule inet {name} caps {m} limit rate over {kbytes} kbytes/second burst {burst} kbytes drop\n"
+        ));
+    }
+    s
 }
 
 impl NatTable {
+    /// Installs (or replaces) the donation caps, in one transaction.
+    pub fn set_caps(&mut self, caps: &Caps) -> Result<(), SysError> {
+        run_nft(&caps_script(&self.name, caps, self.quota))?;
+        self.quota = caps.month_bytes > 0;
+        Ok(())
+    }
+
+    /// Bytes counted by the monthly quota so far (0 without one).
+    pub fn quota_used(&self) -> Result<u64, SysError> {
+        if !self.quota {
+            return Ok(0);
+        }
+        let op = "nft list quota";
+        let out = Command::new("nft")
+            .args(["-j", "list", "quota", "inet", &self.name, "month"])
+            .output()
+            .map_err(|e| SysError::io(op, e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `"used": N` in the quota object (the only "used" in the listing).
+        text.split("\"used\":")
+            .nth(1)
+            .and_then(|r| {
+                r.trim_start()
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .ok_or_else(|| SysError::Malformed {
+                op,
+                what: format!("no used bytes in {text:?}"),
+            })
+    }
+
     /// Creates table `inet <name>` with its maps and chains, replacing one left
     /// by a crashed run; only packets to TCP ports `ports.0..=ports.1` (the
     /// waypoint's tunnel ports) are looked up in the maps. Returns the table and
@@ -127,6 +202,7 @@ impl NatTable {
         let mut t = NatTable {
             sock: NlSocket::open(NETLINK_NETFILTER)?,
             name: name.to_owned(),
+            quota: false,
         };
         let mut leftovers = Vec::new();
         if table_exists_on(&mut t.sock, name)? {
@@ -334,6 +410,9 @@ pub fn ruleset(name: &str, ports: (u16, u16)) -> String {
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
 		ct status dnat ct mark & {DETOUR_CT_MARK:#010x} == {DETOUR_CT_MARK:#010x} masquerade
+	}}
+	chain caps {{
+		type filter hook forward priority filter - 2; policy accept;
 	}}
 	chain forward {{
 		type filter hook forward priority filter; policy accept;

@@ -1,0 +1,47 @@
+//! A NAT tunnel asked for by hand with a real signed request (shared by the
+//! benches and the netns tests that need a detour without the client daemon).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dcol::proto::{self, Message, Nonce, Outcome, Request, RequestBody, RequestKind};
+use dcol::trust::files;
+use dcol_tests::lab::{enter_netns, Lab, SIGNAL_PORT};
+use dcol_tests::Node;
+
+/// Asks the waypoint for a NAT tunnel to `dest` from the client's namespace.
+pub fn nat_lease(lab: &Lab, dest: SocketAddr, nonce: u8) -> u16 {
+    let ns = lab.ns(Node::Client);
+    let key = files::read_secret_key(&lab.client_member.key).expect("key");
+    let cert = files::read_certificate(&lab.client_member.cert).expect("cert");
+    let wp = SocketAddr::new(lab.topo.addr4(Node::Waypoint).into(), SIGNAL_PORT);
+    std::thread::spawn(move || {
+        enter_netns(&std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns"));
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let body = RequestBody {
+            waypoint: "alice".into(),
+            timestamp_ms: ms,
+            nonce: Nonce([nonce; 16]),
+            kind: RequestKind::NatDetour { destination: dest },
+        };
+        let req = proto::encode(&Message::Request(Request::sign(cert, &key, body)));
+        s.send_to(&req, wp).expect("send");
+        let mut buf = [0u8; 2048];
+        let (n, _) = s.recv_from(&mut buf).expect("grant");
+        match proto::decode(&buf[..n]) {
+            Ok(Message::Response(r)) => match r.body.outcome {
+                Outcome::Granted { port, .. } => port,
+                o => panic!("not granted: {o:?}"),
+            },
+            o => panic!("{o:?}"),
+        }
+    })
+    .join()
+    .expect("lease thread")
+}
