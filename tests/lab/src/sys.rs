@@ -1,0 +1,92 @@
+//! The lab's few system calls: a TUN device for the delay relay, the timer
+//! slack that makes its sleeps precise, and signal masking so Ctrl-C can clean
+//! up the namespaces. The only module with `unsafe`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags in the union.
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Creates (non-persistent) TUN device `name` without packet information
+/// headers in the calling thread's network namespace; it disappears when the
+/// returned file is closed.
+pub fn tun_open(name: &str) -> io::Result<File> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name '{name}' must have 1-15 bytes"),
+        ));
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `IfReqFlags`
+    // lays out (40 bytes: 16 of name, the flags at offset 16); it lives for the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReqFlags) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// Sets the calling thread's timer slack to 1 ns, so `nanosleep` wakes up
+/// within tens of microseconds instead of the default 50 µs slack plus batching.
+pub fn timerslack_1ns() -> io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches only
+    // the calling thread's scheduling state.
+    let r = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a plain sigset_t we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        set
+    }
+}
+
+/// Blocks `signals` in the calling thread (and every thread it starts later);
+/// children started with `std::process::Command` get an empty mask again.
+pub fn block_signals(signals: &[libc::c_int]) -> io::Result<()> {
+    let set = sigset(signals);
+    // SAFETY: changes only the calling thread's signal mask.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Waits until one of `signals` (blocked beforehand) arrives; returns it.
+pub fn wait_signal(signals: &[libc::c_int]) -> io::Result<libc::c_int> {
+    let set = sigset(signals);
+    let mut sig: libc::c_int = 0;
+    // SAFETY: sigwait reads the set and writes one int we own.
+    let r = unsafe { libc::sigwait(&set, &mut sig) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(sig)
+}
