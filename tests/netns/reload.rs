@@ -87,7 +87,9 @@ fn reload_keeps_connections_and_applies_changes() {
         "transfer failed across reloads"
     );
 
-    // Revocation by reload: the member's tunnels end now.
+    // Revocation by reload: the member's tunnels end now. (iperf3's server
+    // takes a moment to accept the next test after one ends.)
+    std::thread::sleep(Duration::from_millis(1500));
     let transfer = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 4);
     let wns = lab.ns(Node::Waypoint);
     wait_for("a NAT element", Duration::from_secs(5), || {
