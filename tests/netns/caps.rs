@@ -18,6 +18,8 @@ use lease::nat_lease;
 /// Bytes the server received in a `secs` upload through waypoint:`port`
 /// (the iperf3 receiver's count), and the Mbit/s after the first second.
 fn through_detour(lab: &Lab, port: u16, secs: u32) -> (u64, f64) {
+    // iperf3's server takes a moment to accept the next test after one ends.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let wp: IpAddr = lab.topo.addr4(Node::Waypoint).into();
     let out = lab.topo.ns(Node::Client).output(&[
         "iperf3",

@@ -166,6 +166,7 @@ fn reload_of_lan_rules_keeps_proxied_connections() {
         "\toption lan_proxy '1'\n\tlist lan_interface 'l1a'\n{extra}"
     ));
     lab.cl().reload(&cfg);
+    std::thread::sleep(Duration::from_millis(1500));
     assert!(
         iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 1)
             .join()
