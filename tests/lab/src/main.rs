@@ -12,8 +12,9 @@
 //! per network configuration — symmetric (every link 10 Mbit/s) and
 //! core-limited (core 10, access 20), each plain, with link 2 lossy (1 %
 //! random loss, nftables `numgen random` in both routers at its ends) and with
-//! link 2 delayed (100 ms each way, a user-space TUN relay in the client's
-//! router: this kernel has no netem) — and measures six scenarios with 10 s
+//! link 2 delayed (100 ms more each way) — every link with the paper's 5 ms
+//! one-way delay (user-space TUN relays in the routers, `delay.rs`: this
+//! kernel has no netem) — and measures six scenarios with 10 s
 //! iperf3 uploads (client → server, CUBIC), counting bytes between second 1
 //! and the end as the paper did:
 //!
@@ -37,6 +38,7 @@
 
 #![deny(unsafe_code)]
 
+mod delay;
 mod paper;
 mod plot;
 mod relay;
@@ -53,6 +55,7 @@ use dcol::proto::{self, Message, Nonce, Outcome, Request, RequestBody, RequestKi
 use dcol::trust::files;
 use dcol_tests::lab::{enter_netns, need_root, Lab, IPERF_PORT, SIGNAL_PORT};
 use dcol_tests::{iperf3_server, IperfResult, JoinCounter, LinkProfile, Netns, Node};
+use delay::Delays;
 use lexopt::prelude::ValueExt;
 use serde_json::{json, Value};
 
@@ -63,10 +66,6 @@ const SECS: u32 = 10;
 const WP_EXTRA: &str = "\toption vpn_subnet '10.200.7.0/24'\n\toption vpn_interface 'dlabwg0'\n\toption lease_s '3600'\n";
 /// The client's interface prefix for VPN tunnels (same reason).
 const CL_EXTRA: &str = "\toption vpn_interface_prefix 'dlabc'\n";
-/// The relay's TUN device in the client's router.
-const RELAY_DEV: &str = "dly0";
-/// Policy-routing table that sends link 2's traffic into the relay.
-const RELAY_TABLE: &str = "100";
 
 /// Set while the signal handler tears everything down.
 static CLEANING: AtomicBool = AtomicBool::new(false);
@@ -109,7 +108,7 @@ fn main() -> ExitCode {
 }
 
 fn relay_main(args: &mut lexopt::Parser) -> ExitCode {
-    let mut dev = RELAY_DEV.to_owned();
+    let mut dev = "dly0".to_owned();
     let mut delay_us = 0u64;
     let parsed: Result<(), lexopt::Error> = (|| {
         while let Some(a) = args.next()? {
@@ -577,105 +576,9 @@ fn loss_counters(lab: &Lab) -> Vec<(&'static str, u64, u64)> {
         .collect()
 }
 
-/// The delay relay on link 2: a TUN device in `rc` that both directions of
-/// link 2's client traffic pass through (policy routing by input interface).
-struct Link2Delay {
-    pid: Option<u32>,
-}
-
-impl Link2Delay {
-    /// Routes link 2's traffic through the (not yet running) relay device.
-    fn rules(lab: &Lab) -> Link2Delay {
-        let rc = lab.topo.ns(Node::Rc);
-        rc.sysctl("net.ipv4.conf.all.rp_filter", "0");
-        rc.sysctl("net.ipv4.conf.default.rp_filter", "0");
-        // Server → client: everything arriving over link 2.
-        rc.exec(&[
-            "ip",
-            "rule",
-            "add",
-            "pref",
-            "100",
-            "iif",
-            "l2a",
-            "lookup",
-            RELAY_TABLE,
-        ]);
-        // Client → server.
-        rc.exec(&[
-            "ip",
-            "rule",
-            "add",
-            "pref",
-            "101",
-            "iif",
-            "l1a",
-            "to",
-            "10.0.3.0/24",
-            "lookup",
-            RELAY_TABLE,
-        ]);
-        Link2Delay { pid: None }
-    }
-
-    /// (Re)starts the relay with `delay` each way; waits until it forwards.
-    fn start(&mut self, lab: &Lab, delay: Duration) -> Result<(), String> {
-        self.stop(lab);
-        let rc = lab.topo.ns(Node::Rc);
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let exe = exe.to_string_lossy().into_owned();
-        let us = delay.as_micros().to_string();
-        self.pid = Some(rc.spawn(&[&exe, "relay", "--dev", RELAY_DEV, "--delay-us", &us]));
-        let t0 = Instant::now();
-        while !rc
-            .output(&["ip", "link", "show", RELAY_DEV])
-            .status
-            .success()
-        {
-            if t0.elapsed() > Duration::from_secs(5) {
-                return Err("the relay's TUN device did not appear".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        rc.sysctl(&format!("net.ipv4.conf.{RELAY_DEV}.rp_filter"), "0");
-        rc.sysctl(&format!("net.ipv4.conf.{RELAY_DEV}.forwarding"), "1");
-        rc.exec(&["ip", "link", "set", RELAY_DEV, "up", "txqueuelen", "10000"]);
-        rc.exec(&[
-            "ip",
-            "route",
-            "replace",
-            "default",
-            "dev",
-            RELAY_DEV,
-            "table",
-            RELAY_TABLE,
-        ]);
-        Ok(())
-    }
-
-    /// Stops the relay: its device and route go with it; traffic goes direct.
-    fn stop(&mut self, lab: &Lab) {
-        if let Some(pid) = self.pid.take() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            let rc = lab.topo.ns(Node::Rc);
-            let t0 = Instant::now();
-            while rc
-                .output(&["ip", "link", "show", RELAY_DEV])
-                .status
-                .success()
-                && t0.elapsed() < Duration::from_secs(5)
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// `ping` from the client to the server: (avg, min, max, mdev) RTT in ms.
-fn ping_rtt(lab: &Lab, count: u32) -> Option<(f64, f64, f64, f64)> {
-    let dst = lab.topo.addr4(Node::Server).to_string();
+/// `ping` from the client to `to`: (avg, min, max, mdev) RTT in ms.
+fn ping_rtt(lab: &Lab, to: Node, count: u32) -> Option<(f64, f64, f64, f64)> {
+    let dst = lab.topo.addr4(to).to_string();
     let c = count.to_string();
     let out = lab
         .topo
@@ -695,59 +598,86 @@ fn ping_rtt(lab: &Lab, count: u32) -> Option<(f64, f64, f64, f64)> {
     (nums.len() == 4).then(|| (nums[1], nums[0], nums[2], nums[3]))
 }
 
-/// The relay's checks: precision (ping RTT added vs configured) and that it
-/// is not a bottleneck (TCP through it with no delay vs without it).
-fn relay_checks(lab: &Lab, relay: &mut Link2Delay, delay: Duration) -> Value {
+/// The relays' checks: precision (ping RTT added vs configured, to the
+/// server over link 2 and to the waypoint over links 4 and 6) and that they
+/// are not a bottleneck (TCP through them at zero delay vs without them).
+/// Leaves the relays running with the configuration's delays.
+fn relay_checks(lab: &Lab, relays: &mut Delays, link2_extra: Duration) -> Value {
     let server: IpAddr = lab.topo.addr4(Node::Server).into();
     let cns = lab.topo.ns(Node::Client);
-    let base = ping_rtt(lab, 40);
-    let tcp_plain = iperf(cns, server, IPERF_PORT, false, None)
-        .map(|r| r.mbps_after_first_second())
-        .ok();
-    let zero = relay.start(lab, Duration::ZERO).map(|_| {
-        let rtt = ping_rtt(lab, 40);
-        let tcp = iperf(cns, server, IPERF_PORT, false, None)
+    let tcp = || {
+        iperf(cns, server, IPERF_PORT, false, None)
             .map(|r| r.mbps_after_first_second())
-            .ok();
-        (rtt, tcp)
-    });
-    let delayed = relay.start(lab, delay).map(|_| ping_rtt(lab, 40));
-    let configured_ms = 2.0 * delay.as_secs_f64() * 1e3;
-    let avg = |x: Option<(f64, f64, f64, f64)>| x.map(|r| r.0);
-    let (zero_rtt, zero_tcp) = zero.clone().unwrap_or((None, None));
-    let delayed_rtt = delayed.clone().ok().flatten();
-    let added = match (avg(delayed_rtt), avg(base)) {
-        (Some(d), Some(b)) => Some(d - b),
-        _ => None,
+            .ok()
     };
-    let v = json!({
-        "configured_added_rtt_ms": configured_ms,
-        "ping_rtt_ms_without_relay": base.map(|r| json!({"avg": r.0, "min": r.1, "max": r.2, "mdev": r.3})),
-        "ping_rtt_ms_relay_zero_delay": zero_rtt.map(|r| json!({"avg": r.0, "min": r.1, "max": r.2, "mdev": r.3})),
-        "ping_rtt_ms_relay_delayed": delayed_rtt.map(|r| json!({"avg": r.0, "min": r.1, "max": r.2, "mdev": r.3})),
-        "measured_added_rtt_ms": added.map(|a| (a * 1000.0).round() / 1000.0),
-        "error_ms": added.map(|a| ((a - configured_ms) * 1000.0).round() / 1000.0),
-        "tcp_mbps_without_relay": tcp_plain.map(round2),
-        "tcp_mbps_through_relay_zero_delay": zero_tcp.map(round2),
-        "errors": [zero.err(), delayed.err()],
+    let pings = |lab: &Lab| {
+        [
+            ping_rtt(lab, Node::Server, 40),
+            ping_rtt(lab, Node::Waypoint, 40),
+        ]
+    };
+    let base = pings(lab);
+    let tcp_plain = tcp();
+    let zero = relays.start(lab, Duration::ZERO, Duration::ZERO).map(|_| {
+        let rtt = pings(lab);
+        std::thread::sleep(Duration::from_millis(1500));
+        (rtt, tcp())
     });
+    let delayed = relays
+        .start(lab, delay::per_router(), link2_extra)
+        .map(|_| pings(lab));
+    let one_way = delay::per_router() * 2;
+    let configured_ms = [
+        2.0 * (one_way + link2_extra).as_secs_f64() * 1e3,
+        2.0 * one_way.as_secs_f64() * 1e3,
+    ];
+    let (zero_rtt, zero_tcp) = zero.clone().unwrap_or(([None, None], None));
+    let delayed_rtt = delayed.clone().unwrap_or([None, None]);
+    let j = |r: Option<(f64, f64, f64, f64)>| {
+        r.map(|r| json!({"avg": r.0, "min": r.1, "max": r.2, "mdev": r.3}))
+    };
+    let mut paths = Vec::new();
+    for (i, to) in ["server (links 1, 2, 3)", "waypoint (links 1, 4, 6)"]
+        .iter()
+        .enumerate()
+    {
+        let added = match (delayed_rtt[i], base[i]) {
+            (Some(d), Some(b)) => Some(d.0 - b.0),
+            _ => None,
+        };
+        eprintln!(
+            "delay relays, client -> {to}: RTT without relays {:.3} ms, relays at 0 ms {:.3} ms, with delays {:.3} ms -> added {:.3} ms vs configured {:.1} ms (error {:+.3} ms, mdev {:.3} ms)",
+            base[i].map(|r| r.0).unwrap_or(f64::NAN),
+            zero_rtt[i].map(|r| r.0).unwrap_or(f64::NAN),
+            delayed_rtt[i].map(|r| r.0).unwrap_or(f64::NAN),
+            added.unwrap_or(f64::NAN),
+            configured_ms[i],
+            added.map(|a| a - configured_ms[i]).unwrap_or(f64::NAN),
+            delayed_rtt[i].map(|r| r.3).unwrap_or(f64::NAN),
+        );
+        paths.push(json!({
+            "to": to,
+            "configured_added_rtt_ms": configured_ms[i],
+            "ping_rtt_ms_without_relay": j(base[i]),
+            "ping_rtt_ms_relay_zero_delay": j(zero_rtt[i]),
+            "ping_rtt_ms_relay_delayed": j(delayed_rtt[i]),
+            "measured_added_rtt_ms": added.map(|a| (a * 1000.0).round() / 1000.0),
+            "error_ms": added.map(|a| ((a - configured_ms[i]) * 1000.0).round() / 1000.0),
+        }));
+    }
     eprintln!(
-        "delay relay: RTT without relay {:.3} ms, relay at 0 ms {:.3} ms, relay at {} ms each way {:.3} ms -> added {:.3} ms vs configured {:.1} ms (error {:+.3} ms, mdev {:.3} ms)",
-        avg(base).unwrap_or(f64::NAN),
-        avg(zero_rtt).unwrap_or(f64::NAN),
-        delay.as_millis(),
-        avg(delayed_rtt).unwrap_or(f64::NAN),
-        added.unwrap_or(f64::NAN),
-        configured_ms,
-        added.map(|a| a - configured_ms).unwrap_or(f64::NAN),
-        delayed_rtt.map(|r| r.3).unwrap_or(f64::NAN),
-    );
-    eprintln!(
-        "delay relay: TCP without relay {:.2} Mbit/s, through the relay at 0 ms {:.2} Mbit/s (not the bottleneck if equal)",
+        "delay relays: TCP without relays {:.2} Mbit/s, through the relays at 0 ms {:.2} Mbit/s (not the bottleneck if equal)",
         tcp_plain.unwrap_or(f64::NAN),
         zero_tcp.unwrap_or(f64::NAN)
     );
-    v
+    json!({
+        "per_router_ms": delay::per_router().as_secs_f64() * 1e3,
+        "link2_extra_one_way_ms": link2_extra.as_secs_f64() * 1e3,
+        "paths": paths,
+        "tcp_mbps_without_relay": tcp_plain.map(round2),
+        "tcp_mbps_through_relay_zero_delay": zero_tcp.map(round2),
+        "errors": [zero.err(), delayed.err()],
+    })
 }
 
 fn wait_vpn_up(lab: &Lab) -> Result<String, String> {
@@ -861,7 +791,12 @@ fn run_config(c: &NetConfig, n_trials: usize) -> Value {
     let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
     let counter = JoinCounter::install(lab.topo.ns(Node::Server), IPERF_PORT, &[waypoint]);
     let mut link2 = json!({"impairment": "none"});
-    let mut relay = None;
+    let mut relays = Delays::rules(&lab);
+    let extra = match c.link2 {
+        Impairment::Delay(d) => d,
+        _ => Duration::ZERO,
+    };
+    let relay_checks = relay_checks(&lab, &mut relays, extra);
     match c.link2 {
         Impairment::None => {}
         Impairment::Loss(pm) => {
@@ -870,12 +805,8 @@ fn run_config(c: &NetConfig, n_trials: usize) -> Value {
                            "method": "nftables forward chain in rc (oifname l2a) and rs (oifname l2b): numgen random mod 1000 < 10 drop"});
         }
         Impairment::Delay(d) => {
-            let mut r = Link2Delay::rules(&lab);
-            let checks = relay_checks(&lab, &mut r, d);
             link2 = json!({"impairment": "delay", "configured_one_way_ms": d.as_secs_f64() * 1e3,
-                           "method": "user-space TUN relay in rc (dcol-lab relay, PR_SET_TIMERSLACK 1 ns); policy routing by iif sends both directions of link 2 through it",
-                           "relay_checks": checks});
-            relay = Some(r);
+                           "method": "a second user-space TUN relay in rc (dcol-lab relay) holds what crosses link 2 for 7.5 ms + this (policy routing by iif and destination)"});
         }
     }
     let mut trials = Trials::new();
@@ -1008,9 +939,7 @@ fn run_config(c: &NetConfig, n_trials: usize) -> Value {
             .map(|(d, s, x)| json!({"direction": d, "seen": s, "dropped": x}))
             .collect::<Vec<_>>());
     }
-    if let Some(mut r) = relay {
-        r.stop(&lab);
-    }
+    relays.stop(&lab);
     drop(_srv);
     drop(lab);
     let scenarios: Vec<Value> = paper::SCENARIOS
@@ -1043,6 +972,7 @@ fn run_config(c: &NetConfig, n_trials: usize) -> Value {
         "core_mbit": c.profile.core_mbit,
         "access_mbit": c.profile.access_mbit,
         "link2": link2,
+        "delay": relay_checks,
         "scenarios": scenarios,
         "ratios": ratios(&medians),
         "paper_ratios": ratios(&paper_medians),
@@ -1117,10 +1047,10 @@ fn write_results(a: &PaperArgs, results: &[Value], elapsed: Duration, complete: 
             })).collect::<Vec<_>>(),
         },
         "deviations_from_paper": [
-            "links have no 5 ms base delay (no netem here); tbf queues of ~50 ms",
+            "5 ms per link is emulated by a user-space TUN relay in each router holding forwarded packets 7.5 ms (every host-to-host path crosses 3 links and 2 routers); tbf queues of ~50 ms",
             "VPN detour is WireGuard (wireguard-go) instead of OpenVPN",
             "MPTCP is upstream Linux MPTCP with the userspace path manager driven by dcol, not the 2017 out-of-tree kernel",
-            "100 ms delay: a user-space TUN relay in the client's router, 100 ms each way (Mininet's netem on both link ends)",
+            "100 ms delay on link 2: a second relay in the client's router, 100 ms more each way (Mininet's netem on both link ends)",
         ],
         "configs": results,
     });
@@ -1150,12 +1080,19 @@ fn print_table(results: &[Value]) {
         if let Some(l) = r["link2"]["measured_loss_pct"].as_f64() {
             println!("  link 2 loss measured {l:.3} % (configured 1 %)");
         }
-        if let Some(c) = r["link2"].get("relay_checks") {
+        let c = &r["delay"];
+        for p in c["paths"].as_array().into_iter().flatten() {
             println!(
-                "  delay relay: added RTT {} ms (configured {}), TCP without relay {} / through relay at 0 ms {} Mbit/s",
-                c["measured_added_rtt_ms"], c["configured_added_rtt_ms"], c["tcp_mbps_without_relay"], c["tcp_mbps_through_relay_zero_delay"]
+                "  delay relays, to the {}: added RTT {} ms (configured {})",
+                p["to"].as_str().unwrap_or("?"),
+                p["measured_added_rtt_ms"],
+                p["configured_added_rtt_ms"]
             );
         }
+        println!(
+            "  delay relays: TCP without relays {} / through relays at 0 ms {} Mbit/s",
+            c["tcp_mbps_without_relay"], c["tcp_mbps_through_relay_zero_delay"]
+        );
         println!(
             "  {:18} {:>7} {:>7} {:>8} {:>3}",
             "scenario", "lab", "paper", "lab/pap", "n"

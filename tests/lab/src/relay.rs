@@ -1,6 +1,6 @@
 //! The delay relay: this kernel has no `sch_netem`, so a link's propagation
 //! delay is emulated in user space. A TUN device in a router's namespace gets
-//! the link's traffic by policy routing (see `Link2Delay` in `main.rs`); the
+//! the link's traffic by policy routing (see `Delays` in `delay.rs`); the
 //! relay reads each packet, holds it for the configured delay and writes it
 //! back into the same device, from where the kernel forwards it on (a second
 //! routing decision keyed on `iif`). The delay is constant, so a FIFO keeps
