@@ -476,12 +476,19 @@ impl Drop for IperfServer {
 
 /// Starts `iperf3 -s -p PORT` (under `mptcpize run` when `mptcp`).
 pub fn iperf3_server(ns: &Netns, port: u16, mptcp: bool) -> IperfServer {
+    iperf3_server_with(ns, port, mptcp, &[])
+}
+
+/// [`iperf3_server`] with more options (`-J` makes `--get-server-output`
+/// hand clients the server's intervals as JSON).
+pub fn iperf3_server_with(ns: &Netns, port: u16, mptcp: bool, extra: &[&str]) -> IperfServer {
     let p = port.to_string();
     let mut args = vec![];
     if mptcp {
         args.extend(["mptcpize", "run"]);
     }
     args.extend(["iperf3", "-s", "-p", &p]);
+    args.extend(extra);
     let pid = ns.spawn(&args);
     // Wait until it listens.
     for _ in 0..100 {

@@ -54,7 +54,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dcol::proto::{self, Message, Nonce, Outcome, Request, RequestBody, RequestKind};
 use dcol::trust::files;
 use dcol_tests::lab::{enter_netns, need_root, Lab, IPERF_PORT, SIGNAL_PORT};
-use dcol_tests::{iperf3_server, IperfResult, JoinCounter, LinkProfile, Netns, Node};
+use dcol_tests::{iperf3_server_with, IperfResult, JoinCounter, LinkProfile, Netns, Node};
 use delay::Delays;
 use lexopt::prelude::ValueExt;
 use serde_json::{json, Value};
@@ -463,12 +463,10 @@ fn iperf(
     // The receiver's intervals, as the paper counted (its JSON is the
     // server's): the sender's count bytes written into a socket buffer, which
     // overstates throughput when the bandwidth-delay product is large.
-    let server = &v["server_output_json"]["intervals"];
-    let iv = if server.as_array().is_some_and(|a| !a.is_empty()) {
-        server
-    } else {
-        &v["intervals"]
-    };
+    let iv = &v["server_output_json"]["intervals"];
+    if iv.as_array().is_none_or(|a| a.is_empty()) {
+        return Err("iperf3 gave no server-side intervals (is the server running with -J?)".into());
+    }
     let intervals = iv
         .as_array()
         .into_iter()
@@ -788,7 +786,7 @@ fn run_config(c: &NetConfig, n_trials: usize) -> Value {
     let mut lab = Lab::new(c.profile);
     let server: IpAddr = lab.topo.addr4(Node::Server).into();
     let waypoint: IpAddr = lab.topo.addr4(Node::Waypoint).into();
-    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
+    let _srv = iperf3_server_with(lab.topo.ns(Node::Server), IPERF_PORT, true, &["-J"]);
     let counter = JoinCounter::install(lab.topo.ns(Node::Server), IPERF_PORT, &[waypoint]);
     let mut link2 = json!({"impairment": "none"});
     let mut relays = Delays::rules(&lab);
