@@ -180,6 +180,11 @@ try {
     });
     check(grants.rows.every((r) => r.includes('bob')), `waypoint grants table shows member bob (${grants.rows.length} row(s))`);
     await shot('detours-waypoint');
+    await open('overview');
+    const wst = daemonStatus(opt.wpSocket).waypoint;
+    const donated = await page.textContent('#dcol-donated');
+    check(wst.donate_monthly_bytes > 0 && donated.includes(' of 5.0 GB') && donated.includes('at most 20.0 Mbit/s'),
+      `waypoint overview shows this month's donation against its caps (${donated})`);
     server.setSocket(opt.socket);
   }
 
@@ -199,6 +204,17 @@ try {
   await until('peer carol in the UCI file', () => Object.values(uciFile()).some((s) => s['.type'] === 'peer' && s.name === 'carol'));
   const carol = Object.values(uciFile()).find((s) => s.name === 'carol');
   check(carol.address === '192.0.2.7:7447' && carol.tunnel === 'nat', 'a peer added in the grid is saved with address and tunnel');
+  // Donation caps: a bad number is refused in the page, a good one saved.
+  const gb = page.locator('[id="cbid.dcol.waypoint.donate_monthly_gb"]');
+  await gb.fill('lots');
+  await page.click('#btn-save');
+  await page.waitForSelector('.alert-message.error');
+  check(uciFile().waypoint.donate_monthly_gb === undefined, 'a monthly cap of "lots" is refused, nothing written');
+  await gb.fill('0.5');
+  await page.locator('[id="cbid.dcol.waypoint.donate_kbit"]').fill('8000');
+  await page.click('#btn-save');
+  await until('donation caps in the UCI file', () => uciFile().waypoint.donate_monthly_gb === '0.5');
+  check(uciFile().waypoint.donate_kbit === '8000', 'donation caps saved: 8000 kbit/s, 0.5 GB a month');
   const cc = spawnSync(opt.dcolBin, ['config', 'check', '--config', opt.uci], { encoding: 'utf8' });
   check(cc.status === 0, `dcol config check accepts the file LuCI wrote (${(cc.stderr || cc.stdout).trim()})`);
   await shot('settings');

@@ -82,7 +82,8 @@ fn luci_app_in_a_browser_against_the_real_daemon() {
     let mut lab = Lab::new(LinkProfile::core_limited());
     let server = lab.topo.addr4(Node::Server);
     let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
-    lab.start_waypoint();
+    // Caps well above the transfer's rate: the overview shows them.
+    lab.start_waypoint_with("\toption donate_kbit '20000'\n\toption donate_monthly_gb '5'\n");
     // iperf3 is plaintext: only policy 'all' detours it.
     lab.start_router_client("\toption detour_policy 'all'\n");
 

@@ -379,6 +379,7 @@
 	/* ---- form ---- */
 	var datatypes = {
 		uinteger: function(v) { return /^\d+$/.test(v); },
+		ufloat: function(v) { return v.trim() !== '' && !isNaN(+v) && +v >= 0; },
 		integer: function(v) { return /^-?\d+$/.test(v); },
 		port: function(v) { return /^\d+$/.test(v) && +v <= 65535; },
 		portrange: function(v) {

@@ -64,6 +64,17 @@ function fmtDuration(s) {
 	return _('%dd %dh').format(Math.floor(s / 86400), Math.floor(s % 86400 / 3600));
 }
 
+/* "1.2 GB of 100 GB (1%), at most 8 Mbit/s" from the waypoint's status. */
+function donation(wp) {
+	var used = +wp.donated_month_bytes || 0, quota = +wp.donate_monthly_bytes || 0;
+	var text = quota > 0
+		? _('%s of %s (%d%%)').format('%1000.1mB'.format(used), '%1000.1mB'.format(quota), Math.floor(used * 100 / quota))
+		: _('%s, no monthly cap').format('%1000.1mB'.format(used));
+	if (+wp.donate_kbit > 0)
+		text += ', ' + _('at most %s').format('%1000.1mbit/s'.format(+wp.donate_kbit * 1000));
+	return text;
+}
+
 function certValidity(notAfter) {
 	var left = notAfter - Date.now() / 1000;
 	var when = new Date(notAfter * 1000).toUTCString();
@@ -214,6 +225,9 @@ return view.extend({
 					[ rate != null ? fmtRate(rate) : '–' ]) ],
 				[ _('Serving detours (waypoint role)'), wp
 					? E('span', { 'id': 'dcol-grants' }, [ _('%d active grant(s), %d granted since start').format(grants, +wp.granted || 0) ])
+					: E('em', [ _('off') ]) ],
+				[ _('Donated this month'), wp
+					? E('span', { 'id': 'dcol-donated' }, [ donation(wp) ])
 					: E('em', [ _('off') ]) ]
 			]),
 			lp ? this.renderGraph() : E([])

@@ -67,6 +67,16 @@ return view.extend({
 		o.datatype = 'range(1,65535)';
 		o.placeholder = '16';
 
+		o = s.option(form.Value, 'donate_kbit', _('Donation cap: rate'),
+			_('Most kbit/s all members\' detours through this router may use together, enforced in the kernel. 0 or empty: no cap.'));
+		o.datatype = 'range(0,100000000)';
+		o.placeholder = '0';
+
+		o = s.option(form.Value, 'donate_monthly_gb', _('Donation cap: GB per month'),
+			_('Detoured traffic this router carries per calendar month (UTC); when it is used up, the router stops granting detours until the month ends. Fractions allowed, e.g. 0.5. Empty: no cap.'));
+		o.datatype = 'and(ufloat,maxlength(17))';
+		o.placeholder = '100';
+
 		o = s.option(form.Value, 'lease_s', _('Lease'),
 			_('Seconds a tunnel lives without renewal (10-86400).'));
 		o.datatype = 'range(10,86400)';
