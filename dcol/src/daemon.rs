@@ -790,6 +790,7 @@ fn client_settings(cfg: &Config) -> client::Settings {
         } else {
             Gate::Open
         },
+        strategy: client::strategy::StrategySettings::default(),
     }
 }
 
@@ -1137,6 +1138,16 @@ impl ClientRole {
                     let name = v.dev.name().to_owned();
                     vpn_down(v);
                     log::info!("VPN tunnel {name} down");
+                }
+            }
+            Action::SetBackup {
+                token,
+                local,
+                remote,
+                backup,
+            } => {
+                if let Err(e) = self.pm.set_backup(token, local, remote, backup) {
+                    log::debug!("set backup={backup} on {local} -> {remote}: {e}");
                 }
             }
             Action::DestroySubflow {

@@ -318,6 +318,9 @@ impl Score {
     }
 }
 
+/// A TCP subflow's local and remote address.
+pub type FourTuple = (std::net::SocketAddr, std::net::SocketAddr);
+
 /// Waypoint name and prefix (`*` for the waypoint over every prefix).
 type Key = (String, String);
 

@@ -1,0 +1,294 @@
+//! The client's use of the detour strategy ([`crate::client::strategy`]):
+//! ranking waypoints for a connection, feeding per-subflow counters to each
+//! detour's judge and turning verdicts into SET_FLAGS / SUBFLOW_DESTROY, and
+//! scoring finished detours. Still pure: counters come in keyed by 4-tuple.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{Action, Client, Conn, DetourState, Token};
+use crate::client::strategy::{self, FourTuple, Role, Sample, Scoreboard, Verdict};
+use crate::proto::RequestKind;
+
+impl Client {
+    /// Peers that may carry a detour of `conn` (not in `used`, not rejected
+    /// by the strategy for it, not held down, NAT, same address family), best
+    /// first by the scoreboard for the server's prefix.
+    pub(super) fn ranked_candidates(
+        &self,
+        now: Instant,
+        conn: &Conn,
+        used: &[usize],
+    ) -> Vec<usize> {
+        let remote = conn.remote;
+        let cands: Vec<(usize, &str)> = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                !used.contains(i)
+                    && !conn.rejected.contains(i)
+                    && !p.spec.vpn
+                    && p.spec.address.is_ipv4() == remote.is_ipv4()
+                    && p.spec.address.ip() != remote.ip()
+                    && p.down_until.is_none_or(|t| t <= now)
+            })
+            .map(|(i, p)| (i, p.spec.name.as_str()))
+            .collect();
+        let prefix = strategy::prefix_of(remote.ip());
+        self.board
+            .rank(&cands, &prefix, self.settings.strategy.explore)
+    }
+
+    /// A waypoint did not answer a detour request for connection `token`.
+    pub(super) fn score_dead(&mut self, token: Token, peer: usize) {
+        let Some(conn) = self.conns.get(&token) else {
+            return;
+        };
+        let prefix = strategy::prefix_of(conn.remote.ip());
+        let discount = self.settings.strategy.discount;
+        self.board
+            .record(&self.peers[peer].spec.name, &prefix, 0.0, discount);
+    }
+
+    /// Scores every measured detour of `token` not scored yet by its share
+    /// of the connection's bytes.
+    pub(super) fn score_detours(&mut self, token: Token) {
+        let n = self.conns.get(&token).map_or(0, |c| c.detours.len());
+        for i in 0..n {
+            self.score_detours_one(token, i);
+        }
+    }
+
+    /// The 4-tuples (local, remote) of every subflow the strategy measures:
+    /// the direct subflow of each established connection with a running
+    /// detour, and those detours.
+    pub fn measured(&self) -> Vec<FourTuple> {
+        let mut out = Vec::new();
+        for conn in self.conns.values() {
+            let mut any = false;
+            for d in &conn.detours {
+                if let (Some(_), Some(lp), Some(r)) =
+                    (&d.judge, d.local_port, d.remote(&self.peers))
+                {
+                    if d.live() {
+                        out.push((SocketAddr::new(d.local_ip(conn.local.ip()), lp), r));
+                        any = true;
+                    }
+                }
+            }
+            if any {
+                out.push((conn.local, conn.remote));
+            }
+        }
+        out
+    }
+
+    /// Feeds one sampling round of subflow counters (keyed by local, remote)
+    /// and returns what the verdicts ask for.
+    pub fn on_samples(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        samples: &HashMap<FourTuple, Sample>,
+    ) -> Vec<Action> {
+        let strat = self.settings.strategy.clone();
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        let mut out = Vec::new();
+        for token in tokens {
+            let mut verdicts = Vec::new();
+            {
+                let peers = &self.peers;
+                let Some(conn) = self.conns.get_mut(&token) else {
+                    continue;
+                };
+                if let Some(s) = samples.get(&(conn.local, conn.remote)) {
+                    conn.direct.feed(now, *s);
+                }
+                let conn_ip = conn.local.ip();
+                let mut tuples = Vec::new();
+                for (i, d) in conn.detours.iter_mut().enumerate() {
+                    let (Some(lp), Some(r), true) = (d.local_port, d.remote(peers), d.live())
+                    else {
+                        continue;
+                    };
+                    let l = SocketAddr::new(d.local_ip(conn_ip), lp);
+                    let Some(j) = d.judge.as_mut() else { continue };
+                    if let Some(s) = samples.get(&(l, r)) {
+                        j.meter.feed(now, *s);
+                    }
+                    tuples.push((i, l, r));
+                }
+                // The lowest RTT among the carrying subflows other than i.
+                let rtts: Vec<(usize, Duration)> = conn
+                    .detours
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| {
+                        let j = d.judge.as_ref()?;
+                        (d.live() && j.role != Role::Backup).then_some((i, j.meter.rtt?))
+                    })
+                    .collect();
+                let direct_rtt = conn.direct.rtt;
+                let used: Vec<usize> = conn
+                    .detours
+                    .iter()
+                    .filter(|d| d.live())
+                    .map(|d| d.peer)
+                    .collect();
+                let alternative = !conn.join_refused
+                    && conn.retries < super::MAX_RETRIES
+                    && !self
+                        .ranked_candidates(now, self.conns.get(&token).expect("present"), &used)
+                        .is_empty();
+                let conn = self.conns.get_mut(&token).expect("present");
+                for (i, l, r) in tuples {
+                    let best = rtts
+                        .iter()
+                        .filter(|(k, _)| *k != i)
+                        .map(|(_, t)| *t)
+                        .chain(direct_rtt)
+                        .min();
+                    let j = conn.detours[i].judge.as_mut().expect("measured above");
+                    let v = j.judge(now, &strat, best, alternative);
+                    if v != Verdict::Keep {
+                        verdicts.push((i, l, r, v));
+                    }
+                }
+            }
+            for (i, local, remote, v) in verdicts {
+                out.extend(self.apply_verdict(now, wall_ms, token, i, local, remote, v));
+            }
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_verdict(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        token: Token,
+        i: usize,
+        local: SocketAddr,
+        remote: SocketAddr,
+        v: Verdict,
+    ) -> Vec<Action> {
+        let name = |c: &Client, i: usize| -> String {
+            c.conns
+                .get(&token)
+                .and_then(|conn| conn.detours.get(i))
+                .map(|d| c.peers[d.peer].spec.name.clone())
+                .unwrap_or_default()
+        };
+        match v {
+            Verdict::Keep => Vec::new(),
+            Verdict::Demote(why) => {
+                log::info!(
+                    "detour of {:#010x} via {} to backup: {why}",
+                    token.0,
+                    name(self, i)
+                );
+                vec![Action::SetBackup {
+                    token,
+                    local,
+                    remote,
+                    backup: true,
+                }]
+            }
+            Verdict::Probe => {
+                log::debug!(
+                    "detour of {:#010x} via {}: probing again",
+                    token.0,
+                    name(self, i)
+                );
+                vec![Action::SetBackup {
+                    token,
+                    local,
+                    remote,
+                    backup: false,
+                }]
+            }
+            Verdict::Destroy(why) => {
+                log::info!(
+                    "detour of {:#010x} via {} dropped: {why}",
+                    token.0,
+                    name(self, i)
+                );
+                self.score_detours_one(token, i);
+                let mut out = vec![Action::DestroySubflow {
+                    token,
+                    local,
+                    remote,
+                }];
+                let Some(conn) = self.conns.get_mut(&token) else {
+                    return out;
+                };
+                conn.retries = conn.retries.saturating_add(1);
+                let d = &mut conn.detours[i];
+                d.state = DetourState::Failed(format!("strategy: {why}"));
+                let peer = d.peer;
+                let release = d.port.zip(d.lease);
+                conn.rejected.push(peer);
+                if let Some((port, lease)) = release {
+                    let timeout = self.settings.request_timeout;
+                    out.extend(self.send_request(
+                        now,
+                        wall_ms,
+                        token,
+                        i,
+                        RequestKind::Release { port, lease },
+                        1,
+                        timeout,
+                    ));
+                }
+                out.extend(self.add_detours(now, wall_ms, token));
+                out
+            }
+        }
+    }
+
+    fn score_detours_one(&mut self, token: Token, i: usize) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let total = conn_bytes(conn);
+        let prefix = strategy::prefix_of(conn.remote.ip());
+        let discount = self.settings.strategy.discount;
+        let Some(d) = conn.detours.get_mut(i) else {
+            return;
+        };
+        let Some(j) = &d.judge else { return };
+        if d.scored {
+            return;
+        }
+        d.scored = true;
+        let r = strategy::reward(j.meter.bytes, total);
+        self.board
+            .record(&self.peers[d.peer].spec.name, &prefix, r, discount);
+    }
+
+    /// The scoreboard (for status and saving).
+    pub fn scoreboard(&self) -> &Scoreboard {
+        &self.board
+    }
+
+    /// True once after the scoreboard changed: time to save it.
+    pub fn scoreboard_dirty(&mut self) -> bool {
+        self.board.take_dirty()
+    }
+
+    /// Replaces the scoreboard (loaded from the state file at start).
+    pub fn set_scoreboard(&mut self, board: Scoreboard) {
+        self.board = board;
+    }
+}
+
+/// Bytes a connection moved on its direct subflow and every measured detour.
+fn conn_bytes(conn: &Conn) -> u64 {
+    conn.detours
+        .iter()
+        .filter_map(|d| d.judge.as_ref())
+        .fold(conn.direct.bytes, |a, j| a.saturating_add(j.meter.bytes))
+}
