@@ -1677,9 +1677,9 @@ mod tests {
             direct.bytes_acked += 300_000;
             direct.segs_out += 200;
             direct.rtt = Duration::from_millis(10);
-            detour.bytes_acked += 150_000;
-            detour.segs_out += 100;
-            detour.retrans += 4;
+            detour.bytes_acked += 100_000;
+            detour.segs_out += 70;
+            detour.retrans += 3;
             detour.rtt = Duration::from_millis(12);
             let samples = HashMap::from([
                 ((conn.local, conn.remote), direct),

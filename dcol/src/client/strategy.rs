@@ -41,8 +41,14 @@ use std::time::{Duration, Instant};
 pub struct StrategySettings {
     /// How long a new or re-probed detour carries data before its verdict.
     pub probation: Duration,
-    /// A path losing more than this fraction of its segments is bad.
+    /// A path losing more than this fraction of its segments, more than
+    /// twice what the best other path loses (plus half a point) and moving
+    /// less than `loss_rate_ratio` × the best other path's rate is bad.
+    /// (Congestion drops at a bottleneck queue are normal; a lossy path that
+    /// still adds throughput is kept: throughput first.)
     pub max_loss: f64,
+    /// See `max_loss`.
+    pub loss_rate_ratio: f64,
     /// A path whose smoothed RTT exceeds `rtt_factor` × the best other
     /// path's RTT plus `rtt_slack` is bad.
     pub rtt_factor: f64,
@@ -61,6 +67,7 @@ impl Default for StrategySettings {
         StrategySettings {
             probation: Duration::from_millis(2000),
             max_loss: 0.015,
+            loss_rate_ratio: 0.5,
             rtt_factor: 3.0,
             rtt_slack: Duration::from_millis(40),
             reprobe: Duration::from_secs(10),
@@ -132,7 +139,12 @@ impl Meter {
                 self.loss = 0.5 * self.loss + 0.5 * l;
             }
         }
-        if !s.rtt.is_zero() {
+        // An idle subflow's RTT is the kernel's initial guess (1 s), not a
+        // measurement: take it only while the subflow sends.
+        let sent = self
+            .last
+            .map_or(s.segs_out > 0, |(_, p)| s.segs_out != p.segs_out);
+        if !s.rtt.is_zero() && sent {
             self.rtt = Some(s.rtt);
         }
         self.last = Some((now, s));
@@ -177,6 +189,17 @@ pub struct Judge {
     pub meter: Meter,
 }
 
+/// The best of a connection's other carrying subflows, to judge one against.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Reference {
+    /// Lowest smoothed RTT.
+    pub rtt: Option<Duration>,
+    /// Lowest smoothed loss.
+    pub loss: f64,
+    /// Highest smoothed rate, bits/s.
+    pub rate_bps: f64,
+}
+
 /// What to do with a detour subflow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -203,10 +226,14 @@ impl Judge {
         }
     }
 
-    /// Why the path is bad, if it is: `best_other_rtt` is the lowest RTT of
-    /// the connection's other carrying subflows.
-    fn fault(&self, s: &StrategySettings, best_other_rtt: Option<Duration>) -> Option<String> {
-        if self.meter.loss > s.max_loss {
+    /// Why the path is bad, if it is, compared with the connection's other
+    /// carrying subflows.
+    fn fault(&self, s: &StrategySettings, other: &Reference) -> Option<String> {
+        let best_other_rtt = other.rtt;
+        if self.meter.loss > s.max_loss
+            && self.meter.loss > 2.0 * other.loss + 0.005
+            && self.meter.rate_bps < s.loss_rate_ratio * other.rate_bps
+        {
             return Some(format!("loss {:.1}%", self.meter.loss * 100.0));
         }
         if let (Some(rtt), Some(best)) = (self.meter.rtt, best_other_rtt) {
@@ -222,12 +249,12 @@ impl Judge {
     }
 
     /// The verdict at `now`, after the latest sample was fed.
-    /// `alternative` says whether an untried waypoint could take this slot.
+    /// `alternative` says whether another waypoint could take this slot.
     pub fn judge(
         &mut self,
         now: Instant,
         s: &StrategySettings,
-        best_other_rtt: Option<Duration>,
+        other: &Reference,
         alternative: bool,
     ) -> Verdict {
         let age = now.saturating_duration_since(self.since);
@@ -236,7 +263,7 @@ impl Judge {
                 if age < s.probation {
                     return Verdict::Keep;
                 }
-                match self.fault(s, best_other_rtt) {
+                match self.fault(s, other) {
                     Some(why) if alternative && !self.reprobed => Verdict::Destroy(why),
                     Some(why) => self.demote(now, why),
                     None => {
@@ -246,7 +273,7 @@ impl Judge {
                     }
                 }
             }
-            Role::Active => match self.fault(s, best_other_rtt) {
+            Role::Active => match self.fault(s, other) {
                 Some(why) => self.demote(now, why),
                 None => Verdict::Keep,
             },
@@ -547,12 +574,12 @@ mod tests {
             acc.retrans += (f64::from(segs) * loss).round() as u32;
             acc.rtt = Duration::from_millis(rtt_ms);
             j.meter.feed(ms(t0, t), *acc);
-            let v = j.judge(
-                ms(t0, t),
-                s,
-                Some(Duration::from_millis(direct_rtt)),
-                alternative,
-            );
+            let other = Reference {
+                rtt: Some(Duration::from_millis(direct_rtt)),
+                loss: 0.002,
+                rate_bps: 10e6,
+            };
+            let v = j.judge(ms(t0, t), s, &other, alternative);
             if v != Verdict::Keep {
                 out.push((t, v));
             }
@@ -585,7 +612,7 @@ mod tests {
         let mut j = Judge::new(t0, &s);
         let mut acc = Sample::default();
         let v = run(
-            &mut j, t0, 0, 3, 5_000_000, 0.03, 12, &s, 10, true, &mut acc,
+            &mut j, t0, 0, 3, 3_000_000, 0.03, 12, &s, 10, true, &mut acc,
         );
         assert!(
             matches!(&v[0], (2000, Verdict::Destroy(w)) if w.starts_with("loss")),
@@ -613,14 +640,14 @@ mod tests {
         assert_eq!(j.role, Role::Active);
         // Loss switched on at t = 5 s.
         let v = run(
-            &mut j, t0, 5000, 10, 8_000_000, 0.03, 12, &s, 10, true, &mut acc,
+            &mut j, t0, 5000, 10, 2_000_000, 0.03, 12, &s, 10, true, &mut acc,
         );
         let (t, first) = &v[0];
         assert!(matches!(first, Verdict::Demote(_)), "{v:?}");
         assert!(*t <= 5750, "demoted at {t} ms");
         // Backup at ~5.25 s: probed again 10 s later, fails, next wait 20 s.
         let v = run(
-            &mut j, t0, 15_000, 20, 8_000_000, 0.03, 12, &s, 10, true, &mut acc,
+            &mut j, t0, 15_000, 20, 2_000_000, 0.03, 12, &s, 10, true, &mut acc,
         );
         let probes: Vec<u64> = v
             .iter()

@@ -5,11 +5,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{Action, Client, Conn, DetourState, Token};
-use crate::client::strategy::{self, FourTuple, Role, Sample, Scoreboard, Verdict};
+use crate::client::strategy::{self, FourTuple, Meter, Role, Sample, Scoreboard, Verdict};
 use crate::proto::RequestKind;
+
+/// Connections moving fewer bytes than this do not score their detours.
+const MIN_SCORED_BYTES: u64 = 256 * 1024;
 
 impl Client {
     /// Peers that may carry a detour of `conn` (not in `used`, not rejected
@@ -120,17 +123,17 @@ impl Client {
                     }
                     tuples.push((i, l, r));
                 }
-                // The lowest RTT among the carrying subflows other than i.
-                let rtts: Vec<(usize, Duration)> = conn
+                // The carrying subflows: (detour index or None for direct), meter.
+                let carrying: Vec<(Option<usize>, Meter)> = conn
                     .detours
                     .iter()
                     .enumerate()
                     .filter_map(|(i, d)| {
                         let j = d.judge.as_ref()?;
-                        (d.live() && j.role != Role::Backup).then_some((i, j.meter.rtt?))
+                        (d.live() && j.role != Role::Backup).then(|| (Some(i), j.meter.clone()))
                     })
+                    .chain([(None, conn.direct.clone())])
                     .collect();
-                let direct_rtt = conn.direct.rtt;
                 let used: Vec<usize> = conn
                     .detours
                     .iter()
@@ -144,14 +147,17 @@ impl Client {
                         .is_empty();
                 let conn = self.conns.get_mut(&token).expect("present");
                 for (i, l, r) in tuples {
-                    let best = rtts
-                        .iter()
-                        .filter(|(k, _)| *k != i)
-                        .map(|(_, t)| *t)
-                        .chain(direct_rtt)
-                        .min();
+                    let others = carrying.iter().filter(|(k, _)| *k != Some(i));
+                    let other = strategy::Reference {
+                        rtt: others.clone().filter_map(|(_, m)| m.rtt).min(),
+                        loss: others
+                            .clone()
+                            .map(|(_, m)| m.loss)
+                            .fold(f64::INFINITY, f64::min),
+                        rate_bps: others.map(|(_, m)| m.rate_bps).fold(0.0, f64::max),
+                    };
                     let j = conn.detours[i].judge.as_mut().expect("measured above");
-                    let v = j.judge(now, &strat, best, alternative);
+                    let v = j.judge(now, &strat, &other, alternative);
                     if v != Verdict::Keep {
                         verdicts.push((i, l, r, v));
                     }
@@ -260,7 +266,9 @@ impl Client {
             return;
         };
         let Some(j) = &d.judge else { return };
-        if d.scored {
+        // A connection that moved next to nothing (a control channel) says
+        // nothing about the path.
+        if d.scored || total < MIN_SCORED_BYTES {
             return;
         }
         d.scored = true;
