@@ -1696,4 +1696,14 @@ mod tests {
         assert!(p.c.scoreboard().score("alice", "*").is_some());
         assert!(p.created.len() > created_before, "{:?}", p.created);
     }
+
+    #[test]
+    fn granted_detour_that_never_comes_up_scores_zero() {
+        let mut p = Pair::new(Pair::alice());
+        p.event(established(1));
+        assert_eq!(detour_state(&p, 1), vec!["connecting"]);
+        p.event(PmEvent::Closed { token: Token(1) });
+        let s = p.c.scoreboard().score("alice", "10.0.3.0/24").unwrap();
+        assert_eq!((s.count, s.mean()), (1, Some(0.0)));
+    }
 }

@@ -55,12 +55,25 @@ impl Client {
             .record(&self.peers[peer].spec.name, &prefix, 0.0, discount);
     }
 
-    /// Scores every measured detour of `token` not scored yet by its share
-    /// of the connection's bytes.
+    /// Scores every detour of `token` not scored yet: a measured one by its
+    /// share of the connection's bytes; one that was granted but whose subflow
+    /// never came up (the path does not pass the join) with 0.
     pub(super) fn score_detours(&mut self, token: Token) {
         let n = self.conns.get(&token).map_or(0, |c| c.detours.len());
         for i in 0..n {
             self.score_detours_one(token, i);
+        }
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let prefix = strategy::prefix_of(conn.remote.ip());
+        let discount = self.settings.strategy.discount;
+        for d in conn.detours.iter_mut().filter(|d| !d.scored) {
+            if d.state == DetourState::Connecting && d.established_at.is_none() {
+                d.scored = true;
+                self.board
+                    .record(&self.peers[d.peer].spec.name, &prefix, 0.0, discount);
+            }
         }
     }
 
