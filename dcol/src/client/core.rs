@@ -195,6 +195,17 @@ pub struct Detour {
     scored: bool,
 }
 
+impl Conn {
+    /// Peers of its live detours.
+    fn live_peers(&self) -> Vec<usize> {
+        self.detours
+            .iter()
+            .filter(|d| d.live())
+            .map(|d| d.peer)
+            .collect()
+    }
+}
+
 impl Detour {
     fn remote(&self, peers: &[Peer]) -> Option<SocketAddr> {
         if let Some((_, server)) = self.vpn {
@@ -739,14 +750,8 @@ impl Client {
         if conn.join_refused || conn.remote.ip().is_loopback() || conn.gate != Gate::Open {
             return Vec::new();
         }
-        let live = conn.detours.iter().filter(|d| d.live()).count();
-        let want = usize::from(self.settings.max_detours).saturating_sub(live);
-        let used: Vec<usize> = conn
-            .detours
-            .iter()
-            .filter(|d| d.live())
-            .map(|d| d.peer)
-            .collect();
+        let used = conn.live_peers();
+        let want = usize::from(self.settings.max_detours).saturating_sub(used.len());
         let candidates: Vec<usize> = self.ranked_candidates(now, conn, &used);
         let mut out = self.add_vpn_detours(token, want);
         let want = want.saturating_sub(out.len());
@@ -981,24 +986,36 @@ impl Client {
         // times per connection at most.
         let lost = matches!(error, Some(ECONNREFUSED) | Some(ECONNRESET)) && d.vpn.is_none();
         d.state = DetourState::Failed(why);
-        let (port, lease, peer) = (d.port, d.lease, d.peer);
-        let mut out = Vec::new();
-        if let (Some(port), Some(lease)) = (port, lease) {
-            let timeout = self.settings.request_timeout;
-            out.extend(self.send_request(
-                now,
-                wall_ms,
-                token,
-                i,
-                RequestKind::Release { port, lease },
-                1,
-                timeout,
-            ));
-        }
+        let (release, peer) = (d.port.zip(d.lease), d.peer);
+        let mut out = self.release_lease(now, wall_ms, token, i, release);
         if lost && self.retry_allowed(token) {
             out.extend(self.request_detour(now, wall_ms, token, peer));
         }
         out
+    }
+
+    /// Releases detour `i`'s lease (`port`, `lease`), if it had one.
+    fn release_lease(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        token: Token,
+        i: usize,
+        release: Option<(u16, Nonce)>,
+    ) -> Vec<Action> {
+        let Some((port, lease)) = release else {
+            return Vec::new();
+        };
+        let timeout = self.settings.request_timeout;
+        self.send_request(
+            now,
+            wall_ms,
+            token,
+            i,
+            RequestKind::Release { port, lease },
+            1,
+            timeout,
+        )
     }
 
     /// Whether a connection may ask again for a detour it lost.
@@ -1585,6 +1602,29 @@ mod tests {
         assert_eq!(p.c.conns().next().unwrap().detours.len(), 1);
     }
 
+    /// One 250 ms sampling round: the direct subflow moves 300 kB in 200
+    /// segments at 10 ms; the detour `tuple` moves (bytes, segments,
+    /// retransmissions, rtt ms).
+    fn sample_round(
+        p: &mut Pair,
+        conn: &Conn,
+        tuple: (SocketAddr, SocketAddr),
+        acc: &mut (Sample, Sample),
+        (bytes, segs, retrans, rtt): (u64, u32, u32, u64),
+    ) {
+        p.now += Duration::from_millis(250);
+        acc.0.bytes_acked += 300_000;
+        acc.0.segs_out += 200;
+        acc.0.rtt = Duration::from_millis(10);
+        acc.1.bytes_acked += bytes;
+        acc.1.segs_out += segs;
+        acc.1.retrans += retrans;
+        acc.1.rtt = Duration::from_millis(rtt);
+        let samples = HashMap::from([((conn.local, conn.remote), acc.0), (tuple, acc.1)]);
+        let a = p.c.on_samples(p.now, p.ms(), &samples);
+        p.run(a, true);
+    }
+
     /// A connection with one established detour via the first peer (after
     /// `max_detours` requests), and that detour's remote.
     fn established_pair_with(peers: Vec<PeerSpec>, max_detours: u8) -> (Pair, SocketAddr) {
@@ -1606,22 +1646,11 @@ mod tests {
         let conn = p.c.conns().next().unwrap().clone();
         let detour_local = SocketAddr::new(conn.local.ip(), 41000);
         assert_eq!(p.c.measured().len(), 2);
-        let (mut direct, mut detour) = (Sample::default(), Sample::default());
+        let mut acc = (Sample::default(), Sample::default());
         let mut backups_at = None;
         for step in 1..=16u64 {
-            p.now += Duration::from_millis(250);
-            direct.bytes_acked += 300_000;
-            direct.segs_out += 200;
-            direct.rtt = Duration::from_millis(10);
-            detour.bytes_acked += 20_000;
-            detour.segs_out += 14;
-            detour.rtt = Duration::from_millis(210);
-            let samples = HashMap::from([
-                ((conn.local, conn.remote), direct),
-                ((detour_local, remote), detour),
-            ]);
-            let a = p.c.on_samples(p.now, p.ms(), &samples);
-            p.run(a, true);
+            let step_sample = (20_000, 14, 0, 210);
+            sample_round(&mut p, &conn, (detour_local, remote), &mut acc, step_sample);
             if backups_at.is_none() && !p.backups.is_empty() {
                 backups_at = Some(step * 250);
             }
@@ -1671,22 +1700,15 @@ mod tests {
         let conn = p.c.conns().next().unwrap().clone();
         let detour_local = SocketAddr::new(conn.local.ip(), 41000);
         let created_before = p.created.len();
-        let (mut direct, mut detour) = (Sample::default(), Sample::default());
+        let mut acc = (Sample::default(), Sample::default());
         for _ in 0..12 {
-            p.now += Duration::from_millis(250);
-            direct.bytes_acked += 300_000;
-            direct.segs_out += 200;
-            direct.rtt = Duration::from_millis(10);
-            detour.bytes_acked += 100_000;
-            detour.segs_out += 70;
-            detour.retrans += 3;
-            detour.rtt = Duration::from_millis(12);
-            let samples = HashMap::from([
-                ((conn.local, conn.remote), direct),
-                ((detour_local, remote), detour),
-            ]);
-            let a = p.c.on_samples(p.now, p.ms(), &samples);
-            p.run(a, true);
+            sample_round(
+                &mut p,
+                &conn,
+                (detour_local, remote),
+                &mut acc,
+                (100_000, 70, 3, 12),
+            );
         }
         assert_eq!(p.destroyed, vec![(Token(1), remote)]);
         assert!(p.backups.is_empty());

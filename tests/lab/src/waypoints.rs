@@ -501,7 +501,8 @@ pub fn main(args: &mut lexopt::Parser) -> ExitCode {
         t += 0.1;
     }
     eprintln!(
-        "(b) loss on the good path at {loss_on:.1} s; client marked it backup after {}; server quiet on it after {} (it carried {:.2} Mbit/s before)",
+        "(b) loss on {}'s path at {loss_on:.1} s; client marked it backup after {}; server quiet on it after {} (it carried {:.2} Mbit/s before)",
+        WAYPOINTS[victim].0,
         backup_at.map_or("never".into(), |b| format!("{:.1} s", b - loss_on)),
         quiet_at.map_or("never".into(), |q| format!("{:.1} s", q - loss_on)),
         pre * 8.0 / 1e6

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use super::{Action, Client, Conn, DetourState, Token};
 use crate::client::strategy::{self, FourTuple, Meter, Role, Sample, Scoreboard, Verdict};
-use crate::proto::RequestKind;
 
 /// Connections moving fewer bytes than this do not score their detours.
 const MIN_SCORED_BYTES: u64 = 256 * 1024;
@@ -147,12 +146,7 @@ impl Client {
                     })
                     .chain([(None, conn.direct.clone())])
                     .collect();
-                let used: Vec<usize> = conn
-                    .detours
-                    .iter()
-                    .filter(|d| d.live())
-                    .map(|d| d.peer)
-                    .collect();
+                let used = conn.live_peers();
                 let alternative = !conn.join_refused
                     && conn.retries < super::MAX_RETRIES
                     && !self
@@ -203,30 +197,25 @@ impl Client {
         };
         match v {
             Verdict::Keep => Vec::new(),
-            Verdict::Demote(why) => {
-                log::info!(
-                    "detour of {:#010x} via {} to backup: {why}",
-                    token.0,
-                    name(self, i)
-                );
+            Verdict::Demote(_) | Verdict::Probe => {
+                let backup = matches!(v, Verdict::Demote(_));
+                match &v {
+                    Verdict::Demote(why) => log::info!(
+                        "detour of {:#010x} via {} to backup: {why}",
+                        token.0,
+                        name(self, i)
+                    ),
+                    _ => log::debug!(
+                        "detour of {:#010x} via {}: probing again",
+                        token.0,
+                        name(self, i)
+                    ),
+                }
                 vec![Action::SetBackup {
                     token,
                     local,
                     remote,
-                    backup: true,
-                }]
-            }
-            Verdict::Probe => {
-                log::debug!(
-                    "detour of {:#010x} via {}: probing again",
-                    token.0,
-                    name(self, i)
-                );
-                vec![Action::SetBackup {
-                    token,
-                    local,
-                    remote,
-                    backup: false,
+                    backup,
                 }]
             }
             Verdict::Destroy(why) => {
@@ -250,18 +239,7 @@ impl Client {
                 let peer = d.peer;
                 let release = d.port.zip(d.lease);
                 conn.rejected.push(peer);
-                if let Some((port, lease)) = release {
-                    let timeout = self.settings.request_timeout;
-                    out.extend(self.send_request(
-                        now,
-                        wall_ms,
-                        token,
-                        i,
-                        RequestKind::Release { port, lease },
-                        1,
-                        timeout,
-                    ));
-                }
+                out.extend(self.release_lease(now, wall_ms, token, i, release));
                 out.extend(self.add_detours(now, wall_ms, token));
                 out
             }
