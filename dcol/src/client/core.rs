@@ -1616,10 +1616,12 @@ mod tests {
         acc.0.bytes_acked += 300_000;
         acc.0.segs_out += 200;
         acc.0.rtt = Duration::from_millis(10);
+        acc.0.min_rtt = Duration::from_millis(10);
         acc.1.bytes_acked += bytes;
         acc.1.segs_out += segs;
         acc.1.retrans += retrans;
         acc.1.rtt = Duration::from_millis(rtt);
+        acc.1.min_rtt = Duration::from_millis(rtt);
         let samples = HashMap::from([((conn.local, conn.remote), acc.0), (tuple, acc.1)]);
         let a = p.c.on_samples(p.now, p.ms(), &samples);
         p.run(a, true);

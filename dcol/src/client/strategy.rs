@@ -49,8 +49,9 @@ pub struct StrategySettings {
     pub max_loss: f64,
     /// See `max_loss`.
     pub loss_rate_ratio: f64,
-    /// A path whose smoothed RTT exceeds `rtt_factor` × the best other
-    /// path's RTT plus `rtt_slack` is bad.
+    /// A path whose minimum RTT (its propagation delay: queueing at a busy
+    /// bottleneck is not the path's fault) exceeds `rtt_factor` × the best
+    /// other path's minimum RTT plus `rtt_slack` is bad.
     pub rtt_factor: f64,
     /// See `rtt_factor`.
     pub rtt_slack: Duration,
@@ -90,6 +91,8 @@ pub struct Sample {
     pub retrans: u32,
     /// `tcpi_rtt`: smoothed RTT.
     pub rtt: Duration,
+    /// `tcpi_min_rtt`: the lowest RTT seen (propagation, without queueing).
+    pub min_rtt: Duration,
     /// `tcpi_delivery_rate` in bytes/s.
     pub delivery_rate: u64,
 }
@@ -105,6 +108,9 @@ pub struct Meter {
     pub loss: f64,
     /// Latest smoothed RTT.
     pub rtt: Option<Duration>,
+    /// Lowest RTT the kernel saw: the path's own delay, without the queue a
+    /// busy path builds up at its bottleneck.
+    pub min_rtt: Option<Duration>,
     /// Bytes carried (acked + received) since the meter started.
     pub bytes: u64,
     /// Bytes carried since the current role began.
@@ -146,6 +152,9 @@ impl Meter {
             .map_or(s.segs_out > 0, |(_, p)| s.segs_out != p.segs_out);
         if !s.rtt.is_zero() && sent {
             self.rtt = Some(s.rtt);
+        }
+        if !s.min_rtt.is_zero() && sent && s.min_rtt.as_secs() < 60 {
+            self.min_rtt = Some(s.min_rtt);
         }
         self.last = Some((now, s));
     }
@@ -192,8 +201,8 @@ pub struct Judge {
 /// The best of a connection's other carrying subflows, to judge one against.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Reference {
-    /// Lowest smoothed RTT.
-    pub rtt: Option<Duration>,
+    /// Lowest minimum RTT.
+    pub min_rtt: Option<Duration>,
     /// Lowest smoothed loss.
     pub loss: f64,
     /// Highest smoothed rate, bits/s.
@@ -229,14 +238,14 @@ impl Judge {
     /// Why the path is bad, if it is, compared with the connection's other
     /// carrying subflows.
     fn fault(&self, s: &StrategySettings, other: &Reference) -> Option<String> {
-        let best_other_rtt = other.rtt;
+        let best_other_rtt = other.min_rtt;
         if self.meter.loss > s.max_loss
             && self.meter.loss > 2.0 * other.loss + 0.005
             && self.meter.rate_bps < s.loss_rate_ratio * other.rate_bps
         {
             return Some(format!("loss {:.1}%", self.meter.loss * 100.0));
         }
-        if let (Some(rtt), Some(best)) = (self.meter.rtt, best_other_rtt) {
+        if let (Some(rtt), Some(best)) = (self.meter.min_rtt, best_other_rtt) {
             if rtt.as_secs_f64() > best.as_secs_f64() * s.rtt_factor + s.rtt_slack.as_secs_f64() {
                 return Some(format!(
                     "rtt {:.0} ms vs {:.0} ms",
@@ -573,9 +582,10 @@ mod tests {
             acc.segs_out += segs;
             acc.retrans += (f64::from(segs) * loss).round() as u32;
             acc.rtt = Duration::from_millis(rtt_ms);
+            acc.min_rtt = Duration::from_millis(rtt_ms);
             j.meter.feed(ms(t0, t), *acc);
             let other = Reference {
-                rtt: Some(Duration::from_millis(direct_rtt)),
+                min_rtt: Some(Duration::from_millis(direct_rtt)),
                 loss: 0.002,
                 rate_bps: 10e6,
             };

@@ -33,6 +33,7 @@ const TI_TOTAL_RETRANS: usize = 100;
 const TI_BYTES_ACKED: usize = 120;
 const TI_BYTES_RECEIVED: usize = 128;
 const TI_SEGS_OUT: usize = 136;
+const TI_MIN_RTT: usize = 148;
 const TI_DELIVERY_RATE: usize = 160;
 /// The shortest `tcp_info` with every field we read (kernel ≥ 4.9).
 const TI_MIN_LEN: usize = TI_DELIVERY_RATE + 8;
@@ -146,6 +147,7 @@ pub fn parse_diag_msg(p: &[u8]) -> Result<Option<(FourTuple, Sample)>, SysError>
         segs_out: u32::from_ne_bytes(rd(ti, TI_SEGS_OUT)),
         retrans: u32::from_ne_bytes(rd(ti, TI_TOTAL_RETRANS)),
         rtt: Duration::from_micros(u64::from(u32::from_ne_bytes(rd(ti, TI_RTT)))),
+        min_rtt: Duration::from_micros(u64::from(u32::from_ne_bytes(rd(ti, TI_MIN_RTT)))),
         delivery_rate: u64::from_ne_bytes(rd(ti, TI_DELIVERY_RATE)),
     };
     Ok(Some((
@@ -169,6 +171,7 @@ mod tests {
         let mut ti = vec![0u8; 232];
         ti[TI_RTT..TI_RTT + 4].copy_from_slice(&12_345u32.to_ne_bytes());
         ti[TI_TOTAL_RETRANS..TI_TOTAL_RETRANS + 4].copy_from_slice(&7u32.to_ne_bytes());
+        ti[TI_MIN_RTT..TI_MIN_RTT + 4].copy_from_slice(&9_000u32.to_ne_bytes());
         ti[TI_BYTES_ACKED..TI_BYTES_ACKED + 8].copy_from_slice(&1_000_000u64.to_ne_bytes());
         ti[TI_BYTES_RECEIVED..TI_BYTES_RECEIVED + 8].copy_from_slice(&55u64.to_ne_bytes());
         ti[TI_SEGS_OUT..TI_SEGS_OUT + 4].copy_from_slice(&700u32.to_ne_bytes());
@@ -185,6 +188,7 @@ mod tests {
         assert_eq!(l, "10.0.1.2:40001".parse().unwrap());
         assert_eq!(r, "10.0.2.2:5201".parse().unwrap());
         assert_eq!(s.rtt, Duration::from_micros(12_345));
+        assert_eq!(s.min_rtt, Duration::from_micros(9_000));
         assert_eq!(s.retrans, 7);
         assert_eq!(s.bytes_acked, 1_000_000);
         assert_eq!(s.bytes_received, 55);

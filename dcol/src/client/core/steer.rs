@@ -156,7 +156,7 @@ impl Client {
                 for (i, l, r) in tuples {
                     let others = carrying.iter().filter(|(k, _)| *k != Some(i));
                     let other = strategy::Reference {
-                        rtt: others.clone().filter_map(|(_, m)| m.rtt).min(),
+                        min_rtt: others.clone().filter_map(|(_, m)| m.min_rtt).min(),
                         loss: others
                             .clone()
                             .map(|(_, m)| m.loss)
