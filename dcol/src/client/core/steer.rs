@@ -67,6 +67,12 @@ impl Client {
         };
         let prefix = strategy::prefix_of(conn.remote.ip());
         let discount = self.settings.strategy.discount;
+        // After the strategy destroyed a detour, the server may still count
+        // that subflow against its limit and ignore a replacement's join:
+        // that says nothing about the replacement's path.
+        if !conn.rejected.is_empty() {
+            return;
+        }
         for d in conn.detours.iter_mut().filter(|d| !d.scored) {
             if d.state == DetourState::Connecting && d.established_at.is_none() {
                 d.scored = true;
