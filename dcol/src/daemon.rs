@@ -20,6 +20,7 @@ use crate::config::{self, Config, DetourPolicy, TunnelKind};
 use crate::control::{self, ControlServer, Status};
 use crate::proxy::Gate;
 use crate::sys::conntrack;
+use crate::sys::diag::Diag;
 use crate::sys::lan::{self, InterceptSpec, LanIntercept};
 use crate::sys::mptcp_pm::{PmEvents, PmSocket};
 use crate::sys::nft::{Caps, NatElement, NatTable};
@@ -207,6 +208,47 @@ fn write_donated(path: &Path, month: (i64, u32), used: u64) {
     }
 }
 
+/// The waypoint scoreboard from `path`; a missing file is an empty board,
+/// a corrupt one is logged and ignored (bad lines alone are skipped).
+fn load_scores(path: &Path) -> client::strategy::Scoreboard {
+    let text = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Default::default(),
+        Err(e) => {
+            log::warn!("{}: {e}; starting with no waypoint scores", path.display());
+            return Default::default();
+        }
+    };
+    let text = String::from_utf8_lossy(&text);
+    match client::strategy::Scoreboard::from_file(&text) {
+        Ok((board, bad)) => {
+            for b in bad {
+                log::warn!("{}:{}: skipped: {}", path.display(), b.line, b.why);
+            }
+            board
+        }
+        Err(e) => {
+            log::warn!(
+                "{}: {e}; ignored, starting with no waypoint scores",
+                path.display()
+            );
+            Default::default()
+        }
+    }
+}
+
+/// Writes the scoreboard to `path` through a temporary file and a rename, so
+/// a crash never leaves half a file.
+fn save_scores(path: &Path, board: &client::strategy::Scoreboard) {
+    let tmp = path.with_extension("tmp");
+    let r = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+        .and_then(|()| std::fs::write(&tmp, board.to_file()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        log::warn!("saving {}: {e}", path.display());
+    }
+}
+
 /// A client's tunnel to one VPN waypoint.
 struct ClientVpn {
     dev: WgDevice,
@@ -229,6 +271,13 @@ struct ClientRole {
     vpn_table: u32,
     /// This member's WireGuard secret key.
     wg_secret: trust::wg::WgKey,
+    /// Measurement of detour subflows (None: strategy off or no sock_diag).
+    diag: Option<Diag>,
+    sample_interval: Duration,
+    next_sample: Instant,
+    /// `state_dir/scores`: the waypoint scoreboard.
+    scores_file: PathBuf,
+    next_save: Instant,
 }
 
 /// The transparent proxy for LAN devices: the relay and the interception
@@ -326,6 +375,7 @@ impl Daemon {
             }
             let deadline = [
                 self.client.as_ref().and_then(|c| c.core.next_timeout()),
+                self.client.as_ref().and_then(|c| c.next_sample()),
                 self.client
                     .as_ref()
                     .and_then(|c| c.lan.as_ref())
@@ -523,7 +573,8 @@ impl Daemon {
         } else if let Some(c) = self.client.as_mut() {
             if old.peers != new.peers {
                 c.release_all();
-                let (core, tunnels) = client_core(new, id)?;
+                let (mut core, tunnels) = client_core(new, id)?;
+                core.set_scoreboard(c.core.scoreboard().clone());
                 c.core = core;
                 c.tunnels = tunnels;
                 changes.push(format!(
@@ -750,7 +801,20 @@ fn start_client(
             None
         }
     };
-    let (core, tunnels) = client_core(cfg, id)?;
+    let (mut core, tunnels) = client_core(cfg, id)?;
+    let scores_file = cfg.main.state_dir.join("scores");
+    core.set_scoreboard(load_scores(&scores_file));
+    let diag = if c.sample_interval_ms == 0 {
+        None
+    } else {
+        match Diag::open() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                log::warn!("client: no subflow measurements, detours stay as created: {e}");
+                None
+            }
+        }
+    };
     log::info!(
         "client: userspace path manager on, {} waypoint(s), max {} detours",
         tunnels.len(),
@@ -774,6 +838,11 @@ fn start_client(
         vpn_prefix: c.vpn_interface_prefix.clone(),
         vpn_table: c.vpn_table,
         wg_secret: trust::wg::secret(&id.key),
+        diag,
+        sample_interval: Duration::from_millis(u64::from(c.sample_interval_ms.max(50))),
+        next_sample: Instant::now(),
+        scores_file,
+        next_save: Instant::now(),
     })
 }
 
@@ -789,6 +858,10 @@ fn client_settings(cfg: &Config) -> client::Settings {
             Gate::Shut("detour_policy 'none'")
         } else {
             Gate::Open
+        },
+        strategy: client::strategy::StrategySettings {
+            probation: Duration::from_millis(u64::from(c.probation_ms)),
+            ..Default::default()
         },
     }
 }
@@ -972,6 +1045,7 @@ impl ClientRole {
             l.stop();
         }
         self.release_all();
+        save_scores(&self.scores_file, self.core.scoreboard());
         for (_, v) in self.vpns.drain() {
             vpn_down(v);
         }
@@ -1081,6 +1155,44 @@ impl ClientRole {
         for a in self.core.poll(now, wall) {
             self.act(a);
         }
+        self.sample(now, wall);
+    }
+
+    /// When [`ClientRole::sample`] next has work: only while detours run.
+    fn next_sample(&self) -> Option<Instant> {
+        (self.diag.is_some() && !self.core.measured().is_empty()).then_some(self.next_sample)
+    }
+
+    /// One measuring round: every detour subflow and its connection's direct
+    /// subflow, from sock_diag; then the scoreboard is saved if it changed
+    /// (at most every 5 s).
+    fn sample(&mut self, now: Instant, wall: u64) {
+        if now >= self.next_save && self.core.scoreboard_dirty() {
+            self.next_save = now + Duration::from_secs(5);
+            save_scores(&self.scores_file, self.core.scoreboard());
+        }
+        let Some(diag) = self.diag.as_mut() else {
+            return;
+        };
+        if now < self.next_sample {
+            return;
+        }
+        self.next_sample = now + self.sample_interval;
+        if self.core.measured().is_empty() {
+            return;
+        }
+        let samples = match diag.dump_all() {
+            Ok(s) => s,
+            Err(e) => {
+                if self.log.allow(now) {
+                    log::warn!("subflow measurements: {e}");
+                }
+                return;
+            }
+        };
+        for a in self.core.on_samples(now, wall, &samples) {
+            self.act(a);
+        }
     }
 
     fn act(&mut self, a: Action) {
@@ -1137,6 +1249,16 @@ impl ClientRole {
                     let name = v.dev.name().to_owned();
                     vpn_down(v);
                     log::info!("VPN tunnel {name} down");
+                }
+            }
+            Action::SetBackup {
+                token,
+                local,
+                remote,
+                backup,
+            } => {
+                if let Err(e) = self.pm.set_backup(token, local, remote, backup) {
+                    log::debug!("set backup={backup} on {local} -> {remote}: {e}");
                 }
             }
             Action::DestroySubflow {
@@ -1493,6 +1615,7 @@ impl WaypointRole {
 }
 
 fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
+    let board = c.core.scoreboard();
     let connections = c
         .core
         .conns()
@@ -1511,6 +1634,8 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
                 .into(),
                 detail: None,
                 setup_ms: None,
+                role: None,
+                ..meter_status(&conn.direct)
             }];
             for d in &conn.detours {
                 let detail = match &d.state {
@@ -1526,8 +1651,22 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
                         .map(|p| SocketAddr::new(d.local_ip(conn.local.ip()), p).to_string()),
                     remote: c.core.detour_remote(d).map(|r| r.to_string()),
                     state: d.state.name().into(),
-                    detail,
+                    detail: detail.or_else(|| {
+                        d.judge
+                            .as_ref()
+                            .filter(|j| j.role == client::strategy::Role::Backup)
+                            .and_then(|j| j.why.clone())
+                    }),
                     setup_ms: d.setup.map(|s| s.as_millis() as u64),
+                    role: d
+                        .judge
+                        .as_ref()
+                        .filter(|_| d.state == client::DetourState::Established)
+                        .map(|j| j.role.name().to_owned()),
+                    ..d.judge
+                        .as_ref()
+                        .map(|j| meter_status(&j.meter))
+                        .unwrap_or_else(|| meter_status(&Default::default()))
                 });
             }
             control::ConnectionStatus {
@@ -1552,7 +1691,6 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
         .into_iter()
         .enumerate()
         .map(|(i, p)| control::PeerStatus {
-            name: p.name,
             address: p.address.to_string(),
             tunnel: tunnel_name(c.tunnels[i]).into(),
             up: p.up,
@@ -1570,16 +1708,53 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
                 _ => None,
             }),
             vpn_error: c.core.vpn_state(i).and_then(|v| v.last_error.clone()),
+            score: board.score(&p.name, "*").and_then(|s| s.mean()),
+            detours_scored: board.score(&p.name, "*").map_or(0, |s| s.count),
+            name: p.name,
         })
         .collect();
     let lan_proxy = c.lan.as_ref().map(|l| control::LanProxyStatus {
         counters: l.relay.stats(),
         detour_policy: l.policy.name().to_owned(),
     });
+    let scores = board
+        .entries()
+        .filter(|(_, p, _)| *p != "*")
+        .filter_map(|(w, p, s)| {
+            Some(control::ScoreStatus {
+                waypoint: w.to_owned(),
+                prefix: p.to_owned(),
+                mean: s.mean()?,
+                weight: s.weight,
+                count: s.count,
+            })
+        })
+        .collect();
     control::ClientStatus {
         connections,
         peers,
         lan_proxy,
+        scores,
+    }
+}
+
+/// A subflow's measurements as status shows them (`null` before any).
+fn meter_status(m: &client::strategy::Meter) -> control::SubflowStatus {
+    let measured = m.rtt.is_some();
+    control::SubflowStatus {
+        path: String::new(),
+        waypoint: None,
+        tunnel: None,
+        local: None,
+        remote: None,
+        state: String::new(),
+        detail: None,
+        setup_ms: None,
+        role: None,
+        rate_kbit: measured.then_some(m.rate_bps / 1000.0),
+        rtt_ms: m.rtt.map(|r| r.as_secs_f64() * 1000.0),
+        loss_pct: measured.then_some(m.loss * 100.0),
+        bytes: measured.then_some(m.bytes),
     }
 }
 

@@ -15,9 +15,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+mod steer;
 mod vpn;
 pub use vpn::{VpnPeer, VpnState};
 
+use super::strategy::{Judge, Meter, Scoreboard, StrategySettings};
 use super::{PmEvent, SubflowInfo, Token};
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind,
@@ -86,6 +88,18 @@ pub enum Action {
         /// Peer index.
         peer: usize,
     },
+    /// `MPTCP_PM_CMD_SET_FLAGS`: mark a detour subflow backup (the server
+    /// and we stop sending on it) or clear the flag.
+    SetBackup {
+        /// Connection.
+        token: Token,
+        /// Local address and port of the subflow.
+        local: SocketAddr,
+        /// Remote address and port of the subflow.
+        remote: SocketAddr,
+        /// Backup on or off.
+        backup: bool,
+    },
     /// `MPTCP_PM_CMD_SUBFLOW_DESTROY`.
     DestroySubflow {
         /// Connection.
@@ -125,6 +139,8 @@ pub struct Settings {
     /// this host): their bytes are not inspected, so they are detoured unless
     /// the policy is `none`.
     pub own_connections: Gate,
+    /// The detour strategy's tunables.
+    pub strategy: StrategySettings,
 }
 
 /// Where a detour stands.
@@ -173,6 +189,21 @@ pub struct Detour {
     established_at: Option<Instant>,
     /// VPN detours: the tunnel address (local) and the server (remote).
     vpn: Option<(IpAddr, SocketAddr)>,
+    /// The strategy's state once the subflow is established.
+    pub judge: Option<Judge>,
+    /// Its reward went to the scoreboard already.
+    scored: bool,
+}
+
+impl Conn {
+    /// Peers of its live detours.
+    fn live_peers(&self) -> Vec<usize> {
+        self.detours
+            .iter()
+            .filter(|d| d.live())
+            .map(|d| d.peer)
+            .collect()
+    }
 }
 
 impl Detour {
@@ -222,6 +253,10 @@ pub struct Conn {
     pub lan: Option<SocketAddr>,
     /// Whether it may have detours (the LAN proxy's detour policy).
     pub gate: Gate,
+    /// The initial (direct) subflow's counters.
+    pub direct: Meter,
+    /// Peers whose detour the strategy destroyed: not asked again.
+    rejected: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -277,6 +312,8 @@ pub struct Client {
     vpn_pending: HashMap<Nonce, vpn::VpnPending>,
     nonce_prefix: [u8; 8],
     nonce_counter: u64,
+    /// Waypoint scores, learned across connections.
+    board: Scoreboard,
 }
 
 impl Client {
@@ -313,6 +350,7 @@ impl Client {
             vpn_pending: HashMap::new(),
             nonce_prefix,
             nonce_counter: 0,
+            board: Scoreboard::default(),
         }
     }
 
@@ -441,6 +479,8 @@ impl Client {
             detours: Vec::new(),
             lan,
             gate,
+            direct: Meter::default(),
+            rejected: Vec::new(),
         }
     }
 
@@ -610,7 +650,7 @@ impl Client {
                 continue;
             }
             if let Some(p) = self.pending.remove(&nonce) {
-                out.extend(self.unanswered(now, p));
+                out.extend(self.unanswered(now, wall_ms, p));
             }
         }
         let renew_interval = self.settings.renew_interval;
@@ -710,29 +750,9 @@ impl Client {
         if conn.join_refused || conn.remote.ip().is_loopback() || conn.gate != Gate::Open {
             return Vec::new();
         }
-        let live = conn.detours.iter().filter(|d| d.live()).count();
-        let want = usize::from(self.settings.max_detours).saturating_sub(live);
-        let used: Vec<usize> = conn
-            .detours
-            .iter()
-            .filter(|d| d.live())
-            .map(|d| d.peer)
-            .collect();
-        let remote = conn.remote;
-        let candidates: Vec<usize> = self
-            .peers
-            .iter()
-            .enumerate()
-            .filter(|(i, p)| {
-                !used.contains(i)
-                    && !p.spec.vpn
-                    && p.spec.address.is_ipv4() == remote.is_ipv4()
-                    && p.spec.address.ip() != remote.ip()
-                    && p.down_until.is_none_or(|t| t <= now)
-            })
-            .map(|(i, _)| i)
-            .take(want)
-            .collect();
+        let used = conn.live_peers();
+        let want = usize::from(self.settings.max_detours).saturating_sub(used.len());
+        let candidates: Vec<usize> = self.ranked_candidates(now, conn, &used);
         let mut out = self.add_vpn_detours(token, want);
         let want = want.saturating_sub(out.len());
         for peer in candidates.into_iter().take(want) {
@@ -762,6 +782,8 @@ impl Client {
             renew_due: None,
             established_at: None,
             vpn: None,
+            judge: None,
+            scored: false,
         });
         let idx = conn.detours.len() - 1;
         let kind = RequestKind::NatDetour {
@@ -825,7 +847,7 @@ impl Client {
         vec![Action::Send { from, to, bytes }]
     }
 
-    fn unanswered(&mut self, now: Instant, p: Pending) -> Vec<Action> {
+    fn unanswered(&mut self, now: Instant, wall_ms: u64, p: Pending) -> Vec<Action> {
         let Some(peer) = self
             .conns
             .get(&p.token)
@@ -842,9 +864,12 @@ impl Client {
                     .and_then(|c| c.detours.get_mut(p.detour))
                 {
                     d.state = DetourState::Failed("waypoint did not answer".into());
+                    d.scored = true;
                 }
                 self.peers[peer].down_until = Some(now + self.settings.holddown);
-                Vec::new()
+                // A dead waypoint scores nothing; its slot goes to the next one.
+                self.score_dead(p.token, peer);
+                self.add_detours(now, wall_ms, p.token)
             }
             RequestKind::Renew { .. } => {
                 let misses = {
@@ -923,6 +948,7 @@ impl Client {
             d.state = DetourState::Established;
             d.local_port = Some(sf.local.port());
             d.established_at = Some(now);
+            d.judge = Some(Judge::new(now, &self.settings.strategy));
             d.setup = est.map(|e| now.saturating_duration_since(e));
         }
     }
@@ -960,24 +986,36 @@ impl Client {
         // times per connection at most.
         let lost = matches!(error, Some(ECONNREFUSED) | Some(ECONNRESET)) && d.vpn.is_none();
         d.state = DetourState::Failed(why);
-        let (port, lease, peer) = (d.port, d.lease, d.peer);
-        let mut out = Vec::new();
-        if let (Some(port), Some(lease)) = (port, lease) {
-            let timeout = self.settings.request_timeout;
-            out.extend(self.send_request(
-                now,
-                wall_ms,
-                token,
-                i,
-                RequestKind::Release { port, lease },
-                1,
-                timeout,
-            ));
-        }
+        let (release, peer) = (d.port.zip(d.lease), d.peer);
+        let mut out = self.release_lease(now, wall_ms, token, i, release);
         if lost && self.retry_allowed(token) {
             out.extend(self.request_detour(now, wall_ms, token, peer));
         }
         out
+    }
+
+    /// Releases detour `i`'s lease (`port`, `lease`), if it had one.
+    fn release_lease(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        token: Token,
+        i: usize,
+        release: Option<(u16, Nonce)>,
+    ) -> Vec<Action> {
+        let Some((port, lease)) = release else {
+            return Vec::new();
+        };
+        let timeout = self.settings.request_timeout;
+        self.send_request(
+            now,
+            wall_ms,
+            token,
+            i,
+            RequestKind::Release { port, lease },
+            1,
+            timeout,
+        )
     }
 
     /// Whether a connection may ask again for a detour it lost.
@@ -1015,6 +1053,7 @@ impl Client {
         for (i, kind) in releases {
             out.extend(self.send_request(now, wall_ms, token, i, kind, 0, timeout));
         }
+        self.score_detours(token);
         // Pending requests of this connection can no longer be matched.
         self.pending
             .retain(|_, p| p.token != token || matches!(p.kind, RequestKind::Release { .. }));
@@ -1033,7 +1072,10 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::client::strategy::{Sample, Scoreboard};
     use crate::testutil::{self, cert, T0};
     use crate::waypoint::{self, Decision, Waypoint};
 
@@ -1055,6 +1097,8 @@ mod tests {
         vpn: Vec<String>,
         /// Local addresses of created subflows.
         locals: Vec<IpAddr>,
+        /// SetBackup actions: remote, flag.
+        backups: Vec<(SocketAddr, bool)>,
     }
 
     fn settings() -> Settings {
@@ -1065,6 +1109,7 @@ mod tests {
             liveness_misses: 3,
             holddown: Duration::from_secs(30),
             own_connections: Gate::Open,
+            strategy: StrategySettings::default(),
         }
     }
 
@@ -1123,6 +1168,7 @@ mod tests {
                 destroyed: vec![],
                 vpn: vec![],
                 locals: vec![],
+                backups: vec![],
             }
         }
 
@@ -1193,6 +1239,7 @@ mod tests {
                     Action::DestroySubflow { token, remote, .. } => {
                         self.destroyed.push((token, remote))
                     }
+                    Action::SetBackup { remote, backup, .. } => self.backups.push((remote, backup)),
                 }
             }
         }
@@ -1553,5 +1600,134 @@ mod tests {
         // Only the IPv4 peer serves an IPv4 connection.
         assert_eq!(p.created.len(), 1);
         assert_eq!(p.c.conns().next().unwrap().detours.len(), 1);
+    }
+
+    /// One 250 ms sampling round: the direct subflow moves 300 kB in 200
+    /// segments at 10 ms; the detour `tuple` moves (bytes, segments,
+    /// retransmissions, rtt ms).
+    fn sample_round(
+        p: &mut Pair,
+        conn: &Conn,
+        tuple: (SocketAddr, SocketAddr),
+        acc: &mut (Sample, Sample),
+        (bytes, segs, retrans, rtt): (u64, u32, u32, u64),
+    ) {
+        p.now += Duration::from_millis(250);
+        acc.0.bytes_acked += 300_000;
+        acc.0.segs_out += 200;
+        acc.0.rtt = Duration::from_millis(10);
+        acc.0.min_rtt = Duration::from_millis(10);
+        acc.1.bytes_acked += bytes;
+        acc.1.segs_out += segs;
+        acc.1.retrans += retrans;
+        acc.1.rtt = Duration::from_millis(rtt);
+        acc.1.min_rtt = Duration::from_millis(rtt);
+        let samples = HashMap::from([((conn.local, conn.remote), acc.0), (tuple, acc.1)]);
+        let a = p.c.on_samples(p.now, p.ms(), &samples);
+        p.run(a, true);
+    }
+
+    /// A connection with one established detour via the first peer (after
+    /// `max_detours` requests), and that detour's remote.
+    fn established_pair_with(peers: Vec<PeerSpec>, max_detours: u8) -> (Pair, SocketAddr) {
+        let mut p = Pair::new(peers);
+        p.c.settings.max_detours = max_detours;
+        p.event(established(1));
+        let remote = p.created[0].1;
+        p.now += Duration::from_millis(20);
+        p.event(PmEvent::SubEstablished {
+            token: Token(1),
+            subflow: sub(remote, 41000),
+        });
+        (p, remote)
+    }
+
+    #[test]
+    fn slow_detour_is_demoted_then_scored_at_close() {
+        let (mut p, remote) = established_pair_with(Pair::alice(), 2);
+        let conn = p.c.conns().next().unwrap().clone();
+        let detour_local = SocketAddr::new(conn.local.ip(), 41000);
+        assert_eq!(p.c.measured().len(), 2);
+        let mut acc = (Sample::default(), Sample::default());
+        let mut backups_at = None;
+        for step in 1..=16u64 {
+            let step_sample = (20_000, 14, 0, 210);
+            sample_round(&mut p, &conn, (detour_local, remote), &mut acc, step_sample);
+            if backups_at.is_none() && !p.backups.is_empty() {
+                backups_at = Some(step * 250);
+            }
+        }
+        // Demoted at the end of its 2 s probation; no alternative waypoint,
+        // so kept as backup rather than destroyed.
+        assert_eq!(p.backups, vec![(remote, true)]);
+        assert_eq!(backups_at, Some(2000));
+        assert!(p.destroyed.is_empty());
+        let c = p.c.conns().next().unwrap();
+        let j = c.detours[0].judge.as_ref().unwrap();
+        assert_eq!(j.role.name(), "backup");
+        assert!(
+            (c.direct.rate_bps - 9.6e6).abs() < 0.1e6,
+            "{}",
+            c.direct.rate_bps
+        );
+        // Closing the connection scores the detour by its byte share.
+        p.event(PmEvent::Closed { token: Token(1) });
+        let s = p.c.scoreboard().score("alice", "10.0.3.0/24").unwrap();
+        let share = 2.0 * 15.0 * 20_000.0 / (15.0 * 320_000.0);
+        assert!((s.mean().unwrap() - share).abs() < 1e-9, "{s:?}");
+        assert!(p.c.scoreboard_dirty());
+        assert!(!p.c.scoreboard_dirty());
+        let (back, bad) = Scoreboard::from_file(&p.c.scoreboard().to_file()).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(&back, p.c.scoreboard());
+    }
+
+    #[test]
+    fn lossy_detour_is_destroyed_and_the_next_waypoint_asked() {
+        let (mut p, remote) = established_pair_with(
+            vec![
+                PeerSpec {
+                    name: "alice".into(),
+                    address: WP.parse().unwrap(),
+                    vpn: false,
+                },
+                PeerSpec {
+                    name: "alice".into(),
+                    address: WP.parse().unwrap(),
+                    vpn: false,
+                },
+            ],
+            1,
+        );
+        let conn = p.c.conns().next().unwrap().clone();
+        let detour_local = SocketAddr::new(conn.local.ip(), 41000);
+        let created_before = p.created.len();
+        let mut acc = (Sample::default(), Sample::default());
+        for _ in 0..12 {
+            sample_round(
+                &mut p,
+                &conn,
+                (detour_local, remote),
+                &mut acc,
+                (100_000, 70, 3, 12),
+            );
+        }
+        assert_eq!(p.destroyed, vec![(Token(1), remote)]);
+        assert!(p.backups.is_empty());
+        let states = detour_state(&p, 1);
+        assert!(states.contains(&"failed"), "{states:?}");
+        // Scored at once, and the slot went to another candidate.
+        assert!(p.c.scoreboard().score("alice", "*").is_some());
+        assert!(p.created.len() > created_before, "{:?}", p.created);
+    }
+
+    #[test]
+    fn granted_detour_that_never_comes_up_scores_zero() {
+        let mut p = Pair::new(Pair::alice());
+        p.event(established(1));
+        assert_eq!(detour_state(&p, 1), vec!["connecting"]);
+        p.event(PmEvent::Closed { token: Token(1) });
+        let s = p.c.scoreboard().score("alice", "10.0.3.0/24").unwrap();
+        assert_eq!((s.count, s.mean()), (1, Some(0.0)));
     }
 }

@@ -4,6 +4,7 @@
 mod core;
 mod event;
 pub mod fallback;
+pub mod strategy;
 
 pub use self::core::{
     Action, Client, Conn, Detour, DetourState, PeerSpec, PeerStatus, Settings, DETOUR_LOCAL_ID,

@@ -202,6 +202,11 @@ pub struct ClientConfig {
     pub vpn_interface_prefix: String,
     /// Routing tables (and rule priorities) of VPN tunnels start here.
     pub vpn_table: u32,
+    /// Detour subflows are measured (sock_diag) this often, ms; 0 turns the
+    /// measuring strategy off (detours then stay as created).
+    pub sample_interval_ms: u32,
+    /// A new detour's probation before it is kept, demoted or dropped, ms.
+    pub probation_ms: u32,
 }
 
 /// `config waypoint 'waypoint'`.
@@ -294,6 +299,8 @@ impl Default for Config {
                 proxy_idle_timeout_s: 3600,
                 vpn_interface_prefix: "dcolc".into(),
                 vpn_table: 7400,
+                sample_interval_ms: 250,
+                probation_ms: 2000,
             },
             waypoint: WaypointConfig {
                 enabled: false,
@@ -507,6 +514,15 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         }
                         "liveness_misses" => {
                             c.liveness_misses = p.value(it, |v| range(v, 1, 100))?
+                        }
+                        "sample_interval_ms" => {
+                            c.sample_interval_ms = p.value(it, |v| match range(v, 0, 5000)? {
+                                x @ (0 | 50..) => Ok(x),
+                                _ => Err(format!("expected 0 (off) or 50-5000, got '{}'", show(v))),
+                            })?
+                        }
+                        "probation_ms" => {
+                            c.probation_ms = p.value(it, |v| range(v, 200, 60_000))?
                         }
                         "lan_proxy" => c.lan_proxy = p.value(it, parse_bool)?,
                         "lan_interface" => c.lan_interfaces.push(p.list_value(it, parse_ifname)?),
@@ -918,6 +934,23 @@ config peer
         assert_eq!(c.waypoint.donate_monthly_bytes, 250_000_000);
         assert_eq!(parse_gb("100").unwrap(), 100_000_000_000);
         assert_eq!(parse_gb("0.000000001").unwrap(), 1);
+    }
+
+    #[test]
+    fn strategy_options() {
+        let c = p("config client 'client'\n\toption sample_interval_ms '0'\n\toption probation_ms '500'\n")
+            .unwrap();
+        assert_eq!(
+            (c.client.sample_interval_ms, c.client.probation_ms),
+            (0, 500)
+        );
+        let e = p("config client 'client'\n\toption sample_interval_ms '10'\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/config/dcol:2: option 'sample_interval_ms': expected 0 (off) or 50-5000, got '10'"
+        );
+        let e = p("config client 'client'\n\toption probation_ms '100'\n").unwrap_err();
+        assert_eq!((e.line, e.option.as_deref()), (2, Some("probation_ms")));
     }
 
     #[test]

@@ -17,13 +17,19 @@
 //!         "subflows": [
 //!           { "path": "direct", "waypoint": null, "tunnel": null,
 //!             "local": "10.0.1.1:51234", "remote": "10.0.3.2:5201",
-//!             "state": "established", "detail": null, "setup_ms": null },
+//!             "state": "established", "detail": null, "setup_ms": null,
+//!             "role": null, "rate_kbit": 9120.5, "rtt_ms": 10.4, "loss_pct": 0.0,
+//!             "bytes": 11400000 },
 //!           { "path": "detour", "waypoint": "alice", "tunnel": "nat",
 //!             "local": "10.0.1.1:40123", "remote": "10.0.6.2:40000",
-//!             "state": "established", "detail": null, "setup_ms": 3 } ] } ],
+//!             "state": "established", "detail": null, "setup_ms": 3,
+//!             "role": "active", "rate_kbit": 8904.1, "rtt_ms": 11.0, "loss_pct": 0.1,
+//!             "bytes": 10200000 } ] } ],
 //!     "peers": [ { "name": "alice", "address": "10.0.6.2:7447", "tunnel": "nat",
 //!                  "up": true, "rtt_ms": 1.2, "vpn_state": null, "vpn_address": null,
-//!                  "vpn_error": null } ],
+//!                  "vpn_error": null, "score": 0.93, "detours_scored": 14 } ],
+//!     "scores": [ { "waypoint": "alice", "prefix": "10.0.3.0/24", "mean": 0.95,
+//!                   "weight": 4.1, "count": 9 } ],
 //!     "lan_proxy": { "active": 3, "accepted": 120, "refused_limit": 0, "refused_direct": 0,
 //!                    "connect_failed": 1, "plain_tcp": 4, "fell_back": 1, "resets": 2,
 //!                    "bytes_up": 48213, "bytes_down": 90312744, "fallback_cached": 1,
@@ -50,7 +56,27 @@
 //! (`plaintext`, `detour_policy 'none'`, ...). `lan_proxy` is `null` when the
 //! transparent proxy is off; its counters count since the daemon started.
 //! Subflow `state` is one of `requesting`, `connecting`, `established`, `failed`
-//! (then `detail` says why). Addresses are strings in Rust's `SocketAddr` format
+//! (then `detail` says why).
+//!
+//! Measurements (the detour strategy, sampled from the kernel's `tcp_info`
+//! every `sample_interval_ms`; all `null` before the first sample or with the
+//! strategy off): `rate_kbit` is the subflow's smoothed throughput, both
+//! directions; `rtt_ms` its smoothed RTT; `loss_pct` its retransmitted share
+//! of sent segments, smoothed; `bytes` what it carried (acked + received)
+//! since it was first measured. The direct subflow is measured only while the
+//! connection has a detour. Detour `role` is `probing` (new, on probation),
+//! `active` (kept) or `backup` (marked backup with SET_FLAGS: neither the
+//! server nor we send on it; `detail` says why); `null` for the direct subflow
+//! and for detours not established.
+//!
+//! Scores: `peers[].score` is the waypoint's discounted mean reward over every
+//! destination (0-1: a detour's share of its connection's bytes, doubled and
+//! capped at 1; 0 for a waypoint that did not answer), `detours_scored` how
+//! many detours it was scored on (both `null`/0 before any). `scores` lists
+//! the per-destination-prefix entries (IPv4 /24, IPv6 /48) the waypoint choice
+//! ranks by; `weight` is the discounted number of rewards behind `mean`.
+//!
+//! Addresses are strings in Rust's `SocketAddr` format
 //! (`[v6]:port` for IPv6). New fields may be added; existing ones keep their meaning.
 
 use std::collections::BTreeMap;
@@ -97,6 +123,9 @@ pub struct ClientStatus {
     /// The transparent LAN proxy, when on.
     #[serde(default)]
     pub lan_proxy: Option<LanProxyStatus>,
+    /// The waypoint scoreboard per destination prefix.
+    #[serde(default)]
+    pub scores: Vec<ScoreStatus>,
 }
 
 /// The transparent LAN proxy: its counters and policy.
@@ -149,6 +178,36 @@ pub struct SubflowStatus {
     pub detail: Option<String>,
     /// Connection ESTABLISHED → this subflow's SUB_ESTABLISHED, in ms.
     pub setup_ms: Option<u64>,
+    /// Detours: `probing`, `active` or `backup`.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Smoothed throughput, kbit/s.
+    #[serde(default)]
+    pub rate_kbit: Option<f64>,
+    /// Smoothed RTT, ms.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+    /// Smoothed retransmitted share of sent segments, percent.
+    #[serde(default)]
+    pub loss_pct: Option<f64>,
+    /// Bytes carried since first measured.
+    #[serde(default)]
+    pub bytes: Option<u64>,
+}
+
+/// One scoreboard entry: a waypoint's record for a destination prefix.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScoreStatus {
+    /// Waypoint name.
+    pub waypoint: String,
+    /// Destination prefix (`a.b.c.0/24`, `x:y:z::/48`).
+    pub prefix: String,
+    /// Discounted mean reward, 0-1.
+    pub mean: f64,
+    /// Discounted number of rewards.
+    pub weight: f64,
+    /// Rewards ever recorded.
+    pub count: u64,
 }
 
 /// A configured waypoint.
@@ -173,6 +232,12 @@ pub struct PeerStatus {
     /// VPN peers: why the last attempt failed.
     #[serde(default)]
     pub vpn_error: Option<String>,
+    /// Discounted mean reward over every destination, 0-1.
+    #[serde(default)]
+    pub score: Option<f64>,
+    /// Detours it was scored on.
+    #[serde(default)]
+    pub detours_scored: u64,
 }
 
 /// The waypoint role.

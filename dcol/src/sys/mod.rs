@@ -4,6 +4,7 @@
 use std::io;
 
 pub mod conntrack;
+pub mod diag;
 pub mod lan;
 pub mod mptcp_pm;
 pub mod netlink;

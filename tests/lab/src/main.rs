@@ -44,6 +44,7 @@ mod plot;
 mod relay;
 #[allow(unsafe_code)]
 mod sys;
+mod waypoints;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -95,10 +96,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        "waypoints" => {
-            eprintln!("dcol-lab waypoints: not implemented yet (part 2 of issue 6: the detour strategy lab)");
-            ExitCode::from(2)
-        }
+        "waypoints" => waypoints::main(&mut args),
         "relay" => relay_main(&mut args),
         _ => {
             eprintln!("dcol-lab: unknown command '{cmd}'\n{}", usage());

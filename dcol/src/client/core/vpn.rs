@@ -388,6 +388,8 @@ impl Client {
                 renew_due: None,
                 established_at: None,
                 vpn: Some((local, remote)),
+                judge: None,
+                scored: false,
             });
             out.push(Action::CreateSubflow {
                 token,

@@ -1,0 +1,771 @@
+//! The detour strategy: which waypoints to ask, and what to do with a detour
+//! subflow once it runs. Pure: no I/O, no clock; it takes `now` and
+//! cumulative per-subflow counters ([`Sample`], read by `sys::diag` from the
+//! kernel's `struct tcp_info`) and returns verdicts.
+//!
+//! **Objective.** Throughput first; a detour that does not add throughput must
+//! not cost any (beyond MPTCP's header overhead, which every subflow pays).
+//! A detour subflow therefore runs in three roles:
+//! - `probing`: fresh (or re-probed) and carrying data, for
+//!   [`StrategySettings::probation`]; the verdict is taken after it;
+//! - `active`: it passed — kept as a normal subflow;
+//! - `backup`: it failed (lossy, or so slow in round trip that it would stall
+//!   the connection's in-order delivery): marked backup with SET_FLAGS, which
+//!   makes the *server* stop sending on it too (the download direction), and
+//!   the local scheduler stop uploading on it. After
+//!   [`StrategySettings::reprobe`] (doubling each time it fails again) it is
+//!   probed again, so a path that recovers is used again.
+//!
+//! A detour failing its first probation while another waypoint has never been tried
+//! for this destination is destroyed instead of kept as backup: the server's
+//! subflow limit (usually 2 extra) makes its slot worth more elsewhere.
+//!
+//! **Waypoint choice** ([`Scoreboard`]): per waypoint and destination prefix
+//! (/24 IPv4, /48 IPv6), a discounted mean of the rewards of past detours (a
+//! reward is the detour's share of the connection's bytes, doubled and capped
+//! at 1, so a path as good as the direct one scores 1; a waypoint that did not
+//! answer scores 0), ranked by a discounted UCB rule: untried pairs first,
+//! then `mean + c·sqrt(ln N / n)`. Discounting (each new reward multiplies
+//! the pair's past weight by [`StrategySettings::discount`]) lets a newly bad
+//! waypoint drop and, through the exploration term, a newly good one rise.
+//! Where a prefix has no history, the waypoint's history over every prefix
+//! stands in, with half the weight.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Tunables of the strategy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrategySettings {
+    /// How long a new or re-probed detour carries data before its verdict.
+    pub probation: Duration,
+    /// A path losing more than this fraction of its segments, more than
+    /// twice what the best other path loses (plus half a point) and moving
+    /// less than `loss_rate_ratio` × the best other path's rate is bad.
+    /// (Congestion drops at a bottleneck queue are normal; a lossy path that
+    /// still adds throughput is kept: throughput first.)
+    pub max_loss: f64,
+    /// See `max_loss`.
+    pub loss_rate_ratio: f64,
+    /// A path whose minimum RTT (its propagation delay: queueing at a busy
+    /// bottleneck is not the path's fault) exceeds `rtt_factor` × the best
+    /// other path's minimum RTT plus `rtt_slack` is bad.
+    pub rtt_factor: f64,
+    /// See `rtt_factor`.
+    pub rtt_slack: Duration,
+    /// First wait before a backup detour is probed again (doubles per failure).
+    pub reprobe: Duration,
+    /// Exploration weight of the UCB rule.
+    pub explore: f64,
+    /// Weight kept by past rewards of a (waypoint, prefix) per new reward.
+    pub discount: f64,
+}
+
+impl Default for StrategySettings {
+    fn default() -> Self {
+        StrategySettings {
+            probation: Duration::from_millis(2000),
+            max_loss: 0.015,
+            loss_rate_ratio: 0.5,
+            rtt_factor: 3.0,
+            rtt_slack: Duration::from_millis(40),
+            reprobe: Duration::from_secs(10),
+            explore: 0.3,
+            discount: 0.8,
+        }
+    }
+}
+
+/// Cumulative counters of one TCP subflow (from `struct tcp_info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sample {
+    /// `tcpi_bytes_acked`: bytes we sent that the peer acknowledged.
+    pub bytes_acked: u64,
+    /// `tcpi_bytes_received`: bytes we received.
+    pub bytes_received: u64,
+    /// `tcpi_segs_out`.
+    pub segs_out: u32,
+    /// `tcpi_total_retrans`.
+    pub retrans: u32,
+    /// `tcpi_rtt`: smoothed RTT.
+    pub rtt: Duration,
+    /// `tcpi_min_rtt`: the lowest RTT seen (propagation, without queueing).
+    pub min_rtt: Duration,
+    /// `tcpi_delivery_rate` in bytes/s.
+    pub delivery_rate: u64,
+}
+
+/// What a subflow's counters say, over the last sampling interval and smoothed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Meter {
+    last: Option<(Instant, Sample)>,
+    /// Smoothed throughput (both directions), bits/s.
+    pub rate_bps: f64,
+    /// Loss (retransmitted / sent segments) over the last interval with
+    /// enough segments, smoothed.
+    pub loss: f64,
+    /// Latest smoothed RTT.
+    pub rtt: Option<Duration>,
+    /// Lowest RTT the kernel saw: the path's own delay, without the queue a
+    /// busy path builds up at its bottleneck.
+    pub min_rtt: Option<Duration>,
+    /// Bytes carried (acked + received) since the meter started.
+    pub bytes: u64,
+    /// Bytes carried since the current role began.
+    pub bytes_in_role: u64,
+}
+
+/// Segments an interval needs before its loss fraction counts.
+const MIN_SEGS: u32 = 20;
+
+impl Meter {
+    /// Feeds a cumulative sample taken at `now`.
+    pub fn feed(&mut self, now: Instant, s: Sample) {
+        if let Some((t, p)) = self.last {
+            let dt = now.saturating_duration_since(t).as_secs_f64();
+            let db = s
+                .bytes_acked
+                .saturating_sub(p.bytes_acked)
+                .saturating_add(s.bytes_received.saturating_sub(p.bytes_received));
+            self.bytes = self.bytes.saturating_add(db);
+            self.bytes_in_role = self.bytes_in_role.saturating_add(db);
+            if dt > 0.0 {
+                let r = db as f64 * 8.0 / dt;
+                self.rate_bps = if self.rate_bps == 0.0 {
+                    r
+                } else {
+                    0.5 * self.rate_bps + 0.5 * r
+                };
+            }
+            let segs = s.segs_out.wrapping_sub(p.segs_out);
+            if segs >= MIN_SEGS {
+                let l = f64::from(s.retrans.wrapping_sub(p.retrans).min(segs)) / f64::from(segs);
+                self.loss = 0.5 * self.loss + 0.5 * l;
+            }
+        }
+        // An idle subflow's RTT is the kernel's initial guess (1 s), not a
+        // measurement: take it only while the subflow sends.
+        let sent = self
+            .last
+            .map_or(s.segs_out > 0, |(_, p)| s.segs_out != p.segs_out);
+        if !s.rtt.is_zero() && sent {
+            self.rtt = Some(s.rtt);
+        }
+        if !s.min_rtt.is_zero() && sent && s.min_rtt.as_secs() < 60 {
+            self.min_rtt = Some(s.min_rtt);
+        }
+        self.last = Some((now, s));
+    }
+}
+
+/// A detour subflow's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Carrying data on probation.
+    Probing,
+    /// Passed: a normal subflow.
+    Active,
+    /// Marked backup: the server and we stop sending on it.
+    Backup,
+}
+
+impl Role {
+    /// Name for status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Probing => "probing",
+            Role::Active => "active",
+            Role::Backup => "backup",
+        }
+    }
+}
+
+/// The strategy's state of one running detour subflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judge {
+    /// Its role.
+    pub role: Role,
+    since: Instant,
+    /// Current wait before a backup is probed again.
+    backoff: Duration,
+    /// It has been probed before: a failed re-probe is demoted, never destroyed.
+    reprobed: bool,
+    /// Why it was last demoted.
+    pub why: Option<String>,
+    /// Its counters.
+    pub meter: Meter,
+}
+
+/// The best of a connection's other carrying subflows, to judge one against.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Reference {
+    /// Lowest minimum RTT.
+    pub min_rtt: Option<Duration>,
+    /// Lowest smoothed loss.
+    pub loss: f64,
+    /// Highest smoothed rate, bits/s.
+    pub rate_bps: f64,
+}
+
+/// What to do with a detour subflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing.
+    Keep,
+    /// Mark it backup (SET_FLAGS backup).
+    Demote(String),
+    /// Clear its backup flag (SET_FLAGS none) and probe it.
+    Probe,
+    /// Destroy it: its slot is worth more elsewhere.
+    Destroy(String),
+}
+
+impl Judge {
+    /// A detour subflow established at `now`: it starts on probation.
+    pub fn new(now: Instant, s: &StrategySettings) -> Self {
+        Judge {
+            role: Role::Probing,
+            since: now,
+            backoff: s.reprobe,
+            reprobed: false,
+            why: None,
+            meter: Meter::default(),
+        }
+    }
+
+    /// Why the path is bad, if it is, compared with the connection's other
+    /// carrying subflows.
+    fn fault(&self, s: &StrategySettings, other: &Reference) -> Option<String> {
+        let best_other_rtt = other.min_rtt;
+        if self.meter.loss > s.max_loss
+            && self.meter.loss > 2.0 * other.loss + 0.005
+            && self.meter.rate_bps < s.loss_rate_ratio * other.rate_bps
+        {
+            return Some(format!("loss {:.1}%", self.meter.loss * 100.0));
+        }
+        if let (Some(rtt), Some(best)) = (self.meter.min_rtt, best_other_rtt) {
+            if rtt.as_secs_f64() > best.as_secs_f64() * s.rtt_factor + s.rtt_slack.as_secs_f64() {
+                return Some(format!(
+                    "rtt {:.0} ms vs {:.0} ms",
+                    rtt.as_secs_f64() * 1000.0,
+                    best.as_secs_f64() * 1000.0
+                ));
+            }
+        }
+        None
+    }
+
+    /// The verdict at `now`, after the latest sample was fed.
+    /// `alternative` says whether another waypoint could take this slot.
+    pub fn judge(
+        &mut self,
+        now: Instant,
+        s: &StrategySettings,
+        other: &Reference,
+        alternative: bool,
+    ) -> Verdict {
+        let age = now.saturating_duration_since(self.since);
+        match self.role {
+            Role::Probing => {
+                if age < s.probation {
+                    return Verdict::Keep;
+                }
+                match self.fault(s, other) {
+                    Some(why) if alternative && !self.reprobed => Verdict::Destroy(why),
+                    Some(why) => self.demote(now, why),
+                    None => {
+                        self.set_role(now, Role::Active);
+                        self.backoff = s.reprobe;
+                        Verdict::Keep
+                    }
+                }
+            }
+            Role::Active => match self.fault(s, other) {
+                Some(why) => self.demote(now, why),
+                None => Verdict::Keep,
+            },
+            Role::Backup => {
+                if age < self.backoff {
+                    return Verdict::Keep;
+                }
+                self.backoff = (self.backoff * 2).min(s.reprobe * 16);
+                // Old loss figures would condemn the fresh probe at once.
+                self.meter.loss = 0.0;
+                self.reprobed = true;
+                self.set_role(now, Role::Probing);
+                Verdict::Probe
+            }
+        }
+    }
+
+    fn demote(&mut self, now: Instant, why: String) -> Verdict {
+        self.set_role(now, Role::Backup);
+        self.why = Some(why.clone());
+        Verdict::Demote(why)
+    }
+
+    fn set_role(&mut self, now: Instant, role: Role) {
+        self.role = role;
+        self.since = now;
+        self.meter.bytes_in_role = 0;
+    }
+}
+
+/// The destination prefix a score is kept for: /24 for IPv4, /48 for IPv6.
+pub fn prefix_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
+/// The reward of a detour that carried `detour` of a connection's `total`
+/// bytes: its share doubled, capped at 1.
+pub fn reward(detour: u64, total: u64) -> f64 {
+    if total == 0 {
+        return 0.0;
+    }
+    (2.0 * detour as f64 / total as f64).min(1.0)
+}
+
+/// The discounted record of one (waypoint, prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Score {
+    /// Discounted number of rewards.
+    pub weight: f64,
+    /// Discounted sum of rewards.
+    pub sum: f64,
+    /// Rewards ever recorded.
+    pub count: u64,
+}
+
+impl Score {
+    /// Discounted mean reward.
+    pub fn mean(&self) -> Option<f64> {
+        (self.weight > 1e-9).then(|| self.sum / self.weight)
+    }
+}
+
+/// A TCP subflow's local and remote address.
+pub type FourTuple = (std::net::SocketAddr, std::net::SocketAddr);
+
+/// Waypoint name and prefix (`*` for the waypoint over every prefix).
+type Key = (String, String);
+
+/// Scores per waypoint and destination prefix, learned across connections.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scoreboard {
+    scores: BTreeMap<Key, Score>,
+    /// Records since the last [`Scoreboard::take_dirty`].
+    dirty: bool,
+}
+
+/// Version line of the scoreboard file.
+const FILE_HEADER: &str = "dcol-scores 1";
+
+/// Entries kept at most (oldest-learned prefixes are not tracked; the
+/// lowest-weight entries go first).
+const MAX_ENTRIES: usize = 4096;
+
+/// A line of a scoreboard file that was skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+impl Scoreboard {
+    /// Records the reward of a detour via `waypoint` to a destination in `prefix`.
+    pub fn record(&mut self, waypoint: &str, prefix: &str, reward: f64, discount: f64) {
+        let reward = if reward.is_finite() {
+            reward.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        for p in [prefix, "*"] {
+            let e = self
+                .scores
+                .entry((waypoint.to_owned(), p.to_owned()))
+                .or_default();
+            e.weight = e.weight * discount + 1.0;
+            e.sum = e.sum * discount + reward;
+            e.count = e.count.saturating_add(1);
+        }
+        self.dirty = true;
+        if self.scores.len() > MAX_ENTRIES {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        let mut ws: Vec<(f64, Key)> = self
+            .scores
+            .iter()
+            .filter(|(k, _)| k.1 != "*")
+            .map(|(k, s)| (s.weight, k.clone()))
+            .collect();
+        ws.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let excess = self.scores.len().saturating_sub(MAX_ENTRIES);
+        for (_, k) in ws.into_iter().take(excess) {
+            self.scores.remove(&k);
+        }
+    }
+
+    /// The score of `waypoint` for `prefix` (`*`: over every prefix).
+    pub fn score(&self, waypoint: &str, prefix: &str) -> Option<Score> {
+        self.scores
+            .get(&(waypoint.to_owned(), prefix.to_owned()))
+            .copied()
+    }
+
+    /// Every entry, for status: waypoint, prefix, score.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, &Score)> {
+        self.scores
+            .iter()
+            .map(|((w, p), s)| (w.as_str(), p.as_str(), s))
+    }
+
+    /// The UCB index of `waypoint` for `prefix`: infinite when untried.
+    pub fn index(&self, waypoint: &str, prefix: &str, explore: f64, total: f64) -> f64 {
+        let own = self.score(waypoint, prefix).filter(|s| s.weight > 1e-9);
+        let any = self.score(waypoint, "*").filter(|s| s.weight > 1e-9);
+        let (mean, n) = match (own, any) {
+            (Some(s), _) => (s.sum / s.weight, s.weight),
+            (None, Some(s)) => (s.sum / s.weight, s.weight * 0.5),
+            (None, None) => return f64::INFINITY,
+        };
+        mean + explore * ((total.max(1.0)).ln().max(0.0) / n).sqrt()
+    }
+
+    /// Orders `candidates` (waypoint names with the caller's index) best
+    /// first for a destination in `prefix`. Ties keep the given order.
+    pub fn rank(&self, candidates: &[(usize, &str)], prefix: &str, explore: f64) -> Vec<usize> {
+        let total: f64 = candidates
+            .iter()
+            .filter_map(|(_, w)| {
+                self.score(w, prefix)
+                    .or_else(|| self.score(w, "*"))
+                    .map(|s| s.weight)
+            })
+            .sum();
+        let mut scored: Vec<(f64, usize, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(pos, (i, w))| (self.index(w, prefix, explore, total), pos, *i))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored.into_iter().map(|(_, _, i)| i).collect()
+    }
+
+    /// Whether `waypoint` has no record for `prefix`.
+    pub fn untried(&self, waypoint: &str, prefix: &str) -> bool {
+        self.score(waypoint, prefix).is_none()
+    }
+
+    /// True once after any record: the caller should save the file.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The file form: a header line, then one line per entry:
+    /// `waypoint<TAB>prefix<TAB>weight<TAB>sum<TAB>count`.
+    pub fn to_file(&self) -> String {
+        let mut out = String::from(FILE_HEADER);
+        out.push('\n');
+        for ((w, p), s) in &self.scores {
+            let _ = writeln!(out, "{w}\t{p}\t{}\t{}\t{}", s.weight, s.sum, s.count);
+        }
+        out
+    }
+
+    /// Parses the file form. A wrong header rejects the whole file; a bad
+    /// line is skipped and reported.
+    pub fn from_file(text: &str) -> Result<(Scoreboard, Vec<BadLine>), String> {
+        let mut lines = text.lines();
+        match lines.next() {
+            Some(h) if h.trim_end() == FILE_HEADER => {}
+            Some(h) => {
+                let h: String = h.chars().take(40).collect();
+                return Err(format!("line 1: expected '{FILE_HEADER}', found '{h}'"));
+            }
+            None => return Err("empty file".into()),
+        }
+        let mut board = Scoreboard::default();
+        let mut bad = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let n = i + 2;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_line(line) {
+                Ok((k, s)) => {
+                    if board.scores.len() < MAX_ENTRIES {
+                        board.scores.insert(k, s);
+                    }
+                }
+                Err(why) => bad.push(BadLine { line: n, why }),
+            }
+        }
+        Ok((board, bad))
+    }
+}
+
+fn parse_line(line: &str) -> Result<(Key, Score), String> {
+    let f: Vec<&str> = line.split('\t').collect();
+    if f.len() != 5 {
+        return Err(format!("{} fields, expected 5", f.len()));
+    }
+    if f[0].is_empty() || f[1].is_empty() {
+        return Err("empty waypoint or prefix".into());
+    }
+    let num = |s: &str, what: &str| -> Result<f64, String> {
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+            _ => Err(format!("{what} '{s}' is not a non-negative number")),
+        }
+    };
+    let weight = num(f[2], "weight")?;
+    let sum = num(f[3], "sum")?;
+    if sum > weight + 1e-6 {
+        return Err(format!("sum {sum} exceeds weight {weight}"));
+    }
+    let count = f[4]
+        .parse::<u64>()
+        .map_err(|_| format!("count '{}' is not an integer", f[4]))?;
+    Ok((
+        (f[0].to_owned(), f[1].to_owned()),
+        Score { weight, sum, count },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(t0: Instant, m: u64) -> Instant {
+        t0 + Duration::from_millis(m)
+    }
+
+    /// Feeds `secs` seconds of 250 ms samples of a path moving `bps` with
+    /// `loss` and `rtt`, judging after each; returns the verdicts that were
+    /// not Keep.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        j: &mut Judge,
+        t0: Instant,
+        from_ms: u64,
+        secs: u64,
+        bps: u64,
+        loss: f64,
+        rtt_ms: u64,
+        s: &StrategySettings,
+        direct_rtt: u64,
+        alternative: bool,
+        acc: &mut Sample,
+    ) -> Vec<(u64, Verdict)> {
+        let mut out = Vec::new();
+        let mut t = from_ms;
+        while t < from_ms + secs * 1000 {
+            t += 250;
+            let segs = (bps / 8 / 4 / 1448).max(1) as u32;
+            acc.bytes_acked += bps / 8 / 4;
+            acc.segs_out += segs;
+            acc.retrans += (f64::from(segs) * loss).round() as u32;
+            acc.rtt = Duration::from_millis(rtt_ms);
+            acc.min_rtt = Duration::from_millis(rtt_ms);
+            j.meter.feed(ms(t0, t), *acc);
+            let other = Reference {
+                min_rtt: Some(Duration::from_millis(direct_rtt)),
+                loss: 0.002,
+                rate_bps: 10e6,
+            };
+            let v = j.judge(ms(t0, t), s, &other, alternative);
+            if v != Verdict::Keep {
+                out.push((t, v));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn good_detour_is_promoted_and_stays() {
+        let s = StrategySettings::default();
+        let t0 = Instant::now();
+        let mut j = Judge::new(t0, &s);
+        let mut acc = Sample::default();
+        let v = run(
+            &mut j, t0, 0, 20, 10_000_000, 0.0, 12, &s, 10, true, &mut acc,
+        );
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!(j.role, Role::Active);
+        assert!(
+            (j.meter.rate_bps - 10e6).abs() < 0.5e6,
+            "{}",
+            j.meter.rate_bps
+        );
+    }
+
+    #[test]
+    fn lossy_or_slow_probe_is_destroyed_when_an_alternative_exists_else_demoted() {
+        let s = StrategySettings::default();
+        let t0 = Instant::now();
+        let mut j = Judge::new(t0, &s);
+        let mut acc = Sample::default();
+        let v = run(
+            &mut j, t0, 0, 3, 3_000_000, 0.03, 12, &s, 10, true, &mut acc,
+        );
+        assert!(
+            matches!(&v[0], (2000, Verdict::Destroy(w)) if w.starts_with("loss")),
+            "{v:?}"
+        );
+        let mut j = Judge::new(t0, &s);
+        let mut acc = Sample::default();
+        let v = run(
+            &mut j, t0, 0, 3, 1_000_000, 0.0, 210, &s, 10, false, &mut acc,
+        );
+        assert!(
+            matches!(&v[..], [(2000, Verdict::Demote(w))] if w.starts_with("rtt")),
+            "{v:?}"
+        );
+        assert_eq!(j.role, Role::Backup);
+    }
+
+    #[test]
+    fn path_turning_bad_is_demoted_within_a_second_and_reprobed_with_backoff() {
+        let s = StrategySettings::default();
+        let t0 = Instant::now();
+        let mut j = Judge::new(t0, &s);
+        let mut acc = Sample::default();
+        assert!(run(&mut j, t0, 0, 5, 8_000_000, 0.0, 12, &s, 10, true, &mut acc).is_empty());
+        assert_eq!(j.role, Role::Active);
+        // Loss switched on at t = 5 s.
+        let v = run(
+            &mut j, t0, 5000, 10, 2_000_000, 0.03, 12, &s, 10, true, &mut acc,
+        );
+        let (t, first) = &v[0];
+        assert!(matches!(first, Verdict::Demote(_)), "{v:?}");
+        assert!(*t <= 5750, "demoted at {t} ms");
+        // Backup at ~5.25 s: probed again 10 s later, fails, next wait 20 s.
+        let v = run(
+            &mut j, t0, 15_000, 20, 2_000_000, 0.03, 12, &s, 10, true, &mut acc,
+        );
+        let probes: Vec<u64> = v
+            .iter()
+            .filter(|(_, v)| *v == Verdict::Probe)
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(probes.len(), 1, "{v:?}");
+        assert!(probes[0] >= 15_250 && probes[0] <= 15_500, "{probes:?}");
+        assert!(
+            v.iter()
+                .any(|(t, v)| matches!(v, Verdict::Demote(_)) && *t > probes[0]),
+            "{v:?}"
+        );
+        // The path recovered: the next probe promotes it.
+        let v = run(
+            &mut j, t0, 35_000, 30, 8_000_000, 0.0, 12, &s, 10, true, &mut acc,
+        );
+        assert!(v.iter().any(|(_, v)| *v == Verdict::Probe), "{v:?}");
+        assert_eq!(j.role, Role::Active);
+    }
+
+    #[test]
+    fn ucb_finds_the_good_waypoint_and_drops_one_that_turns_bad() {
+        let s = StrategySettings::default();
+        let names = ["good", "slow", "lossy", "far", "dead"];
+        let truth = |w: &str, turned: bool| match w {
+            "good" if turned => 0.05,
+            "good" => 1.0,
+            "slow" => 0.3,
+            "lossy" => 0.2,
+            "far" => 0.6,
+            _ => 0.0,
+        };
+        let mut b = Scoreboard::default();
+        let pfx = prefix_of("10.0.2.2".parse().unwrap());
+        let mut picks = Vec::new();
+        for conn in 0..40 {
+            let cands: Vec<(usize, &str)> = names.iter().copied().enumerate().collect();
+            let order = b.rank(&cands, &pfx, s.explore);
+            // Two slots per connection (the server's subflow limit).
+            for &i in &order[..2] {
+                b.record(names[i], &pfx, truth(names[i], conn >= 20), s.discount);
+            }
+            picks.push(order[0]);
+        }
+        // Every candidate tried in the first 3 connections (5 candidates, 2 slots).
+        let learned: Vec<usize> = picks[5..20].to_vec();
+        assert!(learned.iter().all(|&i| names[i] == "good"), "{picks:?}");
+        // After 'good' turns bad at connection 20, 'far' leads within 5 connections.
+        assert!(picks[25..].iter().all(|&i| names[i] == "far"), "{picks:?}");
+        assert!(b.score("dead", &pfx).unwrap().mean().unwrap() < 0.01);
+    }
+
+    #[test]
+    fn prefix_without_history_borrows_the_waypoints_overall_score() {
+        let s = StrategySettings::default();
+        let mut b = Scoreboard::default();
+        for _ in 0..5 {
+            b.record("a", "10.0.2.0/24", 0.1, s.discount);
+            b.record("b", "10.0.2.0/24", 0.9, s.discount);
+        }
+        let order = b.rank(&[(0, "a"), (1, "b")], "10.9.9.0/24", s.explore);
+        assert_eq!(order, vec![1, 0]);
+        // An untried waypoint goes first.
+        let order = b.rank(&[(0, "a"), (1, "b"), (2, "c")], "10.9.9.0/24", s.explore);
+        assert_eq!(order[0], 2);
+    }
+
+    #[test]
+    fn file_round_trip_and_corruption() {
+        let mut b = Scoreboard::default();
+        b.record("alice", "10.0.2.0/24", 0.75, 0.8);
+        b.record("bob", "2001:db8:1::/48", 1.0, 0.8);
+        let text = b.to_file();
+        assert!(
+            text.starts_with("dcol-scores 1\nalice\t*\t1\t0.75\t1\n"),
+            "{text}"
+        );
+        let (back, bad) = Scoreboard::from_file(&text).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(back.scores, b.scores);
+        // A bad line is skipped and named; the rest survives.
+        let broken = text.replace("bob\t*\t1\t1\t1", "bob\t*\tNaN\t1\t1") + "junk\n";
+        let (back, bad) = Scoreboard::from_file(&broken).unwrap();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!(bad[1].line, 6);
+        assert!(back.score("bob", "*").is_none());
+        assert!(back.score("alice", "*").is_some());
+        assert!(Scoreboard::from_file("garbage\nalice\t*\t1\t1\t1\n").is_err());
+        assert!(Scoreboard::from_file("").is_err());
+        assert!(
+            Scoreboard::from_file("dcol-scores 1\na\tb\t1\t2\t1\n")
+                .unwrap()
+                .1
+                .len()
+                == 1
+        );
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(prefix_of("192.0.2.77".parse().unwrap()), "192.0.2.0/24");
+        assert_eq!(
+            prefix_of("2001:db8:abcd:12::1".parse().unwrap()),
+            "2001:db8:abcd::/48"
+        );
+        assert_eq!(reward(50, 100), 1.0);
+        assert_eq!(reward(10, 100), 0.2);
+        assert_eq!(reward(1, 0), 0.0);
+    }
+}
