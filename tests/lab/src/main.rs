@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p dcol-lab -- paper [--quick] [--trials N] [--out DIR]
-//! cargo run --release -p dcol-lab -- waypoints [--quick] [--out DIR]   (part 2: not implemented yet)
+//! cargo run --release -p dcol-lab -- waypoints [--quick] [--out DIR]   (part 2: the detour strategy, waypoints.rs)
 //! ```
 //!
 //! `paper` builds the paper's Figure 3 topology (`dcol_tests::Topology`) once
@@ -72,7 +72,7 @@ const CL_EXTRA: &str = "\toption vpn_interface_prefix 'dlabc'\n";
 static CLEANING: AtomicBool = AtomicBool::new(false);
 
 fn usage() -> &'static str {
-    "usage: dcol-lab paper [--quick] [--trials N] [--out DIR] [--config KEY]...\n       dcol-lab waypoints [--quick] [--out DIR]   (part 2, not implemented yet)\n\nRoot only. Needs ip, tc, nft, ethtool, ping, iperf3, mptcpize, wireguard-go, wg.\nConfigurations (--config): symmetric, symmetric_lossy, symmetric_delayed,\ncore_limited, core_limited_lossy, core_limited_delayed (--quick: the two plain ones).\nUses $DCOL_BIN, else builds target/release/dcol with cargo."
+    "usage: dcol-lab paper [--quick] [--trials N] [--out DIR] [--config KEY]...\n       dcol-lab waypoints [--quick] [--out DIR]\n\nRoot only. Needs ip, tc, nft, ethtool, ping, iperf3, mptcpize, wireguard-go, wg.\nConfigurations (--config): symmetric, symmetric_lossy, symmetric_delayed,\ncore_limited, core_limited_lossy, core_limited_delayed (--quick: the two plain ones).\nUses $DCOL_BIN, else builds target/release/dcol with cargo."
 }
 
 fn main() -> ExitCode {
