@@ -10,6 +10,10 @@
 //!                  +------------ direct (10 Mbit/s) -----------+
 //! ```
 //!
+//! Every path has a base delay of 15 ms one way (30 ms RTT, as the paper's
+//! three 5 ms links): rc and rs each hold what they forward 7.5 ms (TUN
+//! relays, `dcol-lab relay`); "far" adds 100 ms each way.
+//!
 //! Every waypoint runs the DCol waypoint (except "dead") and NATs detours out
 //! of its `y` link, so the server sees each path's bytes from a distinct
 //! source address (nftables counters in the server's namespace). The client
@@ -222,47 +226,100 @@ impl Net {
                 );
             }
         }
+        let xs = (1..=5).map(|i| format!("x{i}r"));
+        let ys = (1..=5).map(|i| format!("y{i}r"));
+        let rc_ifaces: Vec<String> = ["cb", "da"]
+            .map(String::from)
+            .into_iter()
+            .chain(xs)
+            .collect();
+        let rs_ifaces: Vec<String> = ["db", "sa"]
+            .map(String::from)
+            .into_iter()
+            .chain(ys)
+            .collect();
+        start_base_relay(&n.rc, &rc_ifaces);
+        start_base_relay(&n.rs, &rs_ifaces);
         n
     }
 }
 
-/// The lab's TUN delay relay in router `w` (rs): everything arriving on
-/// link `iif`, and everything from the server's link (`sa`) to `to`, goes
-/// through device `swd0` (policy routing), delayed `delay`.
+/// One way, each of rc and rs holds every packet it forwards this long:
+/// every path (direct or through a waypoint) crosses both, so each has
+/// 15 ms one way (30 ms RTT), like the paper's three 5 ms links.
+const ROUTER_DELAY: Duration = Duration::from_micros(7500);
+
+/// The lab's TUN delay relay in router `w` (rs) for the "far" waypoint:
+/// everything arriving on link `iif`, and everything from the server's link
+/// (`sa`) to `to`, goes through device `swd0` (policy routing), delayed
+/// `delay` (in place of the base relay's [`ROUTER_DELAY`]).
 fn start_relay(w: &Netns, iif: &str, to: &str, delay: Duration) {
-    for k in ["all", "default"] {
-        w.sysctl(&format!("net.ipv4.conf.{k}.rp_filter"), "0");
-    }
     w.exec(&[
         "ip", "rule", "add", "pref", "100", "iif", iif, "lookup", "100",
     ]);
     w.exec(&[
         "ip", "rule", "add", "pref", "101", "iif", "sa", "to", to, "lookup", "100",
     ]);
+    relay_dev(w, "swd0", "100", delay + ROUTER_DELAY);
+}
+
+/// The base delay relay in router `w`: everything arriving on `ifaces` goes
+/// through device `swb0`, delayed [`ROUTER_DELAY`].
+fn start_base_relay(w: &Netns, ifaces: &[String]) {
+    for i in ifaces {
+        w.exec(&[
+            "ip", "rule", "add", "pref", "110", "iif", i, "lookup", "101",
+        ]);
+    }
+    relay_dev(w, "swb0", "101", ROUTER_DELAY);
+}
+
+/// Starts `dcol-lab relay` on TUN `dev` in `w` and routes table `table` into it.
+fn relay_dev(w: &Netns, dev: &str, table: &str, delay: Duration) {
+    for k in ["all", "default"] {
+        w.sysctl(&format!("net.ipv4.conf.{k}.rp_filter"), "0");
+    }
     let exe = std::env::current_exe().expect("own path");
     let exe = exe.to_string_lossy().into_owned();
     w.spawn(&[
         &exe,
         "relay",
         "--dev",
-        "swd0",
+        dev,
         "--delay-us",
         &delay.as_micros().to_string(),
     ]);
     let t0 = Instant::now();
-    while !w.output(&["ip", "link", "show", "swd0"]).status.success() {
+    while !w.output(&["ip", "link", "show", dev]).status.success() {
         assert!(
             t0.elapsed() < Duration::from_secs(5),
-            "relay device did not appear"
+            "relay device {dev} did not appear"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    w.sysctl("net.ipv4.conf.swd0.rp_filter", "0");
-    w.sysctl("net.ipv4.conf.swd0.forwarding", "1");
-    w.exec(&["ip", "link", "set", "swd0", "up", "txqueuelen", "10000"]);
+    w.sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), "0");
+    w.sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1");
+    w.exec(&["ip", "link", "set", dev, "up", "txqueuelen", "10000"]);
     w.exec(&[
-        "ip", "route", "replace", "default", "dev", "swd0", "table", "100",
+        "ip", "route", "replace", "default", "dev", dev, "table", table,
     ]);
+}
+
+/// The client's average ping RTT to the server over the direct path, ms.
+fn base_rtt(net: &Net) -> Option<f64> {
+    let out = net.c.output(&[
+        "ping", "-n", "-q", "-c", "20", "-i", "0.05", "-W", "2", "10.3.0.2",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "rtt min/avg/max/mdev = 30.1/30.2/30.3/0.04 ms"
+    let line = text.lines().find(|l| l.contains("min/avg/max"))?;
+    line.split('=')
+        .nth(1)?
+        .trim()
+        .split('/')
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The collective: client 'bob', one member per waypoint.
@@ -347,6 +404,11 @@ pub fn main(args: &mut lexopt::Parser) -> ExitCode {
     let started = Instant::now();
     let (secs, conns) = if a.quick { (4, 12) } else { (10, 20) };
     let net = Net::build();
+    let rtt = base_rtt(&net);
+    eprintln!(
+        "base RTT client -> server {:.3} ms (configured 30: relays in rc and rs, 7.5 ms each way each)",
+        rtt.unwrap_or(f64::NAN)
+    );
     let scratch = Scratch::new("lab");
     let coll = Collective::new(scratch.path(), "coop");
     let bob = coll.admit("bob", "client", 30);
@@ -542,6 +604,7 @@ pub fn main(args: &mut lexopt::Parser) -> ExitCode {
     let results = json!({
         "what": "dcol-lab waypoints: 5 candidate waypoints (good, slow 2 Mbit/s, 3% lossy, +100 ms, dead), max_detours 2",
         "upload_s": secs,
+        "base_rtt_ms": rtt,
         "direct_alone_mbps": round2(direct),
         "single_detour_mbps": WAYPOINTS.iter().zip(&single).map(|(w, m)| (w.0.to_owned(), json!(round2(*m)))).collect::<serde_json::Map<_, _>>(),
         "best_single_mbps": round2(best_single),
