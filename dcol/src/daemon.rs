@@ -126,6 +126,8 @@ struct Identity {
     key: SecretKey,
     root: trust::PublicKey,
     revocations: Revocations,
+    /// Serial of the revocation list file (0: none).
+    rev_serial: u64,
 }
 
 fn load_identity(cfg: &Config) -> Result<Identity, DaemonError> {
@@ -139,6 +141,21 @@ fn load_identity(cfg: &Config) -> Result<Identity, DaemonError> {
             DaemonError::Config(format!("revoked member id '{r}' is not 16 hex digits"))
         })?;
         revocations.insert(id);
+    }
+    let mut rev_serial = 0;
+    if let Some(path) = &cfg.main.revocation_list {
+        match files::read_revocations(path, &root) {
+            Ok(list) => {
+                rev_serial = list.serial;
+                revocations = revocations.union(&list.revocations());
+            }
+            Err(files::FileError::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                log::debug!("{}: no revocation list yet", path.display());
+            }
+            Err(e) => return Err(cfgerr(e)),
+        }
     }
     if cert.key != key.public() {
         return Err(DaemonError::Config(format!(
@@ -154,6 +171,7 @@ fn load_identity(cfg: &Config) -> Result<Identity, DaemonError> {
         key,
         root,
         revocations,
+        rev_serial,
     })
 }
 
@@ -308,6 +326,52 @@ pub struct Daemon {
     client: Option<ClientRole>,
     /// Sysctls changed by either role, restored at shutdown.
     sysctls: SysctlGuard,
+    /// Revoked members in force (UCI `list revoked` and the list file).
+    revocations: Revocations,
+    /// Serial of the revocation list in force: an older one is refused.
+    rev_serial: u64,
+    /// The revocation list file, watched for changes.
+    rev_watch: Option<RevWatch>,
+}
+
+/// How often the revocation list file is checked for changes.
+const REVOCATION_CHECK: Duration = Duration::from_secs(2);
+
+/// A watched file: its (modification time, length) when last seen.
+struct RevWatch {
+    path: PathBuf,
+    seen: Option<(std::time::SystemTime, u64)>,
+    next: Instant,
+}
+
+impl RevWatch {
+    fn new(path: &Path) -> RevWatch {
+        RevWatch {
+            path: path.to_owned(),
+            seen: Self::stamp(path),
+            next: Instant::now() + REVOCATION_CHECK,
+        }
+    }
+
+    fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+        let m = std::fs::metadata(path).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+
+    /// True (once) when the file changed since last seen; checks at most
+    /// every [`REVOCATION_CHECK`].
+    fn changed(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + REVOCATION_CHECK;
+        let stamp = Self::stamp(&self.path);
+        if stamp == self.seen {
+            return false;
+        }
+        self.seen = stamp;
+        true
+    }
 }
 
 impl Daemon {
@@ -346,6 +410,9 @@ impl Daemon {
             waypoint,
             client,
             sysctls,
+            revocations: id.revocations,
+            rev_serial: id.rev_serial,
+            rev_watch: cfg.main.revocation_list.as_deref().map(RevWatch::new),
         })
     }
 
@@ -382,6 +449,7 @@ impl Daemon {
                     .map(|l| l.relay.next_timeout().min(l.next_beat)),
                 self.waypoint.as_ref().and_then(|w| w.core.next_timeout()),
                 self.waypoint.as_ref().and_then(|w| w.next_quota_check),
+                self.rev_watch.as_ref().map(|r| r.next),
             ]
             .into_iter()
             .flatten()
@@ -403,6 +471,14 @@ impl Daemon {
             if ready[1] {
                 let status = self.status();
                 self.control.serve(|| status.clone());
+            }
+            if let Some(r) = &mut self.rev_watch {
+                if r.changed(Instant::now()) {
+                    log::info!("{}: changed; reloading", r.path.display());
+                    if !self.reload() {
+                        return Ok(());
+                    }
+                }
             }
             if let Some(c) = &mut self.client {
                 c.step();
@@ -439,14 +515,27 @@ impl Daemon {
                 return true;
             }
         };
+        if id.root == self.root && id.rev_serial < self.rev_serial {
+            log::error!(
+                "reload: revocation list serial {} is older than the one in force ({}); keeping the running configuration",
+                id.rev_serial,
+                self.rev_serial
+            );
+            return true;
+        }
         match self.apply(&new, &id) {
             Ok(changes) if changes.is_empty() => log::info!("reload: nothing changed"),
             Ok(changes) => log::info!("reloaded: {}", changes.join("; ")),
             Err(e) => log::error!("reload: {e}; the affected role is off until the next reload"),
         }
+        if new.main.revocation_list != self.cfg.main.revocation_list {
+            self.rev_watch = new.main.revocation_list.as_deref().map(RevWatch::new);
+        }
         self.cfg = new;
         self.root = id.root;
         self.cert = id.cert;
+        self.revocations = id.revocations;
+        self.rev_serial = id.rev_serial;
         true
     }
 
@@ -472,7 +561,7 @@ impl Daemon {
         }
         let root_changed = id.root != self.root;
         let identity_changed =
-            root_changed || id.cert != self.cert || new.main.revoked != old.main.revoked;
+            root_changed || id.cert != self.cert || id.revocations != self.revocations;
         if identity_changed {
             changes.push("identity or revocations".into());
         }

@@ -21,6 +21,9 @@ usage:
                                     write DIR/collective.key (0600) and DIR/collective.pub
   dcol collective admit --collective-key KEY --member-pub PUB --name NAME
                         [--days N] [--roles client,waypoint] --out CERT
+  dcol collective revoke --collective-key KEY (--member ID | --cert CERT)
+                        [--reason TEXT] --list FILE
+                                    add a member to the root-signed revocation list FILE
   dcol --version
   dcol <command> --help
 ";
@@ -94,6 +97,7 @@ fn real_main() -> Result<(), Failure> {
         "collective" => match sub(&mut p, "collective")?.as_str() {
             "init" => cmd_collective_init(&mut p),
             "admit" => cmd_collective_admit(&mut p),
+            "revoke" => cmd_collective_revoke(&mut p),
             s => Err(usage(format!("unknown command 'collective {s}'"))),
         },
         s => Err(usage(format!("unknown command '{s}'"))),
@@ -386,6 +390,49 @@ fn cmd_collective_admit(p: &mut lexopt::Parser) -> Result<(), Failure> {
         out.display(),
         cert.name,
         cert.member
+    );
+    Ok(())
+}
+
+fn cmd_collective_revoke(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let help = "usage: dcol collective revoke --collective-key KEY (--member ID | --cert CERT) [--reason TEXT] --list FILE\n";
+    let o = Opts::parse(
+        p,
+        &["collective-key", "member", "cert", "reason", "list"],
+        &[],
+        help,
+    )?;
+    let member: trust::MemberId = match (o.get("member"), o.get("cert")) {
+        (Some(m), None) => m
+            .parse()
+            .map_err(|_| usage(format!("--member: expected 16 hex digits, got '{m}'")))?,
+        (None, Some(c)) => {
+            trust::files::read_certificate(std::path::Path::new(c))
+                .map_err(|e| Failure {
+                    code: 2,
+                    msg: e.to_string(),
+                })?
+                .member
+        }
+        _ => return Err(usage(format!("give one of --member and --cert\n{help}"))),
+    };
+    let list = PathBuf::from(o.need("list")?);
+    let l = trust::files::revoke(
+        std::path::Path::new(o.need("collective-key")?),
+        &list,
+        member,
+        o.get("reason").unwrap_or(""),
+        daemon::wall_ms() / 1000,
+    )
+    .map_err(|e| Failure {
+        code: 2,
+        msg: e.to_string(),
+    })?;
+    println!(
+        "{}: member {member} revoked; serial {}, {} member(s) revoked in all",
+        list.display(),
+        l.serial,
+        l.entries.len()
     );
     Ok(())
 }

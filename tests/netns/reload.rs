@@ -22,6 +22,26 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Starts a `secs` upload from the client, waits until the waypoint maps a
+/// NAT tunnel for it; returns the transfer, the waypoint's namespace and the
+/// client member's id.
+fn transfer_with_tunnel(
+    lab: &Lab,
+    server: IpAddr,
+    secs: u32,
+) -> (std::thread::JoinHandle<bool>, String, String) {
+    let transfer = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, secs);
+    let wns = lab.ns(Node::Waypoint);
+    wait_for("a NAT element", Duration::from_secs(5), || {
+        map_elements(&wns, "dcol", "nat4") >= 1
+    });
+    let bob = lab.cl().status()["member"]["id"]
+        .as_str()
+        .expect("member id")
+        .to_owned();
+    (transfer, wns, bob)
+}
+
 #[test]
 fn reload_keeps_connections_and_applies_changes() {
     if !need_root() {
@@ -90,15 +110,7 @@ fn reload_keeps_connections_and_applies_changes() {
     // Revocation by reload: the member's tunnels end now. (iperf3's server
     // takes a moment to accept the next test after one ends.)
     std::thread::sleep(Duration::from_millis(1500));
-    let transfer = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 4);
-    let wns = lab.ns(Node::Waypoint);
-    wait_for("a NAT element", Duration::from_secs(5), || {
-        map_elements(&wns, "dcol", "nat4") >= 1
-    });
-    let bob = lab.cl().status()["member"]["id"]
-        .as_str()
-        .expect("member id")
-        .to_owned();
+    let (transfer, wns, bob) = transfer_with_tunnel(&lab, server, 4);
     let main_revoked = lab.waypoint_config("").replacen(
         "\toption log_level",
         &format!("\tlist revoked '{bob}'\n\toption log_level"),
@@ -179,4 +191,127 @@ fn reload_of_lan_rules_keeps_proxied_connections() {
     );
     assert!(lab.client.as_mut().expect("client").terminate().success());
     assert!(!has_table(&rns, "dcol_lan"));
+}
+
+/// The collective's signed revocation list (`option revocation_list`,
+/// written by `dcol collective revoke`): the waypoint notices the file
+/// change by itself, ends the member's tunnels and refuses it; a tampered
+/// or older list is refused and the one in force kept.
+#[test]
+fn revocation_list_file_bites_within_seconds() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::new(LinkProfile::core_limited());
+    let server: IpAddr = lab.topo.addr4(Node::Server).into();
+    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
+    let list = lab.scratch.path().join("revoked.list");
+    // No file yet: nobody is revoked.
+    let cfg = lab.waypoint_config("").replacen(
+        "\toption log_level",
+        &format!(
+            "\toption revocation_list '{}'\n\toption log_level",
+            list.display()
+        ),
+        1,
+    );
+    lab.waypoint = Some(dcol_tests::dcol::Daemon::start(
+        &lab.ns(Node::Waypoint),
+        lab.scratch.path(),
+        "wp",
+        &cfg,
+        &lab.sock("wp"),
+    ));
+    lab.start_client();
+    let (transfer, wns, bob) = transfer_with_tunnel(&lab, server, 8);
+    let key = lab.collective.root_key.to_string_lossy().into_owned();
+    let l = list.to_string_lossy().into_owned();
+    // A stale copy to replay later (serial 1).
+    let out = dcol_tests::dcol::dcol(&[
+        "collective",
+        "revoke",
+        "--collective-key",
+        &key,
+        "--member",
+        "0102030405060708",
+        "--list",
+        &l,
+    ]);
+    assert!(out.contains("serial 1"), "{out}");
+    let serial1 = std::fs::read(&list).expect("list");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        map_elements(&wns, "dcol", "nat4") >= 1,
+        "bob lost his tunnel to someone else's revocation"
+    );
+
+    let t0 = Instant::now();
+    let out = dcol_tests::dcol::dcol(&[
+        "collective",
+        "revoke",
+        "--collective-key",
+        &key,
+        "--member",
+        &bob,
+        "--reason",
+        "test",
+        "--list",
+        &l,
+    ]);
+    assert!(out.contains("serial 2"), "{out}");
+    wait_for("bob's NAT element removed", Duration::from_secs(6), || {
+        map_elements(&wns, "dcol", "nat4") == 0
+    });
+    let took = t0.elapsed();
+    eprintln!("revocation list: bob's tunnel ended {took:?} after the file changed");
+    assert!(lab.wp().log_text().contains("revoked: bob"));
+    assert!(
+        transfer.join().expect("iperf thread"),
+        "direct path did not carry on"
+    );
+    // New requests from bob are refused as revoked.
+    std::thread::sleep(Duration::from_millis(1500));
+    let transfer = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 3);
+    wait_for("a refusal as revoked", Duration::from_secs(6), || {
+        lab.wp().status()["waypoint"]["refused"]
+            .as_object()
+            .is_some_and(|m| m.keys().any(|k| k.contains("evoked")))
+    });
+    assert_eq!(map_elements(&wns, "dcol", "nat4"), 0);
+    assert!(transfer.join().expect("iperf thread"));
+
+    // A tampered list and a replayed older one are refused; bob stays revoked.
+    let good = std::fs::read(&list).expect("list");
+    let mut bad = good.clone();
+    let i = bad.len() - 10;
+    bad[i] = if bad[i] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&list, &bad).expect("tamper");
+    wait_for("the tampered list refused", Duration::from_secs(6), || {
+        lab.wp().log_text().contains("bad signature")
+    });
+    std::fs::write(&list, &serial1).expect("replay");
+    wait_for("the older list refused", Duration::from_secs(6), || {
+        lab.wp().log_text().contains("older than the one in force")
+    });
+    let st = lab.wp().status();
+    assert!(st["waypoint"].is_object(), "waypoint stopped serving: {st}");
+    let refused_before: u64 = st["waypoint"]["refused"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let transfer = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 3);
+    wait_for("bob refused again", Duration::from_secs(6), || {
+        let r: u64 = lab.wp().status()["waypoint"]["refused"]
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0);
+        r > refused_before
+    });
+    assert_eq!(
+        map_elements(&wns, "dcol", "nat4"),
+        0,
+        "a replayed list unrevoked bob"
+    );
+    assert!(transfer.join().expect("iperf thread"));
 }

@@ -167,6 +167,10 @@ pub struct MainConfig {
     pub log_level: log::LevelFilter,
     /// Revoked member ids (16 hex digits each).
     pub revoked: Vec<String>,
+    /// `option revocation_list`: the collective's root-signed revocation
+    /// list (`dcol collective revoke`), watched for changes; a missing file
+    /// revokes nobody.
+    pub revocation_list: Option<PathBuf>,
 }
 
 /// `config client 'client'`.
@@ -282,6 +286,7 @@ impl Default for Config {
                 state_dir: "/var/run/dcol".into(),
                 log_level: log::LevelFilter::Info,
                 revoked: Vec::new(),
+                revocation_list: None,
             },
             client: ClientConfig {
                 enabled: false,
@@ -489,6 +494,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         "key" => m.key = p.value(it, parse_path)?,
                         "cert" => m.cert = p.value(it, parse_path)?,
                         "collective" => m.collective = p.value(it, parse_path)?,
+                        "revocation_list" => m.revocation_list = Some(p.value(it, parse_path)?),
                         "control_socket" => m.control_socket = p.value(it, parse_path)?,
                         "state_dir" => m.state_dir = p.value(it, parse_path)?,
                         "log_level" => m.log_level = p.value(it, parse_level)?,

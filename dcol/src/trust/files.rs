@@ -5,6 +5,7 @@
 //! dcol-secret-v1 <64 hex digits: the Ed25519 seed>       (mode 0600)
 //! dcol-public-v1 <64 hex digits>
 //! dcol-cert-v1 <hex of the postcard-encoded certificate>
+//! dcol-revoked-v1 <hex of the postcard-encoded, root-signed revocation list>
 //! ```
 //! Secret keys are created with mode 0600 from the start (never world-readable,
 //! not even briefly) and are never overwritten.
@@ -14,11 +15,15 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{from_hex, to_hex, Certificate, PublicKey, Roles, SecretKey, TrustError};
+use super::{
+    from_hex, to_hex, Certificate, MemberId, PublicKey, RevocationList, RevokedEntry, Roles,
+    SecretKey, TrustError, MAX_REVOKED,
+};
 
 const SECRET_TAG: &str = "dcol-secret-v1";
 const PUBLIC_TAG: &str = "dcol-public-v1";
 const CERT_TAG: &str = "dcol-cert-v1";
+const REVOKED_TAG: &str = "dcol-revoked-v1";
 /// Larger files are not ours.
 const MAX_FILE: u64 = 16 * 1024;
 
@@ -68,13 +73,17 @@ fn format_err(path: &Path, what: impl Into<String>) -> FileError {
 }
 
 fn read_small(path: &Path) -> Result<String, FileError> {
+    read_limited(path, MAX_FILE)
+}
+
+fn read_limited(path: &Path, max: u64) -> Result<String, FileError> {
     let f = fs::File::open(path).map_err(io_err(path))?;
     let mut s = String::new();
-    f.take(MAX_FILE + 1)
+    f.take(max + 1)
         .read_to_string(&mut s)
         .map_err(io_err(path))?;
-    if s.len() as u64 > MAX_FILE {
-        return Err(format_err(path, format!("larger than {MAX_FILE} bytes")));
+    if s.len() as u64 > max {
+        return Err(format_err(path, format!("larger than {max} bytes")));
     }
     Ok(s)
 }
@@ -225,6 +234,74 @@ pub fn write_certificate(path: &Path, cert: &Certificate) -> Result<(), FileErro
     write_new(path, 0o644, &format!("{CERT_TAG} {}\n", to_hex(&bytes)))
 }
 
+/// Reads a revocation list and checks it was signed by `root`.
+pub fn read_revocations(path: &Path, root: &PublicKey) -> Result<RevocationList, FileError> {
+    let text = read_limited(path, 256 * 1024)?;
+    let b = parse_line(path, &text, REVOKED_TAG)?;
+    let (list, rest): (RevocationList, &[u8]) = postcard::take_from_bytes(&b)
+        .map_err(|e| format_err(path, format!("not a revocation list: {e}")))?;
+    if !rest.is_empty() {
+        return Err(format_err(
+            path,
+            format!("{} bytes after the revocation list", rest.len()),
+        ));
+    }
+    if list.entries.len() > MAX_REVOKED {
+        return Err(format_err(
+            path,
+            format!("{} entries (at most {MAX_REVOKED})", list.entries.len()),
+        ));
+    }
+    list.verify(root).map_err(|source| FileError::Trust {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(list)
+}
+
+/// Adds `member` to the revocation list in `path` (creating it), signed with
+/// the collective key in `collective_key`: serial + 1, written to a
+/// temporary file and renamed over the old one. Returns the new list.
+pub fn revoke(
+    collective_key: &Path,
+    path: &Path,
+    member: MemberId,
+    reason: &str,
+    now: u64,
+) -> Result<RevocationList, FileError> {
+    let root = read_secret_key(collective_key)?;
+    if reason.len() > 200 || reason.chars().any(char::is_control) {
+        return Err(format_err(
+            path,
+            "the reason must be at most 200 bytes without control characters",
+        ));
+    }
+    let (serial, mut entries) = match read_revocations(path, &root.public()) {
+        Ok(l) => (l.serial, l.entries),
+        Err(FileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            (0, Vec::new())
+        }
+        Err(e) => return Err(e),
+    };
+    if !entries.iter().any(|e| e.member == member) {
+        if entries.len() >= MAX_REVOKED {
+            return Err(format_err(path, format!("already {MAX_REVOKED} entries")));
+        }
+        entries.push(RevokedEntry {
+            member,
+            at: now,
+            reason: reason.to_owned(),
+        });
+    }
+    let list = RevocationList::issue(&root, serial.saturating_add(1), now, entries);
+    let bytes = postcard::to_allocvec(&list).expect("serializing to a Vec cannot fail");
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{REVOKED_TAG} {}\n", to_hex(&bytes)))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(io_err(path))?;
+    Ok(list)
+}
+
 /// Issues a certificate for the member key in `member_pub`, valid `days` from
 /// `now` (Unix seconds), signed with the collective key in `collective_key`.
 pub fn admit(
@@ -264,6 +341,46 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn revocation_lists_grow_verify_and_refuse_tampering() {
+        let d = dir("rev");
+        let root = init_collective(&d).unwrap();
+        let key = d.join("collective.key");
+        let list = d.join("revoked");
+        let (a, b) = (MemberId([1; 8]), MemberId([2; 8]));
+        let l = revoke(&key, &list, a, "lost router", 1000).unwrap();
+        assert_eq!((l.serial, l.entries.len()), (1, 1));
+        let l = revoke(&key, &list, b, "", 2000).unwrap();
+        assert_eq!((l.serial, l.entries.len()), (2, 2));
+        // Revoking twice keeps one entry (and still bumps the serial).
+        let l = revoke(&key, &list, a, "again", 3000).unwrap();
+        assert_eq!((l.serial, l.entries.len()), (3, 2));
+        let read = read_revocations(&list, &root.public()).unwrap();
+        assert_eq!(read, l);
+        assert!(read.revocations().is_revoked(&a) && read.revocations().is_revoked(&b));
+        assert_eq!(read.entries[0].reason, "lost router");
+        // Another collective's key, a flipped byte, a truncated file.
+        let other = SecretKey::from_seed([9; 32]).public();
+        let e = read_revocations(&list, &other).unwrap_err().to_string();
+        assert!(e.contains("another collective"), "{e}");
+        let text = fs::read_to_string(&list).unwrap();
+        let mut bytes = text.into_bytes();
+        let i = bytes.len() - 10;
+        bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
+        fs::write(&list, &bytes).unwrap();
+        let e = read_revocations(&list, &root.public())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad signature"), "{e}");
+        fs::write(&list, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(read_revocations(&list, &root.public()).is_err());
+        // A bad list is not overwritten by revoke: the owner must look.
+        assert!(revoke(&key, &list, a, "", 4000).is_err());
+        let e = revoke(&key, &d.join("r2"), a, "bad\nreason", 1).unwrap_err();
+        assert!(e.to_string().contains("reason"), "{e}");
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]

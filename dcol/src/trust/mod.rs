@@ -410,6 +410,11 @@ impl Certificate {
 pub struct Revocations(std::collections::BTreeSet<MemberId>);
 
 impl Revocations {
+    /// Both sets together.
+    pub fn union(&self, other: &Revocations) -> Revocations {
+        Revocations(self.0.union(&other.0).copied().collect())
+    }
+
     /// Adds a member.
     pub fn insert(&mut self, m: MemberId) {
         self.0.insert(m);
@@ -428,6 +433,84 @@ impl Revocations {
     /// True when nobody is revoked.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// Domain separation of revocation-list signatures.
+const REVOKED_DOMAIN: &[u8] = b"dcol/revoked/v1\0";
+
+/// Most entries a revocation list may hold (a list file stays small enough
+/// to read whole; 1,000 members revoked is far beyond a cooperative's need).
+pub const MAX_REVOKED: usize = 1000;
+
+/// One revoked member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedEntry {
+    /// The member.
+    pub member: MemberId,
+    /// When it was revoked (Unix seconds).
+    pub at: u64,
+    /// Why (free text, at most 200 bytes).
+    pub reason: String,
+}
+
+/// The collective's revocation list, signed by the root key. Each new list
+/// has a higher `serial`; a member keeps the newest valid one it has seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationList {
+    /// The collective's root public key.
+    pub collective: PublicKey,
+    /// Increases with every change.
+    pub serial: u64,
+    /// When this list was signed (Unix seconds).
+    pub issued: u64,
+    /// The revoked members.
+    pub entries: Vec<RevokedEntry>,
+    /// The root's signature over all fields above.
+    pub signature: Signature,
+}
+
+impl RevocationList {
+    fn signed_bytes(&self) -> Vec<u8> {
+        let tbs = (&self.collective, self.serial, self.issued, &self.entries);
+        let mut out = REVOKED_DOMAIN.to_vec();
+        out.extend(postcard::to_allocvec(&tbs).expect("serializing to a Vec cannot fail"));
+        out
+    }
+
+    /// A list with `entries`, signed by `root`.
+    pub fn issue(
+        root: &SecretKey,
+        serial: u64,
+        issued: u64,
+        entries: Vec<RevokedEntry>,
+    ) -> RevocationList {
+        let mut l = RevocationList {
+            collective: root.public(),
+            serial,
+            issued,
+            entries,
+            signature: Signature([0; 64]),
+        };
+        l.signature = root.sign(&l.signed_bytes());
+        l
+    }
+
+    /// Checks the list was signed by the collective `root`.
+    pub fn verify(&self, root: &PublicKey) -> Result<(), TrustError> {
+        if self.collective != *root {
+            return Err(TrustError::WrongCollective);
+        }
+        verify(root, &self.signed_bytes(), &self.signature)
+    }
+
+    /// The revoked members as a set.
+    pub fn revocations(&self) -> Revocations {
+        let mut r = Revocations::default();
+        for e in &self.entries {
+            r.insert(e.member);
+        }
+        r
     }
 }
 
