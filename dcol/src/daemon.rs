@@ -32,6 +32,7 @@ use crate::sys::vpnfw::VpnFirewall;
 use crate::sys::wg::{WgDevice, WgPeer};
 use crate::sys::SysError;
 use crate::trust::{self, files, Certificate, Revocations, SecretKey};
+use crate::waypoint::evidence::{self, EvidenceLog};
 use crate::waypoint::{self, Decision, Lease, Waypoint};
 
 /// Why the daemon could not run.
@@ -188,6 +189,31 @@ struct WaypointRole {
     month: (i64, u32),
     next_quota_check: Option<Instant>,
     donated_file: PathBuf,
+    /// Granted requests, kept as attribution evidence.
+    evidence: Option<EvidenceLog>,
+}
+
+/// The evidence log of `cfg`, or None when it is off or cannot be opened
+/// (logged: the waypoint serves on without it).
+fn open_evidence(cfg: &Config) -> Option<EvidenceLog> {
+    let w = &cfg.waypoint;
+    if w.evidence_max_kb == 0 {
+        return None;
+    }
+    let dir = w
+        .evidence_dir
+        .clone()
+        .unwrap_or_else(|| cfg.main.state_dir.join("evidence"));
+    match EvidenceLog::open(&dir, u64::from(w.evidence_max_kb) * 1024) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::error!(
+                "evidence log {}: {e}; granted requests are not kept",
+                dir.display()
+            );
+            None
+        }
+    }
 }
 
 /// How often the monthly quota's count is saved (and the month checked).
@@ -628,6 +654,11 @@ impl Daemon {
                     drop_flows(l);
                 }
                 w.expire_vpn(now);
+                if (&wo.evidence_dir, wo.evidence_max_kb) != (&wn.evidence_dir, wn.evidence_max_kb)
+                {
+                    w.evidence = open_evidence(new);
+                    changes.push("evidence log".into());
+                }
                 if (wo.donate_kbit, wo.donate_monthly_bytes)
                     != (wn.donate_kbit, wn.donate_monthly_bytes)
                 {
@@ -800,6 +831,7 @@ fn start_waypoint(
         month,
         next_quota_check: None,
         donated_file,
+        evidence: open_evidence(cfg),
     };
     role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
     if let Some(subnet) = &w.vpn_subnet {
@@ -1492,7 +1524,7 @@ impl WaypointRole {
                 };
                 let (now, wall) = (Instant::now(), wall_ms());
                 let d = self.core.handle(now, wall, from, &buf[..n]);
-                self.execute(i, now, wall, from, d);
+                self.execute(i, now, wall, from, d, &buf[..n]);
             }
         }
         let now = Instant::now();
@@ -1526,7 +1558,7 @@ impl WaypointRole {
         }
     }
 
-    fn execute_vpn(&mut self, i: usize, wall: u64, d: Decision) {
+    fn execute_vpn(&mut self, i: usize, wall: u64, from: SocketAddr, d: Decision, request: &[u8]) {
         match d {
             Decision::VpnInstall {
                 lease,
@@ -1559,6 +1591,7 @@ impl WaypointRole {
                             lease.address,
                             trust::wg::to_base64(&lease.wg_key)
                         );
+                        self.keep_evidence(wall, from, format!("vpn {}", lease.address), request);
                         self.send(i, to, &bytes);
                     }
                     Err(e) => {
@@ -1600,12 +1633,35 @@ impl WaypointRole {
         }
     }
 
-    fn execute(&mut self, i: usize, now: Instant, wall: u64, from: SocketAddr, d: Decision) {
+    /// Keeps a granted request as evidence (see `waypoint::evidence`).
+    fn keep_evidence(&self, wall: u64, from: SocketAddr, grant: String, request: &[u8]) {
+        if let Some(log) = &self.evidence {
+            let r = evidence::Record {
+                at_ms: wall,
+                from,
+                grant,
+                request: request.to_vec(),
+            };
+            if let Err(e) = log.append(&r) {
+                log::warn!("evidence log: {e}");
+            }
+        }
+    }
+
+    fn execute(
+        &mut self,
+        i: usize,
+        now: Instant,
+        wall: u64,
+        from: SocketAddr,
+        d: Decision,
+        request: &[u8],
+    ) {
         let d = match d {
             Decision::VpnInstall { .. }
             | Decision::VpnRefresh { .. }
             | Decision::VpnRemove { .. } => {
-                return self.execute_vpn(i, wall, d);
+                return self.execute_vpn(i, wall, from, d, request);
             }
             d => d,
         };
@@ -1646,6 +1702,12 @@ impl WaypointRole {
                         lease.port,
                         lease.destination,
                         timeout.as_secs()
+                    );
+                    self.keep_evidence(
+                        wall,
+                        from,
+                        format!("nat {} -> {}", lease.port, lease.destination),
+                        request,
                     );
                     self.send(i, to, &bytes);
                 }

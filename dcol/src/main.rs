@@ -24,6 +24,10 @@ usage:
   dcol collective revoke --collective-key KEY (--member ID | --cert CERT)
                         [--reason TEXT] --list FILE
                                     add a member to the root-signed revocation list FILE
+  dcol waypoint log [--dir DIR | --config FILE] [--member ID|NAME] [--since T] [--until T]
+                    [--json] [--verify COLLECTIVE_PUB]
+                                    the requests this waypoint granted (attribution evidence);
+                                    T in Unix seconds
   dcol --version
   dcol <command> --help
 ";
@@ -99,6 +103,10 @@ fn real_main() -> Result<(), Failure> {
             "admit" => cmd_collective_admit(&mut p),
             "revoke" => cmd_collective_revoke(&mut p),
             s => Err(usage(format!("unknown command 'collective {s}'"))),
+        },
+        "waypoint" => match sub(&mut p, "waypoint")?.as_str() {
+            "log" => cmd_waypoint_log(&mut p),
+            s => Err(usage(format!("unknown command 'waypoint {s}'"))),
         },
         s => Err(usage(format!("unknown command '{s}'"))),
     }
@@ -434,6 +442,113 @@ fn cmd_collective_revoke(p: &mut lexopt::Parser) -> Result<(), Failure> {
         l.serial,
         l.entries.len()
     );
+    Ok(())
+}
+
+fn cmd_waypoint_log(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    use dcol::waypoint::evidence;
+    let help = "usage: dcol waypoint log [--dir DIR | --config FILE] [--member ID|NAME] [--since UNIX_S] [--until UNIX_S] [--json] [--verify COLLECTIVE_PUB]\n";
+    let o = Opts::parse(
+        p,
+        &["dir", "config", "member", "since", "until", "verify"],
+        &["json"],
+        help,
+    )?;
+    let time = |name: &str| -> Result<Option<u64>, Failure> {
+        o.get(name)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| usage(format!("--{name}: expected Unix seconds, got '{v}'")))
+            })
+            .transpose()
+    };
+    let (since, until) = (time("since")?, time("until")?);
+    let dir = match o.get("dir") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let cfg = load_config(o.get("config").unwrap_or(DEFAULT_CONFIG))?;
+            cfg.waypoint
+                .evidence_dir
+                .clone()
+                .unwrap_or_else(|| cfg.main.state_dir.join("evidence"))
+        }
+    };
+    let root = o
+        .get("verify")
+        .map(|f| {
+            trust::files::read_public_key(std::path::Path::new(f)).map_err(|e| Failure {
+                code: 2,
+                msg: e.to_string(),
+            })
+        })
+        .transpose()?;
+    let (records, problems) = evidence::read_dir(&dir);
+    for pr in &problems {
+        eprintln!("warning: {pr}");
+    }
+    let (mut shown, mut failed) = (Vec::new(), 0usize);
+    for r in &records {
+        let s = r.at_ms / 1000;
+        if since.is_some_and(|t| s < t) || until.is_some_and(|t| s > t) {
+            continue;
+        }
+        let req = r.decode_request();
+        let (id, name, dest) = match &req {
+            Some(q) => (
+                q.cert.member.to_string(),
+                q.cert.name.clone(),
+                format!("{:?}", q.body.kind),
+            ),
+            None => ("?".into(), "?".into(), "?".into()),
+        };
+        if let Some(m) = o.get("member") {
+            if m != id && m != name {
+                continue;
+            }
+        }
+        let verified = root.map(|k| r.verify(&k).map(|_| ()).map_err(|e| e.to_string()));
+        if matches!(verified, Some(Err(_))) {
+            failed += 1;
+        }
+        shown.push(serde_json::json!({
+            "at_s": s, "from": r.from.to_string(), "member_id": id, "member": name,
+            "grant": r.grant, "request": dest,
+            "verified": verified.as_ref().map(|v| v.is_ok()),
+            "verify_error": verified.and_then(|v| v.err()),
+        }));
+    }
+    if o.flag("json") {
+        println!(
+            "{}",
+            serde_json::json!({ "records": shown, "problems": problems })
+        );
+    } else {
+        for r in &shown {
+            println!(
+                "{} {} {} ({}) {}{}",
+                r["at_s"],
+                r["from"].as_str().unwrap_or(""),
+                r["member"].as_str().unwrap_or(""),
+                r["member_id"].as_str().unwrap_or(""),
+                r["grant"].as_str().unwrap_or(""),
+                match r["verified"].as_bool() {
+                    Some(true) => "  [signature ok]".to_owned(),
+                    Some(false) => format!(
+                        "  [NOT VERIFIED: {}]",
+                        r["verify_error"].as_str().unwrap_or("")
+                    ),
+                    None => String::new(),
+                }
+            );
+        }
+        eprintln!("{} record(s) from {}", shown.len(), dir.display());
+    }
+    if failed > 0 {
+        return Err(Failure {
+            code: 1,
+            msg: format!("{failed} record(s) failed verification"),
+        });
+    }
     Ok(())
 }
 

@@ -246,6 +246,11 @@ pub struct WaypointConfig {
     /// Monthly volume cap on all detoured traffic, bytes (0: none; UCI
     /// `donate_monthly_gb`, decimal GB, fractions allowed).
     pub donate_monthly_bytes: u64,
+    /// `option evidence_dir`: where granted requests are kept (default
+    /// `state_dir/evidence`; on OpenWrt point it at persistent storage).
+    pub evidence_dir: Option<PathBuf>,
+    /// `option evidence_max_kb`: the evidence log's size bound (0: no log).
+    pub evidence_max_kb: u32,
 }
 
 /// `config peer`.
@@ -322,6 +327,8 @@ impl Default for Config {
                 vpn_interface: "dcolwg".into(),
                 donate_kbit: 0,
                 donate_monthly_bytes: 0,
+                evidence_dir: None,
+                evidence_max_kb: 1024,
             },
             peers: Vec::new(),
             warnings: Vec::new(),
@@ -614,6 +621,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                             w.donate_kbit = p.value(it, |v| range(v, 0, 100_000_000))?
                         }
                         "donate_monthly_gb" => w.donate_monthly_bytes = p.value(it, parse_gb)?,
+                        "evidence_dir" => w.evidence_dir = Some(p.value(it, parse_path)?),
+                        "evidence_max_kb" => {
+                            w.evidence_max_kb = p.value(it, |v| range(v, 0, 1_048_576))?
+                        }
                         _ => p.unknown(it),
                     }
                 }

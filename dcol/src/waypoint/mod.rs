@@ -14,6 +14,7 @@
 //! same reply bytes and no second port; the same nonce from another address or
 //! with another body is refused as a replay.
 
+pub mod evidence;
 pub mod leases;
 pub mod policy;
 pub mod vpn;
