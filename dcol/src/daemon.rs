@@ -31,7 +31,7 @@ use crate::sys::sysctl::{self, SysctlGuard};
 use crate::sys::vpnfw::VpnFirewall;
 use crate::sys::wg::{WgDevice, WgPeer};
 use crate::sys::SysError;
-use crate::trust::{self, files, Certificate, Revocations, SecretKey};
+use crate::trust::{self, files, Certificate, MemberId, Revocations, SecretKey};
 use crate::waypoint::evidence::{self, EvidenceLog};
 use crate::waypoint::{self, Decision, Lease, Waypoint};
 
@@ -651,7 +651,7 @@ impl Daemon {
                             log::warn!("removing a revoked element: {e}");
                         }
                     }
-                    drop_flows(l);
+                    w.drop_flows(l, "revoked");
                 }
                 w.expire_vpn(now);
                 if (&wo.evidence_dir, wo.evidence_max_kb) != (&wn.evidence_dir, wn.evidence_max_kb)
@@ -797,6 +797,14 @@ fn start_waypoint(
             log::warn!("enabling {path} for the waypoint role (restored on exit)");
             sysctls.set(path, "1")?;
         }
+    }
+    // Bytes per lease for the evidence log: conntrack's per-flow counters.
+    if w.evidence_max_kb > 0 && sysctl::read(sysctl::CONNTRACK_ACCT).is_ok_and(|v| v == "0") {
+        log::info!(
+            "enabling {} for the evidence log (restored on exit)",
+            sysctl::CONNTRACK_ACCT
+        );
+        sysctls.set(sysctl::CONNTRACK_ACCT, "1")?;
     }
     let (nat, leftovers) = NatTable::create(&w.table, w.nat_ports)?;
     if !leftovers.is_empty() {
@@ -1406,11 +1414,29 @@ fn element(l: &Lease) -> NatElement {
     }
 }
 
-fn drop_flows(l: &Lease) {
-    match conntrack::delete_flows(l.client, l.port) {
-        Ok(0) => {}
-        Ok(n) => log::info!("deleted {n} conntrack flow(s) of {}:{}", l.client, l.port),
-        Err(e) => log::warn!("conntrack cleanup for {}:{}: {e}", l.client, l.port),
+impl WaypointRole {
+    /// A NAT lease ended (`why`): deletes its conntrack flows and, with the
+    /// evidence log on, records the bytes they carried.
+    fn drop_flows(&self, l: &Lease, why: &str) {
+        let bytes = match conntrack::delete_flows_counted(l.client, l.port) {
+            Ok((0, b)) => b,
+            Ok((n, b)) => {
+                log::info!("deleted {n} conntrack flow(s) of {}:{}", l.client, l.port);
+                b
+            }
+            Err(e) => {
+                log::warn!("conntrack cleanup for {}:{}: {e}", l.client, l.port);
+                0
+            }
+        };
+        self.keep_evidence(
+            wall_ms(),
+            SocketAddr::new(l.client, 0),
+            (l.member, &l.member_name),
+            format!("end nat {} -> {}: {why}", l.port, l.destination),
+            Some(bytes),
+            &[],
+        );
     }
 }
 
@@ -1541,7 +1567,7 @@ impl WaypointRole {
                     log::warn!("removing expired element: {e}");
                 }
             }
-            drop_flows(&l);
+            self.drop_flows(&l, "expired");
         }
         self.expire_vpn(now);
         self.check_quota(now);
@@ -1591,7 +1617,14 @@ impl WaypointRole {
                             lease.address,
                             trust::wg::to_base64(&lease.wg_key)
                         );
-                        self.keep_evidence(wall, from, format!("vpn {}", lease.address), request);
+                        self.keep_evidence(
+                            wall,
+                            from,
+                            (lease.member, &lease.member_name),
+                            format!("vpn {}", lease.address),
+                            None,
+                            request,
+                        );
                         self.send(i, to, &bytes);
                     }
                     Err(e) => {
@@ -1634,12 +1667,24 @@ impl WaypointRole {
     }
 
     /// Keeps a granted request as evidence (see `waypoint::evidence`).
-    fn keep_evidence(&self, wall: u64, from: SocketAddr, grant: String, request: &[u8]) {
+    #[allow(clippy::too_many_arguments)]
+    fn keep_evidence(
+        &self,
+        wall: u64,
+        from: SocketAddr,
+        member: (MemberId, &str),
+        grant: String,
+        bytes: Option<u64>,
+        request: &[u8],
+    ) {
         if let Some(log) = &self.evidence {
             let r = evidence::Record {
                 at_ms: wall,
                 from,
+                member_id: member.0.to_string(),
+                member: member.1.to_owned(),
                 grant,
+                bytes,
                 request: request.to_vec(),
             };
             if let Err(e) = log.append(&r) {
@@ -1706,7 +1751,9 @@ impl WaypointRole {
                     self.keep_evidence(
                         wall,
                         from,
+                        (lease.member, &lease.member_name),
                         format!("nat {} -> {}", lease.port, lease.destination),
+                        None,
                         request,
                     );
                     self.send(i, to, &bytes);
@@ -1752,7 +1799,7 @@ impl WaypointRole {
                 if let Err(e) = nat.remove(lease.client, lease.port) {
                     log::warn!("removing NAT element: {e}");
                 }
-                drop_flows(&lease);
+                self.drop_flows(&lease, "released");
                 log::info!(
                     "released {}:{} of {}",
                     lease.client,

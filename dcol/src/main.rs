@@ -492,27 +492,25 @@ fn cmd_waypoint_log(p: &mut lexopt::Parser) -> Result<(), Failure> {
         if since.is_some_and(|t| s < t) || until.is_some_and(|t| s > t) {
             continue;
         }
-        let req = r.decode_request();
-        let (id, name, dest) = match &req {
-            Some(q) => (
-                q.cert.member.to_string(),
-                q.cert.name.clone(),
-                format!("{:?}", q.body.kind),
-            ),
-            None => ("?".into(), "?".into(), "?".into()),
-        };
         if let Some(m) = o.get("member") {
-            if m != id && m != name {
+            if m != r.member_id && m != r.member {
                 continue;
             }
         }
-        let verified = root.map(|k| r.verify(&k).map(|_| ()).map_err(|e| e.to_string()));
+        let req = r.decode_request();
+        let asked = req.as_ref().map(|q| format!("{:?}", q.body.kind));
+        let verified = match root {
+            Some(k) if !r.request.is_empty() => {
+                Some(r.verify(&k).map(|_| ()).map_err(|e| e.to_string()))
+            }
+            _ => None,
+        };
         if matches!(verified, Some(Err(_))) {
             failed += 1;
         }
         shown.push(serde_json::json!({
-            "at_s": s, "from": r.from.to_string(), "member_id": id, "member": name,
-            "grant": r.grant, "request": dest,
+            "at_s": s, "from": r.from.to_string(), "member_id": r.member_id, "member": r.member,
+            "grant": r.grant, "bytes": r.bytes, "request": asked,
             "verified": verified.as_ref().map(|v| v.is_ok()),
             "verify_error": verified.and_then(|v| v.err()),
         }));
@@ -525,12 +523,16 @@ fn cmd_waypoint_log(p: &mut lexopt::Parser) -> Result<(), Failure> {
     } else {
         for r in &shown {
             println!(
-                "{} {} {} ({}) {}{}",
+                "{} {} {} ({}) {}{}{}",
                 r["at_s"],
                 r["from"].as_str().unwrap_or(""),
                 r["member"].as_str().unwrap_or(""),
                 r["member_id"].as_str().unwrap_or(""),
                 r["grant"].as_str().unwrap_or(""),
+                r["bytes"]
+                    .as_u64()
+                    .map(|b| format!(", {b} bytes"))
+                    .unwrap_or_default(),
                 match r["verified"].as_bool() {
                     Some(true) => "  [signature ok]".to_owned(),
                     Some(false) => format!(

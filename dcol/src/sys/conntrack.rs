@@ -33,6 +33,12 @@ const CTA_TUPLE_ORIG: u16 = 0x1;
 const CTA_ID: u16 = 0xc;
 /// `CTA_ZONE` (be16).
 const CTA_ZONE: u16 = 0x12;
+/// `CTA_COUNTERS_ORIG` / `CTA_COUNTERS_REPLY` (nests; present when
+/// `net.netfilter.nf_conntrack_acct` is 1).
+const CTA_COUNTERS_ORIG: u16 = 0x9;
+const CTA_COUNTERS_REPLY: u16 = 0xa;
+/// `CTA_COUNTERS_BYTES` (be64) inside the counter nests.
+const CTA_COUNTERS_BYTES: u16 = 0x2;
 // enum ctattr_tuple
 /// `CTA_TUPLE_IP` (nest).
 const CTA_TUPLE_IP: u16 = 0x1;
@@ -71,22 +77,34 @@ struct Flow {
     dport: u16,
     id: Option<u32>,
     zone: Option<u16>,
+    /// Bytes both ways (0 without conntrack accounting).
+    bytes: u64,
 }
 
 /// Deletes every TCP conntrack entry whose original tuple has source address
 /// `client` and destination port `port` (a tunnel's allocated port). Returns
 /// how many were deleted; entries that vanish meanwhile are not errors.
 pub fn delete_flows(client: IpAddr, port: u16) -> Result<usize, SysError> {
-    delete_many(&[(client, port)])
+    delete_counted(&[(client, port)]).map(|(n, _)| n)
+}
+
+/// [`delete_flows`], also returning the bytes the deleted entries carried in
+/// both directions (0 unless `net.netfilter.nf_conntrack_acct` is 1).
+pub fn delete_flows_counted(client: IpAddr, port: u16) -> Result<(usize, u64), SysError> {
+    delete_counted(&[(client, port)])
 }
 
 /// [`delete_flows`] for many tunnels at once: one dump per address family
 /// (a dump walks the whole conntrack hash table, ~10 ms here), then one delete
 /// per matching entry. Used at shutdown and for crash reconciliation.
 pub fn delete_many(tunnels: &[(IpAddr, u16)]) -> Result<usize, SysError> {
+    delete_counted(tunnels).map(|(n, _)| n)
+}
+
+fn delete_counted(tunnels: &[(IpAddr, u16)]) -> Result<(usize, u64), SysError> {
     let wanted: std::collections::HashSet<(IpAddr, u16)> = tunnels.iter().copied().collect();
     let mut sock = NlSocket::open(NETLINK_NETFILTER)?;
-    let mut n = 0;
+    let (mut n, mut bytes) = (0, 0u64);
     for v4 in [true, false] {
         if !wanted.iter().any(|(c, _)| c.is_ipv4() == v4) {
             continue;
@@ -102,13 +120,16 @@ pub fn delete_many(tunnels: &[(IpAddr, u16)]) -> Result<usize, SysError> {
             .filter(|f| f.proto == IPPROTO_TCP && wanted.contains(&(f.src, f.dport)))
         {
             match sock.request("conntrack delete", delete_msg(family, f), |_| Ok(())) {
-                Ok(()) => n += 1,
+                Ok(()) => {
+                    n += 1;
+                    bytes = bytes.saturating_add(f.bytes);
+                }
                 Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => {}
                 Err(e) => return Err(e),
             }
         }
     }
-    Ok(n)
+    Ok((n, bytes))
 }
 
 fn dump(sock: &mut NlSocket, family: u8) -> Result<Vec<Flow>, SysError> {
@@ -145,13 +166,26 @@ fn parse_flow(payload: &[u8]) -> Result<Option<Flow>, SysError> {
         op,
         what: "short nfgenmsg".into(),
     })?;
-    let (mut tuple, mut id, mut zone) = (None, None, None);
+    let (mut tuple, mut id, mut zone, mut bytes) = (None, None, None, 0u64);
     for a in Attrs::new(op, attrs) {
         let a = a?;
         match a.ty {
             CTA_TUPLE_ORIG => tuple = Some(a),
             CTA_ID => id = Some(a.u32_be()?),
             CTA_ZONE => zone = Some(a.u16_be()?),
+            CTA_COUNTERS_ORIG | CTA_COUNTERS_REPLY => {
+                for c in a.nested() {
+                    let c = c?;
+                    if c.ty == CTA_COUNTERS_BYTES {
+                        let b =
+                            <[u8; 8]>::try_from(c.payload).map_err(|_| SysError::Malformed {
+                                op,
+                                what: format!("byte counter of {} bytes", c.payload.len()),
+                            })?;
+                        bytes = bytes.saturating_add(u64::from_be_bytes(b));
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -195,6 +229,7 @@ fn parse_flow(payload: &[u8]) -> Result<Option<Flow>, SysError> {
             dport: dport.unwrap_or(0),
             id,
             zone,
+            bytes,
         })),
         _ => Ok(None),
     }
@@ -290,6 +325,7 @@ mod tests {
                 dport: 40000,
                 id: Some(0x1234_5678),
                 zone: None,
+                bytes: 0,
             }
         );
         let b = delete_msg(2, &f).finish("t").unwrap();

@@ -37,9 +37,17 @@ pub struct Record {
     pub at_ms: u64,
     /// Where the request came from.
     pub from: SocketAddr,
-    /// What was granted, e.g. `nat 40000 -> 198.51.100.7:443` or `vpn 10.200.7.2`.
+    /// The member's id (16 hex digits) and name, as the waypoint checked them.
+    pub member_id: String,
+    /// The member's certificate name.
+    pub member: String,
+    /// What was granted, e.g. `nat 40000 -> 198.51.100.7:443` or `vpn
+    /// 10.200.7.2`; for the end of a lease, `end nat 40000 -> ...: expired`.
     pub grant: String,
-    /// The request datagram as received (signed by the member).
+    /// Bytes the lease carried, both ways (end records; conntrack's count).
+    pub bytes: Option<u64>,
+    /// The request datagram as received (signed by the member); empty in
+    /// end records.
     pub request: Vec<u8>,
 }
 
@@ -52,6 +60,9 @@ pub enum EvidenceError {
     /// Certificate or signature check failed.
     #[error("{0}")]
     Trust(#[from] TrustError),
+    /// The record names another member than the one who signed.
+    #[error("the record names member {0}, the request was signed by {1}")]
+    MemberMismatch(String, String),
 }
 
 impl Record {
@@ -68,6 +79,13 @@ impl Record {
     pub fn verify(&self, root: &PublicKey) -> Result<proto::Request, EvidenceError> {
         let r = self.decode_request().ok_or(EvidenceError::NotARequest)?;
         r.verify(root, &Revocations::default(), self.at_ms / 1000)?;
+        let signer = r.cert.member.to_string();
+        if signer != self.member_id {
+            return Err(EvidenceError::MemberMismatch(
+                self.member_id.clone(),
+                signer,
+            ));
+        }
         Ok(r)
     }
 
@@ -221,7 +239,10 @@ mod tests {
         Record {
             at_ms: 1_700_000_000_000 + i,
             from: "192.0.2.1:7447".parse().unwrap(),
+            member_id: "0102030405060708".into(),
+            member: "bob".into(),
             grant: format!("nat {} -> 198.51.100.7:443", 40000 + i),
+            bytes: None,
             request: vec![i as u8; 300],
         }
     }
