@@ -77,6 +77,16 @@ return view.extend({
 		o.datatype = 'and(ufloat,maxlength(17))';
 		o.placeholder = '100';
 
+		o = s.option(form.Value, 'evidence_dir', _('Evidence log directory'),
+			_('Every granted request is kept here, signed by the member who asked, as evidence if an abuse complaint arrives (dcol waypoint log). The default is in RAM: choose persistent storage, e.g. a USB stick, to keep it across reboots.'));
+		o.datatype = 'and(minlength(2),maxlength(200))';
+		o.placeholder = '/var/run/dcol/evidence';
+
+		o = s.option(form.Value, 'evidence_max_kb', _('Evidence log size'),
+			_('KiB kept at most, over four rotated files (0: keep nothing).'));
+		o.datatype = 'range(0,1048576)';
+		o.placeholder = '1024';
+
 		o = s.option(form.Value, 'lease_s', _('Lease'),
 			_('Seconds a tunnel lives without renewal (10-86400).'));
 		o.datatype = 'range(10,86400)';
