@@ -13,6 +13,10 @@
 //! Idempotence: a request repeated with the same nonce (a retransmission) gets the
 //! same reply bytes and no second port; the same nonce from another address or
 //! with another body is refused as a replay.
+//!
+//! One exception to "no I/O": [`evidence::EvidenceLog`] appends the granted
+//! requests to plain files (as `trust::files` reads and writes key files);
+//! the record format and its checks in [`evidence`] are pure.
 
 pub mod evidence;
 pub mod leases;
