@@ -1091,10 +1091,12 @@ fn print_table(results: &[Value]) {
                 p["configured_added_rtt_ms"]
             );
         }
-        println!(
-            "  delay relays: TCP without relays {} / through relays at 0 ms {} Mbit/s",
-            c["tcp_mbps_without_relay"], c["tcp_mbps_through_relay_zero_delay"]
-        );
+        if c["tcp_mbps_without_relay"].is_number() {
+            println!(
+                "  delay relays: TCP without relays {} / through relays at 0 ms {} Mbit/s",
+                c["tcp_mbps_without_relay"], c["tcp_mbps_through_relay_zero_delay"]
+            );
+        }
         println!(
             "  {:18} {:>7} {:>7} {:>8} {:>3}",
             "scenario", "lab", "paper", "lab/pap", "n"
