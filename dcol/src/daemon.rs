@@ -81,7 +81,8 @@ pub fn wall_ms() -> u64 {
 
 /// At most `per_sec` log lines per second for one noisy source; the rest are
 /// counted and summarized, so a flood of garbage cannot fill the router's log.
-struct LogLimit {
+#[derive(Debug)]
+pub(crate) struct LogLimit {
     per_sec: u32,
     window: Instant,
     used: u32,
@@ -89,7 +90,7 @@ struct LogLimit {
 }
 
 impl LogLimit {
-    fn new(per_sec: u32) -> Self {
+    pub(crate) fn new(per_sec: u32) -> Self {
         LogLimit {
             per_sec,
             window: Instant::now(),
@@ -98,7 +99,7 @@ impl LogLimit {
         }
     }
 
-    fn allow(&mut self, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
             if self.dropped > 0 {
                 log::warn!(
