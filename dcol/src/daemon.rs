@@ -33,6 +33,8 @@ use crate::sys::SysError;
 use crate::trust::{self, files, Certificate, Revocations, SecretKey};
 use crate::waypoint::{self, Decision, Lease, Waypoint};
 
+mod membership;
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -260,6 +262,8 @@ pub struct Daemon {
     client: Option<ClientRole>,
     /// Sysctls changed by either role, restored at shutdown.
     sysctls: SysctlGuard,
+    /// The membership directory, with `option directory`.
+    membership: Option<membership::Membership>,
 }
 
 impl Daemon {
@@ -279,6 +283,7 @@ impl Daemon {
         } else {
             None
         };
+        let membership = membership::Membership::start(cfg, &id)?;
         log::info!(
             "dcol {} running as '{}' ({}): client {}, waypoint {}",
             env!("CARGO_PKG_VERSION"),
@@ -298,6 +303,7 @@ impl Daemon {
             waypoint,
             client,
             sysctls,
+            membership,
         })
     }
 
@@ -325,6 +331,7 @@ impl Daemon {
             if let Some(w) = &self.waypoint {
                 fds.extend(w.sockets.iter().map(|s| s.as_raw_fd()));
             }
+            fds.extend(self.membership_fd());
             let deadline = [
                 self.client.as_ref().and_then(|c| c.core.next_timeout()),
                 self.client
@@ -333,6 +340,7 @@ impl Daemon {
                     .map(|l| l.relay.next_timeout().min(l.next_beat)),
                 self.waypoint.as_ref().and_then(|w| w.core.next_timeout()),
                 self.waypoint.as_ref().and_then(|w| w.next_quota_check),
+                self.membership_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -361,6 +369,7 @@ impl Daemon {
             if let Some(w) = &mut self.waypoint {
                 w.step();
             }
+            self.step_membership();
         }
     }
 
@@ -395,9 +404,10 @@ impl Daemon {
             Ok(changes) => log::info!("reloaded: {}", changes.join("; ")),
             Err(e) => log::error!("reload: {e}; the affected role is off until the next reload"),
         }
-        self.cfg = new;
+        let old = std::mem::replace(&mut self.cfg, new);
         self.root = id.root;
         self.cert = id.cert;
+        self.reload_membership(&old, &id.key);
         true
     }
 
@@ -474,21 +484,7 @@ impl Daemon {
                     id.key.clone(),
                     id.revocations.clone(),
                 );
-                for l in &ended {
-                    log::info!(
-                        "revoked: {} {}:{} -> {}",
-                        l.member_name,
-                        l.client,
-                        l.port,
-                        l.destination
-                    );
-                    if let Some(nat) = &mut w.nat {
-                        if let Err(e) = nat.remove(l.client, l.port) {
-                            log::warn!("removing a revoked element: {e}");
-                        }
-                    }
-                    drop_flows(l);
-                }
+                w.end_leases(&ended);
                 w.expire_vpn(now);
                 if (wo.donate_kbit, wo.donate_monthly_bytes)
                     != (wn.donate_kbit, wn.donate_monthly_bytes)
@@ -573,6 +569,7 @@ impl Daemon {
     }
 
     fn shutdown(&mut self) {
+        self.stop_membership();
         if let Some(c) = self.client.take() {
             c.stop();
         }
@@ -599,6 +596,7 @@ impl Daemon {
             },
             client,
             waypoint,
+            directory: self.membership_status(),
         }
     }
 }
@@ -1206,6 +1204,25 @@ impl Drop for WaypointRole {
 }
 
 impl WaypointRole {
+    /// Removes the NAT elements and flows of leases ended by a revocation.
+    fn end_leases(&mut self, ended: &[Lease]) {
+        for l in ended {
+            log::info!(
+                "revoked: {} {}:{} -> {}",
+                l.member_name,
+                l.client,
+                l.port,
+                l.destination
+            );
+            if let Some(nat) = &mut self.nat {
+                if let Err(e) = nat.remove(l.client, l.port) {
+                    log::warn!("removing a revoked element: {e}");
+                }
+            }
+            drop_flows(l);
+        }
+    }
+
     /// Installs the donation caps; the month's count carries over from the
     /// running quota or, at start, from the state file.
     fn set_caps(&mut self, kbit: u32, month_bytes: u64) -> Result<(), SysError> {

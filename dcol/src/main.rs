@@ -21,6 +21,11 @@ usage:
                                     write DIR/collective.key (0600) and DIR/collective.pub
   dcol collective admit --collective-key KEY --member-pub PUB --name NAME
                         [--days N] [--roles client,waypoint] --out CERT
+  dcol collective revoke --collective-key KEY (--member ID | --cert FILE)
+                         (--directory URL | --store DIR)
+  dcol directory serve --collective-key KEY --store DIR [--listen ADDR:PORT]
+                       [--snapshot-interval S] [--record-ttl S]
+  dcol directory snapshot --collective-key KEY --store DIR --out FILE
   dcol --version
   dcol <command> --help
 ";
@@ -94,7 +99,13 @@ fn real_main() -> Result<(), Failure> {
         "collective" => match sub(&mut p, "collective")?.as_str() {
             "init" => cmd_collective_init(&mut p),
             "admit" => cmd_collective_admit(&mut p),
+            "revoke" => cmd_collective_revoke(&mut p),
             s => Err(usage(format!("unknown command 'collective {s}'"))),
+        },
+        "directory" => match sub(&mut p, "directory")?.as_str() {
+            "serve" => cmd_directory_serve(&mut p),
+            "snapshot" => cmd_directory_snapshot(&mut p),
+            s => Err(usage(format!("unknown command 'directory {s}'"))),
         },
         s => Err(usage(format!("unknown command '{s}'"))),
     }
@@ -306,6 +317,19 @@ fn print_status(st: &control::Status) {
             println!("  refused {why}: {n}");
         }
     }
+    if let Some(d) = &st.directory {
+        let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        println!(
+            "directory {}: serial {}, {} member(s), {} revoked, {} in use; last fetch: {}; record: {}",
+            d.url,
+            n(d.serial),
+            n(d.members.map(|m| m as u64)),
+            d.revoked,
+            d.peers,
+            d.last_result.as_deref().unwrap_or("-"),
+            d.published.as_deref().unwrap_or("not published")
+        );
+    }
 }
 
 fn cmd_key_generate(p: &mut lexopt::Parser) -> Result<(), Failure> {
@@ -386,6 +410,129 @@ fn cmd_collective_admit(p: &mut lexopt::Parser) -> Result<(), Failure> {
         out.display(),
         cert.name,
         cert.member
+    );
+    Ok(())
+}
+
+fn cmd_collective_revoke(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    use dcol::directory::{agent, store, Revocation};
+    let help = "usage: dcol collective revoke --collective-key KEY (--member ID | --cert FILE) (--directory URL | --store DIR)\n\
+        Signs a revocation with the collective key and hands it to the directory:\n\
+        --directory posts it to a running `dcol directory serve` (its base URL),\n\
+        --store appends it to the store's revocations file (read within a second).\n";
+    let o = Opts::parse(
+        p,
+        &["collective-key", "member", "cert", "directory", "store"],
+        &[],
+        help,
+    )?;
+    let cfgerr = |e: trust::files::FileError| Failure {
+        code: 2,
+        msg: e.to_string(),
+    };
+    let member: trust::MemberId = match (o.get("member"), o.get("cert")) {
+        (Some(m), None) => m
+            .parse()
+            .map_err(|e| usage(format!("--member '{m}': {e}")))?,
+        (None, Some(c)) => {
+            trust::files::read_certificate(std::path::Path::new(c))
+                .map_err(cfgerr)?
+                .member
+        }
+        _ => return Err(usage("give one of --member ID and --cert FILE")),
+    };
+    let root = trust::files::read_secret_key(std::path::Path::new(o.need("collective-key")?))
+        .map_err(cfgerr)?;
+    let r = Revocation::sign(&root, member, daemon::wall_ms() / 1000);
+    match (o.get("directory"), o.get("store")) {
+        (Some(url), None) => {
+            let base =
+                dcol::http::Url::parse(url).map_err(|e| usage(format!("--directory: {e}")))?;
+            let url = base.join("/revocations").map_err(runtime)?;
+            let text =
+                agent::post_record(&url, &r.encode(), agent::POST_TIMEOUT).map_err(runtime)?;
+            println!("{text}");
+        }
+        (None, Some(dir)) => {
+            store::append_revocation(std::path::Path::new(dir), &r).map_err(runtime)?;
+            println!("member {member} revoked in {dir}/revocations");
+        }
+        _ => return Err(usage("give one of --directory URL and --store DIR")),
+    }
+    println!("routers without a directory: add \"list revoked '{member}'\" to their main section");
+    Ok(())
+}
+
+fn directory_options(o: &Opts) -> Result<dcol::directory::serve::ServeOptions, Failure> {
+    let secs = |name: &str, default: u64| -> Result<std::time::Duration, Failure> {
+        match o.get(name) {
+            None => Ok(std::time::Duration::from_secs(default)),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=7 * 86_400).contains(s))
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| usage(format!("--{name}: expected seconds 1-604800, got '{v}'"))),
+        }
+    };
+    let listen = o.get("listen").unwrap_or("0.0.0.0:7450");
+    let listen = listen
+        .parse()
+        .map_err(|_| usage(format!("--listen: expected ADDR:PORT, got '{listen}'")))?;
+    let root = trust::files::read_secret_key(std::path::Path::new(o.need("collective-key")?))
+        .map_err(|e| Failure {
+            code: 2,
+            msg: e.to_string(),
+        })?;
+    let mut opts =
+        dcol::directory::serve::ServeOptions::new(listen, PathBuf::from(o.need("store")?), root);
+    opts.snapshot_interval = secs("snapshot-interval", 10)?;
+    opts.limits.record_ttl_s = secs("record-ttl", 3 * 3600)?.as_secs();
+    Ok(opts)
+}
+
+fn cmd_directory_serve(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let help = "usage: dcol directory serve --collective-key KEY --store DIR [--listen ADDR:PORT] [--snapshot-interval S] [--record-ttl S]\n\
+        Serves GET /snapshot (signed; also written to DIR/snapshot), POST /records, POST /revocations.\n\
+        Defaults: --listen 0.0.0.0:7450, --snapshot-interval 10, --record-ttl 10800.\n";
+    let o = Opts::parse(
+        p,
+        &[
+            "collective-key",
+            "store",
+            "listen",
+            "snapshot-interval",
+            "record-ttl",
+        ],
+        &[],
+        help,
+    )?;
+    Logger::install(log::LevelFilter::Info);
+    let opts = directory_options(&o)?;
+    let server = dcol::directory::serve::Server::start(opts).map_err(runtime)?;
+    server.wait();
+    Ok(())
+}
+
+fn cmd_directory_snapshot(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let help = "usage: dcol directory snapshot --collective-key KEY --store DIR --out FILE [--record-ttl S]\n\
+        Signs a snapshot of the store (also saved as DIR/snapshot) for upload to a CDN or object store.\n";
+    let o = Opts::parse(
+        p,
+        &["collective-key", "store", "out", "record-ttl"],
+        &[],
+        help,
+    )?;
+    Logger::install(log::LevelFilter::Warn);
+    let out = PathBuf::from(o.need("out")?);
+    let opts = directory_options(&o)?;
+    let (bytes, serial, members) = dcol::directory::serve::snapshot_once(&opts).map_err(runtime)?;
+    dcol::directory::store::write_atomic(&out, &bytes, 0o644)
+        .map_err(|e| runtime(format!("{}: {e}", out.display())))?;
+    println!(
+        "wrote {} (serial {serial}, {members} member(s), {} bytes)",
+        out.display(),
+        bytes.len()
     );
     Ok(())
 }

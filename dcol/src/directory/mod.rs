@@ -648,6 +648,33 @@ pub fn freshness(
     }
 }
 
+/// The signaling addresses a waypoint publishes: `advertise` (UCI `list
+/// advertise`) when given; otherwise the public addresses NAT traversal
+/// learned (`learned`: STUN, UPnP) followed by the `listen` addresses that
+/// are not wildcards. Duplicates are dropped; at most [`MAX_ENDPOINTS`].
+pub fn endpoints(
+    advertise: &[SocketAddr],
+    learned: &[SocketAddr],
+    listen: &[SocketAddr],
+) -> Vec<SocketAddr> {
+    let candidates: Vec<SocketAddr> = if advertise.is_empty() {
+        learned
+            .iter()
+            .chain(listen.iter().filter(|a| !a.ip().is_unspecified()))
+            .copied()
+            .collect()
+    } else {
+        advertise.to_vec()
+    };
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in candidates {
+        if !out.contains(&a) && out.len() < MAX_ENDPOINTS {
+            out.push(a);
+        }
+    }
+    out
+}
+
 /// How a member picks waypoints from a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
@@ -1145,6 +1172,23 @@ mod tests {
             T0,
         );
         assert!(none.peers.is_empty());
+    }
+
+    #[test]
+    fn published_endpoints() {
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let listen = [a("0.0.0.0:7447"), a("[::]:7447"), a("10.0.6.2:7447")];
+        assert_eq!(endpoints(&[], &[], &listen), vec![a("10.0.6.2:7447")]);
+        assert_eq!(
+            endpoints(&[], &[a("203.0.113.5:7447")], &listen),
+            vec![a("203.0.113.5:7447"), a("10.0.6.2:7447")]
+        );
+        let adv = [a("198.51.100.1:7447"), a("198.51.100.1:7447")];
+        assert_eq!(
+            endpoints(&adv, &[a("203.0.113.5:7447")], &listen),
+            vec![a("198.51.100.1:7447")]
+        );
+        assert!(endpoints(&[], &[], &listen[..2]).is_empty());
     }
 
     #[test]
