@@ -534,7 +534,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                             cfg.directory.publish = Some(p.value(it, parse_url)?)
                         }
                         "directory_interval_s" => {
-                            cfg.directory.interval_s = p.value(it, |v| range(v, 5, 86_400))?
+                            cfg.directory.interval_s = p.value(it, |v| range(v, 2, 86_400))?
                         }
                         "directory_cache" => cfg.directory.cache = p.value(it, parse_path)?,
                         "directory_max_peers" => {

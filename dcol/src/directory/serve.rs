@@ -365,6 +365,7 @@ fn handle(sh: &Shared, mut s: TcpStream, peer: SocketAddr) {
             };
             refused(sh, peer, "request", status, &e.to_string());
             let _ = reply(&mut s, status, reason, &format!("{e}\n"));
+            linger(s);
             return;
         }
     };
@@ -414,6 +415,22 @@ fn handle(sh: &Shared, mut s: TcpStream, peer: SocketAddr) {
     };
     if let Err(e) = r {
         log::debug!("directory: writing to {peer}: {e}");
+    }
+}
+
+/// Closes after an early reply: reads (and drops) what the client still
+/// sends for a moment, so closing with unread bytes does not reset the
+/// connection before the client has read the reply.
+fn linger(mut s: TcpStream) {
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 4096];
+    let mut left: usize = 1 << 20;
+    while left > 0 {
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
     }
 }
 
