@@ -63,12 +63,12 @@ fn entry(i: u32) -> Entry {
                 7447,
             ),
         ],
-        tunnels: if i % 4 == 0 {
+        tunnels: if i.is_multiple_of(4) {
             Tunnels(0x03)
         } else {
             Tunnels::NAT
         },
-        donate_kbit: if i % 3 == 0 { 8000 } else { 0 },
+        donate_kbit: if i.is_multiple_of(3) { 8000 } else { 0 },
         software: "0.1.0".into(),
         not_after: NOW + 365 * 86_400,
     }
