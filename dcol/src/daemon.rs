@@ -804,7 +804,7 @@ fn client_core(cfg: &Config, id: &Identity) -> Result<(Client, Vec<TunnelKind>),
         });
         tunnels.push(p.tunnel);
     }
-    if peers.is_empty() {
+    if peers.is_empty() && cfg.directory.url.is_none() {
         log::warn!("client: no usable peers configured; connections get no detours");
     }
     let mut prefix = [0u8; 8];

@@ -48,7 +48,10 @@ pub(super) struct Membership {
     posted: bool,
     next_publish: Option<Instant>,
     last_seq: u64,
-    /// Directory members in use as client peers (after the static peers).
+    /// The peers picked from the snapshot in force.
+    chosen: Vec<PeerSpec>,
+    /// Directory peers in the client core (after the static peers): those
+    /// chosen that are not static peers too.
     peers: Vec<PeerSpec>,
     /// The revocation list of the snapshot in force.
     revoked: BTreeSet<MemberId>,
@@ -137,6 +140,7 @@ impl Membership {
             advert,
             posted: false,
             last_seq: 0,
+            chosen: Vec::new(),
             peers: Vec::new(),
             revoked: BTreeSet::new(),
             revoked_in_waypoint: BTreeSet::new(),
@@ -286,6 +290,18 @@ impl Daemon {
         let revoked: BTreeSet<MemberId> = c.revoked.into_iter().collect();
         let revocations_changed = revoked != m.revoked;
         m.revoked = revoked;
+        m.chosen = c.peers;
+        self.sync_peers();
+        if revocations_changed {
+            self.apply_revocations();
+        }
+    }
+
+    /// Gives the client core the chosen directory peers.
+    fn sync_peers(&mut self) {
+        let Some(m) = self.membership.as_mut() else {
+            return;
+        };
         // Static peers come first and are not repeated.
         let fixed: Vec<(SocketAddr, bool)> = self
             .cfg
@@ -293,24 +309,14 @@ impl Daemon {
             .iter()
             .map(|p| (p.address, p.tunnel == TunnelKind::Vpn))
             .collect();
-        let peers: Vec<PeerSpec> = c
-            .peers
-            .into_iter()
+        let new: Vec<PeerSpec> = m
+            .chosen
+            .iter()
             .filter(|p| !fixed.contains(&(p.address, p.vpn)))
+            .cloned()
             .collect();
-        let names: BTreeSet<&str> = peers.iter().map(|p| p.name.as_str()).collect();
-        m.status.peers = names.len();
-        self.sync_peers(peers);
-        if revocations_changed {
-            self.apply_revocations();
-        }
-    }
-
-    /// Gives the client core the directory peers `new`.
-    fn sync_peers(&mut self, new: Vec<PeerSpec>) {
-        let Some(m) = self.membership.as_mut() else {
-            return;
-        };
+        let members: BTreeSet<&str> = new.iter().map(|p| p.name.as_str()).collect();
+        m.status.peers = members.len();
         let Some(c) = self.client.as_mut() else {
             m.peers = new;
             return;
@@ -452,11 +458,10 @@ impl Daemon {
         // The roles may have been rebuilt or reconfigured with the UCI
         // revocations only: give them the directory's again.
         m.revoked_in_waypoint.clear();
-        let peers = m.peers.clone();
         if old.peers != self.cfg.peers {
             log::debug!("directory: static peers changed; directory peers follow them");
         }
-        self.sync_peers(peers);
+        self.sync_peers();
         self.apply_revocations();
     }
 
