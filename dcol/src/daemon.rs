@@ -1207,20 +1207,25 @@ impl WaypointRole {
     /// Removes the NAT elements and flows of leases ended by a revocation.
     fn end_leases(&mut self, ended: &[Lease]) {
         for l in ended {
-            log::info!(
-                "revoked: {} {}:{} -> {}",
-                l.member_name,
-                l.client,
-                l.port,
-                l.destination
-            );
-            if let Some(nat) = &mut self.nat {
-                if let Err(e) = nat.remove(l.client, l.port) {
-                    log::warn!("removing a revoked element: {e}");
-                }
-            }
-            drop_flows(l);
+            self.end_lease(l, "revoked");
         }
+    }
+
+    /// Removes the NAT element and the flows of an ended lease.
+    fn end_lease(&mut self, l: &Lease, why: &str) {
+        log::info!(
+            "{why}: {} {}:{} -> {}",
+            l.member_name,
+            l.client,
+            l.port,
+            l.destination
+        );
+        if let Some(nat) = &mut self.nat {
+            if let Err(e) = nat.remove(l.client, l.port) {
+                log::warn!("removing the NAT element of {}:{}: {e}", l.client, l.port);
+            }
+        }
+        drop_flows(l);
     }
 
     /// Installs the donation caps; the month's count carries over from the
@@ -1304,19 +1309,7 @@ impl WaypointRole {
         }
         let now = Instant::now();
         for l in self.core.expire(now) {
-            log::info!(
-                "lease expired: {} {}:{} -> {}",
-                l.member_name,
-                l.client,
-                l.port,
-                l.destination
-            );
-            if let Some(nat) = &mut self.nat {
-                if let Err(e) = nat.remove(l.client, l.port) {
-                    log::warn!("removing expired element: {e}");
-                }
-            }
-            drop_flows(&l);
+            self.end_lease(&l, "lease expired");
         }
         self.expire_vpn(now);
         self.check_quota(now);

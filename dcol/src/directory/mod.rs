@@ -141,6 +141,25 @@ fn to_vec<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("serializing to a Vec cannot fail")
 }
 
+/// What a signature covers: the domain, then the fields.
+fn signed<T: Serialize>(domain: &[u8], tbs: &T) -> Vec<u8> {
+    let mut out = domain.to_vec();
+    out.extend(to_vec(tbs));
+    out
+}
+
+/// Checks the size and version byte of an encoded document.
+fn check_head(b: &[u8], version: u8, max: usize) -> Result<(), DirError> {
+    if b.len() > max {
+        return Err(DirError::TooLarge { max });
+    }
+    match b.first() {
+        None => Err(DirError::Truncated),
+        Some(&v) if v != version => Err(DirError::UnsupportedVersion(v)),
+        _ => Ok(()),
+    }
+}
+
 /// Tunnel types a waypoint offers (bit set).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Tunnels(pub u8);
@@ -256,14 +275,13 @@ impl Record {
     }
 
     fn signed_bytes(&self) -> Vec<u8> {
-        let mut out = RECORD_DOMAIN.to_vec();
-        out.extend(to_vec(&RecordTbs {
+        let tbs = RecordTbs {
             version: self.version,
             cert: &self.cert,
             seq: self.seq,
             statement: &self.statement,
-        }));
-        out
+        };
+        signed(RECORD_DOMAIN, &tbs)
     }
 
     /// The member.
@@ -278,14 +296,7 @@ impl Record {
 
     /// Parses a record (format only; [`Record::verify`] checks it).
     pub fn decode(b: &[u8]) -> Result<Record, DirError> {
-        if b.len() > MAX_RECORD {
-            return Err(DirError::TooLarge { max: MAX_RECORD });
-        }
-        match b.first() {
-            None => return Err(DirError::Truncated),
-            Some(&v) if v != RECORD_VERSION => return Err(DirError::UnsupportedVersion(v)),
-            _ => {}
-        }
+        check_head(b, RECORD_VERSION, MAX_RECORD)?;
         decode_exact(b)
     }
 
@@ -368,14 +379,13 @@ impl Revocation {
     }
 
     fn signed_bytes(&self) -> Vec<u8> {
-        let mut out = REVOCATION_DOMAIN.to_vec();
-        out.extend(to_vec(&RevocationTbs {
+        let tbs = RevocationTbs {
             version: self.version,
             collective: &self.collective,
             member: &self.member,
             issued: self.issued,
-        }));
-        out
+        };
+        signed(REVOCATION_DOMAIN, &tbs)
     }
 
     /// The wire bytes.
@@ -385,14 +395,7 @@ impl Revocation {
 
     /// Parses a revocation (format only).
     pub fn decode(b: &[u8]) -> Result<Revocation, DirError> {
-        if b.len() > 512 {
-            return Err(DirError::TooLarge { max: 512 });
-        }
-        match b.first() {
-            None => return Err(DirError::Truncated),
-            Some(&v) if v != REVOCATION_VERSION => return Err(DirError::UnsupportedVersion(v)),
-            _ => {}
-        }
+        check_head(b, REVOCATION_VERSION, 512)?;
         decode_exact(b)
     }
 
