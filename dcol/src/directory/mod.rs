@@ -701,7 +701,7 @@ pub struct Chosen {
     /// Its revocation list.
     pub revoked: Vec<MemberId>,
     /// The waypoints picked, one peer per endpoint (at most one IPv4 and one
-    /// IPv6 endpoint each), sorted by member id.
+    /// IPv6 endpoint each), best-ranked member first.
     pub peers: Vec<PeerSpec>,
     /// Entries that did not decode (the directory signed garbage).
     pub error: Option<DirError>,
@@ -771,10 +771,12 @@ pub fn choose(
         best.push(std::cmp::Reverse((s, e.member, kept.len())));
         kept.push(Some(e));
     }
-    let mut picked: Vec<Entry> = kept.into_iter().flatten().collect();
-    picked.sort_by_key(|e| e.member);
     let mut peers = Vec::new();
-    for e in picked {
+    // Best-ranked first (a heap sort: no extra sort code in the binary).
+    for std::cmp::Reverse((_, _, slot)) in best.into_sorted_vec() {
+        let Some(e) = kept.get_mut(slot).and_then(Option::take) else {
+            continue;
+        };
         let v4 = e.endpoints.iter().find(|a| a.is_ipv4());
         let v6 = e.endpoints.iter().find(|a| a.is_ipv6());
         for a in [v4, v6].into_iter().flatten() {
