@@ -287,7 +287,11 @@ impl Daemon {
         m.status.issued = Some(c.issued);
         m.status.members = Some(c.members);
         m.status.revoked = c.revoked.len();
-        let revoked: BTreeSet<MemberId> = c.revoked.into_iter().collect();
+        // Inserted one by one: collecting into a set would add sort code.
+        let mut revoked = BTreeSet::new();
+        for member in c.revoked {
+            revoked.insert(member);
+        }
         let revocations_changed = revoked != m.revoked;
         m.revoked = revoked;
         m.chosen = c.peers;
@@ -315,7 +319,12 @@ impl Daemon {
             .filter(|p| !fixed.contains(&(p.address, p.vpn)))
             .cloned()
             .collect();
-        let members: BTreeSet<&str> = new.iter().map(|p| p.name.as_str()).collect();
+        let mut members: Vec<&str> = Vec::new();
+        for p in &new {
+            if !members.contains(&p.name.as_str()) {
+                members.push(&p.name);
+            }
+        }
         m.status.peers = members.len();
         let Some(c) = self.client.as_mut() else {
             m.peers = new;
