@@ -221,6 +221,7 @@ impl Daemon {
             m.publish();
         }
         let mut chosen = None;
+        let mut retry = false;
         for r in m.agent.reports() {
             let st = &mut m.status;
             match r {
@@ -269,10 +270,15 @@ impl Daemon {
                         Err(e) => {
                             log::warn!("directory: posting the record: {e}");
                             st.publish_result = Some(e);
+                            retry = !withdraw;
                         }
                     }
                 }
             }
+        }
+        if retry && m.advert.is_some() {
+            // Try again after one fetch interval rather than in an hour.
+            m.next_publish = Some(Instant::now() + m.settings.interval);
         }
         if let Some(c) = chosen {
             self.apply_chosen(c);

@@ -293,7 +293,6 @@ mod tests {
         // Unchanged file: not read again; appended: read again.
         assert!(store.reload_revocations(&mut reg).unwrap().is_empty());
         let carol = MemberId::of(&key(4).public());
-        std::thread::sleep(std::time::Duration::from_millis(10));
         append_revocation(&d, &Revocation::sign(&root(), carol, T0)).unwrap();
         store.reload_revocations(&mut reg).unwrap();
         assert_eq!(reg.current(T0 * 1000).1.len(), 2);
