@@ -35,6 +35,8 @@ use crate::trust::{self, files, Certificate, MemberId, Revocations, SecretKey};
 use crate::waypoint::evidence::{self, EvidenceLog};
 use crate::waypoint::{self, Decision, Lease, Waypoint};
 
+mod membership;
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -83,7 +85,8 @@ pub fn wall_ms() -> u64 {
 
 /// At most `per_sec` log lines per second for one noisy source; the rest are
 /// counted and summarized, so a flood of garbage cannot fill the router's log.
-struct LogLimit {
+#[derive(Debug)]
+pub(crate) struct LogLimit {
     per_sec: u32,
     window: Instant,
     used: u32,
@@ -91,7 +94,7 @@ struct LogLimit {
 }
 
 impl LogLimit {
-    fn new(per_sec: u32) -> Self {
+    pub(crate) fn new(per_sec: u32) -> Self {
         LogLimit {
             per_sec,
             window: Instant::now(),
@@ -100,7 +103,7 @@ impl LogLimit {
         }
     }
 
-    fn allow(&mut self, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
             if self.dropped > 0 {
                 log::warn!(
@@ -358,6 +361,8 @@ pub struct Daemon {
     rev_serial: u64,
     /// The revocation list file, watched for changes.
     rev_watch: Option<RevWatch>,
+    /// The membership directory, with `option directory`.
+    membership: Option<membership::Membership>,
 }
 
 /// How often the revocation list file is checked for changes.
@@ -417,6 +422,7 @@ impl Daemon {
         } else {
             None
         };
+        let membership = membership::Membership::start(cfg, &id)?;
         log::info!(
             "dcol {} running as '{}' ({}): client {}, waypoint {}",
             env!("CARGO_PKG_VERSION"),
@@ -439,6 +445,7 @@ impl Daemon {
             revocations: id.revocations,
             rev_serial: id.rev_serial,
             rev_watch: cfg.main.revocation_list.as_deref().map(RevWatch::new),
+            membership,
         })
     }
 
@@ -466,6 +473,7 @@ impl Daemon {
             if let Some(w) = &self.waypoint {
                 fds.extend(w.sockets.iter().map(|s| s.as_raw_fd()));
             }
+            fds.extend(self.membership_fd());
             let deadline = [
                 self.client.as_ref().and_then(|c| c.core.next_timeout()),
                 self.client.as_ref().and_then(|c| c.next_sample()),
@@ -476,6 +484,7 @@ impl Daemon {
                 self.waypoint.as_ref().and_then(|w| w.core.next_timeout()),
                 self.waypoint.as_ref().and_then(|w| w.next_quota_check),
                 self.rev_watch.as_ref().map(|r| r.next),
+                self.membership_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -512,6 +521,7 @@ impl Daemon {
             if let Some(w) = &mut self.waypoint {
                 w.step();
             }
+            self.step_membership();
         }
     }
 
@@ -557,11 +567,12 @@ impl Daemon {
         if new.main.revocation_list != self.cfg.main.revocation_list {
             self.rev_watch = new.main.revocation_list.as_deref().map(RevWatch::new);
         }
-        self.cfg = new;
+        let old = std::mem::replace(&mut self.cfg, new);
         self.root = id.root;
         self.cert = id.cert;
         self.revocations = id.revocations;
         self.rev_serial = id.rev_serial;
+        self.reload_membership(&old, &id.key);
         true
     }
 
@@ -638,21 +649,7 @@ impl Daemon {
                     id.key.clone(),
                     id.revocations.clone(),
                 );
-                for l in &ended {
-                    log::info!(
-                        "revoked: {} {}:{} -> {}",
-                        l.member_name,
-                        l.client,
-                        l.port,
-                        l.destination
-                    );
-                    if let Some(nat) = &mut w.nat {
-                        if let Err(e) = nat.remove(l.client, l.port) {
-                            log::warn!("removing a revoked element: {e}");
-                        }
-                    }
-                    w.drop_flows(l, "revoked");
-                }
+                w.end_leases(&ended);
                 w.expire_vpn(now);
                 if (&wo.evidence_dir, wo.evidence_max_kb) != (&wn.evidence_dir, wn.evidence_max_kb)
                 {
@@ -743,6 +740,7 @@ impl Daemon {
     }
 
     fn shutdown(&mut self) {
+        self.stop_membership();
         if let Some(c) = self.client.take() {
             c.stop();
         }
@@ -769,6 +767,7 @@ impl Daemon {
             },
             client,
             waypoint,
+            directory: self.membership_status(),
         }
     }
 }
@@ -1007,7 +1006,7 @@ fn client_core(cfg: &Config, id: &Identity) -> Result<(Client, Vec<TunnelKind>),
         });
         tunnels.push(p.tunnel);
     }
-    if peers.is_empty() {
+    if peers.is_empty() && cfg.directory.url.is_none() {
         log::warn!("client: no usable peers configured; connections get no detours");
     }
     let mut prefix = [0u8; 8];
@@ -1474,6 +1473,30 @@ impl Drop for WaypointRole {
 }
 
 impl WaypointRole {
+    /// Removes the NAT elements and flows of leases ended by a revocation.
+    fn end_leases(&mut self, ended: &[Lease]) {
+        for l in ended {
+            self.end_lease(l, "revoked");
+        }
+    }
+
+    /// Removes the NAT element and the flows of an ended lease.
+    fn end_lease(&mut self, l: &Lease, why: &str) {
+        log::info!(
+            "{why}: {} {}:{} -> {}",
+            l.member_name,
+            l.client,
+            l.port,
+            l.destination
+        );
+        if let Some(nat) = &mut self.nat {
+            if let Err(e) = nat.remove(l.client, l.port) {
+                log::warn!("removing the NAT element of {}:{}: {e}", l.client, l.port);
+            }
+        }
+        self.drop_flows(l, why);
+    }
+
     /// Installs the donation caps; the month's count carries over from the
     /// running quota or, at start, from the state file.
     fn set_caps(&mut self, kbit: u32, month_bytes: u64) -> Result<(), SysError> {
@@ -1555,19 +1578,7 @@ impl WaypointRole {
         }
         let now = Instant::now();
         for l in self.core.expire(now) {
-            log::info!(
-                "lease expired: {} {}:{} -> {}",
-                l.member_name,
-                l.client,
-                l.port,
-                l.destination
-            );
-            if let Some(nat) = &mut self.nat {
-                if let Err(e) = nat.remove(l.client, l.port) {
-                    log::warn!("removing expired element: {e}");
-                }
-            }
-            self.drop_flows(&l, "expired");
+            self.end_lease(&l, "lease expired");
         }
         self.expire_vpn(now);
         self.check_quota(now);

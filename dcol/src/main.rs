@@ -21,13 +21,18 @@ usage:
                                     write DIR/collective.key (0600) and DIR/collective.pub
   dcol collective admit --collective-key KEY --member-pub PUB --name NAME
                         [--days N] [--roles client,waypoint] --out CERT
-  dcol collective revoke --collective-key KEY (--member ID | --cert CERT)
-                        [--reason TEXT] --list FILE
+  dcol collective revoke --collective-key KEY (--member ID | --cert CERT) [--reason TEXT]
+                         (--list FILE | --store DIR) [--directory URL]
                                     add a member to the root-signed revocation list FILE
+                                    (or a directory store's DIR/revoked.list), and post
+                                    the list to a running directory at URL
   dcol waypoint log [--dir DIR | --config FILE] [--member ID|NAME] [--since T] [--until T]
                     [--json] [--verify COLLECTIVE_PUB]
                                     the requests this waypoint granted (attribution evidence);
                                     T in Unix seconds
+  dcol directory serve --collective-key KEY --store DIR [--listen ADDR:PORT]
+                       [--snapshot-interval S] [--record-ttl S]
+  dcol directory snapshot --collective-key KEY --store DIR --out FILE
   dcol --version
   dcol <command> --help
 ";
@@ -107,6 +112,11 @@ fn real_main() -> Result<(), Failure> {
         "waypoint" => match sub(&mut p, "waypoint")?.as_str() {
             "log" => cmd_waypoint_log(&mut p),
             s => Err(usage(format!("unknown command 'waypoint {s}'"))),
+        },
+        "directory" => match sub(&mut p, "directory")?.as_str() {
+            "serve" => cmd_directory_serve(&mut p),
+            "snapshot" => cmd_directory_snapshot(&mut p),
+            s => Err(usage(format!("unknown command 'directory {s}'"))),
         },
         s => Err(usage(format!("unknown command '{s}'"))),
     }
@@ -318,6 +328,19 @@ fn print_status(st: &control::Status) {
             println!("  refused {why}: {n}");
         }
     }
+    if let Some(d) = &st.directory {
+        let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        println!(
+            "directory {}: serial {}, {} member(s), {} revoked, {} in use; last fetch: {}; record: {}",
+            d.url,
+            n(d.serial),
+            n(d.members.map(|m| m as u64)),
+            d.revoked,
+            d.peers,
+            d.last_result.as_deref().unwrap_or("-"),
+            d.published.as_deref().unwrap_or("not published")
+        );
+    }
 }
 
 fn cmd_key_generate(p: &mut lexopt::Parser) -> Result<(), Failure> {
@@ -403,28 +426,54 @@ fn cmd_collective_admit(p: &mut lexopt::Parser) -> Result<(), Failure> {
 }
 
 fn cmd_collective_revoke(p: &mut lexopt::Parser) -> Result<(), Failure> {
-    let help = "usage: dcol collective revoke --collective-key KEY (--member ID | --cert CERT) [--reason TEXT] --list FILE\n";
+    use dcol::directory::agent;
+    let help = "usage: dcol collective revoke --collective-key KEY (--member ID | --cert CERT) [--reason TEXT] (--list FILE | --store DIR) [--directory URL]\n\
+        Adds the member to the collective's root-signed revocation list (serial + 1):\n\
+        --list FILE   the list routers read (UCI 'option revocation_list'),\n\
+        --store DIR   a directory store's DIR/revoked.list (a running server reads it within a second),\n\
+        --directory   also posts the new list to a running `dcol directory serve` (its base URL).\n";
     let o = Opts::parse(
         p,
-        &["collective-key", "member", "cert", "reason", "list"],
+        &[
+            "collective-key",
+            "member",
+            "cert",
+            "reason",
+            "list",
+            "store",
+            "directory",
+        ],
         &[],
         help,
     )?;
+    let cfgerr = |e: trust::files::FileError| Failure {
+        code: 2,
+        msg: e.to_string(),
+    };
     let member: trust::MemberId = match (o.get("member"), o.get("cert")) {
         (Some(m), None) => m
             .parse()
             .map_err(|_| usage(format!("--member: expected 16 hex digits, got '{m}'")))?,
         (None, Some(c)) => {
             trust::files::read_certificate(std::path::Path::new(c))
-                .map_err(|e| Failure {
-                    code: 2,
-                    msg: e.to_string(),
-                })?
+                .map_err(cfgerr)?
                 .member
         }
         _ => return Err(usage(format!("give one of --member and --cert\n{help}"))),
     };
-    let list = PathBuf::from(o.need("list")?);
+    let list = match (o.get("list"), o.get("store")) {
+        (Some(f), None) => PathBuf::from(f),
+        (None, Some(d)) => std::path::Path::new(d).join(dcol::directory::store::REVOKED_LIST),
+        _ => return Err(usage(format!("give one of --list and --store\n{help}"))),
+    };
+    let directory = o
+        .get("directory")
+        .map(|u| {
+            dcol::http::Url::parse(u)
+                .and_then(|b| b.join("/revocations"))
+                .map_err(|e| usage(format!("--directory: {e}")))
+        })
+        .transpose()?;
     let l = trust::files::revoke(
         std::path::Path::new(o.need("collective-key")?),
         &list,
@@ -432,15 +481,92 @@ fn cmd_collective_revoke(p: &mut lexopt::Parser) -> Result<(), Failure> {
         o.get("reason").unwrap_or(""),
         daemon::wall_ms() / 1000,
     )
-    .map_err(|e| Failure {
-        code: 2,
-        msg: e.to_string(),
-    })?;
+    .map_err(cfgerr)?;
     println!(
         "{}: member {member} revoked; serial {}, {} member(s) revoked in all",
         list.display(),
         l.serial,
         l.entries.len()
+    );
+    if let Some(url) = directory {
+        let text = trust::files::revocations_text(&l);
+        let reply = agent::post_record(&url, text.as_bytes(), agent::POST_TIMEOUT)
+            .map_err(|e| runtime(format!("{url}: {e}")))?;
+        println!("{url}: {}", reply.trim_end());
+    }
+    Ok(())
+}
+
+fn directory_options(o: &Opts) -> Result<dcol::directory::serve::ServeOptions, Failure> {
+    let secs = |name: &str, default: u64| -> Result<std::time::Duration, Failure> {
+        match o.get(name) {
+            None => Ok(std::time::Duration::from_secs(default)),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=7 * 86_400).contains(s))
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| usage(format!("--{name}: expected seconds 1-604800, got '{v}'"))),
+        }
+    };
+    let listen = o.get("listen").unwrap_or("0.0.0.0:7450");
+    let listen = listen
+        .parse()
+        .map_err(|_| usage(format!("--listen: expected ADDR:PORT, got '{listen}'")))?;
+    let root = trust::files::read_secret_key(std::path::Path::new(o.need("collective-key")?))
+        .map_err(|e| Failure {
+            code: 2,
+            msg: e.to_string(),
+        })?;
+    let mut opts =
+        dcol::directory::serve::ServeOptions::new(listen, PathBuf::from(o.need("store")?), root);
+    opts.snapshot_interval = secs("snapshot-interval", 10)?;
+    opts.limits.record_ttl_s = secs("record-ttl", 3 * 3600)?.as_secs();
+    Ok(opts)
+}
+
+fn cmd_directory_serve(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let help = "usage: dcol directory serve --collective-key KEY --store DIR [--listen ADDR:PORT] [--snapshot-interval S] [--record-ttl S]\n\
+        Serves GET /snapshot (signed; also written to DIR/snapshot), POST /records, POST /revocations.\n\
+        Defaults: --listen 0.0.0.0:7450, --snapshot-interval 10, --record-ttl 10800.\n";
+    let o = Opts::parse(
+        p,
+        &[
+            "collective-key",
+            "store",
+            "listen",
+            "snapshot-interval",
+            "record-ttl",
+        ],
+        &[],
+        help,
+    )?;
+    Logger::install(log::LevelFilter::Info);
+    let opts = directory_options(&o)?;
+    let server = dcol::directory::serve::Server::start(opts).map_err(runtime)?;
+    server.wait();
+    Ok(())
+}
+
+fn cmd_directory_snapshot(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let help = "usage: dcol directory snapshot --collective-key KEY --store DIR --out FILE [--record-ttl S]\n\
+        Signs a snapshot of the store (also saved as DIR/snapshot) for upload to a CDN or object store.\n";
+    let o = Opts::parse(
+        p,
+        &["collective-key", "store", "out", "record-ttl"],
+        &[],
+        help,
+    )?;
+    Logger::install(log::LevelFilter::Warn);
+    let out = PathBuf::from(o.need("out")?);
+    let opts = directory_options(&o)?;
+    let (bytes, serial, members) = dcol::directory::serve::snapshot_once(&opts).map_err(runtime)?;
+    dcol::directory::store::write_atomic(&out, &bytes, 0o644)
+        .map_err(|e| runtime(format!("{}: {e}", out.display())))?;
+    println!(
+        "wrote {} (serial {serial}, {members} member(s), {} bytes)",
+        out.display(),
+        bytes.len()
     );
     Ok(())
 }

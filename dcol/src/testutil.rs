@@ -70,3 +70,15 @@ pub fn nat(dest: &str) -> RequestKind {
         destination: dest.parse::<SocketAddr>().expect("fixture address"),
     }
 }
+
+/// The file text of a revocation list of `ids`, serial `serial`, signed by
+/// [`root`].
+pub fn revoked_list(serial: u64, ids: &[crate::trust::MemberId]) -> String {
+    let entries = ids.iter().map(|&member| crate::trust::RevokedEntry {
+        member,
+        at: T0,
+        reason: String::new(),
+    });
+    let list = crate::trust::RevocationList::issue(&root(), serial, T0, entries.collect());
+    crate::trust::files::revocations_text(&list)
+}

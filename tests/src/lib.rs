@@ -108,6 +108,21 @@ impl Netns {
         pid
     }
 
+    /// Like [`Netns::spawn`], with stderr (and stdout) going to `log`.
+    pub fn spawn_logged(&self, args: &[&str], log: std::fs::File) -> u32 {
+        let out = log.try_clone().expect("dup log file");
+        let child = self
+            .cmd(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let pid = child.id();
+        self.children.lock().expect("not poisoned").push(child);
+        pid
+    }
+
     /// Sets a sysctl inside.
     pub fn sysctl(&self, key: &str, value: &str) {
         self.exec(&["sysctl", "-qw", &format!("{key}={value}")]);

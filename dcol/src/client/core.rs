@@ -268,6 +268,17 @@ struct Peer {
     vpn: Option<vpn::VpnPeer>,
 }
 
+impl Peer {
+    fn new(spec: PeerSpec) -> Peer {
+        Peer {
+            vpn: spec.vpn.then(vpn::VpnPeer::default),
+            spec,
+            down_until: None,
+            last_rtt: None,
+        }
+    }
+}
+
 /// A peer as status shows it.
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
@@ -328,15 +339,7 @@ impl Client {
         peers: Vec<PeerSpec>,
         nonce_prefix: [u8; 8],
     ) -> Self {
-        let peers = peers
-            .into_iter()
-            .map(|spec| Peer {
-                vpn: spec.vpn.then(vpn::VpnPeer::default),
-                spec,
-                down_until: None,
-                last_rtt: None,
-            })
-            .collect();
+        let peers = peers.into_iter().map(Peer::new).collect();
         Client {
             settings,
             cert,
@@ -419,6 +422,12 @@ impl Client {
         self.cert = cert;
         self.key = key;
         self.revocations = revocations;
+    }
+
+    /// Appends peers (waypoints learned from the directory). Existing peers
+    /// keep their indices, so running detours are not disturbed.
+    pub fn add_peers(&mut self, peers: Vec<PeerSpec>) {
+        self.peers.extend(peers.into_iter().map(Peer::new));
     }
 
     /// The LAN proxy is opening an upstream connection from `local` for the

@@ -251,6 +251,38 @@ pub struct WaypointConfig {
     pub evidence_dir: Option<PathBuf>,
     /// `option evidence_max_kb`: the evidence log's size bound (0: no log).
     pub evidence_max_kb: u32,
+    /// Signaling addresses published in the directory (`list advertise`);
+    /// empty: the non-wildcard `listen` addresses.
+    pub advertise: Vec<SocketAddr>,
+}
+
+/// The membership directory (options of `config dcol 'main'`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectoryConfig {
+    /// Where the signed snapshot is (`option directory`); `None`: no directory.
+    pub url: Option<crate::http::Url>,
+    /// Where this member's record is posted (`option directory_publish`);
+    /// default `/records` on the host of `url`.
+    pub publish: Option<crate::http::Url>,
+    /// Fetch interval, s (`option directory_interval_s`).
+    pub interval_s: u32,
+    /// The cached snapshot (`option directory_cache`).
+    pub cache: PathBuf,
+    /// Most directory members used as waypoints (`option directory_max_peers`).
+    pub max_peers: u32,
+    /// Tunnel type used with directory waypoints (`option directory_tunnel`).
+    pub tunnel: TunnelKind,
+}
+
+impl DirectoryConfig {
+    /// The URL records are posted to.
+    pub fn publish_url(&self) -> Option<crate::http::Url> {
+        match (&self.publish, &self.url) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(u)) => u.join("/records").ok(),
+            (None, None) => None,
+        }
+    }
 }
 
 /// `config peer`.
@@ -275,6 +307,8 @@ pub struct Config {
     pub waypoint: WaypointConfig,
     /// `peer` sections.
     pub peers: Vec<PeerConfig>,
+    /// The membership directory.
+    pub directory: DirectoryConfig,
     /// Unknown sections/options, duplicates: `file:line: ...`.
     pub warnings: Vec<String>,
 }
@@ -329,8 +363,17 @@ impl Default for Config {
                 donate_monthly_bytes: 0,
                 evidence_dir: None,
                 evidence_max_kb: 1024,
+                advertise: Vec::new(),
             },
             peers: Vec::new(),
+            directory: DirectoryConfig {
+                url: None,
+                publish: None,
+                interval_s: 300,
+                cache: "/etc/dcol/directory.snapshot".into(),
+                max_peers: 8,
+                tunnel: TunnelKind::Nat,
+            },
             warnings: Vec::new(),
         }
     }
@@ -506,6 +549,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         "state_dir" => m.state_dir = p.value(it, parse_path)?,
                         "log_level" => m.log_level = p.value(it, parse_level)?,
                         "revoked" => m.revoked.push(p.list_value(it, parse_member_id)?),
+                        "directory" => cfg.directory.url = Some(p.value(it, parse_url)?),
+                        "directory_publish" => {
+                            cfg.directory.publish = Some(p.value(it, parse_url)?)
+                        }
+                        "directory_interval_s" => {
+                            cfg.directory.interval_s = p.value(it, |v| range(v, 2, 86_400))?
+                        }
+                        "directory_cache" => cfg.directory.cache = p.value(it, parse_path)?,
+                        "directory_max_peers" => {
+                            cfg.directory.max_peers = p.value(it, |v| range(v, 0, 64))?
+                        }
+                        "directory_tunnel" => cfg.directory.tunnel = p.value(it, parse_tunnel)?,
                         _ => p.unknown(it),
                     }
                 }
@@ -625,6 +680,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         "evidence_max_kb" => {
                             w.evidence_max_kb = p.value(it, |v| range(v, 0, 1_048_576))?
                         }
+                        "advertise" => w.advertise.push(p.list_value(it, parse_advertise)?),
                         _ => p.unknown(it),
                     }
                 }
@@ -805,6 +861,21 @@ fn parse_socket(v: &str) -> Result<SocketAddr, String> {
     })
 }
 
+fn parse_url(v: &str) -> Result<crate::http::Url, String> {
+    crate::http::Url::parse(v).map_err(|e| e.to_string())
+}
+
+fn parse_advertise(v: &str) -> Result<SocketAddr, String> {
+    let a = parse_socket(v)?;
+    if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+        return Err(format!(
+            "expected a reachable unicast address and port, got '{}'",
+            show(v)
+        ));
+    }
+    Ok(a)
+}
+
 fn parse_ports(v: &str) -> Result<(u16, u16), String> {
     let bad = || {
         format!(
@@ -940,6 +1011,46 @@ config peer
         assert_eq!(c.peers[0].address, "203.0.113.5:7447".parse().unwrap());
         assert_eq!(c.peers[0].tunnel, TunnelKind::Nat);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn directory_options() {
+        let c = p("config dcol 'main'\n\toption directory 'http://dir.example:7450/snapshot'\n\toption directory_interval_s '60'\n\toption directory_max_peers '4'\n\toption directory_tunnel 'vpn'\n\toption directory_cache '/tmp/x'\nconfig waypoint\n\tlist advertise '203.0.113.5:7447'\n\tlist advertise '[2001:db8::5]:7447'\n").unwrap();
+        let d = &c.directory;
+        assert_eq!(
+            d.url.as_ref().unwrap().to_string(),
+            "http://dir.example:7450/snapshot"
+        );
+        assert_eq!(
+            d.publish_url().unwrap().to_string(),
+            "http://dir.example:7450/records"
+        );
+        assert_eq!(
+            (d.interval_s, d.max_peers, d.tunnel),
+            (60, 4, TunnelKind::Vpn)
+        );
+        assert_eq!(d.cache, PathBuf::from("/tmp/x"));
+        assert_eq!(c.waypoint.advertise.len(), 2);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = p("config dcol\n\toption directory 'http://cdn.example/s'\n\toption directory_publish 'http://dir.example/records'\n").unwrap();
+        assert_eq!(
+            c.directory.publish_url().unwrap().to_string(),
+            "http://dir.example:80/records"
+        );
+        assert_eq!(Config::default().directory.publish_url(), None);
+        let e = p("config dcol\n\toption directory 'https://x/'\n").unwrap_err();
+        assert_eq!((e.line, e.option.as_deref()), (2, Some("directory")));
+        assert!(e.message.contains("https"), "{e}");
+        for bad in [
+            "config dcol\n\toption directory 'ftp://x/'\n",
+            "config dcol\n\toption directory_interval_s '1'\n",
+            "config dcol\n\toption directory_max_peers '65'\n",
+            "config dcol\n\toption directory_tunnel 'gre'\n",
+            "config waypoint\n\tlist advertise '0.0.0.0:7447'\n",
+            "config waypoint\n\tlist advertise '203.0.113.5'\n",
+        ] {
+            assert!(p(bad).is_err(), "accepted: {bad}");
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::time::Duration;
 mod status;
 
 pub use status::{
-    ClientStatus, ConnectionStatus, GrantStatus, LanProxyStatus, MemberStatus, PeerStatus,
-    ScoreStatus, Status, SubflowStatus, VpnPeerStatus, WaypointStatus,
+    ClientStatus, ConnectionStatus, DirectoryStatus, GrantStatus, LanProxyStatus, MemberStatus,
+    PeerStatus, ScoreStatus, Status, SubflowStatus, VpnPeerStatus, WaypointStatus,
 };
 
 /// Errors of the control socket.

@@ -46,9 +46,26 @@
 //!     "vpn_peers": [ { "member": "bob", "member_id": "3f2a9c0d11e4b7a0", "address": "10.200.7.2",
 //!                      "client": "198.51.100.7", "wg_key": "<base64>", "age_s": 30,
 //!                      "expires_in_s": 270 } ]
+//!   },
+//!   "directory": {
+//!     "url": "http://dir.example:7450/snapshot", "serial": 1795000123,
+//!     "issued": 1795000100, "members": 41, "revoked": 2, "peers": 8,
+//!     "last_fetch": 1795000200, "last_result": "ok",
+//!     "published": "published", "last_publish": 1795000000,
+//!     "publish_result": "published record of 'alice' (3f2a9c0d11e4b7a0) accepted, sequence 1795000000123"
 //!   }
 //! }
 //! ```
+//!
+//! `directory` is `null` without `option directory`. `serial`, `issued`
+//! (Unix s) and `members` describe the snapshot in force (`null` until one
+//! is); `revoked` counts its revocation list, `peers` the directory members
+//! the client role uses as waypoints (each may give an IPv4 and an IPv6
+//! peer in `client.peers`). `last_fetch` (Unix s) and `last_result` (`ok`,
+//! `not modified`, `cached` or the error, e.g. a refused snapshot) tell how
+//! the last fetch went. `published` is `published`, `withdrawn` or `null`
+//! (never posted), `last_publish` (Unix s) and `publish_result` (the
+//! server's answer or the error) tell how the last post went.
 //!
 //! `lan_client` is the LAN device a proxied connection carries (`null` for
 //! connections of programs on the router itself); `detour_gate` is `open`,
@@ -96,6 +113,36 @@ pub struct Status {
     pub client: Option<ClientStatus>,
     /// Waypoint role, when enabled.
     pub waypoint: Option<WaypointStatus>,
+    /// The membership directory, when configured.
+    #[serde(default)]
+    pub directory: Option<DirectoryStatus>,
+}
+
+/// The membership directory as this member sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DirectoryStatus {
+    /// The snapshot URL.
+    pub url: String,
+    /// Serial of the snapshot in force.
+    pub serial: Option<u64>,
+    /// Its issue time (Unix seconds).
+    pub issued: Option<u64>,
+    /// Members it lists.
+    pub members: Option<usize>,
+    /// Members on its revocation list.
+    pub revoked: usize,
+    /// Directory members in use as waypoints.
+    pub peers: usize,
+    /// Last fetch (Unix seconds).
+    pub last_fetch: Option<u64>,
+    /// `ok`, `not modified`, `cached`, or the error.
+    pub last_result: Option<String>,
+    /// `published`, `withdrawn`, or `null` before the first post.
+    pub published: Option<String>,
+    /// Last post of this member's record (Unix seconds).
+    pub last_publish: Option<u64>,
+    /// The server's answer to it, or the error.
+    pub publish_result: Option<String>,
 }
 
 /// This router's identity in the collective.

@@ -83,10 +83,16 @@ impl Default for Limits {
 
 /// `GET url`, following up to three redirects.
 pub fn get(url: &Url, limits: Limits) -> Result<Response, HttpError> {
+    get_with(url, &[], limits)
+}
+
+/// `GET url` with extra header `fields` (e.g. `If-None-Match`), following up
+/// to three redirects.
+pub fn get_with(url: &Url, fields: &[(&str, &str)], limits: Limits) -> Result<Response, HttpError> {
     let deadline = Instant::now() + limits.timeout;
     let mut url = url.clone();
     for _ in 0..=MAX_REDIRECTS {
-        let r = exchange("GET", &url, &[], &[], deadline, limits.max_body)?;
+        let r = exchange("GET", &url, fields, &[], deadline, limits.max_body)?;
         if matches!(r.status, 301 | 302 | 303 | 307 | 308) {
             if let Some(loc) = r.head.field("location") {
                 url = url.join(loc).map_err(|source| HttpError::Wire {
@@ -292,7 +298,7 @@ pub fn read_request(
             break h;
         }
         let t = left().map_err(|_| ServerError::Timeout)?;
-        if read_some(s, &mut buf, t).map_err(ServerError::Io)? == 0 {
+        if read_some(s, &mut buf, t).map_err(ServerError::from_io)? == 0 {
             return Err(ServerError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
     };
@@ -303,7 +309,7 @@ pub fn read_request(
     };
     let body = read_body(s, buf, kind, max_body, &left).map_err(|e| match e {
         BodyError::Wire(w) => ServerError::Wire(w),
-        BodyError::Io(e) => ServerError::Io(e),
+        BodyError::Io(e) => ServerError::from_io(e),
         BodyError::Http(_) => ServerError::Timeout,
     })?;
     Ok((head, body))
@@ -321,6 +327,17 @@ pub enum ServerError {
     /// The client was too slow.
     #[error("request timed out")]
     Timeout,
+}
+
+impl ServerError {
+    /// A read that ran out of time is [`ServerError::Timeout`].
+    fn from_io(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::TimedOut {
+            ServerError::Timeout
+        } else {
+            ServerError::Io(e)
+        }
+    }
 }
 
 /// Writes a complete response and closes the exchange (`Connection: close`).

@@ -236,8 +236,22 @@ pub fn write_certificate(path: &Path, cert: &Certificate) -> Result<(), FileErro
 
 /// Reads a revocation list and checks it was signed by `root`.
 pub fn read_revocations(path: &Path, root: &PublicKey) -> Result<RevocationList, FileError> {
-    let text = read_limited(path, 256 * 1024)?;
-    let b = parse_line(path, &text, REVOKED_TAG)?;
+    let text = read_limited(path, MAX_REVOCATION_FILE)?;
+    parse_revocations(path, &text, root)
+}
+
+/// Largest revocation list file read.
+pub const MAX_REVOCATION_FILE: u64 = 256 * 1024;
+
+/// Parses the text of a revocation list file (`origin` names it in errors)
+/// and checks it was signed by `root`.
+pub fn parse_revocations(
+    origin: &Path,
+    text: &str,
+    root: &PublicKey,
+) -> Result<RevocationList, FileError> {
+    let path = origin;
+    let b = parse_line(path, text, REVOKED_TAG)?;
     let (list, rest): (RevocationList, &[u8]) = postcard::take_from_bytes(&b)
         .map_err(|e| format_err(path, format!("not a revocation list: {e}")))?;
     if !rest.is_empty() {
@@ -294,12 +308,17 @@ pub fn revoke(
         });
     }
     let list = RevocationList::issue(&root, serial.saturating_add(1), now, entries);
-    let bytes = postcard::to_allocvec(&list).expect("serializing to a Vec cannot fail");
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, format!("{REVOKED_TAG} {}\n", to_hex(&bytes)))
+    fs::write(&tmp, revocations_text(&list))
         .and_then(|()| fs::rename(&tmp, path))
         .map_err(io_err(path))?;
     Ok(list)
+}
+
+/// The file form of a revocation list (what [`parse_revocations`] reads).
+pub fn revocations_text(list: &RevocationList) -> String {
+    let bytes = postcard::to_allocvec(list).expect("serializing to a Vec cannot fail");
+    format!("{REVOKED_TAG} {}\n", to_hex(&bytes))
 }
 
 /// Issues a certificate for the member key in `member_pub`, valid `days` from

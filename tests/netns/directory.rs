@@ -1,0 +1,509 @@
+// Needs: root, network namespaces, kernel MPTCP (userspace path manager), nftables
+// with NAT and maps, conntrack, tbf; programs ip, tc, nft, ethtool, iperf3,
+// mptcpize (package mptcpize), python3 (the "evil" static HTTP server).
+// tests/setup.sh installs them.
+//
+//! The membership directory end to end. The paper's topology plus a
+//! directory namespace hanging off the server's router:
+//!
+//! ```text
+//!  client(bob) ── rc ──── rs ──── server (mptcpize iperf3 -s)
+//!                 │        ├──── dir 10.0.7.2: `dcol directory serve` :7450,
+//!                 │        │        waypoint carol :7447, python3 http.server :8080
+//!                 └─ rw ───┘
+//!                    └── waypoint alice 10.0.6.2:7447
+//! ```
+//! alice and carol publish their records; bob has no `config peer` and finds
+//! both through the signed snapshot, and the server sees joins from them.
+//! `dcol collective revoke` of bob: both waypoints end his tunnels and refuse
+//! him within one refresh interval of the snapshot that lists him (measured).
+//! Tampered, truncated and older snapshots from a static HTTP server are
+//! refused and the cached one kept. Bad records are refused with 4xx while the
+//! directory keeps serving. Turning membership off withdraws a record.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use dcol::directory::{Record, Snapshot, Statement};
+use dcol::http::{self, Url};
+use dcol::trust::files;
+use dcol_tests::dcol::{dcol_bin, in_ns, main_section, Collective, Daemon, Member};
+use dcol_tests::lab::{enter_netns, need_root, Lab, IPERF_PORT, SIGNAL_PORT};
+use dcol_tests::{iperf3_background, iperf3_client, iperf3_server, JoinCounter, LinkProfile};
+use dcol_tests::{Netns, Node};
+use serde_json::Value;
+
+/// The members' directory refresh interval (`option directory_interval_s`).
+const INTERVAL: Duration = Duration::from_secs(2);
+const DIR_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 7, 2);
+const DIR_PORT: u16 = 7450;
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        enter_netns(&fs::File::open(&path).expect("open netns"));
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+fn base() -> Url {
+    Url::parse(&format!("http://{DIR_ADDR}:{DIR_PORT}/")).unwrap()
+}
+
+/// `GET /snapshot` from namespace `ns`.
+fn fetch(ns: &str) -> Vec<u8> {
+    in_netns(ns, || {
+        let r = http::get(&base().join("/snapshot").unwrap(), http::Limits::default())
+            .expect("GET /snapshot");
+        assert_eq!(r.status, 200);
+        r.body
+    })
+}
+
+/// `POST path` from namespace `ns`: status and text.
+fn post(ns: &str, path: &str, body: Vec<u8>) -> (u16, String) {
+    let path = path.to_owned();
+    in_netns(ns, move || {
+        let r = http::request(
+            "POST",
+            &base().join(&path).unwrap(),
+            &[],
+            &body,
+            http::Limits::default(),
+        )
+        .expect("POST");
+        (r.status, String::from_utf8_lossy(&r.body).trim().to_owned())
+    })
+}
+
+fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `config dcol 'main'` section with the directory options.
+fn main_with_directory(lab: &Lab, m: &Member, tag: &str, url: &str) -> String {
+    let s = lab.scratch.path();
+    let main = main_section(
+        m,
+        &lab.collective,
+        &lab.sock(tag),
+        &s.join(format!("{tag}-state")),
+    );
+    format!(
+        "{}\n\toption directory '{url}'\n\toption directory_interval_s '{}'\n\toption directory_cache '{}'\n\n",
+        main.trim_end(),
+        INTERVAL.as_secs(),
+        s.join(format!("{tag}.snapshot")).display()
+    )
+}
+
+fn waypoint_section(enabled: bool, listen: &str, advertise: &str) -> String {
+    format!(
+        "config waypoint 'waypoint'\n\toption enabled '{}'\n\tlist listen '{listen}'\n\toption nat_ports '40000-40099'\n\toption lease_s '60'\n\tlist allow_destination '10.0.0.0/8'\n{advertise}\n",
+        u8::from(enabled)
+    )
+}
+
+fn client_section() -> &'static str {
+    "config client 'client'\n\toption enabled '1'\n\toption max_detours '2'\n\toption renew_interval_s '1'\n\toption liveness_misses '3'\n"
+}
+
+fn grants_of(st: &Value, member: &str) -> usize {
+    st["waypoint"]["grants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["member"] == member)
+        .count()
+}
+
+fn members(snapshot: &[u8], root: &dcol::trust::PublicKey) -> Vec<String> {
+    let s = Snapshot::verify(snapshot, root).expect("verified snapshot");
+    s.entries().map(|e| e.unwrap().name).collect()
+}
+
+/// The directory namespace, linked to the server's router as link 7.
+fn directory_ns(lab: &Lab) -> Netns {
+    let d = Netns::new("dir");
+    let rs = lab.topo.ns(Node::Rs);
+    dcol_tests::run(&[
+        "ip",
+        "link",
+        "add",
+        "l7a",
+        "netns",
+        rs.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "l7b",
+        "netns",
+        d.name(),
+    ]);
+    rs.exec(&["ip", "addr", "add", "10.0.7.1/24", "dev", "l7a"]);
+    rs.exec(&["ip", "link", "set", "l7a", "up"]);
+    d.exec(&["ip", "addr", "add", "10.0.7.2/24", "dev", "l7b"]);
+    d.exec(&["ip", "link", "set", "l7b", "up"]);
+    d.exec(&["ip", "route", "add", "default", "via", "10.0.7.1"]);
+    lab.topo
+        .ns(Node::Rc)
+        .exec(&["ip", "route", "add", "10.0.7.0/24", "via", "10.0.2.2"]);
+    lab.topo
+        .ns(Node::Rw)
+        .exec(&["ip", "route", "add", "10.0.7.0/24", "via", "10.0.5.2"]);
+    d
+}
+
+#[test]
+fn directory_join_revoke_tamper_leave() {
+    if !need_root() {
+        return;
+    }
+    let lab = Lab::new(LinkProfile::core_limited());
+    let dns = directory_ns(&lab);
+    let scratch = lab.scratch.path().to_owned();
+    let (cns, wns) = (lab.ns(Node::Client), lab.ns(Node::Waypoint));
+    let carol = lab.collective.admit("carol", "client,waypoint", 30);
+    let dave = lab.collective.admit("dave", "client,waypoint", 30);
+    let root = files::read_public_key(&lab.collective.root_pub).unwrap();
+    let bob_id = files::read_certificate(&lab.client_member.cert)
+        .unwrap()
+        .member;
+
+    // The directory server.
+    let serve_log = fs::File::create(scratch.join("serve.log")).unwrap();
+    let _serve = dns.spawn_logged(
+        &[
+            dcol_bin().to_str().unwrap(),
+            "directory",
+            "serve",
+            "--collective-key",
+            lab.collective.root_key.to_str().unwrap(),
+            "--store",
+            scratch.join("store").to_str().unwrap(),
+            "--listen",
+            &format!("0.0.0.0:{DIR_PORT}"),
+            "--snapshot-interval",
+            "1",
+        ],
+        serve_log,
+    );
+    poll(Duration::from_secs(5), "directory listening", || {
+        let out = dns.output(&["ss", "-Hltn", &format!("sport = :{DIR_PORT}")]);
+        (!out.stdout.is_empty()).then_some(())
+    });
+    let url = format!("http://{DIR_ADDR}:{DIR_PORT}/snapshot");
+
+    // Two members publish: alice (wildcard listen, `list advertise`) and
+    // carol (listens on her address, which is published as is).
+    let alice_cfg = |enabled: bool| {
+        format!(
+            "{}{}",
+            main_with_directory(&lab, &lab.waypoint_member, "wp", &url),
+            waypoint_section(
+                enabled,
+                &format!("0.0.0.0:{SIGNAL_PORT}"),
+                &format!("\tlist advertise '10.0.6.2:{SIGNAL_PORT}'\n")
+            )
+        )
+    };
+    let alice = Daemon::start(&wns, &scratch, "wp", &alice_cfg(true), &lab.sock("wp"));
+    let carol_cfg = |enabled: bool| {
+        let main = main_with_directory(&lab, &carol, "carol", &url);
+        let main = if enabled {
+            main
+        } else {
+            main.replace("option enabled '1'", "option enabled '0'")
+        };
+        format!(
+            "{main}{}",
+            waypoint_section(true, &format!("{DIR_ADDR}:{SIGNAL_PORT}"), "")
+        )
+    };
+    let mut carol_d = Daemon::start(
+        dns.name(),
+        &scratch,
+        "carol",
+        &carol_cfg(true),
+        &lab.sock("carol"),
+    );
+    let t0 = Instant::now();
+    poll(
+        Duration::from_secs(10),
+        "both records in the snapshot",
+        || (members(&fetch(&cns), &root).len() == 2).then_some(()),
+    );
+    eprintln!(
+        "both records listed {:?} after the daemons started",
+        t0.elapsed()
+    );
+
+    // Bob: no `config peer`; finds both through the directory.
+    let bob_cfg = |url: &str| {
+        format!(
+            "{}{}",
+            main_with_directory(&lab, &lab.client_member, "cl", url),
+            client_section()
+        )
+    };
+    let bob = Daemon::start(&cns, &scratch, "cl", &bob_cfg(&url), &lab.sock("cl"));
+    let st = bob
+        .wait_status(Duration::from_secs(5), |s| {
+            s["directory"]["members"] == 2
+                && s["client"]["peers"].as_array().map(Vec::len) == Some(2)
+        })
+        .unwrap_or_else(|s| panic!("bob did not take the directory's peers: {s}"));
+    let mut names: Vec<&str> = st["client"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["alice", "carol"], "{st}");
+    assert_eq!(st["directory"]["peers"], 2, "{st}");
+
+    // A real detour: the server sees joins from the waypoints.
+    let server: IpAddr = lab.topo.addr4(Node::Server).into();
+    let (alice_ip, carol_ip): (IpAddr, IpAddr) = ("10.0.6.2".parse().unwrap(), DIR_ADDR.into());
+    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
+    let counter =
+        JoinCounter::install(lab.topo.ns(Node::Server), IPERF_PORT, &[alice_ip, carol_ip]);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = iperf3_client(
+        lab.topo.ns(Node::Client),
+        server,
+        IPERF_PORT,
+        5,
+        true,
+        false,
+    )
+    .expect("iperf3 through directory waypoints");
+    let (via_a, via_c) = (counter.bytes_from(alice_ip), counter.bytes_from(carol_ip));
+    eprintln!(
+        "MPTCP with directory waypoints: {:.2} Mbit/s; server got {via_a} bytes from alice, {via_c} from carol",
+        r.mbps_after_first_second()
+    );
+    assert!(via_a > 100_000, "no detour through alice: {via_a} bytes");
+    assert!(
+        via_a + via_c > 1_000_000,
+        "detours carried {via_a}+{via_c} bytes"
+    );
+    let older = fs::read(scratch.join("cl.snapshot")).expect("bob's cache file");
+
+    // Revocation while a transfer runs through both waypoints.
+    let bg = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 12);
+    alice
+        .wait_status(Duration::from_secs(8), |s| grants_of(s, "bob") > 0)
+        .unwrap_or_else(|s| panic!("no grant for bob at alice: {s}"));
+    let carol_has = carol_d
+        .wait_status(Duration::from_secs(3), |s| grants_of(s, "bob") > 0)
+        .is_ok();
+    let t_revoke = Instant::now();
+    let out = in_ns(
+        &cns,
+        &[
+            dcol_bin().to_str().unwrap(),
+            "collective",
+            "revoke",
+            "--collective-key",
+            lab.collective.root_key.to_str().unwrap(),
+            "--cert",
+            lab.client_member.cert.to_str().unwrap(),
+            "--list",
+            scratch.join("revoked.list").to_str().unwrap(),
+            "--directory",
+            &format!("http://{DIR_ADDR}:{DIR_PORT}"),
+        ],
+    );
+    assert!(out.contains(&format!("member {bob_id} revoked")), "{out}");
+    let t_snap = poll(
+        Duration::from_secs(5),
+        "the revocation in the snapshot",
+        || {
+            let b = fetch(&cns);
+            let s = Snapshot::verify(&b, &root).unwrap();
+            s.head.revoked.contains(&bob_id).then(Instant::now)
+        },
+    );
+    let t_alice = poll(Duration::from_secs(10), "alice ends bob's tunnels", || {
+        (grants_of(&alice.status(), "bob") == 0).then(Instant::now)
+    });
+    let t_carol = poll(Duration::from_secs(10), "carol ends bob's tunnels", || {
+        (grants_of(&carol_d.status(), "bob") == 0).then(Instant::now)
+    });
+    let late = |t: Instant| t.saturating_duration_since(t_snap);
+    eprintln!(
+        "revoke -> snapshot {:?}; snapshot -> alice refuses {:?}, carol {:?} (carol had grants: {carol_has}); refresh interval {INTERVAL:?}",
+        t_snap - t_revoke,
+        late(t_alice),
+        late(t_carol)
+    );
+    // Polling a status costs ~20 ms per round: a small margin.
+    let limit = INTERVAL + Duration::from_millis(500);
+    assert!(late(t_alice) <= limit, "alice took {:?}", late(t_alice));
+    assert!(late(t_carol) <= limit, "carol took {:?}", late(t_carol));
+    // Bob's next requests and renewals are refused as revoked.
+    let st = alice
+        .wait_status(Duration::from_secs(5), |s| {
+            s["waypoint"]["refused"]["Revoked"].as_u64().unwrap_or(0) > 0
+        })
+        .unwrap_or_else(|s| panic!("alice never refused bob as revoked: {s}"));
+    assert_eq!(st["directory"]["revoked"], 1, "{st}");
+    assert!(alice.log_text().contains("is revoked; its tunnels end now"));
+    let _ = bg.join();
+
+    // Tampered, truncated and older snapshots from a static HTTP server.
+    let evil = scratch.join("evil");
+    fs::create_dir_all(&evil).unwrap();
+    let good = fs::read(scratch.join("cl.snapshot")).unwrap();
+    let good_serial = Snapshot::verify(&good, &root).unwrap().head.serial;
+    assert!(Snapshot::verify(&older, &root).unwrap().head.serial < good_serial);
+    let mut flipped = good.clone();
+    let n = flipped.len();
+    flipped[n / 2] ^= 0x01;
+    fs::write(evil.join("flipped"), &flipped).unwrap();
+    fs::write(evil.join("truncated"), &good[..n - 10]).unwrap();
+    fs::write(evil.join("older"), &older).unwrap();
+    dns.spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "10.0.7.2",
+        "--directory",
+        evil.to_str().unwrap(),
+    ]);
+    poll(Duration::from_secs(10), "python3 http.server", || {
+        let out = dns.output(&["ss", "-Hltn", "sport = :8080"]);
+        (!out.stdout.is_empty()).then_some(())
+    });
+    for (file, why) in [
+        ("flipped", "bad signature"),
+        ("truncated", "bad signature"),
+        ("older", "older than the cached serial"),
+    ] {
+        let line = bob.reload(&bob_cfg(&format!("http://{DIR_ADDR}:8080/{file}")));
+        assert!(!line.contains("keeping the running"), "{line}");
+        let st = bob
+            .wait_status(Duration::from_secs(5), |s| {
+                s["directory"]["last_result"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(why) && r.contains(file))
+            })
+            .unwrap_or_else(|s| panic!("{file}: not refused with '{why}': {s}"));
+        assert_eq!(st["directory"]["serial"], good_serial, "{file}: {st}");
+        assert_eq!(st["directory"]["members"], 2, "{file}: {st}");
+        assert_eq!(
+            fs::read(scratch.join("cl.snapshot")).unwrap(),
+            good,
+            "{file}: the cache was overwritten"
+        );
+        assert!(
+            bob.log_text()
+                .contains(&format!("keeping the cached serial {good_serial}")),
+            "{file}"
+        );
+    }
+    bob.reload(&bob_cfg(&url));
+
+    // Bad records: refused with 4xx; the directory keeps serving.
+    let key = |m: &Member| files::read_secret_key(&m.key).unwrap();
+    let cert = |m: &Member| files::read_certificate(&m.cert).unwrap();
+    let now_ms = dcol::daemon::wall_ms();
+    let withdraw =
+        |m: &Member, seq: u64| Record::sign(&key(m), cert(m), seq, Statement::Withdraw).encode();
+    let mut flipped = withdraw(&carol, now_ms);
+    let n = flipped.len();
+    flipped[n - 1] ^= 1;
+    let other = Collective::new(&scratch, "other");
+    let eve = other.admit("eve", "client,waypoint", 30);
+    let first = withdraw(&dave, now_ms);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("garbage", b"GET / HTTP/1.0".to_vec(), 400, "record"),
+        ("bad signature", flipped, 403, "bad signature"),
+        (
+            "other collective",
+            withdraw(&eve, now_ms),
+            403,
+            "another collective",
+        ),
+        (
+            "revoked member",
+            withdraw(&lab.client_member, now_ms),
+            403,
+            "revoked",
+        ),
+        ("oversized", vec![0x01; 5000], 413, "larger than"),
+        ("first", first.clone(), 200, "accepted"),
+        ("replay", first, 409, "not newer"),
+        (
+            "stale",
+            withdraw(&dave, now_ms - 4 * 3600 * 1000),
+            409,
+            "stale",
+        ),
+    ];
+    for (what, body, status, text) in cases {
+        let (st, t) = post(&cns, "/records", body);
+        eprintln!("{what}: {st} {t}");
+        assert_eq!(st, status, "{what}: {t}");
+        assert!(t.contains(text), "{what}: '{t}' lacks '{text}'");
+    }
+    let mut codes = Vec::new();
+    for i in 1..=8 {
+        codes.push(post(&cns, "/records", withdraw(&dave, now_ms + i)).0);
+    }
+    eprintln!("8 more records from dave at once: {codes:?}");
+    assert!(codes.contains(&429), "no rate limit: {codes:?}");
+    assert!(
+        codes.iter().filter(|&&c| c == 200).count() <= 4,
+        "{codes:?}"
+    );
+    let snap = fetch(&cns);
+    let mut listed = members(&snap, &root);
+    listed.sort();
+    assert_eq!(listed, ["alice", "carol"], "the store changed");
+
+    // Leaving: alice's waypoint off (reload), carol `enabled '0'` (reload,
+    // the daemon exits): both records withdrawn.
+    let line = alice.reload(&alice_cfg(false));
+    assert!(line.contains("waypoint stopped"), "{line}");
+    poll(Duration::from_secs(5), "alice withdrawn", || {
+        (members(&fetch(&cns), &root) == ["carol"]).then_some(())
+    });
+    assert!(
+        alice.log_text().contains("withdrawal record of 'alice'"),
+        "{}",
+        alice.log_text()
+    );
+    bob.wait_status(INTERVAL * 3, |s| s["directory"]["members"] == 1)
+        .unwrap_or_else(|s| panic!("bob still lists alice: {s}"));
+    carol_d.reload(&carol_cfg(false));
+    poll(Duration::from_secs(10), "carol exits", || {
+        (!carol_d.running()).then_some(())
+    });
+    poll(Duration::from_secs(5), "carol withdrawn", || {
+        members(&fetch(&cns), &root).is_empty().then_some(())
+    });
+    assert!(
+        carol_d.log_text().contains("membership off"),
+        "{}",
+        carol_d.log_text()
+    );
+    let serve = fs::read_to_string(scratch.join("serve.log")).unwrap_or_default();
+    assert!(serve.contains("refused record"), "{serve}");
+}
