@@ -16,5 +16,6 @@ pub mod proxy;
 pub mod sys;
 #[cfg(test)]
 mod testutil;
+pub mod traversal;
 pub mod trust;
 pub mod waypoint;

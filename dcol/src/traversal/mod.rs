@@ -1,0 +1,629 @@
+//! NAT traversal for the waypoint role: learn this router's public address
+//! and mapping behaviour with STUN, and map its ports on a home gateway with
+//! UPnP IGD, renewing the leases and deleting the mappings on exit.
+//!
+//! [`stun`] and [`upnp`] are the pure wire formats; this module is the
+//! background thread that talks to the servers (std sockets and
+//! [`crate::http`]; blocking, bounded by timeouts, never on the daemon's poll
+//! loop, which learns of results through [`Traversal::fd`]) and [`decide`],
+//! the pure rule for what this router can publish as its address.
+//!
+//! One pass: discover the gateway (SSDP, or `option upnp_url`), ask its
+//! external address, map every port (external = internal, lease
+//! `upnp_lease_s`; a gateway that only takes permanent leases gets lease 0),
+//! then ask each STUN server from one socket. Passes repeat at half the
+//! lease (a re-add renews), and after a failure after 60 s growing to 10 min.
+//! A gateway that refuses a port or disappears is logged; the waypoint keeps
+//! serving what it can (its LAN, other mapped ports).
+
+pub mod stun;
+pub mod upnp;
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::http::{self, Url};
+pub use stun::Mapping;
+pub use upnp::Protocol;
+
+/// How long SSDP answers are awaited.
+const SSDP_WAIT: Duration = Duration::from_secs(2);
+/// How long one HTTP exchange with the gateway may take.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(5);
+/// STUN retransmissions (RFC 8489's 500 ms doubling), then give up.
+const STUN_TRIES: [Duration; 3] = [
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+    Duration::from_millis(2000),
+];
+/// Retry after a failed pass: first, and at most.
+const RETRY: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(600));
+/// The STUN check is repeated this often even without leases to renew (the
+/// public address of a home line changes).
+const RECHECK: Duration = Duration::from_secs(1800);
+/// Mapping description on the gateway.
+const DESCRIPTION: &str = "dcol waypoint";
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// STUN servers, `host:port`.
+    pub stun: Vec<String>,
+    /// Map ports with UPnP IGD.
+    pub upnp: bool,
+    /// The gateway's description URL (skips SSDP discovery).
+    pub upnp_url: Option<Url>,
+    /// Lease of each mapping, s (0: permanent).
+    pub lease_s: u32,
+    /// The ports to map (external = internal).
+    pub ports: Vec<(Protocol, u16)>,
+    /// The signaling port: the one published with the public address.
+    pub signaling_port: u16,
+}
+
+/// The result of one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The address to publish (`None`: not reachable from outside, see `note`).
+    pub public: Option<SocketAddr>,
+    /// Why `public` is what it is.
+    pub note: String,
+    /// The gateway's control URL.
+    pub gateway: Option<String>,
+    /// The gateway's external address.
+    pub external_ip: Option<IpAddr>,
+    /// Ports mapped on the gateway.
+    pub mapped: Vec<(Protocol, u16)>,
+    /// Problems of this pass (a port refused, a server silent...).
+    pub errors: Vec<String>,
+    /// The addresses STUN servers saw.
+    pub stun_seen: Vec<SocketAddr>,
+    /// The mapping behaviour found.
+    pub mapping: Option<Mapping>,
+}
+
+/// What this router can publish, from what a pass found (pure).
+pub fn decide(
+    signaling_port: u16,
+    local_ip: Option<IpAddr>,
+    stun_port: u16,
+    stun_seen: &[SocketAddr],
+    external_ip: Option<IpAddr>,
+    signaling_mapped: bool,
+) -> (Option<SocketAddr>, Option<Mapping>, String) {
+    let mapping = stun::classify(
+        stun_port,
+        &local_ip.into_iter().collect::<Vec<_>>(),
+        stun_seen,
+    );
+    let stun_ip = stun_seen.first().map(|s| s.ip());
+    if mapping == Some(Mapping::None) {
+        let ip = stun_ip.expect("classify saw an address");
+        return (
+            Some(SocketAddr::new(ip, signaling_port)),
+            mapping,
+            "no NAT: the STUN servers saw this router's own address".into(),
+        );
+    }
+    if signaling_mapped {
+        if let Some(ext) = external_ip {
+            return match stun_ip {
+                Some(s) if s != ext => (
+                    None,
+                    mapping,
+                    format!(
+                        "the gateway's external address {ext} is not the public address {s} \
+                         (another NAT beyond it, e.g. the ISP's): not reachable from outside"
+                    ),
+                ),
+                None if is_private(ext) => (
+                    None,
+                    mapping,
+                    format!(
+                        "the gateway's external address {ext} is private and no STUN server \
+                         answered: not reachable from outside"
+                    ),
+                ),
+                _ => (
+                    Some(SocketAddr::new(ext, signaling_port)),
+                    mapping,
+                    "ports mapped on the UPnP gateway".into(),
+                ),
+            };
+        }
+    }
+    let note = match (stun_ip, mapping) {
+        (Some(ip), _) => format!(
+            "behind NAT (public address {ip}) without a UPnP mapping: forward the ports on the \
+             gateway and set 'list advertise'"
+        ),
+        _ => "public address unknown (no STUN answer, no UPnP gateway)".into(),
+    };
+    (None, mapping, note)
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.octets()[0] == 100 && (a.octets()[1] & 0xC0) == 64
+        }
+        IpAddr::V6(a) => a.is_loopback() || (a.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+enum Command {
+    Stop(Sender<()>),
+}
+
+/// The traversal thread, seen from the daemon.
+#[derive(Debug)]
+pub struct Traversal {
+    settings: Settings,
+    tx: Sender<Command>,
+    rx: Receiver<Outcome>,
+    wake: UnixStream,
+}
+
+impl Traversal {
+    /// Starts the thread; its first pass begins at once.
+    pub fn start(settings: Settings) -> io::Result<Traversal> {
+        let (wake, wake_tx) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        wake_tx.set_nonblocking(true)?;
+        let (tx, cmd_rx) = mpsc::channel();
+        let (out, rx) = mpsc::channel();
+        let s = settings.clone();
+        thread::Builder::new()
+            .name("dcol-traversal".into())
+            .spawn(move || {
+                Worker {
+                    settings: s,
+                    gateway: None,
+                    mapped: Vec::new(),
+                    out,
+                    wake: wake_tx,
+                }
+                .run(&cmd_rx)
+            })?;
+        Ok(Traversal {
+            settings,
+            tx,
+            rx,
+            wake,
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Readable when outcomes are waiting.
+    pub fn fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    /// The outcomes waiting (never blocks).
+    pub fn outcomes(&mut self) -> Vec<Outcome> {
+        let mut b = [0u8; 64];
+        while matches!((&self.wake).read(&mut b), Ok(n) if n > 0) {}
+        self.rx.try_iter().collect()
+    }
+
+    /// Deletes the mappings on the gateway, waiting at most `wait` (a pass
+    /// in progress finishes first).
+    pub fn stop(self, wait: Duration) -> bool {
+        let (done_tx, done) = mpsc::channel();
+        if self.tx.send(Command::Stop(done_tx)).is_err() {
+            return true;
+        }
+        done.recv_timeout(wait).is_ok()
+    }
+}
+
+struct Worker {
+    settings: Settings,
+    /// The gateway's service, once found.
+    gateway: Option<upnp::Service>,
+    /// Ports mapped and not deleted.
+    mapped: Vec<(Protocol, u16)>,
+    out: Sender<Outcome>,
+    wake: UnixStream,
+}
+
+impl Worker {
+    fn run(&mut self, rx: &Receiver<Command>) {
+        let mut retry = RETRY.0;
+        loop {
+            let o = self.pass();
+            let failed = o.public.is_none() && !o.errors.is_empty();
+            if self.out.send(o).is_ok() {
+                let _ = (&self.wake).write(&[1]);
+            }
+            let wait = if failed {
+                let w = retry;
+                retry = (retry * 2).min(RETRY.1);
+                w
+            } else {
+                retry = RETRY.0;
+                match (self.mapped.is_empty(), self.settings.lease_s) {
+                    (false, l) if l > 0 => Duration::from_secs(u64::from(l / 2).max(30)),
+                    _ => RECHECK,
+                }
+            };
+            match rx.recv_timeout(wait) {
+                Ok(Command::Stop(done)) => {
+                    self.unmap();
+                    let _ = done.send(());
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.unmap();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn pass(&mut self) -> Outcome {
+        let mut o = Outcome::default();
+        if self.settings.upnp {
+            if let Err(e) = self.map_ports(&mut o) {
+                o.errors.push(e);
+                self.gateway = None;
+            }
+        }
+        let mut stun_port = 0;
+        let mut local_ip = None;
+        if !self.settings.stun.is_empty() {
+            match UdpSocket::bind("0.0.0.0:0") {
+                Ok(sock) => {
+                    stun_port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+                    for server in &self.settings.stun {
+                        match ask_stun(&sock, server) {
+                            Ok((seen, local)) => {
+                                o.stun_seen.push(seen);
+                                local_ip = local_ip.or(local);
+                            }
+                            Err(e) => o.errors.push(format!("STUN {server}: {e}")),
+                        }
+                    }
+                }
+                Err(e) => o.errors.push(format!("STUN socket: {e}")),
+            }
+        }
+        let signaling = (Protocol::Udp, self.settings.signaling_port);
+        let (public, mapping, note) = decide(
+            self.settings.signaling_port,
+            local_ip,
+            stun_port,
+            &o.stun_seen,
+            o.external_ip,
+            o.mapped.contains(&signaling),
+        );
+        o.public = public;
+        o.mapping = mapping;
+        o.note = note;
+        o
+    }
+
+    /// Finds the gateway (once), asks its external address, maps the ports.
+    fn map_ports(&mut self, o: &mut Outcome) -> Result<(), String> {
+        let service = match self.gateway.clone() {
+            Some(s) => s,
+            None => {
+                let s = find_gateway(self.settings.upnp_url.as_ref())?;
+                log::info!("traversal: UPnP gateway {} ({})", s.control, s.kind);
+                self.gateway = Some(s.clone());
+                s
+            }
+        };
+        o.gateway = Some(service.control.to_string());
+        let ext = call(
+            &service,
+            "GetExternalIPAddress",
+            &[],
+            Some("NewExternalIPAddress"),
+        )
+        .map_err(|e| format!("UPnP gateway {}: {e}", service.control))?;
+        o.external_ip = ext.parse().ok();
+        let me = local_ip_towards(&service.control)
+            .map_err(|e| format!("the address towards the gateway: {e}"))?;
+        for &(proto, port) in &self.settings.ports {
+            let mut lease = self.settings.lease_s;
+            let mut r = call(
+                &service,
+                "AddPortMapping",
+                &upnp::add_port_mapping(proto, port, me, DESCRIPTION, lease),
+                None,
+            );
+            if matches!(
+                r,
+                Err(CallError::Upnp(upnp::UpnpError::Fault(
+                    upnp::ONLY_PERMANENT_LEASES,
+                    _
+                )))
+            ) {
+                lease = 0;
+                r = call(
+                    &service,
+                    "AddPortMapping",
+                    &upnp::add_port_mapping(proto, port, me, DESCRIPTION, lease),
+                    None,
+                );
+            }
+            match r {
+                Ok(_) => {
+                    o.mapped.push((proto, port));
+                    if !self.mapped.contains(&(proto, port)) {
+                        self.mapped.push((proto, port));
+                    }
+                }
+                Err(CallError::Upnp(e)) => o
+                    .errors
+                    .push(format!("mapping {} {port}: {e}", proto.as_str())),
+                // The gateway is gone: no use trying the other ports.
+                Err(e) => return Err(format!("mapping {} {port}: {e}", proto.as_str())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every mapping made (bounded: one timeout per call, stops at
+    /// the first transport failure).
+    fn unmap(&mut self) {
+        let Some(service) = self.gateway.clone() else {
+            return;
+        };
+        let mut deleted = 0;
+        for (proto, port) in std::mem::take(&mut self.mapped) {
+            match call(
+                &service,
+                "DeletePortMapping",
+                &upnp::delete_port_mapping(proto, port),
+                None,
+            ) {
+                Ok(_) | Err(CallError::Upnp(upnp::UpnpError::Fault(upnp::NO_SUCH_ENTRY, _))) => {
+                    deleted += 1
+                }
+                Err(CallError::Upnp(e)) => {
+                    log::warn!("traversal: deleting {} {port}: {e}", proto.as_str())
+                }
+                Err(e) => {
+                    log::warn!("traversal: deleting the mappings: {e}; they end with their lease");
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            log::info!(
+                "traversal: deleted {deleted} port mapping(s) on {}",
+                service.control
+            );
+        }
+    }
+}
+
+#[derive(Debug)]
+enum CallError {
+    Http(http::HttpError),
+    Status(u16),
+    Upnp(upnp::UpnpError),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Http(e) => write!(f, "{e}"),
+            CallError::Status(s) => write!(f, "HTTP status {s}"),
+            CallError::Upnp(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// One SOAP call.
+fn call(
+    s: &upnp::Service,
+    action: &str,
+    args: &[(&str, String)],
+    output: Option<&str>,
+) -> Result<String, CallError> {
+    let (soap_action, body) = upnp::soap(&s.kind, action, args);
+    let limits = http::Limits {
+        timeout: GATEWAY_TIMEOUT,
+        max_body: upnp::MAX_SOAP,
+    };
+    let fields = [
+        ("Content-Type", "text/xml; charset=\"utf-8\""),
+        ("SOAPAction", soap_action.as_str()),
+    ];
+    let r = http::request("POST", &s.control, &fields, body.as_bytes(), limits)
+        .map_err(CallError::Http)?;
+    let text = String::from_utf8_lossy(&r.body);
+    match upnp::parse_soap(&text, action, output) {
+        Err(upnp::UpnpError::Xml(_)) if r.status != 200 => Err(CallError::Status(r.status)),
+        x => x.map_err(CallError::Upnp),
+    }
+}
+
+/// SSDP discovery (or the configured URL), then the description.
+fn find_gateway(url: Option<&Url>) -> Result<upnp::Service, String> {
+    let location = match url {
+        Some(u) => u.clone(),
+        None => discover().map_err(|e| format!("UPnP discovery: {e}"))?,
+    };
+    let limits = http::Limits {
+        timeout: GATEWAY_TIMEOUT,
+        max_body: upnp::MAX_DESCRIPTION,
+    };
+    let r = http::get(&location, limits).map_err(|e| format!("UPnP description: {e}"))?;
+    if r.status != 200 {
+        return Err(format!(
+            "UPnP description {location}: HTTP status {}",
+            r.status
+        ));
+    }
+    let xml = String::from_utf8_lossy(&r.body);
+    upnp::parse_description(&xml, &location).map_err(|e| format!("{location}: {e}"))
+}
+
+fn discover() -> Result<Url, String> {
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    let _ = sock.set_multicast_ttl_v4(2);
+    let group = SocketAddr::from((Ipv4Addr::new(239, 255, 255, 250), 1900));
+    for target in upnp::SEARCH_TARGETS {
+        sock.send_to(upnp::msearch(target).as_bytes(), group)
+            .map_err(|e| format!("sending the search: {e}"))?;
+    }
+    let deadline = Instant::now() + SSDP_WAIT;
+    let mut buf = [0u8; 2048];
+    let mut last = "no gateway answered".to_owned();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .map_err(|e| e.to_string())?;
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => match upnp::parse_ssdp(&buf[..n]) {
+                Ok(u) => return Ok(u),
+                Err(e) => last = format!("{from}: {e}"),
+            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(last)
+}
+
+/// This router's IPv4 address on the route to `url`'s host (no packet sent).
+fn local_ip_towards(url: &Url) -> io::Result<Ipv4Addr> {
+    let target = (url.host.as_str(), url.port)
+        .to_socket_addrs()?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no IPv4 address"))?;
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(target)?;
+    match s.local_addr()?.ip() {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "IPv6")),
+    }
+}
+
+/// Asks one STUN server from `sock`: what it saw, and this router's address
+/// on the route to it.
+fn ask_stun(sock: &UdpSocket, server: &str) -> Result<(SocketAddr, Option<IpAddr>), String> {
+    let addr = server
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .find(SocketAddr::is_ipv4)
+        .ok_or("no IPv4 address")?;
+    let local = UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect(addr).and_then(|()| s.local_addr()))
+        .ok()
+        .map(|a| a.ip());
+    let mut tid = [0u8; 12];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut tid))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    let req = stun::request(tid);
+    let mut buf = [0u8; stun::MAX_MESSAGE];
+    let mut last = "no answer".to_owned();
+    for wait in STUN_TRIES {
+        sock.send_to(&req, addr).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let _ = sock.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) if from == addr => match stun::parse_response(&buf[..n], &tid) {
+                    Ok(seen) => return Ok((seen, local)),
+                    Err(stun::StunError::OtherTransaction) => {}
+                    Err(e) => last = e.to_string(),
+                },
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    Err(format!("{last} after {} tries", STUN_TRIES.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn what_a_router_publishes() {
+        let lan: IpAddr = "192.168.7.2".parse().unwrap();
+        let public: IpAddr = "11.7.1.1".parse().unwrap();
+        // Behind a UPnP gateway whose external address STUN confirms.
+        let (p, m, _) = decide(
+            7447,
+            Some(lan),
+            5000,
+            &[sa("11.7.1.1:5000"), sa("11.7.1.1:5000")],
+            Some(public),
+            true,
+        );
+        assert_eq!(
+            (p, m),
+            (
+                Some(sa("11.7.1.1:7447")),
+                Some(Mapping::EndpointIndependent)
+            )
+        );
+        // Double NAT: the gateway's address is not the public one.
+        let (p, _, note) = decide(
+            7447,
+            Some(lan),
+            5000,
+            &[sa("11.7.1.1:5000")],
+            Some("100.64.0.9".parse().unwrap()),
+            true,
+        );
+        assert_eq!(p, None);
+        assert!(note.contains("another NAT"), "{note}");
+        // Mapped, no STUN: a public external address is trusted, a private one not.
+        assert_eq!(
+            decide(7447, None, 0, &[], Some(public), true).0,
+            Some(sa("11.7.1.1:7447"))
+        );
+        assert_eq!(
+            decide(7447, None, 0, &[], Some("10.0.0.2".parse().unwrap()), true).0,
+            None
+        );
+        // No NAT at all.
+        let (p, m, _) = decide(
+            7447,
+            Some(public),
+            5000,
+            &[sa("11.7.1.1:5000")],
+            None,
+            false,
+        );
+        assert_eq!((p, m), (Some(sa("11.7.1.1:7447")), Some(Mapping::None)));
+        // NAT without a mapping: nothing to publish, and why.
+        let (p, _, note) = decide(7447, Some(lan), 5000, &[sa("11.7.1.1:6000")], None, false);
+        assert_eq!(p, None);
+        assert!(note.contains("forward the ports"), "{note}");
+        let (p, m, _) = decide(7447, None, 0, &[], None, false);
+        assert_eq!((p, m), (None, None));
+    }
+}
