@@ -36,6 +36,7 @@ use crate::waypoint::evidence::{self, EvidenceLog};
 use crate::waypoint::{self, Decision, Lease, Waypoint};
 
 mod membership;
+mod traversal;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -363,6 +364,8 @@ pub struct Daemon {
     rev_watch: Option<RevWatch>,
     /// The membership directory, with `option directory`.
     membership: Option<membership::Membership>,
+    /// NAT traversal (UPnP, STUN) for the waypoint role.
+    traversal: Option<traversal::NatTraversal>,
 }
 
 /// How often the revocation list file is checked for changes.
@@ -423,6 +426,7 @@ impl Daemon {
             None
         };
         let membership = membership::Membership::start(cfg, &id)?;
+        let traversal = Daemon::start_traversal(cfg);
         log::info!(
             "dcol {} running as '{}' ({}): client {}, waypoint {}",
             env!("CARGO_PKG_VERSION"),
@@ -446,6 +450,7 @@ impl Daemon {
             rev_serial: id.rev_serial,
             rev_watch: cfg.main.revocation_list.as_deref().map(RevWatch::new),
             membership,
+            traversal,
         })
     }
 
@@ -474,6 +479,7 @@ impl Daemon {
                 fds.extend(w.sockets.iter().map(|s| s.as_raw_fd()));
             }
             fds.extend(self.membership_fd());
+            fds.extend(self.traversal_fd());
             let deadline = [
                 self.client.as_ref().and_then(|c| c.core.next_timeout()),
                 self.client.as_ref().and_then(|c| c.next_sample()),
@@ -522,6 +528,7 @@ impl Daemon {
                 w.step();
             }
             self.step_membership();
+            self.step_traversal();
         }
     }
 
@@ -573,6 +580,9 @@ impl Daemon {
         self.revocations = id.revocations;
         self.rev_serial = id.rev_serial;
         self.reload_membership(&old, &id.key);
+        if let Some(c) = self.reload_traversal() {
+            log::info!("reloaded: {c}");
+        }
         true
     }
 
@@ -632,6 +642,7 @@ impl Daemon {
                 || vpn_changed
                 || id.key.public() != self.cert.key
                 || wo.nat_ports != wn.nat_ports
+                || wo.grant_ports() != wn.grant_ports()
                 || wo.table != wn.table)
         {
             drop(self.waypoint.take());
@@ -740,6 +751,7 @@ impl Daemon {
     }
 
     fn shutdown(&mut self) {
+        self.stop_traversal();
         self.stop_membership();
         if let Some(c) = self.client.take() {
             c.stop();
@@ -768,6 +780,7 @@ impl Daemon {
             client,
             waypoint,
             directory: self.membership_status(),
+            traversal: self.traversal_status(),
         }
     }
 }
@@ -898,7 +911,7 @@ fn waypoint_settings(cfg: &Config, id: &Identity) -> waypoint::Settings {
             port: w.vpn_port,
             wg_key: trust::wg::public(&trust::wg::secret(&id.key)),
         }),
-        ports: w.nat_ports,
+        ports: w.grant_ports(),
         lease: Duration::from_secs(u64::from(w.lease_s)),
         max_per_member: w.max_tunnels_per_member,
         allow: w.allow_destination.clone(),

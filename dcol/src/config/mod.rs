@@ -254,6 +254,30 @@ pub struct WaypointConfig {
     /// Signaling addresses published in the directory (`list advertise`);
     /// empty: the non-wildcard `listen` addresses.
     pub advertise: Vec<SocketAddr>,
+    /// STUN servers, `host:port` (`list stun_server`).
+    pub stun_servers: Vec<String>,
+    /// Map the waypoint's ports on a UPnP IGD gateway (`option upnp`).
+    pub upnp: bool,
+    /// The gateway's description URL, skipping SSDP (`option upnp_url`).
+    pub upnp_url: Option<crate::http::Url>,
+    /// Lease of each UPnP mapping, s (`option upnp_lease_s`; 0: permanent).
+    pub upnp_lease_s: u32,
+}
+
+/// Most NAT tunnel ports mapped on a UPnP gateway (one mapping each).
+pub const UPNP_MAX_PORTS: u16 = 128;
+
+impl WaypointConfig {
+    /// The NAT tunnel ports grants use: with UPnP on, the first
+    /// [`UPNP_MAX_PORTS`] of `nat_ports` (the ones mapped on a gateway).
+    pub fn grant_ports(&self) -> (u16, u16) {
+        let (lo, hi) = self.nat_ports;
+        if self.upnp {
+            (lo, hi.min(lo.saturating_add(UPNP_MAX_PORTS - 1)))
+        } else {
+            (lo, hi)
+        }
+    }
 }
 
 /// The membership directory (options of `config dcol 'main'`).
@@ -364,6 +388,10 @@ impl Default for Config {
                 evidence_dir: None,
                 evidence_max_kb: 1024,
                 advertise: Vec::new(),
+                stun_servers: Vec::new(),
+                upnp: true,
+                upnp_url: None,
+                upnp_lease_s: 3600,
             },
             peers: Vec::new(),
             directory: DirectoryConfig {
@@ -681,6 +709,21 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                             w.evidence_max_kb = p.value(it, |v| range(v, 0, 1_048_576))?
                         }
                         "advertise" => w.advertise.push(p.list_value(it, parse_advertise)?),
+                        "stun_server" => w.stun_servers.push(p.list_value(it, parse_hostport)?),
+                        "upnp" => w.upnp = p.value(it, parse_bool)?,
+                        "upnp_url" => w.upnp_url = Some(p.value(it, parse_url)?),
+                        "upnp_lease_s" => {
+                            w.upnp_lease_s = p.value(it, |v| {
+                                let s = range(v, 0, 604_800)?;
+                                if s != 0 && s < 120 {
+                                    return Err(format!(
+                                        "expected 0 (permanent) or 120-604800 seconds, got '{}'",
+                                        show(v)
+                                    ));
+                                }
+                                Ok(s)
+                            })?
+                        }
                         _ => p.unknown(it),
                     }
                 }
@@ -865,6 +908,24 @@ fn parse_url(v: &str) -> Result<crate::http::Url, String> {
     crate::http::Url::parse(v).map_err(|e| e.to_string())
 }
 
+/// `host:port` of a server (names are resolved when used).
+fn parse_hostport(v: &str) -> Result<String, String> {
+    let bad = || format!("expected host:port, got '{}'", show(v));
+    if v.parse::<SocketAddr>().is_ok() {
+        return Ok(v.to_owned());
+    }
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => Ok(v.to_owned()),
+        _ => Err(bad()),
+    }
+}
+
 fn parse_advertise(v: &str) -> Result<SocketAddr, String> {
     let a = parse_socket(v)?;
     if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
@@ -995,6 +1056,28 @@ config peer
 	option address '203.0.113.5:7447'
 	option tunnel 'nat'                    # nat | vpn
 ";
+
+    #[test]
+    fn traversal_options() {
+        let c = p("config waypoint\n\tlist stun_server 'stun.example.org:3478'\n\tlist stun_server '11.7.9.1:3478'\n\toption upnp_url 'http://192.168.1.1:5000/rootDesc.xml'\n\toption upnp_lease_s '0'\n").unwrap();
+        let w = &c.waypoint;
+        assert_eq!(w.stun_servers, ["stun.example.org:3478", "11.7.9.1:3478"]);
+        assert!(w.upnp && w.upnp_lease_s == 0 && w.upnp_url.is_some());
+        assert_eq!(w.grant_ports(), (40000, 40127));
+        let c = p("config waypoint\n\toption upnp '0'\n").unwrap();
+        assert_eq!(c.waypoint.grant_ports(), (40000, 40999));
+        for bad in [
+            "config waypoint\n\tlist stun_server 'stun.example.org'\n",
+            "config waypoint\n\tlist stun_server 'bad host:3478'\n",
+            "config waypoint\n\tlist stun_server 'h:0'\n",
+            "config waypoint\n\toption upnp_lease_s '30'\n",
+            "config waypoint\n\toption upnp 'maybe'\n",
+            "config waypoint\n\toption upnp_url 'https://gw/'\n",
+        ] {
+            let e = p(bad).unwrap_err().to_string();
+            assert!(e.contains("dcol:2: option"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn design_sample_parses() {

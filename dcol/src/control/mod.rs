@@ -14,7 +14,7 @@ mod status;
 
 pub use status::{
     ClientStatus, ConnectionStatus, DirectoryStatus, GrantStatus, LanProxyStatus, MemberStatus,
-    PeerStatus, ScoreStatus, Status, SubflowStatus, VpnPeerStatus, WaypointStatus,
+    PeerStatus, ScoreStatus, Status, SubflowStatus, TraversalStatus, VpnPeerStatus, WaypointStatus,
 };
 
 /// Errors of the control socket.

@@ -116,6 +116,43 @@ pub struct Status {
     /// The membership directory, when configured.
     #[serde(default)]
     pub directory: Option<DirectoryStatus>,
+    /// NAT traversal, when the waypoint role is on with UPnP or STUN.
+    #[serde(default)]
+    pub traversal: Option<TraversalStatus>,
+}
+
+/// What NAT traversal found in its last pass (all `null`/empty before the
+/// first pass ends).
+///
+/// ```json
+/// "traversal": { "public": "11.7.1.1:7447", "note": "ports mapped on the UPnP gateway",
+///                "mapping": "endpoint-independent", "gateway": "http://192.168.7.1:5000/ctl/IPConn",
+///                "external_ip": "11.7.1.1", "mapped": ["tcp/40000-40127", "udp/7447"],
+///                "mapped_ports": 129, "stun_seen": ["11.7.1.1:35007", "11.7.1.1:35007"],
+///                "errors": [], "last_pass": 1795592575 }
+/// ```
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TraversalStatus {
+    /// The address published for this waypoint, `null` when not reachable.
+    pub public: Option<String>,
+    /// Why `public` is what it is.
+    pub note: String,
+    /// `none`, `endpoint-independent`, `endpoint-dependent` or `unknown`.
+    pub mapping: Option<String>,
+    /// The UPnP gateway's control URL.
+    pub gateway: Option<String>,
+    /// The gateway's external address.
+    pub external_ip: Option<String>,
+    /// Ports mapped on the gateway, as `proto/lo-hi` ranges.
+    pub mapped: Vec<String>,
+    /// How many ports are mapped.
+    pub mapped_ports: usize,
+    /// The addresses the STUN servers saw.
+    pub stun_seen: Vec<String>,
+    /// Problems of the last pass.
+    pub errors: Vec<String>,
+    /// When the last pass ended (Unix seconds).
+    pub last_pass: Option<u64>,
 }
 
 /// The membership directory as this member sees it.

@@ -189,7 +189,6 @@ impl Daemon {
 
     /// Public addresses learned by NAT traversal (STUN, UPnP): published
     /// (unless `list advertise` overrides them) from now on.
-    #[allow(dead_code)] // Fed by the NAT-traversal work.
     pub(super) fn membership_learned(&mut self, addrs: Vec<SocketAddr>) {
         let Some(m) = self.membership.as_mut() else {
             return;
