@@ -265,7 +265,7 @@ pub struct WaypointConfig {
 }
 
 /// Most NAT tunnel ports mapped on a UPnP gateway (one mapping each).
-pub const UPNP_MAX_PORTS: u16 = 128;
+pub const UPNP_MAX_PORTS: u16 = 32;
 
 impl WaypointConfig {
     /// The NAT tunnel ports grants use: with UPnP on, the first
@@ -1063,7 +1063,7 @@ config peer
         let w = &c.waypoint;
         assert_eq!(w.stun_servers, ["stun.example.org:3478", "11.7.9.1:3478"]);
         assert!(w.upnp && w.upnp_lease_s == 0 && w.upnp_url.is_some());
-        assert_eq!(w.grant_ports(), (40000, 40127));
+        assert_eq!(w.grant_ports(), (40000, 40031));
         let c = p("config waypoint\n\toption upnp '0'\n").unwrap();
         assert_eq!(c.waypoint.grant_ports(), (40000, 40999));
         for bad in [

@@ -127,8 +127,8 @@ pub struct Status {
 /// ```json
 /// "traversal": { "public": "11.7.1.1:7447", "note": "ports mapped on the UPnP gateway",
 ///                "mapping": "endpoint-independent", "gateway": "http://192.168.7.1:5000/ctl/IPConn",
-///                "external_ip": "11.7.1.1", "mapped": ["tcp/40000-40127", "udp/7447"],
-///                "mapped_ports": 129, "stun_seen": ["11.7.1.1:35007", "11.7.1.1:35007"],
+///                "external_ip": "11.7.1.1", "mapped": ["tcp/40000-40031", "udp/7447"],
+///                "mapped_ports": 33, "stun_seen": ["11.7.1.1:35007", "11.7.1.1:35007"],
 ///                "errors": [], "last_pass": 1795592575 }
 /// ```
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -50,7 +50,7 @@ pub(super) fn settings(cfg: &Config) -> Option<Settings> {
     })
 }
 
-/// `udp/7447`, `tcp/40000-40127`: consecutive ports of one protocol merged.
+/// `udp/7447`, `tcp/40000-40031`: consecutive ports of one protocol merged.
 fn port_ranges(ports: &[(Protocol, u16)]) -> Vec<String> {
     let mut v = ports.to_vec();
     v.sort();

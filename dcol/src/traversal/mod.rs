@@ -188,6 +188,7 @@ impl Traversal {
                     settings: s,
                     gateway: None,
                     mapped: Vec::new(),
+                    stop: None,
                     out,
                     wake: wake_tx,
                 }
@@ -235,6 +236,8 @@ struct Worker {
     gateway: Option<upnp::Service>,
     /// Ports mapped and not deleted.
     mapped: Vec<(Protocol, u16)>,
+    /// The daemon asked to stop (answered once the mappings are deleted).
+    stop: Option<Sender<()>>,
     out: Sender<Outcome>,
     wake: UnixStream,
 }
@@ -243,7 +246,12 @@ impl Worker {
     fn run(&mut self, rx: &Receiver<Command>) {
         let mut retry = RETRY.0;
         loop {
-            let o = self.pass();
+            let o = self.pass(rx);
+            if let Some(done) = self.stop.take() {
+                self.unmap();
+                let _ = done.send(());
+                return;
+            }
             let failed = o.public.is_none() && !o.errors.is_empty();
             if self.out.send(o).is_ok() {
                 let _ = (&self.wake).write(&[1]);
@@ -274,10 +282,22 @@ impl Worker {
         }
     }
 
-    fn pass(&mut self) -> Outcome {
+    /// True (and the pass ends) once the daemon asked to stop.
+    fn stopping(&mut self, rx: &Receiver<Command>) -> bool {
+        if self.stop.is_none() {
+            match rx.try_recv() {
+                Ok(Command::Stop(done)) => self.stop = Some(done),
+                Err(mpsc::TryRecvError::Disconnected) => self.stop = Some(mpsc::channel().0),
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+        }
+        self.stop.is_some()
+    }
+
+    fn pass(&mut self, rx: &Receiver<Command>) -> Outcome {
         let mut o = Outcome::default();
         if self.settings.upnp {
-            if let Err(e) = self.map_ports(&mut o) {
+            if let Err(e) = self.map_ports(&mut o, rx) {
                 o.errors.push(e);
                 self.gateway = None;
             }
@@ -288,7 +308,10 @@ impl Worker {
             match UdpSocket::bind("0.0.0.0:0") {
                 Ok(sock) => {
                     stun_port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
-                    for server in &self.settings.stun {
+                    for server in &self.settings.stun.clone() {
+                        if self.stopping(rx) {
+                            break;
+                        }
                         match ask_stun(&sock, server) {
                             Ok((seen, local)) => {
                                 o.stun_seen.push(seen);
@@ -317,7 +340,7 @@ impl Worker {
     }
 
     /// Finds the gateway (once), asks its external address, maps the ports.
-    fn map_ports(&mut self, o: &mut Outcome) -> Result<(), String> {
+    fn map_ports(&mut self, o: &mut Outcome, rx: &Receiver<Command>) -> Result<(), String> {
         let service = match self.gateway.clone() {
             Some(s) => s,
             None => {
@@ -338,7 +361,10 @@ impl Worker {
         o.external_ip = ext.parse().ok();
         let me = local_ip_towards(&service.control)
             .map_err(|e| format!("the address towards the gateway: {e}"))?;
-        for &(proto, port) in &self.settings.ports {
+        for (proto, port) in self.settings.ports.clone() {
+            if self.stopping(rx) {
+                return Ok(());
+            }
             let mut lease = self.settings.lease_s;
             let mut r = call(
                 &service,

@@ -1,0 +1,349 @@
+// Needs: root, network namespaces, kernel MPTCP (userspace path manager),
+// nftables (NAT, maps), conntrack, wireguard-go + wireguard-tools; programs
+// ip, nft, iperf3, mptcpize, miniupnpd (package miniupnpd-nftables) and
+// turnserver (package coturn). tests/setup.sh installs them.
+//
+//! NAT traversal end to end, with the real programs: a waypoint behind a home
+//! gateway running miniupnpd, two STUN servers (coturn) on the "Internet",
+//! and a client elsewhere.
+//!
+//! ```text
+//!  client 11.7.2.2 ── inet ── gw 11.7.1.1 (miniupnpd, masquerade) ── wp 192.168.7.2 (alice)
+//!                      │  └── STUN 11.7.9.1:3478, 11.7.9.2:3478 (coturn)
+//!                      └──── server 11.7.3.2 (mptcpize iperf3 -s)
+//! ```
+//! The addresses 11.7.0.0/16 are assigned inside these namespaces only, so
+//! nothing leaves them; they are not from a reserved block because miniupnpd
+//! refuses to map ports on a gateway whose external address is private.
+//!
+//! The waypoint learns its public address and mapping type with STUN, maps
+//! its signaling, WireGuard and NAT tunnel ports on the gateway, and serves a
+//! NAT and a VPN detour to the client through them (the server sees joins
+//! from the gateway's address). When the gateway disappears the waypoint
+//! logs it and keeps serving; on SIGTERM it deletes every mapping.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use dcol_tests::dcol::{in_ns, main_section, Collective, Daemon, Scratch};
+use dcol_tests::lab::{need_root, IPERF_PORT};
+use dcol_tests::{iperf3_background, iperf3_server, run, JoinCounter, Netns};
+
+const GW_WAN: &str = "11.7.1.1";
+const SERVER: &str = "11.7.3.2";
+const STUN: [&str; 2] = ["11.7.9.1", "11.7.9.2"];
+
+/// The namespaces and the programs in them (dropped: everything killed and
+/// deleted).
+struct Net {
+    inet: Netns,
+    gw: Netns,
+    wp: Netns,
+    cl: Netns,
+    srv: Netns,
+}
+
+fn veth(a: &Netns, ia: &str, aaddr: &str, b: &Netns, ib: &str, baddr: &str) {
+    run(&[
+        "ip",
+        "link",
+        "add",
+        ia,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        ib,
+        "netns",
+        b.name(),
+    ]);
+    for (ns, ifname, addr) in [(a, ia, aaddr), (b, ib, baddr)] {
+        ns.exec(&["ip", "addr", "add", addr, "dev", ifname]);
+        ns.exec(&["ip", "link", "set", ifname, "up"]);
+    }
+}
+
+fn build() -> Net {
+    let n = Net {
+        inet: Netns::new("inet"),
+        gw: Netns::new("gw"),
+        wp: Netns::new("wp"),
+        cl: Netns::new("cl"),
+        srv: Netns::new("srv"),
+    };
+    veth(&n.gw, "wan", "11.7.1.1/24", &n.inet, "i1", "11.7.1.2/24");
+    veth(
+        &n.gw,
+        "lan",
+        "192.168.7.1/24",
+        &n.wp,
+        "eth0",
+        "192.168.7.2/24",
+    );
+    veth(&n.cl, "eth0", "11.7.2.2/24", &n.inet, "i2", "11.7.2.1/24");
+    veth(&n.srv, "eth0", "11.7.3.2/24", &n.inet, "i3", "11.7.3.1/24");
+    for s in STUN {
+        n.inet
+            .exec(&["ip", "addr", "add", &format!("{s}/32"), "dev", "lo"]);
+    }
+    n.inet.sysctl("net.ipv4.ip_forward", "1");
+    n.gw.sysctl("net.ipv4.ip_forward", "1");
+    n.gw.exec(&["ip", "route", "add", "default", "via", "11.7.1.2"]);
+    n.wp.exec(&["ip", "route", "add", "default", "via", "192.168.7.1"]);
+    n.cl.exec(&["ip", "route", "add", "default", "via", "11.7.2.1"]);
+    n.srv
+        .exec(&["ip", "route", "add", "default", "via", "11.7.3.1"]);
+    for ns in [&n.cl, &n.srv, &n.wp] {
+        ns.sysctl("net.mptcp.enabled", "1");
+    }
+    // The home gateway: masquerade, and the chains miniupnpd fills.
+    n.gw.exec(&[
+        "nft",
+        "table inet filter {
+          chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
+          chain miniupnpd { }
+          chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+          chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; oifname \"wan\" masquerade; }
+          chain prerouting_miniupnpd { }
+          chain postrouting_miniupnpd { }
+        }",
+    ]);
+    n
+}
+
+fn start_miniupnpd(gw: &Netns, scratch: &Scratch) -> u32 {
+    let conf = scratch.path().join("miniupnpd.conf");
+    std::fs::write(
+        &conf,
+        "ext_ifname=wan\nlistening_ip=lan\nport=5000\nenable_natpmp=no\nenable_upnp=yes\n\
+         secure_mode=yes\nsystem_uptime=yes\nuuid=3e9f1c6a-1111-4d2c-9b1a-0123456789ab\n\
+         allow 1024-65535 192.168.7.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(scratch.path().join("miniupnpd.log")).unwrap();
+    let pid = scratch.path().join("miniupnpd.pid");
+    gw.spawn_logged(
+        &[
+            "miniupnpd",
+            "-d",
+            "-f",
+            conf.to_str().unwrap(),
+            "-P",
+            pid.to_str().unwrap(),
+        ],
+        log,
+    )
+}
+
+/// The gateway's port forwards, as miniupnpd wrote them.
+fn forwards(gw: &Netns) -> String {
+    in_ns(
+        gw.name(),
+        &[
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            "filter",
+            "prerouting_miniupnpd",
+        ],
+    )
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
+    if !need_root() {
+        return;
+    }
+    let net = build();
+    let scratch = Scratch::new("trav");
+    let coop = Collective::new(scratch.path(), "coop");
+    let alice = coop.admit("alice", "client,waypoint", 30);
+    let bob = coop.admit("bob", "client", 30);
+    // coturn as a STUN server on two addresses.
+    let turn_log = std::fs::File::create(scratch.path().join("turnserver.log")).unwrap();
+    let db = scratch.path().join("turndb");
+    net.inet.spawn_logged(
+        &[
+            "turnserver",
+            "--stun-only",
+            "--listening-ip",
+            STUN[0],
+            "--listening-ip",
+            STUN[1],
+            "--listening-port",
+            "3478",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "-n",
+            "--log-file",
+            "stdout",
+            "--db",
+            db.to_str().unwrap(),
+            "--pidfile",
+            scratch.path().join("turn.pid").to_str().unwrap(),
+        ],
+        turn_log,
+    );
+    let mini = start_miniupnpd(&net.gw, &scratch);
+    let _srv = iperf3_server(&net.srv, IPERF_PORT, true);
+    let gw_ip: IpAddr = GW_WAN.parse().unwrap();
+    let counter = JoinCounter::install(&net.srv, IPERF_PORT, &[gw_ip]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let wp_cfg = format!(
+        "{}config waypoint 'waypoint'\n\toption enabled '1'\n\tlist listen '0.0.0.0:7447'\n\
+         \toption nat_ports '40000-40999'\n\toption lease_s '60'\n\toption vpn_subnet '10.201.7.0/24'\n\
+         \toption vpn_interface 'trwg0'\n\tlist stun_server '{}:3478'\n\tlist stun_server '{}:3478'\n\
+         \toption upnp_lease_s '600'\n",
+        main_section(&alice, &coop, &scratch.path().join("wp.sock"), &scratch.path().join("wp-state")),
+        STUN[0],
+        STUN[1]
+    );
+    let mut wp = Daemon::start(
+        net.wp.name(),
+        scratch.path(),
+        "wp",
+        &wp_cfg,
+        &scratch.path().join("wp.sock"),
+    );
+    let t0 = Instant::now();
+    let st = wp
+        .wait_status(Duration::from_secs(15), |s| {
+            !s["traversal"]["last_pass"].is_null()
+        })
+        .unwrap_or_else(|s| panic!("no traversal pass: {s}\n{}", wp.log_text()));
+    eprintln!(
+        "first traversal pass after {:?}: {}",
+        t0.elapsed(),
+        st["traversal"]
+    );
+    let t = &st["traversal"];
+    assert_eq!(
+        t["public"],
+        format!("{GW_WAN}:7447"),
+        "{t}\n{}",
+        wp.log_text()
+    );
+    assert_eq!(t["mapping"], "endpoint-independent", "{t}");
+    assert_eq!(t["external_ip"], GW_WAN, "{t}");
+    assert_eq!(t["gateway"], "http://192.168.7.1:5000/ctl/IPConn", "{t}");
+    // Signaling and WireGuard (UDP) and the 32 grant ports (TCP).
+    assert_eq!(
+        t["mapped"],
+        serde_json::json!(["tcp/40000-40031", "udp/7447", "udp/51820"]),
+        "{t}"
+    );
+    assert_eq!(t["mapped_ports"], 34, "{t}");
+    assert_eq!(t["errors"], serde_json::json!([]), "{t}");
+    let fw = forwards(&net.gw);
+    for want in [
+        "dport 7447 dnat ip to 192.168.7.2:7447",
+        "dport 51820",
+        "dport 40031",
+    ] {
+        assert!(fw.contains(want), "gateway lacks '{want}':\n{fw}");
+    }
+    assert!(!fw.contains("dport 40032"), "{fw}");
+
+    // A client elsewhere uses alice at the gateway's public address, with a
+    // NAT and a VPN tunnel; an MPTCP transfer gets detours through both.
+    let cl_cfg = format!(
+        "{}config client 'client'\n\toption enabled '1'\n\toption max_detours '2'\n\
+         \toption renew_interval_s '1'\n\toption liveness_misses '3'\n\
+         config peer\n\toption name 'alice'\n\toption address '{GW_WAN}:7447'\n\toption tunnel 'nat'\n\n\
+         config peer\n\toption name 'alice'\n\toption address '{GW_WAN}:7447'\n\toption tunnel 'vpn'\n",
+        main_section(&bob, &coop, &scratch.path().join("cl.sock"), &scratch.path().join("cl-state")),
+    );
+    let cl = Daemon::start(
+        net.cl.name(),
+        scratch.path(),
+        "cl",
+        &cl_cfg,
+        &scratch.path().join("cl.sock"),
+    );
+    wait_for("the VPN tunnel to alice", Duration::from_secs(15), || {
+        cl.log_text().contains("VPN tunnel to alice up")
+    });
+    let server: IpAddr = SERVER.parse().unwrap();
+    let bg = iperf3_background(&net.cl, server, IPERF_PORT, 6);
+    let st = cl
+        .wait_status(Duration::from_secs(6), |s| {
+            let subs = s["client"]["connections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["subflows"].as_array().into_iter().flatten());
+            let tunnels: Vec<&str> = subs
+                .filter(|f| f["path"] == "detour" && f["state"] == "established")
+                .filter_map(|f| f["tunnel"].as_str())
+                .collect();
+            tunnels.contains(&"nat") && tunnels.contains(&"vpn")
+        })
+        .unwrap_or_else(|s| {
+            panic!(
+                "no NAT and VPN detours: {s}\n{}\n---\n{}",
+                cl.log_text(),
+                wp.log_text()
+            )
+        });
+    eprintln!("detours: {}", st["client"]["connections"][0]["subflows"]);
+    assert!(
+        bg.join().expect("iperf3 thread"),
+        "the MPTCP transfer failed"
+    );
+    let via = counter.bytes_from(gw_ip);
+    eprintln!("the server got {via} bytes from the gateway's address (both detours)");
+    assert!(via > 1_000_000, "only {via} bytes through the waypoint");
+    let ws = wp.status();
+    assert_eq!(ws["waypoint"]["vpn_peers"][0]["member"], "bob", "{ws}");
+
+    // The gateway disappears: the next pass fails, is logged, and the
+    // waypoint keeps running and answering.
+    run(&["kill", &mini.to_string()]);
+    std::thread::sleep(Duration::from_millis(300));
+    let reload = wp.reload(&wp_cfg.replace("upnp_lease_s '600'", "upnp_lease_s '300'"));
+    eprintln!("reload with the gateway gone: {reload}");
+    let st = wp
+        .wait_status(Duration::from_secs(15), |s| {
+            s["traversal"]["errors"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty())
+        })
+        .unwrap_or_else(|s| panic!("no error about the gateway: {s}\n{}", wp.log_text()));
+    eprintln!("gateway gone: {}", st["traversal"]);
+    assert!(st["traversal"]["public"].is_null(), "{}", st["traversal"]);
+    assert!(wp.log_text().contains("traversal: "), "{}", wp.log_text());
+    assert!(wp.running(), "the waypoint died with its gateway");
+
+    // Gateway back; SIGTERM deletes every mapping.
+    start_miniupnpd(&net.gw, &scratch);
+    wp.reload(&wp_cfg);
+    wp.wait_status(Duration::from_secs(20), |s| {
+        s["traversal"]["mapped_ports"] == 34 && s["traversal"]["public"] == format!("{GW_WAN}:7447")
+    })
+    .unwrap_or_else(|s| panic!("not mapped again: {s}\n{}", wp.log_text()));
+    drop(cl);
+    let t_stop = Instant::now();
+    assert!(wp.terminate().success());
+    eprintln!("stopped (mappings deleted) in {:?}", t_stop.elapsed());
+    let fw = forwards(&net.gw);
+    assert!(!fw.contains("dnat"), "mappings left on the gateway:\n{fw}");
+    assert!(
+        wp.log_text().contains("deleted 34 port mapping(s)"),
+        "{}",
+        wp.log_text()
+    );
+    drop(net);
+}
