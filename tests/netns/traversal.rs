@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use dcol_tests::dcol::{in_ns, main_section, Collective, Daemon, Scratch};
 use dcol_tests::lab::{need_root, IPERF_PORT};
-use dcol_tests::{iperf3_background, iperf3_server, run, JoinCounter, Netns};
+use dcol_tests::{iperf3_background, iperf3_server, run, veth, JoinCounter, Netns};
 
 const GW_WAN: &str = "11.7.1.1";
 const SERVER: &str = "11.7.3.2";
@@ -41,28 +41,6 @@ struct Net {
     wp: Netns,
     cl: Netns,
     srv: Netns,
-}
-
-fn veth(a: &Netns, ia: &str, aaddr: &str, b: &Netns, ib: &str, baddr: &str) {
-    run(&[
-        "ip",
-        "link",
-        "add",
-        ia,
-        "netns",
-        a.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        ib,
-        "netns",
-        b.name(),
-    ]);
-    for (ns, ifname, addr) in [(a, ia, aaddr), (b, ib, baddr)] {
-        ns.exec(&["ip", "addr", "add", addr, "dev", ifname]);
-        ns.exec(&["ip", "link", "set", ifname, "up"]);
-    }
 }
 
 fn build() -> Net {

@@ -40,6 +40,30 @@ pub fn run(args: &[&str]) -> Output {
     out
 }
 
+/// A veth pair from `a` (`ia`, address `aa` with prefix) to `b` (`ib`,
+/// `ab`), both ends up.
+pub fn veth(a: &Netns, ia: &str, aa: &str, b: &Netns, ib: &str, ab: &str) {
+    run(&[
+        "ip",
+        "link",
+        "add",
+        ia,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        ib,
+        "netns",
+        b.name(),
+    ]);
+    for (ns, i, addr) in [(a, ia, aa), (b, ib, ab)] {
+        ns.exec(&["ip", "addr", "add", addr, "dev", i]);
+        ns.exec(&["ip", "link", "set", i, "up"]);
+    }
+}
+
 /// A network namespace, deleted (with every process in it) on drop.
 #[derive(Debug)]
 pub struct Netns {

@@ -91,24 +91,8 @@ struct Net {
 }
 
 fn veth(a: &Netns, ia: &str, aa: &str, b: &Netns, ib: &str, ab: &str, mbit: Option<u32>) {
-    dcol_tests::run(&[
-        "ip",
-        "link",
-        "add",
-        ia,
-        "netns",
-        a.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        ib,
-        "netns",
-        b.name(),
-    ]);
-    for (ns, i, addr) in [(a, ia, aa), (b, ib, ab)] {
-        ns.exec(&["ip", "addr", "add", addr, "dev", i]);
-        ns.exec(&["ip", "link", "set", i, "up"]);
+    dcol_tests::veth(a, ia, aa, b, ib, ab);
+    for (ns, i) in [(a, ia), (b, ib)] {
         ns.exec(&["ethtool", "-K", i, "tso", "off", "gso", "off", "gro", "off"]);
         if let Some(r) = mbit {
             ns.exec(&[
