@@ -19,8 +19,9 @@
 //! The waypoint learns its public address and mapping type with STUN, maps
 //! its signaling, WireGuard and NAT tunnel ports on the gateway, and serves a
 //! NAT and a VPN detour to the client through them (the server sees joins
-//! from the gateway's address). When the gateway disappears the waypoint
-//! logs it and keeps serving; on SIGTERM it deletes every mapping.
+//! from the gateway's address). When the gateway disappears, or refuses a
+//! port, the waypoint logs it and keeps serving; on SIGTERM it deletes every
+//! mapping.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -91,16 +92,24 @@ fn build() -> Net {
     n
 }
 
-fn start_miniupnpd(gw: &Netns, scratch: &Scratch) -> u32 {
+/// Starts miniupnpd in `gw`; `deny` is a permission rule placed before the
+/// one that allows the LAN (a gateway that refuses some ports).
+fn start_miniupnpd(gw: &Netns, scratch: &Scratch, deny: &str) -> u32 {
     let conf = scratch.path().join("miniupnpd.conf");
     std::fs::write(
         &conf,
-        "ext_ifname=wan\nlistening_ip=lan\nport=5000\nenable_natpmp=no\nenable_upnp=yes\n\
-         secure_mode=yes\nsystem_uptime=yes\nuuid=3e9f1c6a-1111-4d2c-9b1a-0123456789ab\n\
-         allow 1024-65535 192.168.7.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+        format!(
+            "ext_ifname=wan\nlistening_ip=lan\nport=5000\nenable_natpmp=no\nenable_upnp=yes\n\
+             secure_mode=yes\nsystem_uptime=yes\nuuid=3e9f1c6a-1111-4d2c-9b1a-0123456789ab\n\
+             {deny}allow 1024-65535 192.168.7.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+        ),
     )
     .unwrap();
-    let log = std::fs::File::create(scratch.path().join("miniupnpd.log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(scratch.path().join("miniupnpd.log"))
+        .unwrap();
     let pid = scratch.path().join("miniupnpd.pid");
     gw.spawn_logged(
         &[
@@ -174,7 +183,7 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
         ],
         turn_log,
     );
-    let mini = start_miniupnpd(&net.gw, &scratch);
+    let mini = start_miniupnpd(&net.gw, &scratch, "");
     let _srv = iperf3_server(&net.srv, IPERF_PORT, true);
     let gw_ip: IpAddr = GW_WAN.parse().unwrap();
     let counter = JoinCounter::install(&net.srv, IPERF_PORT, &[gw_ip]);
@@ -305,13 +314,26 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
     assert!(wp.log_text().contains("traversal: "), "{}", wp.log_text());
     assert!(wp.running(), "the waypoint died with its gateway");
 
-    // Gateway back; SIGTERM deletes every mapping.
-    start_miniupnpd(&net.gw, &scratch);
+    // The gateway is back but refuses one port: that port is reported,
+    // the others are mapped and the address is published.
+    // (A gateway that restarts has lost its mappings; miniupnpd killed
+    // leaves its rules, so clear them as a reboot would.)
+    for chain in ["miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd"] {
+        net.gw
+            .exec(&["nft", "flush", "chain", "inet", "filter", chain]);
+    }
+    start_miniupnpd(&net.gw, &scratch, "deny 40031 192.168.7.0/24 40031\n");
     wp.reload(&wp_cfg);
-    wp.wait_status(Duration::from_secs(20), |s| {
-        s["traversal"]["mapped_ports"] == 34 && s["traversal"]["public"] == format!("{GW_WAN}:7447")
-    })
-    .unwrap_or_else(|s| panic!("not mapped again: {s}\n{}", wp.log_text()));
+    let st = wp
+        .wait_status(Duration::from_secs(20), |s| {
+            s["traversal"]["mapped_ports"] == 33
+                && s["traversal"]["public"] == format!("{GW_WAN}:7447")
+        })
+        .unwrap_or_else(|s| panic!("not mapped again: {s}\n{}", wp.log_text()));
+    eprintln!("gateway refusing a port: {}", st["traversal"]);
+    let errors = st["traversal"]["errors"].to_string();
+    assert!(errors.contains("TCP 40031: UPnP error"), "{errors}");
+    assert!(!forwards(&net.gw).contains("dport 40031"));
     drop(cl);
     let t_stop = Instant::now();
     assert!(wp.terminate().success());
@@ -319,7 +341,7 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
     let fw = forwards(&net.gw);
     assert!(!fw.contains("dnat"), "mappings left on the gateway:\n{fw}");
     assert!(
-        wp.log_text().contains("deleted 34 port mapping(s)"),
+        wp.log_text().contains("deleted 33 port mapping(s)"),
         "{}",
         wp.log_text()
     );
