@@ -185,6 +185,15 @@ try {
     const donated = await page.textContent('#dcol-donated');
     check(wst.donate_monthly_bytes > 0 && donated.includes(' of 5.0 GB') && donated.includes('at most 20.0 Mbit/s'),
       `waypoint overview shows this month's donation against its caps (${donated})`);
+    // NAT traversal: no gateway or STUN server in this lab, and the page says so.
+    const reach = await until('the traversal result on the overview', async () => {
+      const tr = daemonStatus(opt.wpSocket).traversal;
+      const text = await page.textContent('#dcol-reach');
+      return tr && tr.last_pass && text.includes(tr.public || tr.note) ? { tr, text } : false;
+    });
+    check(reach.tr.public === null && reach.text.includes('no UPnP gateway'),
+      `waypoint overview says why it is not reachable from outside ("${reach.text}")`);
+    check((await page.textContent('#dcol-directory')).includes('not configured'), 'overview: no membership directory configured');
     server.setSocket(opt.socket);
   }
 
@@ -215,6 +224,29 @@ try {
   await page.click('#btn-save');
   await until('donation caps in the UCI file', () => uciFile().waypoint.donate_monthly_gb === '0.5');
   check(uciFile().waypoint.donate_kbit === '8000', 'donation caps saved: 8000 kbit/s, 0.5 GB a month');
+  // Directory and NAT traversal settings: bad values refused, good ones saved.
+  const dirUrl = page.locator('[id="cbid.dcol.main.directory"]');
+  // Errors pile up: wait for a new one.
+  const saveRefused = async (what) => {
+    const n = await page.locator('.alert-message.error').count();
+    await page.click('#btn-save');
+    await until(what, async () => (await page.locator('.alert-message.error').count()) > n);
+  };
+  await dirUrl.fill('https://dir.example.org/snapshot');
+  await saveRefused('the https:// URL refused');
+  check(uciFile().main.directory === undefined, 'an https:// directory URL is refused (the router has no TLS), nothing written');
+  await dirUrl.fill('http://10.0.7.2:7450/snapshot');
+  const stun = page.locator('#cbi-dcol-waypoint-stun_server input[type="text"]').first();
+  await stun.fill('stun.example.org');
+  await saveRefused('the STUN server without a port refused');
+  check(uciFile().main.directory === undefined, 'a STUN server without a port is refused, nothing written');
+  await stun.fill('stun.example.org:3478');
+  await page.locator('[id="cbid.dcol.waypoint.upnp"]').uncheck();
+  await page.click('#btn-save');
+  await until('directory and traversal settings in the UCI file', () => uciFile().main.directory === 'http://10.0.7.2:7450/snapshot');
+  const w = uciFile().waypoint;
+  check(w.upnp === '0' && JSON.stringify(w.stun_server) === '["stun.example.org:3478"]',
+    `UPnP off and a STUN server saved (${w.upnp}, ${JSON.stringify(w.stun_server)})`);
   const cc = spawnSync(opt.dcolBin, ['config', 'check', '--config', opt.uci], { encoding: 'utf8' });
   check(cc.status === 0, `dcol config check accepts the file LuCI wrote (${(cc.stderr || cc.stdout).trim()})`);
   await shot('settings');

@@ -399,6 +399,11 @@
 			var m = /^(.+)\/(\d+)$/.exec(v);
 			return !!m && ((datatypes.ip4addr(m[1]) && +m[2] <= 32) || (datatypes.ip6addr(m[1]) && +m[2] <= 128));
 		},
+		hostport: function(v) {
+			var m = /^(.+):(\d+)$/.exec(v);
+			return !!m && datatypes.port(m[2]) && +m[2] > 0 &&
+				(/^[A-Za-z0-9.-]+$/.test(m[1]) || (/^\[.+\]$/.test(m[1]) && datatypes.ip6addr(m[1].slice(1, -1))));
+		},
 		ipaddrport: function(v, bracket) {
 			var m = /^\[(.+)\]:(\d+)$/.exec(v);
 			if (m)
@@ -485,11 +490,21 @@
 				});
 			});
 		},
-		validate: function(v) {
-			if (!this.datatype || v == null || v === '')
+		/* The datatype, then an option's own validate(section_id, value)
+		 * (LuCI's signature: true, or the error text). */
+		checkValue: function(sid, v) {
+			if (v == null || v === '')
 				return true;
-			var f = compileDatatype(this.datatype);
-			return Array.isArray(v) ? v.every(f) : f(v);
+			if (this.datatype) {
+				var f = compileDatatype(this.datatype);
+				if (!(Array.isArray(v) ? v.every(f) : f(v)))
+					return false;
+			}
+			if (typeof this.validate == 'function') {
+				var self = this;
+				return (Array.isArray(v) ? v : [ v ]).every(function(x) { return self.validate(sid, x) === true; });
+			}
+			return true;
 		},
 		parse: function(sid) {
 			var active = this.isActive(sid);
@@ -497,7 +512,7 @@
 				return this.retain ? null : this.remove(sid);
 			var fv = this.formvalue(sid), cv = this.cfgvalue(sid);
 			var node = this.widgetNode(sid);
-			if (!this.validate(fv)) {
+			if (!this.checkValue(sid, fv)) {
 				if (node)
 					node.classList.add('cbi-input-invalid');
 				throw new TypeError(_('Option "%s" contains an invalid input value.').format(this.title || this.option));

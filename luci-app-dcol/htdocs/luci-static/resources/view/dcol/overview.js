@@ -75,6 +75,27 @@ function donation(wp) {
 	return text;
 }
 
+/* Where other members reach this waypoint, from NAT traversal. */
+function reachability(tr) {
+	if (!tr)
+		return E('em', [ _('UPnP and STUN off') ]);
+	if (!tr.last_pass)
+		return E('em', [ _('checking…') ]);
+	if (tr.public)
+		return _('%s (%s)').format(tr.public, tr.note);
+	return tr.note;
+}
+
+/* The membership directory's snapshot in force. */
+function directoryText(d) {
+	if (!d)
+		return E('em', [ _('not configured') ]);
+	if (d.serial == null)
+		return _('no snapshot yet (%s)').format(d.last_result || d.url);
+	return _('snapshot %d: %d member(s), %d used as waypoints, %d revoked').format(
+		+d.serial, +d.members || 0, +d.peers || 0, +d.revoked || 0);
+}
+
 function certValidity(notAfter) {
 	var left = notAfter - Date.now() / 1000;
 	var when = new Date(notAfter * 1000).toUTCString();
@@ -228,7 +249,11 @@ return view.extend({
 					: E('em', [ _('off') ]) ],
 				[ _('Donated this month'), wp
 					? E('span', { 'id': 'dcol-donated' }, [ donation(wp) ])
-					: E('em', [ _('off') ]) ]
+					: E('em', [ _('off') ]) ],
+				[ _('Reachable from other members at'), wp
+					? E('span', { 'id': 'dcol-reach' }, [ reachability(st.traversal) ])
+					: E('em', [ _('off') ]) ],
+				[ _('Membership directory'), E('span', { 'id': 'dcol-directory' }, [ directoryText(st.directory) ]) ]
 			]),
 			lp ? this.renderGraph() : E([])
 		]);

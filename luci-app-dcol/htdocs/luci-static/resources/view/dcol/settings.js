@@ -54,8 +54,45 @@ return view.extend({
 		o.datatype = 'port';
 		o.depends('lan_proxy', '1');
 
+		s = m.section(form.NamedSection, 'main', 'dcol', _('Membership directory'),
+			_('The collective\'s directory lists its members\' waypoints and the revocation list, signed by the collective key (so plain http is safe). With the waypoint role on, this router publishes itself there.'));
+		s.addremove = false;
+
+		o = s.option(form.Value, 'directory', _('Directory URL'),
+			_('Where the signed snapshot is, e.g. http://dir.example.org:7450/snapshot. Empty: only the waypoints listed below.'));
+		o.datatype = 'maxlength(255)';
+		o.placeholder = 'http://dir.example.org:7450/snapshot';
+		o.validate = function(section_id, value) {
+			return /^http:\/\/[^\s/]+(\/\S*)?$/.test(value) || _('Expecting an http:// URL');
+		};
+
+		o = s.option(form.Value, 'directory_max_peers', _('Directory members used as waypoints'),
+			_('0-64.'));
+		o.datatype = 'range(0,64)';
+		o.placeholder = '8';
+
+		o = s.option(form.ListValue, 'directory_tunnel', _('Tunnel to directory waypoints'));
+		o.value('nat', _('NAT (no overhead)'));
+		o.value('vpn', _('VPN (WireGuard)'));
+		o.default = 'nat';
+
 		s = m.section(form.NamedSection, 'waypoint', 'waypoint', _('Serving detours (waypoint role)'));
 		s.addremove = false;
+
+		o = s.option(form.Flag, 'upnp', _('Open ports on the home gateway (UPnP)'),
+			_('Maps the signaling, WireGuard and the first 32 NAT tunnel ports on an upstream gateway that speaks UPnP IGD, and removes them when dcol stops.'));
+		o.default = '1';
+		o.rmempty = false;
+
+		o = s.option(form.DynamicList, 'stun_server', _('STUN servers'),
+			_('host:port of STUN servers that tell this router its public address and NAT type (two or more tell the NAT type).'));
+		o.datatype = 'hostport';
+		o.placeholder = 'stun.example.org:3478';
+
+		o = s.option(form.DynamicList, 'advertise', _('Public address'),
+			_('address:port other members use to reach this router, when it cannot be found out (e.g. a manual port forward). Empty: found by UPnP and STUN.'));
+		o.datatype = 'ipaddrport(1)';
+		o.placeholder = '203.0.113.5:7447';
 
 		o = s.option(form.Value, 'nat_ports', _('Port range for NAT tunnels'),
 			_('One port per served detour, e.g. 40000-40999 (ports from 1024). Forward them on an upstream gateway if there is one.'));
