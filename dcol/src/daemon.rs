@@ -1472,8 +1472,12 @@ impl Drop for WaypointRole {
                 log::error!("removing the VPN firewall table: {e}");
             }
         }
+        let live: Vec<waypoint::vpn::VpnLease> = self.core.vpn_leases().cloned().collect();
+        for l in &live {
+            self.end_vpn(l, "waypoint stopped");
+        }
         if let Some(dev) = self.wg.take() {
-            let n = self.core.vpn_leases().count();
+            let n = live.len();
             dev.destroy();
             log::info!("VPN interface removed ({n} peer(s))");
         }
@@ -1600,12 +1604,31 @@ impl WaypointRole {
     fn expire_vpn(&mut self, now: Instant) {
         for l in self.core.expire_vpn(now) {
             log::info!("VPN lease ended: {} {}", l.member_name, l.address);
-            if let Some(dev) = self.wg.as_mut() {
-                if let Err(e) = dev.remove_peer(&l.wg_key) {
-                    log::warn!("removing VPN peer of {}: {e}", l.member_name);
-                }
+            self.end_vpn(&l, "ended");
+        }
+    }
+
+    /// Removes an ended VPN lease's peer and keeps its byte count (the
+    /// peer's WireGuard counters, both ways) as evidence.
+    fn end_vpn(&mut self, l: &waypoint::vpn::VpnLease, why: &str) {
+        let mut bytes = None;
+        if let Some(dev) = self.wg.as_mut() {
+            match dev.peer_bytes(&l.wg_key) {
+                Ok(b) => bytes = b.map(|(rx, tx)| rx.saturating_add(tx)),
+                Err(e) => log::warn!("VPN byte count of {}: {e}", l.member_name),
+            }
+            if let Err(e) = dev.remove_peer(&l.wg_key) {
+                log::warn!("removing VPN peer of {}: {e}", l.member_name);
             }
         }
+        self.keep_evidence(
+            wall_ms(),
+            SocketAddr::new(l.client, 0),
+            (l.member, &l.member_name),
+            format!("end vpn {}: {why}", l.address),
+            bytes,
+            &[],
+        );
     }
 
     fn execute_vpn(&mut self, i: usize, wall: u64, from: SocketAddr, d: Decision, request: &[u8]) {
@@ -1672,11 +1695,7 @@ impl WaypointRole {
                 self.send(i, to, &bytes);
             }
             Decision::VpnRemove { lease, to, bytes } => {
-                if let Some(dev) = self.wg.as_mut() {
-                    if let Err(e) = dev.remove_peer(&lease.wg_key) {
-                        log::warn!("removing VPN peer: {e}");
-                    }
-                }
+                self.end_vpn(&lease, "released");
                 log::info!("released VPN of {} ({})", lease.member_name, lease.address);
                 self.send(i, to, &bytes);
             }

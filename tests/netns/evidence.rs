@@ -143,3 +143,62 @@ fn granted_requests_are_kept_and_verify() {
     lab.waypoint.as_mut().expect("waypoint").terminate();
     assert_eq!(acct(), "0", "nf_conntrack_acct left on");
 }
+
+#[test]
+fn vpn_lease_end_records_its_bytes() {
+    if !need_root() {
+        return;
+    }
+    let mut lab = Lab::new(LinkProfile::core_limited());
+    let server: IpAddr = lab.topo.addr4(Node::Server).into();
+    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
+    let ev = lab.scratch.path().join("evidence");
+    lab.start_waypoint_with(&format!(
+        "\toption vpn_subnet '10.202.7.0/24'\n\toption vpn_interface 'evwg0'\n\toption evidence_dir '{}'\n",
+        ev.display()
+    ));
+    let cfg = lab.client_config_tunnels("", &["vpn"]);
+    lab.start_client_with(Node::Client, &cfg);
+    let t0 = Instant::now();
+    while !lab.cl().log_text().contains("VPN tunnel to alice up") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no VPN tunnel");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 3)
+            .join()
+            .expect("iperf thread")
+    );
+    // The client releases its tunnel when it stops: the end record carries
+    // the WireGuard peer's counters.
+    lab.client.as_mut().expect("client").terminate();
+    let t0 = Instant::now();
+    let (bytes, out) = loop {
+        let out = std::process::Command::new(dcol_bin())
+            .args(["waypoint", "log", "--json", "--dir"])
+            .arg(&ev)
+            .output()
+            .expect("dcol waypoint log");
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let b = v["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r["grant"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("end vpn 10.202.7.")
+            })
+            .find_map(|r| r["bytes"].as_u64());
+        if b.is_some() || t0.elapsed() > Duration::from_secs(10) {
+            break (b, out);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("evidence: the VPN lease carried {bytes:?} bytes");
+    // 3 s at ~9 Mbit/s, about half of it through the tunnel.
+    assert!(bytes.is_some_and(|b| b > 1_000_000), "{out}");
+    assert!(out.contains("\"grant\":\"vpn 10.202.7."), "{out}");
+}

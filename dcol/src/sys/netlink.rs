@@ -673,6 +673,11 @@ impl<'a> Attr<'a> {
         Ok(u32::from_be_bytes(self.fixed()?))
     }
 
+    /// A host-order `u64`.
+    pub fn u64_ne(&self) -> Result<u64, SysError> {
+        Ok(u64::from_ne_bytes(self.fixed()?))
+    }
+
     /// A network-order `be64`.
     pub fn u64_be(&self) -> Result<u64, SysError> {
         Ok(u64::from_be_bytes(self.fixed()?))

@@ -18,11 +18,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netlink::{resolve_family, MsgBuilder, NlSocket, NETLINK_GENERIC};
+use super::netlink::{resolve_family, Attrs, MsgBuilder, NlSocket, GENL_HDRLEN, NETLINK_GENERIC};
 use super::rtnl::{index_of, Rtnl};
 use super::SysError;
 use crate::trust::wg::WgKey;
 
+const WG_CMD_GET_DEVICE: u8 = 0;
 const WG_CMD_SET_DEVICE: u8 = 1;
 const WGDEVICE_A_IFNAME: u16 = 2;
 const WGDEVICE_A_PRIVATE_KEY: u16 = 3;
@@ -32,6 +33,8 @@ const WGPEER_A_PUBLIC_KEY: u16 = 1;
 const WGPEER_A_FLAGS: u16 = 3;
 const WGPEER_A_ENDPOINT: u16 = 4;
 const WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL: u16 = 5;
+const WGPEER_A_RX_BYTES: u16 = 6;
+const WGPEER_A_TX_BYTES: u16 = 7;
 const WGPEER_A_ALLOWEDIPS: u16 = 9;
 const WGPEER_F_REMOVE_ME: u32 = 1;
 const WGPEER_F_REPLACE_ALLOWEDIPS: u32 = 2;
@@ -220,6 +223,29 @@ impl WgDevice {
         self.peer(p, false)
     }
 
+    /// A peer's byte counters `(received, sent)`; `None` when it is not
+    /// configured.
+    pub fn peer_bytes(&mut self, key: &WgKey) -> Result<Option<(u64, u64)>, SysError> {
+        match &mut self.backend {
+            Backend::Kernel { genl, family } => {
+                let mut m = MsgBuilder::genl(*family, WG_CMD_GET_DEVICE, 1);
+                m.attr_str(WGDEVICE_A_IFNAME, &self.name);
+                let mut found = None;
+                // A device with many peers comes in several messages.
+                genl.dump("wireguard get device", m, |reply| {
+                    if found.is_none() {
+                        found = genl_peer_bytes(reply.payload, key)?;
+                    }
+                    Ok(())
+                })?;
+                Ok(found)
+            }
+            Backend::Userspace { socket, .. } => {
+                Ok(uapi_peer_bytes(&uapi_lines(socket, "get=1\n\n")?, key))
+            }
+        }
+    }
+
     /// Removes a peer.
     pub fn remove_peer(&mut self, key: &WgKey) -> Result<(), SysError> {
         let p = WgPeer {
@@ -310,6 +336,11 @@ fn start_userspace(name: &str) -> Result<Backend, SysError> {
 
 /// One UAPI exchange: `req`, then `errno=N` and a blank line.
 fn uapi(socket: &PathBuf, req: &str) -> Result<(), SysError> {
+    uapi_lines(socket, req).map(drop)
+}
+
+/// One UAPI exchange; the lines before `errno=0`.
+fn uapi_lines(socket: &PathBuf, req: &str) -> Result<Vec<String>, SysError> {
     let op = "wireguard-go UAPI";
     let mut s = UnixStream::connect(socket).map_err(|e| SysError::io(op, e))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
@@ -317,6 +348,7 @@ fn uapi(socket: &PathBuf, req: &str) -> Result<(), SysError> {
     s.write_all(req.as_bytes())
         .map_err(|e| SysError::io(op, e))?;
     let mut r = BufReader::new(s);
+    let mut lines = Vec::new();
     let mut line = String::new();
     loop {
         line.clear();
@@ -328,7 +360,7 @@ fn uapi(socket: &PathBuf, req: &str) -> Result<(), SysError> {
         }
         if let Some(n) = line.trim().strip_prefix("errno=") {
             return match n.parse::<i32>() {
-                Ok(0) => Ok(()),
+                Ok(0) => Ok(lines),
                 Ok(errno) => Err(SysError::Netlink {
                     op,
                     errno,
@@ -340,7 +372,68 @@ fn uapi(socket: &PathBuf, req: &str) -> Result<(), SysError> {
                 }),
             };
         }
+        if lines.len() < 100_000 {
+            lines.push(line.trim_end().to_owned());
+        }
     }
+}
+
+/// A peer's byte counters `(received, sent)` in a UAPI `get=1` answer.
+pub fn uapi_peer_bytes<S: AsRef<str>>(lines: &[S], key: &WgKey) -> Option<(u64, u64)> {
+    let want = hex(key);
+    let mut in_peer = false;
+    let (mut rx, mut tx) = (None, None);
+    for l in lines {
+        let Some((k, v)) = l.as_ref().split_once('=') else {
+            continue;
+        };
+        match k {
+            "public_key" => {
+                if in_peer {
+                    break;
+                }
+                in_peer = v == want;
+            }
+            "rx_bytes" if in_peer => rx = v.parse().ok(),
+            "tx_bytes" if in_peer => tx = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((rx?, tx?))
+}
+
+/// A peer's byte counters `(received, sent)` in a `WG_CMD_GET_DEVICE` reply
+/// payload (genl header + attributes); `None` when the peer is not in it.
+pub fn genl_peer_bytes(payload: &[u8], key: &WgKey) -> Result<Option<(u64, u64)>, SysError> {
+    let op = "wireguard get device";
+    let attrs = payload
+        .get(GENL_HDRLEN..)
+        .ok_or_else(|| SysError::Malformed {
+            op,
+            what: "short genl header".into(),
+        })?;
+    for a in Attrs::new(op, attrs) {
+        let a = a?;
+        if a.ty != WGDEVICE_A_PEERS {
+            continue;
+        }
+        for peer in a.nested() {
+            let (mut k, mut rx, mut tx) = (None, None, None);
+            for pa in peer?.nested() {
+                let pa = pa?;
+                match pa.ty {
+                    WGPEER_A_PUBLIC_KEY => k = Some(pa.payload),
+                    WGPEER_A_RX_BYTES => rx = Some(pa.u64_ne()?),
+                    WGPEER_A_TX_BYTES => tx = Some(pa.u64_ne()?),
+                    _ => {}
+                }
+            }
+            if k == Some(&key[..]) {
+                return Ok(rx.zip(tx));
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -354,6 +447,44 @@ mod tests {
             allowed: vec![("10.200.7.2".parse().unwrap(), 32)],
             keepalive: Some(25),
         }
+    }
+
+    #[test]
+    fn peer_byte_counters() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let uapi = [
+            format!("private_key={}", hex(&[9; 32])),
+            "listen_port=51820".into(),
+            format!("public_key={}", hex(&a)),
+            "rx_bytes=10".into(),
+            "tx_bytes=20".into(),
+            format!("public_key={}", hex(&b)),
+            "endpoint=192.0.2.1:4000".into(),
+            "rx_bytes=3000".into(),
+            "tx_bytes=4000".into(),
+        ];
+        assert_eq!(uapi_peer_bytes(&uapi, &a), Some((10, 20)));
+        assert_eq!(uapi_peer_bytes(&uapi, &b), Some((3000, 4000)));
+        assert_eq!(uapi_peer_bytes(&uapi, &[3; 32]), None);
+        assert_eq!(uapi_peer_bytes(&uapi[..4], &a), None);
+        // The kernel's reply: peers nested in WGDEVICE_A_PEERS.
+        let mut m = MsgBuilder::genl(30, WG_CMD_GET_DEVICE, 1);
+        m.attr_str(WGDEVICE_A_IFNAME, "wg0");
+        let peers = m.begin_nested(WGDEVICE_A_PEERS);
+        for (k, rx, tx) in [(a, 10u64, 20u64), (b, 3000, 4000)] {
+            let p = m.begin_nested(0);
+            m.attr(WGPEER_A_PUBLIC_KEY, &k);
+            m.attr(WGPEER_A_RX_BYTES, &rx.to_ne_bytes());
+            m.attr(WGPEER_A_TX_BYTES, &tx.to_ne_bytes());
+            m.end_nested(p);
+        }
+        m.end_nested(peers);
+        let bytes = m.finish("test").unwrap();
+        let payload = &bytes[16..];
+        assert_eq!(genl_peer_bytes(payload, &b).unwrap(), Some((3000, 4000)));
+        assert_eq!(genl_peer_bytes(payload, &[3; 32]).unwrap(), None);
+        assert!(genl_peer_bytes(&payload[..payload.len() - 3], &b).is_err());
+        assert!(genl_peer_bytes(&[1], &b).is_err());
     }
 
     #[test]
