@@ -17,7 +17,8 @@
 //! refuses to map ports on a gateway whose external address is private.
 //!
 //! The waypoint learns its public address and mapping type with STUN, maps
-//! its signaling, WireGuard and NAT tunnel ports on the gateway, and serves a
+//! its signaling, WireGuard and NAT tunnel ports on the gateway (10 s leases,
+//! renewed past their end), and serves a
 //! NAT and a VPN detour to the client through them (the server sees joins
 //! from the gateway's address). When the gateway disappears, or refuses a
 //! port, the waypoint logs it and keeps serving; on SIGTERM it deletes every
@@ -193,7 +194,7 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
         "{}config waypoint 'waypoint'\n\toption enabled '1'\n\tlist listen '0.0.0.0:7447'\n\
          \toption nat_ports '40000-40999'\n\toption lease_s '60'\n\toption vpn_subnet '10.201.7.0/24'\n\
          \toption vpn_interface 'trwg0'\n\tlist stun_server '{}:3478'\n\tlist stun_server '{}:3478'\n\
-         \toption upnp_lease_s '600'\n",
+         \toption upnp_lease_s '10'\n",
         main_section(&alice, &coop, &scratch.path().join("wp.sock"), &scratch.path().join("wp-state")),
         STUN[0],
         STUN[1]
@@ -216,6 +217,8 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
         t0.elapsed(),
         st["traversal"]
     );
+    let first_pass = st["traversal"]["last_pass"].as_u64().unwrap();
+    let t_first = Instant::now();
     let t = &st["traversal"];
     assert_eq!(
         t["public"],
@@ -296,11 +299,27 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
     let ws = wp.status();
     assert_eq!(ws["waypoint"]["vpn_peers"][0]["member"], "bob", "{ws}");
 
+    // The leases are 10 s: renewed every 5 s, the mappings outlive them
+    // (miniupnpd removes a mapping whose lease ran out).
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(t_first.elapsed()));
+    let st = wp.status();
+    let renewed = st["traversal"]["last_pass"].as_u64().unwrap();
+    eprintln!(
+        "12 s after the first pass: last pass {} s later",
+        renewed - first_pass
+    );
+    assert!(renewed >= first_pass + 5, "{}", st["traversal"]);
+    assert_eq!(st["traversal"]["mapped_ports"], 34, "{}", st["traversal"]);
+    assert!(
+        forwards(&net.gw).contains("dport 7447"),
+        "the mappings expired"
+    );
+
     // The gateway disappears: the next pass fails, is logged, and the
     // waypoint keeps running and answering.
     run(&["kill", &mini.to_string()]);
     std::thread::sleep(Duration::from_millis(300));
-    let reload = wp.reload(&wp_cfg.replace("upnp_lease_s '600'", "upnp_lease_s '300'"));
+    let reload = wp.reload(&wp_cfg.replace("upnp_lease_s '10'", "upnp_lease_s '300'"));
     eprintln!("reload with the gateway gone: {reload}");
     let st = wp
         .wait_status(Duration::from_secs(15), |s| {

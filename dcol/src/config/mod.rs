@@ -715,9 +715,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         "upnp_lease_s" => {
                             w.upnp_lease_s = p.value(it, |v| {
                                 let s = range(v, 0, 604_800)?;
-                                if s != 0 && s < 120 {
+                                if s != 0 && s < 10 {
                                     return Err(format!(
-                                        "expected 0 (permanent) or 120-604800 seconds, got '{}'",
+                                        "expected 0 (permanent) or 10-604800 seconds, got '{}'",
                                         show(v)
                                     ));
                                 }
@@ -1070,7 +1070,7 @@ config peer
             "config waypoint\n\tlist stun_server 'stun.example.org'\n",
             "config waypoint\n\tlist stun_server 'bad host:3478'\n",
             "config waypoint\n\tlist stun_server 'h:0'\n",
-            "config waypoint\n\toption upnp_lease_s '30'\n",
+            "config waypoint\n\toption upnp_lease_s '5'\n",
             "config waypoint\n\toption upnp 'maybe'\n",
             "config waypoint\n\toption upnp_url 'https://gw/'\n",
         ] {

@@ -263,7 +263,7 @@ impl Worker {
             } else {
                 retry = RETRY.0;
                 match (self.mapped.is_empty(), self.settings.lease_s) {
-                    (false, l) if l > 0 => Duration::from_secs(u64::from(l / 2).max(30)),
+                    (false, l) if l > 0 => Duration::from_secs(u64::from(l / 2).max(5)),
                     _ => RECHECK,
                 }
             };
