@@ -53,9 +53,19 @@
 //!     "last_fetch": 1795000200, "last_result": "ok",
 //!     "published": "published", "last_publish": 1795000000,
 //!     "publish_result": "published record of 'alice' (3f2a9c0d11e4b7a0) accepted, sequence 1795000000123"
+//!   },
+//!   "traversal": {
+//!     "public": "198.51.100.7:7447", "note": "ports mapped on the UPnP gateway",
+//!     "mapping": "endpoint-independent", "gateway": "http://192.168.1.1:5000/ctl/IPConn",
+//!     "external_ip": "198.51.100.7", "mapped": ["tcp/40000-40031", "udp/7447"],
+//!     "mapped_ports": 33, "stun_seen": ["198.51.100.7:40211", "198.51.100.7:40211"],
+//!     "errors": [], "last_pass": 1795000150
 //!   }
 //! }
 //! ```
+//!
+//! `traversal` is `null` with the waypoint role off, or with `option upnp
+//! '0'` and no `list stun_server`; see [`TraversalStatus`].
 //!
 //! `directory` is `null` without `option directory`. `serial`, `issued`
 //! (Unix s) and `members` describe the snapshot in force (`null` until one
