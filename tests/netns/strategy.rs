@@ -124,7 +124,6 @@ fn lossy_detour_goes_to_backup_good_one_stays_and_scores_persist() {
 
     // 6% loss on the waypoint's access link: the detour is marked backup and
     // the waypoint path goes (nearly) silent.
-    // (Not Topology::set_loss: nft rejects its one-line `table { chain fwd ... }`.)
     let rw = lab.topo.ns(Node::Rw);
     rw.exec(&["nft", "add", "table", "inet", "swloss"]);
     rw.exec(&[

@@ -429,19 +429,6 @@ impl Topology {
             self.ns(n).exec(&["ip", "link", "set", &i, "up"]);
         }
     }
-
-    /// Drops `per_mille`/1000 of the packets forwarded onto `link` (both
-    /// directions) with nftables `numgen random` in the routers at its ends.
-    pub fn set_loss(&self, link: u8, per_mille: u32) {
-        for (n, i) in self.link_ifaces(link) {
-            if matches!(n, Node::Rc | Node::Rs | Node::Rw) {
-                let rules = format!(
-                    "table inet dcoltest_loss {{ chain fwd {{ type filter hook forward priority 0; policy accept; oifname \"{i}\" numgen random mod 1000 < {per_mille} drop; }} }}"
-                );
-                self.ns(n).exec(&["nft", &rules]);
-            }
-        }
-    }
 }
 
 fn host_of(n: Node) -> (u8, u8) {
