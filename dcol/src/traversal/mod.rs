@@ -137,6 +137,13 @@ pub fn decide(
             };
         }
     }
+    if let Some(own) = local_ip.filter(|ip| stun_seen.is_empty() && !is_private(*ip)) {
+        return (
+            Some(SocketAddr::new(own, signaling_port)),
+            mapping,
+            "this router's own address is public (no STUN answer to confirm it)".into(),
+        );
+    }
     let note = match (stun_ip, mapping) {
         (Some(ip), _) => format!(
             "behind NAT (public address {ip}) without a UPnP mapping: forward the ports on the \
@@ -323,6 +330,17 @@ impl Worker {
                 }
                 Err(e) => o.errors.push(format!("STUN socket: {e}")),
             }
+        }
+        if o.stun_seen.is_empty() {
+            // No STUN answer: this router's address on its default route
+            // (a route lookup; connect() on UDP sends nothing).
+            local_ip = local_ip_towards(&Url {
+                host: "203.0.113.1".into(),
+                port: 9,
+                path: "/".into(),
+            })
+            .ok()
+            .map(IpAddr::V4);
         }
         let signaling = (Protocol::Udp, self.settings.signaling_port);
         let (public, mapping, note) = decide(
@@ -651,5 +669,12 @@ mod tests {
         assert!(note.contains("forward the ports"), "{note}");
         let (p, m, _) = decide(7447, None, 0, &[], None, false);
         assert_eq!((p, m), (None, None));
+        // No STUN server, no gateway: a public address of its own is used,
+        // a private one is not.
+        let (p, _, note) = decide(7447, Some(public), 0, &[], None, false);
+        assert_eq!(p, Some(sa("11.7.1.1:7447")), "{note}");
+        assert_eq!(decide(7447, Some(lan), 0, &[], None, false).0, None);
+        let cgnat: IpAddr = "100.64.1.2".parse().unwrap();
+        assert_eq!(decide(7447, Some(cgnat), 0, &[], None, false).0, None);
     }
 }
