@@ -517,7 +517,14 @@ fn find_gateway(url: Option<&Url>) -> Result<upnp::Service, String> {
         ));
     }
     let xml = String::from_utf8_lossy(&r.body);
-    upnp::parse_description(&xml, &location).map_err(|e| format!("{location}: {e}"))
+    let s = upnp::parse_description(&xml, &location).map_err(|e| format!("{location}: {e}"))?;
+    if s.control.host != location.host {
+        return Err(format!(
+            "{location}: the control URL {} is on another host",
+            s.control
+        ));
+    }
+    Ok(s)
 }
 
 fn discover() -> Result<Url, String> {
@@ -535,8 +542,11 @@ fn discover() -> Result<Url, String> {
         sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
             .map_err(|e| e.to_string())?;
         match sock.recv_from(&mut buf) {
-            Ok((n, from)) => match upnp::parse_ssdp(&buf[..n]) {
-                Ok(u) => return Ok(u),
+            // The description must be on the gateway that answered: another
+            // LAN host must not steer the router's requests elsewhere.
+            Ok((n, from)) => match upnp::parse_ssdp(&buf[..n]).map_err(|e| e.to_string()) {
+                Ok(u) if on_host(&u, from.ip()) => return Ok(u),
+                Ok(u) => last = format!("{from}: LOCATION {u} is on another host"),
                 Err(e) => last = format!("{from}: {e}"),
             },
             Err(e)
@@ -551,6 +561,12 @@ fn discover() -> Result<Url, String> {
         }
     }
     Err(last)
+}
+
+/// Whether `url` names the host with address `ip` (the gateway that
+/// answered) by that address.
+fn on_host(url: &Url, ip: IpAddr) -> bool {
+    url.host.parse::<IpAddr>().is_ok_and(|h| h == ip)
 }
 
 /// This router's IPv4 address on the route to `url`'s host (no packet sent).
@@ -611,6 +627,15 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn gateway_urls_must_stay_on_the_gateway() {
+        let gw: IpAddr = "192.168.7.1".parse().unwrap();
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(on_host(&u("http://192.168.7.1:5000/rootDesc.xml"), gw));
+        assert!(!on_host(&u("http://192.168.7.9:5000/rootDesc.xml"), gw));
+        assert!(!on_host(&u("http://gateway.lan:5000/rootDesc.xml"), gw));
     }
 
     #[test]
