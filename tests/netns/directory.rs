@@ -355,15 +355,18 @@ fn directory_join_revoke_tamper_leave() {
     let limit = INTERVAL + Duration::from_millis(500);
     assert!(late(t_alice) <= limit, "alice took {:?}", late(t_alice));
     assert!(late(t_carol) <= limit, "carol took {:?}", late(t_carol));
-    // Bob's next requests and renewals are refused as revoked.
+    // Bob's next requests are refused as revoked: a new connection asks
+    // for detours again (the running one may not, once its tunnels ended).
+    let _ = bg.join();
+    let again = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 3);
     let st = alice
-        .wait_status(Duration::from_secs(5), |s| {
+        .wait_status(Duration::from_secs(8), |s| {
             s["waypoint"]["refused"]["Revoked"].as_u64().unwrap_or(0) > 0
         })
         .unwrap_or_else(|s| panic!("alice never refused bob as revoked: {s}"));
     assert_eq!(st["directory"]["revoked"], 1, "{st}");
     assert!(alice.log_text().contains("is revoked; its tunnels end now"));
-    let _ = bg.join();
+    let _ = again.join();
 
     // Tampered, truncated and older snapshots from a static HTTP server.
     let evil = scratch.join("evil");

@@ -8,25 +8,33 @@
 //! (crash mid-write) is reported and the records before it kept.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dcol_tests::dcol::{dcol_bin, map_elements};
 use dcol_tests::lab::{need_root, Lab, IPERF_PORT};
-use dcol_tests::{iperf3_background, iperf3_server, LinkProfile, Node};
+use dcol_tests::{iperf3_background, iperf3_server, IperfServer, LinkProfile, Node};
+
+/// The lab with an iperf3 server and a waypoint keeping its evidence in the
+/// scratch directory (`extra` goes into its waypoint section).
+fn lab_with_evidence(extra: &str) -> (Lab, IpAddr, IperfServer, PathBuf) {
+    let mut lab = Lab::new(LinkProfile::core_limited());
+    let server: IpAddr = lab.topo.addr4(Node::Server).into();
+    let srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
+    let ev = lab.scratch.path().join("evidence");
+    lab.start_waypoint_with(&format!(
+        "\toption evidence_dir '{}'\n{extra}",
+        ev.display()
+    ));
+    (lab, server, srv, ev)
+}
 
 #[test]
 fn granted_requests_are_kept_and_verify() {
     if !need_root() {
         return;
     }
-    let mut lab = Lab::new(LinkProfile::core_limited());
-    let server: IpAddr = lab.topo.addr4(Node::Server).into();
-    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
-    let ev = lab.scratch.path().join("evidence");
-    lab.start_waypoint_with(&format!(
-        "\toption evidence_dir '{}'\n\toption evidence_max_kb '64'\n",
-        ev.display()
-    ));
+    let (mut lab, server, _srv, ev) = lab_with_evidence("\toption evidence_max_kb '64'\n");
     lab.start_client();
     let transfer = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 4);
     let wns = lab.ns(Node::Waypoint);
@@ -149,14 +157,8 @@ fn vpn_lease_end_records_its_bytes() {
     if !need_root() {
         return;
     }
-    let mut lab = Lab::new(LinkProfile::core_limited());
-    let server: IpAddr = lab.topo.addr4(Node::Server).into();
-    let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, true);
-    let ev = lab.scratch.path().join("evidence");
-    lab.start_waypoint_with(&format!(
-        "\toption vpn_subnet '10.202.7.0/24'\n\toption vpn_interface 'evwg0'\n\toption evidence_dir '{}'\n",
-        ev.display()
-    ));
+    let (mut lab, server, _srv, ev) =
+        lab_with_evidence("\toption vpn_subnet '10.202.7.0/24'\n\toption vpn_interface 'evwg0'\n");
     let cfg = lab.client_config_tunnels("", &["vpn"]);
     lab.start_client_with(Node::Client, &cfg);
     let t0 = Instant::now();
