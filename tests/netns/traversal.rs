@@ -9,7 +9,8 @@
 //!
 //! ```text
 //!  client 11.7.2.2 ── inet ── gw 11.7.1.1 (miniupnpd, masquerade) ── wp 192.168.7.2 (alice)
-//!                      │  └── STUN 11.7.9.1:3478, 11.7.9.2:3478 (coturn)
+//!                      │  └── STUN 11.7.9.1:3478, 11.7.9.2:3478 (coturn),
+//!                      │      directory 11.7.9.3:7450 (`dcol directory serve`)
 //!                      └──── server 11.7.3.2 (mptcpize iperf3 -s)
 //! ```
 //! The addresses 11.7.0.0/16 are assigned inside these namespaces only, so
@@ -18,22 +19,27 @@
 //!
 //! The waypoint learns its public address and mapping type with STUN, maps
 //! its signaling, WireGuard and NAT tunnel ports on the gateway (10 s leases,
-//! renewed past their end), and serves a
-//! NAT and a VPN detour to the client through them (the server sees joins
-//! from the gateway's address). When the gateway disappears, or refuses a
-//! port, the waypoint logs it and keeps serving; on SIGTERM it deletes every
-//! mapping.
+//! renewed past their end), publishes the public address in the membership
+//! directory, and serves a NAT and a VPN detour to the client through them
+//! (the server sees joins from the gateway's address). When the gateway
+//! disappears the record is withdrawn; when it refuses a port, the waypoint
+//! logs it and keeps serving; on SIGTERM it deletes every mapping.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use dcol_tests::dcol::{in_ns, main_section, Collective, Daemon, Scratch};
-use dcol_tests::lab::{need_root, IPERF_PORT};
+use dcol::directory::Snapshot;
+use dcol::http::{self, Url};
+use dcol::trust::{files, PublicKey};
+use dcol_tests::dcol::{dcol_bin, in_ns, main_section, Collective, Daemon, Scratch};
+use dcol_tests::lab::{enter_netns, need_root, IPERF_PORT};
 use dcol_tests::{iperf3_background, iperf3_server, run, veth, JoinCounter, Netns};
 
 const GW_WAN: &str = "11.7.1.1";
 const SERVER: &str = "11.7.3.2";
 const STUN: [&str; 2] = ["11.7.9.1", "11.7.9.2"];
+/// The membership directory, on the "Internet".
+const DIRECTORY: &str = "11.7.9.3:7450";
 
 /// The namespaces and the programs in them (dropped: everything killed and
 /// deleted).
@@ -64,7 +70,8 @@ fn build() -> Net {
     );
     veth(&n.cl, "eth0", "11.7.2.2/24", &n.inet, "i2", "11.7.2.1/24");
     veth(&n.srv, "eth0", "11.7.3.2/24", &n.inet, "i3", "11.7.3.1/24");
-    for s in STUN {
+    let directory_ip = DIRECTORY.split(':').next().unwrap_or_default();
+    for s in STUN.into_iter().chain([directory_ip]) {
         n.inet
             .exec(&["ip", "addr", "add", &format!("{s}/32"), "dev", "lo"]);
     }
@@ -140,6 +147,26 @@ fn forwards(gw: &Netns) -> String {
     )
 }
 
+/// alice's endpoints in the directory's snapshot, fetched from `ns`
+/// (`None`: she is not listed).
+fn listed(ns: &Netns, root: &PublicKey) -> Option<Vec<SocketAddr>> {
+    let path = format!("/var/run/netns/{}", ns.name());
+    let root = *root;
+    std::thread::spawn(move || {
+        enter_netns(&std::fs::File::open(&path).expect("open netns"));
+        let url = Url::parse(&format!("http://{DIRECTORY}/snapshot")).unwrap();
+        let r = http::get(&url, http::Limits::default()).ok()?;
+        let snap = Snapshot::verify(&r.body, &root).expect("a signed snapshot");
+        let alice = snap
+            .entries()
+            .map(|e| e.unwrap())
+            .find(|e| e.name == "alice");
+        alice.map(|e| e.endpoints)
+    })
+    .join()
+    .expect("fetch thread")
+}
+
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -184,6 +211,24 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
         ],
         turn_log,
     );
+    let serve_log = std::fs::File::create(scratch.path().join("serve.log")).unwrap();
+    net.inet.spawn_logged(
+        &[
+            dcol_bin().to_str().unwrap(),
+            "directory",
+            "serve",
+            "--collective-key",
+            coop.root_key.to_str().unwrap(),
+            "--store",
+            scratch.path().join("store").to_str().unwrap(),
+            "--listen",
+            DIRECTORY,
+            "--snapshot-interval",
+            "1",
+        ],
+        serve_log,
+    );
+    let root = files::read_public_key(&coop.root_pub).unwrap();
     let mini = start_miniupnpd(&net.gw, &scratch, "");
     let _srv = iperf3_server(&net.srv, IPERF_PORT, true);
     let gw_ip: IpAddr = GW_WAN.parse().unwrap();
@@ -195,7 +240,13 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
          \toption nat_ports '40000-40999'\n\toption lease_s '60'\n\toption vpn_subnet '10.201.7.0/24'\n\
          \toption vpn_interface 'trwg0'\n\tlist stun_server '{}:3478'\n\tlist stun_server '{}:3478'\n\
          \toption upnp_lease_s '10'\n",
-        main_section(&alice, &coop, &scratch.path().join("wp.sock"), &scratch.path().join("wp-state")),
+        main_section(&alice, &coop, &scratch.path().join("wp.sock"), &scratch.path().join("wp-state"))
+            .trim_end()
+            .to_owned()
+            + &format!(
+                "\n\toption directory 'http://{DIRECTORY}/snapshot'\n\toption directory_interval_s '2'\n\toption directory_cache '{}'\n\n",
+                scratch.path().join("wp.snapshot").display()
+            ),
         STUN[0],
         STUN[1]
     );
@@ -246,6 +297,14 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
         assert!(fw.contains(want), "gateway lacks '{want}':\n{fw}");
     }
     assert!(!fw.contains("dport 40032"), "{fw}");
+    // The learned address is what the directory lists for alice.
+    wait_for("alice in the directory", Duration::from_secs(10), || {
+        listed(&net.cl, &root).is_some()
+    });
+    assert_eq!(
+        listed(&net.cl, &root),
+        Some(vec![format!("{GW_WAN}:7447").parse().unwrap()])
+    );
 
     // A client elsewhere uses alice at the gateway's public address, with a
     // NAT and a VPN tunnel; an MPTCP transfer gets detours through both.
@@ -332,6 +391,10 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
     assert!(st["traversal"]["public"].is_null(), "{}", st["traversal"]);
     assert!(wp.log_text().contains("traversal: "), "{}", wp.log_text());
     assert!(wp.running(), "the waypoint died with its gateway");
+    // Not reachable any more: the record is withdrawn.
+    wait_for("alice withdrawn", Duration::from_secs(10), || {
+        listed(&net.cl, &root).is_none()
+    });
 
     // The gateway is back but refuses one port: that port is reported,
     // the others are mapped and the address is published.
@@ -353,6 +416,9 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
     let errors = st["traversal"]["errors"].to_string();
     assert!(errors.contains("TCP 40031: UPnP error"), "{errors}");
     assert!(!forwards(&net.gw).contains("dport 40031"));
+    wait_for("alice listed again", Duration::from_secs(10), || {
+        listed(&net.cl, &root).is_some()
+    });
     drop(cl);
     let t_stop = Instant::now();
     assert!(wp.terminate().success());

@@ -86,8 +86,8 @@ fn advert(cfg: &Config, learned: &[SocketAddr]) -> Option<Advert> {
     let endpoints = dir::endpoints(&w.advertise, learned, &w.listen);
     if endpoints.is_empty() {
         log::warn!(
-            "directory: the waypoint listens on wildcard addresses only; set 'list advertise' \
-             in the waypoint section to publish this router"
+            "directory: no address to publish (the waypoint listens on wildcard addresses and \
+             NAT traversal found no public one); 'list advertise' in the waypoint section sets it"
         );
         return None;
     }
@@ -200,7 +200,13 @@ impl Daemon {
         let a = advert(&self.cfg, &m.learned);
         if a != m.advert {
             m.advert = a;
-            m.publish();
+            // No reachable address any more: withdraw rather than leave a
+            // stale one listed until the record ages out.
+            if m.advert.is_some() {
+                m.publish();
+            } else {
+                m.withdraw();
+            }
         }
     }
 

@@ -176,7 +176,9 @@ impl Daemon {
             t.stop();
         }
         self.traversal = new.and_then(NatTraversal::start);
-        self.membership_learned(Vec::new());
+        if self.traversal.is_none() {
+            self.membership_learned(Vec::new());
+        }
         Some(format!(
             "NAT traversal {}",
             if self.traversal.is_some() {
