@@ -23,7 +23,8 @@
 //! directory, and serves a NAT and a VPN detour to the client through them
 //! (the server sees joins from the gateway's address). When the gateway
 //! disappears the record is withdrawn; when it refuses a port, the waypoint
-//! logs it and keeps serving; on SIGTERM it deletes every mapping.
+//! logs it and keeps serving. A gateway with NAT-PMP only gets the same
+//! mappings. On reload (UPnP off) and on SIGTERM every mapping is deleted.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -103,11 +104,16 @@ fn build() -> Net {
 /// Starts miniupnpd in `gw`; `deny` is a permission rule placed before the
 /// one that allows the LAN (a gateway that refuses some ports).
 fn start_miniupnpd(gw: &Netns, scratch: &Scratch, deny: &str) -> u32 {
+    start_gateway(gw, scratch, deny, "enable_natpmp=no\nenable_upnp=yes\n")
+}
+
+/// miniupnpd with `protocols` (`enable_upnp`, `enable_natpmp` lines).
+fn start_gateway(gw: &Netns, scratch: &Scratch, deny: &str, protocols: &str) -> u32 {
     let conf = scratch.path().join("miniupnpd.conf");
     std::fs::write(
         &conf,
         format!(
-            "ext_ifname=wan\nlistening_ip=lan\nport=5000\nenable_natpmp=no\nenable_upnp=yes\n\
+            "ext_ifname=wan\nlistening_ip=lan\nport=5000\n{protocols}\
              secure_mode=yes\nsystem_uptime=yes\nuuid=3e9f1c6a-1111-4d2c-9b1a-0123456789ab\n\
              {deny}allow 1024-65535 192.168.7.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
         ),
@@ -404,7 +410,7 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
         net.gw
             .exec(&["nft", "flush", "chain", "inet", "filter", chain]);
     }
-    start_miniupnpd(&net.gw, &scratch, "deny 40031 192.168.7.0/24 40031\n");
+    let refusing = start_miniupnpd(&net.gw, &scratch, "deny 40031 192.168.7.0/24 40031\n");
     wp.reload(&wp_cfg);
     let st = wp
         .wait_status(Duration::from_secs(20), |s| {
@@ -419,6 +425,27 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
     wait_for("alice listed again", Duration::from_secs(10), || {
         listed(&net.cl, &root).is_some()
     });
+
+    // UPnP turned off on reload: the mappings are deleted at once.
+    wp.reload(&format!("{wp_cfg}\toption upnp '0'\n"));
+    wait_for(
+        "mappings deleted on reload",
+        Duration::from_secs(10),
+        || !forwards(&net.gw).contains("dnat"),
+    );
+    // A gateway with NAT-PMP only (no UPnP): the same mappings through it.
+    run(&["kill", &refusing.to_string()]);
+    start_gateway(&net.gw, &scratch, "", "enable_natpmp=yes\nenable_upnp=no\n");
+    wp.reload(&wp_cfg);
+    let st = wp
+        .wait_status(Duration::from_secs(20), |s| {
+            s["traversal"]["mapped_ports"] == 34
+                && s["traversal"]["gateway"] == "natpmp://192.168.7.1:5351"
+                && s["traversal"]["public"] == format!("{GW_WAN}:7447")
+        })
+        .unwrap_or_else(|s| panic!("not mapped with NAT-PMP: {s}\n{}", wp.log_text()));
+    eprintln!("NAT-PMP gateway: {}", st["traversal"]);
+    assert!(forwards(&net.gw).contains("dport 7447"));
     drop(cl);
     let t_stop = Instant::now();
     assert!(wp.terminate().success());
@@ -426,7 +453,8 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
     let fw = forwards(&net.gw);
     assert!(!fw.contains("dnat"), "mappings left on the gateway:\n{fw}");
     assert!(
-        wp.log_text().contains("deleted 33 port mapping(s)"),
+        wp.log_text()
+            .contains("deleted 34 port mapping(s) on natpmp://192.168.7.1:5351"),
         "{}",
         wp.log_text()
     );

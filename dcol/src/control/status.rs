@@ -55,7 +55,7 @@
 //!     "publish_result": "published record of 'alice' (3f2a9c0d11e4b7a0) accepted, sequence 1795000000123"
 //!   },
 //!   "traversal": {
-//!     "public": "198.51.100.7:7447", "note": "ports mapped on the UPnP gateway",
+//!     "public": "198.51.100.7:7447", "note": "ports mapped on the gateway",
 //!     "mapping": "endpoint-independent", "gateway": "http://192.168.1.1:5000/ctl/IPConn",
 //!     "external_ip": "198.51.100.7", "mapped": ["tcp/40000-40031", "udp/7447"],
 //!     "mapped_ports": 33, "stun_seen": ["198.51.100.7:40211", "198.51.100.7:40211"],
@@ -135,7 +135,7 @@ pub struct Status {
 /// first pass ends).
 ///
 /// ```json
-/// "traversal": { "public": "11.7.1.1:7447", "note": "ports mapped on the UPnP gateway",
+/// "traversal": { "public": "11.7.1.1:7447", "note": "ports mapped on the gateway",
 ///                "mapping": "endpoint-independent", "gateway": "http://192.168.7.1:5000/ctl/IPConn",
 ///                "external_ip": "11.7.1.1", "mapped": ["tcp/40000-40031", "udp/7447"],
 ///                "mapped_ports": 33, "stun_seen": ["11.7.1.1:35007", "11.7.1.1:35007"],

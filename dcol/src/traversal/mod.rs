@@ -1,21 +1,23 @@
 //! NAT traversal for the waypoint role: learn this router's public address
 //! and mapping behaviour with STUN, and map its ports on a home gateway with
-//! UPnP IGD, renewing the leases and deleting the mappings on exit.
+//! UPnP IGD (or, where no UPnP gateway answers, NAT-PMP at the default
+//! gateway), renewing the leases and deleting the mappings on exit.
 //!
-//! [`stun`] and [`upnp`] are the pure wire formats; this module is the
+//! [`stun`], [`upnp`] and [`natpmp`] are the pure wire formats; this module is the
 //! background thread that talks to the servers (std sockets and
 //! [`crate::http`]; blocking, bounded by timeouts, never on the daemon's poll
 //! loop, which learns of results through [`Traversal::fd`]) and [`decide`],
 //! the pure rule for what this router can publish as its address.
 //!
-//! One pass: discover the gateway (SSDP, or `option upnp_url`), ask its
-//! external address, map every port (external = internal, lease
+//! One pass: discover the gateway (SSDP, or `option upnp_url`; else NAT-PMP),
+//! ask its external address, map every port (external = internal, lease
 //! `upnp_lease_s`; a gateway that only takes permanent leases gets lease 0),
 //! then ask each STUN server from one socket. Passes repeat at half the
 //! lease (a re-add renews), and after a failure after 60 s growing to 10 min.
 //! A gateway that refuses a port or disappears is logged; the waypoint keeps
 //! serving what it can (its LAN, other mapped ports).
 
+pub mod natpmp;
 pub mod stun;
 pub mod upnp;
 
@@ -132,7 +134,7 @@ pub fn decide(
                 _ => (
                     Some(SocketAddr::new(ext, signaling_port)),
                     mapping,
-                    "ports mapped on the UPnP gateway".into(),
+                    "ports mapped on the gateway".into(),
                 ),
             };
         }
@@ -239,8 +241,8 @@ impl Traversal {
 
 struct Worker {
     settings: Settings,
-    /// The gateway's service, once found.
-    gateway: Option<upnp::Service>,
+    /// The gateway, once found.
+    gateway: Option<Gateway>,
     /// Ports mapped and not deleted.
     mapped: Vec<(Protocol, u16)>,
     /// The daemon asked to stop (answered once the mappings are deleted).
@@ -359,64 +361,38 @@ impl Worker {
 
     /// Finds the gateway (once), asks its external address, maps the ports.
     fn map_ports(&mut self, o: &mut Outcome, rx: &Receiver<Command>) -> Result<(), String> {
-        let service = match self.gateway.clone() {
-            Some(s) => s,
+        let gw = match self.gateway.clone() {
+            Some(g) => g,
             None => {
-                let s = find_gateway(self.settings.upnp_url.as_ref())?;
-                log::info!("traversal: UPnP gateway {} ({})", s.control, s.kind);
-                self.gateway = Some(s.clone());
-                s
+                let g = Gateway::find(self.settings.upnp_url.as_ref())?;
+                log::info!("traversal: gateway {}", g.name());
+                self.gateway = Some(g.clone());
+                g
             }
         };
-        o.gateway = Some(service.control.to_string());
-        let ext = call(
-            &service,
-            "GetExternalIPAddress",
-            &[],
-            Some("NewExternalIPAddress"),
-        )
-        .map_err(|e| format!("UPnP gateway {}: {e}", service.control))?;
-        o.external_ip = ext.parse().ok();
-        let me = local_ip_towards(&service.control)
-            .map_err(|e| format!("the address towards the gateway: {e}"))?;
+        o.gateway = Some(gw.name());
+        o.external_ip = Some(
+            gw.external_ip()
+                .map_err(|e| format!("gateway {}: {e}", gw.name()))?,
+        );
         for (proto, port) in self.settings.ports.clone() {
             if self.stopping(rx) {
                 return Ok(());
             }
-            let mut lease = self.settings.lease_s;
-            let mut r = call(
-                &service,
-                "AddPortMapping",
-                &upnp::add_port_mapping(proto, port, me, DESCRIPTION, lease),
-                None,
-            );
-            if matches!(
-                r,
-                Err(CallError::Upnp(upnp::UpnpError::Fault(
-                    upnp::ONLY_PERMANENT_LEASES,
-                    _
-                )))
-            ) {
-                lease = 0;
-                r = call(
-                    &service,
-                    "AddPortMapping",
-                    &upnp::add_port_mapping(proto, port, me, DESCRIPTION, lease),
-                    None,
-                );
-            }
-            match r {
-                Ok(_) => {
+            match gw.map(proto, port, self.settings.lease_s) {
+                Ok(()) => {
                     o.mapped.push((proto, port));
                     if !self.mapped.contains(&(proto, port)) {
                         self.mapped.push((proto, port));
                     }
                 }
-                Err(CallError::Upnp(e)) => o
+                Err(MapError::Refused(e)) => o
                     .errors
                     .push(format!("mapping {} {port}: {e}", proto.as_str())),
                 // The gateway is gone: no use trying the other ports.
-                Err(e) => return Err(format!("mapping {} {port}: {e}", proto.as_str())),
+                Err(MapError::Gone(e)) => {
+                    return Err(format!("mapping {} {port}: {e}", proto.as_str()))
+                }
             }
         }
         Ok(())
@@ -425,24 +401,17 @@ impl Worker {
     /// Deletes every mapping made (bounded: one timeout per call, stops at
     /// the first transport failure).
     fn unmap(&mut self) {
-        let Some(service) = self.gateway.clone() else {
+        let Some(gw) = self.gateway.clone() else {
             return;
         };
         let mut deleted = 0;
         for (proto, port) in std::mem::take(&mut self.mapped) {
-            match call(
-                &service,
-                "DeletePortMapping",
-                &upnp::delete_port_mapping(proto, port),
-                None,
-            ) {
-                Ok(_) | Err(CallError::Upnp(upnp::UpnpError::Fault(upnp::NO_SUCH_ENTRY, _))) => {
-                    deleted += 1
-                }
-                Err(CallError::Upnp(e)) => {
+            match gw.unmap(proto, port) {
+                Ok(()) => deleted += 1,
+                Err(MapError::Refused(e)) => {
                     log::warn!("traversal: deleting {} {port}: {e}", proto.as_str())
                 }
-                Err(e) => {
+                Err(MapError::Gone(e)) => {
                     log::warn!("traversal: deleting the mappings: {e}; they end with their lease");
                     break;
                 }
@@ -451,10 +420,191 @@ impl Worker {
         if deleted > 0 {
             log::info!(
                 "traversal: deleted {deleted} port mapping(s) on {}",
-                service.control
+                gw.name()
             );
         }
     }
+}
+
+/// A port mapping gateway: UPnP IGD, or NAT-PMP at the default gateway.
+#[derive(Debug, Clone)]
+enum Gateway {
+    Upnp {
+        service: upnp::Service,
+        /// This router's address towards it (the mappings' internal client).
+        me: Ipv4Addr,
+    },
+    Pmp(SocketAddr),
+}
+
+/// Why a mapping call failed.
+enum MapError {
+    /// The gateway answered no (this port).
+    Refused(String),
+    /// No answer or a broken one (the gateway, not the port).
+    Gone(String),
+}
+
+impl From<CallError> for MapError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Upnp(u) => MapError::Refused(u.to_string()),
+            e => MapError::Gone(e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for MapError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (MapError::Refused(m) | MapError::Gone(m)) = self;
+        f.write_str(m)
+    }
+}
+
+impl Gateway {
+    /// UPnP (SSDP, or `url`); without an answer and without `url`, NAT-PMP
+    /// at the default gateway.
+    fn find(url: Option<&Url>) -> Result<Gateway, String> {
+        let upnp = find_gateway(url).and_then(|service| {
+            let me = local_ip_towards(&service.control)
+                .map_err(|e| format!("the address towards the gateway: {e}"))?;
+            Ok(Gateway::Upnp { service, me })
+        });
+        match upnp {
+            Ok(g) => Ok(g),
+            Err(e) if url.is_some() => Err(e),
+            Err(e) => {
+                let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+                let Some(gw) = natpmp::default_gateway(&route) else {
+                    return Err(format!("{e}; no default gateway for NAT-PMP"));
+                };
+                let g = Gateway::Pmp(SocketAddr::from((gw, natpmp::PORT)));
+                match g.external_ip() {
+                    Ok(_) => Ok(g),
+                    Err(p) => Err(format!("{e}; NAT-PMP at {gw}: {p}")),
+                }
+            }
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Gateway::Upnp { service, .. } => service.control.to_string(),
+            Gateway::Pmp(a) => format!("natpmp://{a}"),
+        }
+    }
+
+    fn external_ip(&self) -> Result<IpAddr, MapError> {
+        match self {
+            Gateway::Upnp { service, .. } => {
+                let ext = call(
+                    service,
+                    "GetExternalIPAddress",
+                    &[],
+                    Some("NewExternalIPAddress"),
+                )?;
+                ext.parse()
+                    .map_err(|_| MapError::Gone(format!("external address '{ext}'")))
+            }
+            Gateway::Pmp(gw) => {
+                let b = pmp_exchange(*gw, &natpmp::address_request())?;
+                natpmp::parse_address(&b)
+                    .map(IpAddr::V4)
+                    .map_err(|e| MapError::Gone(e.to_string()))
+            }
+        }
+    }
+
+    /// Maps `port` (external = internal) for `lease_s` (0: permanent).
+    fn map(&self, proto: Protocol, port: u16, lease_s: u32) -> Result<(), MapError> {
+        match self {
+            Gateway::Upnp { service, me } => {
+                let add = |lease| {
+                    let args = upnp::add_port_mapping(proto, port, *me, DESCRIPTION, lease);
+                    call(service, "AddPortMapping", &args, None)
+                };
+                match add(lease_s) {
+                    Err(CallError::Upnp(upnp::UpnpError::Fault(
+                        upnp::ONLY_PERMANENT_LEASES,
+                        _,
+                    ))) => add(0),
+                    r => r,
+                }
+                .map(drop)
+                .map_err(MapError::from)
+            }
+            Gateway::Pmp(gw) => {
+                // NAT-PMP has no permanent leases: a day, renewed like others.
+                let lifetime = if lease_s == 0 { 86_400 } else { lease_s };
+                let req = natpmp::map_request(proto, port, port, lifetime);
+                let b = pmp_exchange(*gw, &req)?;
+                match natpmp::parse_map(&b, proto, port) {
+                    Ok(m) if m.external == port => Ok(()),
+                    Ok(m) => {
+                        // Another external port is of no use: grants name the port.
+                        let _ = pmp_exchange(*gw, &natpmp::map_request(proto, port, 0, 0));
+                        Err(MapError::Refused(format!(
+                            "NAT-PMP gave external port {} instead",
+                            m.external
+                        )))
+                    }
+                    Err(e @ natpmp::PmpError::Refused(..)) => Err(MapError::Refused(e.to_string())),
+                    Err(e) => Err(MapError::Gone(e.to_string())),
+                }
+            }
+        }
+    }
+
+    fn unmap(&self, proto: Protocol, port: u16) -> Result<(), MapError> {
+        match self {
+            Gateway::Upnp { service, .. } => {
+                match call(
+                    service,
+                    "DeletePortMapping",
+                    &upnp::delete_port_mapping(proto, port),
+                    None,
+                ) {
+                    Ok(_)
+                    | Err(CallError::Upnp(upnp::UpnpError::Fault(upnp::NO_SUCH_ENTRY, _))) => {
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Gateway::Pmp(gw) => {
+                let b = pmp_exchange(*gw, &natpmp::map_request(proto, port, 0, 0))?;
+                natpmp::parse_map(&b, proto, port)
+                    .map(drop)
+                    .map_err(|e| MapError::Refused(e.to_string()))
+            }
+        }
+    }
+}
+
+/// One NAT-PMP exchange with retransmissions (250 ms doubling, 4 tries).
+fn pmp_exchange(gw: SocketAddr, req: &[u8]) -> Result<Vec<u8>, MapError> {
+    let gone = |e: io::Error| MapError::Gone(format!("NAT-PMP {gw}: {e}"));
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(gone)?;
+    sock.connect(gw).map_err(gone)?;
+    let mut buf = [0u8; 64];
+    let mut wait = Duration::from_millis(250);
+    for _ in 0..4 {
+        sock.send(req).map_err(gone)?;
+        sock.set_read_timeout(Some(wait)).map_err(gone)?;
+        match sock.recv(&mut buf) {
+            Ok(n) => return Ok(buf[..n].to_vec()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                wait *= 2
+            }
+            Err(e) => return Err(gone(e)),
+        }
+    }
+    Err(MapError::Gone(format!("NAT-PMP {gw}: no answer")))
 }
 
 #[derive(Debug)]
