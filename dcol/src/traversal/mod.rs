@@ -25,7 +25,9 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -176,6 +178,8 @@ enum Command {
 #[derive(Debug)]
 pub struct Traversal {
     settings: Settings,
+    /// Set by the thread once it found a gateway (it may have mappings).
+    found: Arc<AtomicBool>,
     tx: Sender<Command>,
     rx: Receiver<Outcome>,
     wake: UnixStream,
@@ -190,11 +194,14 @@ impl Traversal {
         let (tx, cmd_rx) = mpsc::channel();
         let (out, rx) = mpsc::channel();
         let s = settings.clone();
+        let found = Arc::new(AtomicBool::new(false));
+        let found_w = Arc::clone(&found);
         thread::Builder::new()
             .name("dcol-traversal".into())
             .spawn(move || {
                 Worker {
                     settings: s,
+                    found: found_w,
                     gateway: None,
                     mapped: Vec::new(),
                     stop: None,
@@ -205,6 +212,7 @@ impl Traversal {
             })?;
         Ok(Traversal {
             settings,
+            found,
             tx,
             rx,
             wake,
@@ -229,10 +237,12 @@ impl Traversal {
     }
 
     /// Deletes the mappings on the gateway, waiting at most `wait` (a pass
-    /// in progress finishes first).
+    /// in progress finishes first). Without a gateway found there is
+    /// nothing to delete and nothing to wait for (a search in progress may
+    /// take seconds).
     pub fn stop(self, wait: Duration) -> bool {
         let (done_tx, done) = mpsc::channel();
-        if self.tx.send(Command::Stop(done_tx)).is_err() {
+        if self.tx.send(Command::Stop(done_tx)).is_err() || !self.found.load(Ordering::SeqCst) {
             return true;
         }
         done.recv_timeout(wait).is_ok()
@@ -241,6 +251,7 @@ impl Traversal {
 
 struct Worker {
     settings: Settings,
+    found: Arc<AtomicBool>,
     /// The gateway, once found.
     gateway: Option<Gateway>,
     /// Ports mapped and not deleted.
@@ -366,6 +377,7 @@ impl Worker {
             None => {
                 let g = Gateway::find(self.settings.upnp_url.as_ref())?;
                 log::info!("traversal: gateway {}", g.name());
+                self.found.store(true, Ordering::SeqCst);
                 self.gateway = Some(g.clone());
                 g
             }
