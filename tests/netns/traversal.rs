@@ -24,7 +24,8 @@
 //! (the server sees joins from the gateway's address). When the gateway
 //! disappears the record is withdrawn; when it refuses a port, the waypoint
 //! logs it and keeps serving. A gateway with NAT-PMP only gets the same
-//! mappings. On reload (UPnP off) and on SIGTERM every mapping is deleted.
+//! mappings. On reload (UPnP off) and on SIGTERM every mapping is deleted;
+//! after SIGKILL the next start deletes what the crashed run left.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -458,5 +459,97 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
         "{}",
         wp.log_text()
     );
+    drop(net);
+}
+
+/// Port forwards to the waypoint on the gateway.
+fn forwards_to_wp(gw: &Netns) -> usize {
+    forwards(gw).matches("dnat ip to 192.168.7.2:").count()
+}
+
+/// A waypoint that crashed (SIGKILL) leaves its mappings on the gateway
+/// (permanent leases here: they would never end). Its next start deletes
+/// them, whether traversal is now off or on; a damaged record is reported
+/// and ignored.
+#[test]
+fn mappings_left_by_a_crash_are_deleted_at_the_next_start() {
+    if !need_root() {
+        return;
+    }
+    let net = build();
+    let scratch = Scratch::new("trav-crash");
+    let coop = Collective::new(scratch.path(), "coop");
+    let alice = coop.admit("alice", "client,waypoint", 30);
+    start_miniupnpd(&net.gw, &scratch, "");
+    std::thread::sleep(Duration::from_millis(500));
+    let sock = scratch.path().join("wp.sock");
+    let state = scratch.path().join("wp-state");
+    let record = state.join("port-mappings");
+    let cfg = format!(
+        "{}config waypoint 'waypoint'\n\toption enabled '1'\n\tlist listen '0.0.0.0:7447'\n\
+         \toption nat_ports '40000-40003'\n\toption upnp_lease_s '0'\n",
+        main_section(&alice, &coop, &sock, &state)
+    );
+    let start =
+        |tag: &str, cfg: &str| Daemon::start(net.wp.name(), scratch.path(), tag, cfg, &sock);
+    let mapped = |wp: &Daemon| {
+        wp.wait_status(Duration::from_secs(20), |s| {
+            s["traversal"]["mapped_ports"] == 5
+        })
+        .unwrap_or_else(|s| panic!("not mapped: {s}\n{}", wp.log_text()));
+    };
+
+    let mut wp = start("wp1", &cfg);
+    mapped(&wp);
+    let text = std::fs::read_to_string(&record).expect("the record of the mappings");
+    assert!(
+        text.contains("upnp urn:schemas-upnp-org:service:WANIPConnection:"),
+        "{text}"
+    );
+    for p in ["udp 7447", "tcp 40000", "tcp 40003"] {
+        assert!(text.lines().any(|l| l == p), "{p} not in {text}");
+    }
+    wp.kill9();
+    assert_eq!(forwards_to_wp(&net.gw), 5, "{}", forwards(&net.gw));
+
+    // Started again with UPnP off: the left-overs are deleted all the same.
+    let mut wp = start("wp2", &format!("{cfg}\toption upnp '0'\n"));
+    wait_for("the left-overs deleted", Duration::from_secs(10), || {
+        forwards_to_wp(&net.gw) == 0 && !record.exists()
+    });
+    let log = wp.log_text();
+    assert!(
+        log.contains(
+            "deleting 5 port mapping(s) left on http://192.168.7.1:5000/ctl/IPConn by an earlier run"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("deleted 5 port mapping(s)"), "{log}");
+    assert!(wp.terminate().success());
+
+    // A damaged record: reported, ignored, and mapping goes on.
+    std::fs::write(&record, "upnp\n").unwrap();
+    let mut wp = start("wp3", &cfg);
+    mapped(&wp);
+    let log = wp.log_text();
+    assert!(
+        log.contains("port-mappings: line 1: cannot read 'upnp'; ignored"),
+        "{log}"
+    );
+    wp.kill9();
+    assert_eq!(forwards_to_wp(&net.gw), 5);
+
+    // Started again with UPnP on: deleted, mapped anew, deleted on SIGTERM.
+    let mut wp = start("wp4", &cfg);
+    mapped(&wp);
+    assert!(
+        wp.log_text().contains("by an earlier run"),
+        "{}",
+        wp.log_text()
+    );
+    assert_eq!(forwards_to_wp(&net.gw), 5, "{}", forwards(&net.gw));
+    assert!(wp.terminate().success());
+    assert_eq!(forwards_to_wp(&net.gw), 0, "{}", forwards(&net.gw));
+    assert!(!record.exists(), "the record outlived the mappings");
     drop(net);
 }

@@ -3,15 +3,18 @@
 //! found, shows it in `dcol status` and hands the public address to the
 //! membership directory (published unless `list advertise` overrides it).
 //! At exit, or when the settings change on reload, the mappings are deleted
-//! from the gateway (at most [`STOP_WAIT`]; left-overs end with their lease).
+//! from the gateway (at most [`STOP_WAIT`]; what is left is recorded in
+//! `state_dir/port-mappings` and deleted at the next start, or ends with
+//! its lease).
 
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Daemon;
 use crate::config::Config;
 use crate::control::TraversalStatus;
-use crate::traversal::{Outcome, Protocol, Settings, Traversal};
+use crate::traversal::{self, Outcome, Protocol, Settings, Traversal};
 
 /// Time allowed for deleting the mappings.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -47,7 +50,13 @@ pub(super) fn settings(cfg: &Config) -> Option<Settings> {
         lease_s: w.upnp_lease_s,
         ports: if w.upnp { ports } else { Vec::new() },
         signaling_port,
+        record: Some(record_path(cfg)),
     })
+}
+
+/// Where the mappings not deleted yet are recorded.
+fn record_path(cfg: &Config) -> PathBuf {
+    cfg.main.state_dir.join("port-mappings")
 }
 
 /// `udp/7447`, `tcp/40000-40031`: consecutive ports of one protocol merged.
@@ -121,9 +130,21 @@ impl NatTraversal {
 }
 
 impl Daemon {
-    /// Starts traversal if the configuration asks for it.
+    /// Starts traversal if the configuration asks for it. Otherwise the
+    /// mappings an earlier run left (it crashed) are deleted in the
+    /// background; with traversal on, its thread does that first.
     pub(super) fn start_traversal(cfg: &Config) -> Option<NatTraversal> {
-        settings(cfg).and_then(NatTraversal::start)
+        let s = settings(cfg);
+        let path = record_path(cfg);
+        if s.is_none() && path.exists() {
+            let spawned = std::thread::Builder::new()
+                .name("dcol-leftovers".into())
+                .spawn(move || traversal::delete_leftovers(&path));
+            if let Err(e) = spawned {
+                log::warn!("traversal: cannot delete the mappings left by an earlier run: {e}");
+            }
+        }
+        s.and_then(NatTraversal::start)
     }
 
     /// Readable when a pass finished.

@@ -18,6 +18,7 @@
 //! serving what it can (its LAN, other mapped ports).
 
 pub mod natpmp;
+mod record;
 pub mod stun;
 pub mod upnp;
 
@@ -25,6 +26,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -68,6 +70,8 @@ pub struct Settings {
     pub ports: Vec<(Protocol, u16)>,
     /// The signaling port: the one published with the public address.
     pub signaling_port: u16,
+    /// Where the mappings not deleted yet are recorded (see [`delete_leftovers`]).
+    pub record: Option<PathBuf>,
 }
 
 /// The result of one pass.
@@ -204,6 +208,7 @@ impl Traversal {
                     found: found_w,
                     gateway: None,
                     mapped: Vec::new(),
+                    recorded: None,
                     stop: None,
                     out,
                     wake: wake_tx,
@@ -256,6 +261,8 @@ struct Worker {
     gateway: Option<Gateway>,
     /// Ports mapped and not deleted.
     mapped: Vec<(Protocol, u16)>,
+    /// What the record on disk lists: the gateway's name and the ports.
+    recorded: Option<(String, Vec<(Protocol, u16)>)>,
     /// The daemon asked to stop (answered once the mappings are deleted).
     stop: Option<Sender<()>>,
     out: Sender<Outcome>,
@@ -264,6 +271,9 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self, rx: &Receiver<Command>) {
+        if let Some(path) = &self.settings.record {
+            delete_leftovers(path);
+        }
         let mut retry = RETRY.0;
         loop {
             let o = self.pass(rx);
@@ -403,11 +413,31 @@ impl Worker {
                     .push(format!("mapping {} {port}: {e}", proto.as_str())),
                 // The gateway is gone: no use trying the other ports.
                 Err(MapError::Gone(e)) => {
-                    return Err(format!("mapping {} {port}: {e}", proto.as_str()))
+                    self.record(&gw);
+                    return Err(format!("mapping {} {port}: {e}", proto.as_str()));
                 }
             }
         }
+        self.record(&gw);
         Ok(())
+    }
+
+    /// Brings the record on disk up to date with `mapped` on `gw`.
+    fn record(&mut self, gw: &Gateway) {
+        let Some(path) = &self.settings.record else {
+            return;
+        };
+        let now = (gw.name(), self.mapped.clone());
+        if self.recorded.as_ref() == Some(&now) {
+            return;
+        }
+        match record::save(path, gw, &self.mapped) {
+            Ok(()) => self.recorded = Some(now),
+            Err(e) => log::warn!(
+                "traversal: recording the mappings in {}: {e}",
+                path.display()
+            ),
+        }
     }
 
     /// Deletes every mapping made (bounded: one timeout per call, stops at
@@ -416,25 +446,61 @@ impl Worker {
         let Some(gw) = self.gateway.clone() else {
             return;
         };
-        let mut deleted = 0;
-        for (proto, port) in std::mem::take(&mut self.mapped) {
-            match gw.unmap(proto, port) {
-                Ok(()) => deleted += 1,
-                Err(MapError::Refused(e)) => {
-                    log::warn!("traversal: deleting {} {port}: {e}", proto.as_str())
-                }
-                Err(MapError::Gone(e)) => {
-                    log::warn!("traversal: deleting the mappings: {e}; they end with their lease");
-                    break;
-                }
+        let ports = std::mem::take(&mut self.mapped);
+        self.mapped = unmap_all(&gw, &ports);
+        self.record(&gw);
+    }
+}
+
+/// Deletes `ports` on `gw`; returns those left (after a transport failure,
+/// the gateway's: they end with their lease).
+fn unmap_all(gw: &Gateway, ports: &[(Protocol, u16)]) -> Vec<(Protocol, u16)> {
+    let mut deleted = 0;
+    let mut left = Vec::new();
+    for (i, &(proto, port)) in ports.iter().enumerate() {
+        match gw.unmap(proto, port) {
+            Ok(()) => deleted += 1,
+            Err(MapError::Refused(e)) => {
+                log::warn!("traversal: deleting {} {port}: {e}", proto.as_str())
+            }
+            Err(MapError::Gone(e)) => {
+                log::warn!("traversal: deleting the mappings: {e}; they end with their lease");
+                left.extend_from_slice(&ports[i..]);
+                break;
             }
         }
-        if deleted > 0 {
-            log::info!(
-                "traversal: deleted {deleted} port mapping(s) on {}",
-                gw.name()
-            );
+    }
+    if deleted > 0 {
+        log::info!(
+            "traversal: deleted {deleted} port mapping(s) on {}",
+            gw.name()
+        );
+    }
+    left
+}
+
+/// Deletes the mappings an earlier run recorded at `path` and did not
+/// delete (it crashed, or the router lost power). Bounded: one gateway
+/// timeout when the gateway is gone, and then the record is dropped (the
+/// mappings end with their lease, or with the gateway's restart).
+pub fn delete_leftovers(path: &Path) {
+    let (gw, ports) = match record::load(path) {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!("traversal: {e}; ignored");
+            let _ = record::remove(path);
+            return;
         }
+    };
+    log::info!(
+        "traversal: deleting {} port mapping(s) left on {} by an earlier run",
+        ports.len(),
+        gw.name()
+    );
+    unmap_all(&gw, &ports);
+    if let Err(e) = record::remove(path) {
+        log::warn!("traversal: removing {}: {e}", path.display());
     }
 }
 
