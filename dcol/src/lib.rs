@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod directory;
 pub mod http;
+pub mod member;
 pub mod proto;
 pub mod proxy;
 pub mod sys;

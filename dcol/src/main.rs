@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use dcol::{config, control, daemon, trust};
+use dcol::{config, control, daemon, member, trust};
 
 const USAGE: &str = "\
 dcol — the Detour Collective daemon
@@ -17,10 +17,20 @@ usage:
   dcol status [--json] [--socket PATH] [--config FILE]
   dcol config check [--config FILE] validate a configuration file
   dcol key generate --out FILE      write a member key (FILE, 0600) and FILE.pub
+  dcol member show [--config FILE] [--json]
+                                    this router's key, certificate and collective key, checked
+  dcol member key [--config FILE]   create the member key the configuration names (if none);
+                                    prints the join request to send to the administrator
+  dcol member install [--config FILE] (--cert FILE [--collective PUB] | --rpc)
+                                    check a certificate (and collective key) against this
+                                    router's key, then install them where the configuration says;
+                                    --rpc: {\"cert\": TEXT, \"collective\": TEXT} on stdin, JSON out
   dcol collective init --out-dir DIR
                                     write DIR/collective.key (0600) and DIR/collective.pub
   dcol collective admit --collective-key KEY --member-pub PUB --name NAME
                         [--days N] [--roles client,waypoint] --out CERT
+                                    PUB: the member's FILE.pub, or the join request it sent
+                                    (which carries its WireGuard key too)
   dcol collective revoke --collective-key KEY (--member ID | --cert CERT) [--reason TEXT]
                          (--list FILE | --store DIR) [--directory URL]
                                     add a member to the root-signed revocation list FILE
@@ -102,6 +112,12 @@ fn real_main() -> Result<(), Failure> {
         "key" => match sub(&mut p, "key")?.as_str() {
             "generate" => cmd_key_generate(&mut p),
             s => Err(usage(format!("unknown command 'key {s}'"))),
+        },
+        "member" => match sub(&mut p, "member")?.as_str() {
+            "show" => cmd_member_show(&mut p),
+            "key" => cmd_member_key(&mut p),
+            "install" => cmd_member_install(&mut p),
+            s => Err(usage(format!("unknown command 'member {s}'"))),
         },
         "collective" => match sub(&mut p, "collective")?.as_str() {
             "init" => cmd_collective_init(&mut p),
@@ -351,6 +367,184 @@ fn cmd_key_generate(p: &mut lexopt::Parser) -> Result<(), Failure> {
         "wrote {0}, {0}.pub and {0}.wgpub (member id {1})",
         out.display(),
         trust::MemberId::of(&key.public())
+    );
+    Ok(())
+}
+
+fn member_paths(o: &Opts) -> Result<member::Paths, Failure> {
+    Ok(member::Paths::of(&load_config(
+        o.get("config").unwrap_or(DEFAULT_CONFIG),
+    )?))
+}
+
+fn print_membership(m: &member::Membership, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(m).expect("serializing to a string cannot fail")
+        );
+        return;
+    }
+    let line = |what: &str, path: &str, present: bool, ok: String, err: &Option<String>| {
+        let state = match (present, err) {
+            (false, _) => "missing".to_owned(),
+            (true, Some(e)) => format!("unusable: {e}"),
+            (true, None) => ok,
+        };
+        println!("{what:<11} {path}: {state}");
+    };
+    line(
+        "key",
+        &m.key.path,
+        m.key.present,
+        format!("member {}", m.key.id.as_deref().unwrap_or("?")),
+        &m.key.error,
+    );
+    line(
+        "certificate",
+        &m.cert.path,
+        m.cert.present,
+        format!(
+            "'{}' ({}), valid until {}",
+            m.cert.name.as_deref().unwrap_or("?"),
+            m.cert.roles.as_deref().unwrap_or("?"),
+            m.cert.not_after.unwrap_or(0)
+        ),
+        &m.cert.error,
+    );
+    line(
+        "collective",
+        &m.collective.path,
+        m.collective.present,
+        m.collective.id.clone().unwrap_or_default(),
+        &m.collective.error,
+    );
+    println!(
+        "{}",
+        if m.ready {
+            "ready"
+        } else {
+            "not ready: see 'dcol member key' and 'dcol member install'"
+        }
+    );
+}
+
+fn cmd_member_show(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let o = Opts::parse(
+        p,
+        &["config"],
+        &["json"],
+        "usage: dcol member show [--config FILE] [--json]\n",
+    )?;
+    let m = member::show(&member_paths(&o)?, daemon::wall_ms() / 1000);
+    print_membership(&m, o.flag("json"));
+    Ok(())
+}
+
+fn cmd_member_key(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let o = Opts::parse(
+        p,
+        &["config"],
+        &["json"],
+        "usage: dcol member key [--config FILE] [--json]\n",
+    )?;
+    let paths = member_paths(&o)?;
+    let created = member::create_key(&paths).map_err(runtime)?;
+    let m = member::show(&paths, daemon::wall_ms() / 1000);
+    if o.flag("json") {
+        print_membership(&m, true);
+        return Ok(());
+    }
+    match (&m.key.request, &m.key.error) {
+        (Some(r), _) => {
+            let what = if created { "created" } else { "already there" };
+            print!(
+                "{} {what}; the join request to send to the collective's administrator:\n{r}",
+                paths.key.display()
+            );
+            Ok(())
+        }
+        (None, e) => Err(runtime(e.clone().unwrap_or_else(|| "no key".into()))),
+    }
+}
+
+fn cmd_member_install(p: &mut lexopt::Parser) -> Result<(), Failure> {
+    let o = Opts::parse(
+        p,
+        &["config", "cert", "collective"],
+        &["rpc"],
+        "usage: dcol member install [--config FILE] (--cert FILE [--collective PUB] | --rpc)\n",
+    )?;
+    let read = |path: &str| -> Result<String, Failure> {
+        let mut s = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                use std::io::Read;
+                f.take(member::MAX_PASTE as u64 + 1).read_to_string(&mut s)
+            })
+            .map_err(|e| usage(format!("{path}: {e}")))?;
+        Ok(s)
+    };
+    let now = daemon::wall_ms() / 1000;
+    if o.flag("rpc") {
+        // The LuCI page: ubus arguments on stdin, JSON out, also on errors.
+        let answer = (|| -> Result<serde_json::Value, String> {
+            let paths = member::Paths::of(
+                &config::load(std::path::Path::new(
+                    o.get("config").unwrap_or(DEFAULT_CONFIG),
+                ))
+                .map_err(|e| e.to_string())?,
+            );
+            let mut input = String::new();
+            {
+                use std::io::Read;
+                std::io::stdin()
+                    .take(4 * member::MAX_PASTE as u64)
+                    .read_to_string(&mut input)
+                    .map_err(|e| format!("reading the arguments: {e}"))?;
+            }
+            let args: serde_json::Value = serde_json::from_str(&input)
+                .map_err(|e| format!("the arguments are not JSON: {e}"))?;
+            let text = |k: &str| -> Result<Option<&str>, String> {
+                match &args[k] {
+                    serde_json::Value::Null => Ok(None),
+                    serde_json::Value::String(s) => Ok(Some(s.as_str())),
+                    _ => Err(format!("argument '{k}' is not a string")),
+                }
+            };
+            let cert = text("cert")?.ok_or("argument 'cert' missing")?;
+            let c = member::install(&paths, cert, text("collective")?, now)?;
+            Ok(serde_json::json!({
+                "installed": true, "name": c.name, "member_id": c.member.to_string(),
+                "not_after": c.not_after,
+                "membership": member::show(&paths, now),
+            }))
+        })();
+        let (v, code) = match answer {
+            Ok(v) => (v, 0),
+            Err(e) => (serde_json::json!({ "error": e }), 2),
+        };
+        println!("{v}");
+        return if code == 0 {
+            Ok(())
+        } else {
+            Err(Failure {
+                code,
+                msg: v["error"].as_str().unwrap_or_default().to_owned(),
+            })
+        };
+    }
+    let paths = member_paths(&o)?;
+    let cert = read(o.need("cert")?)?;
+    let coll = o.get("collective").map(read).transpose()?;
+    let c = member::install(&paths, &cert, coll.as_deref(), now)
+        .map_err(|e| Failure { code: 2, msg: e })?;
+    println!(
+        "installed {} for '{}' ({}), valid until {} (restart dcol to use it)",
+        paths.cert.display(),
+        c.name,
+        c.member,
+        c.not_after
     );
     Ok(())
 }

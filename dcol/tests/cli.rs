@@ -150,3 +150,141 @@ fn keys_collective_and_admission() {
     assert!(stderr(&o).contains("none.sock"));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `dcol member`: key, join request, install (file and --rpc), show.
+#[test]
+fn member_key_install_and_show() {
+    let d = scratch("member");
+    let p = |f: &str| d.join(f).to_str().unwrap().to_owned();
+    let conf = p("dcol.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "config dcol 'main'\n\toption key '{}'\n\toption cert '{}'\n\toption collective '{}'\n",
+            p("etc/member.key"),
+            p("etc/member.cert"),
+            p("etc/collective.pub")
+        ),
+    )
+    .unwrap();
+    let o = dcol(&["member", "show", "--config", &conf, "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["ready"].as_bool(), v["key"]["present"].as_bool()),
+        (Some(false), Some(false))
+    );
+    // The key, and its join request.
+    let o = dcol(&["member", "key", "--config", &conf]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let request: String = out.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    assert!(
+        request.starts_with("dcol-public-v1 ") && request.contains("\ndcol-wg-v1 "),
+        "{out}"
+    );
+    let mode = std::fs::metadata(p("etc/member.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Asking again keeps the key.
+    let o = dcol(&["member", "key", "--config", &conf]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already there"));
+    // The administrator admits the join request (WireGuard key included).
+    assert_eq!(
+        code(&dcol(&["collective", "init", "--out-dir", &p("admin")])),
+        0
+    );
+    let admit = |request: &str, name: &str| {
+        std::fs::write(p(&format!("{name}.request")), request).unwrap();
+        dcol(&[
+            "collective",
+            "admit",
+            "--collective-key",
+            &p("admin/collective.key"),
+            "--member-pub",
+            &p(&format!("{name}.request")),
+            "--name",
+            name,
+            "--out",
+            &p(&format!("{name}.cert")),
+        ])
+    };
+    let o = admit(&request, "carol");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // A damaged join request is refused, naming the line.
+    let first = request.lines().next().unwrap();
+    let o = admit(&format!("{first}\ndcol-wg-v1 nope\n"), "x");
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("x.request: line 2"), "{}", stderr(&o));
+    // --rpc: errors are JSON on stdout too, exit 2, nothing written.
+    let rpc = |input: &str| {
+        use std::io::Write;
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dcol"))
+            .args(["member", "install", "--rpc", "--config", &conf])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let o = c.wait_with_output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON out");
+        (code(&o), v)
+    };
+    let cert = std::fs::read_to_string(p("carol.cert")).unwrap();
+    let coll = std::fs::read_to_string(p("admin/collective.pub")).unwrap();
+    for (input, want) in [
+        ("not json", "the arguments are not JSON"),
+        ("{}", "argument 'cert' missing"),
+        (r#"{"cert": 1}"#, "argument 'cert' is not a string"),
+        (
+            &serde_json::json!({ "cert": cert }).to_string(),
+            "paste the collective's public key too",
+        ),
+        (
+            &serde_json::json!({ "cert": "dcol-cert-v1 00", "collective": coll }).to_string(),
+            "not a certificate",
+        ),
+    ] {
+        let (c, v) = rpc(input);
+        assert_eq!(c, 2, "{input}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{input}: {v}");
+    }
+    assert!(!d.join("etc/member.cert").exists());
+    let (c, v) = rpc(&serde_json::json!({ "cert": cert, "collective": coll }).to_string());
+    assert_eq!(c, 0, "{v}");
+    assert_eq!(
+        (v["installed"].as_bool(), v["name"].as_str()),
+        (Some(true), Some("carol"))
+    );
+    assert_eq!(v["membership"]["ready"], true, "{v}");
+    // The file form, for a renewal; and show.
+    let o = dcol(&[
+        "member",
+        "install",
+        "--config",
+        &conf,
+        "--cert",
+        &p("carol.cert"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = dcol(&[
+        "member",
+        "install",
+        "--config",
+        &conf,
+        "--cert",
+        &p("nothing"),
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("nothing"), "{}", stderr(&o));
+    let o = dcol(&["member", "show", "--config", &conf]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("'carol' (client,waypoint)") && text.ends_with("ready\n"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -74,9 +74,9 @@ function aclIsMinimal() {
   const groups = JSON.parse(fs.readFileSync(path.join(APP, 'root/usr/share/rpcd/acl.d/luci-app-dcol.json'), 'utf8'));
   const g = groups['luci-app-dcol'];
   check(
-    JSON.stringify(g.read) === JSON.stringify({ ubus: { 'luci.dcol': ['status'] }, uci: ['dcol'] }) &&
-      JSON.stringify(g.write) === JSON.stringify({ uci: ['dcol'] }),
-    'ACL luci-app-dcol: read = luci.dcol status + uci dcol, write = uci dcol, nothing else',
+    JSON.stringify(g.read) === JSON.stringify({ ubus: { 'luci.dcol': ['status', 'membership'] }, uci: ['dcol'] }) &&
+      JSON.stringify(g.write) === JSON.stringify({ ubus: { 'luci.dcol': ['create_key', 'install'] }, uci: ['dcol'] }),
+    'ACL luci-app-dcol: read = luci.dcol status, membership + uci dcol; write = luci.dcol create_key, install + uci dcol; nothing else',
   );
   const log = groups['luci-app-dcol-log'];
   check(
@@ -88,6 +88,7 @@ function aclIsMinimal() {
 const server = await startServer({
   uciDir: path.dirname(opt.uci),
   socket: opt.socket,
+  config: opt.uci,
   dcolBin: opt.dcolBin,
   log: opt.log,
 });
@@ -128,6 +129,9 @@ try {
   check((await page.textContent('#dcol-member-name')) === st.member.name, `overview shows member name '${st.member.name}'`);
   check((await page.textContent('#dcol-member-id')) === st.member.id, `overview shows member id ${st.member.id}`);
   check((await page.textContent('#dcol-cert')).includes('valid until'), 'overview shows the certificate validity');
+  check((await page.getAttribute('#dcol-join', 'data-ready')) === '1' &&
+    (await page.textContent('#dcol-join summary')).includes(`Member '${st.member.name}'`),
+    'a member router: the joining panel is folded away, naming the member');
   if (st.client && st.client.lan_proxy) {
     await until('the live graph to get 3 samples', async () =>
       +(await page.getAttribute('#dcol-graph', 'data-points')) >= 3);
@@ -199,6 +203,13 @@ try {
 
   // ---- Settings: GridSection add, validation, save ----
   await open('settings');
+  // Save, and wait until the page has re-rendered after it (editing the old
+  // form meanwhile would be lost).
+  const saveOk = async () => {
+    const before = await page.getAttribute('body', 'data-saved');
+    await page.click('#btn-save');
+    await until('the save to finish', async () => (await page.getAttribute('body', 'data-saved')) !== before);
+  };
   const rowsBefore = await page.locator('#cbi-dcol-peer tr.cbi-section-table-row').count();
   await page.click('#cbi-dcol-peer .cbi-button-add');
   const newRow = page.locator('#cbi-dcol-peer tr.cbi-section-table-row').nth(rowsBefore);
@@ -209,7 +220,7 @@ try {
   check(!fs.readFileSync(opt.uci, 'utf8').includes('carol'), 'an invalid peer address is refused, nothing written');
   await shot('settings-invalid');
   await newRow.locator('td[data-option="address"] input').fill('192.0.2.7:7447');
-  await page.click('#btn-save');
+  await saveOk();
   await until('peer carol in the UCI file', () => Object.values(uciFile()).some((s) => s['.type'] === 'peer' && s.name === 'carol'));
   const carol = Object.values(uciFile()).find((s) => s.name === 'carol');
   check(carol.address === '192.0.2.7:7447' && carol.tunnel === 'nat', 'a peer added in the grid is saved with address and tunnel');
@@ -221,7 +232,7 @@ try {
   check(uciFile().waypoint.donate_monthly_gb === undefined, 'a monthly cap of "lots" is refused, nothing written');
   await gb.fill('0.5');
   await page.locator('[id="cbid.dcol.waypoint.donate_kbit"]').fill('8000');
-  await page.click('#btn-save');
+  await saveOk();
   await until('donation caps in the UCI file', () => uciFile().waypoint.donate_monthly_gb === '0.5');
   check(uciFile().waypoint.donate_kbit === '8000', 'donation caps saved: 8000 kbit/s, 0.5 GB a month');
   // Directory and NAT traversal settings: bad values refused, good ones saved.
@@ -242,7 +253,7 @@ try {
   check(uciFile().main.directory === undefined, 'a STUN server without a port is refused, nothing written');
   await stun.fill('stun.example.org:3478');
   await page.locator('[id="cbid.dcol.waypoint.upnp"]').uncheck();
-  await page.click('#btn-save');
+  await saveOk();
   await until('directory and traversal settings in the UCI file', () => uciFile().main.directory === 'http://10.0.7.2:7450/snapshot');
   const w = uciFile().waypoint;
   check(w.upnp === '0' && JSON.stringify(w.stun_server) === '["stun.example.org:3478"]',
@@ -257,6 +268,83 @@ try {
     await until('log lines', async () => (await page.inputValue('#syslog')).includes('dcol'));
     check(true, 'log page shows the daemon log');
     await shot('log');
+  }
+
+  // ---- Joining from nothing: key, join request, certificate ----
+  {
+    const dir = fs.mkdtempSync(path.join(path.dirname(opt.uci), 'join-'));
+    const conf = path.join(dir, 'dcol.conf');
+    const key = path.join(dir, 'etc/member.key');
+    const certPath = path.join(dir, 'etc/member.cert');
+    fs.writeFileSync(conf, `config dcol 'main'\n\toption key '${key}'\n\toption cert '${certPath}'\n` +
+      `\toption collective '${path.join(dir, 'etc/collective.pub')}'\n`);
+    const dcol = (...args) => {
+      const r = spawnSync(opt.dcolBin, args, { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`dcol ${args.join(' ')}: ${r.stderr}`);
+      return r.stdout;
+    };
+    // The administrator's side.
+    const admin = path.join(dir, 'admin');
+    dcol('collective', 'init', '--out-dir', admin);
+    const admit = (request, name) => {
+      fs.writeFileSync(path.join(admin, `${name}.request`), request);
+      dcol('collective', 'admit', '--collective-key', path.join(admin, 'collective.key'), '--member-pub',
+        path.join(admin, `${name}.request`), '--name', name, '--days', '30', '--out', path.join(admin, `${name}.cert`));
+      return fs.readFileSync(path.join(admin, `${name}.cert`), 'utf8');
+    };
+    const collective = fs.readFileSync(path.join(admin, 'collective.pub'), 'utf8');
+
+    server.setConfig(conf);
+    await open('overview');
+    check((await page.getAttribute('#dcol-join', 'data-ready')) === '0' && !fs.existsSync(key),
+      'a router without a member key: the overview offers to join');
+    await page.click('#dcol-create-key');
+    const request = await until('the join request', async () => {
+      const t = await page.inputValue('#dcol-join-request');
+      return t.startsWith('dcol-public-v1 ') ? t : false;
+    });
+    check((fs.statSync(key).mode & 0o777) === 0o600, 'Create wrote the member key, mode 0600');
+    check(request === JSON.parse(dcol('member', 'show', '--json', '--config', conf)).key.request,
+      'the page shows the join request dcol prints (public key and WireGuard key)');
+    await shot('join-key');
+
+    const note = async (want) => until(`the note "${want}"`, async () => {
+      const t = await page.textContent('#dcol-join-note').catch(() => '');
+      return t.includes(want) ? t : false;
+    });
+    const cert = admit(request, 'newbie');
+    // Without the collective key: refused, the pasted text kept.
+    await page.fill('#dcol-cert-text', cert);
+    await page.click('#dcol-install');
+    await note("paste the collective's public key too");
+    check(!fs.existsSync(certPath) && (await page.inputValue('#dcol-cert-text')) === cert,
+      'without the collective key the certificate is refused, nothing written, the pasted text kept');
+    // Another member's certificate: refused.
+    dcol('key', 'generate', '--out', path.join(admin, 'other.key'));
+    const other = admit(fs.readFileSync(path.join(admin, 'other.key.pub'), 'utf8'), 'other');
+    await page.fill('#dcol-cert-text', other);
+    await page.fill('#dcol-collective-text', collective);
+    await page.click('#dcol-install');
+    const refused = await note("not for this router's key");
+    check(!fs.existsSync(certPath), `another member's certificate is refused ("${refused}")`);
+    // Garbage: the error names the format, as text.
+    await page.fill('#dcol-cert-text', '<b>hello</b>');
+    await page.click('#dcol-install');
+    await note("expected 'dcol-cert-v1 <hex>'");
+    check((await page.locator('#dcol-join-note b, #dcol-join-note hex').count()) === 0,
+      'a garbage certificate is refused; the error is shown as text, markup and all');
+    await shot('join-refused');
+    // The right one.
+    await page.fill('#dcol-cert-text', cert);
+    await page.click('#dcol-install');
+    await page.waitForSelector('#dcol-join[data-ready="1"]');
+    const ok = await note("Installed: member 'newbie'");
+    const m = JSON.parse(dcol('member', 'show', '--json', '--config', conf));
+    check(m.ready && m.cert.name === 'newbie' && m.collective.id === collective.trim().split(' ')[1],
+      `the certificate and collective key are installed and dcol accepts them ("${ok}")`);
+    check((await page.textContent('#dcol-join summary')).includes("Member 'newbie'"), 'the panel folds away, naming the new member');
+    await shot('join-installed');
+    server.setConfig(opt.uci);
   }
 
   // ---- An error from the daemon is shown, not swallowed ----

@@ -7,11 +7,13 @@
 //       a user holding exactly the app's ACL groups; `luci.dcol` runs the app's
 //       real exec plugin (root/usr/libexec/rpcd/luci.dcol list / call), which
 //       runs the real `dcol status --json` with DCOL_SOCKET set to the socket
-//       the test names; `log read` returns the daemon's log file as syslog.
+//       the test names, and `dcol member ...` with DCOL_CONFIG set to the
+//       configuration file it names; `log read` returns the daemon's log file
+//       as syslog.
 //   GET  /stand-in/uci/<config>             -> the UCI file <uciDir>/<config>, parsed
 //   POST /stand-in/uci/<config> {changes}   -> applied and written to that file
 //
-// Run alone: node server.mjs --uci-dir DIR --socket PATH [--port N] [--log FILE]
+// Run alone: node server.mjs --uci-dir DIR --socket PATH [--config FILE] [--port N] [--log FILE]
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -63,6 +65,7 @@ function run(cmd, args, { input = '', env = {} } = {}) {
 export async function startServer(opts) {
   const o = { port: 0, appDir: APP, log: null, dcolBin: null, ...opts };
   let socket = o.socket;
+  let config = o.config;
   const acl = loadAcl(o.appDir);
   const uciFile = (c) => {
     if (!/^[a-z0-9_-]+$/.test(c)) throw new Error('bad config name');
@@ -71,6 +74,7 @@ export async function startServer(opts) {
   const plugin = path.join(o.appDir, 'root/usr/libexec/rpcd/luci.dcol');
   const pluginEnv = () => ({
     DCOL_SOCKET: socket,
+    ...(config ? { DCOL_CONFIG: config } : {}),
     PATH: (o.dcolBin ? path.dirname(o.dcolBin) + ':' : '') + process.env.PATH,
   });
   const calls = [];
@@ -164,6 +168,7 @@ export async function startServer(opts) {
   return {
     url: `http://127.0.0.1:${server.address().port}/`,
     setSocket: (s) => (socket = s),
+    setConfig: (c) => (config = c),
     calls,
     close: () => new Promise((r) => server.close(r)),
   };
@@ -176,6 +181,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     port: +arg('--port', 0),
     uciDir: arg('--uci-dir'),
     socket: arg('--socket', '/var/run/dcol.sock'),
+    config: arg('--config', null),
     log: arg('--log', null),
     dcolBin: arg('--dcol-bin', null),
   });

@@ -24,7 +24,10 @@
 //! connections, tokens and detours via 'alice' that the daemon itself reports,
 //! and the waypoint's grants; an error from the daemon (a missing socket whose
 //! name carries markup) is shown as text, not swallowed; settings validate and
-//! save; the ACL grants only what the issue allows. Screenshots go to
+//! save; the ACL grants only what the issue allows; and a router without
+//! a member key joins from the overview: Create makes the key, the page
+//! shows the join request, a certificate issued for it (by `dcol collective
+//! admit`) is checked and installed, wrong ones are refused with the reason. Screenshots go to
 //! target/luci-artifacts/*.png.
 
 use std::path::{Path, PathBuf};
@@ -174,6 +177,9 @@ fn luci_app_in_a_browser_against_the_real_daemon() {
         "log",
         "error-detours",
         "error-overview",
+        "join-key",
+        "join-refused",
+        "join-installed",
     ] {
         assert!(
             artifacts.join(format!("{png}.png")).exists(),

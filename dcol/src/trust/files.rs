@@ -7,6 +7,10 @@
 //! dcol-cert-v1 <hex of the postcard-encoded certificate>
 //! dcol-revoked-v1 <hex of the postcard-encoded, root-signed revocation list>
 //! ```
+//! A *join request* is what a new member sends the collective's
+//! administrator: the public key line, and on a second line the WireGuard
+//! public key (`dcol-wg-v1 <base64>`), so that one pasted text gives
+//! `dcol collective admit --member-pub` both.
 //! Secret keys are created with mode 0600 from the start (never world-readable,
 //! not even briefly) and are never overwritten.
 
@@ -24,6 +28,7 @@ const SECRET_TAG: &str = "dcol-secret-v1";
 const PUBLIC_TAG: &str = "dcol-public-v1";
 const CERT_TAG: &str = "dcol-cert-v1";
 const REVOKED_TAG: &str = "dcol-revoked-v1";
+const WG_TAG: &str = "dcol-wg-v1";
 /// Larger files are not ours.
 const MAX_FILE: u64 = 16 * 1024;
 
@@ -207,31 +212,86 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey, FileError> {
 
 /// Reads a public key.
 pub fn read_public_key(path: &Path) -> Result<PublicKey, FileError> {
-    let b = parse_line(path, &read_small(path)?, PUBLIC_TAG)?;
+    parse_public_key(path, &read_small(path)?)
+}
+
+/// Parses a public key line; `what` names the text in errors.
+pub fn parse_public_key(what: &Path, text: &str) -> Result<PublicKey, FileError> {
+    let b = parse_line(what, text, PUBLIC_TAG)?;
     let k: [u8; 32] = b
         .try_into()
-        .map_err(|_| format_err(path, "expected 64 hex digits"))?;
+        .map_err(|_| format_err(what, "expected 64 hex digits"))?;
     Ok(PublicKey(k))
+}
+
+/// The public key line of `key`.
+pub fn public_key_text(key: &PublicKey) -> String {
+    format!("{PUBLIC_TAG} {}\n", to_hex(&key.0))
+}
+
+/// The join request of the member key `key` (see the module's text).
+pub fn join_request(key: &SecretKey) -> String {
+    format!(
+        "{}{WG_TAG} {}\n",
+        public_key_text(&key.public()),
+        super::wg::to_base64(&super::wg::public(&super::wg::secret(key)))
+    )
+}
+
+/// Parses a join request, or a plain public key file (no WireGuard key).
+pub fn parse_join_request(
+    what: &Path,
+    text: &str,
+) -> Result<(PublicKey, Option<super::wg::WgKey>), FileError> {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let key = parse_public_key(what, lines.next().unwrap_or(""))?;
+    let wg = match lines.next() {
+        None => None,
+        Some(l) => {
+            let b64 = l
+                .strip_prefix(WG_TAG)
+                .and_then(|r| r.strip_prefix(' '))
+                .ok_or_else(|| format_err(what, format!("line 2: expected '{WG_TAG} <base64>'")))?;
+            Some(
+                super::wg::from_base64(b64)
+                    .map_err(|e| format_err(what, format!("line 2: {e}")))?,
+            )
+        }
+    };
+    if lines.next().is_some() {
+        return Err(format_err(what, "more than two lines"));
+    }
+    Ok((key, wg))
 }
 
 /// Reads a certificate (format only; the caller verifies it).
 pub fn read_certificate(path: &Path) -> Result<Certificate, FileError> {
-    let b = parse_line(path, &read_small(path)?, CERT_TAG)?;
+    parse_certificate(path, &read_small(path)?)
+}
+
+/// Parses a certificate line (format only); `what` names the text in errors.
+pub fn parse_certificate(what: &Path, text: &str) -> Result<Certificate, FileError> {
+    let b = parse_line(what, text, CERT_TAG)?;
     let (cert, rest): (Certificate, &[u8]) = postcard::take_from_bytes(&b)
-        .map_err(|e| format_err(path, format!("not a certificate: {e}")))?;
+        .map_err(|e| format_err(what, format!("not a certificate: {e}")))?;
     if !rest.is_empty() {
         return Err(format_err(
-            path,
+            what,
             format!("{} bytes after the certificate", rest.len()),
         ));
     }
     Ok(cert)
 }
 
+/// The text of a certificate file.
+pub fn certificate_text(cert: &Certificate) -> String {
+    let bytes = postcard::to_allocvec(cert).expect("serializing to a Vec cannot fail");
+    format!("{CERT_TAG} {}\n", to_hex(&bytes))
+}
+
 /// Writes a certificate (0644; refuses to overwrite).
 pub fn write_certificate(path: &Path, cert: &Certificate) -> Result<(), FileError> {
-    let bytes = postcard::to_allocvec(cert).expect("serializing to a Vec cannot fail");
-    write_new(path, 0o644, &format!("{CERT_TAG} {}\n", to_hex(&bytes)))
+    write_new(path, 0o644, &certificate_text(cert))
 }
 
 /// Reads a revocation list and checks it was signed by `root`.
@@ -333,8 +393,11 @@ pub fn admit(
     now: u64,
 ) -> Result<Certificate, FileError> {
     let root = read_secret_key(collective_key)?;
-    let key = read_public_key(member_pub)?;
-    let wg_key = wg_pub.map(read_wg_public).transpose()?;
+    let (key, requested_wg) = parse_join_request(member_pub, &read_small(member_pub)?)?;
+    let wg_key = match wg_pub {
+        Some(p) => Some(read_wg_public(p)?),
+        None => requested_wg,
+    };
     let not_after = now.saturating_add(u64::from(days) * 86_400);
     Certificate::issue(
         &root,

@@ -5,11 +5,21 @@
 'require poll';
 'require dom';
 'require uci';
+'require ui';
 
 /*
- * Overview: the membership switch (dcol.main.enabled) with the client and
+ * Overview: joining the collective (this router's member key, the join
+ * request to send to the administrator, installing the certificate that
+ * comes back), the membership switch (dcol.main.enabled) with the client and
  * waypoint roles under it, the member identity from the daemon, and what this
  * router gives and takes, with a small live graph.
+ *
+ * `ubus call luci.dcol membership` answers with `dcol member show --json`
+ * (documented in dcol/src/member.rs): { ready, key: { present, id, request,
+ * error }, cert: { present, name, roles, not_after, error }, collective:
+ * { present, id, error } }. `create_key` creates the key; `install` {cert,
+ * collective} checks the pasted texts against this router's key and installs
+ * them, or answers {error}.
  *
  * `ubus call luci.dcol status` answers with `dcol status --json` (the contract,
  * documented in dcol/src/control/status.rs), or {"error": "..."} when the
@@ -35,6 +45,36 @@ var callStatus = rpc.declare({
 	method: 'status',
 	expect: { }
 });
+
+var callMembership = rpc.declare({
+	object: 'luci.dcol',
+	method: 'membership',
+	expect: { }
+});
+
+var callCreateKey = rpc.declare({
+	object: 'luci.dcol',
+	method: 'create_key',
+	expect: { }
+});
+
+var callInstall = rpc.declare({
+	object: 'luci.dcol',
+	method: 'install',
+	params: [ 'cert', 'collective' ],
+	expect: { }
+});
+
+/* A failed rpc call as {error}, like the plugin's own errors. */
+function rpcFailed(method) {
+	return function(err) {
+		return { error: _('rpc call luci.dcol %s failed: %s').format(method, err && err.message || err) };
+	};
+}
+
+function fmtDate(unix) {
+	return new Date(unix * 1000).toUTCString();
+}
 
 /* The status, or {error} also when the rpc call itself fails (rpcd, ACL). */
 function fetchStatus() {
@@ -145,8 +185,122 @@ return view.extend({
 	load: function() {
 		return Promise.all([
 			fetchStatus(),
-			uci.load('dcol')
+			uci.load('dcol'),
+			callMembership().catch(rpcFailed('membership'))
 		]);
+	},
+
+	/* Joining: key, join request, certificate. `note` is the outcome of
+	 * the last action ({ok} or {error}). */
+	renderJoin: function(ms, note) {
+		if (!ms || typeof(ms) != 'object')
+			ms = { error: _('Empty reply from rpcd') };
+
+		var noteEl = E('div', { 'id': 'dcol-join-note' }, note ? [
+			E('div', { 'class': note.error != null ? 'alert-message error' : 'alert-message notice' },
+				[ String(note.error != null ? note.error : note.ok) ])
+		] : []);
+
+		if (ms.error != null)
+			return E('div', { 'id': 'dcol-join' }, [
+				E('div', { 'class': 'alert-message warning', 'id': 'dcol-join-error' }, [ String(ms.error) ]),
+				noteEl
+			]);
+
+		var key = ms.key || {}, cert = ms.cert || {}, coll = ms.collective || {};
+		var body = [];
+
+		if (!key.present) {
+			body.push(E('p', [ _('This router has no member key yet. Create it, then send its join request to the administrator of your collective.') ]));
+			body.push(E('button', { 'class': 'cbi-button cbi-button-action', 'id': 'dcol-create-key',
+				'click': ui.createHandlerFn(this, 'handleCreateKey') }, [ _('Create the member key') ]));
+		}
+		else if (key.error != null) {
+			body.push(E('div', { 'class': 'alert-message warning', 'id': 'dcol-key-error' }, [ String(key.error) ]));
+		}
+		else {
+			body.push(E('p', [ _('Join request of member %s: send it to the administrator of your collective, with the name this router should have.').format(key.id) ]));
+			body.push(E('textarea', { 'id': 'dcol-join-request', 'readonly': 'readonly', 'rows': 2,
+				'style': 'width:100%;font-family:monospace', 'click': function(ev) { ev.target.select(); } },
+				[ String(key.request || '') ]));
+
+			var state;
+			if (ms.ready)
+				state = E('p', { 'id': 'dcol-join-state' }, [ _('Member \'%s\' (%s) of collective %s, certificate valid until %s.')
+					.format(cert.name, cert.roles, String(coll.id || '').substring(0, 16) + '…', fmtDate(+cert.not_after)) ]);
+			else if (cert.error != null || coll.error != null)
+				state = E('div', { 'class': 'alert-message warning', 'id': 'dcol-join-state' },
+					[ String(cert.error != null ? cert.error : coll.error) ]);
+			else
+				state = E('p', { 'id': 'dcol-join-state' }, [ cert.present
+					? _('A certificate is installed but no collective key: paste the collective key below.')
+					: _('No certificate yet: paste the one the administrator sends back, and the collective key.') ]);
+			body.push(state);
+
+			body.push(E('div', { 'class': 'cbi-value' }, [
+				E('label', { 'class': 'cbi-value-title', 'for': 'dcol-cert-text' }, [ _('Certificate') ]),
+				E('div', { 'class': 'cbi-value-field' }, [
+					E('textarea', { 'id': 'dcol-cert-text', 'rows': 3, 'style': 'width:100%;font-family:monospace',
+						'placeholder': 'dcol-cert-v1 …' }),
+					E('div', { 'class': 'cbi-value-description' }, [ ms.ready
+						? _('A new certificate from the administrator (e.g. before this one expires) replaces it.')
+						: _('The line starting with dcol-cert-v1 that the administrator sends back.') ])
+				])
+			]));
+			body.push(E('div', { 'class': 'cbi-value' }, [
+				E('label', { 'class': 'cbi-value-title', 'for': 'dcol-collective-text' }, [ _('Collective key') ]),
+				E('div', { 'class': 'cbi-value-field' }, [
+					E('input', { 'type': 'text', 'id': 'dcol-collective-text', 'style': 'width:100%;font-family:monospace',
+						'placeholder': 'dcol-public-v1 …' }),
+					E('div', { 'class': 'cbi-value-description' }, [ coll.present && coll.error == null
+						? _('Empty: keep the installed one (%s…).').format(String(coll.id).substring(0, 16))
+						: _('The collective\'s public key (dcol-public-v1 …); compare it with what the administrator tells you in person.') ])
+				])
+			]));
+			body.push(E('button', { 'class': 'cbi-button cbi-button-apply', 'id': 'dcol-install',
+				'click': ui.createHandlerFn(this, 'handleInstall') }, [ _('Check and install') ]));
+		}
+		body.push(noteEl);
+
+		if (ms.ready)
+			return E('div', { 'id': 'dcol-join', 'data-ready': '1' }, [
+				E('details', note ? { 'id': 'dcol-join-details', 'open': 'open' } : { 'id': 'dcol-join-details' }, [
+					E('summary', [ _('Member \'%s\', certificate valid until %s: show the key, install a new certificate')
+						.format(cert.name, fmtDate(+cert.not_after)) ])
+				].concat(body))
+			]);
+		return E('div', { 'id': 'dcol-join', 'data-ready': '0' }, [
+			E('h3', [ _('Joining a collective') ]),
+			E('p', [ _('This router is not a member yet: dcol cannot start until its member key, a certificate for it and the collective key are here.') ])
+		].concat(body));
+	},
+
+	refreshJoin: function(note) {
+		return callMembership().catch(rpcFailed('membership')).then(L.bind(function(ms) {
+			dom.content(document.querySelector('#dcol-join-box'), this.renderJoin(ms, note));
+		}, this));
+	},
+
+	handleCreateKey: function() {
+		return callCreateKey().catch(rpcFailed('create_key')).then(L.bind(function(r) {
+			return this.refreshJoin(r && r.error != null ? { error: r.error } : null);
+		}, this));
+	},
+
+	handleInstall: function() {
+		var cert = document.querySelector('#dcol-cert-text').value;
+		var coll = document.querySelector('#dcol-collective-text').value;
+
+		return callInstall(cert, coll).catch(rpcFailed('install')).then(L.bind(function(r) {
+			if (!r || r.error != null || !r.installed) {
+				/* Keep what was pasted: only the note changes. */
+				dom.content(document.querySelector('#dcol-join-note'), E('div', { 'class': 'alert-message error' },
+					[ String(r && r.error != null ? r.error : _('Empty reply from rpcd')) ]));
+				return;
+			}
+			return this.refreshJoin({ ok: _('Installed: member \'%s\', certificate valid until %s. dcol restarts with it when membership is on.')
+				.format(r.name, fmtDate(+r.not_after)) });
+		}, this));
 	},
 
 	/* Rate of the LAN traffic carried, from the byte counters of two polls. */
@@ -306,10 +460,13 @@ return view.extend({
 			var box = E('div', { 'class': 'cbi-section', 'id': 'dcol-status-box' }, [
 				this.renderStatus(data[0])
 			]);
+			var join = E('div', { 'class': 'cbi-section', 'id': 'dcol-join-box' }, [
+				this.renderJoin(data[2], null)
+			]);
 
 			poll.add(L.bind(this.pollStatus, this));
 
-			return E([], [ mapEl, box ]);
+			return E([], [ join, mapEl, box ]);
 		}, this));
 	}
 });

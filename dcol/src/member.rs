@@ -1,0 +1,421 @@
+//! This router's membership files, for joining from the web page: `dcol
+//! member show` (what is there and whether it is usable), `dcol member key`
+//! (creates the member key if there is none) and `dcol member install`
+//! (checks a certificate and the collective key pasted by the user, then
+//! writes them where the configuration says).
+//!
+//! The paths are the configuration's (`option key`, `option cert`, `option
+//! collective`). `show` is the JSON the LuCI page reads:
+//!
+//! ```json
+//! { "ready": false,
+//!   "key": { "path": "/etc/dcol/member.key", "present": true, "id": "3f2a9c0d11e4b7a0",
+//!            "request": "dcol-public-v1 …\ndcol-wg-v1 …\n", "error": null },
+//!   "cert": { "path": "/etc/dcol/member.cert", "present": false, "name": null, "roles": null,
+//!             "not_after": null, "error": null },
+//!   "collective": { "path": "/etc/dcol/collective.pub", "present": false, "id": null,
+//!                   "error": null } }
+//! ```
+//! `ready` is true when the three files are there and the certificate is
+//! valid now, for this key, signed by this collective. `request` is the join
+//! request to send to the collective's administrator. Each `error` says
+//! what is wrong with that file (unreadable, damaged, expired, for another
+//! key, from another collective).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::trust::files::{self, FileError};
+use crate::trust::{to_hex, Certificate, MemberId, PublicKey, SecretKey};
+
+/// Largest pasted text accepted (a certificate line is ~400 bytes).
+pub const MAX_PASTE: usize = 16 * 1024;
+
+/// Where the membership files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The member key (secret; `KEY.pub` and `KEY.wgpub` next to it).
+    pub key: PathBuf,
+    /// The member certificate.
+    pub cert: PathBuf,
+    /// The collective's public key.
+    pub collective: PathBuf,
+}
+
+impl Paths {
+    /// The configuration's paths.
+    pub fn of(cfg: &Config) -> Paths {
+        Paths {
+            key: cfg.main.key.clone(),
+            cert: cfg.main.cert.clone(),
+            collective: cfg.main.collective.clone(),
+        }
+    }
+}
+
+/// The member key.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Its path.
+    pub path: String,
+    /// The file exists.
+    pub present: bool,
+    /// The member id it gives.
+    pub id: Option<String>,
+    /// The join request (public keys) to send to the administrator.
+    pub request: Option<String>,
+    /// What is wrong with it.
+    pub error: Option<String>,
+}
+
+/// The certificate.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Its path.
+    pub path: String,
+    /// The file exists.
+    pub present: bool,
+    /// The member name in it.
+    pub name: Option<String>,
+    /// Its roles.
+    pub roles: Option<String>,
+    /// End of validity (Unix s).
+    pub not_after: Option<u64>,
+    /// What is wrong with it.
+    pub error: Option<String>,
+}
+
+/// The collective's public key.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CollectiveInfo {
+    /// Its path.
+    pub path: String,
+    /// The file exists.
+    pub present: bool,
+    /// The key, 64 hex digits (compare it with what the administrator says).
+    pub id: Option<String>,
+    /// What is wrong with it.
+    pub error: Option<String>,
+}
+
+/// What `dcol member show --json` prints.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Membership {
+    /// All three files usable.
+    pub ready: bool,
+    /// The member key.
+    pub key: KeyInfo,
+    /// The certificate.
+    pub cert: CertInfo,
+    /// The collective key.
+    pub collective: CollectiveInfo,
+}
+
+fn present(p: &Path) -> bool {
+    p.symlink_metadata().is_ok()
+}
+
+/// Reads the three files and checks them against each other at `now`
+/// (Unix s). Never fails: problems are in the `error` fields.
+pub fn show(paths: &Paths, now: u64) -> Membership {
+    let mut key = KeyInfo {
+        path: paths.key.display().to_string(),
+        present: present(&paths.key),
+        id: None,
+        request: None,
+        error: None,
+    };
+    let secret = key.present.then(|| files::read_secret_key(&paths.key));
+    match &secret {
+        Some(Ok(k)) => {
+            key.id = Some(MemberId::of(&k.public()).to_string());
+            key.request = Some(files::join_request(k));
+        }
+        Some(Err(e)) => key.error = Some(e.to_string()),
+        None => {}
+    }
+    let mut collective = CollectiveInfo {
+        path: paths.collective.display().to_string(),
+        present: present(&paths.collective),
+        id: None,
+        error: None,
+    };
+    let root = collective
+        .present
+        .then(|| files::read_public_key(&paths.collective));
+    match &root {
+        Some(Ok(r)) => collective.id = Some(to_hex(&r.0)),
+        Some(Err(e)) => collective.error = Some(e.to_string()),
+        None => {}
+    }
+    let mut cert = CertInfo {
+        path: paths.cert.display().to_string(),
+        present: present(&paths.cert),
+        name: None,
+        roles: None,
+        not_after: None,
+        error: None,
+    };
+    if cert.present {
+        match files::read_certificate(&paths.cert) {
+            Ok(c) => {
+                cert.name = Some(c.name.clone());
+                cert.roles = Some(c.roles.to_string());
+                cert.not_after = Some(c.not_after);
+                let public = match &secret {
+                    Some(Ok(k)) => Some(k.public()),
+                    _ => None,
+                };
+                let root = match &root {
+                    Some(Ok(r)) => Some(*r),
+                    _ => None,
+                };
+                if let Err(e) = check(&c, public.as_ref(), root.as_ref(), now) {
+                    cert.error = Some(format!("{}: {e}", paths.cert.display()));
+                }
+            }
+            Err(e) => cert.error = Some(e.to_string()),
+        }
+    }
+    let ready = matches!(secret, Some(Ok(_)))
+        && matches!(root, Some(Ok(_)))
+        && cert.present
+        && cert.error.is_none();
+    Membership {
+        ready,
+        key,
+        cert,
+        collective,
+    }
+}
+
+/// A certificate checked against this router's key and the collective.
+fn check(
+    c: &Certificate,
+    key: Option<&PublicKey>,
+    root: Option<&PublicKey>,
+    now: u64,
+) -> Result<(), String> {
+    if let Some(k) = key {
+        if c.key != *k {
+            return Err(format!(
+                "the certificate is for member {} ('{}'), not for this router's key (member {})",
+                c.member,
+                c.name,
+                MemberId::of(k)
+            ));
+        }
+    }
+    if let Some(r) = root {
+        if c.collective != *r {
+            return Err(format!(
+                "the certificate is from collective {}…, not from {}… (the collective key installed)",
+                &to_hex(&c.collective.0)[..16],
+                &to_hex(&r.0)[..16]
+            ));
+        }
+        c.verify(r, now).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Creates the member key (with `.pub` and `.wgpub`) unless there is one.
+/// Returns whether it was created.
+pub fn create_key(paths: &Paths) -> Result<bool, FileError> {
+    if present(&paths.key) {
+        return Ok(false);
+    }
+    files::generate_secret_key(&paths.key).map(|_| true)
+}
+
+/// Checks a pasted certificate (and collective key, when given; else the
+/// one installed) against this router's key at `now`, then writes them.
+/// Nothing is written when anything is wrong.
+pub fn install(
+    paths: &Paths,
+    cert_text: &str,
+    collective_text: Option<&str>,
+    now: u64,
+) -> Result<Certificate, String> {
+    if cert_text.len() > MAX_PASTE || collective_text.is_some_and(|t| t.len() > MAX_PASTE) {
+        return Err(format!("the pasted text is longer than {MAX_PASTE} bytes"));
+    }
+    let key: SecretKey = files::read_secret_key(&paths.key).map_err(|e| {
+        format!("{e} (create this router's member key first, and ask for a certificate for it)")
+    })?;
+    let root = match collective_text.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => files::parse_public_key(Path::new("the pasted collective key"), t)
+            .map_err(|e| e.to_string())?,
+        None => files::read_public_key(&paths.collective)
+            .map_err(|e| format!("{e} (paste the collective's public key too)"))?,
+    };
+    let cert = files::parse_certificate(Path::new("the pasted certificate"), cert_text)
+        .map_err(|e| e.to_string())?;
+    check(&cert, Some(&key.public()), Some(&root), now)
+        .map_err(|e| format!("the pasted certificate: {e}"))?;
+    if let Some(wg) = cert.wg_key {
+        let mine = crate::trust::wg::public(&crate::trust::wg::secret(&key));
+        if wg != mine {
+            return Err(
+                "the pasted certificate names another WireGuard key than this router's".into(),
+            );
+        }
+    }
+    let write = |path: &Path, text: &str| {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        crate::directory::store::write_atomic(path, text.as_bytes(), 0o644)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    if collective_text.is_some_and(|t| !t.trim().is_empty()) {
+        write(&paths.collective, &files::public_key_text(&root))?;
+    }
+    write(&paths.cert, &files::certificate_text(&cert))?;
+    Ok(cert)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::Roles;
+
+    const NOW: u64 = 1_790_000_000;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dcol-member-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn paths(d: &Path) -> Paths {
+        Paths {
+            key: d.join("etc/member.key"),
+            cert: d.join("etc/member.cert"),
+            collective: d.join("etc/collective.pub"),
+        }
+    }
+
+    /// The administrator's side: a collective, and a certificate for the
+    /// join request `request`.
+    fn admit(d: &Path, request: &str, days: u32) -> (String, String) {
+        let admin = d.join("admin");
+        let _ = files::init_collective(&admin);
+        let req = admin.join("request");
+        std::fs::write(&req, request).unwrap();
+        let cert = files::admit(
+            &admin.join("collective.key"),
+            &req,
+            "bob",
+            days,
+            Roles::CLIENT,
+            None,
+            NOW,
+        )
+        .unwrap();
+        (
+            files::certificate_text(&cert),
+            std::fs::read_to_string(admin.join("collective.pub")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn join_from_nothing() {
+        let d = dir("join");
+        let p = paths(&d);
+        let m = show(&p, NOW);
+        assert!(!m.ready && !m.key.present && m.key.request.is_none());
+        assert!(create_key(&p).unwrap());
+        assert!(!create_key(&p).unwrap(), "an existing key is kept");
+        let m = show(&p, NOW);
+        let request = m.key.request.clone().unwrap();
+        assert!(request.starts_with("dcol-public-v1 ") && request.contains("\ndcol-wg-v1 "));
+        // The certificate the administrator issues carries the WireGuard key
+        // from the request.
+        let (cert, coll) = admit(&d, &request, 30);
+        let c = files::parse_certificate(Path::new("x"), &cert).unwrap();
+        assert!(c.wg_key.is_some());
+        assert!(install(&p, &cert, None, NOW)
+            .unwrap_err()
+            .contains("paste the collective's public key too"));
+        assert!(!p.cert.exists(), "nothing written on error");
+        let c = install(&p, &cert, Some(&coll), NOW).unwrap();
+        assert_eq!(c.name, "bob");
+        let m = show(&p, NOW);
+        assert!(m.ready, "{m:?}");
+        assert_eq!(m.cert.name.as_deref(), Some("bob"));
+        assert_eq!(m.key.id, Some(c.member.to_string()));
+        // Renewal: a new certificate replaces the old one; the installed
+        // collective key is used.
+        let (cert2, _) = admit(&d, &request, 60);
+        let c2 = install(&p, &cert2, None, NOW).unwrap();
+        assert!(c2.not_after > c.not_after);
+        assert_eq!(show(&p, NOW).cert.not_after, Some(c2.not_after));
+        // Later than its end: shown as expired.
+        let m = show(&p, c2.not_after + 1);
+        assert!(!m.ready && m.cert.error.as_deref().unwrap().contains("expired"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn wrong_pastes_are_refused_and_change_nothing() {
+        let d = dir("wrong");
+        let p = paths(&d);
+        create_key(&p).unwrap();
+        let request = show(&p, NOW).key.request.unwrap();
+        let (cert, coll) = admit(&d, &request, 30);
+        install(&p, &cert, Some(&coll), NOW).unwrap();
+        let before = std::fs::read(&p.cert).unwrap();
+        // Another member's certificate (another key).
+        let other = dir("other");
+        let op = paths(&other);
+        create_key(&op).unwrap();
+        let (theirs, _) = admit(&d, &show(&op, NOW).key.request.unwrap(), 30);
+        let e = install(&p, &theirs, None, NOW).unwrap_err();
+        assert!(e.contains("not for this router's key"), "{e}");
+        // From another collective.
+        let (foreign, foreign_coll) = admit(&other, &request, 30);
+        let e = install(&p, &foreign, None, NOW).unwrap_err();
+        assert!(e.contains("not from"), "{e}");
+        // ... even with that collective's key pasted, against our key it is
+        // fine: the user chose to switch collectives.
+        install(&p, &foreign, Some(&foreign_coll), NOW).unwrap();
+        install(&p, &cert, Some(&coll), NOW).unwrap();
+        for (text, coll_text, want) in [
+            (
+                "",
+                None,
+                "the pasted certificate: expected 'dcol-cert-v1 <hex>'",
+            ),
+            ("dcol-cert-v1 zz", None, "bad hex at column 14"),
+            ("dcol-cert-v1 00", None, "not a certificate"),
+            (
+                cert.as_str(),
+                Some("dcol-public-v1 12"),
+                "the pasted collective key: expected 64 hex digits",
+            ),
+            (&theirs[..theirs.len() - 3], None, "the pasted certificate"),
+        ] {
+            let e = install(&p, text, coll_text, NOW).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let e = install(&p, &"a".repeat(MAX_PASTE + 1), None, NOW).unwrap_err();
+        assert!(e.contains("longer than"), "{e}");
+        assert_eq!(std::fs::read(&p.cert).unwrap(), before);
+        // A damaged file on disk is reported, not fatal.
+        std::fs::write(&p.collective, "garbage\n").unwrap();
+        let m = show(&p, NOW);
+        assert!(!m.ready);
+        assert!(m
+            .collective
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("collective.pub"));
+        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::remove_dir_all(&other).unwrap();
+    }
+}
