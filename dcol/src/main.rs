@@ -540,7 +540,7 @@ fn cmd_member_install(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let c = member::install(&paths, &cert, coll.as_deref(), now)
         .map_err(|e| Failure { code: 2, msg: e })?;
     println!(
-        "installed {} for '{}' ({}), valid until {} (restart dcol to use it)",
+        "installed {} for '{}' ({}), valid until {} (reload dcol to use it)",
         paths.cert.display(),
         c.name,
         c.member,

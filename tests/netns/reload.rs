@@ -4,13 +4,14 @@
 //
 //! Configuration reload (SIGHUP, what `procd`'s reload trigger sends after
 //! `uci commit dcol`): changes apply without dropping established connections
-//! where the change allows it; a bad file changes nothing; revocations bite at
-//! once; `enabled '0'` stops the daemon cleanly.
+//! where the change allows it (a renewed certificate too); a bad file changes
+//! nothing; revocations bite at once; `enabled '0'` stops the daemon cleanly.
 
 use std::net::IpAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dcol_tests::dcol::{has_table, in_ns, map_elements};
+use dcol_tests::dcol::{dcol_bin, has_table, in_ns, map_elements};
 use dcol_tests::lab::{detours_in, need_root, Lab, IPERF_PORT};
 use dcol_tests::{iperf3_background, iperf3_server, LinkProfile, Node};
 
@@ -53,7 +54,7 @@ fn reload_keeps_connections_and_applies_changes() {
     std::thread::sleep(Duration::from_millis(300));
     lab.start_waypoint();
     lab.start_client();
-    let transfer = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 8);
+    let transfer = iperf3_background(lab.topo.ns(Node::Client), server, IPERF_PORT, 10);
     wait_for("a detour", Duration::from_secs(5), || {
         detours_in(&lab.cl().status(), "established") >= 1
     });
@@ -90,6 +91,50 @@ fn reload_keeps_connections_and_applies_changes() {
         detours_in(&st, "established"),
         detours,
         "detour lost on reload: {st}"
+    );
+
+    // A renewed certificate (what the web page installs with `dcol member
+    // install`, then reloads): taken on reload, the detour lives on.
+    let bob = &lab.client_member;
+    let renewed = lab.scratch.path().join("bob-renewed.cert");
+    let admit = Command::new(dcol_bin())
+        .args(["collective", "admit", "--collective-key"])
+        .arg(&lab.collective.root_key)
+        .arg("--member-pub")
+        .arg(format!("{}.pub", bob.key.display()))
+        .arg("--wg-pub")
+        .arg(format!("{}.wgpub", bob.key.display()))
+        .args([
+            "--name", "bob", "--roles", "client", "--days", "400", "--out",
+        ])
+        .arg(&renewed)
+        .output()
+        .expect("dcol collective admit");
+    assert!(admit.status.success(), "{admit:?}");
+    let old_not_after = st["member"]["cert_not_after"].as_u64().expect("not_after");
+    let install = Command::new(dcol_bin())
+        .args(["member", "install", "--config"])
+        .arg(&lab.cl().config)
+        .arg("--cert")
+        .arg(&renewed)
+        .output()
+        .expect("dcol member install");
+    assert!(install.status.success(), "{install:?}");
+    let line = lab.cl().reload(
+        &lab.client_config("\toption max_detours '1'\n\toption request_timeout_ms '400'\n"),
+    );
+    assert!(line.contains("identity or revocations"), "{line}");
+    let st = lab.cl().status();
+    let new_not_after = st["member"]["cert_not_after"].as_u64().expect("not_after");
+    eprintln!("certificate renewed on reload: not_after {old_not_after} -> {new_not_after}");
+    assert!(new_not_after > old_not_after + 30 * 86_400, "{st}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let st = lab.cl().status();
+    assert_eq!(tokens(&st), before, "{st}");
+    assert_eq!(
+        detours_in(&st, "established"),
+        detours,
+        "detour lost on a certificate renewal: {st}"
     );
 
     // A broken file changes nothing; the daemon keeps serving.

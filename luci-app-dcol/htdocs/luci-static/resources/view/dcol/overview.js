@@ -298,7 +298,7 @@ return view.extend({
 					[ String(r && r.error != null ? r.error : _('Empty reply from rpcd')) ]));
 				return;
 			}
-			return this.refreshJoin({ ok: _('Installed: member \'%s\', certificate valid until %s. dcol restarts with it when membership is on.')
+			return this.refreshJoin({ ok: _('Installed: member \'%s\', certificate valid until %s. dcol takes it now when membership is on.')
 				.format(r.name, fmtDate(+r.not_after)) });
 		}, this));
 	},
