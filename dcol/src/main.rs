@@ -41,7 +41,7 @@ usage:
                                     the requests this waypoint granted (attribution evidence);
                                     T in Unix seconds
   dcol directory serve --collective-key KEY --store DIR [--listen ADDR:PORT]
-                       [--snapshot-interval S] [--record-ttl S]
+                       [--snapshot-interval S] [--record-ttl S] [--renew]
   dcol directory snapshot --collective-key KEY --store DIR --out FILE
   dcol --version
   dcol <command> --help
@@ -720,8 +720,10 @@ fn directory_options(o: &Opts) -> Result<dcol::directory::serve::ServeOptions, F
 }
 
 fn cmd_directory_serve(p: &mut lexopt::Parser) -> Result<(), Failure> {
-    let help = "usage: dcol directory serve --collective-key KEY --store DIR [--listen ADDR:PORT] [--snapshot-interval S] [--record-ttl S]\n\
+    let help = "usage: dcol directory serve --collective-key KEY --store DIR [--listen ADDR:PORT] [--snapshot-interval S] [--record-ttl S] [--renew]\n\
         Serves GET /snapshot (signed; also written to DIR/snapshot), POST /records, POST /revocations.\n\
+        --renew: also POST /renew, which gives members whose certificate is valid, not revoked and in\n\
+        the last third of its validity a new one (same name, keys, roles and lifetime, from now).\n\
         Defaults: --listen 0.0.0.0:7450, --snapshot-interval 10, --record-ttl 10800.\n";
     let o = Opts::parse(
         p,
@@ -732,11 +734,12 @@ fn cmd_directory_serve(p: &mut lexopt::Parser) -> Result<(), Failure> {
             "snapshot-interval",
             "record-ttl",
         ],
-        &[],
+        &["renew"],
         help,
     )?;
     Logger::install(log::LevelFilter::Info);
-    let opts = directory_options(&o)?;
+    let mut opts = directory_options(&o)?;
+    opts.renew = o.flag("renew");
     let server = dcol::directory::serve::Server::start(opts).map_err(runtime)?;
     server.wait();
     Ok(())

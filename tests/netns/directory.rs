@@ -19,7 +19,9 @@
 //! him within one refresh interval of the snapshot that lists him (measured).
 //! Tampered, truncated and older snapshots from a static HTTP server are
 //! refused and the cached one kept. Bad records are refused with 4xx while the
-//! directory keeps serving. Turning membership off withdraws a record.
+//! directory keeps serving. Turning membership off withdraws a record. Bob's
+//! certificate, due for renewal, is renewed through the directory (`--renew`)
+//! and taken without a restart, before his detours.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use dcol::directory::{Record, Snapshot, Statement};
 use dcol::http::{self, Url};
-use dcol::trust::files;
+use dcol::trust::{files, Certificate};
 use dcol_tests::dcol::{dcol_bin, in_ns, main_section, Collective, Daemon, Member};
 use dcol_tests::lab::{enter_netns, need_root, Lab, IPERF_PORT, SIGNAL_PORT};
 use dcol_tests::{iperf3_background, iperf3_client, iperf3_server, JoinCounter, LinkProfile};
@@ -197,6 +199,7 @@ fn directory_join_revoke_tamper_leave() {
             &format!("0.0.0.0:{DIR_PORT}"),
             "--snapshot-interval",
             "1",
+            "--renew",
         ],
         serve_log,
     );
@@ -250,6 +253,25 @@ fn directory_join_revoke_tamper_leave() {
         t0.elapsed()
     );
 
+    // Bob's certificate is in the last third of its validity (3 days, 0.8
+    // left): the directory (run with --renew) gives him a new one.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let old = files::read_certificate(&lab.client_member.cert).unwrap();
+    let due = Certificate::issue(
+        &files::read_secret_key(&lab.collective.root_key).unwrap(),
+        "bob",
+        old.key,
+        old.wg_key,
+        now_s - 190_000,
+        now_s + 69_200,
+        old.roles,
+    )
+    .unwrap();
+    fs::write(&lab.client_member.cert, files::certificate_text(&due)).unwrap();
+
     // Bob: no `config peer`; finds both through the directory.
     let bob_cfg = |url: &str| {
         format!(
@@ -274,6 +296,22 @@ fn directory_join_revoke_tamper_leave() {
     names.sort();
     assert_eq!(names, ["alice", "carol"], "{st}");
     assert_eq!(st["directory"]["peers"], 2, "{st}");
+    let st = bob
+        .wait_status(Duration::from_secs(10), |s| {
+            s["member"]["cert_not_after"].as_u64() > Some(now_s + 2 * 86_400)
+        })
+        .unwrap_or_else(|s| panic!("bob's certificate was not renewed: {s}\n{}", bob.log_text()));
+    let renewed = files::read_certificate(&lab.client_member.cert).unwrap();
+    eprintln!(
+        "certificate renewed through the directory: not_after {} -> {} ({})",
+        due.not_after, renewed.not_after, st["directory"]["renewal"]
+    );
+    assert_eq!(st["member"]["cert_not_after"], renewed.not_after, "{st}");
+    assert!(renewed.not_after >= now_s + 259_000, "{renewed:?}");
+    assert_eq!((renewed.key, renewed.wg_key), (old.key, old.wg_key));
+    assert!(st["directory"]["renewal"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("renewed until")));
 
     // A real detour: the server sees joins from the waypoints.
     let server: IpAddr = lab.topo.addr4(Node::Server).into();

@@ -52,7 +52,8 @@
 //!     "issued": 1795000100, "members": 41, "revoked": 2, "peers": 8,
 //!     "last_fetch": 1795000200, "last_result": "ok",
 //!     "published": "published", "last_publish": 1795000000,
-//!     "publish_result": "published record of 'alice' (3f2a9c0d11e4b7a0) accepted, sequence 1795000000123"
+//!     "publish_result": "published record of 'alice' (3f2a9c0d11e4b7a0) accepted, sequence 1795000000123",
+//!     "renewal": null
 //!   },
 //!   "traversal": {
 //!     "public": "198.51.100.7:7447", "note": "ports mapped on the gateway",
@@ -75,7 +76,9 @@
 //! `not modified`, `cached` or the error, e.g. a refused snapshot) tell how
 //! the last fetch went. `published` is `published`, `withdrawn` or `null`
 //! (never posted), `last_publish` (Unix s) and `publish_result` (the
-//! server's answer or the error) tell how the last post went.
+//! server's answer or the error) tell how the last post went. `renewal`
+//! is the outcome of the last certificate renewal asked of the directory
+//! (see `directory/renew.rs`), `null` when none was asked.
 //!
 //! `lan_client` is the LAN device a proxied connection carries (`null` for
 //! connections of programs on the router itself); `detour_gate` is `open`,
@@ -190,6 +193,10 @@ pub struct DirectoryStatus {
     pub last_publish: Option<u64>,
     /// The server's answer to it, or the error.
     pub publish_result: Option<String>,
+    /// The last certificate renewal asked of the directory: its outcome
+    /// (`null`: none asked since the start).
+    #[serde(default)]
+    pub renewal: Option<String>,
 }
 
 /// This router's identity in the collective.

@@ -7,7 +7,10 @@
 //! record while the waypoint role is on: at start, hourly, and when the advert
 //! changes. Membership toggled off (waypoint disabled, `enabled '0'` or the
 //! directory option removed on reload, or a clean exit when the file on disk
-//! says so) withdraws the record.
+//! says so) withdraws the record. A certificate in the last third of its
+//! validity is renewed through the directory (when its server runs with
+//! `--renew`): the new one is checked, written over `option cert` and taken
+//! as on SIGHUP.
 //!
 //! Directory peers are appended to the client core (running detours keep
 //! their peer indices); when a peer in use leaves the directory the core is
@@ -24,12 +27,15 @@ use crate::client::PeerSpec;
 use crate::config::{self, Config, TunnelKind};
 use crate::control::DirectoryStatus;
 use crate::directory::agent::{self, Agent, AgentSettings, Report};
-use crate::directory::{self as dir, Advert, Chosen, Record, Selection, Statement, Tunnels};
-use crate::trust::{Certificate, MemberId, Revocations, SecretKey};
+use crate::directory::{self as dir, renew, store};
+use crate::directory::{Advert, Chosen, Record, Selection, Statement, Tunnels};
+use crate::trust::{files, Certificate, MemberId, Revocations, SecretKey};
 
 /// How often a published record is renewed (the directory drops records not
 /// renewed within its record lifetime, 3 h by default).
 const REPUBLISH: Duration = Duration::from_secs(3600);
+/// Wait before asking again after a failed certificate renewal.
+const RENEW_RETRY: Duration = Duration::from_secs(3600);
 /// Time a withdrawal may take at exit.
 const EXIT_WITHDRAW: Duration = Duration::from_secs(3);
 
@@ -48,6 +54,10 @@ pub(super) struct Membership {
     posted: bool,
     next_publish: Option<Instant>,
     last_seq: u64,
+    /// A certificate renewal is asked and not answered yet.
+    renewing: bool,
+    /// No renewal is asked before then (after a refusal or failure).
+    renew_wait: Instant,
     /// The peers picked from the snapshot in force.
     chosen: Vec<PeerSpec>,
     /// Directory peers in the client core (after the static peers): those
@@ -132,6 +142,8 @@ impl Membership {
             advert,
             posted: false,
             last_seq: 0,
+            renewing: false,
+            renew_wait: Instant::now(),
             chosen: Vec::new(),
             peers: Vec::new(),
             revoked: BTreeSet::new(),
@@ -163,6 +175,41 @@ impl Membership {
             self.posted = false;
         }
         self.next_publish = None;
+    }
+
+    /// Asks the directory for a new certificate when this one is in the
+    /// last third of its validity.
+    fn maybe_renew(&mut self) {
+        let now_s = wall_ms() / 1000;
+        if self.renewing || Instant::now() < self.renew_wait || !renew::due(&self.cert, now_s) {
+            return;
+        }
+        log::info!(
+            "directory: the certificate ends at {} (Unix s); asking the directory for a new one",
+            self.cert.not_after
+        );
+        let req = renew::RenewalRequest::sign(&self.key, self.cert.clone(), wall_ms());
+        self.agent.renew(req.encode());
+        self.renewing = true;
+    }
+
+    /// Checks a renewed certificate from the directory: this member's key,
+    /// this collective, valid now, later than the one in force.
+    fn check_renewed(&self, text: &str) -> Result<Certificate, String> {
+        let c = files::parse_certificate(std::path::Path::new("the directory's answer"), text)
+            .map_err(|e| e.to_string())?;
+        if c.key != self.key.public() {
+            return Err("the directory's certificate is for another key".into());
+        }
+        c.verify(&self.settings.root, wall_ms() / 1000)
+            .map_err(|e| format!("the directory's certificate: {e}"))?;
+        if c.not_after <= self.cert.not_after {
+            return Err(format!(
+                "the directory's certificate ends at {}, not later than this one",
+                c.not_after
+            ));
+        }
+        Ok(c)
     }
 
     /// Revoked by the snapshot or locally (UCI `list revoked` and the
@@ -218,6 +265,8 @@ impl Daemon {
         if m.next_publish.is_some_and(|t| t <= Instant::now()) {
             m.publish();
         }
+        m.maybe_renew();
+        let mut renewed = false;
         let mut chosen = None;
         let mut retry = false;
         for r in m.agent.reports() {
@@ -252,6 +301,34 @@ impl Daemon {
                     st.last_fetch = Some(at);
                     st.last_result = Some(error);
                 }
+                Report::Renewed { result, at: _ } => {
+                    m.renewing = false;
+                    let written = result.and_then(|text| {
+                        let c = m.check_renewed(&text)?;
+                        store::write_atomic(&self.cfg.main.cert, text.as_bytes(), 0o644)
+                            .map_err(|e| format!("{}: {e}", self.cfg.main.cert.display()))?;
+                        Ok(c)
+                    });
+                    match written {
+                        Ok(c) => {
+                            log::info!(
+                                "directory: certificate renewed until {} (Unix s), written to {}",
+                                c.not_after,
+                                self.cfg.main.cert.display()
+                            );
+                            m.status.renewal =
+                                Some(format!("renewed until {} (Unix s)", c.not_after));
+                            renewed = true;
+                        }
+                        Err(e) => {
+                            log::warn!(
+                                "directory: certificate renewal: {e}; asking again in an hour"
+                            );
+                            m.status.renewal = Some(e);
+                            m.renew_wait = Instant::now() + RENEW_RETRY;
+                        }
+                    }
+                }
                 Report::Posted {
                     withdraw,
                     result,
@@ -280,6 +357,11 @@ impl Daemon {
         }
         if let Some(c) = chosen {
             self.apply_chosen(c);
+        }
+        if renewed {
+            // As on SIGHUP: the new certificate goes to both roles and the
+            // record, detours stay.
+            self.reload();
         }
     }
 

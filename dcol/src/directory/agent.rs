@@ -47,6 +47,7 @@ pub struct AgentSettings {
 
 enum Command {
     Post { bytes: Vec<u8>, withdraw: bool },
+    Renew(Vec<u8>),
     Settings(Box<AgentSettings>),
     Stop,
 }
@@ -73,6 +74,14 @@ pub enum Report {
     FetchFailed {
         /// Why.
         error: String,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// A certificate renewal was asked for (`POST /renew` next to the
+    /// records URL).
+    Renewed {
+        /// `Ok(the new certificate's text)` or `Err(why)`.
+        result: Result<String, String>,
         /// Unix seconds.
         at: u64,
     },
@@ -163,6 +172,12 @@ impl Agent {
         let _ = self.tx.send(Command::Post { bytes, withdraw });
     }
 
+    /// Asks the directory for a new certificate (a signed
+    /// [`super::renew::RenewalRequest`]).
+    pub fn renew(&self, bytes: Vec<u8>) {
+        let _ = self.tx.send(Command::Renew(bytes));
+    }
+
     /// New settings: a changed URL fetches now; a changed selection picks
     /// again from the cached snapshot.
     pub fn set(&self, settings: AgentSettings) {
@@ -202,6 +217,18 @@ impl Worker {
                     let result = post_record(&self.settings.publish, &bytes, POST_TIMEOUT);
                     self.report(Report::Posted {
                         withdraw,
+                        result,
+                        at: unix_s(),
+                    });
+                }
+                Ok(Command::Renew(bytes)) => {
+                    let result = self
+                        .settings
+                        .publish
+                        .join("/renew")
+                        .map_err(|e| e.to_string())
+                        .and_then(|url| post_record(&url, &bytes, POST_TIMEOUT));
+                    self.report(Report::Renewed {
                         result,
                         at: unix_s(),
                     });

@@ -50,6 +50,7 @@ use crate::trust::{Signature, TrustError};
 
 pub mod agent;
 pub mod registry;
+pub mod renew;
 pub mod serve;
 pub mod store;
 

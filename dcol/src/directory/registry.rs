@@ -301,6 +301,35 @@ impl Registry {
         Ok(r)
     }
 
+    /// Checks a certificate renewal request at `now_ms`: format, signature,
+    /// certificate (valid now, this collective, not revoked), freshness,
+    /// the member's rate limit (shared with its records), and that it is due.
+    pub fn check_renewal(
+        &mut self,
+        now_ms: u64,
+        body: &[u8],
+    ) -> Result<super::renew::RenewalRequest, Refusal> {
+        use super::renew::{due, due_from, RenewalRequest};
+        let r = RenewalRequest::decode(body).map_err(|e| refusal_of("renewal", e))?;
+        r.verify(&self.root, &self.revoked, now_ms)
+            .map_err(|e| refusal_of("renewal", e))?;
+        let m = r.cert.member;
+        if !self.members.take(m, now_ms) {
+            return Err(Refusal::TooMany(format!(
+                "too many requests from member {m} (limit {} a minute)",
+                self.limits.member_rate.1
+            )));
+        }
+        if !due(&r.cert, now_ms / 1000) {
+            return Err(Refusal::Stale(format!(
+                "the certificate of '{}' ({m}) is renewed from {} (Unix s), in the last third of its validity",
+                r.cert.name,
+                due_from(&r.cert)
+            )));
+        }
+        Ok(r)
+    }
+
     /// Makes a checked (and saved) record current. Returns whether the
     /// snapshot's content changes.
     pub fn commit_record(&mut self, r: Record) -> bool {

@@ -56,6 +56,8 @@ pub struct ServeOptions {
     pub max_conns_per_source: usize,
     /// Time a client has for its whole request.
     pub request_timeout: Duration,
+    /// Renew members' certificates (`POST /renew`, see [`super::renew`]).
+    pub renew: bool,
 }
 
 impl ServeOptions {
@@ -71,6 +73,7 @@ impl ServeOptions {
             max_conns: 64,
             max_conns_per_source: 8,
             request_timeout: Duration::from_secs(10),
+            renew: false,
         }
     }
 }
@@ -412,7 +415,13 @@ fn handle(sh: &Shared, mut s: TcpStream, peer: SocketAddr) {
         }
         ("POST", "/records") => upload(sh, peer, &body, Kind::Record, &mut s),
         ("POST", "/revocations") => upload(sh, peer, &body, Kind::Revocation, &mut s),
-        (_, "/snapshot" | "/" | "/records" | "/revocations") => {
+        ("POST", "/renew") if !sh.opts.renew => {
+            let why = "this directory does not renew certificates (dcol directory serve --renew)";
+            refused(sh, peer, "renewal", 404, why);
+            reply(&mut s, 404, "Not Found", &format!("{why}\n"))
+        }
+        ("POST", "/renew") => renewal(sh, peer, &body, &mut s),
+        (_, "/snapshot" | "/" | "/records" | "/revocations" | "/renew") => {
             refused(sh, peer, &path, 405, "method not allowed");
             reply(&mut s, 405, "Method Not Allowed", "method not allowed\n")
         }
@@ -496,6 +505,39 @@ fn upload(
                 "Internal Server Error",
                 "could not save; try again\n",
             )
+        }
+    }
+}
+
+/// `POST /renew`: a new certificate for a member whose certificate is due.
+fn renewal(sh: &Shared, peer: SocketAddr, body: &[u8], s: &mut TcpStream) -> io::Result<()> {
+    let now_ms = unix_ms();
+    let r = {
+        let mut st = lock(&sh.state);
+        st.reg
+            .admit_source(peer.ip(), now_ms)
+            .and_then(|()| st.reg.check_renewal(now_ms, body))
+    };
+    let req = match r {
+        Ok(req) => req,
+        Err(e) => {
+            refused(sh, peer, "renewal", e.status(), &e.to_string());
+            return reply(s, e.status(), e.reason(), &format!("{e}\n"));
+        }
+    };
+    match super::renew::renew(&sh.opts.root, &req.cert, now_ms / 1000) {
+        Ok(c) => {
+            log::info!(
+                "directory: renewed the certificate of '{}' ({}) until {} (from {peer})",
+                c.name,
+                c.member,
+                c.not_after
+            );
+            reply(s, 200, "OK", &crate::trust::files::certificate_text(&c))
+        }
+        Err(e) => {
+            log::error!("directory: renewing '{}': {e}", req.cert.name);
+            reply(s, 500, "Internal Server Error", &format!("{e}\n"))
         }
     }
 }
@@ -587,10 +629,10 @@ mod tests {
     }
 
     fn start(tag: &str) -> (Server, Url, PathBuf) {
-        start_with(tag, Duration::from_millis(700))
+        start_with(tag, |_| {})
     }
 
-    fn start_with(tag: &str, request_timeout: Duration) -> (Server, Url, PathBuf) {
+    fn start_with(tag: &str, set: impl FnOnce(&mut ServeOptions)) -> (Server, Url, PathBuf) {
         let d = std::env::temp_dir().join(format!("dcol-serve-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         let mut o = ServeOptions::new(
@@ -599,8 +641,9 @@ mod tests {
             SecretKey::from_seed([1; 32]),
         );
         o.snapshot_interval = Duration::from_millis(100);
-        o.request_timeout = request_timeout;
+        o.request_timeout = Duration::from_millis(700);
         o.max_conns_per_source = 4;
+        set(&mut o);
         let s = Server::start(o).unwrap();
         let url = Url::parse(&format!("http://{}/", s.addr())).unwrap();
         (s, url, d)
@@ -713,7 +756,7 @@ mod tests {
         // A 3 s limit: under qemu-user (CI runs these tests on emulated
         // MIPS and AArch64) the checks below take hundreds of ms, and the
         // stalled clients must still be there for them.
-        let (srv, base, dir) = start_with("slow", Duration::from_secs(3));
+        let (srv, base, dir) = start_with("slow", |o| o.request_timeout = Duration::from_secs(3));
         // Three connections that send half a head and stall.
         let mut slow: Vec<TcpStream> = (0..3)
             .map(|_| {
@@ -759,6 +802,78 @@ mod tests {
                 .status,
             200
         );
+        srv.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn renewal_only_when_enabled_due_valid_and_signed() {
+        use crate::directory::renew::RenewalRequest;
+        let root = SecretKey::from_seed([1; 32]);
+        let k = SecretKey::from_seed([7; 32]);
+        // Valid for 3 days, more than 2 of them gone: due.
+        let cert = |from: u64| {
+            Certificate::issue(
+                &root,
+                "bob",
+                k.public(),
+                Some([5; 32]),
+                from,
+                from + 3 * 86_400,
+                Roles::CLIENT,
+            )
+            .unwrap()
+        };
+        let due = cert(now_s() - 2 * 86_400 - 3600);
+        let ask = |c: &Certificate, key: &SecretKey| {
+            RenewalRequest::sign(key, c.clone(), unix_ms()).encode()
+        };
+        let (off, base_off, dir_off) = start("renew-off");
+        let (st, text) = post(&base_off, "/renew", &ask(&due, &k));
+        assert_eq!(st, 404, "{text}");
+        assert!(text.contains("--renew"), "{text}");
+        off.stop();
+        let _ = std::fs::remove_dir_all(&dir_off);
+
+        let (srv, base, dir) = start_with("renew", |o| o.renew = true);
+        let (st, text) = post(&base, "/renew", &ask(&due, &k));
+        assert_eq!(st, 200, "{text}");
+        let new = files::parse_certificate(std::path::Path::new("answer"), &text).unwrap();
+        assert_eq!(
+            (new.key, new.wg_key, new.roles),
+            (due.key, due.wg_key, due.roles)
+        );
+        assert!(
+            new.not_after >= now_s() + 3 * 86_400 - 1,
+            "{}",
+            new.not_after
+        );
+        new.verify(&root.public(), now_s()).unwrap();
+        // Not due yet: 409, saying from when.
+        let (st, text) = post(&base, "/renew", &ask(&cert(now_s() - 60), &k));
+        assert_eq!(st, 409, "{text}");
+        assert!(text.contains("is renewed from"), "{text}");
+        // Signed by someone else, garbage: 403, 400.
+        assert_eq!(
+            post(&base, "/renew", &ask(&due, &SecretKey::from_seed([8; 32]))).0,
+            403
+        );
+        assert_eq!(post(&base, "/renew", b"garbage").0, 400);
+        // Revoked: 403.
+        let rv = files::revocations_text(&RevocationList::issue(
+            &root,
+            1,
+            now_s(),
+            vec![crate::trust::RevokedEntry {
+                member: due.member,
+                at: now_s(),
+                reason: "lost".into(),
+            }],
+        ));
+        assert_eq!(post(&base, "/revocations", rv.as_bytes()).0, 200);
+        let (st, text) = post(&base, "/renew", &ask(&due, &k));
+        assert_eq!(st, 403, "{text}");
+        assert!(text.contains("revoked"), "{text}");
         srv.stop();
         let _ = std::fs::remove_dir_all(&dir);
     }
