@@ -130,10 +130,11 @@ function reachability(tr) {
 function directoryText(d) {
 	if (!d)
 		return E('em', [ _('not configured') ]);
+	var renewal = d.renewal != null ? ' ' + _('(certificate renewal: %s)').format(d.renewal) : '';
 	if (d.serial == null)
-		return _('no snapshot yet (%s)').format(d.last_result || d.url);
+		return _('no snapshot yet (%s)').format(d.last_result || d.url) + renewal;
 	return _('snapshot %d: %d member(s), %d used as waypoints, %d revoked').format(
-		+d.serial, +d.members || 0, +d.peers || 0, +d.revoked || 0);
+		+d.serial, +d.members || 0, +d.peers || 0, +d.revoked || 0) + renewal;
 }
 
 function certValidity(notAfter) {
