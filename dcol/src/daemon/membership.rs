@@ -321,11 +321,18 @@ impl Daemon {
                             renewed = true;
                         }
                         Err(e) => {
+                            // A directory without --renew: ask daily, not hourly.
+                            let wait = if e.contains("HTTP 404") {
+                                RENEW_RETRY * 24
+                            } else {
+                                RENEW_RETRY
+                            };
                             log::warn!(
-                                "directory: certificate renewal: {e}; asking again in an hour"
+                                "directory: certificate renewal: {e}; asking again in {} h",
+                                wait.as_secs() / 3600
                             );
                             m.status.renewal = Some(e);
-                            m.renew_wait = Instant::now() + RENEW_RETRY;
+                            m.renew_wait = Instant::now() + wait;
                         }
                     }
                 }
