@@ -356,6 +356,9 @@ fn print_status(st: &control::Status) {
             d.last_result.as_deref().unwrap_or("-"),
             d.published.as_deref().unwrap_or("not published")
         );
+        if let Some(r) = &d.renewal {
+            println!("certificate renewal: {r}");
+        }
     }
 }
 

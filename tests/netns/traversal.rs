@@ -87,19 +87,26 @@ fn build() -> Net {
     for ns in [&n.cl, &n.srv, &n.wp] {
         ns.sysctl("net.mptcp.enabled", "1");
     }
-    // The home gateway: masquerade, and the chains miniupnpd fills.
-    n.gw.exec(&[
-        "nft",
-        "table inet filter {
-          chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
-          chain miniupnpd { }
-          chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
-          chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; oifname \"wan\" masquerade; }
-          chain prerouting_miniupnpd { }
-          chain postrouting_miniupnpd { }
-        }",
-    ]);
+    gateway_firewall(&n.gw, "policy accept;");
     n
+}
+
+/// The home gateway's nftables: masquerade, and the chains miniupnpd fills;
+/// `forward` goes first in its forward chain.
+fn gateway_firewall(gw: &Netns, forward: &str) {
+    gw.exec(&[
+        "nft",
+        &format!(
+            "table inet filter {{
+          chain forward {{ type filter hook forward priority 0; {forward} jump miniupnpd; }}
+          chain miniupnpd {{ }}
+          chain prerouting {{ type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }}
+          chain postrouting {{ type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; oifname \"wan\" masquerade; }}
+          chain prerouting_miniupnpd {{ }}
+          chain postrouting_miniupnpd {{ }}
+        }}"
+        ),
+    ]);
 }
 
 /// Starts miniupnpd in `gw`; `deny` is a permission rule placed before the
@@ -552,4 +559,180 @@ fn mappings_left_by_a_crash_are_deleted_at_the_next_start() {
     assert_eq!(forwards_to_wp(&net.gw), 0, "{}", forwards(&net.gw));
     assert!(!record.exists(), "the record outlived the mappings");
     drop(net);
+}
+
+/// Datagrams the waypoint's signaling sockets received.
+fn datagrams(wp: &Daemon) -> u64 {
+    wp.status()["waypoint"]["datagrams"]
+        .as_u64()
+        .expect("datagrams")
+}
+
+/// One UDP datagram from `ns` to `to` (`[addr]:port`).
+fn send_datagram(ns: &Netns, to: &str) {
+    let (addr, port) = to.rsplit_once(':').unwrap();
+    let addr = addr.trim_start_matches('[').trim_end_matches(']');
+    ns.exec(&[
+        "python3",
+        "-c",
+        &format!(
+            "import socket;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);s.sendto(b'hello',('{addr}',{port}))"
+        ),
+    ]);
+}
+
+/// IPv6 behind a home gateway: no NAT, but its firewall drops what comes in
+/// unasked. The waypoint (listening on `[::]`) opens pinholes for its
+/// signaling and tunnel ports with PCP at its IPv6 default router (a
+/// link-local address), publishes its global address, renews, and closes
+/// them on SIGTERM. Before, a datagram from the Internet does not arrive;
+/// through the pinhole it does.
+#[test]
+fn ipv6_pinholes_opened_with_pcp() {
+    if !need_root() {
+        return;
+    }
+    let gw = Netns::new("gw6");
+    let wp_ns = Netns::new("wp6");
+    let inet = Netns::new("inet6");
+    veth(&gw, "wan", "11.7.1.1/24", &inet, "i1", "11.7.1.2/24");
+    veth(
+        &gw,
+        "lan",
+        "192.168.7.1/24",
+        &wp_ns,
+        "eth0",
+        "192.168.7.2/24",
+    );
+    for (ns, dev, addr) in [
+        (&gw, "wan", "2001:db8:1::1/64"),
+        (&gw, "lan", "2001:db8:7::1/64"),
+        (&inet, "i1", "2001:db8:1::2/64"),
+        (&wp_ns, "eth0", "2001:db8:7::2/64"),
+    ] {
+        ns.exec(&["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    }
+    gw.sysctl("net.ipv4.ip_forward", "1");
+    gw.sysctl("net.ipv6.conf.all.forwarding", "1");
+    wp_ns.exec(&["ip", "route", "add", "default", "via", "192.168.7.1"]);
+    inet.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:7::/64",
+        "via",
+        "2001:db8:1::1",
+    ]);
+    // The waypoint's IPv6 default route is the gateway's link-local address,
+    // as router advertisements set it up at home.
+    let ll = {
+        let t0 = Instant::now();
+        loop {
+            let out = String::from_utf8_lossy(
+                &gw.output(&["ip", "-6", "addr", "show", "dev", "lan", "scope", "link"])
+                    .stdout,
+            )
+            .into_owned();
+            if let Some(a) = out
+                .lines()
+                .find(|l| l.contains("inet6") && !l.contains("tentative"))
+                .and_then(|l| l.split_whitespace().nth(1))
+            {
+                break a.split('/').next().unwrap().to_owned();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no link-local address: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wp_ns.exec(&[
+        "ip", "-6", "route", "add", "default", "via", &ll, "dev", "eth0",
+    ]);
+    // The gateway: IPv6 from outside only through miniupnpd's pinholes.
+    gateway_firewall(
+        &gw,
+        "policy drop; ct state established,related accept; iifname \"lan\" accept;",
+    );
+    let scratch = Scratch::new("trav6");
+    start_gateway(
+        &gw,
+        &scratch,
+        "",
+        "enable_natpmp=yes\nenable_upnp=no\next_ifname6=wan\n",
+    );
+    let coop = Collective::new(scratch.path(), "coop");
+    let alice = coop.admit("alice", "client,waypoint", 30);
+    let sock = scratch.path().join("wp.sock");
+    let cfg = format!(
+        "{}config waypoint 'waypoint'\n\toption enabled '1'\n\tlist listen '0.0.0.0:7447'\n\
+         \tlist listen '[::]:7447'\n\toption nat_ports '40000-40003'\n\toption upnp_lease_s '10'\n",
+        main_section(&alice, &coop, &sock, &scratch.path().join("wp-state"))
+    );
+    let wp = Daemon::start(
+        wp_ns.name(),
+        scratch.path(),
+        "wp",
+        &format!("{cfg}\toption upnp '0'\n"),
+        &sock,
+    );
+    let public6 = "[2001:db8:7::2]:7447";
+    // No pinhole: the gateway drops it.
+    send_datagram(&inet, public6);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        datagrams(&wp),
+        0,
+        "a datagram passed the gateway's firewall"
+    );
+
+    wp.reload(&cfg);
+    let st = wp
+        .wait_status(Duration::from_secs(20), |s| {
+            s["traversal"]["public6"] == public6
+        })
+        .unwrap_or_else(|s| panic!("no IPv6 pinholes: {s}\n{}", wp.log_text()));
+    let t = &st["traversal"];
+    eprintln!("IPv6 pinholes: {t}");
+    assert_eq!(
+        t["pinholes"],
+        serde_json::json!(["tcp/40000-40003", "udp/7447"]),
+        "{t}"
+    );
+    // The IPv4 side works as before (NAT-PMP).
+    assert_eq!(t["public"], format!("{GW_WAN}:7447"), "{t}");
+    let rules = forwards_v6(&gw);
+    assert_eq!(
+        rules.matches("0x20010db8000700000000000000000002").count(),
+        5,
+        "{rules}"
+    );
+    send_datagram(&inet, public6);
+    wait_for(
+        "the datagram through the pinhole",
+        Duration::from_secs(5),
+        || datagrams(&wp) >= 1,
+    );
+    let mut wp = wp;
+    assert!(wp.terminate().success());
+    let rules = forwards_v6(&gw);
+    assert!(
+        !rules.contains("0x20010db8000700000000000000000002"),
+        "pinholes left:\n{rules}"
+    );
+    assert!(
+        wp.log_text().contains("closed 5 IPv6 pinhole(s)"),
+        "{}",
+        wp.log_text()
+    );
+}
+
+/// The gateway's forward rules miniupnpd added (pinholes).
+fn forwards_v6(gw: &Netns) -> String {
+    in_ns(
+        gw.name(),
+        &["nft", "list", "chain", "inet", "filter", "miniupnpd"],
+    )
 }

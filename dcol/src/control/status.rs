@@ -142,8 +142,11 @@ pub struct Status {
 ///                "mapping": "endpoint-independent", "gateway": "http://192.168.7.1:5000/ctl/IPConn",
 ///                "external_ip": "11.7.1.1", "mapped": ["tcp/40000-40031", "udp/7447"],
 ///                "mapped_ports": 33, "stun_seen": ["11.7.1.1:35007", "11.7.1.1:35007"],
-///                "errors": [], "last_pass": 1795592575 }
+///                "errors": [], "last_pass": 1795592575,
+///                "public6": "[2001:db8:7::2]:7447", "pinholes": ["tcp/40000-40031", "udp/7447"] }
 /// ```
+/// `public6` and `pinholes`: IPv6, where the waypoint listens on IPv6 and
+/// the gateway opened pinholes in its firewall with PCP.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TraversalStatus {
     /// The address published for this waypoint, `null` when not reachable.
@@ -166,6 +169,12 @@ pub struct TraversalStatus {
     pub errors: Vec<String>,
     /// When the last pass ended (Unix seconds).
     pub last_pass: Option<u64>,
+    /// This router's IPv6 signaling address, when its pinhole is open.
+    #[serde(default)]
+    pub public6: Option<String>,
+    /// IPv6 pinholes open in the gateway's firewall, as `proto/lo-hi` ranges.
+    #[serde(default)]
+    pub pinholes: Vec<String>,
 }
 
 /// The membership directory as this member sees it.

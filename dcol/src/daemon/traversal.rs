@@ -7,6 +7,7 @@
 //! `state_dir/port-mappings` and deleted at the next start, or ends with
 //! its lease).
 
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,6 +44,20 @@ pub(super) fn settings(cfg: &Config) -> Option<Settings> {
     }
     let (lo, hi) = w.grant_ports();
     ports.extend((lo..=hi).map(|p| (Protocol::Tcp, p)));
+    // IPv6: the same ports, as pinholes in the gateway's firewall, when the
+    // waypoint listens on IPv6 (signaling from the IPv6 listen ports).
+    let mut pinholes: Vec<(Protocol, u16)> = Vec::new();
+    for a in w.listen.iter().filter(|a| a.is_ipv6()) {
+        if !pinholes.contains(&(Protocol::Udp, a.port())) {
+            pinholes.push((Protocol::Udp, a.port()));
+        }
+    }
+    if !pinholes.is_empty() {
+        if w.vpn_subnet.is_some() || w.vpn_subnet6.is_some() {
+            pinholes.push((Protocol::Udp, w.vpn_port));
+        }
+        pinholes.extend((lo..=hi).map(|p| (Protocol::Tcp, p)));
+    }
     Some(Settings {
         stun: w.stun_servers.clone(),
         upnp: w.upnp,
@@ -51,6 +66,7 @@ pub(super) fn settings(cfg: &Config) -> Option<Settings> {
         ports: if w.upnp { ports } else { Vec::new() },
         signaling_port,
         record: Some(record_path(cfg)),
+        pinholes: if w.upnp { pinholes } else { Vec::new() },
     })
 }
 
@@ -97,16 +113,19 @@ fn status_of(o: &Outcome) -> TraversalStatus {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .ok(),
+        public6: o.public6.map(|a| a.to_string()),
+        pinholes: port_ranges(&o.pinholes),
     }
 }
 
 impl NatTraversal {
     fn start(s: Settings) -> Option<NatTraversal> {
         log::info!(
-            "traversal: UPnP {}, {} STUN server(s), {} port(s) to map",
+            "traversal: UPnP {}, {} STUN server(s), {} port(s) to map, {} IPv6 pinhole(s)",
             if s.upnp { "on" } else { "off" },
             s.stun.len(),
-            s.ports.len()
+            s.ports.len(),
+            s.pinholes.len()
         );
         match Traversal::start(s) {
             Ok(thread) => Some(NatTraversal {
@@ -165,6 +184,18 @@ impl Daemon {
         for e in &s.errors {
             log::warn!("traversal: {e}");
         }
+        if (&s.public6, &s.pinholes) != (&t.status.public6, &t.status.pinholes) {
+            match &s.public6 {
+                Some(p) => log::info!(
+                    "traversal: reachable over IPv6 at {p} (pinholes {})",
+                    s.pinholes.join(", ")
+                ),
+                None if !t.status.pinholes.is_empty() => {
+                    log::warn!("traversal: the IPv6 pinholes are gone")
+                }
+                None => {}
+            }
+        }
         if (&s.public, &s.mapping, &s.mapped)
             != (&t.status.public, &t.status.mapping, &t.status.mapped)
         {
@@ -182,9 +213,9 @@ impl Daemon {
                 None => log::warn!("traversal: {}", s.note),
             }
         }
-        let public = o.public;
+        let learned: Vec<SocketAddr> = o.public.into_iter().chain(o.public6).collect();
         t.status = s;
-        self.membership_learned(public.into_iter().collect());
+        self.membership_learned(learned);
     }
 
     /// After a reload: restarts traversal when its settings changed.

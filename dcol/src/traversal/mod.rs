@@ -18,12 +18,13 @@
 //! serving what it can (its LAN, other mapped ports).
 
 pub mod natpmp;
+pub mod pcp;
 mod record;
 pub mod stun;
 pub mod upnp;
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,9 @@ pub struct Settings {
     pub signaling_port: u16,
     /// Where the mappings not deleted yet are recorded (see [`delete_leftovers`]).
     pub record: Option<PathBuf>,
+    /// Ports to open in the gateway's IPv6 firewall with PCP (the waypoint
+    /// listens on IPv6); only with `upnp` on.
+    pub pinholes: Vec<(Protocol, u16)>,
 }
 
 /// The result of one pass.
@@ -93,6 +97,10 @@ pub struct Outcome {
     pub stun_seen: Vec<SocketAddr>,
     /// The mapping behaviour found.
     pub mapping: Option<Mapping>,
+    /// Ports open in the gateway's IPv6 firewall (PCP pinholes).
+    pub pinholes: Vec<(Protocol, u16)>,
+    /// This router's global IPv6 signaling address, when its pinhole is open.
+    pub public6: Option<SocketAddr>,
 }
 
 /// What this router can publish, from what a pass found (pure).
@@ -209,6 +217,8 @@ impl Traversal {
                     gateway: None,
                     mapped: Vec::new(),
                     recorded: None,
+                    pcp: None,
+                    pinholed: Vec::new(),
                     stop: None,
                     out,
                     wake: wake_tx,
@@ -263,6 +273,11 @@ struct Worker {
     mapped: Vec<(Protocol, u16)>,
     /// What the record on disk lists: the gateway's name and the ports.
     recorded: Option<(String, Vec<(Protocol, u16)>)>,
+    /// The PCP server for IPv6 pinholes, once found: its address, ours,
+    /// and the nonce of our mappings.
+    pcp: Option<(SocketAddr, Ipv6Addr, [u8; 12])>,
+    /// Pinholes open and not deleted.
+    pinholed: Vec<(Protocol, u16)>,
     /// The daemon asked to stop (answered once the mappings are deleted).
     stop: Option<Sender<()>>,
     out: Sender<Outcome>,
@@ -297,6 +312,15 @@ impl Worker {
                     _ => RECHECK,
                 }
             };
+            // Pinholes end with their lifetime: renewed at half of it even
+            // while IPv4 mapping fails.
+            let wait = if self.pinholed.is_empty() {
+                wait
+            } else {
+                wait.min(Duration::from_secs(u64::from(
+                    pcp_lifetime(self.settings.lease_s) / 2,
+                )))
+            };
             match rx.recv_timeout(wait) {
                 Ok(Command::Stop(done)) => {
                     self.unmap();
@@ -330,6 +354,12 @@ impl Worker {
             if let Err(e) = self.map_ports(&mut o, rx) {
                 o.errors.push(e);
                 self.gateway = None;
+            }
+            if !self.settings.pinholes.is_empty() {
+                if let Err(e) = self.open_pinholes(&mut o, rx) {
+                    o.errors.push(e);
+                    self.pcp = None;
+                }
             }
         }
         let mut stun_port = 0;
@@ -422,6 +452,95 @@ impl Worker {
         Ok(())
     }
 
+    /// Opens the IPv6 pinholes with PCP at the IPv6 default router, from
+    /// this router's global address (PCP requires the mapping's address to
+    /// be the request's source).
+    fn open_pinholes(&mut self, o: &mut Outcome, rx: &Receiver<Command>) -> Result<(), String> {
+        let (server, me, nonce) = match self.pcp {
+            Some(p) => p,
+            None => {
+                let me = global_ip6().ok_or("IPv6: no global address on the default route")?;
+                let route = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+                let (hop, ifname) =
+                    pcp::default_router6(&route).ok_or("IPv6: no default router for PCP")?;
+                let scope = if (hop.segments()[0] & 0xffc0) == 0xfe80 {
+                    match crate::sys::rtnl::index_of(&ifname) {
+                        0 => return Err(format!("IPv6: no interface {ifname}")),
+                        i => i,
+                    }
+                } else {
+                    0
+                };
+                let server = SocketAddr::V6(std::net::SocketAddrV6::new(hop, pcp::PORT, 0, scope));
+                let mut nonce = [0u8; 12];
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| f.read_exact(&mut nonce))
+                    .map_err(|e| format!("/dev/urandom: {e}"))?;
+                let p = (server, me, nonce);
+                self.pcp = Some(p);
+                self.found.store(true, Ordering::SeqCst);
+                p
+            }
+        };
+        let lifetime = pcp_lifetime(self.settings.lease_s);
+        for (proto, port) in self.settings.pinholes.clone() {
+            if self.stopping(rx) {
+                return Ok(());
+            }
+            match pcp_exchange(
+                server,
+                me,
+                &pcp::map_request(&nonce, proto, port, lifetime, me),
+            )
+            .and_then(|b| pcp::parse_map(&b, &nonce, proto, port).map_err(PcpFailure::from))
+            {
+                Ok(_) => {
+                    o.pinholes.push((proto, port));
+                    if !self.pinholed.contains(&(proto, port)) {
+                        self.pinholed.push((proto, port));
+                    }
+                }
+                Err(PcpFailure::Refused(e)) => o
+                    .errors
+                    .push(format!("IPv6 pinhole {} {port}: {e}", proto.as_str())),
+                Err(PcpFailure::Gone(e)) => {
+                    return Err(format!("IPv6 pinholes with PCP at {server}: {e}"))
+                }
+            }
+        }
+        let signaling = (Protocol::Udp, self.settings.signaling_port);
+        if o.pinholes.contains(&signaling) {
+            o.public6 = Some(SocketAddr::new(
+                IpAddr::V6(me),
+                self.settings.signaling_port,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Closes the pinholes (lifetime 0, same nonce); stops at the first
+    /// transport failure (they end with their lifetime).
+    fn close_pinholes(&mut self) {
+        let Some((server, me, nonce)) = self.pcp else {
+            return;
+        };
+        let mut closed = 0;
+        for (proto, port) in std::mem::take(&mut self.pinholed) {
+            match pcp_exchange(server, me, &pcp::map_request(&nonce, proto, port, 0, me)) {
+                Ok(_) => closed += 1,
+                Err(e) => {
+                    log::warn!(
+                        "traversal: closing the IPv6 pinholes: {e}; they end with their lifetime"
+                    );
+                    break;
+                }
+            }
+        }
+        if closed > 0 {
+            log::info!("traversal: closed {closed} IPv6 pinhole(s) at {server}");
+        }
+    }
+
     /// Brings the record on disk up to date with `mapped` on `gw`.
     fn record(&mut self, gw: &Gateway) {
         let Some(path) = &self.settings.record else {
@@ -443,6 +562,7 @@ impl Worker {
     /// Deletes every mapping made (bounded: one timeout per call, stops at
     /// the first transport failure).
     fn unmap(&mut self) {
+        self.close_pinholes();
         let Some(gw) = self.gateway.clone() else {
             return;
         };
@@ -659,18 +779,68 @@ impl Gateway {
     }
 }
 
-/// One NAT-PMP exchange with retransmissions (250 ms doubling, 4 tries).
-fn pmp_exchange(gw: SocketAddr, req: &[u8]) -> Result<Vec<u8>, MapError> {
-    let gone = |e: io::Error| MapError::Gone(format!("NAT-PMP {gw}: {e}"));
-    let sock = UdpSocket::bind("0.0.0.0:0").map_err(gone)?;
-    sock.connect(gw).map_err(gone)?;
-    let mut buf = [0u8; 64];
+/// The lifetime asked for pinholes: the lease, within what PCP servers
+/// grant (miniupnpd: at least 120 s; a day for "permanent").
+fn pcp_lifetime(lease_s: u32) -> u32 {
+    if lease_s == 0 {
+        86_400
+    } else {
+        lease_s.clamp(120, 86_400)
+    }
+}
+
+/// Why a PCP exchange failed.
+enum PcpFailure {
+    /// The server answered no (this port).
+    Refused(String),
+    /// No answer, or not a PCP server.
+    Gone(String),
+}
+
+impl From<pcp::PcpError> for PcpFailure {
+    fn from(e: pcp::PcpError) -> Self {
+        match e {
+            pcp::PcpError::Refused(..) => PcpFailure::Refused(e.to_string()),
+            e => PcpFailure::Gone(e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for PcpFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (PcpFailure::Refused(m) | PcpFailure::Gone(m)) = self;
+        f.write_str(m)
+    }
+}
+
+/// One PCP exchange from `me`.
+fn pcp_exchange(server: SocketAddr, me: Ipv6Addr, req: &[u8]) -> Result<Vec<u8>, PcpFailure> {
+    let gone = |e: io::Error| PcpFailure::Gone(format!("PCP {server}: {e}"));
+    let mut buf = [0u8; pcp::MAX_MESSAGE + 1];
+    match udp_exchange(SocketAddr::new(IpAddr::V6(me), 0), server, req, &mut buf) {
+        Ok(Some(n)) => Ok(buf[..n].to_vec()),
+        Ok(None) => Err(PcpFailure::Gone(format!("PCP {server}: no answer"))),
+        Err(e) => Err(gone(e)),
+    }
+}
+
+/// One request from `local` to `server` and its answer, with
+/// retransmissions (250 ms doubling, 4 tries, as NAT-PMP and PCP say);
+/// `None`: no answer.
+fn udp_exchange(
+    local: SocketAddr,
+    server: SocketAddr,
+    req: &[u8],
+    buf: &mut [u8],
+) -> io::Result<Option<usize>> {
+    let sock = UdpSocket::bind(local)?;
+    sock.connect(server)?;
     let mut wait = Duration::from_millis(250);
     for _ in 0..4 {
-        sock.send(req).map_err(gone)?;
-        sock.set_read_timeout(Some(wait)).map_err(gone)?;
-        match sock.recv(&mut buf) {
-            Ok(n) => return Ok(buf[..n].to_vec()),
+        sock.send(req)?;
+        sock.set_read_timeout(Some(wait))?;
+        match sock.recv(buf) {
+            Ok(n) => return Ok(Some(n)),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -679,10 +849,31 @@ fn pmp_exchange(gw: SocketAddr, req: &[u8]) -> Result<Vec<u8>, MapError> {
             {
                 wait *= 2
             }
-            Err(e) => return Err(gone(e)),
+            Err(e) => return Err(e),
         }
     }
-    Err(MapError::Gone(format!("NAT-PMP {gw}: no answer")))
+    Ok(None)
+}
+
+/// This router's global IPv6 address on its default route (a route lookup:
+/// connect() on UDP sends nothing).
+fn global_ip6() -> Option<Ipv6Addr> {
+    let s = UdpSocket::bind("[::]:0").ok()?;
+    s.connect("[2001:db8::1]:9").ok()?;
+    match s.local_addr().ok()?.ip() {
+        IpAddr::V6(a) if (a.segments()[0] & 0xe000) == 0x2000 => Some(a),
+        _ => None,
+    }
+}
+
+/// One NAT-PMP exchange.
+fn pmp_exchange(gw: SocketAddr, req: &[u8]) -> Result<Vec<u8>, MapError> {
+    let mut buf = [0u8; 64];
+    match udp_exchange(SocketAddr::from(([0, 0, 0, 0], 0)), gw, req, &mut buf) {
+        Ok(Some(n)) => Ok(buf[..n].to_vec()),
+        Ok(None) => Err(MapError::Gone(format!("NAT-PMP {gw}: no answer"))),
+        Err(e) => Err(MapError::Gone(format!("NAT-PMP {gw}: {e}"))),
+    }
 }
 
 #[derive(Debug)]

@@ -121,9 +121,10 @@ function reachability(tr) {
 		return E('em', [ _('UPnP and STUN off') ]);
 	if (!tr.last_pass)
 		return E('em', [ _('checking…') ]);
+	var v6 = tr.public6 ? ' ' + _('and %s over IPv6 (firewall pinholes)').format(tr.public6) : '';
 	if (tr.public)
-		return _('%s (%s)').format(tr.public, tr.note);
-	return tr.note;
+		return _('%s (%s)').format(tr.public, tr.note) + v6;
+	return tr.note + v6;
 }
 
 /* The membership directory's snapshot in force. */
