@@ -79,8 +79,8 @@ return view.extend({
 		s = m.section(form.NamedSection, 'waypoint', 'waypoint', _('Serving detours (waypoint role)'));
 		s.addremove = false;
 
-		o = s.option(form.Flag, 'upnp', _('Open ports on the home gateway (UPnP, NAT-PMP)'),
-			_('Maps the signaling, WireGuard and the first 32 NAT tunnel ports on an upstream gateway that speaks UPnP IGD or NAT-PMP, and removes them when dcol stops.'));
+		o = s.option(form.Flag, 'upnp', _('Open ports on the home gateway (UPnP, NAT-PMP, PCP)'),
+			_('Maps the signaling, WireGuard and the first 32 NAT tunnel ports on an upstream gateway that speaks UPnP IGD or NAT-PMP, and removes them when dcol stops. With an IPv6 signaling address (e.g. [::]:7447) the same ports are opened in the gateway\'s IPv6 firewall with PCP.'));
 		o.default = '1';
 		o.rmempty = false;
 
