@@ -192,7 +192,15 @@ struct WaypointRole {
     caps: Caps,
     month: (i64, u32),
     next_quota_check: Option<Instant>,
+    /// When the quota's counter was last read: a request re-reads it when
+    /// older than [`QUOTA_FRESH`], so grants stop as soon as it runs out.
+    quota_read: Instant,
+    /// When the month's count is next written to `donation_file`.
+    next_persist: Instant,
+    /// The month's count every [`QUOTA_CHECK`] (RAM on OpenWrt) ...
     donated_file: PathBuf,
+    /// ... and every [`QUOTA_PERSIST`] (flash: survives a reboot).
+    donation_file: PathBuf,
     /// Granted requests, kept as attribution evidence.
     evidence: Option<EvidenceLog>,
 }
@@ -220,8 +228,16 @@ fn open_evidence(cfg: &Config) -> Option<EvidenceLog> {
     }
 }
 
-/// How often the monthly quota's count is saved (and the month checked).
+/// How often the monthly quota's count is saved in `state_dir` (and the
+/// month checked).
 const QUOTA_CHECK: Duration = Duration::from_secs(30);
+
+/// How often the count is saved to `donation_file` (flash on a router: 720
+/// small writes a month).
+const QUOTA_PERSIST: Duration = Duration::from_secs(3600);
+
+/// A request re-reads a quota counter older than this (one `nft` run).
+const QUOTA_FRESH: Duration = Duration::from_secs(1);
 
 /// (year, month) of a Unix time, UTC (Howard Hinnant's `civil_from_days`).
 fn year_month(unix_s: u64) -> (i64, u32) {
@@ -673,6 +689,7 @@ impl Daemon {
                     w.set_caps(wn.donate_kbit, wn.donate_monthly_bytes)?;
                     changes.push("donation caps".into());
                 }
+                w.donation_file.clone_from(&wn.donation_file);
                 if wo.listen != wn.listen {
                     let mut sockets = Vec::new();
                     for addr in &wn.listen {
@@ -840,6 +857,7 @@ fn start_waypoint(
     // From here on, Drop removes what was made if a later step fails.
     let donated_file = cfg.main.state_dir.join("donated");
     let month = year_month(wall_ms() / 1000);
+    let now = Instant::now();
     let mut role = WaypointRole {
         core,
         sockets,
@@ -850,7 +868,10 @@ fn start_waypoint(
         caps: Caps::default(),
         month,
         next_quota_check: None,
+        quota_read: now,
+        next_persist: now + QUOTA_PERSIST,
         donated_file,
+        donation_file: w.donation_file.clone(),
         evidence: open_evidence(cfg),
     };
     role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
@@ -1460,6 +1481,7 @@ impl Drop for WaypointRole {
         if self.caps.month_bytes > 0 {
             if let Some(Ok(used)) = self.nat.as_ref().map(|n| n.quota_used()) {
                 write_donated(&self.donated_file, self.month, used);
+                write_donated(&self.donation_file, self.month, used);
             }
         }
         if let Some(nat) = self.nat.take() {
@@ -1519,7 +1541,10 @@ impl WaypointRole {
     fn set_caps(&mut self, kbit: u32, month_bytes: u64) -> Result<(), SysError> {
         let used = match self.next_quota_check {
             Some(_) => self.nat.as_ref().map_or(Ok(0), |n| n.quota_used())?,
-            None => read_donated(&self.donated_file, self.month),
+            // At start: the later of the two counts (the RAM one is gone
+            // after a reboot, the flash one is up to an hour old).
+            None => read_donated(&self.donated_file, self.month)
+                .max(read_donated(&self.donation_file, self.month)),
         };
         let caps = Caps {
             kbit,
@@ -1538,7 +1563,47 @@ impl WaypointRole {
         }
         self.caps = caps;
         self.next_quota_check = (month_bytes > 0).then(|| Instant::now() + QUOTA_CHECK);
+        self.update_used_up();
         Ok(())
+    }
+
+    /// Re-reads the quota's counter; stops or resumes granting.
+    fn read_quota(&mut self, now: Instant) -> Option<u64> {
+        self.quota_read = now;
+        match self.nat.as_ref().map(|n| n.quota_used()) {
+            Some(Ok(used)) => {
+                self.caps.used = used;
+                self.update_used_up();
+                Some(used)
+            }
+            Some(Err(e)) => {
+                log::warn!("reading the donation quota: {e}");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Refuses new detours while the month's donation is used up (the
+    /// kernel's quota already drops their traffic), and says so once.
+    fn update_used_up(&mut self) {
+        let Caps {
+            month_bytes, used, ..
+        } = self.caps;
+        let why = (month_bytes > 0 && used >= month_bytes).then(|| {
+            format!(
+                "{used} of {month_bytes} bytes donated in {:04}-{:02}",
+                self.month.0, self.month.1
+            )
+        });
+        match (self.core.used_up().is_some(), &why) {
+            (false, Some(w)) => log::warn!(
+                "waypoint: this month's donation is used up ({w}): new detours are refused until the month ends or the cap is raised"
+            ),
+            (true, None) => log::info!("waypoint: donating again ({used} of {month_bytes} bytes this month)"),
+            _ => {}
+        }
+        self.core.set_used_up(why);
     }
 
     /// Saves the month's count; at a new month, starts the quota afresh.
@@ -1547,13 +1612,8 @@ impl WaypointRole {
             return;
         }
         self.next_quota_check = Some(now + QUOTA_CHECK);
-        let used = match self.nat.as_ref().map(|n| n.quota_used()) {
-            Some(Ok(u)) => u,
-            Some(Err(e)) => {
-                log::warn!("reading the donation quota: {e}");
-                return;
-            }
-            None => return,
+        let Some(used) = self.read_quota(now) else {
+            return;
         };
         let month = year_month(wall_ms() / 1000);
         if month != self.month {
@@ -1569,10 +1629,15 @@ impl WaypointRole {
                 }
             }
             self.caps = caps;
+            self.update_used_up();
             write_donated(&self.donated_file, month, 0);
+            write_donated(&self.donation_file, month, 0);
         } else {
-            self.caps.used = used;
             write_donated(&self.donated_file, month, used);
+            if now >= self.next_persist {
+                self.next_persist = now + QUOTA_PERSIST;
+                write_donated(&self.donation_file, month, used);
+            }
         }
     }
 
@@ -1589,6 +1654,9 @@ impl WaypointRole {
                     }
                 };
                 let (now, wall) = (Instant::now(), wall_ms());
+                if self.caps.month_bytes > 0 && now.duration_since(self.quota_read) >= QUOTA_FRESH {
+                    self.read_quota(now);
+                }
                 let d = self.core.handle(now, wall, from, &buf[..n]);
                 self.execute(i, now, wall, from, d, &buf[..n]);
             }
@@ -2035,6 +2103,7 @@ fn waypoint_status(w: &WaypointRole, now: Instant) -> control::WaypointStatus {
         donate_kbit: w.caps.kbit,
         donate_monthly_bytes: w.caps.month_bytes,
         donated_month_bytes: w.caps.used,
+        refusing: w.core.used_up().map(str::to_owned),
         vpn_peers: w
             .core
             .vpn_leases()

@@ -343,6 +343,18 @@ fn print_status(st: &control::Status) {
         for (why, n) in &w.refused {
             println!("  refused {why}: {n}");
         }
+        if w.donate_kbit > 0 {
+            println!("  donation cap: {} kbit/s", w.donate_kbit);
+        }
+        if w.donate_monthly_bytes > 0 {
+            println!(
+                "  donated this month: {} of {} bytes",
+                w.donated_month_bytes, w.donate_monthly_bytes
+            );
+        }
+        if let Some(why) = &w.refusing {
+            println!("  refusing new detours: {why}");
+        }
     }
     if let Some(d) = &st.directory {
         let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());

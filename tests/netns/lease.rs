@@ -11,6 +11,15 @@ use dcol_tests::Node;
 
 /// Asks the waypoint for a NAT tunnel to `dest` from the client's namespace.
 pub fn nat_lease(lab: &Lab, dest: SocketAddr, nonce: u8) -> u16 {
+    match nat_request(lab, dest, nonce) {
+        Outcome::Granted { port, .. } => port,
+        o => panic!("not granted: {o:?}"),
+    }
+}
+
+/// The waypoint's answer to a NAT tunnel request for `dest`.
+#[allow(dead_code)] // not every test file that includes this module refuses
+pub fn nat_request(lab: &Lab, dest: SocketAddr, nonce: u8) -> Outcome {
     let ns = lab.ns(Node::Client);
     let key = files::read_secret_key(&lab.client_member.key).expect("key");
     let cert = files::read_certificate(&lab.client_member.cert).expect("cert");
@@ -35,10 +44,7 @@ pub fn nat_lease(lab: &Lab, dest: SocketAddr, nonce: u8) -> u16 {
         let mut buf = [0u8; 2048];
         let (n, _) = s.recv_from(&mut buf).expect("grant");
         match proto::decode(&buf[..n]) {
-            Ok(Message::Response(r)) => match r.body.outcome {
-                Outcome::Granted { port, .. } => port,
-                o => panic!("not granted: {o:?}"),
-            },
+            Ok(Message::Response(r)) => r.body.outcome,
             o => panic!("{o:?}"),
         }
     })

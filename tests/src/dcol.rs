@@ -262,6 +262,21 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// `dcol status` as people read it; panics with the log if it fails.
+    pub fn status_text(&self) -> String {
+        let out = Command::new(dcol_bin())
+            .args(["status", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .expect("run dcol status");
+        assert!(
+            out.status.success(),
+            "dcol status failed; log:\n{}",
+            self.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `dcol status --json`, parsed; panics with the log if it does not answer.
     pub fn status(&self) -> Value {
         self.try_status()

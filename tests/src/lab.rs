@@ -84,9 +84,12 @@ impl Lab {
     /// The waypoint's UCI file.
     pub fn waypoint_config(&self, extra: &str) -> String {
         let state = self.scratch.path().join("wp-state");
+        // The month's donation count, kept outside state_dir as on a router.
+        let donated = self.scratch.path().join("wp-donated");
         format!(
-            "{}config waypoint 'waypoint'\n\toption enabled '1'\n\tlist listen '0.0.0.0:{SIGNAL_PORT}'\n\tlist listen '[::]:{SIGNAL_PORT}'\n\toption nat_ports '40000-40099'\n\toption lease_s '60'\n\tlist allow_destination '10.0.0.0/8'\n\tlist allow_destination 'fd00::/8'\n{extra}\n",
-            main_section(&self.waypoint_member, &self.collective, &self.sock("wp"), &state)
+            "{}config waypoint 'waypoint'\n\toption enabled '1'\n\tlist listen '0.0.0.0:{SIGNAL_PORT}'\n\tlist listen '[::]:{SIGNAL_PORT}'\n\toption nat_ports '40000-40099'\n\toption lease_s '60'\n\tlist allow_destination '10.0.0.0/8'\n\tlist allow_destination 'fd00::/8'\n\toption donation_file '{}'\n{extra}\n",
+            main_section(&self.waypoint_member, &self.collective, &self.sock("wp"), &state),
+            donated.display()
         )
     }
 

@@ -35,6 +35,10 @@ pub const DETOUR_LOCAL_ID: u8 = 1;
 /// by the server (its subflow limit), not lost on the path.
 const JOIN_REFUSED_WINDOW: Duration = Duration::from_millis(1000);
 
+/// How long a waypoint whose owner's monthly donation is used up is skipped:
+/// it refuses until the month ends or its owner raises the cap.
+pub(crate) const USED_UP_HOLDDOWN: Duration = Duration::from_secs(3600);
+
 /// Attempts for a detour request before the waypoint counts as unreachable.
 const REQUEST_ATTEMPTS: u32 = 4;
 
@@ -587,7 +591,13 @@ impl Client {
             }
             (RequestKind::NatDetour { .. }, Outcome::Refused { reason }) => {
                 d.state = DetourState::Failed(format!("refused: {reason}"));
-                Vec::new()
+                if reason != RefusalReason::DonationUsedUp {
+                    return Vec::new();
+                }
+                // Skip it for a while; the slot goes to the next waypoint.
+                let peer = d.peer;
+                self.peers[peer].down_until = Some(now + USED_UP_HOLDDOWN);
+                self.add_detours(now, wall_ms, token)
             }
             (RequestKind::Renew { .. }, Outcome::Granted { .. }) => {
                 d.misses = 0;
@@ -606,6 +616,9 @@ impl Client {
                 }
                 d.state = DetourState::Failed(format!("lease lost: {reason}"));
                 let peer = d.peer;
+                if reason == RefusalReason::DonationUsedUp {
+                    self.peers[peer].down_until = Some(now + USED_UP_HOLDDOWN);
+                }
                 if reason == RefusalReason::UnknownLease && self.retry_allowed(token) {
                     out.extend(self.request_detour(now, wall_ms, token, peer));
                 }
@@ -1317,6 +1330,28 @@ mod tests {
         p.advance(Duration::from_secs(30), true);
         assert_eq!(detour_state(&p, 1), vec!["established"]);
         assert!(p.destroyed.is_empty());
+    }
+
+    #[test]
+    fn waypoint_whose_donation_is_used_up_is_skipped_for_an_hour() {
+        let mut p = Pair::new(Pair::alice());
+        p.w.set_used_up(Some("used up".into()));
+        p.event(established(1));
+        assert!(p.created.is_empty());
+        assert_eq!(detour_state(&p, 1), vec!["failed"]);
+        let asked = p.w.stats().datagrams;
+        // Later connections do not ask it again ...
+        p.advance(Duration::from_secs(600), true);
+        p.event(established(2));
+        assert_eq!(p.w.stats().datagrams, asked);
+        assert!(p.created.is_empty());
+        // ... until the hour is over; by then its owner raised the cap.
+        p.w.set_used_up(None);
+        p.advance(USED_UP_HOLDDOWN, true);
+        p.event(established(3));
+        assert_eq!(p.w.stats().datagrams, asked + 1);
+        assert_eq!(p.created.len(), 1);
+        assert_eq!(p.created[0].0, Token(3));
     }
 
     #[test]

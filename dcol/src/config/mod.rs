@@ -246,6 +246,10 @@ pub struct WaypointConfig {
     /// Monthly volume cap on all detoured traffic, bytes (0: none; UCI
     /// `donate_monthly_gb`, decimal GB, fractions allowed).
     pub donate_monthly_bytes: u64,
+    /// `option donation_file`: where the month's donated bytes survive a
+    /// reboot (default `/etc/dcol/donated`; written hourly and at exit, the
+    /// 30-second count stays in `state_dir`).
+    pub donation_file: PathBuf,
     /// `option evidence_dir`: where granted requests are kept (default
     /// `state_dir/evidence`; on OpenWrt point it at persistent storage).
     pub evidence_dir: Option<PathBuf>,
@@ -385,6 +389,7 @@ impl Default for Config {
                 vpn_interface: "dcolwg".into(),
                 donate_kbit: 0,
                 donate_monthly_bytes: 0,
+                donation_file: "/etc/dcol/donated".into(),
                 evidence_dir: None,
                 evidence_max_kb: 1024,
                 advertise: Vec::new(),
@@ -704,6 +709,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                             w.donate_kbit = p.value(it, |v| range(v, 0, 100_000_000))?
                         }
                         "donate_monthly_gb" => w.donate_monthly_bytes = p.value(it, parse_gb)?,
+                        "donation_file" => w.donation_file = p.value(it, parse_path)?,
                         "evidence_dir" => w.evidence_dir = Some(p.value(it, parse_path)?),
                         "evidence_max_kb" => {
                             w.evidence_max_kb = p.value(it, |v| range(v, 0, 1_048_576))?
@@ -1138,6 +1144,12 @@ config peer
 
     #[test]
     fn donation_caps() {
+        let c =
+            p("config waypoint\n\toption donate_kbit '8000'\n\toption donate_monthly_gb '0.25'\n")
+                .unwrap();
+        assert_eq!(c.waypoint.donation_file, Path::new("/etc/dcol/donated"));
+        let c = p("config waypoint\n\toption donation_file '/srv/donated'\n").unwrap();
+        assert_eq!(c.waypoint.donation_file, Path::new("/srv/donated"));
         let c =
             p("config waypoint\n\toption donate_kbit '8000'\n\toption donate_monthly_gb '0.25'\n")
                 .unwrap();

@@ -42,7 +42,7 @@
 //!                   "age_s": 12, "expires_in_s": 288 } ],
 //!     "datagrams": 10, "granted": 9, "refused": { "Stale": 1 },
 //!     "donate_kbit": 8000, "donate_monthly_bytes": 100000000000,
-//!     "donated_month_bytes": 1234567,
+//!     "donated_month_bytes": 1234567, "refusing": null,
 //!     "vpn_peers": [ { "member": "bob", "member_id": "3f2a9c0d11e4b7a0", "address": "10.200.7.2",
 //!                      "client": "198.51.100.7", "wg_key": "<base64>", "age_s": 30,
 //!                      "expires_in_s": 270 } ]
@@ -373,6 +373,10 @@ pub struct WaypointStatus {
     /// every 30 s and across restarts).
     #[serde(default)]
     pub donated_month_bytes: u64,
+    /// Why new tunnels are refused for now ("this month's donation is used
+    /// up: ..."), or `null` while the waypoint grants.
+    #[serde(default)]
+    pub refusing: Option<String>,
     /// Live VPN tunnels (empty without `vpn_subnet`).
     #[serde(default)]
     pub vpn_peers: Vec<VpnPeerStatus>,

@@ -138,6 +138,9 @@ pub enum RefusalReason {
     NoAddressesLeft = 0x0d,
     /// The member's certificate carries no WireGuard key.
     NoWireGuardKey = 0x0e,
+    /// The owner's monthly donation (`donate_monthly_gb`) is used up: no new
+    /// tunnels or renewals until the next calendar month.
+    DonationUsedUp = 0x0f,
 }
 
 impl fmt::Display for RefusalReason {
@@ -157,6 +160,7 @@ impl fmt::Display for RefusalReason {
             RefusalReason::NoVpn => "no VPN tunnels here",
             RefusalReason::NoAddressesLeft => "VPN subnet exhausted",
             RefusalReason::NoWireGuardKey => "certificate has no WireGuard key",
+            RefusalReason::DonationUsedUp => "this month's donation is used up",
         })
     }
 }

@@ -137,11 +137,17 @@ pub fn caps_script(name: &str, caps: &Caps, had_quota: bool) -> String {
         ));
     }
     if caps.kbit > 0 {
-        let kbytes = (caps.kbit / 8).max(1);
-        // A tenth of a second's worth, at least 16 KB: enough for TCP's bursts.
-        let burst = (kbytes / 10).max(16);
+        // kbit/s are 1000 bits (nft's kbytes are 1024 bytes). The kernel's
+        // bucket holds one second at the rate plus the burst; below 16 KB/s
+        // a burst lets full-size packets through at all.
+        let bytes = u64::from(caps.kbit) * 125;
+        let burst = if bytes < 16_384 {
+            format!(" burst {} bytes", 16_384 - bytes)
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "add rule inet {name} caps {m} limit rate over {kbytes} kbytes/second burst {burst} kbytes drop\n"
+            "add rule inet {name} caps {m} limit rate over {bytes} bytes/second{burst} drop\n"
         ));
     }
     s
@@ -628,6 +634,39 @@ mod tests {
     use super::*;
     use crate::sys::netlink::testns::{is_root, NsThread};
     use crate::sys::netlink::{testsock, NLA_F_NESTED};
+
+    #[test]
+    fn caps_script_counts_kbit_as_1000_bits() {
+        let caps = Caps {
+            kbit: 3000,
+            month_bytes: 4_000_000,
+            used: 123,
+        };
+        let s = caps_script("dcol", &caps, true);
+        assert!(
+            s.starts_with("flush chain inet dcol caps\ndelete quota inet dcol month\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("add quota inet dcol month { over 4000000 bytes used 123 bytes; }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("limit rate over 375000 bytes/second drop"),
+            "{s}"
+        );
+        // A small cap still lets a TCP burst through; no caps, no rules.
+        let small = Caps {
+            kbit: 8,
+            ..Caps::default()
+        };
+        assert!(caps_script("t", &small, false)
+            .contains("over 1000 bytes/second burst 15384 bytes drop"));
+        assert_eq!(
+            caps_script("t", &Caps::default(), false),
+            "flush chain inet t caps\n"
+        );
+    }
 
     fn a(ty: u16, data: &[u8]) -> Vec<u8> {
         let mut v = ((4 + data.len()) as u16).to_ne_bytes().to_vec();

@@ -180,6 +180,9 @@ pub struct Waypoint {
     vpn: Option<VpnTable>,
     /// VPN leases ended by revocation, handed out by [`Waypoint::expire_vpn`].
     vpn_ended: Vec<VpnLease>,
+    /// Why new tunnels and renewals are refused for now (the monthly
+    /// donation is used up), for the log.
+    used_up: Option<String>,
 }
 
 impl Waypoint {
@@ -198,6 +201,7 @@ impl Waypoint {
         Waypoint {
             vpn,
             vpn_ended: Vec::new(),
+            used_up: None,
             settings,
             cert,
             key,
@@ -324,6 +328,21 @@ impl Waypoint {
         let nonce = req.body.nonce;
         let member = req.cert.member;
         let lease_len = self.settings.lease;
+        let releases = matches!(
+            req.body.kind,
+            RequestKind::Release { .. } | RequestKind::VpnRelease { .. }
+        );
+        if let Some(why) = self.used_up.as_ref().filter(|_| !releases) {
+            let d = why.clone();
+            return self.refusal(
+                wall_ms,
+                from,
+                nonce,
+                RefusalReason::DonationUsedUp,
+                d,
+                limit,
+            );
+        }
         match req.body.kind {
             RequestKind::NatDetour { destination } => {
                 if let Err(why) =
@@ -690,6 +709,19 @@ impl Waypoint {
             self.vpn_ended.push(l);
         }
         self.leases.end_member(now, member)
+    }
+
+    /// Refuses new tunnels and renewals (releases still work) while `why` is
+    /// set: the owner's monthly donation is used up. Running leases are left
+    /// to end at their next renewal; the kernel's quota already stops their
+    /// traffic.
+    pub fn set_used_up(&mut self, why: Option<String>) {
+        self.used_up = why;
+    }
+
+    /// Why new tunnels are refused for now, if they are.
+    pub fn used_up(&self) -> Option<&str> {
+        self.used_up.as_deref()
     }
 
     /// When [`Waypoint::expire`] next has work.
@@ -1147,6 +1179,56 @@ mod tests {
         );
         assert_eq!(w.next_timeout(), Some(t50 + Duration::from_secs(60)));
         assert_eq!(w.leases().count(), 1);
+    }
+
+    #[test]
+    fn used_up_donation_refuses_grants_and_renewals_but_not_releases() {
+        let mut w = waypoint();
+        let t = Instant::now();
+        let port = match w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 1, MS, nat("10.0.3.2:5201")),
+        ) {
+            Decision::Install { lease, .. } => lease.port,
+            d => panic!("{d:?}"),
+        };
+        w.set_used_up(Some("100 of 100 bytes".into()));
+        assert_eq!(w.used_up(), Some("100 of 100 bytes"));
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 2, MS, nat("10.0.3.2:5202")),
+        );
+        assert_eq!(refusal(&d), RefusalReason::DonationUsedUp);
+        let renew = RequestKind::Renew {
+            port,
+            destination: "10.0.3.2:5201".parse().unwrap(),
+            lease: Nonce([1; 16]),
+        };
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 3, MS, renew.clone()),
+        );
+        assert_eq!(refusal(&d), RefusalReason::DonationUsedUp);
+        assert_eq!(w.stats().refused.get("DonationUsedUp").copied(), Some(2));
+        // A new month: grants again, and the lease is still there to renew.
+        w.set_used_up(None);
+        let d = w.handle(t, MS, from(), &request(&bob(), 3, "alice", 4, MS, renew));
+        assert!(matches!(d, Decision::Refresh { .. }), "{d:?}");
+        // Releases go through while used up (the member gives the port back).
+        w.set_used_up(Some("used up".into()));
+        let rel = RequestKind::Release {
+            port,
+            lease: Nonce([1; 16]),
+        };
+        let d = w.handle(t, MS, from(), &request(&bob(), 3, "alice", 5, MS, rel));
+        assert!(matches!(d, Decision::Remove { .. }), "{d:?}");
+        assert_eq!(w.leases().count(), 0);
     }
 
     #[test]

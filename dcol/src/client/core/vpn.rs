@@ -5,9 +5,9 @@
 //! server's own address, which policy routing sends through the tunnel.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{Action, Client, Detour, DetourState, Gate, REQUEST_ATTEMPTS};
+use super::{Action, Client, Detour, DetourState, Gate, REQUEST_ATTEMPTS, USED_UP_HOLDDOWN};
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind, Response,
 };
@@ -59,6 +59,16 @@ pub struct VpnPending {
     next_at: Instant,
     attempts: u32,
     max_attempts: u32,
+}
+
+/// How long to wait before asking a waypoint that refused with `reason`
+/// for a tunnel again.
+fn holddown_for(reason: RefusalReason, holddown: Duration) -> Duration {
+    if reason == RefusalReason::DonationUsedUp {
+        USED_UP_HOLDDOWN
+    } else {
+        holddown
+    }
 }
 
 impl Client {
@@ -318,7 +328,7 @@ impl Client {
             }
             (RequestKind::Vpn, Outcome::Refused { reason }) => {
                 v.state = VpnState::Idle;
-                v.retry_at = Some(now + holddown);
+                v.retry_at = Some(now + holddown_for(reason, holddown));
                 v.last_error = Some(format!("refused: {reason}"));
                 Ok(Vec::new())
             }
@@ -330,7 +340,8 @@ impl Client {
                 v.last_error = Some(format!("lease lost: {reason}"));
                 // The waypoint forgot us (restart): a fresh tunnel now, or
                 // after the hold-down if we were revoked.
-                let retry = (reason != RefusalReason::UnknownLease).then_some(now + holddown);
+                let retry = (reason != RefusalReason::UnknownLease)
+                    .then(|| now + holddown_for(reason, holddown));
                 Ok(self.vpn_lost(now, peer, retry))
             }
             _ => Ok(Vec::new()),

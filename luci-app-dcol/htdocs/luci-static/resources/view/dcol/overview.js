@@ -112,6 +112,8 @@ function donation(wp) {
 		: _('%s, no monthly cap').format('%1000.1mB'.format(used));
 	if (+wp.donate_kbit > 0)
 		text += ', ' + _('at most %s').format('%1000.1mbit/s'.format(+wp.donate_kbit * 1000));
+	if (wp.refusing)
+		text += ' — ' + _('used up: new detours are refused until the month ends or the cap is raised');
 	return text;
 }
 
