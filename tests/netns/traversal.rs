@@ -715,7 +715,49 @@ fn ipv6_pinholes_opened_with_pcp() {
         Duration::from_secs(5),
         || datagrams(&wp) >= 1,
     );
+    // A crash leaves the pinholes; the next start closes them (with UPnP
+    // now off) with the nonce the record kept.
+    let record = scratch.path().join("wp-state/port-mappings");
+    let text = std::fs::read_to_string(&record).expect("the record");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("pcp [{ll}%")) && l.contains(" 2001:db8:7::2 ")),
+        "{text}"
+    );
     let mut wp = wp;
+    wp.kill9();
+    let pinholes = |gw: &Netns| {
+        forwards_v6(gw)
+            .matches("0x20010db8000700000000000000000002")
+            .count()
+    };
+    assert_eq!(pinholes(&gw), 5, "{}", forwards_v6(&gw));
+    let mut wp = Daemon::start(
+        wp_ns.name(),
+        scratch.path(),
+        "wp-after-crash",
+        &format!("{cfg}\toption upnp '0'\n"),
+        &sock,
+    );
+    wait_for(
+        "the left-over pinholes closed",
+        Duration::from_secs(10),
+        || pinholes(&gw) == 0 && !record.exists(),
+    );
+    let log = wp.log_text();
+    assert!(
+        log.contains("closing 5 IPv6 pinhole(s) left at [fe80::")
+            && log.contains("closed 5 IPv6 pinhole(s)"),
+        "{log}"
+    );
+    assert!(wp.terminate().success());
+    // Open again; SIGTERM closes them.
+    let mut wp = Daemon::start(wp_ns.name(), scratch.path(), "wp-again", &cfg, &sock);
+    wp.wait_status(Duration::from_secs(20), |s| {
+        s["traversal"]["public6"] == public6
+    })
+    .unwrap_or_else(|s| panic!("no IPv6 pinholes: {s}\n{}", wp.log_text()));
+    assert_eq!(pinholes(&gw), 5, "{}", forwards_v6(&gw));
     assert!(wp.terminate().success());
     let rules = forwards_v6(&gw);
     assert!(

@@ -216,7 +216,8 @@ impl Traversal {
                     found: found_w,
                     gateway: None,
                     mapped: Vec::new(),
-                    recorded: None,
+                    recorded: record::Record::default(),
+                    recorded_text: None,
                     pcp: None,
                     pinholed: Vec::new(),
                     stop: None,
@@ -271,11 +272,11 @@ struct Worker {
     gateway: Option<Gateway>,
     /// Ports mapped and not deleted.
     mapped: Vec<(Protocol, u16)>,
-    /// What the record on disk lists: the gateway's name and the ports.
-    recorded: Option<(String, Vec<(Protocol, u16)>)>,
-    /// The PCP server for IPv6 pinholes, once found: its address, ours,
-    /// and the nonce of our mappings.
-    pcp: Option<(SocketAddr, Ipv6Addr, [u8; 12])>,
+    /// What the record on disk lists, and its text.
+    recorded: record::Record,
+    recorded_text: Option<String>,
+    /// The PCP server for IPv6 pinholes, once found.
+    pcp: Option<PcpServer>,
     /// Pinholes open and not deleted.
     pinholed: Vec<(Protocol, u16)>,
     /// The daemon asked to stop (answered once the mappings are deleted).
@@ -443,12 +444,12 @@ impl Worker {
                     .push(format!("mapping {} {port}: {e}", proto.as_str())),
                 // The gateway is gone: no use trying the other ports.
                 Err(MapError::Gone(e)) => {
-                    self.record(&gw);
+                    self.record();
                     return Err(format!("mapping {} {port}: {e}", proto.as_str()));
                 }
             }
         }
-        self.record(&gw);
+        self.record();
         Ok(())
     }
 
@@ -504,10 +505,12 @@ impl Worker {
                     .errors
                     .push(format!("IPv6 pinhole {} {port}: {e}", proto.as_str())),
                 Err(PcpFailure::Gone(e)) => {
-                    return Err(format!("IPv6 pinholes with PCP at {server}: {e}"))
+                    self.record();
+                    return Err(format!("IPv6 pinholes with PCP at {server}: {e}"));
                 }
             }
         }
+        self.record();
         let signaling = (Protocol::Udp, self.settings.signaling_port);
         if o.pinholes.contains(&signaling) {
             o.public6 = Some(SocketAddr::new(
@@ -518,40 +521,38 @@ impl Worker {
         Ok(())
     }
 
-    /// Closes the pinholes (lifetime 0, same nonce); stops at the first
-    /// transport failure (they end with their lifetime).
+    /// Closes the pinholes (lifetime 0, same nonce); those left after a
+    /// transport failure stay recorded (and end with their lifetime).
     fn close_pinholes(&mut self) {
-        let Some((server, me, nonce)) = self.pcp else {
-            return;
-        };
-        let mut closed = 0;
-        for (proto, port) in std::mem::take(&mut self.pinholed) {
-            match pcp_exchange(server, me, &pcp::map_request(&nonce, proto, port, 0, me)) {
-                Ok(_) => closed += 1,
-                Err(e) => {
-                    log::warn!(
-                        "traversal: closing the IPv6 pinholes: {e}; they end with their lifetime"
-                    );
-                    break;
-                }
-            }
-        }
-        if closed > 0 {
-            log::info!("traversal: closed {closed} IPv6 pinhole(s) at {server}");
+        if let Some(p) = self.pcp {
+            let ports = std::mem::take(&mut self.pinholed);
+            self.pinholed = close_all(p, &ports);
         }
     }
 
-    /// Brings the record on disk up to date with `mapped` on `gw`.
-    fn record(&mut self, gw: &Gateway) {
+    /// Brings the record on disk up to date with what is mapped and open.
+    /// A gateway or PCP server lost keeps its part: what was made there is
+    /// still to delete.
+    fn record(&mut self) {
         let Some(path) = &self.settings.record else {
             return;
         };
-        let now = (gw.name(), self.mapped.clone());
-        if self.recorded.as_ref() == Some(&now) {
+        let mut r = self.recorded.clone();
+        if let Some(gw) = &self.gateway {
+            r.mappings = Some((gw.clone(), self.mapped.clone()));
+        }
+        if let Some(p) = self.pcp {
+            r.pinholes = Some((p, self.pinholed.clone()));
+        }
+        let text = record::render(&r);
+        if self.recorded_text.as_ref() == Some(&text) {
             return;
         }
-        match record::save(path, gw, &self.mapped) {
-            Ok(()) => self.recorded = Some(now),
+        match record::save(path, &r) {
+            Ok(()) => {
+                self.recorded = r;
+                self.recorded_text = Some(text);
+            }
             Err(e) => log::warn!(
                 "traversal: recording the mappings in {}: {e}",
                 path.display()
@@ -559,17 +560,43 @@ impl Worker {
         }
     }
 
-    /// Deletes every mapping made (bounded: one timeout per call, stops at
-    /// the first transport failure).
+    /// Deletes every mapping made and closes the pinholes (bounded: one
+    /// timeout per call, stops at the first transport failure).
     fn unmap(&mut self) {
         self.close_pinholes();
-        let Some(gw) = self.gateway.clone() else {
-            return;
-        };
-        let ports = std::mem::take(&mut self.mapped);
-        self.mapped = unmap_all(&gw, &ports);
-        self.record(&gw);
+        if let Some(gw) = self.gateway.clone() {
+            let ports = std::mem::take(&mut self.mapped);
+            self.mapped = unmap_all(&gw, &ports);
+        }
+        self.record();
     }
+}
+
+/// The PCP server for IPv6 pinholes: its address, ours, and the nonce of our
+/// mappings (PCP deletes or renews a mapping only for the same nonce).
+type PcpServer = (SocketAddr, Ipv6Addr, [u8; 12]);
+
+/// Closes `ports` at the PCP server; returns those left (after a transport
+/// failure: they end with their lifetime).
+fn close_all((server, me, nonce): PcpServer, ports: &[(Protocol, u16)]) -> Vec<(Protocol, u16)> {
+    let mut closed = 0;
+    let mut left = Vec::new();
+    for (i, &(proto, port)) in ports.iter().enumerate() {
+        match pcp_exchange(server, me, &pcp::map_request(&nonce, proto, port, 0, me)) {
+            Ok(_) => closed += 1,
+            Err(e) => {
+                log::warn!(
+                    "traversal: closing the IPv6 pinholes: {e}; they end with their lifetime"
+                );
+                left.extend_from_slice(&ports[i..]);
+                break;
+            }
+        }
+    }
+    if closed > 0 {
+        log::info!("traversal: closed {closed} IPv6 pinhole(s) at {server}");
+    }
+    left
 }
 
 /// Deletes `ports` on `gw`; returns those left (after a transport failure,
@@ -599,12 +626,12 @@ fn unmap_all(gw: &Gateway, ports: &[(Protocol, u16)]) -> Vec<(Protocol, u16)> {
     left
 }
 
-/// Deletes the mappings an earlier run recorded at `path` and did not
-/// delete (it crashed, or the router lost power). Bounded: one gateway
-/// timeout when the gateway is gone, and then the record is dropped (the
-/// mappings end with their lease, or with the gateway's restart).
+/// Deletes the mappings and closes the pinholes an earlier run recorded at
+/// `path` and did not (it crashed). Bounded: one timeout per gateway that is
+/// gone, and then the record is dropped (what is left ends with its lease,
+/// or with the gateway's restart).
 pub fn delete_leftovers(path: &Path) {
-    let (gw, ports) = match record::load(path) {
+    let r = match record::load(path) {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(e) => {
@@ -613,12 +640,22 @@ pub fn delete_leftovers(path: &Path) {
             return;
         }
     };
-    log::info!(
-        "traversal: deleting {} port mapping(s) left on {} by an earlier run",
-        ports.len(),
-        gw.name()
-    );
-    unmap_all(&gw, &ports);
+    if let Some((gw, ports)) = r.mappings.as_ref().filter(|m| !m.1.is_empty()) {
+        log::info!(
+            "traversal: deleting {} port mapping(s) left on {} by an earlier run",
+            ports.len(),
+            gw.name()
+        );
+        unmap_all(gw, ports);
+    }
+    if let Some((p, ports)) = r.pinholes.as_ref().filter(|p| !p.1.is_empty()) {
+        log::info!(
+            "traversal: closing {} IPv6 pinhole(s) left at {} by an earlier run",
+            ports.len(),
+            p.0
+        );
+        close_all(*p, ports);
+    }
     if let Err(e) = record::remove(path) {
         log::warn!("traversal: removing {}: {e}", path.display());
     }

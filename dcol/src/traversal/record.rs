@@ -1,5 +1,5 @@
-//! The port mappings made on the gateway and not deleted yet, kept in
-//! `state_dir/port-mappings` so that after a crash (or a power cut) the next
+//! The port mappings and IPv6 pinholes made on the gateway and not deleted
+//! yet, kept in `state_dir/port-mappings` so that after a crash the next
 //! start deletes them instead of leaving the ports open on the gateway until
 //! their lease ends (never, with `upnp_lease_s '0'`).
 //!
@@ -8,44 +8,97 @@
 //! upnp urn:schemas-upnp-org:service:WANIPConnection:1 http://192.168.7.1:5000/ctl/IPConn
 //! udp 7447
 //! tcp 40000
+//! pcp [fe80::1%2]:5351 2001:db8:7::2 0123456789abcdef01234567
+//! udp 7447
 //! ```
-//! The second form of the gateway line is `natpmp 192.168.7.1:5351`.
+//! The ports after a gateway line are mapped there. The IPv4 gateway line is
+//! `upnp SERVICE-TYPE CONTROL-URL` or `natpmp ADDRESS:PORT`; the PCP line
+//! names the server, this router's address the pinholes are for and the
+//! nonce of the mappings (PCP deletes a mapping only for the same nonce,
+//! RFC 6887 §11.1).
 
 use std::fmt::Write as _;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
-use super::{upnp, Gateway, Protocol};
+use super::{upnp, Gateway, PcpServer, Protocol};
 use crate::http::Url;
 
-/// A gateway and the ports mapped on it.
-pub(super) type Record = (Gateway, Vec<(Protocol, u16)>);
+/// Ports on one gateway.
+pub(super) type Ports = Vec<(Protocol, u16)>;
+
+/// What is left to delete.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Record {
+    /// IPv4 mappings (UPnP or NAT-PMP).
+    pub mappings: Option<(Gateway, Ports)>,
+    /// IPv6 pinholes (PCP).
+    pub pinholes: Option<(PcpServer, Ports)>,
+}
+
+impl Record {
+    /// Nothing to delete.
+    pub fn is_empty(&self) -> bool {
+        let none = |p: Option<&Ports>| p.is_none_or(|p| p.is_empty());
+        none(self.mappings.as_ref().map(|m| &m.1)) && none(self.pinholes.as_ref().map(|p| &p.1))
+    }
+}
 
 /// Largest record read back (34 ports take ~400 bytes).
 const MAX_RECORD: u64 = 64 * 1024;
 
-/// The record's text.
-pub(super) fn render(gw: &Gateway, ports: &[(Protocol, u16)]) -> String {
-    let mut s = String::from("# dcol: port mappings to delete if dcol did not (written by dcol)\n");
-    match gw {
-        Gateway::Upnp { service, .. } => {
-            let _ = writeln!(s, "upnp {} {}", service.kind, service.control);
-        }
-        Gateway::Pmp(a) => {
-            let _ = writeln!(s, "natpmp {a}");
-        }
-    }
+fn ports_text(s: &mut String, ports: &[(Protocol, u16)]) {
     for (proto, port) in ports {
         let _ = writeln!(s, "{} {port}", proto.as_str().to_ascii_lowercase());
+    }
+}
+
+/// The record's text.
+pub(super) fn render(r: &Record) -> String {
+    let mut s = String::from("# dcol: port mappings to delete if dcol did not (written by dcol)\n");
+    if let Some((gw, ports)) = r.mappings.as_ref().filter(|m| !m.1.is_empty()) {
+        match gw {
+            Gateway::Upnp { service, .. } => {
+                let _ = writeln!(s, "upnp {} {}", service.kind, service.control);
+            }
+            Gateway::Pmp(a) => {
+                let _ = writeln!(s, "natpmp {a}");
+            }
+        }
+        ports_text(&mut s, ports);
+    }
+    if let Some(((server, me, nonce), ports)) = r.pinholes.as_ref().filter(|p| !p.1.is_empty()) {
+        let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = writeln!(s, "pcp {server} {me} {hex}");
+        ports_text(&mut s, ports);
     }
     s
 }
 
+/// The 12-byte PCP nonce from 24 hex digits.
+fn parse_nonce(hex: &str) -> Option<[u8; 12]> {
+    if hex.len() != 24 || !hex.is_ascii() {
+        return None;
+    }
+    let mut n = [0u8; 12];
+    for (i, b) in n.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(n)
+}
+
 /// Parses a record; errors name the line.
 pub(super) fn parse(text: &str) -> Result<Record, String> {
-    let mut gateway = None;
-    let mut ports = Vec::new();
+    let mut r = Record::default();
+    // Where the port lines go: the last gateway line's list.
+    #[derive(PartialEq)]
+    enum Section {
+        None,
+        Mappings,
+        Pinholes,
+    }
+    let mut section = Section::None;
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let line = line.trim();
@@ -53,28 +106,55 @@ pub(super) fn parse(text: &str) -> Result<Record, String> {
             continue;
         }
         let words: Vec<&str> = line.split_ascii_whitespace().collect();
-        match (words.as_slice(), &gateway) {
-            (["upnp", kind, control], None) => {
+        let second = || format!("line {n}: a second gateway");
+        match words.as_slice() {
+            ["upnp", kind, control] => {
+                if r.mappings.is_some() {
+                    return Err(second());
+                }
                 if !kind.starts_with("urn:") {
                     return Err(format!("line {n}: service type '{kind}' is not a urn"));
                 }
                 let control = Url::parse(control).map_err(|e| format!("line {n}: {e}"))?;
-                gateway = Some(Gateway::Upnp {
+                let gw = Gateway::Upnp {
                     service: upnp::Service {
                         kind: (*kind).to_owned(),
                         control,
                     },
                     // Deleting needs no internal client address.
                     me: Ipv4Addr::UNSPECIFIED,
-                });
+                };
+                r.mappings = Some((gw, Vec::new()));
+                section = Section::Mappings;
             }
-            (["natpmp", addr], None) => {
+            ["natpmp", addr] => {
+                if r.mappings.is_some() {
+                    return Err(second());
+                }
                 let a: SocketAddr = addr
                     .parse()
                     .map_err(|_| format!("line {n}: '{addr}' is not an address:port"))?;
-                gateway = Some(Gateway::Pmp(a));
+                r.mappings = Some((Gateway::Pmp(a), Vec::new()));
+                section = Section::Mappings;
             }
-            ([proto @ ("tcp" | "udp"), port], Some(_)) => {
+            ["pcp", server, me, nonce] => {
+                if r.pinholes.is_some() {
+                    return Err(second());
+                }
+                let server: SocketAddr = server
+                    .parse()
+                    .ok()
+                    .filter(SocketAddr::is_ipv6)
+                    .ok_or_else(|| format!("line {n}: '{server}' is not an IPv6 address:port"))?;
+                let me: Ipv6Addr = me
+                    .parse()
+                    .map_err(|_| format!("line {n}: '{me}' is not an IPv6 address"))?;
+                let nonce = parse_nonce(nonce)
+                    .ok_or_else(|| format!("line {n}: '{nonce}' is not a 24-digit hex nonce"))?;
+                r.pinholes = Some(((server, me, nonce), Vec::new()));
+                section = Section::Pinholes;
+            }
+            [proto @ ("tcp" | "udp"), port] => {
                 let port = port
                     .parse::<u16>()
                     .ok()
@@ -85,23 +165,25 @@ pub(super) fn parse(text: &str) -> Result<Record, String> {
                 } else {
                     Protocol::Udp
                 };
+                let ports = match section {
+                    Section::None => {
+                        return Err(format!("line {n}: a port before the gateway line"))
+                    }
+                    Section::Mappings => r.mappings.as_mut().map(|m| &mut m.1),
+                    Section::Pinholes => r.pinholes.as_mut().map(|p| &mut p.1),
+                };
+                let ports = ports.expect("the section's gateway line was read");
                 if !ports.contains(&(proto, port)) {
                     ports.push((proto, port));
                 }
             }
-            (["upnp" | "natpmp", ..], Some(_)) => {
-                return Err(format!("line {n}: a second gateway"))
-            }
-            (["tcp" | "udp", ..], None) => {
-                return Err(format!("line {n}: a port before the gateway line"))
-            }
             _ => return Err(format!("line {n}: cannot read '{line}'")),
         }
     }
-    match gateway {
-        Some(g) => Ok((g, ports)),
-        None => Err("no gateway line".into()),
+    if r.mappings.is_none() && r.pinholes.is_none() {
+        return Err("no gateway line".into());
     }
+    Ok(r)
 }
 
 /// Reads the record at `path` (`Ok(None)`: there is none).
@@ -124,12 +206,12 @@ pub(super) fn load(path: &Path) -> Result<Option<Record>, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Writes the record (removes it when `ports` is empty).
-pub(super) fn save(path: &Path, gw: &Gateway, ports: &[(Protocol, u16)]) -> io::Result<()> {
-    if ports.is_empty() {
+/// Writes the record (removes it when there is nothing to delete).
+pub(super) fn save(path: &Path, r: &Record) -> io::Result<()> {
+    if r.is_empty() {
         return remove(path);
     }
-    crate::directory::store::write_atomic(path, render(gw, ports).as_bytes(), 0o600)
+    crate::directory::store::write_atomic(path, render(r).as_bytes(), 0o600)
 }
 
 /// Removes the record (none is fine).
@@ -154,19 +236,64 @@ mod tests {
         }
     }
 
+    fn pcp() -> PcpServer {
+        (
+            "[fe80::1%2]:5351".parse().unwrap(),
+            "2001:db8:7::2".parse().unwrap(),
+            [
+                0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0, 0xff, 0x10, 0x7f,
+            ],
+        )
+    }
+
+    fn mappings(gw: Gateway, ports: &[(Protocol, u16)]) -> Record {
+        Record {
+            mappings: Some((gw, ports.to_vec())),
+            pinholes: None,
+        }
+    }
+
     #[test]
     fn round_trip() {
         let ports = [(Protocol::Udp, 7447), (Protocol::Tcp, 40000)];
-        let text = render(&upnp_gw(), &ports);
-        let (gw, back) = parse(&text).unwrap();
+        let r = parse(&render(&mappings(upnp_gw(), &ports))).unwrap();
+        let (gw, back) = r.mappings.unwrap();
         assert_eq!(back, ports);
         assert_eq!(gw.name(), "http://192.168.7.1:5000/ctl/IPConn");
+        assert!(r.pinholes.is_none());
         let pmp = Gateway::Pmp("192.168.7.1:5351".parse().unwrap());
-        let (gw, back) = parse(&render(&pmp, &ports[..1])).unwrap();
+        let (gw, back) = parse(&render(&mappings(pmp, &ports[..1])))
+            .unwrap()
+            .mappings
+            .unwrap();
         assert_eq!(
             (gw.name().as_str(), back.len()),
             ("natpmp://192.168.7.1:5351", 1)
         );
+        // Both kinds; the pinholes keep their server's scope and the nonce.
+        let both = Record {
+            mappings: Some((upnp_gw(), ports.to_vec())),
+            pinholes: Some((pcp(), vec![(Protocol::Udp, 7447)])),
+        };
+        let text = render(&both);
+        assert!(
+            text.contains(
+                "\npcp [fe80::1%2]:5351 2001:db8:7::2 0123456789abcdef00ff107f\nudp 7447\n"
+            ),
+            "{text}"
+        );
+        let back = parse(&text).unwrap();
+        assert_eq!(back.mappings.unwrap().1, ports);
+        assert_eq!(back.pinholes, Some((pcp(), vec![(Protocol::Udp, 7447)])));
+        // Pinholes alone; empty lists are not written.
+        let only = Record {
+            mappings: Some((upnp_gw(), vec![])),
+            pinholes: Some((pcp(), ports.to_vec())),
+        };
+        let back = parse(&render(&only)).unwrap();
+        assert!(back.mappings.is_none());
+        assert_eq!(back.pinholes.unwrap().1, ports);
+        assert!(Record::default().is_empty() && !only.is_empty());
     }
 
     #[test]
@@ -197,6 +324,31 @@ mod tests {
             ),
             ("natpmp 1.2.3.4:1\nsctp 9\n", "line 2: cannot read 'sctp 9'"),
             ("natpmp 1.2.3.4:1\n\u{0}\n", "line 2: cannot read"),
+            (
+                "pcp 1.2.3.4:5351 2001:db8::2 0123456789abcdef01234567\n",
+                "line 1: '1.2.3.4:5351' is not an IPv6 address:port",
+            ),
+            (
+                "pcp [fe80::1]:5351 10.0.0.1 0123456789abcdef01234567\n",
+                "line 1: '10.0.0.1' is not an IPv6 address",
+            ),
+            (
+                "pcp [fe80::1]:5351 2001:db8::2 0123\n",
+                "line 1: '0123' is not a 24-digit hex nonce",
+            ),
+            (
+                "pcp [fe80::1]:5351 2001:db8::2 0123456789abcdef0123456g\n",
+                "is not a 24-digit hex nonce",
+            ),
+            (
+                "pcp [fe80::1]:5351 2001:db8::2 0123456789abcdef012345\u{e9}\n",
+                "is not a 24-digit hex nonce",
+            ),
+            (
+                "pcp [fe80::1]:1 ::2 000000000000000000000000\npcp [fe80::1]:1 ::2 000000000000000000000000\n",
+                "line 2: a second gateway",
+            ),
+            ("pcp [fe80::1]:1 ::2\n", "line 1: cannot read"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");
@@ -208,10 +360,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dcol-record-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("port-mappings");
-        assert_eq!(load(&path).unwrap().map(|r| r.1), None);
-        save(&path, &upnp_gw(), &[(Protocol::Tcp, 40001)]).unwrap();
-        assert_eq!(load(&path).unwrap().unwrap().1, [(Protocol::Tcp, 40001)]);
-        save(&path, &upnp_gw(), &[]).unwrap();
+        assert!(load(&path).unwrap().is_none());
+        save(&path, &mappings(upnp_gw(), &[(Protocol::Tcp, 40001)])).unwrap();
+        let back = load(&path).unwrap().unwrap().mappings.unwrap().1;
+        assert_eq!(back, [(Protocol::Tcp, 40001)]);
+        save(&path, &mappings(upnp_gw(), &[])).unwrap();
         assert!(!path.exists());
         std::fs::write(&path, "upnp\n").unwrap();
         let e = load(&path).unwrap_err();
