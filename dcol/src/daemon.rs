@@ -543,6 +543,11 @@ impl Daemon {
             if let Some(w) = &mut self.waypoint {
                 w.step();
             }
+            let used_up = self
+                .waypoint
+                .as_ref()
+                .is_some_and(|w| w.core.used_up().is_some());
+            self.membership_used_up(used_up);
             self.step_membership();
             self.step_traversal();
         }
@@ -683,13 +688,13 @@ impl Daemon {
                     w.evidence = open_evidence(new);
                     changes.push("evidence log".into());
                 }
+                w.donation_file.clone_from(&wn.donation_file);
                 if (wo.donate_kbit, wo.donate_monthly_bytes)
                     != (wn.donate_kbit, wn.donate_monthly_bytes)
                 {
                     w.set_caps(wn.donate_kbit, wn.donate_monthly_bytes)?;
                     changes.push("donation caps".into());
                 }
-                w.donation_file.clone_from(&wn.donation_file);
                 if wo.listen != wn.listen {
                     let mut sockets = Vec::new();
                     for addr in &wn.listen {

@@ -519,6 +519,47 @@ fn directory_join_revoke_tamper_leave() {
     listed.sort();
     assert_eq!(listed, ["alice", "carol"], "the store changed");
 
+    // Carol's donation for this month is used up: her record is withdrawn
+    // (members stop picking a waypoint that refuses) and published again
+    // when she raises the cap.
+    let month = dns.output(&["date", "-u", "+%Y-%m"]).stdout;
+    let donated = scratch.join("carol-donated");
+    let month = String::from_utf8_lossy(&month);
+    fs::write(&donated, format!("{} 5000\n", month.trim())).unwrap();
+    let capped = carol_cfg(true).replace(
+        "\toption lease_s '60'\n",
+        &format!(
+            "\toption lease_s '60'\n\toption donate_monthly_gb '0.000001'\n\toption donation_file '{}'\n",
+            donated.display()
+        ),
+    );
+    carol_d.reload(&capped);
+    poll(
+        Duration::from_secs(5),
+        "carol withdrawn while used up",
+        || (members(&fetch(&cns), &root) == ["alice"]).then_some(()),
+    );
+    let st = carol_d.status();
+    assert!(
+        st["waypoint"]["refusing"]
+            .as_str()
+            .is_some_and(|r| r.contains(" of 1000 bytes donated in ")),
+        "{st}"
+    );
+    assert!(
+        carol_d
+            .log_text()
+            .contains("this month's donation is used up; withdrawing the record"),
+        "{}",
+        carol_d.log_text()
+    );
+    carol_d.reload(&carol_cfg(true));
+    poll(Duration::from_secs(5), "carol published again", || {
+        let mut listed = members(&fetch(&cns), &root);
+        listed.sort();
+        (listed == ["alice", "carol"]).then_some(())
+    });
+
     // Leaving: alice's waypoint off (reload), carol `enabled '0'` (reload,
     // the daemon exits): both records withdrawn.
     let line = alice.reload(&alice_cfg(false));

@@ -10,7 +10,9 @@
 //! says so) withdraws the record. A certificate in the last third of its
 //! validity is renewed through the directory (when its server runs with
 //! `--renew`): the new one is checked, written over `option cert` and taken
-//! as on SIGHUP.
+//! as on SIGHUP. While the owner's monthly donation is used up the record
+//! is withdrawn too (members stop picking a waypoint that refuses), and
+//! published again when it grants again.
 //!
 //! Directory peers are appended to the client core (running detours keep
 //! their peer indices); when a peer in use leaves the directory the core is
@@ -48,6 +50,8 @@ pub(super) struct Membership {
     /// Public addresses learned by NAT traversal (published before the
     /// non-wildcard listen addresses unless `list advertise` is set).
     learned: Vec<SocketAddr>,
+    /// The waypoint refuses new detours (this month's donation is used up).
+    used_up: bool,
     /// The advert in force; `None`: this router does not publish.
     advert: Option<Advert>,
     /// A publishing record was posted and not withdrawn since.
@@ -87,10 +91,10 @@ fn agent_settings(cfg: &Config, id: &Identity) -> Option<AgentSettings> {
     })
 }
 
-/// What this router publishes, when its waypoint role is on.
-fn advert(cfg: &Config, learned: &[SocketAddr]) -> Option<Advert> {
+/// What this router publishes, when its waypoint role is on and grants.
+fn advert(cfg: &Config, learned: &[SocketAddr], used_up: bool) -> Option<Advert> {
     let w = &cfg.waypoint;
-    if !w.enabled {
+    if !w.enabled || used_up {
         return None;
     }
     let endpoints = dir::endpoints(&w.advertise, learned, &w.listen);
@@ -127,7 +131,7 @@ impl Membership {
             settings.cache.display(),
             settings.selection.max_peers
         );
-        let advert = advert(cfg, &[]);
+        let advert = advert(cfg, &[], false);
         Ok(Some(Membership {
             agent,
             status: DirectoryStatus {
@@ -138,6 +142,7 @@ impl Membership {
             key: id.key.clone(),
             cert: id.cert.clone(),
             learned: Vec::new(),
+            used_up: false,
             next_publish: advert.as_ref().map(|_| Instant::now()),
             advert,
             posted: false,
@@ -244,7 +249,7 @@ impl Daemon {
             return;
         }
         m.learned = addrs;
-        let a = advert(&self.cfg, &m.learned);
+        let a = advert(&self.cfg, &m.learned, m.used_up);
         if a != m.advert {
             m.advert = a;
             // No reachable address any more: withdraw rather than leave a
@@ -254,6 +259,25 @@ impl Daemon {
             } else {
                 m.withdraw();
             }
+        }
+    }
+
+    /// The waypoint stopped or resumed granting (its owner's monthly
+    /// donation): withdraws or publishes the record.
+    pub(super) fn membership_used_up(&mut self, used_up: bool) {
+        let Some(m) = self.membership.as_mut() else {
+            return;
+        };
+        if m.used_up == used_up {
+            return;
+        }
+        m.used_up = used_up;
+        m.advert = advert(&self.cfg, &m.learned, used_up);
+        if used_up {
+            log::info!("directory: this month's donation is used up; withdrawing the record until the waypoint grants again");
+            m.withdraw();
+        } else if m.advert.is_some() {
+            m.publish();
         }
     }
 
@@ -547,7 +571,7 @@ impl Daemon {
             m.agent.set(settings.clone());
             m.settings = settings;
         }
-        let a = advert(&self.cfg, &m.learned);
+        let a = advert(&self.cfg, &m.learned, m.used_up);
         match (&a, m.posted) {
             (None, true) => {
                 m.advert = None;

@@ -131,9 +131,13 @@ pub fn caps_script(name: &str, caps: &Caps, had_quota: bool) -> String {
         s.push_str(&format!("delete quota inet {name} month\n"));
     }
     if caps.month_bytes > 0 {
+        // The kernel refuses a quota created with more used than allowed
+        // (EINVAL): a count past the cap (a lowered cap, or bytes counted
+        // after it ran out) starts at the cap, which is just as used up.
         s.push_str(&format!(
             "add quota inet {name} month {{ over {} bytes used {} bytes; }}\nadd rule inet {name} caps {m} quota name \"month\" drop\n",
-            caps.month_bytes, caps.used
+            caps.month_bytes,
+            caps.used.min(caps.month_bytes)
         ));
     }
     if caps.kbit > 0 {
@@ -654,6 +658,15 @@ mod tests {
         assert!(
             s.contains("limit rate over 375000 bytes/second drop"),
             "{s}"
+        );
+        let over = Caps {
+            used: 5_000_000,
+            ..caps
+        };
+        assert!(
+            caps_script("dcol", &over, false)
+                .contains("{ over 4000000 bytes used 4000000 bytes; }"),
+            "a count past the cap starts at the cap"
         );
         // A small cap still lets a TCP burst through; no caps, no rules.
         let small = Caps {
