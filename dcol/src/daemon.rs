@@ -252,13 +252,41 @@ fn year_month(unix_s: u64) -> (i64, u32) {
     (y, m)
 }
 
-/// The bytes donated this month, from `state_dir/donated` (`YYYY-MM BYTES`).
+/// The month and byte count of a donation count file (`YYYY-MM BYTES`).
+fn parse_donated(text: &str) -> Result<((i64, u32), u64), String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let [month, bytes] = words.as_slice() else {
+        return Err(format!("'{}' is not 'YYYY-MM BYTES'", text.trim()));
+    };
+    let month = month
+        .split_once('-')
+        .and_then(|(y, m)| Some((y.parse().ok()?, m.parse().ok()?)))
+        .filter(|&(y, m): &(i64, u32)| y > 0 && (1..=12).contains(&m))
+        .ok_or_else(|| format!("'{month}' is not a month (YYYY-MM)"))?;
+    let bytes = bytes
+        .parse()
+        .map_err(|_| format!("'{bytes}' is not a byte count"))?;
+    Ok((month, bytes))
+}
+
+/// The bytes donated in `month` according to `path` (0: none counted, or
+/// another month's count; a damaged file is logged and counts 0).
 fn read_donated(path: &Path, month: (i64, u32)) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut it = text.split_whitespace();
-    match (it.next(), it.next().and_then(|b| b.parse().ok())) {
-        (Some(m), Some(b)) if m == format!("{:04}-{:02}", month.0, month.1) => b,
-        _ => 0,
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return 0,
+        Err(e) => {
+            log::warn!("donation count {}: {e}; counting from 0", path.display());
+            return 0;
+        }
+    };
+    match parse_donated(&text) {
+        Ok((m, bytes)) if m == month => bytes,
+        Ok(_) => 0,
+        Err(e) => {
+            log::warn!("donation count {}: {e}; counting from 0", path.display());
+            0
+        }
     }
 }
 
@@ -2122,5 +2150,42 @@ fn waypoint_status(w: &WaypointRole, now: Instant) -> control::WaypointStatus {
                 expires_in_s: l.expires_at.saturating_duration_since(now).as_secs(),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn donation_count_files() {
+        assert_eq!(
+            parse_donated("2026-12 4000123\n"),
+            Ok(((2026, 12), 4_000_123))
+        );
+        assert_eq!(year_month(1_798_761_599), (2026, 12));
+        assert_eq!(year_month(1_798_761_600), (2027, 1));
+        for (text, want) in [
+            ("", "'' is not 'YYYY-MM BYTES'"),
+            ("2026-12", "is not 'YYYY-MM BYTES'"),
+            ("2026-12 1 2", "is not 'YYYY-MM BYTES'"),
+            ("2026-13 1", "'2026-13' is not a month"),
+            ("december 1", "'december' is not a month"),
+            ("2026-12 -5", "'-5' is not a byte count"),
+            ("2026-12 lots", "'lots' is not a byte count"),
+        ] {
+            let e = parse_donated(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        // Read back as written; another month counts 0.
+        let dir = std::env::temp_dir().join(format!("dcol-donated-{}", std::process::id()));
+        let path = dir.join("donated");
+        write_donated(&path, (2026, 12), 77);
+        assert_eq!(read_donated(&path, (2026, 12)), 77);
+        assert_eq!(read_donated(&path, (2027, 1)), 0);
+        std::fs::write(&path, "garbage").unwrap();
+        assert_eq!(read_donated(&path, (2026, 12)), 0);
+        assert_eq!(read_donated(&dir.join("none"), (2026, 12)), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
