@@ -133,9 +133,14 @@ pub fn parse(b: &[u8]) -> Parsed {
             p.bad_at = Some(i);
             break;
         }
-        match postcard::from_bytes::<Record>(payload) {
-            Ok(r) => p.records.push(r),
-            Err(_) => {
+        // Only the form this code writes: no trailing bytes, no overlong
+        // numbers (one record, one byte string).
+        match postcard::from_bytes::<Record>(payload)
+            .ok()
+            .filter(|r| postcard::to_allocvec(r).is_ok_and(|b| b == payload))
+        {
+            Some(r) => p.records.push(r),
+            None => {
                 p.bad_at = Some(i);
                 break;
             }
@@ -267,6 +272,15 @@ mod tests {
         assert_eq!((p.records.len(), p.bad_at), (1, Some(one)));
         // An absurd length.
         let p = parse(&[0xff, 0xff, 0xff, 0xff, 0]);
+        assert_eq!((p.records.len(), p.bad_at), (0, Some(0)));
+        // A payload with bytes after the record, under a matching checksum
+        // (found by the fuzzer): not a frame this code writes.
+        let mut payload = postcard::to_allocvec(&rec(0)).unwrap();
+        payload.push(0);
+        let mut d = (payload.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(&payload);
+        d.extend_from_slice(&Sha256::digest(&payload)[..8]);
+        let p = parse(&d);
         assert_eq!((p.records.len(), p.bad_at), (0, Some(0)));
     }
 
