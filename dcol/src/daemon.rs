@@ -720,8 +720,14 @@ impl Daemon {
                 if (wo.donate_kbit, wo.donate_monthly_bytes)
                     != (wn.donate_kbit, wn.donate_monthly_bytes)
                 {
-                    w.set_caps(wn.donate_kbit, wn.donate_monthly_bytes)?;
-                    changes.push("donation caps".into());
+                    // A failure changes nothing (one nft transaction): the
+                    // caps in force stay, and the waypoint keeps serving.
+                    match w.set_caps(wn.donate_kbit, wn.donate_monthly_bytes) {
+                        Ok(()) => changes.push("donation caps".into()),
+                        Err(e) => log::error!(
+                            "reload: donation caps: {e}; the caps in force stay (dcol status shows them)"
+                        ),
+                    }
                 }
                 if wo.listen != wn.listen {
                     let mut sockets = Vec::new();
