@@ -217,7 +217,6 @@ impl Traversal {
                     gateway: None,
                     mapped: Vec::new(),
                     recorded: record::Record::default(),
-                    recorded_text: None,
                     pcp: None,
                     pinholed: Vec::new(),
                     stop: None,
@@ -272,9 +271,8 @@ struct Worker {
     gateway: Option<Gateway>,
     /// Ports mapped and not deleted.
     mapped: Vec<(Protocol, u16)>,
-    /// What the record on disk lists, and its text.
+    /// What the record on disk lists.
     recorded: record::Record,
-    recorded_text: Option<String>,
     /// The PCP server for IPv6 pinholes, once found.
     pcp: Option<PcpServer>,
     /// Pinholes open and not deleted.
@@ -544,15 +542,11 @@ impl Worker {
         if let Some(p) = self.pcp {
             r.pinholes = Some((p, self.pinholed.clone()));
         }
-        let text = record::render(&r);
-        if self.recorded_text.as_ref() == Some(&text) {
+        if r == self.recorded {
             return;
         }
         match record::save(path, &r) {
-            Ok(()) => {
-                self.recorded = r;
-                self.recorded_text = Some(text);
-            }
+            Ok(()) => self.recorded = r,
             Err(e) => log::warn!(
                 "traversal: recording the mappings in {}: {e}",
                 path.display()
@@ -662,7 +656,7 @@ pub fn delete_leftovers(path: &Path) {
 }
 
 /// A port mapping gateway: UPnP IGD, or NAT-PMP at the default gateway.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Gateway {
     Upnp {
         service: upnp::Service,

@@ -29,7 +29,7 @@ use crate::http::Url;
 pub(super) type Ports = Vec<(Protocol, u16)>;
 
 /// What is left to delete.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Record {
     /// IPv4 mappings (UPnP or NAT-PMP).
     pub mappings: Option<(Gateway, Ports)>,
