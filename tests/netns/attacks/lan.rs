@@ -1,0 +1,1 @@
+//! See the crate docs (main.rs) for what this part covers.
