@@ -1,13 +1,14 @@
 //! Destination policy: which addresses a waypoint may forward detours to.
 //!
 //! A router in the field must never become a doorway into its owner's LAN, so
-//! every special-purpose range is refused unless the owner explicitly allows it
-//! with `list allow_destination 'CIDR'`. Pure code: the caller passes the
+//! every special-purpose range (the table in [`crate::special`]) is refused
+//! unless the owner explicitly allows it with `list allow_destination 'CIDR'`. Pure code: the caller passes the
 //! waypoint's own addresses in.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Cidr;
+use crate::special::{self, Class};
 
 /// Why a destination is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +64,7 @@ pub fn check_destination(
     if allow.iter().any(|c| c.contains(&ip)) {
         return Ok(());
     }
-    match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => classify_v6(v6),
-    }
+    classify(ip)
 }
 
 /// Maps IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) to IPv4 so that they get
@@ -81,46 +79,16 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn classify_v4(ip: Ipv4Addr) -> Result<(), Forbidden> {
-    let o = ip.octets();
-    if ip.is_unspecified() {
-        Err(Forbidden::Unspecified)
-    } else if ip.is_loopback() {
-        Err(Forbidden::Loopback)
-    } else if ip.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
-        Err(Forbidden::Private)
-    } else if ip.is_link_local() {
-        Err(Forbidden::LinkLocal)
-    } else if ip.is_multicast() || ip.is_broadcast() {
-        Err(Forbidden::Multicast)
-    } else if o[0] == 0
-        || o[0] >= 240
-        || ip.is_documentation()
-        || (o[0] == 198 && (o[1] & 0xfe) == 18)
-    {
-        Err(Forbidden::Reserved)
-    } else {
-        Ok(())
-    }
-}
-
-fn classify_v6(ip: Ipv6Addr) -> Result<(), Forbidden> {
-    let s = ip.segments();
-    if ip.is_unspecified() {
-        Err(Forbidden::Unspecified)
-    } else if ip.is_loopback() {
-        Err(Forbidden::Loopback)
-    } else if (s[0] & 0xfe00) == 0xfc00 {
-        Err(Forbidden::Private)
-    } else if (s[0] & 0xffc0) == 0xfe80 {
-        Err(Forbidden::LinkLocal)
-    } else if ip.is_multicast() {
-        Err(Forbidden::Multicast)
-    } else if (s[0] == 0x2001 && s[1] == 0x0db8) || (s[0] & 0xe000) != 0x2000 {
-        // Only global unicast (2000::/3) leaves the box; the rest is reserved.
-        Err(Forbidden::Reserved)
-    } else {
-        Ok(())
+/// The verdict of the special-purpose table ([`crate::special`]) on `ip`.
+fn classify(ip: IpAddr) -> Result<(), Forbidden> {
+    match special::classify(ip).map(|e| e.class) {
+        None => Ok(()),
+        Some(Class::Unspecified) => Err(Forbidden::Unspecified),
+        Some(Class::Loopback) => Err(Forbidden::Loopback),
+        Some(Class::Private) => Err(Forbidden::Private),
+        Some(Class::LinkLocal) => Err(Forbidden::LinkLocal),
+        Some(Class::Multicast) => Err(Forbidden::Multicast),
+        Some(Class::Reserved) => Err(Forbidden::Reserved),
     }
 }
 
@@ -152,6 +120,11 @@ mod tests {
             ("[ff02::1]:80", Forbidden::Multicast),
             ("[2001:db8::1]:80", Forbidden::Reserved),
             ("[::ffff:192.168.0.1]:80", Forbidden::Private),
+            ("[64:ff9b::192.168.0.1]:80", Forbidden::Private),
+            ("[2002:c0a8:1::1]:80", Forbidden::Private),
+            ("[2001::1]:80", Forbidden::Reserved),
+            ("192.88.99.1:80", Forbidden::Reserved),
+            ("192.0.0.170:80", Forbidden::Reserved),
             ("93.184.216.34:0", Forbidden::PortZero),
         ];
         for (d, why) in cases {
