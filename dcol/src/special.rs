@@ -33,7 +33,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::Cidr;
+use crate::config::{mask4, mask6, Cidr};
 
 /// What kind of special block an address is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,22 +373,6 @@ fn covers(c: &Cidr, ip: IpAddr) -> bool {
         (IpAddr::V4(n), IpAddr::V4(a)) => mask4(u32::from(a), c.prefix) == u32::from(n),
         (IpAddr::V6(n), IpAddr::V6(a)) => mask6(u128::from(a), c.prefix) == u128::from(n),
         _ => false,
-    }
-}
-
-fn mask4(a: u32, p: u8) -> u32 {
-    if p == 0 {
-        0
-    } else {
-        a & (u32::MAX << (32 - u32::from(p.min(32))))
-    }
-}
-
-fn mask6(a: u128, p: u8) -> u128 {
-    if p == 0 {
-        0
-    } else {
-        a & (u128::MAX << (128 - u32::from(p.min(128))))
     }
 }
 

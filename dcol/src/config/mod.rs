@@ -63,7 +63,8 @@ impl Cidr {
     }
 }
 
-fn mask4(a: u32, p: u8) -> u32 {
+/// `a` with all but the top `p` bits (at most 32) cleared.
+pub(crate) fn mask4(a: u32, p: u8) -> u32 {
     if p == 0 {
         0
     } else {
@@ -71,7 +72,8 @@ fn mask4(a: u32, p: u8) -> u32 {
     }
 }
 
-fn mask6(a: u128, p: u8) -> u128 {
+/// `a` with all but the top `p` bits (at most 128) cleared.
+pub(crate) fn mask6(a: u128, p: u8) -> u128 {
     if p == 0 {
         0
     } else {
