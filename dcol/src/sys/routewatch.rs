@@ -268,17 +268,8 @@ fn route_of(r: &RouteMessage, v4: bool) -> Option<Route> {
 mod tests {
     use super::*;
     use crate::routes::Verdict;
-    use crate::sys::netlink::testns::{is_root, NsThread};
+    use crate::sys::netlink::testns::{is_root, sh, NsThread};
     use std::time::Instant;
-
-    fn sh(c: &str) {
-        let ok = std::process::Command::new("sh")
-            .args(["-c", c])
-            .status()
-            .expect("sh")
-            .success();
-        assert!(ok, "{c}");
-    }
 
     /// Waits (in the namespace thread) for a snapshot that satisfies `f`.
     fn wait_for(w: &mut RouteWatch, what: &str, f: impl Fn(&Routes) -> bool) -> Routes {
