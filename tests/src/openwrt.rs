@@ -1,17 +1,22 @@
 //! OpenWrt's own userland for the root network-namespace tests, and the real
 //! firewall4 (`fw4`) on a test's router namespace.
 //!
-//! No OpenWrt image can be downloaded here; `/work/shared/openwrt` holds
-//! OpenWrt's sources (procd, ubus, uci, ucode, firewall4, LuCI, ...) and its
-//! `build.sh`, which builds them natively into a chroot-able root (see that
-//! folder's README). This module:
+//! No OpenWrt image can be downloaded here; the shared folder `openwrt/`
+//! holds OpenWrt's sources (procd, ubus, uci, ucode, firewall4, LuCI, ...)
+//! and its `build.sh`, which builds them natively into a chroot-able root
+//! (see that folder's README). The folder is `$DCOL_OPENWRT_SRC`, else the
+//! first `shared/openwrt` beside the workspace or one of its ancestors
+//! (`/work/main` and a worktree `/work/wt/x` both find `/work/shared/openwrt`);
+//! without it the tests panic naming the paths they tried. This module:
 //!
 //! - [`Userland::get`] builds that root once into `target/owrt/` and reuses
 //!   it while the tarball and `build.sh` are unchanged (~30 s cold, a few
 //!   milliseconds cached; safe when several test binaries start at once).
 //! - [`Sandbox`] runs a command from the root, chrooted, inside a test's
 //!   network namespace, with private writable `/etc/config`, `/tmp` (= `/var`)
-//!   and `/usr/share/nftables.d`; the built root itself is mounted read-only.
+//!   and `/usr/share/nftables.d`; the built root itself is mounted read-only
+//!   (a test that must change it, e.g. with opkg, copies
+//!   [`Userland::root`] as the shared `smoke.sh` does).
 //! - [`Fw4`] writes OpenWrt's shipped `/etc/config/firewall` with the zones
 //!   bound to the test's devices ([`ZoneSetup`]), installs the feed's nftables
 //!   includes (`openwrt-feed/net/dcol/files/nftables.d/`, read from the
@@ -89,16 +94,17 @@ const WRITABLE: [&str; 3] = ["etc/config", "tmp", "usr/share/nftables.d"];
 
 /// Runs inside the test's network namespace, in fresh mount and pid
 /// namespaces (like the shared `inroot.sh`, minus the network namespace):
-/// `$1` the built root, `$2` the sandbox's directory, then the command.
+/// `$1` the built root, `$2` the sandbox's directory, `$3` the [`WRITABLE`]
+/// directories, then the command.
 const SANDBOX_SH: &str = r#"set -e
-R=$1 S=$2; shift 2
+R=$1 S=$2 W=$3; shift 3
 mount --bind "$R" "$R"
 mount -o remount,bind,ro "$R"
 mount -t proc proc "$R/proc"
 mount -t tmpfs -o mode=755 tmpfs "$R/dev"
 for d in null zero full random urandom; do : > "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"; done
 mount -t sysfs -o ro sysfs "$R/sys" 2>/dev/null || true
-for w in etc/config tmp usr/share/nftables.d; do mount --bind "$S/$w" "$R/$w"; done
+for w in $W; do mount --bind "$S/$w" "$R/$w"; done
 exec chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb "$@"
 "#;
 
@@ -139,10 +145,10 @@ impl Userland {
         let key = cache_key(&tarball, &build_sh);
         let dir = owrt.join(format!("userland-{key}"));
         let done = dir.join("complete");
-        let _lock = FileLock::exclusive(&owrt.join("userland.lock"));
+        let lock = FileLock::exclusive(&owrt.join("userland.lock"));
         clean_stale_sandboxes(&owrt.join("run"));
         if !done.exists() {
-            build(&tarball, &build_sh, &dir);
+            build(&tarball, &build_sh, &dir, &lock);
             fs::write(&done, format!("{key}\n")).expect("write the cache's complete mark");
             // Older builds (another tarball or build.sh) are no longer used.
             for e in fs::read_dir(&owrt).into_iter().flatten().flatten() {
@@ -203,11 +209,13 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// `$CARGO_TARGET_DIR`, else the workspace's `target/` (as `dcol_bin` finds it).
+/// `$CARGO_TARGET_DIR` (relative: to the workspace), else the workspace's
+/// `target/` (as `dcol_bin` finds it).
 fn target_dir() -> PathBuf {
+    let ws = workspace();
     std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
+        .map(|d| ws.join(d))
+        .unwrap_or_else(|| ws.join("target"))
 }
 
 /// 12 hex digits of each file's SHA-256, and [`RECIPE`].
@@ -221,7 +229,7 @@ fn cache_key(tarball: &Path, build_sh: &Path) -> String {
 }
 
 /// Unpacks the sources into `dir` and runs `build.sh` there.
-fn build(tarball: &Path, build_sh: &Path, dir: &Path) {
+fn build(tarball: &Path, build_sh: &Path, dir: &Path, lock: &FileLock) {
     let missing: Vec<String> = HOST_TOOLS
         .iter()
         .filter(|(tool, _)| !on_path(tool))
@@ -241,11 +249,11 @@ fn build(tarball: &Path, build_sh: &Path, dir: &Path) {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let t0 = Instant::now();
-    eprintln!(
-        "openwrt: building the userland from {} into {} (about 30 s)",
+    say(&format!(
+        "building the userland from {} into {} (about 30 s)",
         tarball.display(),
         dir.display()
-    );
+    ));
     crate::run(&["tar", "xzf", utf8(tarball), "-C", utf8(dir)]);
     let log = dir.join("build.log");
     let out = Command::new("bash")
@@ -256,7 +264,10 @@ fn build(tarball: &Path, build_sh: &Path, dir: &Path) {
         .env("BLD", dir.join("build"))
         .env("LOG", &log)
         .env("COMPAT", dir.join("compat"))
-        .stdin(Stdio::null())
+        // Its input is the lock file: the build and everything it starts hold
+        // the lock, so a build orphaned by a killed test binary finishes
+        // before the next one may start in the same directory.
+        .stdin(lock.inherit())
         .output()
         .unwrap_or_else(|e| panic!("bash {}: {e}", build_sh.display()));
     if !out.status.success() {
@@ -273,10 +284,16 @@ fn build(tarball: &Path, build_sh: &Path, dir: &Path) {
     }
     // The cmake build trees (~70 MB) are not needed once installed.
     let _ = fs::remove_dir_all(dir.join("build"));
-    eprintln!(
-        "openwrt: userland built in {:.1} s",
+    say(&format!(
+        "userland built in {:.1} s",
         t0.elapsed().as_secs_f64()
-    );
+    ));
+}
+
+/// A progress line on stderr that the test harness does not capture: a
+/// 30 s build should not look like a hang in CI's log.
+fn say(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "openwrt: {msg}");
 }
 
 fn utf8(path: &Path) -> &str {
@@ -299,10 +316,11 @@ fn pkg_config_has(lib: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// An exclusive `flock(2)` on a file, held until dropped: one build at a
-/// time across test binaries.
+/// An exclusive `flock(2)` on a file, held until dropped (and by the
+/// processes given [`FileLock::inherit`]): one build at a time across test
+/// binaries.
 struct FileLock {
-    _file: fs::File,
+    file: fs::File,
 }
 
 impl FileLock {
@@ -322,7 +340,13 @@ impl FileLock {
             path.display(),
             std::io::Error::last_os_error()
         );
-        FileLock { _file: file }
+        FileLock { file }
+    }
+
+    /// The locked file as a child's stdin: the child (and its children)
+    /// share the lock until they exit.
+    fn inherit(&self) -> Stdio {
+        Stdio::from(self.file.try_clone().expect("dup the lock file"))
     }
 }
 
@@ -397,10 +421,18 @@ impl Sandbox {
     pub fn output_with_input(&self, args: &[&str], stdin: &str) -> Output {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns, "timeout", "60"])
-            .args(["unshare", "--mount", "--pid", "--fork", "--propagation"])
-            .args(["private", "sh", "-c", SANDBOX_SH, "sandbox"])
+            .args(["unshare", "--mount", "--pid", "--fork", "--kill-child"])
+            .args([
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                SANDBOX_SH,
+                "sandbox",
+            ])
             .arg(&self.root)
             .arg(&self.dir)
+            .arg(WRITABLE.join(" "))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -504,14 +536,25 @@ impl ZoneSetup {
         self
     }
 
-    /// The rule the feed's `dcol.init` publishes through procd for a waypoint
-    /// listening on UDP `port` (its `add_udp_rule`: accept UDP to `port` from
-    /// any zone), as a UCI section because there is no procd here.
-    pub fn dcol_signaling(self, port: u16) -> ZoneSetup {
+    /// A rule the feed's `dcol.init` publishes as procd service data
+    /// (`add_udp_rule PORT NAME`: `Allow-dcol-NAME`, accept UDP to `port`
+    /// from any zone), written as a UCI section because there is no procd
+    /// here. fw4 renders it into `chain input` as it would the procd rule,
+    /// under the comment `!fw4: Allow-dcol-NAME` instead of
+    /// `ubus:dcol[dcol] rule N`.
+    pub fn dcol_udp_rule(self, name: &str, port: u16) -> ZoneSetup {
         self.sections(&format!(
-            "config rule\n\toption name 'Allow-dcol-signaling-{port}'\n\toption src '*'\n\
+            "config rule\n\toption name 'Allow-dcol-{name}'\n\toption src '*'\n\
              \toption proto 'udp'\n\toption dest_port '{port}'\n\toption target 'ACCEPT'\n"
         ))
+    }
+
+    /// What `dcol.init` opens for a waypoint listening on UDP `port` (not on
+    /// loopback): [`ZoneSetup::dcol_udp_rule`] `signaling-PORT`. With
+    /// `vpn_subnet` set it also opens the WireGuard port:
+    /// `.dcol_udp_rule("wireguard", 51820)`.
+    pub fn dcol_signaling(self, port: u16) -> ZoneSetup {
+        self.dcol_udp_rule(&format!("signaling-{port}"), port)
     }
 }
 
