@@ -328,6 +328,7 @@ impl FileLock {
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
@@ -370,6 +371,11 @@ fn clean_stale_sandboxes(run: &Path) {
 /// `/etc/config` (a copy of the root's), `/tmp` (= `/var`) and
 /// `/usr/share/nftables.d`, which persist between commands. Those are plain
 /// directories on the host ([`Sandbox::host_path`]); they are removed on drop.
+///
+/// Each command is its own pid namespace: a daemon it starts (ubusd, procd,
+/// rpcd) lives only as long as that command, so run daemons and what talks
+/// to them in one script, as the shared `smoke.sh` does:
+/// `sb.exec(&["sh", "-c", "ubusd & sleep 0.3; procd -S & sleep 0.3; ubus list"])`.
 #[derive(Debug)]
 pub struct Sandbox {
     ns: String,
