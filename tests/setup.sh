@@ -4,7 +4,7 @@
 # Idempotent; sourced by tests/run-tests.sh, tests/demo.sh and .ci/run.
 
 dcol_setup() {
-	local pkgs="iperf3 mptcpize miniupnpd-nftables coturn nftables iproute2 ethtool conntrack procps kmod iputils-ping curl openssl python3 wireguard-go wireguard-tools"
+	local pkgs="iperf3 mptcpize miniupnpd-nftables coturn nftables iproute2 ethtool conntrack procps kmod iputils-ping curl openssl python3 wireguard-go wireguard-tools busybox-static"
 	local missing=""
 	for p in $pkgs; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
