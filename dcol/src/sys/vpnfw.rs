@@ -6,8 +6,8 @@
 //!   router itself (the WireGuard UDP packets arrive on the WAN interface).
 //! - `forward` (filter): from the tunnel, destinations in the owner's allow
 //!   list pass; local, private, loopback, link-local, multicast and reserved
-//!   destinations are dropped (the same policy as NAT tunnels,
-//!   `waypoint::policy`); what passes gets the detour conntrack mark
+//!   destinations are dropped (the special-purpose table of
+//!   [`crate::special`], as for NAT tunnels in `waypoint::policy`); what passes gets the detour conntrack mark
 //!   [`super::nft::DETOUR_CT_MARK`] so fw4 accepts it.
 //! - `postrouting` (nat): traffic from the tunnel subnet leaving by another
 //!   interface is masqueraded.
@@ -16,11 +16,17 @@ use super::netlink::{NlSocket, NETLINK_NETFILTER};
 use super::nft::{delete_table, run_nft, table_exists_on, DETOUR_CT_MARK};
 use super::SysError;
 use crate::config::Cidr;
+use crate::special;
 
-/// Destinations no tunnel may reach (unless allowed), IPv4.
-const DENY4: &str = "0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.0.0.0/24, 192.168.0.0/16, 198.18.0.0/15, 224.0.0.0/3";
-/// Same for IPv6.
-const DENY6: &str = "::/127, ::ffff:0:0/96, fc00::/7, fe80::/10, ff00::/8";
+/// Destinations no tunnel may reach (unless allowed): the special-purpose
+/// table ([`crate::special::deny_blocks`]), as an nft set literal.
+fn deny(v6: bool) -> String {
+    let b: Vec<String> = special::deny_blocks(v6)
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    b.join(", ")
+}
 
 /// The `nft -f` script.
 pub fn ruleset(
@@ -59,8 +65,8 @@ pub fn ruleset(
 \t\tfib daddr type {{ local, broadcast, multicast }} drop
 \t\tip daddr @allow4 ct mark set ct mark | {mark:#010x} accept
 \t\tip6 daddr @allow6 ct mark set ct mark | {mark:#010x} accept
-\t\tip daddr {{ {DENY4} }} drop
-\t\tip6 daddr {{ {DENY6} }} drop
+\t\tip daddr {{ {deny4} }} drop
+\t\tip6 daddr {{ {deny6} }} drop
 \t\tct mark set ct mark | {mark:#010x}
 \t}}
 \tchain postrouting {{
@@ -72,6 +78,8 @@ pub fn ruleset(
         a4 = set(true),
         a6 = set(false),
         mark = DETOUR_CT_MARK,
+        deny4 = deny(false),
+        deny6 = deny(true),
     )
 }
 
