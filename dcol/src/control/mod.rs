@@ -17,6 +17,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -106,7 +107,9 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Binds `path`, replacing a stale socket left by a crashed daemon (but not a
-    /// live one: if something answers there, binding fails).
+    /// live one: if something answers there, binding fails; nor anything that
+    /// is not a socket: the path comes from a UCI file the web page may edit,
+    /// and must not make the daemon delete a file).
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
         Self::bind_with(path, Limits::default())
     }
@@ -123,8 +126,14 @@ impl ControlServer {
                 "another dcol is running",
             )));
         }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+            Ok(_) => {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket; not replacing it",
+                )))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(err(e)),
         }
@@ -527,6 +536,15 @@ mod tests {
         let lp = Loop::start(ControlServer::bind(&a).unwrap(), status("a".into()));
         let e = ControlServer::bind(&a).unwrap_err().to_string();
         assert!(e.contains("another dcol is running"), "{e}");
+        // A file that is not a socket is never replaced; a stale socket is.
+        let file = a.with_file_name("shadow");
+        std::fs::write(&file, "root:x:0:0\n").unwrap();
+        let e = ControlServer::bind(&file).unwrap_err().to_string();
+        assert!(e.contains("is not a socket; not replacing it"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "root:x:0:0\n");
+        let stale = a.with_file_name("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        drop(ControlServer::bind(&stale).unwrap());
         // A reload that moves the socket: the new one first, then the old
         // one goes (its acceptor stops, its file is removed).
         let (old, _) = lp.stop();
