@@ -16,7 +16,10 @@
 //! - [`signaling`]: replay-cache lockout, forged-signature flood, replay from
 //!   another address, evidence washing.
 //! - [`lan`]: the LAN proxy and private destinations, fd exhaustion.
+//! - [`control`]: stuck local clients of the control socket, a burst
+//!   beyond its cap.
 
+mod control;
 mod firewall;
 mod lan;
 mod policy;
