@@ -901,7 +901,9 @@ fn cmd_waypoint_log(p: &mut lexopt::Parser) -> Result<(), Failure> {
 /// The logger: simplelog to stderr (procd forwards it to logd on OpenWrt,
 /// which adds the time and the process name), one line per record:
 /// `[INFO] message`. The level in force is `log::max_level()` (UCI
-/// `log_level`, changed on reload); the logger itself passes everything.
+/// `log_level`, changed on reload); the logger itself passes everything but
+/// the HTTP clients' per-request traces (`ureq`, and `attohttpc` under
+/// `igd-next`): a failed exchange is logged by DCol with its URL and cause.
 struct Logger;
 
 impl Logger {
@@ -912,6 +914,8 @@ impl Logger {
             .set_target_level(log::LevelFilter::Off)
             .set_location_level(log::LevelFilter::Off)
             .set_level_padding(simplelog::LevelPadding::Off)
+            .add_filter_ignore_str("ureq")
+            .add_filter_ignore_str("attohttpc")
             .build();
         let logger =
             simplelog::WriteLogger::new(log::LevelFilter::Trace, config, std::io::stderr());

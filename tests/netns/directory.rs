@@ -67,8 +67,12 @@ fn base() -> Url {
 /// `GET /snapshot` from namespace `ns`.
 fn fetch(ns: &str) -> Vec<u8> {
     in_netns(ns, || {
-        let r = http::get(&base().join("/snapshot").unwrap(), http::Limits::default())
-            .expect("GET /snapshot");
+        let r = http::get(
+            &base().join("/snapshot").unwrap(),
+            &[],
+            http::Limits::default(),
+        )
+        .expect("GET /snapshot");
         assert_eq!(r.status, 200);
         r.body
     })
@@ -78,8 +82,7 @@ fn fetch(ns: &str) -> Vec<u8> {
 fn post(ns: &str, path: &str, body: Vec<u8>) -> (u16, String) {
     let path = path.to_owned();
     in_netns(ns, move || {
-        let r = http::request(
-            "POST",
+        let r = http::post(
             &base().join(&path).unwrap(),
             &[],
             &body,

@@ -174,7 +174,7 @@ fn listed(ns: &Netns, root: &PublicKey) -> Option<Vec<SocketAddr>> {
     std::thread::spawn(move || {
         enter_netns(&std::fs::File::open(&path).expect("open netns"));
         let url = Url::parse(&format!("http://{DIRECTORY}/snapshot")).unwrap();
-        let r = http::get(&url, http::Limits::default()).ok()?;
+        let r = http::get(&url, &[], http::Limits::default()).ok()?;
         let snap = Snapshot::verify(&r.body, &root).expect("a signed snapshot");
         let alice = snap
             .entries()
@@ -785,8 +785,9 @@ fn forwards_v6(gw: &Netns) -> String {
 }
 
 /// A hostile LAN host: answers every SSDP search at once with a description
-/// of its own (LOCATION on itself), and serves that description and SOAP on
-/// port 5000. Counts the searches it heard and the HTTP requests it got.
+/// of its own (LOCATION on itself), and serves that description, its
+/// service's SCPD and SOAP on port 5000. Counts the searches it heard and
+/// the HTTP requests it got.
 struct Rogue {
     searches: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
@@ -836,8 +837,11 @@ impl Rogue {
             let desc = format!(
                 "<?xml version=\"1.0\"?><root><URLBase>http://{ip}:5000/</URLBase><device><serviceList><service>\
                  <serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType>\
-                 <controlURL>/ctl</controlURL></service></serviceList></device></root>"
+                 <SCPDURL>/scpd.xml</SCPDURL><controlURL>/ctl</controlURL></service></serviceList></device></root>"
             );
+            let scpd = "<?xml version=\"1.0\"?><scpd><actionList><action><name>AddPortMapping</name>\
+                 <argumentList><argument><name>NewExternalPort</name><direction>in</direction></argument>\
+                 </argumentList></action></actionList></scpd>";
             while !st.load(Ordering::SeqCst) {
                 let Ok((mut c, _)) = l.accept() else {
                     std::thread::sleep(Duration::from_millis(20));
@@ -846,11 +850,16 @@ impl Rogue {
                 n.fetch_add(1, Ordering::SeqCst);
                 let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut b = [0u8; 4096];
-                let _ = c.read(&mut b);
+                let n = c.read(&mut b).unwrap_or(0);
+                let body = if b[..n].starts_with(b"GET /scpd.xml ") {
+                    scpd
+                } else {
+                    desc.as_str()
+                };
                 let _ = write!(
                     c,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{desc}",
-                    desc.len()
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
                 );
             }
         });
@@ -969,5 +978,29 @@ fn ssdp_answers_from_other_lan_hosts_are_ignored() {
         "{log}"
     );
     assert!(wp.terminate().success());
+
+    // The same LAN searched with igd-next's own `search_gateway`: it takes
+    // the first answer whose LOCATION is on the host that sent it, from any
+    // host: the rogue's (miniupnpd delays its answer by a random share of
+    // the search's MX, 3 s; the rogue answers at once). This is why DCol
+    // keeps its own SSDP search and hands igd-next only a checked gateway.
+    let before = rogue.requests.load(Ordering::SeqCst);
+    let path = format!("/var/run/netns/{}", net.wp.name());
+    let found = std::thread::spawn(move || {
+        enter_netns(&std::fs::File::open(&path).expect("open netns"));
+        let mut o = igd_next::SearchOptions::default();
+        o.timeout = Some(Duration::from_secs(5));
+        igd_next::search_gateway(o).map(|g| g.addr)
+    })
+    .join()
+    .expect("search thread");
+    let found = found.unwrap_or_else(|e| panic!("igd-next found no gateway: {e}"));
+    assert_eq!(
+        found,
+        SocketAddr::from(([192, 168, 7, 66], 5000)),
+        "igd-next took {found}: the rogue no longer wins its search (if igd-next now filters \
+         answers, DCol's own SSDP search can go)"
+    );
+    assert!(rogue.requests.load(Ordering::SeqCst) > before);
     drop(rogue);
 }

@@ -109,8 +109,7 @@ pub fn post_record(url: &Url, bytes: &[u8], timeout: Duration) -> Result<String,
         timeout,
         max_body: 4096,
     };
-    let r = http::request(
-        "POST",
+    let r = http::post(
         url,
         &[("Content-Type", "application/octet-stream")],
         bytes,
@@ -329,7 +328,7 @@ impl Worker {
             max_body: MAX_SNAPSHOT,
         };
         let at = unix_s();
-        let r = match http::get_with(&url, &fields, limits) {
+        let r = match http::get(&url, &fields, limits) {
             Ok(r) => r,
             Err(e) => {
                 return self.report(Report::FetchFailed {

@@ -820,8 +820,7 @@ mod tests {
     }
 
     fn post(base: &Url, path: &str, body: &[u8]) -> (u16, String) {
-        let r = http::request(
-            "POST",
+        let r = http::post(
             &base.join(path).unwrap(),
             &[],
             body,
@@ -832,7 +831,12 @@ mod tests {
     }
 
     fn snapshot(base: &Url) -> Vec<u8> {
-        let r = http::get(&base.join("/snapshot").unwrap(), http::Limits::default()).unwrap();
+        let r = http::get(
+            &base.join("/snapshot").unwrap(),
+            &[],
+            http::Limits::default(),
+        )
+        .unwrap();
         assert_eq!(r.status, 200);
         r.body
     }
@@ -860,11 +864,9 @@ mod tests {
         // ETag / If-None-Match.
         let serial = Snapshot::parse_unverified(&b).unwrap().head.serial;
         let etag = format!("\"{serial}\"");
-        let r = http::request(
-            "GET",
+        let r = http::get(
             &base.join("/snapshot").unwrap(),
             &[("If-None-Match", &etag)],
-            &[],
             http::Limits::default(),
         )
         .unwrap();
@@ -884,7 +886,12 @@ mod tests {
         assert_eq!(st, 413);
         let (st, _) = post(&base, "/nowhere", b"");
         assert_eq!(st, 404);
-        let r = http::get(&base.join("/records").unwrap(), http::Limits::default()).unwrap();
+        let r = http::get(
+            &base.join("/records").unwrap(),
+            &[],
+            http::Limits::default(),
+        )
+        .unwrap();
         assert_eq!(r.status, 405);
         let saved = std::fs::read(
             dir.join("records")
@@ -956,7 +963,12 @@ mod tests {
         let mut statuses = Vec::new();
         while statuses.last() != Some(&503) && t0.elapsed() < Duration::from_millis(4000) {
             thread::sleep(Duration::from_millis(50));
-            let r = http::get(&base.join("/snapshot").unwrap(), http::Limits::default()).unwrap();
+            let r = http::get(
+                &base.join("/snapshot").unwrap(),
+                &[],
+                http::Limits::default(),
+            )
+            .unwrap();
             statuses.push(r.status);
         }
         assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
@@ -971,7 +983,7 @@ mod tests {
         slow.clear();
         thread::sleep(Duration::from_millis(800));
         assert_eq!(
-            http::get(&base.join("/").unwrap(), http::Limits::default())
+            http::get(&base.join("/").unwrap(), &[], http::Limits::default())
                 .unwrap()
                 .status,
             200

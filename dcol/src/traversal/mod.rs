@@ -3,11 +3,12 @@
 //! UPnP IGD (or, where no UPnP gateway answers, NAT-PMP at the default
 //! gateway), renewing the leases and deleting the mappings on exit.
 //!
-//! [`stun`], [`upnp`] and [`natpmp`] are the pure wire formats; this module is the
-//! background thread that talks to the servers (std sockets and
-//! [`crate::http`]; blocking, bounded by timeouts, never on the daemon's poll
-//! loop, which learns of results through [`Traversal::fd`]) and [`decide`],
-//! the pure rule for what this router can publish as its address.
+//! [`stun`], [`upnp`], [`natpmp`] and [`pcp`] are the pure wire formats; this
+//! module is the background thread that talks to the servers (std sockets,
+//! [`crate::http`] for the description, `igd-next` for the SOAP calls;
+//! blocking, bounded by timeouts, never on the daemon's poll loop, which
+//! learns of results through [`Traversal::fd`]) and [`decide`], the pure rule
+//! for what this router can publish as its address.
 //!
 //! One pass: discover the gateway (SSDP, or `option upnp_url`; else NAT-PMP),
 //! ask its external address, map every port (external = internal, lease
@@ -21,7 +22,9 @@
 //! taken only from the IPv4 default gateway (lowest metric in the routing
 //! table) with its description on that address, the description is fetched
 //! without following redirects, and the control URL must be on the host the
-//! description came from (SOAP calls follow no redirects either).
+//! description came from. The SOAP calls go to that address only:
+//! `igd-next`'s [`igd_next::Gateway`] is built from what was checked here
+//! ([`soap_gateway`]), and its HTTP client follows no redirects.
 
 pub mod natpmp;
 pub mod pcp;
@@ -680,11 +683,14 @@ enum MapError {
     Gone(String),
 }
 
-impl From<CallError> for MapError {
-    fn from(e: CallError) -> Self {
+impl MapError {
+    /// A request that failed: a UPnP error code is the gateway's answer
+    /// (this port), anything else (no answer, not SOAP) the gateway's fault.
+    fn of(e: igd_next::RequestError) -> MapError {
         match e {
-            CallError::Upnp(u) => MapError::Refused(u.to_string()),
-            e => MapError::Gone(e.to_string()),
+            igd_next::RequestError::ErrorCode(..)
+            | igd_next::RequestError::UnsupportedAction(_) => MapError::Refused(short(&e)),
+            e => MapError::Gone(short(&e)),
         }
     }
 }
@@ -731,16 +737,11 @@ impl Gateway {
 
     fn external_ip(&self) -> Result<IpAddr, MapError> {
         match self {
-            Gateway::Upnp { service, .. } => {
-                let ext = call(
-                    service,
-                    "GetExternalIPAddress",
-                    &[],
-                    Some("NewExternalIPAddress"),
-                )?;
-                ext.parse()
-                    .map_err(|_| MapError::Gone(format!("external address '{ext}'")))
-            }
+            Gateway::Upnp { service, .. } => match soap_gateway(service)?.get_external_ip() {
+                Ok(ip) => Ok(ip),
+                Err(igd_next::GetExternalIpError::RequestError(e)) => Err(MapError::of(e)),
+                Err(e) => Err(MapError::Refused(short(&e))),
+            },
             Gateway::Pmp(gw) => {
                 let b = pmp_exchange(*gw, &natpmp::address_request())?;
                 natpmp::parse_address(&b)
@@ -754,19 +755,17 @@ impl Gateway {
     fn map(&self, proto: Protocol, port: u16, lease_s: u32) -> Result<(), MapError> {
         match self {
             Gateway::Upnp { service, me } => {
-                let add = |lease| {
-                    let args = upnp::add_port_mapping(proto, port, *me, DESCRIPTION, lease);
-                    call(service, "AddPortMapping", &args, None)
-                };
+                let gw = soap_gateway(service)?;
+                let to = SocketAddr::from((*me, port));
+                let add = |lease| gw.add_port(proto.into(), port, to, lease, DESCRIPTION);
                 match add(lease_s) {
-                    Err(CallError::Upnp(upnp::UpnpError::Fault(
-                        upnp::ONLY_PERMANENT_LEASES,
-                        _,
-                    ))) => add(0),
+                    Err(igd_next::AddPortError::OnlyPermanentLeasesSupported) => add(0),
                     r => r,
                 }
-                .map(drop)
-                .map_err(MapError::from)
+                .map_err(|e| match e {
+                    igd_next::AddPortError::RequestError(e) => MapError::of(e),
+                    e => MapError::Refused(short(&e)),
+                })
             }
             Gateway::Pmp(gw) => {
                 // NAT-PMP has no permanent leases: a day, renewed like others.
@@ -793,17 +792,10 @@ impl Gateway {
     fn unmap(&self, proto: Protocol, port: u16) -> Result<(), MapError> {
         match self {
             Gateway::Upnp { service, .. } => {
-                match call(
-                    service,
-                    "DeletePortMapping",
-                    &upnp::delete_port_mapping(proto, port),
-                    None,
-                ) {
-                    Ok(_)
-                    | Err(CallError::Upnp(upnp::UpnpError::Fault(upnp::NO_SUCH_ENTRY, _))) => {
-                        Ok(())
-                    }
-                    Err(e) => Err(e.into()),
+                match soap_gateway(service)?.remove_port(proto.into(), port) {
+                    Ok(()) | Err(igd_next::RemovePortError::NoSuchPortMapping) => Ok(()),
+                    Err(igd_next::RemovePortError::RequestError(e)) => Err(MapError::of(e)),
+                    Err(e) => Err(MapError::Refused(short(&e))),
                 }
             }
             Gateway::Pmp(gw) => {
@@ -913,45 +905,64 @@ fn pmp_exchange(gw: SocketAddr, req: &[u8]) -> Result<Vec<u8>, MapError> {
     }
 }
 
-#[derive(Debug)]
-enum CallError {
-    Http(http::HttpError),
-    Status(u16),
-    Upnp(upnp::UpnpError),
+/// The input arguments of the two actions called, in the order of the IGD
+/// specification (WANIPConnection:1 §2.4.16 and §2.4.17; the same in v2 and
+/// WANPPPConnection). `igd-next` writes a request's arguments from this
+/// list; its `search_gateway` would read them from the gateway's SCPD.
+const ARGUMENTS: [(&str, &[&str]); 2] = [
+    (
+        "AddPortMapping",
+        &[
+            "NewRemoteHost",
+            "NewExternalPort",
+            "NewProtocol",
+            "NewInternalPort",
+            "NewInternalClient",
+            "NewEnabled",
+            "NewPortMappingDescription",
+            "NewLeaseDuration",
+        ],
+    ),
+    (
+        "DeletePortMapping",
+        &["NewRemoteHost", "NewExternalPort", "NewProtocol"],
+    ),
+];
+
+/// `igd-next`'s handle on the gateway's `service`: SOAP calls go to the
+/// control URL's path on the control URL's address (a name, from `option
+/// upnp_url`, resolved here), nowhere else.
+fn soap_gateway(service: &upnp::Service) -> Result<igd_next::Gateway, MapError> {
+    let c = &service.control;
+    let addr = (c.host.as_str(), c.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| MapError::Gone(format!("{c}: cannot resolve {}", c.host)))?;
+    let control_schema = ARGUMENTS
+        .iter()
+        .map(|(action, args)| {
+            let args = args.iter().map(|a| (*a).to_owned()).collect();
+            ((*action).to_owned(), args)
+        })
+        .collect();
+    Ok(igd_next::Gateway {
+        addr,
+        root_url: "/".into(),
+        control_url: c.path.clone(),
+        control_schema_url: String::new(),
+        control_schema,
+        service_type: service.kind.clone(),
+    })
 }
 
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Http(e) => write!(f, "{e}"),
-            CallError::Status(s) => write!(f, "HTTP status {s}"),
-            CallError::Upnp(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-/// One SOAP call.
-fn call(
-    s: &upnp::Service,
-    action: &str,
-    args: &[(&str, String)],
-    output: Option<&str>,
-) -> Result<String, CallError> {
-    let (soap_action, body) = upnp::soap(&s.kind, action, args);
-    let limits = http::Limits {
-        timeout: GATEWAY_TIMEOUT,
-        max_body: upnp::MAX_SOAP,
-    };
-    let fields = [
-        ("Content-Type", "text/xml; charset=\"utf-8\""),
-        ("SOAPAction", soap_action.as_str()),
-    ];
-    let r = http::request("POST", &s.control, &fields, body.as_bytes(), limits)
-        .map_err(CallError::Http)?;
-    let text = String::from_utf8_lossy(&r.body);
-    match upnp::parse_soap(&text, action, output) {
-        Err(upnp::UpnpError::Xml(_)) if r.status != 200 => Err(CallError::Status(r.status)),
-        x => x.map_err(CallError::Upnp),
+/// An error's text, at most 200 characters (`igd-next` puts a gateway's
+/// whole answer into some).
+fn short(e: &dyn std::fmt::Display) -> String {
+    let t = e.to_string();
+    match t.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...", &t[..i]),
+        None => t,
     }
 }
 
@@ -973,10 +984,9 @@ fn find_gateway(url: Option<&Url>) -> Result<upnp::Service, String> {
         timeout: GATEWAY_TIMEOUT,
         max_body: upnp::MAX_DESCRIPTION,
     };
-    let r = http::request("GET", &location, &[], &[], limits)
-        .map_err(|e| format!("UPnP description: {e}"))?;
+    let r = http::get_only(&location, &[], limits).map_err(|e| format!("UPnP description: {e}"))?;
     if r.status != 200 {
-        let redirect = match r.head.field("location") {
+        let redirect = match &r.location {
             Some(to) if (300..400).contains(&r.status) => {
                 format!(" (a redirect to {}: not followed)", to.escape_debug())
             }
@@ -1192,18 +1202,31 @@ mod tests {
         ));
     }
 
-    /// Serves `replies` on loopback, one connection each, in order; counts
+    /// The requests a [`serve`] server got: method, target, `SOAPAction`
+    /// and body, one string each.
+    type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// Serves `replies` on loopback, one connection each, in order; records
     /// the requests it got.
-    fn serve(replies: Vec<String>) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    fn serve(replies: Vec<String>) -> (SocketAddr, Seen) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n = Arc::clone(&seen);
+        let seen = Seen::default();
+        let log = Arc::clone(&seen);
         thread::spawn(move || {
             for r in replies {
                 let Ok((mut c, _)) = l.accept() else { return };
-                let _ = http::read_request(&mut c, 1 << 16, Duration::from_secs(5));
-                n.fetch_add(1, Ordering::SeqCst);
+                let line = match http::read_request(&mut c, 1 << 16, Duration::from_secs(5)) {
+                    Ok((h, body)) => format!(
+                        "{} {} {} {}",
+                        h.first,
+                        h.second,
+                        h.field("soapaction").unwrap_or("-"),
+                        String::from_utf8_lossy(&body)
+                    ),
+                    Err(e) => format!("unreadable: {e}"),
+                };
+                log.lock().unwrap().push(line);
                 let _ = c.write_all(r.as_bytes());
             }
         });
@@ -1237,7 +1260,10 @@ mod tests {
             e.contains(&format!("a redirect to {target}: not followed")),
             "{e}"
         );
-        assert_eq!(asked.load(Ordering::SeqCst), 0, "the redirect was followed");
+        assert!(
+            asked.lock().unwrap().is_empty(),
+            "the redirect was followed"
+        );
         // Without a redirect the same description is taken.
         let s = find_gateway(Some(&Url::parse(&target).unwrap())).unwrap();
         assert_eq!(s.control.to_string(), format!("http://{elsewhere}/ctl"));
@@ -1262,6 +1288,103 @@ mod tests {
         let url = Url::parse(&format!("http://{gw}/rootDesc.xml")).unwrap();
         let e = find_gateway(Some(&url)).unwrap_err();
         assert!(e.contains("is on another host"), "{e}");
+    }
+
+    /// A SOAP answer: `inner` in the body, status 200.
+    fn soap_ok(inner: &str) -> String {
+        ok(&format!(
+            "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body>{inner}</s:Body></s:Envelope>"
+        ))
+    }
+
+    /// A SOAP fault with UPnP error `code` (status 500, as miniupnpd sends it).
+    fn soap_fault(code: u16, what: &str) -> String {
+        let body = format!(
+            "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>{code}</errorCode><errorDescription>{what}</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>"
+        );
+        format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// The SOAP calls, made by `igd-next` on the gateway built from the
+    /// checked description: the right actions and arguments to the control
+    /// URL, a permanent lease where only that is taken, a missing mapping
+    /// deleted, a refusal kept apart from a gateway that is gone, and a
+    /// redirect not followed.
+    #[test]
+    fn soap_calls_through_igd_next() {
+        const KIND: &str = "urn:schemas-upnp-org:service:WANIPConnection:1";
+        let (elsewhere, asked) = serve(vec![soap_ok(""); 1]);
+        let (gw, seen) = serve(vec![
+            soap_ok(&format!("<u:GetExternalIPAddressResponse xmlns:u=\"{KIND}\"><NewExternalIPAddress>11.7.1.1</NewExternalIPAddress></u:GetExternalIPAddressResponse>")),
+            soap_fault(725, "OnlyPermanentLeasesSupported"),
+            soap_ok(&format!("<u:AddPortMappingResponse xmlns:u=\"{KIND}\"/>")),
+            soap_fault(718, "ConflictInMappingEntry"),
+            soap_fault(714, "NoSuchEntryInArray"),
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot here.".into(),
+            format!("HTTP/1.1 307 Moved\r\nLocation: http://{elsewhere}/ctl\r\nContent-Length: 0\r\n\r\n"),
+        ]);
+        let g = Gateway::Upnp {
+            service: upnp::Service {
+                kind: KIND.into(),
+                control: Url::parse(&format!("http://{gw}/ctl/IPConn")).unwrap(),
+            },
+            me: Ipv4Addr::new(192, 168, 7, 2),
+        };
+        assert_eq!(g.external_ip().ok(), Some("11.7.1.1".parse().unwrap()));
+        assert!(g.map(Protocol::Udp, 7447, 3600).is_ok());
+        assert!(
+            matches!(g.map(Protocol::Tcp, 40000, 3600), Err(MapError::Refused(e)) if e.contains("conflicts"))
+        );
+        assert!(g.unmap(Protocol::Udp, 7447).is_ok());
+        assert!(matches!(
+            g.unmap(Protocol::Udp, 7447),
+            Err(MapError::Gone(_))
+        ));
+        assert!(matches!(
+            g.unmap(Protocol::Udp, 7447),
+            Err(MapError::Gone(_))
+        ));
+        assert!(
+            asked.lock().unwrap().is_empty(),
+            "a SOAP redirect was followed"
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 7, "{seen:#?}");
+        let action = |i: usize, a: &str| {
+            assert!(
+                seen[i].starts_with(&format!("POST /ctl/IPConn \"{KIND}#{a}\"")),
+                "{i}: {}",
+                seen[i]
+            );
+        };
+        action(0, "GetExternalIPAddress");
+        for i in 1..=3 {
+            action(i, "AddPortMapping");
+        }
+        action(4, "DeletePortMapping");
+        for want in [
+            "<NewExternalPort>7447</NewExternalPort>",
+            "<NewProtocol>UDP</NewProtocol>",
+            "<NewInternalPort>7447</NewInternalPort>",
+            "<NewInternalClient>192.168.7.2</NewInternalClient>",
+            "<NewPortMappingDescription>dcol waypoint</NewPortMappingDescription>",
+            "<NewLeaseDuration>3600</NewLeaseDuration>",
+        ] {
+            assert!(seen[1].contains(want), "{want} not in {}", seen[1]);
+        }
+        assert!(
+            seen[2].contains("<NewLeaseDuration>0</NewLeaseDuration>"),
+            "{}",
+            seen[2]
+        );
+        assert!(
+            seen[4].contains("<NewExternalPort>7447</NewExternalPort>"),
+            "{}",
+            seen[4]
+        );
     }
 
     #[test]
