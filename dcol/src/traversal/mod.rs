@@ -49,7 +49,8 @@ pub use upnp::Protocol;
 
 /// How long SSDP answers are awaited.
 const SSDP_WAIT: Duration = Duration::from_secs(2);
-/// How long one HTTP exchange with the gateway may take.
+/// How long fetching the gateway's description may take (`igd-next`'s SOAP
+/// calls have their own limit, 10 s each).
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(5);
 /// STUN retransmissions (RFC 8489's 500 ms doubling), then give up.
 const STUN_TRIES: [Duration; 3] = [
