@@ -18,7 +18,7 @@
 //!
 //! `rc`'s default routes lead over l2 (its WAN: the proxy intercepts only
 //! flows routed there), and the lab's private addresses are allowed as
-//! destinations (`list proxy_allow_destination`). The proxy follows the
+//! destinations (see [`Lab::start_router_client`]). The proxy follows the
 //! router's forwarding verdicts: the first connection from the LAN host to
 //! a server port goes direct ([`warm`]), the next ones are proxied.
 
@@ -98,25 +98,6 @@ fn curl_sha256(lab: &Lab, url: &str) -> String {
     .to_owned()
 }
 
-/// Starts the client daemon on `rc` as the LAN proxy (see the module docs),
-/// `extra` in its client section.
-fn start_proxy(lab: &mut Lab, extra: &str) {
-    let rc = lab.topo.ns(Node::Rc);
-    rc.exec(&["ip", "-4", "route", "replace", "default", "via", "10.0.2.2"]);
-    rc.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "replace",
-        "default",
-        "via",
-        "fd00:0:0:2::2",
-    ]);
-    lab.start_router_client(&format!(
-        "\tlist proxy_allow_destination '10.0.0.0/8'\n\tlist proxy_allow_destination 'fd00::/8'\n{extra}"
-    ));
-}
-
 /// One connection from the LAN host to `host` `port`, opened and closed:
 /// the router forwards it (the proxy learns the firewall's verdict), so the
 /// next connections to that port are proxied.
@@ -165,7 +146,7 @@ fn lan_host_gets_detours_without_running_anything() {
     .expect("DCol off");
     lab.start_waypoint();
     // iperf3 is plaintext: only policy 'all' detours it.
-    start_proxy(&mut lab, "\toption detour_policy 'all'\n");
+    lab.start_router_client("\toption detour_policy 'all'\n");
     let rns = lab.ns(Node::Rc);
     assert!(has_table(&rns, "dcol_lan"), "no interception table");
     // The same unmodified program with DCol on.
@@ -239,7 +220,7 @@ fn plain_servers_work_byte_exact_and_are_remembered() {
     let _srv = iperf3_server(lab.topo.ns(Node::Server), IPERF_PORT, false);
     wait_listen(&lab, 8080);
     lab.start_waypoint();
-    start_proxy(&mut lab, "");
+    lab.start_router_client("");
     warm(&lab, &server4.to_string(), 8080);
     warm(&lab, &server6.to_string(), 8080);
     let want = sha256_hex(&data);
@@ -308,7 +289,7 @@ fn half_close_and_resets_travel_through_the_proxy() {
         wait_listen(&lab, p);
     }
     lab.start_waypoint();
-    start_proxy(&mut lab, "\toption proxy_idle_timeout_s '2'\n");
+    lab.start_router_client("\toption proxy_idle_timeout_s '2'\n");
     for p in [9001, 9002, 9003] {
         warm(&lab, &server, p);
     }
@@ -369,7 +350,7 @@ fn thousand_connections_and_a_device_over_its_limit() {
     server_check(&lab, &["echo-server", "9004"]);
     wait_listen(&lab, 9004);
     lab.start_waypoint();
-    start_proxy(&mut lab, "\toption max_conns_per_host '1000'\n");
+    lab.start_router_client("\toption max_conns_per_host '1000'\n");
     warm(&lab, &server, 9004);
     let accepted = |lab: &Lab| {
         lab.cl().status()["client"]["lan_proxy"]["accepted"]
@@ -427,7 +408,7 @@ fn thousand_connections_and_a_device_over_its_limit() {
 fn tls_run(lab: &mut Lab, policy: &str, port: u16) -> (u64, u64) {
     let server = lab.topo.addr4(Node::Server).to_string();
     lab.client = None;
-    start_proxy(lab, &format!("\toption detour_policy '{policy}'\n"));
+    lab.start_router_client(&format!("\toption detour_policy '{policy}'\n"));
     warm(lab, &server, port);
     let before = granted(lab, port);
     let cns = lab.ns(Node::Client);
@@ -542,7 +523,7 @@ fn fail_open_after_kill_and_interception_resumes() {
         .spawn(&["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"]);
     wait_listen(&lab, 8080);
     lab.start_waypoint();
-    start_proxy(&mut lab, "");
+    lab.start_router_client("");
     let rns = lab.ns(Node::Rc);
     let url = format!("http://{server}:8080/");
     let fetch = |lab: &Lab| {
@@ -579,7 +560,7 @@ fn fail_open_after_kill_and_interception_resumes() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     // Restart: the leftover table is replaced and interception resumes.
     lab.client = None;
-    start_proxy(&mut lab, "");
+    lab.start_router_client("");
     assert!(has_table(&rns, "dcol_lan"));
     assert!(fetch(&lab), "no HTTP after the restart");
     assert!(fetch(&lab), "no HTTP through the proxy after the restart");

@@ -732,6 +732,8 @@ fn many_devices_pause_interception_and_it_resumes() {
         })
         .unwrap_or_else(|s| panic!("not paused: {}", s["client"]["lan_proxy"]));
     eprintln!("paused: {}", lp["client"]["lan_proxy"]);
+    let text = h.dcol().status_text();
+    assert!(text.contains("interception paused"), "{text}");
     // Paused: b's new flows go around the proxy.
     assert_eq!(whoami(&h.b, NET4).as_deref(), Ok("192.168.1.20"));
     let lp = h.lan_proxy();
