@@ -19,12 +19,14 @@ use crate::client::{self, Action, Client, PeerSpec, PmEvent};
 use crate::config::{self, Config, DetourPolicy, TunnelKind};
 use crate::control::{self, ControlServer, Status};
 use crate::proxy::Gate;
+use crate::routes::Routes;
 use crate::sys::conntrack;
 use crate::sys::diag::Diag;
 use crate::sys::mptcp_pm::{PmEvents, PmSocket};
 use crate::sys::nft::{Caps, NatElement, NatTable};
 use crate::sys::os::{self, Signals};
 use crate::sys::relay::RelayEvent;
+use crate::sys::routewatch::RouteWatch;
 use crate::sys::rtnl::Rtnl;
 use crate::sys::sysctl::{self, SysctlGuard};
 use crate::sys::vpnfw::VpnFirewall;
@@ -401,6 +403,10 @@ pub struct Daemon {
     membership: Option<membership::Membership>,
     /// NAT traversal (UPnP, STUN) for the waypoint role.
     traversal: Option<traversal::NatTraversal>,
+    /// Follows addresses and routes (the WAN, the router's own addresses).
+    route_watch: RouteWatch,
+    /// The routing state in force.
+    routes: Routes,
 }
 
 /// How often the revocation list file is checked for changes.
@@ -450,13 +456,15 @@ impl Daemon {
         let id = load_identity(cfg)?;
         let control = ControlServer::bind(&cfg.main.control_socket)?;
         let mut sysctls = SysctlGuard::recover(&cfg.main.state_dir)?;
+        let (route_watch, routes) = RouteWatch::start()?;
+        log::info!("routes: WAN {}", show_wan(&routes));
         let waypoint = if cfg.waypoint.enabled {
-            Some(start_waypoint(cfg, &id, &mut sysctls)?)
+            Some(start_waypoint(cfg, &id, &mut sysctls, &routes)?)
         } else {
             None
         };
         let client = if cfg.client.enabled {
-            Some(start_client(cfg, &id, &mut sysctls)?)
+            Some(start_client(cfg, &id, &mut sysctls, &routes)?)
         } else {
             None
         };
@@ -486,7 +494,28 @@ impl Daemon {
             rev_watch: cfg.main.revocation_list.as_deref().map(RevWatch::new),
             membership,
             traversal,
+            route_watch,
+            routes,
         })
+    }
+
+    /// A new routing snapshot: the waypoint's destination policy follows it.
+    fn apply_routes(&mut self, routes: Routes) {
+        if routes == self.routes {
+            return;
+        }
+        if routes.wan() != self.routes.wan() {
+            log::info!("routes: WAN now {}", show_wan(&routes));
+        } else {
+            log::debug!("routes: addresses or routes changed");
+        }
+        if let Some(w) = &mut self.waypoint {
+            w.core.set_routes(routes.clone());
+        }
+        if let Some(l) = self.client.as_mut().and_then(|c| c.lan.as_mut()) {
+            l.set_wan(&routes.wan());
+        }
+        self.routes = routes;
     }
 
     /// Runs until SIGTERM or SIGINT, then tears down.
@@ -499,7 +528,7 @@ impl Daemon {
     fn event_loop(&mut self) -> Result<(), DaemonError> {
         loop {
             let now = Instant::now();
-            let mut fds = vec![self.signals.fd(), self.control.listener().as_raw_fd()];
+            let mut fds = vec![self.signals.fd(), self.control.fd()];
             if let Some(c) = &self.client {
                 if let Some(l) = &c.lan {
                     fds.extend(l.fds());
@@ -513,6 +542,7 @@ impl Daemon {
             if let Some(w) = &self.waypoint {
                 fds.extend(w.sockets.iter().map(|s| s.as_raw_fd()));
             }
+            fds.push(self.route_watch.fd());
             fds.extend(self.membership_fd());
             fds.extend(self.traversal_fd());
             let deadline = [
@@ -544,9 +574,11 @@ impl Daemon {
                     }
                 }
             }
-            if ready[1] {
+            // Control clients are served by their own threads; the loop
+            // only builds the status they wait for.
+            if ready[1] && self.control.waiting() {
                 let status = self.status();
-                self.control.serve(|| status.clone());
+                self.control.answer(&status);
             }
             if let Some(r) = &mut self.rev_watch {
                 if r.changed(Instant::now()) {
@@ -555,6 +587,9 @@ impl Daemon {
                         return Ok(());
                     }
                 }
+            }
+            if let Some(r) = self.route_watch.latest() {
+                self.apply_routes(r);
             }
             if let Some(c) = &mut self.client {
                 c.step();
@@ -689,7 +724,7 @@ impl Daemon {
             changes.push("waypoint stopped (tunnels revoked)".into());
         }
         if wn.enabled && self.waypoint.is_none() {
-            self.waypoint = Some(start_waypoint(new, id, &mut self.sysctls)?);
+            self.waypoint = Some(start_waypoint(new, id, &mut self.sysctls, &self.routes)?);
             changes.push("waypoint started".into());
         } else if let Some(w) = self.waypoint.as_mut() {
             if wo != wn || identity_changed {
@@ -743,7 +778,7 @@ impl Daemon {
             changes.push("client stopped".into());
         }
         if cn.enabled && self.client.is_none() {
-            self.client = Some(start_client(new, id, &mut self.sysctls)?);
+            self.client = Some(start_client(new, id, &mut self.sysctls, &self.routes)?);
             changes.push("client started".into());
         } else if let Some(c) = self.client.as_mut() {
             if old.peers != new.peers {
@@ -770,14 +805,14 @@ impl Daemon {
             // The LAN proxy.
             if cn.lan_proxy && co.lan_proxy && cn.proxy_port == co.proxy_port {
                 if let Some(l) = c.lan.as_mut() {
-                    changes.extend(l.reconfigure(new)?);
+                    changes.extend(l.reconfigure(new, &self.routes.wan())?);
                 }
             } else if cn.lan_proxy != co.lan_proxy || cn.proxy_port != co.proxy_port {
                 if let Some(l) = c.lan.take() {
                     l.stop();
                 }
                 if cn.lan_proxy {
-                    c.lan = Some(LanRole::start(new)?);
+                    c.lan = Some(LanRole::start(new, &self.routes.wan())?);
                     changes.push("LAN proxy (re)started".into());
                 } else {
                     changes.push("LAN proxy stopped".into());
@@ -822,10 +857,21 @@ impl Daemon {
     }
 }
 
+/// The WAN interfaces for the log.
+fn show_wan(routes: &Routes) -> String {
+    let w = routes.wan();
+    if w.is_empty() {
+        "none (no default route: no destination is served)".into()
+    } else {
+        w.join(", ")
+    }
+}
+
 fn start_waypoint(
     cfg: &Config,
     id: &Identity,
     sysctls: &mut SysctlGuard,
+    routes: &Routes,
 ) -> Result<WaypointRole, DaemonError> {
     let w = &cfg.waypoint;
     if !id.cert.roles.contains(trust::Roles::WAYPOINT) {
@@ -872,7 +918,7 @@ fn start_waypoint(
         id.key.clone(),
         id.root,
         id.revocations.clone(),
-        Vec::new(),
+        routes.clone(),
     );
     // From here on, Drop removes what was made if a later step fails.
     let donated_file = cfg.main.state_dir.join("donated");
@@ -931,9 +977,6 @@ fn start_waypoint(
             &w.allow_destination,
         )?);
     }
-    // The router's own addresses (tunnel address included) are never a destination.
-    role.core
-        .set_own(os::local_addresses().map_err(io_err("getifaddrs"))?);
     log::info!(
         "waypoint: NAT tunnels on ports {}-{}, signaling on {:?}",
         w.nat_ports.0,
@@ -955,7 +998,10 @@ fn waypoint_settings(cfg: &Config, id: &Identity) -> waypoint::Settings {
         ports: w.grant_ports(),
         lease: Duration::from_secs(u64::from(w.lease_s)),
         max_per_member: w.max_tunnels_per_member,
-        allow: w.allow_destination.clone(),
+        destinations: waypoint::policy::Rules {
+            allow: w.allow_destination.clone(),
+            deny_ports: w.deny_port.clone(),
+        },
         max_skew: Duration::from_secs(u64::from(w.max_clock_skew_s)),
     }
 }
@@ -964,6 +1010,7 @@ fn start_client(
     cfg: &Config,
     id: &Identity,
     sysctls: &mut SysctlGuard,
+    routes: &Routes,
 ) -> Result<ClientRole, DaemonError> {
     let c = &cfg.client;
     if std::path::Path::new(sysctl::MPTCP_PATH_MANAGER).exists() {
@@ -1003,7 +1050,7 @@ fn start_client(
         c.max_detours
     );
     let lan = if c.lan_proxy {
-        Some(LanRole::start(cfg)?)
+        Some(LanRole::start(cfg, &routes.wan())?)
     } else {
         None
     };

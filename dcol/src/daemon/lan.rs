@@ -1,8 +1,9 @@
 //! The daemon's LAN proxy: the relay ([`Relay`]), the interception table
 //! that feeds it ([`LanIntercept`]) and what keeps the table honest:
 //! - the WAN: only flows whose route leaves by the default routes'
-//!   interfaces are intercepted; read at start and reload, and every
-//!   [`WAN_POLL`] until route-change events drive it;
+//!   interfaces are intercepted; the daemon's routing snapshot
+//!   ([`crate::routes::Routes::wan`]) names them at start and whenever the
+//!   kernel announces a change ([`LanRole::set_wan`]);
 //! - the firewall: with `proxy_follow_firewall` the kernel records which
 //!   flows the firewall forwarded, and a [`RulesetWatch`] makes the table
 //!   forget them whenever another table changes;
@@ -19,13 +20,10 @@ use crate::control;
 use crate::proxy::limits::{Pause, PauseChange};
 use crate::sys::lan::{self, InterceptSpec, LanIntercept, RulesetWatch};
 use crate::sys::relay::{Relay, RelayEvent, RelaySettings};
-use crate::sys::rtnl::Rtnl;
+use crate::sys::SysError;
 
 /// Name of the interception table (`inet dcol_lan`).
 pub const LAN_TABLE: &str = "dcol_lan";
-/// How often the WAN interfaces are read again (until route-change events
-/// replace this poll).
-pub const WAN_POLL: Duration = Duration::from_secs(10);
 
 /// The transparent proxy for LAN devices.
 pub(super) struct LanRole {
@@ -39,7 +37,6 @@ pub(super) struct LanRole {
     spec: InterceptSpec,
     pub(super) policy: DetourPolicy,
     next_beat: Instant,
-    next_wan_check: Instant,
     pause: Pause,
     firewall_changes: u64,
 }
@@ -77,18 +74,6 @@ fn own_tables(cfg: &Config) -> Vec<String> {
     vec![LAN_TABLE.to_owned(), w.clone(), format!("{w}_vpn")]
 }
 
-/// The default routes' interfaces; none (intercept nothing) when they
-/// cannot be read.
-fn wan_interfaces() -> Vec<String> {
-    match Rtnl::open().and_then(|mut r| r.wan_interfaces()) {
-        Ok(w) => w,
-        Err(e) => {
-            log::warn!("lan proxy: cannot read the routes ({e}); intercepting nothing");
-            Vec::new()
-        }
-    }
-}
-
 fn open_watch(spec: &InterceptSpec, own: &[String]) -> Option<RulesetWatch> {
     if !spec.follow_firewall {
         return None;
@@ -107,9 +92,9 @@ fn open_watch(spec: &InterceptSpec, own: &[String]) -> Option<RulesetWatch> {
 }
 
 impl LanRole {
-    /// Starts the relay, then switches interception on (relay first: a
-    /// redirected connection must find a listener).
-    pub(super) fn start(cfg: &Config) -> Result<LanRole, DaemonError> {
+    /// Starts the relay, then switches interception on for flows routed to
+    /// `wan` (relay first: a redirected connection must find a listener).
+    pub(super) fn start(cfg: &Config, wan: &[String]) -> Result<LanRole, DaemonError> {
         let c = &cfg.client;
         let relay = Relay::open(relay_settings(cfg))?;
         let spec = intercept_spec(cfg);
@@ -124,11 +109,10 @@ impl LanRole {
             spec,
             policy: c.detour_policy,
             next_beat: Instant::now() + lan::HEARTBEAT,
-            next_wan_check: Instant::now() + WAN_POLL,
             pause: Pause::default(),
             firewall_changes: 0,
         };
-        role.intercept = Some(role.start_intercept()?);
+        role.intercept = Some(role.start_intercept(wan)?);
         log::info!(
             "lan proxy: TCP from {} to the Internet redirected to port {} (detour policy {}; {}off within {} s if dcol dies)",
             c.lan_interfaces.join(", "),
@@ -146,9 +130,9 @@ impl LanRole {
 
     /// Creates (or replaces) the interception table, names the WAN and
     /// switches interception on.
-    fn start_intercept(&mut self) -> Result<LanIntercept, DaemonError> {
+    fn start_intercept(&mut self, wan: &[String]) -> Result<LanIntercept, DaemonError> {
         let mut intercept = LanIntercept::create(LAN_TABLE, &self.spec)?;
-        let r = set_wan(&mut intercept, &wan_interfaces()).and_then(|()| intercept.heartbeat());
+        let r = set_wan(&mut intercept, wan).and_then(|()| intercept.heartbeat());
         if let Err(e) = r {
             let _ = intercept.destroy();
             return Err(e.into());
@@ -157,8 +141,12 @@ impl LanRole {
     }
 
     /// Applies `new`'s settings in place (same port); what changed, for the
-    /// reload's log line.
-    pub(super) fn reconfigure(&mut self, new: &Config) -> Result<Option<String>, DaemonError> {
+    /// reload's log line. `wan`: the WAN in force (for a table made anew).
+    pub(super) fn reconfigure(
+        &mut self,
+        new: &Config,
+        wan: &[String],
+    ) -> Result<Option<String>, DaemonError> {
         self.relay.set_settings(relay_settings(new));
         self.policy = new.client.detour_policy;
         let spec = intercept_spec(new);
@@ -171,20 +159,19 @@ impl LanRole {
             self.spec = spec;
             match self.intercept.as_mut() {
                 Some(i) => i.update(&self.spec)?,
-                None => self.intercept = Some(self.start_intercept()?),
+                None => self.intercept = Some(self.start_intercept(wan)?),
             }
             changed = Some("LAN interception rules".to_owned());
         }
-        self.check_wan();
         Ok(changed)
     }
 
-    /// Reads the WAN interfaces again (see [`LanIntercept::set_wan`]).
-    pub(super) fn check_wan(&mut self) {
-        self.next_wan_check = Instant::now() + WAN_POLL;
-        let names = wan_interfaces();
+    /// Intercepts only flows routed to `wan` from now on (see
+    /// [`LanIntercept::set_wan`]); called when the routes change.
+    pub(super) fn set_wan(&mut self, wan: &[String]) {
         if let Some(i) = self.intercept.as_mut() {
-            if let Err(e) = set_wan(i, &names) {
+            if let Err(e) = set_wan(i, wan) {
+                // The old WAN stays in force; the next change tries again.
                 log::warn!("lan proxy: {e}");
             }
         }
@@ -197,15 +184,15 @@ impl LanRole {
 
     /// When [`LanRole::step`] must run at the latest.
     pub(super) fn next_timeout(&self) -> Instant {
-        let mut t = self.relay.next_timeout().min(self.next_wan_check);
+        let mut t = self.relay.next_timeout();
         if !self.pause.paused() {
             t = t.min(self.next_beat);
         }
         t
     }
 
-    /// Everything that is due: firewall changes, the WAN, the relay's work,
-    /// the pause and the heartbeat. Returns the relay's events.
+    /// Everything that is due: firewall changes, the relay's work, the pause
+    /// and the heartbeat. Returns the relay's events.
     pub(super) fn step(&mut self, now: Instant) -> Vec<RelayEvent> {
         if let Some(w) = self.watch.as_mut() {
             if w.changed() {
@@ -219,9 +206,6 @@ impl LanRole {
                     }
                 }
             }
-        }
-        if now >= self.next_wan_check {
-            self.check_wan();
         }
         let events = self.relay.step(now);
         let (active, cap) = (self.relay.active(), self.relay.capacity());
@@ -294,7 +278,7 @@ impl LanRole {
 }
 
 /// Sets the WAN of `i`, logging a change.
-fn set_wan(i: &mut LanIntercept, names: &[String]) -> Result<(), crate::sys::SysError> {
+fn set_wan(i: &mut LanIntercept, names: &[String]) -> Result<(), SysError> {
     if i.wan() == names {
         return Ok(());
     }

@@ -469,6 +469,22 @@ fn lan_proxy_intercepts_only_flows_routed_to_the_internet() {
     let lp = h.lan_proxy();
     assert_eq!(lp["refused_direct"], 0, "{lp}");
     assert_eq!(lp["wan_interfaces"], serde_json::json!(["wan"]), "{lp}");
+    // Without default routes nothing is the WAN: the Internet's own subnet,
+    // still reachable on the link, is no longer intercepted; with them back,
+    // it is again.
+    h.r.exec(&["ip", "-4", "route", "del", "default"]);
+    h.r.exec(&["ip", "-6", "route", "del", "default"]);
+    h.dcol()
+        .wait_status(Duration::from_secs(5), |s| {
+            s["client"]["lan_proxy"]["wan_interfaces"] == serde_json::json!([])
+        })
+        .unwrap_or_else(|s| panic!("WAN kept: {}", s["client"]["lan_proxy"]));
+    assert_eq!(whoami(&h.a, NET4).as_deref(), Ok("192.168.1.10"));
+    assert_eq!(whoami(&h.a, NET6).as_deref(), Ok("fd00:1::10"));
+    h.r.exec(&["ip", "-4", "route", "add", "default", "via", NET4]);
+    h.r.exec(&["ip", "-6", "route", "add", "default", "via", NET6]);
+    h.until_proxied(&h.a, NET4, WAN4);
+    h.until_proxied(&h.a, NET6, WAN6);
 }
 
 /// Guest to LAN, `rounds` tries to each LAN address: never reached.
