@@ -15,11 +15,11 @@
 //! also answers, behind the router's default route, on private, CGNAT,
 //! link-local and ULA addresses (an ISP modem's 192.168.100.1, ...).
 //!
-//! Where a firewall is needed, the router runs an nftables ruleset shaped
-//! like the one OpenWrt's firewall4 generates (zones lan, guest, wan; guest
-//! forwards only to wan; guest input rejected; a per-device block as a
-//! parental-control rule writes it), with the feed's nftables includes in
-//! it. The proxy never reads that ruleset: it follows the kernel's verdicts.
+//! Where a firewall is needed, the router runs OpenWrt's real firewall4
+//! (tests/src/openwrt.rs) with its shipped config, the feed's nftables
+//! includes, a guest zone that forwards only to wan, and the owner's rules
+//! as LuCI writes them (a parental-control block by MAC, a blocked port).
+//! The proxy never reads that config: it follows the kernel's verdicts.
 //!
 //! Whether a flow went through the proxy is seen from the destination: a
 //! proxied flow arrives from the router's own address, a direct one from the
@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use dcol_tests::dcol::{in_ns, main_section, Collective, Daemon, Member, Scratch};
 use dcol_tests::lab::need_root;
+use dcol_tests::openwrt::{Fw4, ZoneSetup};
 use dcol_tests::{run, Netns};
 use serde_json::Value;
 
@@ -136,6 +137,7 @@ fn routed_host(r: &Netns, tag: &str, ifname: &str, v: (&str, &str), gw: (&str, &
 /// namespaces exist), the scratch directory last.
 struct Home {
     daemon: Option<Daemon>,
+    fw: Option<Fw4>,
     r: Netns,
     a: Netns,
     b: Netns,
@@ -195,6 +197,7 @@ impl Home {
         let member = collective.admit("bob", "client", 30);
         Home {
             daemon: None,
+            fw: None,
             r,
             a,
             b,
@@ -266,108 +269,24 @@ impl Home {
         );
     }
 
-    /// The ruleset firewall4 makes of a default /etc/config/firewall with a
-    /// guest zone (input `guest_input`, `accept` or `reject`; forwarding to
-    /// wan only), the feed's nftables includes in place, and
-    /// `forward_lan_rules` first in `forward_lan` (where fw4 puts `config
-    /// rule` sections from lan to wan). Replaces the table at once, as fw4's
-    /// reload does.
-    fn firewall(&self, guest_input: &str, forward_lan_rules: &str) {
-        let include = |chain: &str| {
-            let p = format!(
-                "{}/../openwrt-feed/net/dcol/files/nftables.d/chain-pre/{chain}/dcol.nft",
-                env!("CARGO_MANIFEST_DIR")
-            );
-            // Missing on a tree without it (the checks then show what it is for).
-            let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
-                eprintln!("WARNING: no include {p}: {e}");
-                String::new()
-            });
-            text.lines()
-                .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
-                .map(|l| format!("\t\t{l}\n"))
-                .collect::<String>()
-        };
-        let rules = format!(
-            "table inet fw4
-delete table inet fw4
-table inet fw4 {{
-	chain input {{
-		type filter hook input priority filter; policy drop;
-		iif \"lo\" accept
-{input_pre}		ct state vmap {{ established : accept, related : accept }}
-		iifname {{ \"br-lan\", \"lan2\" }} jump input_lan
-		iifname \"guest\" jump input_guest
-		iifname \"wan\" jump input_wan
-		jump handle_reject
-	}}
-	chain forward {{
-		type filter hook forward priority filter; policy drop;
-{forward_pre}		ct state vmap {{ established : accept, related : accept }}
-		iifname {{ \"br-lan\", \"lan2\" }} jump forward_lan
-		iifname \"guest\" jump forward_guest
-		iifname \"wan\" jump forward_wan
-		jump handle_reject
-	}}
-	chain output {{
-		type filter hook output priority filter; policy accept;
-	}}
-	chain handle_reject {{
-		meta l4proto tcp reject with tcp reset
-		reject
-	}}
-	chain input_lan {{
-		jump accept_from_lan
-	}}
-	chain input_guest {{
-		meta nfproto ipv4 udp dport 67-68 accept
-		udp dport 53 accept
-		jump {guest_input}_from_guest
-	}}
-	chain input_wan {{
-		meta l4proto ipv6-icmp accept comment \"!fw4: Allow-ICMPv6-Input\"
-		jump reject_from_wan
-	}}
-	chain forward_lan {{
-{forward_lan_rules}		jump accept_to_wan
-		jump accept_to_lan
-	}}
-	chain forward_guest {{
-		jump accept_to_wan
-	}}
-	chain forward_wan {{
-		meta l4proto ipv6-icmp accept comment \"!fw4: Allow-ICMPv6-Forward\"
-		jump reject_to_wan
-	}}
-	chain accept_from_lan {{
-		iifname {{ \"br-lan\", \"lan2\" }} accept
-	}}
-	chain accept_to_lan {{
-		oifname {{ \"br-lan\", \"lan2\" }} accept
-	}}
-	chain accept_to_wan {{
-		oifname \"wan\" accept
-	}}
-	chain reject_from_guest {{
-		iifname \"guest\" jump handle_reject
-	}}
-	chain accept_from_guest {{
-		iifname \"guest\" accept
-	}}
-	chain reject_from_wan {{
-		iifname \"wan\" jump handle_reject
-	}}
-	chain reject_to_wan {{
-		oifname \"wan\" jump handle_reject
-	}}
-}}
-",
-            input_pre = include("input"),
-            forward_pre = include("forward"),
-        );
-        let path = self.scratch.path().join("fw4.nft");
-        std::fs::write(&path, rules).expect("write ruleset");
-        self.r.exec(&["nft", "-f", path.to_str().expect("utf-8")]);
+    /// Loads (or reloads) the router's firewall: OpenWrt's firewall4 with
+    /// its shipped config (zone lan on `br-lan` and `lan2`, zone wan on
+    /// `wan`), the feed's includes, IPv4 not masqueraded (the ISP routes the
+    /// LAN's prefix: a destination then tells a direct flow from a proxied
+    /// one), a guest zone on `guest` with input `guest_input` (`ACCEPT` or
+    /// `REJECT`) and forwarding to wan only, then `sections` (`config rule`
+    /// ... as the owner adds them in LuCI). A reload replaces fw4's table at
+    /// once, as on a router.
+    fn firewall(&mut self, guest_input: &str, sections: &str) {
+        let setup = ZoneSetup::new(&["br-lan", "lan2"], &["wan"])
+            .batch("set firewall.@zone[1].masq='0'")
+            .sections(&format!(
+                "config zone\n\toption name 'guest'\n\tlist device 'guest'\n\toption input '{guest_input}'\n\toption output 'ACCEPT'\n\toption forward 'REJECT'\n\nconfig forwarding\n\toption src 'guest'\n\toption dest 'wan'\n\n{sections}"
+            ));
+        match &self.fw {
+            Some(fw) => fw.reconfigure(&setup),
+            None => self.fw = Some(Fw4::load(&self.r, &setup)),
+        }
     }
 }
 
@@ -515,7 +434,7 @@ fn guest_cannot_reach_the_lan_through_the_proxy() {
     let mut h = Home::new();
     // A guest zone that may use the router's services (input accept) but
     // has no forwarding to lan.
-    h.firewall("accept", "");
+    h.firewall("ACCEPT", "");
     h.start("", None);
     // The guest's Internet is proxied, and so is the LAN's.
     h.until_proxied(&h.g, NET4, WAN4);
@@ -525,7 +444,7 @@ fn guest_cannot_reach_the_lan_through_the_proxy() {
     // The usual guest zone: input rejected. The feed's include accepts the
     // flows redirected to the proxy (and only those): the guest's Internet
     // is still proxied, the LAN still out of reach.
-    h.firewall("reject", "");
+    h.firewall("REJECT", "");
     h.until_proxied(&h.g, NET4, WAN4);
     h.until_proxied(&h.g, NET6, WAN6);
     guest_isolated(&h, 2);
@@ -545,7 +464,7 @@ fn a_device_the_firewall_blocks_stays_blocked() {
         return;
     }
     let mut h = Home::new();
-    h.firewall("reject", "");
+    h.firewall("REJECT", "");
     h.start("", None);
     // Before the block: a's Internet goes through the proxy.
     h.until_proxied(&h.a, NET4, WAN4);
@@ -554,9 +473,9 @@ fn a_device_the_firewall_blocks_stays_blocked() {
     // wan, src_mac, REJECT) while its flows are being proxied.
     let mac = in_ns(h.a.name(), &["cat", "/sys/class/net/eth0/address"]);
     h.firewall(
-        "reject",
+        "REJECT",
         &format!(
-            "\t\tether saddr {} counter jump handle_reject comment \"block a\"\n",
+            "config rule\n\toption name 'Block-a'\n\toption src 'lan'\n\toption dest 'wan'\n\toption src_mac '{}'\n\toption target 'REJECT'\n",
             mac.trim()
         ),
     );
@@ -580,8 +499,8 @@ fn a_device_the_firewall_blocks_stays_blocked() {
     h.until_proxied(&h.b, NET4, WAN4);
     // A block by destination port for everyone.
     h.firewall(
-        "reject",
-        "\t\ttcp dport 7000 counter jump handle_reject comment \"no 7000\"\n",
+        "REJECT",
+        "config rule\n\toption name 'No-7000'\n\toption src 'lan'\n\toption dest 'wan'\n\toption proto 'tcp'\n\toption dest_port '7000'\n\toption target 'REJECT'\n",
     );
     let before = h.accepted();
     for ns in [&h.a, &h.b] {
@@ -592,7 +511,7 @@ fn a_device_the_firewall_blocks_stays_blocked() {
     }
     assert_eq!(h.accepted(), before, "the proxy took blocked flows");
     // Unblocked: the proxy takes a's flows again.
-    h.firewall("reject", "");
+    h.firewall("REJECT", "");
     h.until_proxied(&h.a, NET4, WAN4);
 }
 
