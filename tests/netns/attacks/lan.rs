@@ -620,6 +620,43 @@ fn one_device_with_many_addresses_cannot_exhaust_the_proxy() {
 }
 
 #[test]
+fn one_ipv6_prefix_has_its_own_cap() {
+    if !need_root() {
+        return;
+    }
+    let mut h = Home::new();
+    h.start("\toption max_conns_per_prefix '30'\n", None);
+    h.until_proxied(&h.b, NET4, WAN4);
+    h.until_proxied(&h.b, NET6, WAN6);
+    let addrs: Vec<String> = many_addresses(&h, 8)
+        .into_iter()
+        .filter(|a| a.contains(':'))
+        .collect();
+    for s in &addrs {
+        let _ = check(
+            &h.a,
+            &["many-client", NET6, &ECHO.to_string(), &format!("{s}:1")],
+        );
+    }
+    // 80 connections from 8 addresses of the LAN's /64: 30 are proxied, the
+    // rest go direct; all of them work.
+    let before = h.accepted();
+    let spec: Vec<String> = addrs.iter().map(|s| format!("{s}:10")).collect();
+    let f = Flood::start(&h.a, NET6, ECHO, &spec.join(","));
+    let connected: u64 = addrs
+        .iter()
+        .map(|s| f.counts[s]["connected"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(connected, 80, "{}", f.counts);
+    assert_eq!(h.accepted() - before, 30, "{}", h.lan_proxy());
+    // The prefix is full: b's IPv6 goes direct, its IPv4 is still proxied.
+    assert_eq!(whoami(&h.b, NET6).as_deref(), Ok("fd00:1::20"));
+    assert_eq!(whoami(&h.b, NET4).as_deref(), Ok(WAN4));
+    f.end();
+    h.until_proxied(&h.b, NET6, WAN6);
+}
+
+#[test]
 fn many_devices_pause_interception_and_it_resumes() {
     if !need_root() {
         return;
