@@ -151,6 +151,9 @@ impl LanRole {
         self.policy = new.client.detour_policy;
         let spec = intercept_spec(new);
         self.own_tables = own_tables(new);
+        if let Some(w) = self.watch.as_mut() {
+            w.set_own(self.own_tables.clone());
+        }
         let mut changed = None;
         if spec != self.spec {
             if spec.follow_firewall != self.spec.follow_firewall {

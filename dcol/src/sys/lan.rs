@@ -430,6 +430,11 @@ impl RulesetWatch {
         self.sock.fd()
     }
 
+    /// The daemon's tables are now `own`.
+    pub fn set_own(&mut self, own: Vec<String>) {
+        self.own = own;
+    }
+
     /// Reads what arrived; true when another table changed (or
     /// notifications were lost: then something may have).
     pub fn changed(&mut self) -> bool {
