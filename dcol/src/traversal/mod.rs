@@ -931,8 +931,10 @@ const ARGUMENTS: [(&str, &[&str]); 2] = [
 ];
 
 /// `igd-next`'s handle on the gateway's `service`: SOAP calls go to the
-/// control URL's path on the control URL's address (a name, from `option
-/// upnp_url`, resolved here), nowhere else.
+/// control URL's address (a name, from `option upnp_url`, resolved here) and
+/// nowhere else. The control URL is handed over absolute, with that address
+/// as its host: `igd-next` resolves it against `http://addr/`, where a path
+/// starting with `//` would name another host.
 fn soap_gateway(service: &upnp::Service) -> Result<igd_next::Gateway, MapError> {
     let c = &service.control;
     let addr = (c.host.as_str(), c.port)
@@ -950,7 +952,7 @@ fn soap_gateway(service: &upnp::Service) -> Result<igd_next::Gateway, MapError> 
     Ok(igd_next::Gateway {
         addr,
         root_url: "/".into(),
-        control_url: c.path.clone(),
+        control_url: format!("http://{addr}{}", c.path),
         control_schema_url: String::new(),
         control_schema,
         service_type: service.kind.clone(),
@@ -1385,6 +1387,35 @@ mod tests {
             seen[4].contains("<NewExternalPort>7447</NewExternalPort>"),
             "{}",
             seen[4]
+        );
+    }
+
+    /// A control URL whose path starts with `//` (from the gateway's own
+    /// description) still sends SOAP to the gateway: the path is not taken
+    /// for another host.
+    #[test]
+    fn soap_stays_on_the_control_urls_host() {
+        let (other, asked) = serve(vec![soap_ok(""); 1]);
+        let (gw, seen) = serve(vec![soap_fault(606, "Action not authorized")]);
+        let service = upnp::Service {
+            kind: "urn:schemas-upnp-org:service:WANIPConnection:1".into(),
+            control: Url {
+                host: "127.0.0.1".into(),
+                port: gw.port(),
+                path: format!("//{other}/ctl"),
+            },
+        };
+        let g = Gateway::Upnp {
+            service,
+            me: Ipv4Addr::new(192, 168, 7, 2),
+        };
+        assert!(g.external_ip().is_err());
+        assert!(asked.lock().unwrap().is_empty(), "SOAP went to {other}");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].starts_with(&format!("POST //{other}/ctl ")),
+            "{seen:?}"
         );
     }
 
