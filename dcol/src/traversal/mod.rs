@@ -690,9 +690,14 @@ impl MapError {
     fn of(e: igd_next::RequestError) -> MapError {
         match e {
             igd_next::RequestError::ErrorCode(..)
-            | igd_next::RequestError::UnsupportedAction(_) => MapError::Refused(short(&e)),
+            | igd_next::RequestError::UnsupportedAction(_) => MapError::refused(&e),
             e => MapError::Gone(short(&e)),
         }
+    }
+
+    /// The gateway said no (`e`: `igd-next`'s reading of its UPnP error).
+    fn refused(e: &dyn std::fmt::Display) -> MapError {
+        MapError::Refused(format!("refused by the gateway: {}", short(e)))
     }
 }
 
@@ -741,7 +746,7 @@ impl Gateway {
             Gateway::Upnp { service, .. } => match soap_gateway(service)?.get_external_ip() {
                 Ok(ip) => Ok(ip),
                 Err(igd_next::GetExternalIpError::RequestError(e)) => Err(MapError::of(e)),
-                Err(e) => Err(MapError::Refused(short(&e))),
+                Err(e) => Err(MapError::refused(&e)),
             },
             Gateway::Pmp(gw) => {
                 let b = pmp_exchange(*gw, &natpmp::address_request())?;
@@ -765,7 +770,7 @@ impl Gateway {
                 }
                 .map_err(|e| match e {
                     igd_next::AddPortError::RequestError(e) => MapError::of(e),
-                    e => MapError::Refused(short(&e)),
+                    e => MapError::refused(&e),
                 })
             }
             Gateway::Pmp(gw) => {
@@ -796,7 +801,7 @@ impl Gateway {
                 match soap_gateway(service)?.remove_port(proto.into(), port) {
                     Ok(()) | Err(igd_next::RemovePortError::NoSuchPortMapping) => Ok(()),
                     Err(igd_next::RemovePortError::RequestError(e)) => Err(MapError::of(e)),
-                    Err(e) => Err(MapError::Refused(short(&e))),
+                    Err(e) => Err(MapError::refused(&e)),
                 }
             }
             Gateway::Pmp(gw) => {
@@ -1339,7 +1344,7 @@ mod tests {
         assert_eq!(g.external_ip().ok(), Some("11.7.1.1".parse().unwrap()));
         assert!(g.map(Protocol::Udp, 7447, 3600).is_ok());
         assert!(
-            matches!(g.map(Protocol::Tcp, 40000, 3600), Err(MapError::Refused(e)) if e.contains("conflicts"))
+            matches!(g.map(Protocol::Tcp, 40000, 3600), Err(MapError::Refused(e)) if e.contains("refused by the gateway: The requested mapping conflicts"))
         );
         assert!(g.unmap(Protocol::Udp, 7447).is_ok());
         assert!(matches!(
