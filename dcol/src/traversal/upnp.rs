@@ -7,8 +7,9 @@
 //!
 //! Why this part is not `igd-next`'s: the crate reads a description only
 //! inside `search_gateway`, which takes the first SSDP answer from any LAN
-//! host (`tests/netns/traversal.rs`, `igd_next_search_takes_another_lan_host`);
-//! DCol takes only its default gateway's (`ssdp_answers_from_other_lan_hosts_are_ignored`).
+//! host whose description is on that host, and DCol takes only its default
+//! gateway's (`tests/netns/traversal.rs`,
+//! `ssdp_answers_from_other_lan_hosts_are_ignored`, shows both on one LAN).
 //!
 //! The XML here is a small, fixed vocabulary, so it is read with a scanner
 //! that finds elements by local name (namespace prefixes ignored) instead of
