@@ -138,7 +138,7 @@ fn start_gateway(gw: &Netns, scratch: &Scratch, deny: &str, protocols: &str) -> 
         .open(scratch.path().join("miniupnpd.log"))
         .unwrap();
     let pid = scratch.path().join("miniupnpd.pid");
-    gw.spawn_logged(
+    let child = gw.spawn_logged(
         &[
             "miniupnpd",
             "-d",
@@ -148,7 +148,34 @@ fn start_gateway(gw: &Netns, scratch: &Scratch, deny: &str, protocols: &str) -> 
             pid.to_str().unwrap(),
         ],
         log,
-    )
+    );
+    // Ready once its sockets are open (under load that takes seconds; a
+    // waypoint that searched before would wait for its 60 s retry).
+    let mut sockets = Vec::new();
+    if protocols.contains("enable_upnp=yes") {
+        sockets.extend([("-Hlnt", "sport = :5000"), ("-Hlnu", "sport = :1900")]);
+    }
+    if protocols.contains("enable_natpmp=yes") {
+        sockets.push(("-Hlnu", "sport = :5351"));
+    }
+    for (kind, filter) in sockets {
+        wait_for(
+            &format!("miniupnpd listening ({filter})"),
+            Duration::from_secs(10),
+            || !in_ns(gw.name(), &["ss", kind, filter]).trim().is_empty(),
+        );
+    }
+    child
+}
+
+/// Stops miniupnpd `pid` and waits until it has exited: one started while
+/// the old one still holds the pid file refuses to run.
+fn stop_gateway(pid: u32) {
+    run(&["kill", &pid.to_string()]);
+    wait_for("miniupnpd to exit", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.split(' ').nth(2) == Some("Z"))
+    });
 }
 
 /// The gateway's port forwards, as miniupnpd wrote them.
@@ -395,7 +422,7 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
 
     // The gateway disappears: the next pass fails, is logged, and the
     // waypoint keeps running and answering.
-    run(&["kill", &mini.to_string()]);
+    stop_gateway(mini);
     std::thread::sleep(Duration::from_millis(300));
     let reload = wp.reload(&wp_cfg.replace("upnp_lease_s '10'", "upnp_lease_s '300'"));
     eprintln!("reload with the gateway gone: {reload}");
@@ -450,7 +477,7 @@ fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
         || !forwards(&net.gw).contains("dnat"),
     );
     // A gateway with NAT-PMP only (no UPnP): the same mappings through it.
-    run(&["kill", &refusing.to_string()]);
+    stop_gateway(refusing);
     start_gateway(&net.gw, &scratch, "", "enable_natpmp=yes\nenable_upnp=no\n");
     wp.reload(&wp_cfg);
     let st = wp

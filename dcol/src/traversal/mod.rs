@@ -300,6 +300,7 @@ impl Worker {
         }
         let mut retry = RETRY.0;
         loop {
+            let started = Instant::now();
             let o = self.pass(rx);
             if let Some(done) = self.stop.take() {
                 self.unmap();
@@ -310,6 +311,14 @@ impl Worker {
             if self.out.send(o).is_ok() {
                 let _ = (&self.wake).write(&[1]);
             }
+            // A renewal is due half a lease after the pass that made the
+            // last one began: a slow gateway (miniupnpd takes seconds for
+            // tens of mappings) must not push it past the lease's end.
+            let renewal = |half: u64| {
+                Duration::from_secs(half)
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_secs(1))
+            };
             let wait = if failed {
                 let w = retry;
                 retry = (retry * 2).min(RETRY.1);
@@ -317,7 +326,7 @@ impl Worker {
             } else {
                 retry = RETRY.0;
                 match (self.mapped.is_empty(), self.settings.lease_s) {
-                    (false, l) if l > 0 => Duration::from_secs(u64::from(l / 2).max(5)),
+                    (false, l) if l > 0 => renewal(u64::from(l / 2).max(5)),
                     _ => RECHECK,
                 }
             };
@@ -326,9 +335,7 @@ impl Worker {
             let wait = if self.pinholed.is_empty() {
                 wait
             } else {
-                wait.min(Duration::from_secs(u64::from(
-                    pcp_lifetime(self.settings.lease_s) / 2,
-                )))
+                wait.min(renewal(u64::from(pcp_lifetime(self.settings.lease_s) / 2)))
             };
             match rx.recv_timeout(wait) {
                 Ok(Command::Stop(done)) => {
