@@ -28,7 +28,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use neli::attr::Attribute;
-use neli::consts::genl::{Cmd, CtrlAttr, CtrlAttrMcastGrp, CtrlCmd, NlAttrType};
+use neli::consts::genl::{CtrlAttr, CtrlAttrMcastGrp, CtrlCmd};
 use neli::consts::nl::{NlmF, Nlmsg, NlmsgerrAttr};
 use neli::consts::socket::{Msg, NlFamily};
 use neli::err::{BuilderError, SerError};
@@ -62,6 +62,15 @@ pub enum EncodeError {
     #[error(transparent)]
     Ser(#[from] SerError),
 }
+
+/// A generic netlink message as neli decodes and encodes it here: command
+/// and attribute types as numbers, so that neli's generic code is built once
+/// for every family (each family's `neli_enum`s name the numbers: match on
+/// `EventAttr::from(ty(a))`). That keeps its code size small on the router.
+pub type GenlMsg = Genlmsghdr<u8, u16>;
+
+/// A generic netlink attribute (type as a number, payload as bytes).
+pub type Attr = Nlattr<u16, Buffer>;
 
 /// A generic netlink family as the controller describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,12 +190,12 @@ impl GenlSocket {
         self.seq
     }
 
-    fn send<C: Cmd, T: NlAttrType>(
+    fn send(
         &mut self,
         op: &'static str,
         family: u16,
         flags: NlmF,
-        msg: Genlmsghdr<C, T>,
+        msg: GenlMsg,
     ) -> Result<u32, SysError> {
         let seq = self.next_seq();
         let bytes = encode(op, family, flags, seq, msg)?;
@@ -228,12 +237,7 @@ impl GenlSocket {
     /// Sends `msg` to `family` with `NLM_F_REQUEST | NLM_F_ACK` and waits for
     /// its acknowledgement. A refusal becomes [`SysError::Netlink`] with the
     /// kernel's errno and extended-ack text.
-    pub fn request<C: Cmd, T: NlAttrType>(
-        &mut self,
-        op: &'static str,
-        family: u16,
-        msg: Genlmsghdr<C, T>,
-    ) -> Result<(), SysError> {
+    pub fn request(&mut self, op: &'static str, family: u16, msg: GenlMsg) -> Result<(), SysError> {
         let seq = self.send(op, family, NlmF::REQUEST | NlmF::ACK, msg)?;
         self.answers(op, seq, |m| match m.nl_payload() {
             NlPayload::Ack(_) => Ok(Some(())),
@@ -247,12 +251,12 @@ impl GenlSocket {
     /// `on_reply` until `NLMSG_DONE`. A dump the kernel reports as interrupted
     /// (`NLM_F_DUMP_INTR`: the object changed meanwhile) is `EINTR` after all
     /// its messages were delivered; callers may retry.
-    pub fn dump<C: Cmd, T: NlAttrType>(
+    pub fn dump(
         &mut self,
         op: &'static str,
         family: u16,
-        msg: Genlmsghdr<C, T>,
-        mut on_reply: impl FnMut(Genlmsghdr<C, T>) -> Result<(), SysError>,
+        msg: GenlMsg,
+        mut on_reply: impl FnMut(GenlMsg) -> Result<(), SysError>,
     ) -> Result<(), SysError> {
         let seq = self.send(op, family, NlmF::REQUEST | NlmF::DUMP, msg)?;
         let mut interrupted = false;
@@ -289,7 +293,7 @@ impl GenlSocket {
             op,
             CtrlCmd::Getfamily,
             0x2,
-            vec![attr(op, CtrlAttr::FamilyName, name)?],
+            vec![attr_str(op, CtrlAttr::FamilyName, name)?],
         )?;
         let seq = self.send(op, GENL_ID_CTRL, NlmF::REQUEST | NlmF::ACK, msg)?;
         let mut found = None;
@@ -314,31 +318,33 @@ impl GenlSocket {
 /// A `CTRL_CMD_NEWFAMILY` answer (generic netlink header and attributes): the
 /// family's id and multicast groups.
 pub fn parse_family(op: &'static str, payload: &[u8]) -> Result<Family, SysError> {
-    let msg: Genlmsghdr<CtrlCmd, CtrlAttr> = genl_payload(op, payload)?;
-    let attrs = msg.attrs().get_attr_handle();
-    let id = attrs
-        .get_attribute(CtrlAttr::FamilyId)
-        .ok_or_else(|| SysError::Malformed {
-            op,
-            what: "no family id".into(),
-        })
-        .and_then(|a| u16_ne(op, a))?;
-    let mut groups = Vec::new();
-    if let Some(nest) = attrs.get_attribute(CtrlAttr::McastGroups) {
-        for g in nested::<CtrlAttr, u16>(op, nest)?.iter() {
-            let (mut name, mut gid) = (None, None);
-            for a in nested::<u16, CtrlAttrMcastGrp>(op, g)?.iter() {
-                match a.nla_type().nla_type() {
-                    CtrlAttrMcastGrp::Name => name = Some(string(a)),
-                    CtrlAttrMcastGrp::Id => gid = Some(u32_ne(op, a)?),
-                    _ => {}
+    let msg = genl_payload(op, payload)?;
+    let (mut id, mut groups) = (None, Vec::new());
+    for a in msg.attrs().iter() {
+        match CtrlAttr::from(ty(a)) {
+            CtrlAttr::FamilyId => id = Some(u16_ne(op, a)?),
+            CtrlAttr::McastGroups => {
+                for g in nested(op, a)?.iter() {
+                    let (mut name, mut gid) = (None, None);
+                    for f in nested(op, g)?.iter() {
+                        match CtrlAttrMcastGrp::from(ty(f)) {
+                            CtrlAttrMcastGrp::Name => name = Some(string(f)),
+                            CtrlAttrMcastGrp::Id => gid = Some(u32_ne(op, f)?),
+                            _ => {}
+                        }
+                    }
+                    if let (Some(n), Some(i)) = (name, gid) {
+                        groups.push((n, i));
+                    }
                 }
             }
-            if let (Some(n), Some(i)) = (name, gid) {
-                groups.push((n, i));
-            }
+            _ => {}
         }
     }
+    let id = id.ok_or_else(|| SysError::Malformed {
+        op,
+        what: "no family id".into(),
+    })?;
     Ok(Family { id, groups })
 }
 
@@ -371,12 +377,12 @@ fn nul_terminated(b: &[u8]) -> String {
 }
 
 /// Encodes a request: netlink header (type `family`, `flags`, `seq`) and `msg`.
-pub fn encode<C: Cmd, T: NlAttrType>(
+pub fn encode(
     op: &'static str,
     family: u16,
     flags: NlmF,
     seq: u32,
-    msg: Genlmsghdr<C, T>,
+    msg: GenlMsg,
 ) -> Result<Vec<u8>, SysError> {
     let nl = NlmsghdrBuilder::default()
         .nl_type(family)
@@ -397,30 +403,47 @@ fn encode_err(op: &'static str, e: impl Into<EncodeError>) -> SysError {
     }
 }
 
-/// A generic netlink message: command `cmd`, family version `version`, `attrs`.
-pub fn genl<C: Cmd, T: NlAttrType>(
+/// A generic netlink message: command `cmd` (a family's command enum or a
+/// number), family version `version`, `attrs`.
+pub fn genl(
     op: &'static str,
-    cmd: C,
+    cmd: impl Into<u8>,
     version: u8,
-    attrs: Vec<Nlattr<T, Buffer>>,
-) -> Result<Genlmsghdr<C, T>, SysError> {
+    attrs: Vec<Attr>,
+) -> Result<GenlMsg, SysError> {
     GenlmsghdrBuilder::default()
-        .cmd(cmd)
+        .cmd(cmd.into())
         .version(version)
-        .attrs(attrs.into_iter().collect::<GenlBuffer<T, Buffer>>())
+        .attrs(attrs.into_iter().collect::<GenlBuffer<u16, Buffer>>())
         .build()
         .map_err(|e| encode_err(op, BuilderError::from(e)))
 }
 
-/// An attribute of type `ty` carrying `payload` (integers in host order,
-/// `&str` NUL-terminated, byte arrays as they are).
-pub fn attr<T: NlAttrType, P: Size + ToBytes>(
-    op: &'static str,
-    ty: T,
-    payload: P,
-) -> Result<Nlattr<T, Buffer>, SysError> {
+/// An attribute of type `ty` (a family's attribute enum or a number)
+/// carrying `payload` as it is (integers: `to_ne_bytes()`, network-order
+/// fields: `to_be_bytes()`).
+pub fn attr(op: &'static str, ty: impl Into<u16>, payload: &[u8]) -> Result<Attr, SysError> {
+    build_attr(op, ty.into(), false, payload)
+}
+
+/// A NUL-terminated string attribute.
+pub fn attr_str(op: &'static str, ty: impl Into<u16>, s: &str) -> Result<Attr, SysError> {
+    build_attr(op, ty.into(), false, &[s.as_bytes(), &[0]].concat())
+}
+
+/// A nested attribute (`NLA_F_NESTED`) of type `ty` holding `children`.
+pub fn nest(op: &'static str, ty: impl Into<u16>, children: &[Attr]) -> Result<Attr, SysError> {
+    let mut n = build_attr(op, ty.into(), true, &[])?;
+    for c in children {
+        n = n.nest(c).map_err(|e| encode_err(op, e))?;
+    }
+    Ok(n)
+}
+
+fn build_attr(op: &'static str, ty: u16, nested: bool, payload: &[u8]) -> Result<Attr, SysError> {
     let ty = AttrTypeBuilder::default()
         .nla_type(ty)
+        .nla_nested(nested)
         .build()
         .map_err(|e| encode_err(op, BuilderError::from(e)))?;
     NlattrBuilder::default()
@@ -430,91 +453,66 @@ pub fn attr<T: NlAttrType, P: Size + ToBytes>(
         .map_err(|e| encode_err(op, BuilderError::from(e)))
 }
 
-/// A nested attribute (`NLA_F_NESTED`) of type `ty` holding `children`.
-pub fn nest<T: NlAttrType, TT: NlAttrType>(
-    op: &'static str,
-    ty: T,
-    children: &[Nlattr<TT, Buffer>],
-) -> Result<Nlattr<T, Buffer>, SysError> {
-    let ty = AttrTypeBuilder::default()
-        .nla_type(ty)
-        .nla_nested(true)
-        .build()
-        .map_err(|e| encode_err(op, BuilderError::from(e)))?;
-    let mut n = NlattrBuilder::default()
-        .nla_type(ty)
-        .nla_payload(Buffer::new())
-        .build()
-        .map_err(|e| encode_err(op, BuilderError::from(e)))?;
-    for c in children {
-        n = n.nest(c).map_err(|e| encode_err(op, e))?;
-    }
-    Ok(n)
-}
-
 /// Decodes a generic netlink message body (`struct genlmsghdr` and
 /// attributes) with neli.
-pub fn genl_payload<C: Cmd, T: NlAttrType>(
-    op: &'static str,
-    payload: &[u8],
-) -> Result<Genlmsghdr<C, T>, SysError> {
+pub fn genl_payload(op: &'static str, payload: &[u8]) -> Result<GenlMsg, SysError> {
     Genlmsghdr::from_bytes_with_input(&mut Cursor::new(payload), payload.len())
         .map_err(|source| SysError::Decode { op, source })
 }
 
-/// The attributes nested in `a`, typed `R`.
-pub fn nested<T: NlAttrType, R: NlAttrType>(
-    op: &'static str,
-    a: &Nlattr<T, Buffer>,
-) -> Result<GenlBuffer<R, Buffer>, SysError> {
+/// The attributes nested in `a`.
+pub fn nested(op: &'static str, a: &Attr) -> Result<GenlBuffer<u16, Buffer>, SysError> {
     let p = a.nla_payload().as_ref();
     GenlBuffer::from_bytes_with_input(&mut Cursor::new(p), p.len())
         .map_err(|source| SysError::Decode { op, source })
 }
 
+/// The type of `a` (without the nested and byte-order flags), to match as a
+/// family's attribute enum: `EventAttr::from(ty(a))`.
+pub fn ty(a: &Attr) -> u16 {
+    *a.nla_type().nla_type()
+}
+
 /// The payload of `a`, which must be exactly `N` bytes.
-pub fn array<const N: usize, T: NlAttrType>(
-    op: &'static str,
-    a: &Nlattr<T, Buffer>,
-) -> Result<[u8; N], SysError> {
+pub fn array<const N: usize>(op: &'static str, a: &Attr) -> Result<[u8; N], SysError> {
     <[u8; N]>::try_from(a.payload().as_ref()).map_err(|_| SysError::Malformed {
         op,
         what: format!(
-            "attribute {:?} has {} bytes, expected {N}",
-            a.nla_type().nla_type(),
+            "attribute {} has {} bytes, expected {N}",
+            ty(a),
             a.payload().len()
         ),
     })
 }
 
 /// A `u8` attribute.
-pub fn u8_(op: &'static str, a: &Nlattr<impl NlAttrType, Buffer>) -> Result<u8, SysError> {
-    array::<1, _>(op, a).map(|b| b[0])
+pub fn u8_(op: &'static str, a: &Attr) -> Result<u8, SysError> {
+    array::<1>(op, a).map(|b| b[0])
 }
 
 /// A host-order `u16` attribute.
-pub fn u16_ne(op: &'static str, a: &Nlattr<impl NlAttrType, Buffer>) -> Result<u16, SysError> {
-    array::<2, _>(op, a).map(u16::from_ne_bytes)
+pub fn u16_ne(op: &'static str, a: &Attr) -> Result<u16, SysError> {
+    array(op, a).map(u16::from_ne_bytes)
 }
 
 /// A host-order `u32` attribute.
-pub fn u32_ne(op: &'static str, a: &Nlattr<impl NlAttrType, Buffer>) -> Result<u32, SysError> {
-    array::<4, _>(op, a).map(u32::from_ne_bytes)
+pub fn u32_ne(op: &'static str, a: &Attr) -> Result<u32, SysError> {
+    array(op, a).map(u32::from_ne_bytes)
 }
 
 /// A host-order `u64` attribute.
-pub fn u64_ne(op: &'static str, a: &Nlattr<impl NlAttrType, Buffer>) -> Result<u64, SysError> {
-    array::<8, _>(op, a).map(u64::from_ne_bytes)
+pub fn u64_ne(op: &'static str, a: &Attr) -> Result<u64, SysError> {
+    array(op, a).map(u64::from_ne_bytes)
 }
 
 /// A network-order `be16` attribute.
-pub fn be16(op: &'static str, a: &Nlattr<impl NlAttrType, Buffer>) -> Result<u16, SysError> {
+pub fn be16(op: &'static str, a: &Attr) -> Result<u16, SysError> {
     array(op, a).map(u16::from_be_bytes)
 }
 
 /// A NUL-terminated string attribute (text after the first NUL is ignored;
 /// invalid UTF-8 is replaced).
-pub fn string(a: &Nlattr<impl NlAttrType, Buffer>) -> String {
+pub fn string(a: &Attr) -> String {
     nul_terminated(a.payload().as_ref())
 }
 
@@ -664,7 +662,13 @@ mod tests {
             0x1d,
             NlmF::REQUEST | NlmF::ACK,
             7,
-            genl::<u8, u16>("t", 0xa, 1, vec![attr("t", 4u16, 5u32).unwrap()]).unwrap(),
+            genl(
+                "t",
+                0xa,
+                1,
+                vec![attr("t", 4u16, &5u32.to_ne_bytes()).unwrap()],
+            )
+            .unwrap(),
         )
         .unwrap();
         let mut body = (-libc::EINVAL).to_ne_bytes().to_vec();
@@ -779,14 +783,14 @@ mod tests {
 
     #[test]
     fn request_encoding_is_netlink_layout() {
-        let msg = genl::<u8, u16>(
+        let msg = genl(
             "t",
             0xa,
             1,
             vec![
-                attr("t", 4u16, 0xaabb_ccddu32).unwrap(),
-                nest("t", 1u16, &[attr("t", 1u16, 2u16).unwrap()]).unwrap(),
-                attr("t", 2u16, "wg0").unwrap(),
+                attr("t", 4u16, &0xaabb_ccddu32.to_ne_bytes()).unwrap(),
+                nest("t", 1u16, &[attr("t", 1u16, &2u16.to_ne_bytes()).unwrap()]).unwrap(),
+                attr_str("t", 2u16, "wg0").unwrap(),
             ],
         )
         .unwrap();

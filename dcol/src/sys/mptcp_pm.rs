@@ -19,13 +19,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
 
-use neli::consts::genl::{Cmd, NlAttrType};
-use neli::genl::{Genlmsghdr, Nlattr};
 use neli::neli_enum;
 use neli::nl::NlPayload;
-use neli::types::Buffer;
 
-use super::genl::{self, GenlSocket, Messages};
+use super::genl::{self, Attr, GenlMsg, GenlSocket, Messages};
 use super::SysError;
 use crate::mptcp::{AddrId, PmEvent, SubflowInfo, Token};
 
@@ -54,7 +51,6 @@ enum EventType {
     /// `MPTCP_EVENT_SUB_PRIORITY`.
     SubPriority = 0xd,
 }
-impl Cmd for EventType {}
 
 /// `enum mptcp_event_attr`.
 #[neli_enum(serialized_type = "u16")]
@@ -90,7 +86,6 @@ enum EventAttr {
     /// `MPTCP_ATTR_SERVER_SIDE` (u8, deprecated for `MPTCP_PM_EV_FLAG_SERVER_SIDE`).
     ServerSide = 0x12,
 }
-impl NlAttrType for EventAttr {}
 
 /// `MPTCP_PM_EV_FLAG_SERVER_SIDE` in `MPTCP_ATTR_FLAGS` (include/uapi/linux/mptcp.h).
 const EV_FLAG_SERVER_SIDE: u32 = 0x2;
@@ -107,7 +102,6 @@ enum PmCmd {
     /// `MPTCP_PM_CMD_SUBFLOW_DESTROY`.
     SubflowDestroy = 0xb,
 }
-impl Cmd for PmCmd {}
 
 /// `MPTCP_PM_ATTR_*`.
 #[neli_enum(serialized_type = "u16")]
@@ -121,7 +115,6 @@ enum PmAttr {
     /// `MPTCP_PM_ATTR_ADDR_REMOTE` (nest).
     AddrRemote = 0x6,
 }
-impl NlAttrType for PmAttr {}
 
 /// `MPTCP_PM_ADDR_ATTR_*`.
 #[neli_enum(serialized_type = "u16")]
@@ -141,7 +134,6 @@ enum AddrAttr {
     /// `MPTCP_PM_ADDR_ATTR_FLAGS` (u32).
     Flags = 0x6,
 }
-impl NlAttrType for AddrAttr {}
 
 /// `MPTCP_PM_ADDR_FLAG_BACKUP` (include/uapi/linux/mptcp.h).
 const ADDR_FLAG_BACKUP: u32 = 0x4;
@@ -233,8 +225,7 @@ pub fn decode_datagram(family: u16, data: &[u8]) -> Vec<Result<PmEvent, SysError
 /// Decodes one event message body: `struct genlmsghdr` (cmd = event type)
 /// followed by attributes, with neli. Pure; also a fuzz entry point.
 pub fn decode_event_bytes(payload: &[u8]) -> Result<PmEvent, SysError> {
-    let msg: Genlmsghdr<EventType, EventAttr> = genl::genl_payload(OP_EVENT, payload)?;
-    Ok(decode_event(&msg))
+    Ok(decode_event(&genl::genl_payload(OP_EVENT, payload)?))
 }
 
 /// The attributes of an event, as far as they were present and well-formed.
@@ -256,7 +247,7 @@ struct Fields {
 }
 
 impl Fields {
-    fn parse(msg: &Genlmsghdr<EventType, EventAttr>) -> Fields {
+    fn parse(msg: &GenlMsg) -> Fields {
         let mut f = Fields::default();
         for a in msg.attrs().iter() {
             if let Err(e) = f.take(a) {
@@ -266,17 +257,17 @@ impl Fields {
         f
     }
 
-    fn take(&mut self, a: &Nlattr<EventAttr, Buffer>) -> Result<(), SysError> {
+    fn take(&mut self, a: &Attr) -> Result<(), SysError> {
         const OP: &str = OP_EVENT;
-        match a.nla_type().nla_type() {
+        match EventAttr::from(genl::ty(a)) {
             EventAttr::Token => self.token = Some(genl::u32_ne(OP, a)?),
             EventAttr::Family => self.family = Some(genl::u16_ne(OP, a)?),
             EventAttr::LocId => self.loc_id = Some(genl::u8_(OP, a)?),
             EventAttr::RemId => self.rem_id = Some(genl::u8_(OP, a)?),
-            EventAttr::Saddr4 => self.saddr4 = Some(genl::array::<4, _>(OP, a)?.into()),
-            EventAttr::Saddr6 => self.saddr6 = Some(genl::array::<16, _>(OP, a)?.into()),
-            EventAttr::Daddr4 => self.daddr4 = Some(genl::array::<4, _>(OP, a)?.into()),
-            EventAttr::Daddr6 => self.daddr6 = Some(genl::array::<16, _>(OP, a)?.into()),
+            EventAttr::Saddr4 => self.saddr4 = Some(genl::array::<4>(OP, a)?.into()),
+            EventAttr::Saddr6 => self.saddr6 = Some(genl::array::<16>(OP, a)?.into()),
+            EventAttr::Daddr4 => self.daddr4 = Some(genl::array::<4>(OP, a)?.into()),
+            EventAttr::Daddr6 => self.daddr6 = Some(genl::array::<16>(OP, a)?.into()),
             EventAttr::Sport => self.sport = Some(genl::be16(OP, a)?),
             EventAttr::Dport => self.dport = Some(genl::be16(OP, a)?),
             EventAttr::Backup => self.backup = genl::u8_(OP, a)? != 0,
@@ -323,7 +314,7 @@ impl Fields {
 
 /// A host-order unsigned integer of 1, 2 or 4 bytes (the kernel changed some
 /// widths between versions).
-fn uint(a: &Nlattr<EventAttr, Buffer>) -> Result<u32, SysError> {
+fn uint(a: &Attr) -> Result<u32, SysError> {
     match a.nla_payload().len() {
         1 => genl::u8_(OP_EVENT, a).map(u32::from),
         2 => genl::u16_ne(OP_EVENT, a).map(u32::from),
@@ -333,9 +324,9 @@ fn uint(a: &Nlattr<EventAttr, Buffer>) -> Result<u32, SysError> {
 
 /// Decodes an event. Events that lack what their type needs, and event
 /// types we do not act on, become [`PmEvent::Other`].
-fn decode_event(msg: &Genlmsghdr<EventType, EventAttr>) -> PmEvent {
-    let ty = *msg.cmd();
-    let kind = u8::from(ty);
+fn decode_event(msg: &GenlMsg) -> PmEvent {
+    let kind = *msg.cmd();
+    let ty = EventType::from(kind);
     let f = Fields::parse(msg);
     let token = f.token.map(Token);
     let odd = |what: &str| {
@@ -471,24 +462,29 @@ fn addr_nest(
     id: Option<AddrId>,
     port: Option<u16>,
     flags: Option<u32>,
-) -> Result<Nlattr<PmAttr, Buffer>, SysError> {
+) -> Result<Attr, SysError> {
     let family = match ip {
         IpAddr::V4(_) => libc::AF_INET,
         IpAddr::V6(_) => libc::AF_INET6,
     };
-    let mut c = vec![genl::attr(op, AddrAttr::Family, family as u16)?];
+    let mut c = vec![genl::attr(
+        op,
+        AddrAttr::Family,
+        &(family as u16).to_ne_bytes(),
+    )?];
     if let Some(id) = id {
-        c.push(genl::attr(op, AddrAttr::Id, id.0)?);
+        c.push(genl::attr(op, AddrAttr::Id, &[id.0])?);
     }
     c.push(match ip {
-        IpAddr::V4(a) => genl::attr(op, AddrAttr::Addr4, a.octets())?,
-        IpAddr::V6(a) => genl::attr(op, AddrAttr::Addr6, a.octets())?,
+        IpAddr::V4(a) => genl::attr(op, AddrAttr::Addr4, &a.octets())?,
+        IpAddr::V6(a) => genl::attr(op, AddrAttr::Addr6, &a.octets())?,
     });
     if let Some(p) = port {
-        c.push(genl::attr(op, AddrAttr::Port, p)?);
+        // Host order: the kernel does htons(nla_get_u16()).
+        c.push(genl::attr(op, AddrAttr::Port, &p.to_ne_bytes())?);
     }
     if let Some(f) = flags {
-        c.push(genl::attr(op, AddrAttr::Flags, f)?);
+        c.push(genl::attr(op, AddrAttr::Flags, &f.to_ne_bytes())?);
     }
     genl::nest(op, ty, &c)
 }
@@ -500,7 +496,7 @@ fn subflow_create_msg(
     local: IpAddr,
     local_id: AddrId,
     remote: SocketAddr,
-) -> Result<Genlmsghdr<PmCmd, PmAttr>, SysError> {
+) -> Result<GenlMsg, SysError> {
     if local_id.is_initial() {
         return Err(invalid(
             op,
@@ -509,7 +505,7 @@ fn subflow_create_msg(
     }
     same_family(op, local, remote.ip())?;
     let attrs = vec![
-        genl::attr(op, PmAttr::Token, token.0)?,
+        genl::attr(op, PmAttr::Token, &token.0.to_ne_bytes())?,
         addr_nest(op, PmAttr::Addr, local, Some(local_id), None, None)?,
         addr_nest(
             op,
@@ -529,10 +525,10 @@ fn subflow_destroy_msg(
     token: Token,
     local: SocketAddr,
     remote: SocketAddr,
-) -> Result<Genlmsghdr<PmCmd, PmAttr>, SysError> {
+) -> Result<GenlMsg, SysError> {
     same_family(op, local.ip(), remote.ip())?;
     let attrs = vec![
-        genl::attr(op, PmAttr::Token, token.0)?,
+        genl::attr(op, PmAttr::Token, &token.0.to_ne_bytes())?,
         addr_nest(op, PmAttr::Addr, local.ip(), None, Some(local.port()), None)?,
         addr_nest(
             op,
@@ -553,11 +549,11 @@ fn set_backup_msg(
     local: SocketAddr,
     remote: SocketAddr,
     backup: bool,
-) -> Result<Genlmsghdr<PmCmd, PmAttr>, SysError> {
+) -> Result<GenlMsg, SysError> {
     same_family(op, local.ip(), remote.ip())?;
     let flags = if backup { ADDR_FLAG_BACKUP } else { 0 };
     let attrs = vec![
-        genl::attr(op, PmAttr::Token, token.0)?,
+        genl::attr(op, PmAttr::Token, &token.0.to_ne_bytes())?,
         addr_nest(
             op,
             PmAttr::Addr,
@@ -963,13 +959,12 @@ mod tests {
             "mptcp_pm SUBFLOW_CREATE: Invalid argument (os error 22) (invalid token)"
         );
         // The echoed request is ours: SUBFLOW_CREATE.
-        let req: Genlmsghdr<PmCmd, PmAttr> =
-            genl::genl_payload("t", e.nlmsg().nl_payload().as_ref()).unwrap();
-        assert_eq!(*req.cmd(), PmCmd::SubflowCreate);
+        let req = genl::genl_payload("t", e.nlmsg().nl_payload().as_ref()).unwrap();
+        assert_eq!(PmCmd::from(*req.cmd()), PmCmd::SubflowCreate);
     }
 
     /// Encodes `m` as the kernel receives it (family 0x1d, sequence 1).
-    fn wire(m: Genlmsghdr<PmCmd, PmAttr>) -> Vec<u8> {
+    fn wire(m: GenlMsg) -> Vec<u8> {
         genl::encode("t", 0x1d, NlmF::REQUEST | NlmF::ACK, 1, m).unwrap()
     }
 
@@ -1030,14 +1025,14 @@ mod tests {
         let local: SocketAddr = "[2001:db8::1]:5555".parse().unwrap();
         let remote: SocketAddr = "[2001:db8::2]:443".parse().unwrap();
         let m = set_backup_msg("t", Token(5), local, remote, true).unwrap();
-        assert_eq!(*m.cmd(), PmCmd::SetFlags);
+        assert_eq!(PmCmd::from(*m.cmd()), PmCmd::SetFlags);
         let attrs: Vec<_> = m.attrs().iter().collect();
         assert_eq!(genl::u32_ne("t", attrs[0]).unwrap(), 5);
         assert!(*attrs[1].nla_type().nla_nested());
-        let l = genl::nested::<_, AddrAttr>("t", attrs[1]).unwrap();
+        let l = genl::nested("t", attrs[1]).unwrap();
         assert_eq!(
             l.iter()
-                .map(|x| *x.nla_type().nla_type())
+                .map(|x| AddrAttr::from(genl::ty(x)))
                 .collect::<Vec<_>>(),
             [
                 AddrAttr::Family,
@@ -1049,23 +1044,23 @@ mod tests {
         let l: Vec<_> = l.iter().collect();
         assert_eq!(genl::u16_ne("t", l[0]).unwrap(), 10);
         assert_eq!(
-            genl::array::<16, _>("t", l[1]).unwrap(),
+            genl::array::<16>("t", l[1]).unwrap(),
             "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets()
         );
         assert_eq!(genl::u16_ne("t", l[2]).unwrap(), 5555);
         assert_eq!(genl::u32_ne("t", l[3]).unwrap(), 4);
         let m = set_backup_msg("t", Token(5), local, remote, false).unwrap();
-        let off = genl::nested::<_, AddrAttr>("t", m.attrs().iter().nth(1).unwrap()).unwrap();
+        let off = genl::nested("t", m.attrs().iter().nth(1).unwrap()).unwrap();
         assert_eq!(genl::u32_ne("t", off.iter().last().unwrap()).unwrap(), 0);
         let m = subflow_destroy_msg("t", Token(5), local, remote).unwrap();
-        assert_eq!(*m.cmd(), PmCmd::SubflowDestroy);
+        assert_eq!(PmCmd::from(*m.cmd()), PmCmd::SubflowDestroy);
         let r = m.attrs().iter().nth(2).unwrap();
-        assert_eq!(*r.nla_type().nla_type(), PmAttr::AddrRemote);
-        let r = genl::nested::<_, AddrAttr>("t", r).unwrap();
+        assert_eq!(PmAttr::from(genl::ty(r)), PmAttr::AddrRemote);
+        let r = genl::nested("t", r).unwrap();
         assert_eq!(genl::u16_ne("t", r.iter().nth(2).unwrap()).unwrap(), 443);
         // The encoded message decodes back to the same attributes.
         let b = wire(m.clone());
-        let back: Genlmsghdr<PmCmd, PmAttr> = genl::genl_payload("t", &b[16..]).unwrap();
+        let back = genl::genl_payload("t", &b[16..]).unwrap();
         assert_eq!(back, m);
     }
 
@@ -1232,11 +1227,7 @@ mod tests {
             router.enable_ext_ack(true).expect("ext ack on");
             let family = router.resolve_genl_family(FAMILY_NAME).expect("mptcp_pm");
             let mut recv = router
-                .send::<_, _, u16, Genlmsghdr<PmCmd, PmAttr>>(
-                    family,
-                    NlmF::ACK,
-                    NlPayload::Payload(msg()),
-                )
+                .send::<_, _, u16, GenlMsg>(family, NlmF::ACK, NlPayload::Payload(msg()))
                 .expect("send");
             match recv.next() {
                 Some(Err(RouterError::Nlmsgerr(e))) => {

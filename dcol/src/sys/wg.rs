@@ -21,11 +21,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use neli::consts::genl::{Cmd, NlAttrType};
-use neli::genl::Genlmsghdr;
 use neli::neli_enum;
 
-use super::genl::{self, GenlSocket};
+use super::genl::{self, GenlMsg, GenlSocket};
 use super::rtnl::{index_of, Rtnl};
 use super::SysError;
 use crate::trust::wg::WgKey;
@@ -43,7 +41,6 @@ enum WgCmd {
     /// `WG_CMD_SET_DEVICE`.
     SetDevice = 0x1,
 }
-impl Cmd for WgCmd {}
 
 /// `enum wgdevice_attribute`.
 #[neli_enum(serialized_type = "u16")]
@@ -59,7 +56,6 @@ enum DeviceAttr {
     /// `WGDEVICE_A_PEERS` (nest of index-typed peer nests).
     Peers = 0x8,
 }
-impl NlAttrType for DeviceAttr {}
 
 /// `enum wgpeer_attribute`.
 #[neli_enum(serialized_type = "u16")]
@@ -81,7 +77,6 @@ enum PeerAttr {
     /// `WGPEER_A_ALLOWEDIPS` (nest of index-typed allowed-ip nests).
     Allowedips = 0x9,
 }
-impl NlAttrType for PeerAttr {}
 
 /// `enum wgallowedip_attribute`.
 #[neli_enum(serialized_type = "u16")]
@@ -95,7 +90,6 @@ enum AllowedIpAttr {
     /// `WGALLOWEDIP_A_CIDR_MASK` (u8).
     CidrMask = 0x3,
 }
-impl NlAttrType for AllowedIpAttr {}
 
 /// `WGPEER_F_REMOVE_ME`.
 const WGPEER_F_REMOVE_ME: u32 = 0x1;
@@ -154,72 +148,63 @@ fn sockaddr_bytes(a: &SocketAddr) -> Vec<u8> {
 }
 
 /// `WG_CMD_SET_DEVICE` for one peer (add/update, or remove).
-fn set_peer_msg(
-    ifname: &str,
-    p: &WgPeer,
-    remove: bool,
-) -> Result<Genlmsghdr<WgCmd, DeviceAttr>, SysError> {
+fn set_peer_msg(ifname: &str, p: &WgPeer, remove: bool) -> Result<GenlMsg, SysError> {
     let op = "wireguard set peer";
-    let mut peer = vec![genl::attr(op, PeerAttr::PublicKey, p.key)?];
-    if remove {
-        peer.push(genl::attr(op, PeerAttr::Flags, WGPEER_F_REMOVE_ME)?);
+    let flags = if remove {
+        WGPEER_F_REMOVE_ME
     } else {
-        peer.push(genl::attr(
-            op,
-            PeerAttr::Flags,
-            WGPEER_F_REPLACE_ALLOWEDIPS,
-        )?);
+        WGPEER_F_REPLACE_ALLOWEDIPS
+    };
+    let mut peer = vec![
+        genl::attr(op, PeerAttr::PublicKey, &p.key)?,
+        genl::attr(op, PeerAttr::Flags, &flags.to_ne_bytes())?,
+    ];
+    if !remove {
         if let Some(e) = &p.endpoint {
-            peer.push(genl::attr(op, PeerAttr::Endpoint, &sockaddr_bytes(e)[..])?);
+            peer.push(genl::attr(op, PeerAttr::Endpoint, &sockaddr_bytes(e))?);
         }
         if let Some(k) = p.keepalive {
-            peer.push(genl::attr(op, PeerAttr::PersistentKeepaliveInterval, k)?);
+            peer.push(genl::attr(
+                op,
+                PeerAttr::PersistentKeepaliveInterval,
+                &k.to_ne_bytes(),
+            )?);
         }
         let mut ips = Vec::with_capacity(p.allowed.len());
         for (addr, cidr) in &p.allowed {
             let (fam, ip) = match addr {
-                IpAddr::V4(a) => (
-                    libc::AF_INET,
-                    genl::attr(op, AllowedIpAttr::Ipaddr, a.octets())?,
-                ),
-                IpAddr::V6(a) => (
-                    libc::AF_INET6,
-                    genl::attr(op, AllowedIpAttr::Ipaddr, a.octets())?,
-                ),
+                IpAddr::V4(a) => (libc::AF_INET, a.octets().to_vec()),
+                IpAddr::V6(a) => (libc::AF_INET6, a.octets().to_vec()),
             };
             let one = [
-                genl::attr(op, AllowedIpAttr::Family, fam as u16)?,
-                ip,
-                genl::attr(op, AllowedIpAttr::CidrMask, *cidr)?,
+                genl::attr(op, AllowedIpAttr::Family, &(fam as u16).to_ne_bytes())?,
+                genl::attr(op, AllowedIpAttr::Ipaddr, &ip)?,
+                genl::attr(op, AllowedIpAttr::CidrMask, &[*cidr])?,
             ];
             ips.push(genl::nest(op, 0u16, &one)?);
         }
         peer.push(genl::nest(op, PeerAttr::Allowedips, &ips)?);
     }
     let peers = genl::nest(op, DeviceAttr::Peers, &[genl::nest(op, 0u16, &peer)?])?;
-    let attrs = vec![genl::attr(op, DeviceAttr::Ifname, ifname)?, peers];
+    let attrs = vec![genl::attr_str(op, DeviceAttr::Ifname, ifname)?, peers];
     genl::genl(op, WgCmd::SetDevice, WG_VERSION, attrs)
 }
 
 /// `WG_CMD_SET_DEVICE` with our private key and listening port.
-fn set_device_msg(
-    ifname: &str,
-    private: &WgKey,
-    port: u16,
-) -> Result<Genlmsghdr<WgCmd, DeviceAttr>, SysError> {
+fn set_device_msg(ifname: &str, private: &WgKey, port: u16) -> Result<GenlMsg, SysError> {
     let op = "wireguard set device";
     let attrs = vec![
-        genl::attr(op, DeviceAttr::Ifname, ifname)?,
-        genl::attr(op, DeviceAttr::PrivateKey, *private)?,
-        genl::attr(op, DeviceAttr::ListenPort, port)?,
+        genl::attr_str(op, DeviceAttr::Ifname, ifname)?,
+        genl::attr(op, DeviceAttr::PrivateKey, private)?,
+        genl::attr(op, DeviceAttr::ListenPort, &port.to_ne_bytes())?,
     ];
     genl::genl(op, WgCmd::SetDevice, WG_VERSION, attrs)
 }
 
 /// `WG_CMD_GET_DEVICE` (sent as a dump) for interface `ifname`.
-fn get_device_msg(ifname: &str) -> Result<Genlmsghdr<WgCmd, DeviceAttr>, SysError> {
+fn get_device_msg(ifname: &str) -> Result<GenlMsg, SysError> {
     let op = "wireguard get device";
-    let attrs = vec![genl::attr(op, DeviceAttr::Ifname, ifname)?];
+    let attrs = vec![genl::attr_str(op, DeviceAttr::Ifname, ifname)?];
     genl::genl(op, WgCmd::GetDevice, WG_VERSION, attrs)
 }
 
@@ -489,20 +474,17 @@ pub fn genl_peer_bytes(payload: &[u8], key: &WgKey) -> Result<Option<(u64, u64)>
     peer_bytes_in(&genl::genl_payload("wireguard get device", payload)?, key)
 }
 
-fn peer_bytes_in(
-    msg: &Genlmsghdr<WgCmd, DeviceAttr>,
-    key: &WgKey,
-) -> Result<Option<(u64, u64)>, SysError> {
+fn peer_bytes_in(msg: &GenlMsg, key: &WgKey) -> Result<Option<(u64, u64)>, SysError> {
     let op = "wireguard get device";
     for a in msg.attrs().iter() {
-        if *a.nla_type().nla_type() != DeviceAttr::Peers {
+        if DeviceAttr::from(genl::ty(a)) != DeviceAttr::Peers {
             continue;
         }
-        for peer in genl::nested::<_, u16>(op, a)?.iter() {
+        for peer in genl::nested(op, a)?.iter() {
             let (mut k, mut rx, mut tx) = (None, None, None);
-            let attrs = genl::nested::<_, PeerAttr>(op, peer)?;
+            let attrs = genl::nested(op, peer)?;
             for pa in attrs.iter() {
-                match pa.nla_type().nla_type() {
+                match PeerAttr::from(genl::ty(pa)) {
                     PeerAttr::PublicKey => k = Some(pa.nla_payload().as_ref()),
                     PeerAttr::RxBytes => rx = Some(genl::u64_ne(op, pa)?),
                     PeerAttr::TxBytes => tx = Some(genl::u64_ne(op, pa)?),
@@ -534,7 +516,7 @@ mod tests {
     }
 
     /// The generic netlink part (genl header and attributes) of `m` as sent.
-    fn genl_bytes(m: Genlmsghdr<WgCmd, DeviceAttr>) -> Vec<u8> {
+    fn genl_bytes(m: GenlMsg) -> Vec<u8> {
         genl::encode("t", 0x15, NlmF::REQUEST | NlmF::ACK, 1, m).unwrap()[16..].to_vec()
     }
 
@@ -659,11 +641,11 @@ mod tests {
         v6.allowed = vec![("fd00::2".parse().unwrap(), 128)];
         let m = set_peer_msg("wg0", &v6, false).unwrap();
         let peers = m.attrs().iter().nth(1).unwrap();
-        let p0 = genl::nested::<_, u16>("t", peers).unwrap();
-        let fields = genl::nested::<_, PeerAttr>("t", p0.iter().next().unwrap()).unwrap();
+        let p0 = genl::nested("t", peers).unwrap();
+        let fields = genl::nested("t", p0.iter().next().unwrap()).unwrap();
         let ep = fields
             .iter()
-            .find(|f| *f.nla_type().nla_type() == PeerAttr::Endpoint)
+            .find(|f| PeerAttr::from(genl::ty(f)) == PeerAttr::Endpoint)
             .unwrap();
         assert_eq!(ep.nla_payload().len(), 28);
         assert_eq!(
