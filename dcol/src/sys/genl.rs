@@ -25,7 +25,7 @@
 
 use std::io::Cursor;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use neli::attr::Attribute;
 use neli::consts::genl::{CtrlAttr, CtrlAttrMcastGrp, CtrlCmd};
@@ -169,10 +169,10 @@ impl GenlSocket {
         }
     }
 
-    /// Waits (at most [`EXCHANGE_TIMEOUT`]) for the kernel's next datagram.
-    fn recv_reply(&mut self, op: &'static str) -> Result<&[u8], SysError> {
-        let ready =
-            poll_readable(&[self.fd()], Some(EXCHANGE_TIMEOUT)).map_err(|e| SysError::io(op, e))?;
+    /// Waits (until `deadline` at most) for the kernel's next datagram.
+    fn recv_reply(&mut self, op: &'static str, deadline: Instant) -> Result<&[u8], SysError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ready = poll_readable(&[self.fd()], Some(left)).map_err(|e| SysError::io(op, e))?;
         if !ready.first().copied().unwrap_or(false) {
             return Err(SysError::io(
                 op,
@@ -213,15 +213,17 @@ impl GenlSocket {
     }
 
     /// Reads the kernel's messages answering request `seq` (others are
-    /// stale and skipped) and hands each to `f` until it returns a result.
+    /// stale and skipped) and hands each to `f` until it returns a result,
+    /// for [`EXCHANGE_TIMEOUT`] at most.
     fn answers<R>(
         &mut self,
         op: &'static str,
         seq: u32,
         mut f: impl FnMut(Nlmsghdr<u16, Buffer>) -> Result<Option<R>, SysError>,
     ) -> Result<R, SysError> {
+        let deadline = Instant::now() + EXCHANGE_TIMEOUT;
         loop {
-            let data = self.recv_reply(op)?;
+            let data = self.recv_reply(op, deadline)?;
             for m in Messages::new(op, data) {
                 let m = m?;
                 if *m.nl_seq() != seq {

@@ -239,12 +239,22 @@ impl WgDevice {
             rt.del_link(name)?;
         }
         let backend = match rt.add_link(name, "wireguard") {
-            Ok(()) => {
-                let mut genl = GenlSocket::open()?;
-                let family = genl.resolve(FAMILY_NAME)?.id;
-                log::info!("wireguard: {name} in the kernel module");
-                Backend::Kernel { genl, family }
-            }
+            Ok(()) => match GenlSocket::open().and_then(|mut g| {
+                let family = g.resolve(FAMILY_NAME)?.id;
+                Ok((g, family))
+            }) {
+                Ok((genl, family)) => {
+                    log::info!("wireguard: {name} in the kernel module");
+                    Backend::Kernel { genl, family }
+                }
+                Err(e) => {
+                    // Not left behind half made.
+                    if let Err(d) = rt.del_link(name) {
+                        log::warn!("wireguard: removing {name}: {d}");
+                    }
+                    return Err(e);
+                }
+            },
             Err(SysError::Netlink { errno, .. })
                 if errno == libc::EOPNOTSUPP || errno == libc::EINVAL =>
             {
@@ -672,6 +682,7 @@ mod tests {
 
     /// nlmon capture of the kernel's reply to `wg show cn` (genl header and
     /// attributes), from netlink-packet-wireguard's test data (MIT).
+    #[cfg(target_endian = "little")]
     const CAPTURED_GET_DEVICE_REPLY: &[u8] = &[
         0x00, 0x01, 0x00, 0x00, 0x06, 0x00, 0x06, 0x00, 0x2c, 0x80, 0x00, 0x00, 0x08, 0x00, 0x07,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x01, 0x00, 0x03, 0x00, 0x00, 0x00, 0x07, 0x00,
