@@ -188,6 +188,8 @@ struct WaypointRole {
     /// VPN tunnels: the WireGuard interface and its firewall table.
     wg: Option<WgDevice>,
     vpnfw: Option<VpnFirewall>,
+    /// The WAN interfaces the NAT and VPN tables let detours leave by.
+    wan: Vec<String>,
     /// Donation caps in force, and the monthly quota's bookkeeping.
     caps: Caps,
     month: (i64, u32),
@@ -741,6 +743,11 @@ impl Daemon {
                 }
                 changes.push("waypoint settings".into());
             }
+            // The default routes may have moved since the last look.
+            match wan_interfaces().and_then(|wan| Ok(w.set_wan(&wan)?)) {
+                Ok(()) => {}
+                Err(e) => log::error!("reload: WAN interfaces: {e}; the previous ones stay"),
+            }
         }
 
         // Client.
@@ -904,6 +911,7 @@ fn start_waypoint(
         log: LogLimit::new(20),
         wg: None,
         vpnfw: None,
+        wan: Vec::new(),
         caps: Caps::default(),
         month,
         next_quota_check: None,
@@ -914,6 +922,7 @@ fn start_waypoint(
         evidence: open_evidence(cfg),
     };
     role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
+    role.set_wan(&wan_interfaces()?)?;
     if let Some(subnet) = &w.vpn_subnet {
         let secret = trust::wg::secret(&id.key);
         let dev = WgDevice::create(&w.vpn_interface, &secret, w.vpn_port)?;
@@ -942,13 +951,17 @@ fn start_waypoint(
             w.vpn_port
         );
         role.wg = Some(dev);
-        role.vpnfw = Some(VpnFirewall::create(
+        let mut fw = VpnFirewall::create(
             &format!("{}_vpn", w.table),
             &w.vpn_interface,
             subnet,
             w.vpn_subnet6.as_ref(),
             &w.allow_destination,
-        )?);
+        )?;
+        // Before it is kept: Drop removes a table the role holds.
+        let r = fw.set_wan(&role.wan);
+        role.vpnfw = Some(fw);
+        r?;
     }
     // The router's own addresses (tunnel address included) are never a destination.
     role.core
@@ -960,6 +973,11 @@ fn start_waypoint(
         w.listen
     );
     Ok(role)
+}
+
+/// The interfaces of the default routes: where detours may leave.
+fn wan_interfaces() -> Result<Vec<String>, DaemonError> {
+    Ok(Rtnl::open()?.wan_interfaces()?)
 }
 
 fn waypoint_settings(cfg: &Config, id: &Identity) -> waypoint::Settings {
@@ -1573,6 +1591,26 @@ impl WaypointRole {
             }
         }
         self.drop_flows(l, why);
+    }
+
+    /// Lets detours leave by `ifnames` only (the NAT table's and the VPN
+    /// firewall's `wan` sets); none: every detour is dropped.
+    fn set_wan(&mut self, ifnames: &[String]) -> Result<(), SysError> {
+        if let Some(nat) = self.nat.as_mut() {
+            nat.set_wan(ifnames)?;
+        }
+        if let Some(fw) = self.vpnfw.as_mut() {
+            fw.set_wan(ifnames)?;
+        }
+        if ifnames != self.wan.as_slice() {
+            if ifnames.is_empty() {
+                log::warn!("waypoint: no default route: detours are dropped until there is one");
+            } else {
+                log::info!("waypoint: detours leave by {}", ifnames.join(", "));
+            }
+        }
+        self.wan = ifnames.to_vec();
+        Ok(())
     }
 
     /// Installs the donation caps; the month's count carries over from the

@@ -2,18 +2,28 @@
 //! tunnel traffic away from the router and its LAN and masquerades the rest
 //! to the Internet.
 //!
+//! - set `wan`: the names of the interfaces tunnel traffic may leave by
+//!   ([`VpnFirewall::set_wan`]; the daemon gives it the interfaces of the
+//!   default routes). It starts empty: nothing leaves the tunnel until set.
 //! - `input` (filter): nothing arriving on the tunnel interface reaches the
 //!   router itself (the WireGuard UDP packets arrive on the WAN interface).
-//! - `forward` (filter): from the tunnel, destinations in the owner's allow
-//!   list pass; local, private, loopback, link-local, multicast and reserved
-//!   destinations are dropped (the special-purpose table of
-//!   [`crate::special`], as for NAT tunnels in `waypoint::policy`); what passes gets the detour conntrack mark
-//!   [`super::nft::DETOUR_CT_MARK`] so fw4 accepts it.
+//! - `forward` (filter): from the tunnel, packets that would leave by an
+//!   interface not in `wan` are dropped (the owner's LAN, whatever its
+//!   addresses: a route check, not an address list); then destinations in the
+//!   owner's allow list pass; local, private, loopback, link-local, multicast
+//!   and reserved destinations are dropped (the special-purpose table of
+//!   [`crate::special`], as for NAT tunnels in `waypoint::policy`). What
+//!   passes gets the detour conntrack mark [`super::nft::DETOUR_CT_MARK`]
+//!   (donation caps) and the packet mark [`super::nft::DETOUR_PACKET_MARK`],
+//!   which the feed's fw4 include accepts toward fw4's zone `wan` only.
 //! - `postrouting` (nat): traffic from the tunnel subnet leaving by another
 //!   interface is masqueraded.
 
 use super::netlink::{NlSocket, NETLINK_NETFILTER};
-use super::nft::{delete_table, run_nft, table_exists_on, DETOUR_CT_MARK};
+use super::nft::{
+    delete_table, run_nft, set_names_msgs, table_exists_on, DETOUR_CT_MARK, DETOUR_PACKET_MARK,
+    SUBSYS, WAN_SET,
+};
 use super::SysError;
 use crate::config::Cidr;
 use crate::special;
@@ -55,6 +65,7 @@ pub fn ruleset(
         "table inet {table} {{
 \tset allow4 {{ type ipv4_addr; flags interval;{a4} }}
 \tset allow6 {{ type ipv6_addr; flags interval;{a6} }}
+\tset {WAN_SET} {{ type ifname; }}
 \tchain input {{
 \t\ttype filter hook input priority filter - 1; policy accept;
 \t\tiifname \"{ifname}\" drop
@@ -63,11 +74,12 @@ pub fn ruleset(
 \t\ttype filter hook forward priority filter - 1; policy accept;
 \t\tiifname != \"{ifname}\" return
 \t\tfib daddr type {{ local, broadcast, multicast }} drop
-\t\tip daddr @allow4 ct mark set ct mark | {mark:#010x} accept
-\t\tip6 daddr @allow6 ct mark set ct mark | {mark:#010x} accept
+\t\toifname != @{WAN_SET} drop
+\t\tip daddr @allow4 {marks} accept
+\t\tip6 daddr @allow6 {marks} accept
 \t\tip daddr {{ {deny4} }} drop
 \t\tip6 daddr {{ {deny6} }} drop
-\t\tct mark set ct mark | {mark:#010x}
+\t\t{marks}
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
@@ -77,7 +89,9 @@ pub fn ruleset(
 ",
         a4 = set(true),
         a6 = set(false),
-        mark = DETOUR_CT_MARK,
+        marks = format!(
+            "ct mark set ct mark | {DETOUR_CT_MARK:#010x} meta mark set meta mark | {DETOUR_PACKET_MARK:#010x}"
+        ),
         deny4 = deny(false),
         deny6 = deny(true),
     )
@@ -110,6 +124,14 @@ impl VpnFirewall {
         })
     }
 
+    /// Replaces the WAN interfaces (set `wan`) with `ifnames`, in one batch:
+    /// tunnel traffic leaving by any other interface is dropped; an empty
+    /// list drops all of it.
+    pub fn set_wan(&mut self, ifnames: &[String]) -> Result<(), SysError> {
+        let msgs = set_names_msgs(&self.table, WAN_SET, ifnames)?;
+        self.sock.batch("nft set VPN wan interfaces", SUBSYS, msgs)
+    }
+
     /// Removes the table.
     pub fn destroy(mut self) -> Result<(), SysError> {
         delete_table(&mut self.sock, &self.table)
@@ -138,6 +160,19 @@ mod tests {
         assert!(
             r.find("@allow4").unwrap() < r.find("10.0.0.0/8").unwrap(),
             "allow before deny"
+        );
+        // The route check comes first: an allowed destination on the LAN is
+        // still refused.
+        assert!(
+            r.find("oifname != @wan drop").unwrap() < r.find("@allow4").unwrap(),
+            "{r}"
+        );
+        assert!(r.contains("set wan { type ifname; }"), "{r}");
+        assert_eq!(
+            r.matches("ct mark set ct mark | 0x00dc0000 meta mark set meta mark | 0x00dd0000")
+                .count(),
+            3,
+            "every accepted path carries both marks: {r}"
         );
     }
 }
