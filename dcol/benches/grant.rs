@@ -166,7 +166,10 @@ fn main() {
         ports: (1024, 65535),
         lease: Duration::from_secs(300),
         max_per_member: 100_000,
-        allow: vec!["10.0.0.0/8".parse().unwrap()],
+        destinations: dcol::waypoint::policy::Rules {
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            deny_ports: Vec::new(),
+        },
         max_skew: Duration::from_secs(30),
         vpn: None,
     };
@@ -176,7 +179,7 @@ fn main() {
         files::read_secret_key(&alice.key).unwrap(),
         files::read_public_key(&coop.root_pub).unwrap(),
         Default::default(),
-        vec![],
+        dcol::routes::Routes::all_wan(Vec::new()),
     );
     let reqs = requests(&cert, &key, THROUGHPUT_N, 3);
     let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();

@@ -19,6 +19,7 @@ use crate::client::{self, Action, Client, PeerSpec, PmEvent};
 use crate::config::{self, Config, DetourPolicy, TunnelKind};
 use crate::control::{self, ControlServer, Status};
 use crate::proxy::Gate;
+use crate::routes::Routes;
 use crate::sys::conntrack;
 use crate::sys::diag::Diag;
 use crate::sys::lan::{self, InterceptSpec, LanIntercept};
@@ -26,6 +27,7 @@ use crate::sys::mptcp_pm::{PmEvents, PmSocket};
 use crate::sys::nft::{Caps, NatElement, NatTable};
 use crate::sys::os::{self, Signals};
 use crate::sys::relay::{Relay, RelayEvent, RelaySettings};
+use crate::sys::routewatch::RouteWatch;
 use crate::sys::rtnl::Rtnl;
 use crate::sys::sysctl::{self, SysctlGuard};
 use crate::sys::vpnfw::VpnFirewall;
@@ -412,6 +414,10 @@ pub struct Daemon {
     membership: Option<membership::Membership>,
     /// NAT traversal (UPnP, STUN) for the waypoint role.
     traversal: Option<traversal::NatTraversal>,
+    /// Follows addresses and routes (the WAN, the router's own addresses).
+    route_watch: RouteWatch,
+    /// The routing state in force.
+    routes: Routes,
 }
 
 /// How often the revocation list file is checked for changes.
@@ -461,8 +467,10 @@ impl Daemon {
         let id = load_identity(cfg)?;
         let control = ControlServer::bind(&cfg.main.control_socket)?;
         let mut sysctls = SysctlGuard::recover(&cfg.main.state_dir)?;
+        let (route_watch, routes) = RouteWatch::start()?;
+        log::info!("routes: WAN {}", show_wan(&routes));
         let waypoint = if cfg.waypoint.enabled {
-            Some(start_waypoint(cfg, &id, &mut sysctls)?)
+            Some(start_waypoint(cfg, &id, &mut sysctls, &routes)?)
         } else {
             None
         };
@@ -497,7 +505,25 @@ impl Daemon {
             rev_watch: cfg.main.revocation_list.as_deref().map(RevWatch::new),
             membership,
             traversal,
+            route_watch,
+            routes,
         })
+    }
+
+    /// A new routing snapshot: the waypoint's destination policy follows it.
+    fn apply_routes(&mut self, routes: Routes) {
+        if routes == self.routes {
+            return;
+        }
+        if routes.wan() != self.routes.wan() {
+            log::info!("routes: WAN now {}", show_wan(&routes));
+        } else {
+            log::debug!("routes: addresses or routes changed");
+        }
+        if let Some(w) = &mut self.waypoint {
+            w.core.set_routes(routes.clone());
+        }
+        self.routes = routes;
     }
 
     /// Runs until SIGTERM or SIGINT, then tears down.
@@ -524,6 +550,7 @@ impl Daemon {
             if let Some(w) = &self.waypoint {
                 fds.extend(w.sockets.iter().map(|s| s.as_raw_fd()));
             }
+            fds.push(self.route_watch.fd());
             fds.extend(self.membership_fd());
             fds.extend(self.traversal_fd());
             let deadline = [
@@ -566,6 +593,9 @@ impl Daemon {
                         return Ok(());
                     }
                 }
+            }
+            if let Some(r) = self.route_watch.latest() {
+                self.apply_routes(r);
             }
             if let Some(c) = &mut self.client {
                 c.step();
@@ -700,7 +730,7 @@ impl Daemon {
             changes.push("waypoint stopped (tunnels revoked)".into());
         }
         if wn.enabled && self.waypoint.is_none() {
-            self.waypoint = Some(start_waypoint(new, id, &mut self.sysctls)?);
+            self.waypoint = Some(start_waypoint(new, id, &mut self.sysctls, &self.routes)?);
             changes.push("waypoint started".into());
         } else if let Some(w) = self.waypoint.as_mut() {
             if wo != wn || identity_changed {
@@ -848,10 +878,21 @@ impl Daemon {
     }
 }
 
+/// The WAN interfaces for the log.
+fn show_wan(routes: &Routes) -> String {
+    let w = routes.wan();
+    if w.is_empty() {
+        "none (no default route: no destination is served)".into()
+    } else {
+        w.join(", ")
+    }
+}
+
 fn start_waypoint(
     cfg: &Config,
     id: &Identity,
     sysctls: &mut SysctlGuard,
+    routes: &Routes,
 ) -> Result<WaypointRole, DaemonError> {
     let w = &cfg.waypoint;
     if !id.cert.roles.contains(trust::Roles::WAYPOINT) {
@@ -898,7 +939,7 @@ fn start_waypoint(
         id.key.clone(),
         id.root,
         id.revocations.clone(),
-        Vec::new(),
+        routes.clone(),
     );
     // From here on, Drop removes what was made if a later step fails.
     let donated_file = cfg.main.state_dir.join("donated");
@@ -963,9 +1004,6 @@ fn start_waypoint(
         role.vpnfw = Some(fw);
         r?;
     }
-    // The router's own addresses (tunnel address included) are never a destination.
-    role.core
-        .set_own(os::local_addresses().map_err(io_err("getifaddrs"))?);
     log::info!(
         "waypoint: NAT tunnels on ports {}-{}, signaling on {:?}",
         w.nat_ports.0,
@@ -992,7 +1030,10 @@ fn waypoint_settings(cfg: &Config, id: &Identity) -> waypoint::Settings {
         ports: w.grant_ports(),
         lease: Duration::from_secs(u64::from(w.lease_s)),
         max_per_member: w.max_tunnels_per_member,
-        allow: w.allow_destination.clone(),
+        destinations: waypoint::policy::Rules {
+            allow: w.allow_destination.clone(),
+            deny_ports: w.deny_port.clone(),
+        },
         max_skew: Duration::from_secs(u64::from(w.max_clock_skew_s)),
     }
 }

@@ -892,33 +892,25 @@ fn cmd_waypoint_log(p: &mut lexopt::Parser) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Logs to stderr (procd forwards it to logd on OpenWrt).
+/// The logger: simplelog to stderr (procd forwards it to logd on OpenWrt,
+/// which adds the time and the process name), one line per record:
+/// `[INFO] message`. The level in force is `log::max_level()` (UCI
+/// `log_level`, changed on reload); the logger itself passes everything.
 struct Logger;
 
 impl Logger {
     fn install(level: log::LevelFilter) {
-        static LOGGER: Logger = Logger;
-        if log::set_logger(&LOGGER).is_ok() {
+        let config = simplelog::ConfigBuilder::new()
+            .set_time_level(log::LevelFilter::Off)
+            .set_thread_level(log::LevelFilter::Off)
+            .set_target_level(log::LevelFilter::Off)
+            .set_location_level(log::LevelFilter::Off)
+            .set_level_padding(simplelog::LevelPadding::Off)
+            .build();
+        let logger =
+            simplelog::WriteLogger::new(log::LevelFilter::Trace, config, std::io::stderr());
+        if log::set_boxed_logger(logger).is_ok() {
             log::set_max_level(level);
         }
     }
-}
-
-impl log::Log for Logger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "dcol[{}]: {}",
-                r.level().as_str().to_lowercase(),
-                r.args()
-            );
-        }
-    }
-
-    fn flush(&self) {}
 }

@@ -49,6 +49,17 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The block of `prefix` bits around `addr` (host bits cleared); `None`
+    /// when `prefix` is longer than the address.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Cidr> {
+        let addr = match addr {
+            IpAddr::V4(v4) if prefix <= 32 => IpAddr::V4(mask4(u32::from(v4), prefix).into()),
+            IpAddr::V6(v6) if prefix <= 128 => IpAddr::V6(mask6(u128::from(v6), prefix).into()),
+            _ => return None,
+        };
+        Some(Cidr { addr, prefix })
+    }
+
     /// True when `ip` is inside the block (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: &IpAddr) -> bool {
         let ip = match ip {
@@ -81,6 +92,60 @@ pub(crate) fn mask6(a: u128, p: u8) -> u128 {
     }
 }
 
+/// A port or an inclusive range of ports, e.g. `25` or `6660-6669`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub lo: u16,
+    /// Last port (`lo` for a single port).
+    pub hi: u16,
+}
+
+impl PortRange {
+    /// `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.lo..=self.hi).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "expected a port (1-65535) or a range like '6660-6669', got '{}'",
+                show(s)
+            )
+        };
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(bad)
+        };
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(s)?, port(s)?),
+        };
+        if lo > hi {
+            return Err(bad());
+        }
+        Ok(PortRange { lo, hi })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
 impl FromStr for Cidr {
     type Err = String;
 
@@ -101,11 +166,7 @@ impl FromStr for Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("bad prefix length '{p}' (0-{max})"))?,
         };
-        let addr = match addr {
-            IpAddr::V4(v4) => IpAddr::V4(mask4(u32::from(v4), prefix).into()),
-            IpAddr::V6(v6) => IpAddr::V6(mask6(u128::from(v6), prefix).into()),
-        };
-        Ok(Cidr { addr, prefix })
+        Cidr::new(addr, prefix).ok_or_else(|| format!("bad prefix length {prefix}"))
     }
 }
 
@@ -230,6 +291,9 @@ pub struct WaypointConfig {
     pub max_tunnels_per_member: u32,
     /// Destinations allowed despite the built-in policy.
     pub allow_destination: Vec<Cidr>,
+    /// Destination ports never detoured to (`list deny_port`, single ports
+    /// or ranges; default 25; `'none'` denies nothing).
+    pub deny_port: Vec<PortRange>,
     /// Allowed clock difference, s.
     pub max_clock_skew_s: u32,
     /// nftables table name (`inet <table>`).
@@ -383,6 +447,7 @@ impl Default for Config {
                 lease_s: 300,
                 max_tunnels_per_member: 16,
                 allow_destination: Vec::new(),
+                deny_port: vec![PortRange { lo: 25, hi: 25 }],
                 max_clock_skew_s: 30,
                 table: "dcol".into(),
                 vpn_subnet: None,
@@ -663,6 +728,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                 let w = &mut cfg.waypoint;
                 w.enabled = true;
                 let mut listens = Vec::new();
+                let mut deny_ports: Option<Vec<PortRange>> = None;
                 for it in &sec.items {
                     match it.name.as_str() {
                         "enabled" => w.enabled = p.value(it, parse_bool)?,
@@ -674,6 +740,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         }
                         "allow_destination" => {
                             w.allow_destination.push(p.list_value(it, |v| v.parse())?)
+                        }
+                        "deny_port" => {
+                            let d = deny_ports.get_or_insert_with(Vec::new);
+                            if let Some(r) = p.list_value(it, |v| {
+                                if v == "none" {
+                                    Ok(None)
+                                } else {
+                                    v.parse().map(Some)
+                                }
+                            })? {
+                                d.push(r);
+                            }
                         }
                         "max_clock_skew_s" => {
                             w.max_clock_skew_s = p.value(it, |v| range(v, 1, 3600))?
@@ -734,6 +812,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         }
                         _ => p.unknown(it),
                     }
+                }
+                if let Some(d) = deny_ports {
+                    w.deny_port = d;
                 }
                 if !listens.is_empty() {
                     w.listen = listens;
@@ -1064,6 +1145,34 @@ config peer
 	option address '203.0.113.5:7447'
 	option tunnel 'nat'                    # nat | vpn
 ";
+
+    #[test]
+    fn deny_ports() {
+        let c = p("config waypoint\n").unwrap();
+        assert_eq!(c.waypoint.deny_port, [PortRange { lo: 25, hi: 25 }]);
+        let c =
+            p("config waypoint\n\tlist deny_port '22'\n\tlist deny_port '6660-6669'\n").unwrap();
+        assert_eq!(
+            c.waypoint.deny_port,
+            [
+                PortRange { lo: 22, hi: 22 },
+                PortRange { lo: 6660, hi: 6669 }
+            ]
+        );
+        assert!(c.waypoint.deny_port[1].contains(6665));
+        assert!(!c.waypoint.deny_port[1].contains(6670));
+        let c = p("config waypoint\n\tlist deny_port 'none'\n").unwrap();
+        assert!(c.waypoint.deny_port.is_empty());
+        for bad in ["0", "70000", "30-20", "smtp", "25-"] {
+            let e = p(&format!("config waypoint\n\tlist deny_port '{bad}'\n")).unwrap_err();
+            assert_eq!(
+                (e.line, e.option.as_deref()),
+                (2, Some("deny_port")),
+                "{bad}"
+            );
+            assert!(e.message.contains(bad), "{bad}: {}", e.message);
+        }
+    }
 
     #[test]
     fn traversal_options() {

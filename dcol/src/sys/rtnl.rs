@@ -255,7 +255,7 @@ impl Rtnl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netlink::testns::{is_root, NsThread};
+    use crate::sys::netlink::testns::{is_root, sh, NsThread};
 
     #[test]
     fn wan_interfaces_follow_the_default_routes() {
@@ -265,14 +265,6 @@ mod tests {
         }
         let ns = NsThread::new();
         let names = ns.run(|| {
-            let sh = |c: &str| {
-                let ok = std::process::Command::new("sh")
-                    .args(["-c", c])
-                    .status()
-                    .expect("sh")
-                    .success();
-                assert!(ok, "{c}");
-            };
             let mut r = Rtnl::open().expect("rtnetlink");
             let none = r.wan_interfaces().expect("dump");
             sh("ip link add wanx type veth peer name wanxp && ip link set wanxp up && ip link set wanx up && ip addr add 192.0.2.2/24 dev wanx");
