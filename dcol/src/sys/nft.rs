@@ -853,7 +853,7 @@ fn payload(b: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netlink::testns::{is_root, NsThread};
+    use crate::sys::netlink::testns::{is_root, star, NsThread};
     use crate::sys::netlink::{testsock, NLA_F_NESTED};
 
     #[test]
@@ -1563,35 +1563,12 @@ mod tests {
         if !root() {
             return;
         }
-        let (c, w, s, l) = (
-            NsThread::new(),
-            NsThread::new(),
-            NsThread::new(),
-            NsThread::new(),
-        );
-        for (dev, peer, ns) in [("wc", "cw", &c), ("ws", "sw", &s), ("wl", "lw", &l)] {
-            w.cmd(&[
-                "ip", "link", "add", dev, "type", "veth", "peer", "name", peer, "netns", &ns.tid,
-            ]);
-        }
-        for (ns, dev, addr) in [
-            (&w, "wc", "10.99.0.2/24"),
-            (&w, "ws", "10.98.0.1/24"),
-            (&w, "wl", "10.97.0.1/24"),
-            (&c, "cw", "10.99.0.1/24"),
-            (&s, "sw", "10.98.0.2/24"),
-            (&l, "lw", "10.97.0.2/24"),
-        ] {
-            ns.cmd(&["ip", "addr", "add", addr, "dev", dev]);
-            ns.cmd(&["ip", "link", "set", dev, "up"]);
-        }
-        c.cmd(&["ip", "route", "add", "10.98.0.0/24", "via", "10.99.0.2"]);
-        s.cmd(&["ip", "route", "add", "default", "via", "10.98.0.1"]);
-        l.cmd(&["ip", "route", "add", "default", "via", "10.97.0.1"]);
-        w.run(|| {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-                .expect("ip_forward in the namespace")
-        });
+        let (w, hosts) = star(&[
+            ("wc", "10.99.0.2/24", "cw", "10.99.0.1/24"),
+            ("ws", "10.98.0.1/24", "sw", "10.98.0.2/24"),
+            ("wl", "10.97.0.1/24", "lw", "10.97.0.2/24"),
+        ]);
+        let [c, s, l] = <[NsThread; 3]>::try_from(hosts).ok().expect("three hosts");
         let (mut t, _) = w.run(|| NatTable::create("dcolfw", PORTS)).expect("create");
         t.add(
             &el("10.99.0.1", 40000, "10.98.0.2:5000"),

@@ -140,7 +140,11 @@ impl VpnFirewall {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+    use std::time::Duration;
+
     use super::*;
+    use crate::sys::netlink::testns::{is_root, star, NsThread};
 
     #[test]
     fn ruleset_shape() {
@@ -174,5 +178,72 @@ mod tests {
             3,
             "every accepted path carries both marks: {r}"
         );
+    }
+
+    /// A TCP connection from `ns` to `to`, where `l` listens: the peer `l`
+    /// saw, or the error after 2 s.
+    fn reach(ns: &NsThread, l: &TcpListener, to: &str) -> std::io::Result<IpAddr> {
+        let to: SocketAddr = to.parse().unwrap();
+        let _c = ns.run(move || TcpStream::connect_timeout(&to, Duration::from_secs(2)))?;
+        // The client's last ACK may still be on its way.
+        for _ in 0..100 {
+            if let Ok((_, peer)) = l.accept() {
+                return Ok(peer.ip());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("connected to {to}, but nothing was accepted")
+    }
+
+    /// Root, a router with a stand-in tunnel interface (a veth `tw0` to the
+    /// member), a WAN toward a server and a LAN with a public subnet. Tunnel
+    /// traffic goes to the server, masqueraded and marked, only once `wan`
+    /// is set, and never to the LAN (which no deny list names); a crashed
+    /// run's table is replaced; `destroy` leaves nothing.
+    #[test]
+    fn root_tunnel_traffic_leaves_by_the_wan_only() {
+        if !is_root() {
+            eprintln!("SKIP: needs root");
+            return;
+        }
+        let (w, hosts) = star(&[
+            ("tw0", "10.200.9.1/24", "ct0", "10.200.9.2/24"),
+            ("wan", "11.9.0.1/24", "eth0", "11.9.0.2/24"),
+            ("lan", "11.10.0.1/24", "eth0", "11.10.0.2/24"),
+        ]);
+        let [member, server, lan] = <[NsThread; 3]>::try_from(hosts).ok().expect("three hosts");
+        let subnet: Cidr = "10.200.9.0/24".parse().unwrap();
+        let create = move || VpnFirewall::create("dcolvpntest", "tw0", &subnet, None, &[]);
+        let mut fw = w.run(create).expect("create");
+        let srv = server.run(|| TcpListener::bind("11.9.0.2:5000")).unwrap();
+        let home = lan.run(|| TcpListener::bind("11.10.0.2:5000")).unwrap();
+        for l in [&srv, &home] {
+            l.set_nonblocking(true).unwrap();
+        }
+        assert!(
+            reach(&member, &srv, "11.9.0.2:5000").is_err(),
+            "an empty WAN set lets nothing out"
+        );
+        fw.set_wan(&["wan".into()]).unwrap();
+        assert_eq!(
+            reach(&member, &srv, "11.9.0.2:5000").unwrap(),
+            "11.9.0.1".parse::<IpAddr>().unwrap(),
+            "masqueraded to the WAN"
+        );
+        let ct = w.out(&["conntrack", "-L", "-p", "tcp", "--orig-port-dst", "5000"]);
+        assert!(ct.contains("mark=14417920"), "{ct}");
+        assert!(
+            reach(&member, &home, "11.10.0.2:5000").is_err(),
+            "the tunnel reached the LAN"
+        );
+        // Crash, restart: one table, closed again until set.
+        drop(fw);
+        let fw = w.run(create).expect("second create");
+        let tables = w.out(&["nft", "list", "tables"]);
+        assert_eq!(tables.matches("dcolvpntest").count(), 1, "{tables}");
+        let wan = w.out(&["nft", "list", "set", "inet", "dcolvpntest", WAN_SET]);
+        assert!(!wan.contains("elements"), "{wan}");
+        fw.destroy().unwrap();
+        assert_eq!(w.out(&["nft", "list", "ruleset"]), "", "nothing left");
     }
 }

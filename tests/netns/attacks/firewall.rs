@@ -279,8 +279,14 @@ fn connect(ns: &Netns, to: SocketAddr) -> Result<TcpStream, ErrorKind> {
 fn reach(from: &Netns, l: &TcpListener, to: SocketAddr) -> Result<IpAddr, ErrorKind> {
     match connect(from, to) {
         Ok(_c) => {
-            // The handshake is done; the listener's queue has it.
-            let got = arrivals(l);
+            // The handshake is done; the client's last ACK may still be on
+            // its way to the listener.
+            let t0 = Instant::now();
+            let mut got = arrivals(l);
+            while got.is_empty() && t0.elapsed() < Duration::from_secs(1) {
+                std::thread::sleep(Duration::from_millis(10));
+                got = arrivals(l);
+            }
             assert_eq!(got.len(), 1, "{to}: connected, accepted {got:?}");
             Ok(got[0].ip())
         }
