@@ -513,6 +513,9 @@ impl Daemon {
         }
         if let Some(w) = &mut self.waypoint {
             w.core.set_routes(routes.clone());
+            if let Err(e) = w.set_wan(&routes.wan()) {
+                log::error!("waypoint: WAN interfaces {:?}: {e}", routes.wan());
+            }
         }
         if let Some(l) = self.client.as_mut().and_then(|c| c.lan.as_mut()) {
             l.set_wan(&routes.wan());
@@ -769,11 +772,6 @@ impl Daemon {
                 }
                 changes.push("waypoint settings".into());
             }
-            // The default routes may have moved since the last look.
-            match wan_interfaces().and_then(|wan| Ok(w.set_wan(&wan)?)) {
-                Ok(()) => {}
-                Err(e) => log::error!("reload: WAN interfaces: {e}; the previous ones stay"),
-            }
         }
 
         // Client.
@@ -949,7 +947,7 @@ fn start_waypoint(
         evidence: open_evidence(cfg),
     };
     role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
-    role.set_wan(&wan_interfaces()?)?;
+    role.set_wan(&routes.wan())?;
     if let Some(subnet) = &w.vpn_subnet {
         let secret = trust::wg::secret(&id.key);
         let dev = WgDevice::create(&w.vpn_interface, &secret, w.vpn_port)?;
@@ -997,11 +995,6 @@ fn start_waypoint(
         w.listen
     );
     Ok(role)
-}
-
-/// The interfaces of the default routes: where detours may leave.
-fn wan_interfaces() -> Result<Vec<String>, DaemonError> {
-    Ok(Rtnl::open()?.wan_interfaces()?)
 }
 
 fn waypoint_settings(cfg: &Config, id: &Identity) -> waypoint::Settings {
