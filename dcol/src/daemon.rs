@@ -534,7 +534,7 @@ impl Daemon {
     fn event_loop(&mut self) -> Result<(), DaemonError> {
         loop {
             let now = Instant::now();
-            let mut fds = vec![self.signals.fd(), self.control.listener().as_raw_fd()];
+            let mut fds = vec![self.signals.fd(), self.control.fd()];
             if let Some(c) = &self.client {
                 if let Some(l) = &c.lan {
                     fds.push(l.relay.fd());
@@ -580,9 +580,11 @@ impl Daemon {
                     }
                 }
             }
-            if ready[1] {
+            // Control clients are served by their own threads; the loop
+            // only builds the status they wait for.
+            if ready[1] && self.control.waiting() {
                 let status = self.status();
-                self.control.serve(|| status.clone());
+                self.control.answer(&status);
             }
             if let Some(r) = &mut self.rev_watch {
                 if r.changed(Instant::now()) {

@@ -287,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn follows_address_and_route_changes() {
+    fn root_follows_address_and_route_changes() {
         if !is_root() {
             eprintln!("SKIP: needs root (a network namespace)");
             return;

@@ -258,7 +258,7 @@ mod tests {
     use crate::sys::netlink::testns::{is_root, sh, NsThread};
 
     #[test]
-    fn wan_interfaces_follow_the_default_routes() {
+    fn root_wan_interfaces_follow_the_default_routes() {
         if !is_root() {
             eprintln!("SKIP: needs root (a network namespace)");
             return;
