@@ -4,8 +4,9 @@
 //   node pot.mjs --write  regenerate it
 import fs from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-import { APP } from './server.mjs';
+const APP = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../luci-app-dcol');
 
 const VIEWS = path.join(APP, 'htdocs/luci-static/resources/view/dcol');
 const POT = path.join(APP, 'po/templates/dcol.pot');

@@ -22,10 +22,15 @@
 //! - [`procd`]: the init script under procd: boot, refusal without
 //!   membership, reload through `uci commit` + `reload_config`, respawn,
 //!   stop, status, validation, a hand-broken config, shutdown.
+//! - [`firewall`]: fw4 with the waypoint role on, and the waypoint's security
+//!   property through fw4's real ruleset.
+//! - [`luci`]: the LuCI app in headless Chromium on OpenWrt's web stack.
 //!
 //! Each router's `logread`, procd console and service list are kept under
-//! `target/openwrt-artifacts/<test>/`.
+//! `target/openwrt-artifacts/<test>/`, with the browser's screenshots.
 
+mod firewall;
+mod luci;
 mod packages;
 mod procd;
 

@@ -44,6 +44,14 @@ pub fn run(args: &[&str]) -> Output {
 /// A veth pair from `a` (`ia`, address `aa` with prefix) to `b` (`ib`,
 /// `ab`), both ends up.
 pub fn veth(a: &Netns, ia: &str, aa: &str, b: &Netns, ib: &str, ab: &str) {
+    link(a, ia, b, ib);
+    for (ns, i, addr) in [(a, ia, aa), (b, ib, ab)] {
+        ns.exec(&["ip", "addr", "add", addr, "dev", i]);
+    }
+}
+
+/// A veth pair from `a` (`ia`) to `b` (`ib`), both ends up, no addresses.
+pub fn link(a: &Netns, ia: &str, b: &Netns, ib: &str) {
     run(&[
         "ip",
         "link",
@@ -59,10 +67,20 @@ pub fn veth(a: &Netns, ia: &str, aa: &str, b: &Netns, ib: &str, ab: &str) {
         "netns",
         b.name(),
     ]);
-    for (ns, i, addr) in [(a, ia, aa), (b, ib, ab)] {
-        ns.exec(&["ip", "addr", "add", addr, "dev", i]);
-        ns.exec(&["ip", "link", "set", i, "up"]);
-    }
+    a.exec(&["ip", "link", "set", ia, "up"]);
+    b.exec(&["ip", "link", "set", ib, "up"]);
+}
+
+/// Runs `f` on a thread inside `ns`: sockets it makes stay in `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = std::path::PathBuf::from("/var/run/netns").join(ns.name());
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        lab::enter_netns(&file);
+        f()
+    })
+    .join()
+    .expect("thread in netns")
 }
 
 /// A network namespace, deleted (with every process in it) on drop.

@@ -564,6 +564,26 @@ impl ZoneSetup {
         ))
     }
 
+    /// `uci batch` commands binding zone `lan` and zone `wan` of the config
+    /// `show` (`uci -X show firewall`) to this setup's devices.
+    pub(crate) fn binding(&self, show: &str) -> String {
+        let mut batch = String::new();
+        for (zone, devices) in [("lan", &self.lan), ("wan", &self.wan)] {
+            let id = zone_section(show, zone)
+                .unwrap_or_else(|| panic!("the shipped firewall config has no zone '{zone}'"));
+            batch.push_str(&format!("delete firewall.{id}.network\n"));
+            for d in devices {
+                batch.push_str(&format!("add_list firewall.{id}.device='{d}'\n"));
+            }
+        }
+        batch
+    }
+
+    /// The sections appended after the shipped ones, and the batch run after.
+    pub(crate) fn extra(&self) -> (&str, &str) {
+        (&self.sections, &self.batch)
+    }
+
     /// What `dcol.init` opens for a waypoint listening on UDP `port` (not on
     /// loopback): [`ZoneSetup::dcol_udp_rule`] `signaling-PORT`. With
     /// `vpn_subnet` set it also opens the WireGuard port:
@@ -673,16 +693,7 @@ impl Fw4 {
             .unwrap_or_else(|e| panic!("copy the shipped firewall config: {e}"));
         let show = String::from_utf8_lossy(&sb.exec(&["uci", "-X", "show", "firewall"]).stdout)
             .into_owned();
-        let mut batch = String::new();
-        for (zone, devices) in [("lan", &setup.lan), ("wan", &setup.wan)] {
-            let id = zone_section(&show, zone)
-                .unwrap_or_else(|| panic!("the shipped firewall config has no zone '{zone}'"));
-            batch.push_str(&format!("delete firewall.{id}.network\n"));
-            for d in devices {
-                batch.push_str(&format!("add_list firewall.{id}.device='{d}'\n"));
-            }
-        }
-        self.uci(&batch);
+        self.uci(&setup.binding(&show));
         if !setup.sections.is_empty() {
             let mut text = fs::read_to_string(&conf).expect("read the firewall config");
             text.push_str(&setup.sections);

@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{target_dir, utf8, workspace, FileLock, Userland};
+use super::{target_dir, utf8, workspace, FileLock, Userland, ZoneSetup};
 use crate::Netns;
 
 /// root's password in every image (LuCI's login; LuCI master throws on
@@ -149,6 +149,8 @@ impl Image {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         crate::run(&["cp", "-a", utf8(&built), utf8(&dir.join("root"))]);
+        // A fresh artifacts directory: nothing from an earlier run.
+        let _ = fs::remove_dir_all(target_dir().join("openwrt-artifacts").join(name));
         let img = Image {
             name: name.to_owned(),
             dir,
@@ -265,6 +267,43 @@ impl Image {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `uci -X show CONFIG` on the host, on the image's `/etc/config`.
+    pub fn uci_show(&self, config: &str) -> String {
+        let root = self.root();
+        let out = host_tool(&root, "usr/bin/uci")
+            .args(["-c", utf8(&root.join("etc/config")), "-X", "show", config])
+            .output()
+            .expect("run uci");
+        assert!(
+            out.status.success(),
+            "uci show {config}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The image's firewall: OpenWrt's shipped `/etc/config/firewall` with
+    /// the zones of `setup` bound to its devices (as [`super::Fw4`] does, see
+    /// [`ZoneSetup`]), and `/etc/init.d/firewall` enabled: fw4 starts at
+    /// boot (START=19) and procd reloads it when a service's firewall data
+    /// changes.
+    pub fn firewall(&self, setup: &ZoneSetup) {
+        let show = self.uci_show("firewall");
+        self.uci(&setup.binding(&show));
+        let (sections, batch) = setup.extra();
+        if !sections.is_empty() {
+            let conf = self.path("/etc/config/firewall");
+            let mut text = fs::read_to_string(&conf).expect("read the firewall config");
+            text.push_str(sections);
+            fs::write(&conf, text).expect("write the firewall config");
+        }
+        if !batch.is_empty() {
+            self.uci(batch);
+        }
+        self.uci_show("firewall");
+        self.enable("firewall");
     }
 
     /// The userland's `opkg` on the host with the image as its offline root
@@ -423,6 +462,11 @@ impl Router {
     /// The router's name (of its artifacts directory).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The host pid of its PID 1 (procd), for `nsenter -t PID -m -p -n -r`.
+    pub fn pid1(&self) -> u32 {
+        self.pid1
     }
 
     /// The network namespace it runs in.
