@@ -76,9 +76,7 @@ use std::time::Instant;
 use crate::Netns;
 
 mod router;
-pub use router::{
-    packages, packages_with_release, Image, Packages, Router, IMAGE_PACKAGES, ROOT_PASSWORD,
-};
+pub use router::{packages, packages_with_release, Image, Packages, Router, ROOT_PASSWORD};
 
 /// Bumped when this module's build steps change, so caches rebuild.
 const RECIPE: &str = "r1";

@@ -29,25 +29,20 @@
 //! - **Container mode**: procd runs with `container` set in its environment
 //!   (as under LXC), so it mounts nothing itself; the boot script gives it a
 //!   private `/proc`, a tmpfs `/tmp` (= `/var`) and `/dev` (null, zero, full,
-//!   random, urandom, tty only), a read-only `/sys`. No preinit, no
-//!   `/etc/init.d/boot` (the directories it would make under `/var` are made
-//!   by the boot script), no kernel modules loaded (the host kernel's are used),
-//!   no netifd: the test configures the interfaces from outside.
-//! - **logd** is started by a minimal `/etc/init.d/log` written here (START=12,
-//!   `logd -S 64`, respawn), standing in for the `log` init script of OpenWrt's
-//!   ubox package, which is not among the shared sources. logd also reads the
-//!   host kernel's message buffer, so `logread` shows the host's kernel lines.
-//! - **`/etc/init.d/boot`** is a minimal one written here (START=10) doing
-//!   the two things of base-files' boot script the tests rely on: the
-//!   directories under `/var`, and a first `/sbin/reload_config`, which
-//!   records the configs' checksums so that the next `reload_config` sees
-//!   what changed (base-files' "temporary hack until configd exists").
+//!   random, urandom, tty only), a read-only `/sys`. No preinit, no kernel
+//!   modules loaded (the host kernel's are used), no netifd: the test
+//!   configures the interfaces from outside.
+//! - The files of `tests/openwrt/image/` stand in for what the shared sources
+//!   lack (see its README): base-files' inittab and `/etc/init.d/boot` (the
+//!   `/var` directories and the first `reload_config`, which records the
+//!   configs' checksums so that the next one sees what changed), ubox's `log`
+//!   init script (logd under procd), and opkg's status entries for the
+//!   image-provided packages ours depend on (their files are what the built
+//!   root has: Debian's `nft` for `nftables-json`, the host kernel for the
+//!   kmods). logd also reads the host kernel's message buffer, so `logread`
+//!   shows the host's kernel lines.
 //! - Debian's busybox runs its applets before `$PATH`: `logread` in a shell
 //!   is busybox's; [`Router::logread`] calls ubox's `/sbin/logread`.
-//! - opkg's status file lists the packages our packages depend on that the
-//!   image provides (see [`IMAGE_PACKAGES`]) as installed, as an image build
-//!   does; their files are what the built root has (Debian's `nft` for
-//!   `nftables-json`, the host kernel for the kmods).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -63,51 +58,10 @@ use crate::Netns;
 /// every page while root has none, see the shared README).
 pub const ROOT_PASSWORD: &str = "dcoltest";
 
-/// Packages the image provides that `dcol` and `luci-app-dcol` depend on
-/// (their `Depends:`), entered in opkg's status file as an image build does.
-pub const IMAGE_PACKAGES: [&str; 8] = [
-    "libc",
-    "nftables-json",
-    "kmod-nft-nat",
-    "kmod-nft-fib",
-    "kmod-nf-conntrack-netlink",
-    "luci-base",
-    "rpcd",
-    "uhttpd",
-];
-
-/// `/etc/init.d/log`: starts logd under procd (see the module docs).
-const LOG_INIT: &str = "#!/bin/sh /etc/rc.common
-# Test image only: stands in for the ubox package's log init script.
-START=12
-STOP=89
-USE_PROCD=1
-
-start_service() {
-\tprocd_open_instance
-\tprocd_set_param command /sbin/logd -S 64
-\tprocd_set_param respawn 5 1 -1
-\tprocd_close_instance
+/// Where the files laid over the built root are (`tests/openwrt/image/`).
+fn image_files() -> PathBuf {
+    workspace().join("tests/openwrt/image")
 }
-";
-
-/// `/etc/init.d/boot`: the two things base-files' boot script does that the
-/// tests rely on (see the module docs).
-const BOOT_INIT: &str = "#!/bin/sh /etc/rc.common
-# Test image only: the parts of base-files' /etc/init.d/boot this image needs.
-START=10
-
-boot() {
-	mkdir -p /var/run /var/log /var/lock /var/state /var/tmp /tmp/.uci
-	chmod 0700 /tmp/.uci
-	# base-files: \"temporary hack until configd exists\": the checksums
-	# reload_config compares against on its next run.
-	/sbin/reload_config
-}
-";
-
-/// procd's inittab, as OpenWrt's base-files ships it (minus the consoles).
-const INITTAB: &str = "::sysinit:/etc/init.d/rcS S boot\n::shutdown:/etc/init.d/rcS K shutdown\n";
 
 /// Runs inside the router's new mount and pid namespaces as their PID 1's
 /// parent shell, then becomes procd: `$1` is the image's root.
@@ -125,11 +79,11 @@ exec chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root T
 
 static IMAGES: AtomicU32 = AtomicU32::new(0);
 
-/// A writable copy of the built root, prepared as an image: inittab, the
-/// `boot` and `log` init scripts, those and rpcd, uhttpd enabled, root's password set, opkg's
-/// status listing [`IMAGE_PACKAGES`]. Change it on the host before booting
-/// ([`Image::path`], [`Image::uci`], [`Image::opkg`]); a [`Router`] powered
-/// off gives it back. Removed on drop.
+/// A writable copy of the built root, prepared as an image: the files of
+/// `tests/openwrt/image/` laid over it, the `boot`, `log`, `rpcd` and
+/// `uhttpd` init scripts enabled, root's password set. Change it on the host
+/// before booting ([`Image::path`], [`Image::uci`], [`Image::opkg`]); a
+/// [`Router`] powered off gives it back. Removed on drop.
 #[derive(Debug)]
 pub struct Image {
     name: String,
@@ -156,11 +110,14 @@ impl Image {
             dir,
             last_log: String::new(),
         };
-        img.write("/etc/inittab", INITTAB.as_bytes());
-        img.write("/etc/init.d/log", LOG_INIT.as_bytes());
-        img.chmod("/etc/init.d/log", 0o755);
-        img.write("/etc/init.d/boot", BOOT_INIT.as_bytes());
-        img.chmod("/etc/init.d/boot", 0o755);
+        crate::run(&[
+            "cp",
+            "-a",
+            "--no-preserve=ownership",
+            &format!("{}/etc", utf8(&image_files())),
+            &format!("{}/usr", utf8(&image_files())),
+            utf8(&img.root()),
+        ]);
         for s in ["boot", "log", "rpcd", "uhttpd"] {
             img.enable(s);
         }
@@ -179,15 +136,6 @@ impl Image {
             .collect();
         img.write("/etc/shadow", shadow.as_bytes());
         img.chmod("/etc/shadow", 0o600);
-        let mut status = String::new();
-        for p in IMAGE_PACKAGES {
-            status.push_str(&format!(
-                "Package: {p}\nVersion: image\nStatus: install user installed\n\
-                 Architecture: x86_64\nInstalled-Time: 0\n\n"
-            ));
-            img.write(&format!("/usr/lib/opkg/info/{p}.list"), b"");
-        }
-        img.write("/usr/lib/opkg/status", status.as_bytes());
         // opkg -o locks ROOT/var/lock/opkg.lock (/var is /tmp; the running
         // router mounts its own tmpfs over it).
         fs::create_dir_all(img.path("/tmp/lock")).expect("create /tmp/lock");
