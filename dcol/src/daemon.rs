@@ -22,11 +22,10 @@ use crate::proxy::Gate;
 use crate::routes::Routes;
 use crate::sys::conntrack;
 use crate::sys::diag::Diag;
-use crate::sys::lan::{self, InterceptSpec, LanIntercept};
 use crate::sys::mptcp_pm::{PmEvents, PmSocket};
 use crate::sys::nft::{Caps, NatElement, NatTable};
 use crate::sys::os::{self, Signals};
-use crate::sys::relay::{Relay, RelayEvent, RelaySettings};
+use crate::sys::relay::RelayEvent;
 use crate::sys::routewatch::RouteWatch;
 use crate::sys::rtnl::Rtnl;
 use crate::sys::sysctl::{self, SysctlGuard};
@@ -37,8 +36,12 @@ use crate::trust::{self, files, Certificate, MemberId, Revocations, SecretKey};
 use crate::waypoint::evidence::{self, EvidenceLog};
 use crate::waypoint::{self, Decision, Lease, Waypoint};
 
+mod lan;
 mod membership;
 mod traversal;
+
+use lan::LanRole;
+pub use lan::LAN_TABLE;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +193,8 @@ struct WaypointRole {
     /// VPN tunnels: the WireGuard interface and its firewall table.
     wg: Option<WgDevice>,
     vpnfw: Option<VpnFirewall>,
+    /// The WAN interfaces the NAT and VPN tables let detours leave by.
+    wan: Vec<String>,
     /// Donation caps in force, and the monthly quota's bookkeeping.
     caps: Caps,
     month: (i64, u32),
@@ -374,18 +379,6 @@ struct ClientRole {
     next_save: Instant,
 }
 
-/// The transparent proxy for LAN devices: the relay and the interception
-/// rules that feed it (on only while heartbeats keep coming).
-struct LanRole {
-    relay: Relay,
-    intercept: Option<LanIntercept>,
-    next_beat: Instant,
-    policy: DetourPolicy,
-}
-
-/// Name of the interception table (`inet dcol_lan`).
-pub const LAN_TABLE: &str = "dcol_lan";
-
 /// The running daemon.
 pub struct Daemon {
     started: Instant,
@@ -473,7 +466,7 @@ impl Daemon {
             None
         };
         let client = if cfg.client.enabled {
-            Some(start_client(cfg, &id, &mut sysctls)?)
+            Some(start_client(cfg, &id, &mut sysctls, &routes)?)
         } else {
             None
         };
@@ -520,6 +513,12 @@ impl Daemon {
         }
         if let Some(w) = &mut self.waypoint {
             w.core.set_routes(routes.clone());
+            if let Err(e) = w.set_wan(&routes.wan()) {
+                log::error!("waypoint: WAN interfaces {:?}: {e}", routes.wan());
+            }
+        }
+        if let Some(l) = self.client.as_mut().and_then(|c| c.lan.as_mut()) {
+            l.set_wan(&routes.wan());
         }
         self.routes = routes;
     }
@@ -537,7 +536,7 @@ impl Daemon {
             let mut fds = vec![self.signals.fd(), self.control.fd()];
             if let Some(c) = &self.client {
                 if let Some(l) = &c.lan {
-                    fds.push(l.relay.fd());
+                    fds.extend(l.fds());
                 }
                 fds.push(c.events.fd());
                 fds.push(c.sock4.as_raw_fd());
@@ -557,7 +556,7 @@ impl Daemon {
                 self.client
                     .as_ref()
                     .and_then(|c| c.lan.as_ref())
-                    .map(|l| l.relay.next_timeout().min(l.next_beat)),
+                    .map(LanRole::next_timeout),
                 self.waypoint.as_ref().and_then(|w| w.core.next_timeout()),
                 self.waypoint.as_ref().and_then(|w| w.next_quota_check),
                 self.rev_watch.as_ref().map(|r| r.next),
@@ -784,7 +783,7 @@ impl Daemon {
             changes.push("client stopped".into());
         }
         if cn.enabled && self.client.is_none() {
-            self.client = Some(start_client(new, id, &mut self.sysctls)?);
+            self.client = Some(start_client(new, id, &mut self.sysctls, &self.routes)?);
             changes.push("client started".into());
         } else if let Some(c) = self.client.as_mut() {
             if old.peers != new.peers {
@@ -811,24 +810,14 @@ impl Daemon {
             // The LAN proxy.
             if cn.lan_proxy && co.lan_proxy && cn.proxy_port == co.proxy_port {
                 if let Some(l) = c.lan.as_mut() {
-                    l.relay.set_settings(relay_settings(new));
-                    l.policy = cn.detour_policy;
-                    if (&co.lan_interfaces, &co.bypass, &co.bypass_ports)
-                        != (&cn.lan_interfaces, &cn.bypass, &cn.bypass_ports)
-                    {
-                        match l.intercept.as_mut() {
-                            Some(i) => i.update(&intercept_spec(new))?,
-                            None => l.intercept = Some(start_intercept(new)?),
-                        }
-                        changes.push("LAN interception rules".into());
-                    }
+                    changes.extend(l.reconfigure(new, &self.routes.wan())?);
                 }
             } else if cn.lan_proxy != co.lan_proxy || cn.proxy_port != co.proxy_port {
                 if let Some(l) = c.lan.take() {
                     l.stop();
                 }
                 if cn.lan_proxy {
-                    c.lan = Some(start_lan(new)?);
+                    c.lan = Some(LanRole::start(new, &self.routes.wan())?);
                     changes.push("LAN proxy (re)started".into());
                 } else {
                     changes.push("LAN proxy stopped".into());
@@ -947,6 +936,7 @@ fn start_waypoint(
         log: LogLimit::new(20),
         wg: None,
         vpnfw: None,
+        wan: Vec::new(),
         caps: Caps::default(),
         month,
         next_quota_check: None,
@@ -957,6 +947,7 @@ fn start_waypoint(
         evidence: open_evidence(cfg),
     };
     role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
+    role.set_wan(&routes.wan())?;
     if let Some(subnet) = &w.vpn_subnet {
         let secret = trust::wg::secret(&id.key);
         let dev = WgDevice::create(&w.vpn_interface, &secret, w.vpn_port)?;
@@ -985,13 +976,17 @@ fn start_waypoint(
             w.vpn_port
         );
         role.wg = Some(dev);
-        role.vpnfw = Some(VpnFirewall::create(
+        let mut fw = VpnFirewall::create(
             &format!("{}_vpn", w.table),
             &w.vpn_interface,
             subnet,
             w.vpn_subnet6.as_ref(),
             &w.allow_destination,
-        )?);
+        )?;
+        // Before it is kept: Drop removes a table the role holds.
+        let r = fw.set_wan(&role.wan);
+        role.vpnfw = Some(fw);
+        r?;
     }
     log::info!(
         "waypoint: NAT tunnels on ports {}-{}, signaling on {:?}",
@@ -1026,6 +1021,7 @@ fn start_client(
     cfg: &Config,
     id: &Identity,
     sysctls: &mut SysctlGuard,
+    routes: &Routes,
 ) -> Result<ClientRole, DaemonError> {
     let c = &cfg.client;
     if std::path::Path::new(sysctl::MPTCP_PATH_MANAGER).exists() {
@@ -1065,7 +1061,7 @@ fn start_client(
         c.max_detours
     );
     let lan = if c.lan_proxy {
-        Some(start_lan(cfg)?)
+        Some(LanRole::start(cfg, &routes.wan())?)
     } else {
         None
     };
@@ -1139,57 +1135,6 @@ fn client_core(cfg: &Config, id: &Identity) -> Result<(Client, Vec<TunnelKind>),
     Ok((core, tunnels))
 }
 
-fn relay_settings(cfg: &Config) -> RelaySettings {
-    let c = &cfg.client;
-    RelaySettings {
-        port: c.proxy_port,
-        max_per_host: c.max_conns_per_host,
-        idle: Duration::from_secs(u64::from(c.proxy_idle_timeout_s)),
-        policy: c.detour_policy,
-    }
-}
-
-/// Creates (or replaces) the interception table and switches it on.
-fn intercept_spec(cfg: &Config) -> InterceptSpec {
-    let c = &cfg.client;
-    InterceptSpec {
-        interfaces: c.lan_interfaces.clone(),
-        port: c.proxy_port,
-        bypass: c.bypass.clone(),
-        bypass_ports: c.bypass_ports.clone(),
-    }
-}
-
-fn start_intercept(cfg: &Config) -> Result<LanIntercept, DaemonError> {
-    let mut intercept = LanIntercept::create(LAN_TABLE, &intercept_spec(cfg))?;
-    if let Err(e) = intercept.heartbeat() {
-        let _ = intercept.destroy();
-        return Err(e.into());
-    }
-    Ok(intercept)
-}
-
-/// Starts the relay, then switches interception on (relay first: a redirected
-/// connection must find a listener).
-fn start_lan(cfg: &Config) -> Result<LanRole, DaemonError> {
-    let c = &cfg.client;
-    let relay = Relay::open(relay_settings(cfg))?;
-    let intercept = start_intercept(cfg)?;
-    log::info!(
-        "lan proxy: TCP from {} redirected to port {} (detour policy {}; off within {} s if dcol dies)",
-        c.lan_interfaces.join(", "),
-        c.proxy_port,
-        c.detour_policy.name(),
-        lan::ALIVE_TTL.as_secs()
-    );
-    Ok(LanRole {
-        relay,
-        intercept: Some(intercept),
-        next_beat: Instant::now() + lan::HEARTBEAT,
-        policy: c.detour_policy,
-    })
-}
-
 fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
@@ -1208,20 +1153,6 @@ fn vpn_down(v: ClientVpn) {
     }
     // The routes in its table go with the interface.
     v.dev.destroy();
-}
-
-impl LanRole {
-    /// Interception off first (new LAN connections go direct), then the
-    /// proxied connections are reset.
-    fn stop(mut self) {
-        if let Some(i) = self.intercept.take() {
-            if let Err(e) = i.destroy() {
-                log::error!("removing the LAN interception table: {e}");
-            }
-        }
-        let n = self.relay.close_all().len();
-        log::info!("lan proxy stopped ({n} MPTCP connections reset)");
-    }
 }
 
 impl ClientRole {
@@ -1306,15 +1237,7 @@ impl ClientRole {
     /// event about the same connection can.
     fn step_lan(&mut self, now: Instant, wall: u64) {
         let Some(l) = self.lan.as_mut() else { return };
-        if now >= l.next_beat {
-            l.next_beat = now + lan::HEARTBEAT;
-            if let Some(i) = l.intercept.as_mut() {
-                if let Err(e) = i.heartbeat() {
-                    log::warn!("lan proxy heartbeat (interception lapses without it): {e}");
-                }
-            }
-        }
-        for e in l.relay.step(now) {
+        for e in l.step(now) {
             match e {
                 RelayEvent::Opened {
                     local,
@@ -1616,6 +1539,26 @@ impl WaypointRole {
             }
         }
         self.drop_flows(l, why);
+    }
+
+    /// Lets detours leave by `ifnames` only (the NAT table's and the VPN
+    /// firewall's `wan` sets); none: every detour is dropped.
+    fn set_wan(&mut self, ifnames: &[String]) -> Result<(), SysError> {
+        if let Some(nat) = self.nat.as_mut() {
+            nat.set_wan(ifnames)?;
+        }
+        if let Some(fw) = self.vpnfw.as_mut() {
+            fw.set_wan(ifnames)?;
+        }
+        if ifnames != self.wan.as_slice() {
+            if ifnames.is_empty() {
+                log::warn!("waypoint: no default route: detours are dropped until there is one");
+            } else {
+                log::info!("waypoint: detours leave by {}", ifnames.join(", "));
+            }
+        }
+        self.wan = ifnames.to_vec();
+        Ok(())
     }
 
     /// Installs the donation caps; the month's count carries over from the
@@ -2104,10 +2047,7 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
             name: p.name,
         })
         .collect();
-    let lan_proxy = c.lan.as_ref().map(|l| control::LanProxyStatus {
-        counters: l.relay.stats(),
-        detour_policy: l.policy.name().to_owned(),
-    });
+    let lan_proxy = c.lan.as_ref().map(LanRole::status);
     let scores = board
         .entries()
         .filter(|(_, p, _)| *p != "*")

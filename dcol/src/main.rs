@@ -303,6 +303,24 @@ fn print_status(st: &control::Status) {
                 if p.up { "up" } else { "down" }
             );
         }
+        if let Some(lp) = &c.lan_proxy {
+            let wan = if lp.wan_interfaces.is_empty() {
+                "nothing (no default route)".to_owned()
+            } else {
+                format!("flows routed to {}", lp.wan_interfaces.join(", "))
+            };
+            println!(
+                "  lan proxy: {} open (cap {}), {} accepted; intercepting {wan}{}",
+                lp.counters.active,
+                lp.max_conns,
+                lp.counters.accepted,
+                if lp.paused {
+                    "; interception paused (at the cap): new LAN connections go direct"
+                } else {
+                    ""
+                }
+            );
+        }
         for conn in &c.connections {
             println!(
                 "  {} {} -> {} {}",

@@ -24,9 +24,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use dcol_tests::dcol::{main_section, Daemon};
-use dcol_tests::lab::need_root;
+use dcol_tests::lab::{in_netns, need_root};
 use dcol_tests::openwrt::{Image, Router, ZoneSetup};
-use dcol_tests::{in_netns, iperf3_client, iperf3_server, link, JoinCounter, Netns};
+use dcol_tests::{iperf3_client, iperf3_server, veth_pair, JoinCounter, Netns};
 
 use crate::{install_offline, tail, wait_running, Admin};
 
@@ -88,7 +88,7 @@ fn net() -> Net {
     ];
     for (i, (ns, dev, a4, a6)) in segment.into_iter().enumerate() {
         let port = format!("p{i}");
-        link(ns, dev, &isp, &port);
+        veth_pair(ns, dev, &isp, &port);
         isp.exec(&["ip", "link", "set", &port, "master", "br0"]);
         addrs(ns, dev, &[a4, a6]);
         routes(
@@ -96,7 +96,7 @@ fn net() -> Net {
             &[("default", "11.16.0.1"), ("default", "2a0e:16:ff::1")],
         );
     }
-    link(&router_ns, "lan", &lan, "eth0");
+    veth_pair(&router_ns, "lan", &lan, "eth0");
     addrs(&router_ns, "lan", &["192.168.16.1/24", "2a0e:16:1::1/64"]);
     addrs(&lan, "eth0", &["192.168.16.2/24", "2a0e:16:1::2/64"]);
     routes(

@@ -259,8 +259,21 @@ pub struct ClientConfig {
     pub bypass_ports: Vec<u16>,
     /// The proxy's listening port.
     pub proxy_port: u16,
-    /// Concurrent proxied connections one LAN host may have.
+    /// Concurrent proxied connections one LAN device (MAC address) and one
+    /// LAN IPv4 address may have; more go direct.
     pub max_conns_per_host: u32,
+    /// Concurrent proxied connections one LAN IPv6 /64 may have; more go
+    /// direct.
+    pub max_conns_per_prefix: u32,
+    /// Cap on all proxied connections (0: from the open-file limit only);
+    /// near it interception pauses and new LAN flows go direct.
+    pub proxy_max_conns: u32,
+    /// Special-purpose destinations (private, CGNAT, ULA, ...) the proxy may
+    /// take all the same, when they are routed to the WAN.
+    pub proxy_allow_destination: Vec<Cidr>,
+    /// Intercept a flow only once the router's firewall has forwarded the
+    /// same device's flow to the same destination and port.
+    pub proxy_follow_firewall: bool,
     /// Which proxied connections may be detoured.
     pub detour_policy: DetourPolicy,
     /// A proxied connection with no bytes either way for this long is closed, s.
@@ -433,6 +446,10 @@ impl Default for Config {
                 bypass_ports: Vec::new(),
                 proxy_port: 7448,
                 max_conns_per_host: 512,
+                max_conns_per_prefix: 1024,
+                proxy_max_conns: 0,
+                proxy_allow_destination: Vec::new(),
+                proxy_follow_firewall: true,
                 detour_policy: DetourPolicy::TlsAfterHandshake,
                 proxy_idle_timeout_s: 3600,
                 vpn_interface_prefix: "dcolc".into(),
@@ -703,6 +720,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         }
                         "max_conns_per_host" => {
                             c.max_conns_per_host = p.value(it, |v| range(v, 1, 65_536))?
+                        }
+                        "max_conns_per_prefix" => {
+                            c.max_conns_per_prefix = p.value(it, |v| range(v, 1, 65_536))?
+                        }
+                        "proxy_max_conns" => {
+                            c.proxy_max_conns = p.value(it, |v| range(v, 0, 1_000_000))?
+                        }
+                        "proxy_allow_destination" => c
+                            .proxy_allow_destination
+                            .push(p.list_value(it, |v| v.parse())?),
+                        "proxy_follow_firewall" => {
+                            c.proxy_follow_firewall = p.value(it, parse_bool)?
                         }
                         "detour_policy" => c.detour_policy = p.value(it, parse_policy)?,
                         "vpn_interface_prefix" => {
@@ -1318,6 +1347,11 @@ config peer
             "config waypoint\n\toption donate_monthly_gb '-1'\n",
             "config waypoint\n\toption donate_kbit 'fast'\n",
             "config client\n\toption proxy_idle_timeout_s '0'\n",
+            "config client\n\tlist proxy_allow_destination '10.0.0.0/40'\n",
+            "config client\n\tlist proxy_allow_destination 'lan'\n",
+            "config client\n\toption proxy_follow_firewall 'perhaps'\n",
+            "config client\n\toption max_conns_per_prefix '0'\n",
+            "config client\n\toption proxy_max_conns '-1'\n",
             "config dcol\n\tlist revoked 'xyz'\n",
             "config dcol\n\toption log_level 'loud'\n",
             "config client\n\toption renew_interval_s '0'\n",
@@ -1346,6 +1380,29 @@ config peer
         assert_eq!(c.client.lan_interfaces, vec!["l1a".to_string()]);
         assert_eq!(c.client.bypass_ports, vec![22]);
         assert_eq!(c.client.bypass[0].to_string(), "10.9.0.0/16");
+        assert!(c.client.proxy_follow_firewall);
+        assert_eq!(
+            (c.client.max_conns_per_prefix, c.client.proxy_max_conns),
+            (1024, 0)
+        );
+        let c = p("config client\n\tlist proxy_allow_destination '100.64.0.0/10'\n\tlist proxy_allow_destination 'fd00::/8'\n\toption proxy_follow_firewall '0'\n\toption max_conns_per_prefix '64'\n\toption proxy_max_conns '300'\n").unwrap();
+        let allow: Vec<String> = c
+            .client
+            .proxy_allow_destination
+            .iter()
+            .map(Cidr::to_string)
+            .collect();
+        assert_eq!(allow, ["100.64.0.0/10", "fd00::/8"]);
+        assert!(!c.client.proxy_follow_firewall);
+        assert_eq!(
+            (c.client.max_conns_per_prefix, c.client.proxy_max_conns),
+            (64, 300)
+        );
+        let e = p("config client\n\n\tlist proxy_allow_destination '10.0.0.0/40'\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.option.as_deref()),
+            (3, Some("proxy_allow_destination"))
+        );
         assert_eq!(
             words(r#"option a "x \"y\" z" # c"#).unwrap(),
             vec!["option", "a", "x \"y\" z"]

@@ -1258,6 +1258,33 @@ pub(crate) mod testns {
         }
     }
 
+    /// A star: a router namespace and one host namespace per spoke
+    /// `(router device, router address/len, host device, host address/len)`,
+    /// joined by a veth pair each, with the host's default route via the
+    /// router and IPv4 forwarding on in the router.
+    pub(crate) fn star(spokes: &[(&str, &str, &str, &str)]) -> (NsThread, Vec<NsThread>) {
+        let router = NsThread::new();
+        router.run(|| {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .expect("ip_forward in the namespace")
+        });
+        let mut hosts = Vec::new();
+        for (rdev, raddr, hdev, haddr) in spokes {
+            let host = NsThread::new();
+            router.cmd(&[
+                "ip", "link", "add", rdev, "type", "veth", "peer", "name", hdev, "netns", &host.tid,
+            ]);
+            for (ns, dev, addr) in [(&router, rdev, raddr), (&host, hdev, haddr)] {
+                ns.cmd(&["ip", "addr", "add", addr, "dev", dev]);
+                ns.cmd(&["ip", "link", "set", dev, "up"]);
+            }
+            let via = raddr.split('/').next().unwrap_or_default();
+            host.cmd(&["ip", "route", "add", "default", "via", via]);
+            hosts.push(host);
+        }
+        (router, hosts)
+    }
+
     impl Drop for NsThread {
         fn drop(&mut self) {
             self.tx.take();
