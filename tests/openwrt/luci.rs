@@ -109,8 +109,12 @@ fn luci_app_on_openwrts_web_stack_in_a_browser() {
     img.firewall(&ZoneSetup::new(&["l1a"], &["l2a", "l4a"]));
     img.uci("delete uhttpd.main.listen_http\nadd_list uhttpd.main.listen_http='0.0.0.0:80'");
     // The lab's addresses are private: the owner allows them as destinations
-    // (the settings page has no field for this test-only option).
-    img.uci("add_list dcol.waypoint.allow_destination='10.0.0.0/8'");
+    // of the waypoint role and of the LAN proxy (the settings page has no
+    // field for these test-only options).
+    img.uci(
+        "add_list dcol.waypoint.allow_destination='10.0.0.0/8'\n\
+         add_list dcol.client.proxy_allow_destination='10.0.0.0/8'",
+    );
     let router = img.boot(lab.topo.ns(Node::Rc));
 
     let artifacts = router.artifacts();
