@@ -3,6 +3,8 @@
 //! removed, reinstalled; and installed into an image before its first boot
 //! (as an image build does).
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use dcol_tests::lab::need_root;
@@ -132,6 +134,144 @@ fn opkg_install_upgrade_remove_reinstall() {
     router.ok("/etc/init.d/dcol enabled");
     let member = router.ok("dcol member show");
     assert!(member.contains("opkg-router"), "{member}");
+}
+
+/// An empty `.apk` providing what the image provides (the packages of the
+/// image's opkg status file): apk's counterpart of those status entries.
+fn image_base_apk(tool: &Path, out: &Path) -> PathBuf {
+    let status = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("image/usr/lib/opkg/status"),
+    )
+    .expect("read the image's opkg status");
+    let provides: Vec<&str> = status
+        .lines()
+        .filter_map(|l| l.strip_prefix("Package: "))
+        .collect();
+    let files = out.join("image-base-files");
+    std::fs::create_dir_all(&files).expect("create the files directory");
+    let apk = out.join("image-base-1.apk");
+    let r = Command::new(tool)
+        .args(["mkpkg", "--info", "name:image-base", "--info", "version:1"])
+        .args(["--info", "arch:noarch", "--info"])
+        .arg(format!("provides:{}", provides.join(" ")))
+        .arg("--files")
+        .arg(&files)
+        .arg("--output")
+        .arg(&apk)
+        .output()
+        .expect("run apk mkpkg");
+    assert!(
+        r.status.success(),
+        "apk mkpkg image-base: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    apk
+}
+
+/// OpenWrt 25.x's way: the `.apk` packages with apk-tools 3 (built from its
+/// sources by cross/apk-tools, when they are there).
+#[test]
+fn apk_install_upgrade_remove() {
+    if !need_root() {
+        return;
+    }
+    let (Some(first), Some(second)) = (
+        packages().apk.clone(),
+        packages_with_release(NEXT_RELEASE).apk,
+    ) else {
+        eprintln!(
+            "SKIP: no .apk packages: cross/apk-tools found no apk-tools sources \
+             (APK_TOOLS_SRC, or shared/apk-tools); the .ipk tests ran"
+        );
+        return;
+    };
+    let scratch = dcol_tests::dcol::Scratch::new("apk");
+    let base = image_base_apk(&first.tool, scratch.path());
+    let ns = Netns::new("apk");
+    let img = Image::new("apk");
+    img.install_host_program(&first.tool, "/usr/bin/apk");
+    let router = img.boot(&ns);
+    for f in [&base, &first.dcol, &first.luci] {
+        put_file(&router, "/root/apk", f);
+    }
+    put_file(&router, "/root/apk-next", &second.dcol);
+
+    // ---- install: apk runs the post-install scripts under procd ----
+    router.ok("apk add --initdb --no-network --allow-untrusted /root/apk/image-base-1.apk");
+    let out = router.ok(
+        "apk add --no-network --allow-untrusted /root/apk/dcol-*.apk /root/apk/luci-app-dcol-*.apk 2>&1",
+    );
+    let info = router.ok("apk info -v 2>/dev/null");
+    assert!(
+        info.contains(&format!("dcol-{}", packages().version)) && info.contains("luci-app-dcol-"),
+        "apk info:\n{info}\napk add:\n{out}"
+    );
+    router.ok("test -s /lib/apk/packages/dcol.list && grep -qx /usr/sbin/dcol /lib/apk/packages/dcol.list");
+    router.ok("grep -q '^/etc/config/dcol ' /lib/apk/packages/dcol.conffiles_static");
+    router.ok("/etc/init.d/dcol enabled");
+    assert_eq!(
+        router.ok("/etc/init.d/dcol status").trim(),
+        "active with no instances",
+        "post-install started the service, which runs nothing as shipped"
+    );
+    router.ok("ubus list luci.dcol");
+
+    // ---- on, then an upgrade to the second version ----
+    let admin = Admin::new();
+    admin.join(&router, "apk-router", "client");
+    router.ok("uci set dcol.main.enabled=1; uci set dcol.client.enabled=1; uci set dcol.main.log_level=debug; uci commit dcol");
+    router.ok("/etc/init.d/dcol start");
+    let old = wait_running(&router, None, Duration::from_secs(10));
+    let conf = router.ok("cat /etc/config/dcol");
+    let out = router.ok("apk add --no-network --allow-untrusted /root/apk-next/dcol-*.apk 2>&1");
+    let info = router.ok("apk info -v 2>/dev/null");
+    assert!(
+        info.contains(&format!(
+            "dcol-{}",
+            second
+                .dcol
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.strip_prefix("dcol-"))
+                .expect("version")
+        )),
+        "apk info after the upgrade:\n{info}\n{out}"
+    );
+    assert_eq!(
+        router.ok("cat /etc/config/dcol"),
+        conf,
+        "the edited conffile is kept"
+    );
+    router.ok("/etc/init.d/dcol enabled");
+    // apk runs no script of the old version on an upgrade: the package's
+    // pre-upgrade (its preinst) stopped the old daemon, post-upgrade
+    // started the new binary.
+    let now = wait_running(&router, Some(old), Duration::from_secs(10));
+    let exe = router.ok(&format!("readlink /proc/{now}/exe"));
+    assert_eq!(
+        exe.trim(),
+        "/usr/sbin/dcol",
+        "the new binary runs (pid {old} -> {now})"
+    );
+    assert!(
+        dcol_log(&router).contains(&format!(
+            "dcol[{old}]: [INFO] stopped; kernel state removed"
+        )),
+        "the old daemon was stopped cleanly before its binary was replaced"
+    );
+
+    // ---- remove: pre-deinstall stops and disables ----
+    router.ok("apk del luci-app-dcol dcol 2>&1");
+    wait_stopped(&router, Duration::from_secs(12));
+    router.ok("test ! -e /etc/rc.d/S95dcol && test ! -e /usr/sbin/dcol");
+    assert!(!router.ok("nft list tables").contains("dcol"));
+    let log = dcol_log(&router);
+    assert!(
+        log.contains(&format!(
+            "dcol[{now}]: [INFO] stopped; kernel state removed"
+        )),
+        "pre-deinstall stopped the daemon with SIGTERM:\n{log}"
+    );
 }
 
 #[test]

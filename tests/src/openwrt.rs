@@ -76,7 +76,9 @@ use std::time::Instant;
 use crate::Netns;
 
 mod router;
-pub use router::{packages, packages_with_release, Image, Packages, Router, ROOT_PASSWORD};
+pub use router::{
+    packages, packages_with_release, ApkPackages, Image, Packages, Router, ROOT_PASSWORD,
+};
 
 /// Bumped when this module's build steps change, so caches rebuild.
 const RECIPE: &str = "r1";

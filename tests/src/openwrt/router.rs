@@ -267,6 +267,35 @@ impl Image {
             .expect("run opkg")
     }
 
+    /// Puts a host program into the image at `path` (e.g. apk-tools' `apk`),
+    /// with the shared libraries it needs that the root lacks (the root's
+    /// C library is the host's).
+    pub fn install_host_program(&self, program: &Path, path: &str) {
+        self.write(
+            path,
+            &fs::read(program).unwrap_or_else(|e| panic!("read {}: {e}", program.display())),
+        );
+        self.chmod(path, 0o755);
+        let ldd = crate::run(&["ldd", utf8(program)]);
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .lines()
+            .filter_map(|l| l.split("=>").nth(1))
+            .filter_map(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'))
+        {
+            let name = Path::new(lib)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("library name");
+            if !self.path(&format!("/usr/lib/{name}")).exists() && !self.path(lib).exists() {
+                self.write(
+                    &format!("/usr/lib/{name}"),
+                    &fs::read(lib).unwrap_or_else(|e| panic!("read {lib}: {e}")),
+                );
+            }
+        }
+    }
+
     /// Runs every package's postinst as an image build does after `opkg -o`
     /// (OpenWrt's include/rootfs.mk: `IPKG_INSTROOT=ROOT bash postinst`).
     pub fn run_postinst(&self) {
@@ -607,6 +636,21 @@ pub struct Packages {
     pub luci: PathBuf,
     /// The dcol package's version (`0.1.0-r1`).
     pub version: String,
+    /// The same as `.apk` files for OpenWrt 25.x, when apk-tools could be
+    /// built (`cross/apk-tools`: its sources are not a Debian package).
+    pub apk: Option<ApkPackages>,
+}
+
+/// The `.apk` packages (apk-tools 3, OpenWrt 25.x) and the `apk` that made
+/// them.
+#[derive(Debug, Clone)]
+pub struct ApkPackages {
+    /// `dcol-VERSION-rRELEASE.apk` (arch x86_64).
+    pub dcol: PathBuf,
+    /// `luci-app-dcol-VERSION.apk` (noarch).
+    pub luci: PathBuf,
+    /// apk-tools' `apk` (host build, `target/apk-tools/apk`).
+    pub tool: PathBuf,
 }
 
 /// The packages of this tree (built once per test process by `cross/package
@@ -650,7 +694,7 @@ fn build_packages(release: Option<u32>) -> Packages {
         out_dir.display(),
         t0.elapsed().as_secs_f64()
     ));
-    let find = |dir: &Path, prefix: &str| -> PathBuf {
+    let find_opt = |dir: &Path, prefix: &str, suffix: &str| -> Option<PathBuf> {
         fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
             .flatten()
@@ -658,12 +702,23 @@ fn build_packages(release: Option<u32>) -> Packages {
             .find(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".ipk"))
+                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
             })
+    };
+    let find = |dir: &Path, prefix: &str| -> PathBuf {
+        find_opt(dir, prefix, ".ipk")
             .unwrap_or_else(|| panic!("no {prefix}*.ipk in {}", dir.display()))
     };
     let dcol = find(&out_dir.join("x86_64"), "dcol_");
     let luci = find(&out_dir.join("all"), "luci-app-dcol_");
+    let tool = target_dir().join("apk-tools/apk");
+    let apk = match (
+        find_opt(&out_dir.join("x86_64"), "dcol-", ".apk"),
+        find_opt(&out_dir.join("all"), "luci-app-dcol-", ".apk"),
+    ) {
+        (Some(dcol), Some(luci)) if tool.is_file() => Some(ApkPackages { dcol, luci, tool }),
+        _ => None,
+    };
     let version = dcol
         .file_name()
         .and_then(|n| n.to_str())
@@ -675,5 +730,6 @@ fn build_packages(release: Option<u32>) -> Packages {
         dcol,
         luci,
         version,
+        apk,
     }
 }
