@@ -8,7 +8,7 @@
 //       --dcol-bin DCOL --collective-key KEY --collective-pub PUB \
 //       --waypoint ADDR:PORT --lan-interface IF --server IP --iperf-port N \
 //       --member-netns NS --member-config FILE --member-socket SOCK \
-//       --member-iperf-port N --artifacts DIR [--chromium PATH]
+//       --member-iperf-port N --luci-src DIR --artifacts DIR [--chromium PATH]
 //
 // --router-pid is the host pid of the router's procd: the test reads the
 // router's state (uci, ubus, dcol status) with nsenter into it, as the owner
@@ -26,8 +26,6 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
-
-import { extract, render } from './pot.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const APP = path.resolve(HERE, '../../luci-app-dcol');
@@ -54,6 +52,7 @@ const opt = {
   memberConfig: arg('--member-config'),
   memberSocket: arg('--member-socket'),
   memberIperfPort: arg('--member-iperf-port'),
+  luciSrc: arg('--luci-src'),
   artifacts: arg('--artifacts'),
   chromium: arg('--chromium', process.env.CHROMIUM || '/usr/bin/chromium'),
 };
@@ -242,8 +241,14 @@ let iperf = null;
 const member = [];
 try {
   aclIsMinimal();
+  // LuCI's own string extraction (build/i18n-scan.pl, xgettext), as LuCI's
+  // i18n-sync.sh runs it, from the repository's root.
+  const scan = spawnSync('perl', [path.join(opt.luciSrc, 'build/i18n-scan.pl'), 'luci-app-dcol'],
+    { cwd: path.dirname(APP), encoding: 'utf8' });
   const pot = fs.readFileSync(path.join(APP, 'po/templates/dcol.pot'), 'utf8');
-  check(pot === render(extract()), `po/templates/dcol.pot holds every _() string of the views (${extract().size})`);
+  check(scan.status === 0 && pot === scan.stdout,
+    `po/templates/dcol.pot is what LuCI's i18n-scan.pl extracts (${(pot.match(/^msgid /gm) || []).length - 1} strings; ` +
+    `regenerate: perl LUCI/build/i18n-scan.pl luci-app-dcol > luci-app-dcol/po/templates/dcol.pot)${scan.stderr}`);
 
   // ---- log in ----
   where = 'login';

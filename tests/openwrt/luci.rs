@@ -34,7 +34,7 @@ use std::process::Command;
 
 use dcol_tests::dcol::{dcol_bin, main_section};
 use dcol_tests::lab::{need_root, Lab, IPERF_PORT, SIGNAL_PORT};
-use dcol_tests::openwrt::{Image, ZoneSetup, ROOT_PASSWORD};
+use dcol_tests::openwrt::{Image, Userland, ZoneSetup, ROOT_PASSWORD};
 use dcol_tests::{iperf3_server, LinkProfile, Node};
 
 use crate::install_offline;
@@ -140,6 +140,8 @@ fn luci_app_on_openwrts_web_stack_in_a_browser() {
         .arg("--member-socket")
         .arg(&bob_sock)
         .args(["--member-iperf-port", &(IPERF_PORT + 1).to_string()])
+        .arg("--luci-src")
+        .arg(Userland::get().sources().join("luci"))
         .arg("--artifacts")
         .arg(&artifacts)
         .arg("--chromium")
