@@ -25,9 +25,9 @@ tried=${owrt_src:-}
 if [ -z "$owrt_src" ]; then
 	d=$(dirname "$PWD")
 	while :; do
-		tried="$tried $d/shared/openwrt"
-		if [ -f "$d/shared/openwrt/openwrt-userland-src.tar.gz" ] && [ -f "$d/shared/openwrt/build.sh" ]; then
-			owrt_src=$d/shared/openwrt
+		tried="$tried ${d%/}/shared/openwrt"
+		if [ -f "${d%/}/shared/openwrt/openwrt-userland-src.tar.gz" ] && [ -f "${d%/}/shared/openwrt/build.sh" ]; then
+			owrt_src=${d%/}/shared/openwrt
 			break
 		fi
 		[ "$d" = / ] && break
