@@ -15,9 +15,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::client::{self, Action, Client, PeerSpec, PmEvent};
+use crate::client::{self, Action, Client, PeerSpec};
 use crate::config::{self, Config, DetourPolicy, TunnelKind};
 use crate::control::{self, ControlServer, Status};
+use crate::mptcp::PmEvent;
 use crate::proxy::Gate;
 use crate::routes::Routes;
 use crate::sys::conntrack;

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{Action, Client, Detour, DetourState, Gate, REQUEST_ATTEMPTS, USED_UP_HOLDDOWN};
+use crate::mptcp::AddrId;
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind, Response,
 };
@@ -351,7 +352,7 @@ impl Client {
     /// VPN detours for connection `token`, at most `want`.
     pub(super) fn add_vpn_detours(
         &mut self,
-        token: crate::client::Token,
+        token: crate::mptcp::Token,
         want: usize,
     ) -> Vec<Action> {
         let Some(conn) = self.conns.get(&token) else {
@@ -405,7 +406,7 @@ impl Client {
             out.push(Action::CreateSubflow {
                 token,
                 local,
-                local_id: VPN_LOCAL_ID_BASE.saturating_add(peer.min(250) as u8),
+                local_id: AddrId(VPN_LOCAL_ID_BASE.saturating_add(peer.min(250) as u8)),
                 remote,
             });
         }
