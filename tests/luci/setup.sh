@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the LuCI browser test (tests/netns/luci.rs, tests/luci/run.mjs)
+# Installs what the LuCI browser test (tests/openwrt/luci.rs, tests/luci/run.mjs)
 # needs on a fresh Debian 12 machine (root): Debian's chromium, Node.js (the
 # image's, else Debian's nodejs + npm) and tests/luci's npm packages
 # (playwright-core only: it drives the system chromium and downloads no

@@ -4,7 +4,8 @@
 //! No OpenWrt image can be downloaded here; the shared folder `openwrt/`
 //! holds OpenWrt's sources (procd, ubus, uci, ucode, firewall4, LuCI, ...)
 //! and its `build.sh`, which builds them natively into a chroot-able root
-//! (see that folder's README). The folder is `$DCOL_OPENWRT_SRC`, else the
+//! (see that folder's README). The folder is `$OPENWRT_SRC` (or
+//! `$DCOL_OPENWRT_SRC`), else the
 //! first `shared/openwrt` beside the workspace or one of its ancestors
 //! (`/work/main` and a worktree `/work/wt/x` both find `/work/shared/openwrt`);
 //! without it the tests panic naming the paths they tried. This module:
@@ -73,6 +74,11 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use crate::Netns;
+
+mod router;
+pub use router::{
+    packages, packages_with_release, ApkPackages, Image, Packages, Router, ROOT_PASSWORD,
+};
 
 /// Bumped when this module's build steps change, so caches rebuild.
 const RECIPE: &str = "r1";
@@ -162,20 +168,23 @@ impl Userland {
     }
 }
 
-/// `$DCOL_OPENWRT_SRC`, else the first `shared/openwrt` found beside the
-/// workspace or one of its ancestors (`/work/main` and worktrees such as
-/// `/work/wt/x` both find `/work/shared/openwrt`).
+/// `$OPENWRT_SRC` (or `$DCOL_OPENWRT_SRC`), else the first `shared/openwrt`
+/// found beside the workspace or one of its ancestors (`/work/main` and
+/// worktrees such as `/work/wt/x` both find `/work/shared/openwrt`).
+/// `tests/run-tests.sh` looks in the same places.
 fn shared_dir() -> PathBuf {
     let has_files =
         |d: &Path| d.join("openwrt-userland-src.tar.gz").is_file() && d.join("build.sh").is_file();
-    if let Some(d) = std::env::var_os("DCOL_OPENWRT_SRC") {
-        let d = PathBuf::from(d);
-        assert!(
-            has_files(&d),
-            "DCOL_OPENWRT_SRC={} has no openwrt-userland-src.tar.gz and build.sh",
-            d.display()
-        );
-        return d;
+    for var in ["OPENWRT_SRC", "DCOL_OPENWRT_SRC"] {
+        if let Some(d) = std::env::var_os(var).filter(|d| !d.is_empty()) {
+            let d = PathBuf::from(d);
+            assert!(
+                has_files(&d),
+                "{var}={} has no openwrt-userland-src.tar.gz and build.sh",
+                d.display()
+            );
+            return d;
+        }
     }
     let ws = workspace();
     let tried: Vec<PathBuf> = ws
@@ -190,7 +199,7 @@ fn shared_dir() -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "OpenWrt userland sources not found: looked for openwrt-userland-src.tar.gz and \
-             build.sh in {}; set DCOL_OPENWRT_SRC to the folder that has them",
+             build.sh in {}; set OPENWRT_SRC to the folder that has them",
                 tried
                     .iter()
                     .map(|p| p.display().to_string())
@@ -201,7 +210,7 @@ fn shared_dir() -> PathBuf {
 }
 
 /// The Cargo workspace (this crate's parent).
-fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest
         .parent()
@@ -211,7 +220,7 @@ fn workspace() -> PathBuf {
 
 /// `$CARGO_TARGET_DIR` (relative: to the workspace), else the workspace's
 /// `target/` (as `dcol_bin` finds it).
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     let ws = workspace();
     std::env::var_os("CARGO_TARGET_DIR")
         .map(|d| ws.join(d))
@@ -292,11 +301,11 @@ fn build(tarball: &Path, build_sh: &Path, dir: &Path, lock: &FileLock) {
 
 /// A progress line on stderr that the test harness does not capture: a
 /// 30 s build should not look like a hang in CI's log.
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     let _ = writeln!(std::io::stderr(), "openwrt: {msg}");
 }
 
-fn utf8(path: &Path) -> &str {
+pub(crate) fn utf8(path: &Path) -> &str {
     path.to_str()
         .unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
 }
@@ -319,12 +328,12 @@ fn pkg_config_has(lib: &str) -> bool {
 /// An exclusive `flock(2)` on a file, held until dropped (and by the
 /// processes given [`FileLock::inherit`]): one build at a time across test
 /// binaries.
-struct FileLock {
+pub(crate) struct FileLock {
     file: fs::File,
 }
 
 impl FileLock {
-    fn exclusive(path: &Path) -> FileLock {
+    pub(crate) fn exclusive(path: &Path) -> FileLock {
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -555,6 +564,26 @@ impl ZoneSetup {
         ))
     }
 
+    /// `uci batch` commands binding zone `lan` and zone `wan` of the config
+    /// `show` (`uci -X show firewall`) to this setup's devices.
+    pub(crate) fn binding(&self, show: &str) -> String {
+        let mut batch = String::new();
+        for (zone, devices) in [("lan", &self.lan), ("wan", &self.wan)] {
+            let id = zone_section(show, zone)
+                .unwrap_or_else(|| panic!("the shipped firewall config has no zone '{zone}'"));
+            batch.push_str(&format!("delete firewall.{id}.network\n"));
+            for d in devices {
+                batch.push_str(&format!("add_list firewall.{id}.device='{d}'\n"));
+            }
+        }
+        batch
+    }
+
+    /// The sections appended after the shipped ones, and the batch run after.
+    pub(crate) fn extra(&self) -> (&str, &str) {
+        (&self.sections, &self.batch)
+    }
+
     /// What `dcol.init` opens for a waypoint listening on UDP `port` (not on
     /// loopback): [`ZoneSetup::dcol_udp_rule`] `signaling-PORT`. With
     /// `vpn_subnet` set it also opens the WireGuard port:
@@ -664,16 +693,7 @@ impl Fw4 {
             .unwrap_or_else(|e| panic!("copy the shipped firewall config: {e}"));
         let show = String::from_utf8_lossy(&sb.exec(&["uci", "-X", "show", "firewall"]).stdout)
             .into_owned();
-        let mut batch = String::new();
-        for (zone, devices) in [("lan", &setup.lan), ("wan", &setup.wan)] {
-            let id = zone_section(&show, zone)
-                .unwrap_or_else(|| panic!("the shipped firewall config has no zone '{zone}'"));
-            batch.push_str(&format!("delete firewall.{id}.network\n"));
-            for d in devices {
-                batch.push_str(&format!("add_list firewall.{id}.device='{d}'\n"));
-            }
-        }
-        self.uci(&batch);
+        self.uci(&setup.binding(&show));
         if !setup.sections.is_empty() {
             let mut text = fs::read_to_string(&conf).expect("read the firewall config");
             text.push_str(&setup.sections);

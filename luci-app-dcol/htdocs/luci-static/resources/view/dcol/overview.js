@@ -175,6 +175,21 @@ function itemTable(id, rows) {
 	}));
 }
 
+/*
+ * /etc/config/dcol that uci cannot read (edited by hand): the form cannot be
+ * built, so the page says so, with the line and reason dcol gives (its
+ * status call reads the same file) instead of LuCI's bare RPC error.
+ */
+function configError(err, st) {
+	return E('div', { 'class': 'alert-message error', 'id': 'dcol-config-error' }, [
+		E('strong', [ _('/etc/config/dcol cannot be read: the settings cannot be shown.') ]),
+		E('p', { 'class': 'dcol-config-error-text' }, [
+			String(st && st.error != null ? st.error : (err && err.message || err))
+		]),
+		E('p', [ _('Fix the file (uci show dcol names the line too). Until then reloads are refused and a running dcol keeps the configuration it read last.') ])
+	]);
+}
+
 function svgEl(tag, attrs) {
 	var el = document.createElementNS('http://www.w3.org/2000/svg', tag);
 	for (var k in attrs)
@@ -189,7 +204,7 @@ return view.extend({
 	load: function() {
 		return Promise.all([
 			fetchStatus(),
-			uci.load('dcol'),
+			uci.load('dcol').catch(function(err) { return { uciError: err }; }),
 			callMembership().catch(rpcFailed('membership'))
 		]);
 	},
@@ -427,6 +442,9 @@ return view.extend({
 	render: function(data) {
 		var m, s, o;
 
+		if (data[1] && data[1].uciError)
+			return configError(data[1].uciError, data[0]);
+
 		/* uci.set() ignores missing sections: make sure the role switches
 		 * have somewhere to go (the package's default file has both). */
 		[ 'client', 'waypoint' ].forEach(function(sec) {
@@ -450,7 +468,8 @@ return view.extend({
 		o.ucioption = 'enabled';
 		o.rmempty = false;
 		o.retain = true;
-		o.depends('enabled', '1');
+		/* A bare 'enabled' would name this option's own ucisection (client). */
+		o.depends('dcol.main.enabled', '1');
 
 		o = s.option(form.Flag, 'waypoint_enabled', _('Serve detours (waypoint role)'),
 			_('Other members may send subflows through this router, up to the limits on the settings page.'));
@@ -458,7 +477,7 @@ return view.extend({
 		o.ucioption = 'enabled';
 		o.rmempty = false;
 		o.retain = true;
-		o.depends('enabled', '1');
+		o.depends('dcol.main.enabled', '1');
 
 		return m.render().then(L.bind(function(mapEl) {
 			var box = E('div', { 'class': 'cbi-section', 'id': 'dcol-status-box' }, [

@@ -1,6 +1,7 @@
 'use strict';
 'require view';
 'require form';
+'require rpc';
 'require uci';
 
 /*
@@ -9,13 +10,33 @@
  * membership switch and the roles are on the overview page.
  */
 
+var callStatus = rpc.declare({
+	object: 'luci.dcol',
+	method: 'status',
+	expect: { }
+});
+
 return view.extend({
 	load: function() {
-		return uci.load('dcol');
+		return uci.load('dcol').catch(function(err) {
+			/* dcol's status call reads the same file: its error names the line. */
+			return callStatus().catch(function() { return {}; }).then(function(st) {
+				return { uciError: err, status: st };
+			});
+		});
 	},
 
-	render: function() {
+	render: function(data) {
 		var m, s, o;
+
+		if (data && data.uciError)
+			return E('div', { 'class': 'alert-message error', 'id': 'dcol-config-error' }, [
+				E('strong', [ _('/etc/config/dcol cannot be read: the settings cannot be shown.') ]),
+				E('p', { 'class': 'dcol-config-error-text' }, [
+					String(data.status && data.status.error != null ? data.status.error : (data.uciError.message || data.uciError))
+				]),
+				E('p', [ _('Fix the file (uci show dcol names the line too). Until then reloads are refused and a running dcol keeps the configuration it read last.') ])
+			]);
 
 		m = new form.Map('dcol', _('Detour Collective settings'),
 			_('How many detours this router uses, what it offers to other members, and which waypoints it knows.'));
@@ -62,8 +83,9 @@ return view.extend({
 			_('Where the signed snapshot is, e.g. http://dir.example.org:7450/snapshot. Empty: only the waypoints listed below.'));
 		o.datatype = 'maxlength(255)';
 		o.placeholder = 'http://dir.example.org:7450/snapshot';
+		/* LuCI validates empty values too: empty means no directory. */
 		o.validate = function(section_id, value) {
-			return /^http:\/\/[^\s/]+(\/\S*)?$/.test(value) || _('Expecting an http:// URL');
+			return value == '' || /^http:\/\/[^\s/]+(\/\S*)?$/.test(value) || _('Expecting an http:// URL');
 		};
 
 		o = s.option(form.Value, 'directory_max_peers', _('Directory members used as waypoints'),
