@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +25,7 @@ use crate::sys::conntrack;
 use crate::sys::diag::Diag;
 use crate::sys::mptcp_pm::{PmEvents, PmSocket};
 use crate::sys::nft::{Caps, NatElement, NatTable};
-use crate::sys::os::{self, Signals};
+use crate::sys::os::{self, Signal, Signals};
 use crate::sys::relay::RelayEvent;
 use crate::sys::routewatch::RouteWatch;
 use crate::sys::rtnl::Rtnl;
@@ -540,13 +540,13 @@ impl Daemon {
                     fds.extend(l.fds());
                 }
                 fds.push(c.events.fd());
-                fds.push(c.sock4.as_raw_fd());
+                fds.push(c.sock4.as_fd());
                 if let Some(s) = &c.sock6 {
-                    fds.push(s.as_raw_fd());
+                    fds.push(s.as_fd());
                 }
             }
             if let Some(w) = &self.waypoint {
-                fds.extend(w.sockets.iter().map(|s| s.as_raw_fd()));
+                fds.extend(w.sockets.iter().map(|s| s.as_fd()));
             }
             fds.push(self.route_watch.fd());
             fds.extend(self.membership_fd());
@@ -570,12 +570,12 @@ impl Daemon {
             let ready = os::poll_readable(&fds, timeout).map_err(io_err("poll"))?;
             if ready[0] {
                 while let Some(sig) = self.signals.read() {
-                    if sig == libc::SIGHUP {
+                    if sig == Signal::SIGHUP {
                         if !self.reload() {
                             return Ok(());
                         }
                     } else {
-                        log::info!("signal {sig}: shutting down");
+                        log::info!("signal {}: shutting down", sig as i32);
                         return Ok(());
                     }
                 }

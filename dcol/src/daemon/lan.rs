@@ -11,7 +11,7 @@
 //!   is at its cap or short of descriptors ([`Pause`]), so new LAN flows go
 //!   direct; each pause is logged once and shown in `dcol status`.
 
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use super::DaemonError;
@@ -181,7 +181,7 @@ impl LanRole {
     }
 
     /// The descriptors to poll.
-    pub(super) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+    pub(super) fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> + '_ {
         std::iter::once(self.relay.fd()).chain(self.watch.as_ref().map(RulesetWatch::fd))
     }
 

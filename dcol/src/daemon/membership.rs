@@ -21,7 +21,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use super::{client_core, client_settings, wall_ms, Daemon, DaemonError, Identity};
@@ -230,7 +230,7 @@ impl Membership {
 
 impl Daemon {
     /// Readable when the agent has news.
-    pub(super) fn membership_fd(&self) -> Option<RawFd> {
+    pub(super) fn membership_fd(&self) -> Option<BorrowedFd<'_>> {
         self.membership.as_ref().map(|m| m.agent.fd())
     }
 

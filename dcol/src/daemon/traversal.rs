@@ -8,7 +8,7 @@
 //! its lease).
 
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -167,7 +167,7 @@ impl Daemon {
     }
 
     /// Readable when a pass finished.
-    pub(super) fn traversal_fd(&self) -> Option<RawFd> {
+    pub(super) fn traversal_fd(&self) -> Option<BorrowedFd<'_>> {
         self.traversal.as_ref().map(|t| t.thread.fd())
     }
 

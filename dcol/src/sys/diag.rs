@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use nix::sys::socket::SockProtocol;
+
 use super::netlink::{Attrs, MsgBuilder, NlSocket};
 use super::SysError;
 use crate::mptcp::{FourTuple, Sample};
 
 /// `NETLINK_SOCK_DIAG` (linux/netlink.h).
-const NETLINK_SOCK_DIAG: i32 = 0x4;
+const NETLINK_SOCK_DIAG: SockProtocol = SockProtocol::NetlinkSockDiag;
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 0x14;
 /// `INET_DIAG_INFO` (linux/inet_diag.h): `struct tcp_info`.

@@ -24,7 +24,7 @@
 //! by the caller ([`be16`], [`array`]).
 
 use std::io::Cursor;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use neli::attr::Attribute;
@@ -127,8 +127,8 @@ impl GenlSocket {
     }
 
     /// The descriptor, for `poll`.
-    pub fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        super::raw::neli_fd(&self.sock)
     }
 
     /// Joins multicast group `group` (an id from [`Family::group`]).

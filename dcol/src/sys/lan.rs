@@ -44,7 +44,7 @@
 //! state to leave behind, and connections already established when the daemon
 //! starts are untouched (NAT applies to new connections only).
 
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use super::netlink::{nfgenmsg, Attrs, Messages, Msg, MsgBuilder, NlSocket, NETLINK_NETFILTER};
@@ -426,7 +426,7 @@ impl RulesetWatch {
     }
 
     /// The descriptor to poll.
-    pub fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.sock.fd()
     }
 

@@ -1,6 +1,9 @@
 //! Kernel glue: netlink (generic netlink `mptcp_pm` and `wireguard` on neli in
 //! [`genl`], nf_tables, ctnetlink), sysctls,
 //! sockets. Nothing above this module knows a netlink attribute number.
+//!
+//! System calls go through nix (or `std`, neli, rtnetlink); the few nix
+//! does not wrap are in `raw`, the one module of the crate allowed `unsafe`.
 
 use std::io;
 
@@ -12,6 +15,7 @@ pub mod mptcp_pm;
 pub mod netlink;
 pub mod nft;
 pub mod os;
+mod raw;
 pub mod relay;
 pub mod routewatch;
 pub mod rtnl;
@@ -77,5 +81,13 @@ impl SysError {
     /// Wraps an `io::Error` with the operation that caused it.
     pub fn io(op: &'static str, source: io::Error) -> Self {
         SysError::Io { op, source }
+    }
+
+    /// Wraps a failed system call's errno (from nix) with the operation.
+    pub fn errno(op: &'static str, e: nix::errno::Errno) -> Self {
+        SysError::Io {
+            op,
+            source: e.into(),
+        }
     }
 }

@@ -17,7 +17,7 @@
 //! `htons(nla_get_u16())`), addresses network order.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 
 use neli::neli_enum;
 use neli::nl::NlPayload;
@@ -172,7 +172,7 @@ impl PmEvents {
     }
 
     /// The descriptor to poll for readability.
-    pub fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.sock.fd()
     }
 

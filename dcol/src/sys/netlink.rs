@@ -1,4 +1,4 @@
-//! A small raw netlink layer on `libc` sockets: what `nft`, `conntrack`,
+//! A small raw netlink layer on nix sockets: what `nft`, `conntrack`,
 //! `vpnfw`, `lan`, `rtnl` and `diag` need and nothing more. (Generic netlink,
 //! `mptcp_pm` and `wireguard`, is neli's: see [`super::genl`].)
 //!
@@ -20,15 +20,22 @@
 //! (`be16`, `be32`, `be64`) use `to_be_bytes`/`from_be_bytes` explicitly. Structures
 //! are never transmuted, so the code is the same on big-endian MIPS.
 //!
-//! This is one of the two modules allowed `unsafe` (with `os`): every block wraps
-//! one system call and states why it is sound.
-#![allow(unsafe_code)]
+//! The system calls go through nix (the netlink options nix lacks through
+//! [`super::raw`]).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use super::SysError;
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{
+    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
+    SockFlag, SockProtocol, SockType,
+};
+use nix::sys::time::{TimeVal, TimeValLike};
+
+use super::{raw, SysError};
 
 // linux/netlink.h
 /// `NLMSG_HDRLEN`: size of `struct nlmsghdr`.
@@ -69,21 +76,13 @@ pub const NLA_F_NESTED: u16 = 0x8000;
 pub const NLA_F_NET_BYTEORDER: u16 = 0x4000;
 /// `NLA_TYPE_MASK`.
 const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
-/// `SOL_NETLINK`.
-const SOL_NETLINK: libc::c_int = 0x10e;
-/// `NETLINK_ADD_MEMBERSHIP`.
-const NETLINK_ADD_MEMBERSHIP: libc::c_int = 0x1;
-/// `NETLINK_CAP_ACK`: errors echo only the request's header.
-const NETLINK_CAP_ACK: libc::c_int = 0xa;
-/// `NETLINK_EXT_ACK`: errors carry `NLMSGERR_ATTR_*` attributes.
-const NETLINK_EXT_ACK: libc::c_int = 0xb;
 /// `NLMSGERR_ATTR_MSG`: the extended-ack text.
 const NLMSGERR_ATTR_MSG: u16 = 0x1;
 
 /// `NETLINK_NETFILTER` (linux/netlink.h).
-pub const NETLINK_NETFILTER: i32 = 0xc;
+pub const NETLINK_NETFILTER: SockProtocol = SockProtocol::NetlinkNetFilter;
 /// `NETLINK_GENERIC` (linux/netlink.h).
-pub const NETLINK_GENERIC: i32 = 0x10;
+pub const NETLINK_GENERIC: SockProtocol = SockProtocol::NetlinkGeneric;
 
 /// Receive buffer size: larger than any datagram the kernel builds for a dump
 /// (it caps those at 32 KiB plus headers).
@@ -102,10 +101,6 @@ fn malformed(op: &'static str, what: impl Into<String>) -> SysError {
     }
 }
 
-fn last_err(op: &'static str) -> SysError {
-    SysError::io(op, io::Error::last_os_error())
-}
-
 /// An `AF_NETLINK` socket bound to a kernel-assigned port id.
 #[derive(Debug)]
 pub struct NlSocket {
@@ -117,159 +112,82 @@ pub struct NlSocket {
 impl NlSocket {
     /// Opens a blocking socket for `protocol` (e.g. [`NETLINK_GENERIC`]) with
     /// extended acks on and a receive timeout, so that an exchange never hangs.
-    pub fn open(protocol: i32) -> Result<Self, SysError> {
-        let op = "netlink socket";
-        // SAFETY: socket() has no memory preconditions; on success we own the fd.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) {
+    pub fn open(protocol: SockProtocol) -> Result<Self, SysError> {
+        let fd = match socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            protocol,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::EPROTONOSUPPORT) => {
                 return Err(SysError::Unsupported(format!(
-                    "netlink protocol {protocol} is not supported by this kernel"
-                )));
+                    "netlink protocol {} is not supported by this kernel",
+                    protocol as i32
+                )))
             }
-            return Err(SysError::io(op, e));
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: sa is a valid sockaddr_nl of the size passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
+            Err(e) => return Err(SysError::errno("netlink socket", e)),
         };
-        if r != 0 {
-            return Err(last_err("netlink bind"));
-        }
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))
+            .map_err(|e| SysError::errno("netlink bind", e))?;
         let sock = NlSocket {
             fd,
             seq: initial_seq(),
             buf: vec![0; RECV_BUF],
         };
         // Kernels before 4.12 lack extended acks; errors then come without text.
-        if let Err(e) = sock.setsockopt_int(
-            SOL_NETLINK,
-            NETLINK_EXT_ACK,
-            1,
-            "setsockopt NETLINK_EXT_ACK",
-        ) {
-            log::debug!("{e}");
+        if let Err(e) = setsockopt(&sock.fd, raw::NETLINK_EXT_ACK, &1) {
+            log::debug!("{}", SysError::errno("setsockopt NETLINK_EXT_ACK", e));
         }
         // Best effort: without CAP_ACK errors echo the whole request, which we skip anyway.
-        let _ = sock.setsockopt_int(
-            SOL_NETLINK,
-            NETLINK_CAP_ACK,
-            1,
-            "setsockopt NETLINK_CAP_ACK",
-        );
+        let _ = setsockopt(&sock.fd, raw::NETLINK_CAP_ACK, &1);
         sock.set_recv_timeout(Some(EXCHANGE_TIMEOUT))?;
         Ok(sock)
     }
 
     /// The descriptor, for `poll`.
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Switches `O_NONBLOCK` on or off.
     pub fn set_nonblocking(&self, on: bool) -> Result<(), SysError> {
-        // SAFETY: fcntl F_GETFL/F_SETFL on a descriptor we own; no pointers.
-        let flags = unsafe { libc::fcntl(self.fd(), libc::F_GETFL) };
-        if flags < 0 {
-            return Err(last_err("fcntl F_GETFL"));
-        }
-        let new = if on {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
-        };
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(self.fd(), libc::F_SETFL, new) } < 0 {
-            return Err(last_err("fcntl F_SETFL"));
-        }
+        let flags =
+            fcntl(&self.fd, FcntlArg::F_GETFL).map_err(|e| SysError::errno("fcntl F_GETFL", e))?;
+        let mut flags = OFlag::from_bits_retain(flags);
+        flags.set(OFlag::O_NONBLOCK, on);
+        fcntl(&self.fd, FcntlArg::F_SETFL(flags))
+            .map_err(|e| SysError::errno("fcntl F_SETFL", e))?;
         Ok(())
     }
 
     /// Sets `SO_RCVTIMEO` (`None`: wait forever).
     pub fn set_recv_timeout(&self, t: Option<Duration>) -> Result<(), SysError> {
-        let t = t.unwrap_or(Duration::ZERO);
-        let tv = libc::timeval {
-            tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-            // Below 1_000_000: fits every target's suseconds_t (i32 on 32-bit MIPS).
-            tv_usec: t.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: the option value points to a live timeval of the size passed.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(last_err("setsockopt SO_RCVTIMEO"));
-        }
-        Ok(())
+        // TimeVal panics beyond its range: cap at i32::MAX seconds (68 years),
+        // which every target's time_t holds (32 bits on MIPS).
+        let us = t
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(i32::MAX as u64))
+            .as_micros();
+        let tv = TimeVal::microseconds(i64::try_from(us).unwrap_or(i64::MAX));
+        setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv)
+            .map_err(|e| SysError::errno("setsockopt SO_RCVTIMEO", e))
     }
 
     /// Joins multicast group `group` (a generic netlink group id or an nfnetlink
     /// group number).
     pub fn add_membership(&self, group: u32) -> Result<(), SysError> {
-        let g = libc::c_int::try_from(group).map_err(|_| {
-            SysError::io(
-                "netlink add membership",
-                io::Error::from(io::ErrorKind::InvalidInput),
-            )
-        })?;
-        self.setsockopt_int(
-            SOL_NETLINK,
-            NETLINK_ADD_MEMBERSHIP,
-            g,
-            "setsockopt NETLINK_ADD_MEMBERSHIP",
-        )
+        setsockopt(&self.fd, raw::NETLINK_ADD_MEMBERSHIP, &group)
+            .map_err(|e| SysError::errno("setsockopt NETLINK_ADD_MEMBERSHIP", e))
     }
 
     /// Sets `SO_RCVBUF` (the kernel doubles it); a larger buffer makes
     /// event-group overflows (`ENOBUFS`) rarer.
     pub fn set_recv_buffer(&self, bytes: usize) -> Result<(), SysError> {
-        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        self.setsockopt_int(libc::SOL_SOCKET, libc::SO_RCVBUF, v, "setsockopt SO_RCVBUF")
-    }
-
-    fn setsockopt_int(
-        &self,
-        level: libc::c_int,
-        name: libc::c_int,
-        v: libc::c_int,
-        op: &'static str,
-    ) -> Result<(), SysError> {
-        // SAFETY: the option value points to a live c_int of the size passed.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd(),
-                level,
-                name,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(last_err(op));
-        }
-        Ok(())
+        // nix casts to c_int: cap first.
+        let bytes = bytes.min(i32::MAX as usize);
+        setsockopt(&self.fd, sockopt::RcvBuf, &bytes)
+            .map_err(|e| SysError::errno("setsockopt SO_RCVBUF", e))
     }
 
     /// The next sequence number (wraps; 0 is skipped because events use it).
@@ -283,30 +201,15 @@ impl NlSocket {
 
     /// Sends `bytes` (one or more complete messages) to the kernel.
     pub fn send(&self, op: &'static str, bytes: &[u8]) -> Result<(), SysError> {
-        // SAFETY: sockaddr_nl is plain data; all-zero (pid 0) addresses the kernel.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // Port id 0 addresses the kernel.
+        let kernel = NetlinkAddr::new(0, 0);
         loop {
-            // SAFETY: bytes is a live slice of the length passed; sa is a valid
-            // sockaddr_nl of the size passed.
-            let n = unsafe {
-                libc::sendto(
-                    self.fd(),
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_nl).cast(),
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
+            let n = match sendto(self.fd.as_raw_fd(), bytes, &kernel, MsgFlags::empty()) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(SysError::errno(op, e)),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(SysError::io(op, e));
-            }
-            if n as usize != bytes.len() {
+            if n != bytes.len() {
                 return Err(SysError::io(
                     op,
                     io::Error::new(io::ErrorKind::WriteZero, "short netlink send"),
@@ -321,23 +224,12 @@ impl NlSocket {
     /// to judge. A datagram larger than the buffer is an error.
     pub fn recv(&mut self) -> io::Result<&[u8]> {
         loop {
-            // SAFETY: buf is a live, exclusively borrowed buffer of the length passed.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                )
+            // MSG_TRUNC: the datagram's real length, to tell truncation.
+            let n = match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let n = n as usize;
             if n > self.buf.len() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -889,109 +781,42 @@ impl MsgBuilder {
 /// the namespace disappears with the thread and its sockets. Needs
 /// `CAP_SYS_ADMIN`.
 pub fn unshare_netns_for_this_thread() -> io::Result<()> {
-    // SAFETY: unshare takes no pointers; CLONE_NEWNET affects only this thread.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?)
 }
 
-/// Test helpers that need `unsafe` (kept here, the one place allowed it):
-/// MPTCP sockets, which `std` cannot create.
+/// Test helpers: MPTCP sockets, which `std` cannot create.
 #[cfg(test)]
 pub(crate) mod testsock {
     use std::io;
     use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, OwnedFd};
 
-    /// `IPPROTO_MPTCP` (linux/in.h).
-    const IPPROTO_MPTCP: libc::c_int = 0x106;
+    use nix::sys::socket::{
+        bind, connect as nix_connect, listen as nix_listen, setsockopt, socket, sockopt,
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
+    };
 
-    fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-        // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let len = match addr {
-            SocketAddr::V4(a) => {
-                let sin = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.ip().octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-                unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-                std::mem::size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: a.port().to_be(),
-                    sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
-                    },
-                    sin6_scope_id: 0,
-                };
-                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-                unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-                std::mem::size_of::<libc::sockaddr_in6>()
-            }
-        };
-        (ss, len as libc::socklen_t)
-    }
+    use crate::sys::raw;
 
-    fn socket(addr: SocketAddr, proto: libc::c_int) -> io::Result<OwnedFd> {
+    fn socket_for(addr: SocketAddr, mptcp: bool) -> io::Result<OwnedFd> {
         let fam = if addr.is_ipv4() {
-            libc::AF_INET
+            AddressFamily::Inet
         } else {
-            libc::AF_INET6
+            AddressFamily::Inet6
         };
-        // SAFETY: socket() has no memory preconditions.
-        let fd = unsafe { libc::socket(fam, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, proto) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptor we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
-        let (ss, len) = sockaddr(addr);
-        // SAFETY: ss holds a valid sockaddr of length len.
-        if unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&ss as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        Ok(if mptcp {
+            raw::mptcp_socket(fam, SockFlag::SOCK_CLOEXEC)?
+        } else {
+            socket(fam, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?
+        })
     }
 
     /// An MPTCP (`mptcp == true`) or TCP listener on `addr`.
     pub(crate) fn listen(addr: SocketAddr, mptcp: bool) -> io::Result<TcpListener> {
-        let fd = socket(addr, if mptcp { IPPROTO_MPTCP } else { 0 })?;
-        let one: libc::c_int = 1;
-        // SAFETY: the option value points to a live c_int of the size passed.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        bind(&fd, addr)?;
-        // SAFETY: listen on a descriptor we own; no pointers.
-        if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = socket_for(addr, mptcp)?;
+        let _ = setsockopt(&fd, sockopt::ReuseAddr, &true);
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+        nix_listen(&fd, Backlog::new(16)?)?;
         Ok(TcpListener::from(fd))
     }
 
@@ -1001,22 +826,11 @@ pub(crate) mod testsock {
         to: SocketAddr,
         mptcp: bool,
     ) -> io::Result<TcpStream> {
-        let fd = socket(to, if mptcp { IPPROTO_MPTCP } else { 0 })?;
+        let fd = socket_for(to, mptcp)?;
         if let Some(f) = from {
-            bind(&fd, f)?;
+            bind(fd.as_raw_fd(), &SockaddrStorage::from(f))?;
         }
-        let (ss, len) = sockaddr(to);
-        // SAFETY: ss holds a valid sockaddr of length len.
-        if unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&ss as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        nix_connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
         Ok(TcpStream::from(fd))
     }
 }

@@ -1,271 +1,224 @@
 //! Small POSIX wrappers the daemon loop needs: `poll(2)`, a `signalfd(2)` for
-//! SIGTERM/SIGINT/SIGHUP, and the host's own addresses (`getifaddrs(3)`).
-//!
-//! This is one of the two modules allowed `unsafe` (with `netlink`); each block
-//! states why it is sound.
-#![allow(unsafe_code)]
+//! SIGTERM/SIGINT/SIGHUP, the host's own addresses (`getifaddrs(3)`) and UDP
+//! sockets (IPv6-only binds, `IP_PKTINFO` sends). All through nix.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSlice;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::SigSet;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    self as nsock, sockopt, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+    SockaddrIn, SockaddrIn6, SockaddrStorage,
+};
+
+use super::raw;
+
+pub use nix::sys::signal::Signal;
 
 /// Waits until one of `fds` is readable or `timeout` passes (`None`: forever).
 /// Returns, per fd, whether it is readable (or in error/hang-up, which a read
 /// will report). EINTR counts as a timeout.
-pub fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut pfds: Vec<libc::pollfd> = fds
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
         .collect();
-    let ms = match timeout {
-        None => -1,
-        Some(t) => i32::try_from(t.as_millis().saturating_add(1)).unwrap_or(i32::MAX),
-    };
-    // SAFETY: pfds is a valid, exclusively borrowed array of pollfd of the given length.
-    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(vec![false; fds.len()]);
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        // Rounded up: waking before the deadline would only poll again.
+        Some(t) => {
+            PollTimeout::try_from(t.as_millis().saturating_add(1)).unwrap_or(PollTimeout::MAX)
         }
-        return Err(e);
+    };
+    match poll(&mut pfds, timeout) {
+        Ok(_) => {}
+        Err(Errno::EINTR) => return Ok(vec![false; fds.len()]),
+        Err(e) => return Err(e.into()),
     }
-    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+    // Any bit, even one nix does not know, makes the descriptor worth a read.
+    Ok(pfds
+        .iter()
+        .map(|p| p.revents().is_none_or(|r| !r.is_empty()))
+        .collect())
 }
 
 /// SIGTERM, SIGINT and SIGHUP delivered through a file descriptor.
 #[derive(Debug)]
 pub struct Signals {
-    fd: OwnedFd,
+    fd: SignalFd,
 }
 
 impl Signals {
     /// Blocks SIGTERM, SIGINT and SIGHUP for this thread (call before starting
     /// threads) and ignores SIGPIPE, then opens a non-blocking signalfd for them.
     pub fn new() -> io::Result<Self> {
-        // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it;
-        // sigprocmask and signalfd only read it. signal(SIGPIPE, SIG_IGN) has no
-        // preconditions.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                libc::sigaddset(&mut set, s);
-            }
-            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(Signals {
-                fd: OwnedFd::from_raw_fd(fd),
-            })
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            set.add(s);
         }
+        set.thread_block()?;
+        // Cannot fail for SIG_IGN on SIGPIPE; the relay's sends say MSG_NOSIGNAL.
+        let _ = raw::ignore_sigpipe();
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { fd })
     }
 
     /// The descriptor to poll.
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
-    /// The next pending signal number, if any.
-    pub fn read(&self) -> Option<i32> {
-        // SAFETY: signalfd_siginfo is plain data; read writes at most its size.
-        unsafe {
-            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            let n = libc::read(
-                self.fd.as_raw_fd(),
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                size,
-            );
-            (n == size as isize).then_some(info.ssi_signo as i32)
-        }
+    /// The next pending signal, if any.
+    pub fn read(&self) -> Option<Signal> {
+        let info = self.fd.read_signal().ok()??;
+        Signal::try_from(i32::try_from(info.ssi_signo).ok()?).ok()
     }
 }
 
 /// Every address configured on this host's interfaces (in the current network
 /// namespace).
 pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills head with a list we free below with freeifaddrs;
-    // each ifa_addr, when non-null, points to a sockaddr of the family it names.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut p = head;
-        while !p.is_null() {
-            let a = (*p).ifa_addr;
-            if !a.is_null() {
-                match i32::from((*a).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(a as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(a as *const libc::sockaddr_in6);
-                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                    }
-                    _ => {}
-                }
+    Ok(nix::ifaddrs::getifaddrs()?
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            if let Some(sin) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(sin.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|sin6| IpAddr::V6(sin6.ip()))
             }
-            p = (*p).ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// Binds a non-blocking UDP socket. IPv6 sockets are IPv6-only, so that
 /// `0.0.0.0:P` and `[::]:P` can both be bound and each family keeps its own
 /// addresses (no IPv4-mapped sources).
-pub fn bind_udp(addr: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let family = if addr.is_ipv4() {
-        libc::AF_INET
+        AddressFamily::Inet
     } else {
-        libc::AF_INET6
+        AddressFamily::Inet6
     };
-    // SAFETY: socket() has no memory preconditions; on success we own the fd.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sock = std::net::UdpSocket::from(owned);
+    let fd = nsock::socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
     if addr.is_ipv6() {
-        let one: libc::c_int = 1;
-        // SAFETY: the option value points to a live c_int of the given size.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        nsock::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
     }
-    bind(&sock, addr)?;
-    Ok(sock)
-}
-
-fn bind(sock: &std::net::UdpSocket, addr: std::net::SocketAddr) -> io::Result<()> {
-    let (ss, len) = super::sock::raw_addr(&addr);
-    // SAFETY: ss holds a sockaddr of length len.
-    let r = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    nsock::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(UdpSocket::from(fd))
 }
 
 /// Sends `buf` to `to` from the local address `from` (`IP_PKTINFO` /
 /// `IPV6_PKTINFO`), so that the peer sees the address we choose rather than
 /// the one routing would pick. On a router with several interfaces the
 /// waypoint must see the address the detour subflows will come from.
-pub fn send_from(
-    sock: &std::net::UdpSocket,
-    buf: &[u8],
-    to: std::net::SocketAddr,
-    from: IpAddr,
-) -> io::Result<usize> {
-    use std::mem::{size_of, zeroed};
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // Room for one cmsg of either pktinfo kind, u64-aligned.
-    let mut cbuf = [0u64; 8];
-    // SAFETY: all of these are plain data; zero is a valid value for each.
-    let (mut sin, mut sin6): (libc::sockaddr_in, libc::sockaddr_in6) =
-        unsafe { (zeroed(), zeroed()) };
-    // SAFETY: msghdr is plain data.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    let (level, ty, data_len) = match (to, from) {
-        (std::net::SocketAddr::V4(t), IpAddr::V4(_)) => {
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = t.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*t.ip()).to_be();
-            msg.msg_name = (&mut sin as *mut libc::sockaddr_in).cast();
-            msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            (
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                size_of::<libc::in_pktinfo>(),
-            )
+pub fn send_from(sock: &UdpSocket, buf: &[u8], to: SocketAddr, from: IpAddr) -> io::Result<usize> {
+    let iov = [IoSlice::new(buf)];
+    let fd = sock.as_raw_fd();
+    let n = match (to, from) {
+        (SocketAddr::V4(t), IpAddr::V4(f)) => {
+            let pi = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(f).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            let cmsg = [ControlMessage::Ipv4PacketInfo(&pi)];
+            nsock::sendmsg(
+                fd,
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&SockaddrIn::from(t)),
+            )?
         }
-        (std::net::SocketAddr::V6(t), IpAddr::V6(_)) => {
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = t.port().to_be();
-            sin6.sin6_addr.s6_addr = t.ip().octets();
-            sin6.sin6_scope_id = t.scope_id();
-            msg.msg_name = (&mut sin6 as *mut libc::sockaddr_in6).cast();
-            msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-            (
-                libc::IPPROTO_IPV6,
-                libc::IPV6_PKTINFO,
-                size_of::<libc::in6_pktinfo>(),
-            )
+        (SocketAddr::V6(t), IpAddr::V6(f)) => {
+            let pi = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: f.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            let cmsg = [ControlMessage::Ipv6PacketInfo(&pi)];
+            // As before: no flow label (the std conversion would keep t's).
+            let t = std::net::SocketAddrV6::new(*t.ip(), t.port(), 0, t.scope_id());
+            nsock::sendmsg(
+                fd,
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&SockaddrIn6::from(t)),
+            )?
         }
         _ => return sock.send_to(buf, to),
     };
-    // SAFETY: CMSG_SPACE only computes a size.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(data_len as u32) } as _;
-    // SAFETY: msg_control points to cbuf, large enough for one cmsg of
-    // data_len bytes (64 bytes >= CMSG_SPACE(20)); CMSG_FIRSTHDR/CMSG_DATA
-    // stay inside it; the pktinfo structs are written unaligned-safely.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = level;
-        (*c).cmsg_type = ty;
-        (*c).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
-        match from {
-            IpAddr::V4(f) => {
-                let mut pi: libc::in_pktinfo = zeroed();
-                pi.ipi_spec_dst.s_addr = u32::from(f).to_be();
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>(), pi);
-            }
-            IpAddr::V6(f) => {
-                let mut pi: libc::in6_pktinfo = zeroed();
-                pi.ipi6_addr.s6_addr = f.octets();
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>(), pi);
-            }
-        }
-        let n = libc::sendmsg(sock.as_raw_fd(), &msg, 0);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(2));
+
+    /// UDP with a chosen source address, and `poll` (kernel test: skipped
+    /// under qemu-user by cross/test-qemu).
+    #[test]
+    fn kernel_send_from_picks_the_source_and_poll_sees_the_datagram() {
+        let rx = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = bind_udp("0.0.0.0:0".parse().unwrap()).unwrap();
+        assert_eq!(
+            poll_readable(&[rx.as_fd()], Some(Duration::ZERO)).unwrap(),
+            vec![false]
+        );
+        let from: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(send_from(&tx, b"hi", to, from).unwrap(), 2);
+        assert_eq!(
+            poll_readable(&[rx.as_fd(), tx.as_fd()], WAIT).unwrap(),
+            vec![true, false]
+        );
+        let mut buf = [0u8; 8];
+        let (n, src) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], src.ip()), (&b"hi"[..], from));
+        assert!(local_addresses()
+            .unwrap()
+            .contains(&"127.0.0.1".parse().unwrap()));
+
+        // IPv6: IPv6-only, so the same port is free for IPv4.
+        let Ok(rx6) = bind_udp("[::1]:0".parse().unwrap()) else {
+            return; // no IPv6 loopback here
+        };
+        let port = rx6.local_addr().unwrap().port();
+        bind_udp(SocketAddr::new("127.0.0.1".parse().unwrap(), port)).unwrap();
+        let tx6 = bind_udp("[::]:0".parse().unwrap()).unwrap();
+        let one: IpAddr = "::1".parse().unwrap();
+        send_from(&tx6, b"v6", rx6.local_addr().unwrap(), one).unwrap();
+        assert_eq!(poll_readable(&[rx6.as_fd()], WAIT).unwrap(), vec![true]);
+        let (n, src) = rx6.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], src.ip()), (&b"v6"[..], one));
+    }
+
+    /// A signal sent to this thread arrives through the descriptor (kernel
+    /// test). The mask is this test thread's only.
+    #[test]
+    fn kernel_signals_arrive_through_the_descriptor() {
+        let s = Signals::new().unwrap();
+        assert_eq!(s.read(), None);
+        nix::sys::signal::raise(Signal::SIGHUP).unwrap();
+        assert_eq!(poll_readable(&[s.fd()], WAIT).unwrap(), vec![true]);
+        assert_eq!(s.read(), Some(Signal::SIGHUP));
+        assert_eq!(s.read(), None);
     }
 }

@@ -5,10 +5,12 @@
 
 use std::net::IpAddr;
 
+use nix::sys::socket::SockProtocol;
+
 use super::netlink::{MsgBuilder, NlSocket, NLM_F_CREATE, NLM_F_EXCL};
 use super::SysError;
 
-const NETLINK_ROUTE: i32 = 0;
+const NETLINK_ROUTE: SockProtocol = SockProtocol::NetlinkRoute;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
@@ -64,14 +66,7 @@ fn ifinfomsg(index: i32, flags: u32, change: u32) -> [u8; 16] {
 
 /// The index of interface `name` (0: none).
 pub fn index_of(name: &str) -> u32 {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return 0;
-    };
-    // SAFETY: c is a valid NUL-terminated string.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::if_nametoindex(c.as_ptr())
-    }
+    nix::net::if_::if_nametoindex(name).unwrap_or(0)
 }
 
 impl Rtnl {

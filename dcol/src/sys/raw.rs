@@ -1,0 +1,151 @@
+//! What nix does not wrap, or wraps only as `unsafe`: the one module of the
+//! crate allowed `unsafe` code. Everything else in [`super`] calls the kernel
+//! through nix (or `std`, or neli and rtnetlink for netlink) and is
+//! `#![deny(unsafe_code)]` with the rest of the crate.
+//!
+//! What is here, and why nix cannot do it:
+//! - [`mptcp_socket`]: nix's `socket()` takes a protocol only from its
+//!   `SockProtocol` enum, which has no `IPPROTO_MPTCP` (262, RFC 8684);
+//! - [`MptcpInfo`]: `getsockopt(SOL_MPTCP, MPTCP_INFO)`, an option nix lacks,
+//!   as a nix [`GetSockOpt`] so callers use `nix::sys::socket::getsockopt`;
+//! - [`NetlinkOpt`]: the `SOL_NETLINK` options nix lacks (`NETLINK_EXT_ACK`,
+//!   `NETLINK_CAP_ACK`, `NETLINK_ADD_MEMBERSHIP`), as a nix [`SetSockOpt`];
+//! - [`listen`]: nix's `Backlog` refuses a backlog above libc's `SOMAXCONN`,
+//!   which is 128 on musl (the routers' libc), while the kernel's own cap is
+//!   `net.core.somaxconn` (4096 by default since Linux 5.4): the relay asks
+//!   for up to 1024 (see the test below);
+//! - [`neli_fd`]: neli 0.7's socket implements `AsRawFd` but not `AsFd`,
+//!   and nix's `poll` takes borrowed descriptors;
+//! - [`ignore_sigpipe`]: nix's `signal()` is `unsafe` because a handler runs
+//!   in signal context; `SIG_IGN` runs nothing.
+//!
+//! Each block states why it is sound. Constants nix lacks come from `libc`
+//! (never hard-coded where `libc` has them: `SOCK_STREAM` is 2 on MIPS).
+#![allow(unsafe_code)]
+
+use std::mem::size_of_val;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::socket::{AddressFamily, GetSockOpt, SetSockOpt, SockFlag, SockType};
+
+/// `SOL_MPTCP` (include/linux/socket.h).
+const SOL_MPTCP: libc::c_int = 0x11c;
+/// `MPTCP_INFO` (include/uapi/linux/mptcp.h).
+const MPTCP_INFO: libc::c_int = 0x1;
+
+/// An MPTCP stream socket: `socket(family, SOCK_STREAM | flags,
+/// IPPROTO_MPTCP)`. Fails with `EPROTONOSUPPORT` (or `EINVAL`,
+/// `ENOPROTOOPT`) where the kernel has no MPTCP.
+pub fn mptcp_socket(family: AddressFamily, flags: SockFlag) -> nix::Result<OwnedFd> {
+    // SAFETY: socket() takes no pointers.
+    let fd = Errno::result(unsafe {
+        libc::socket(
+            family as libc::c_int,
+            SockType::Stream as libc::c_int | flags.bits(),
+            libc::IPPROTO_MPTCP,
+        )
+    })?;
+    // SAFETY: on success fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `listen(fd, backlog)` with the backlog as asked (the kernel caps it at
+/// `net.core.somaxconn`).
+pub fn listen(fd: &impl AsFd, backlog: i32) -> nix::Result<()> {
+    // SAFETY: listen() takes no pointers; fd is borrowed for the call.
+    Errno::result(unsafe { libc::listen(fd.as_fd().as_raw_fd(), backlog) }).map(drop)
+}
+
+/// `MPTCP_INFO` at `SOL_MPTCP`: the first bytes of `struct mptcp_info`, as
+/// 32-bit words in host order, and how many bytes the kernel filled in.
+#[derive(Debug, Clone, Copy)]
+pub struct MptcpInfo;
+
+impl GetSockOpt for MptcpInfo {
+    type Val = ([u32; 32], usize);
+
+    fn get<F: AsFd>(&self, fd: &F) -> nix::Result<Self::Val> {
+        let mut buf = [0u32; 32];
+        let mut len = size_of_val(&buf) as libc::socklen_t;
+        // SAFETY: buf and len describe a writable buffer of len bytes; the
+        // kernel writes at most len bytes and stores the count in len.
+        Errno::result(unsafe {
+            libc::getsockopt(
+                fd.as_fd().as_raw_fd(),
+                SOL_MPTCP,
+                MPTCP_INFO,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        })?;
+        Ok((buf, len as usize))
+    }
+}
+
+/// An integer option at `SOL_NETLINK` that nix lacks.
+#[derive(Debug, Clone, Copy)]
+pub struct NetlinkOpt(libc::c_int);
+
+/// `NETLINK_ADD_MEMBERSHIP`: joins the multicast group given as the value.
+pub const NETLINK_ADD_MEMBERSHIP: NetlinkOpt = NetlinkOpt(0x1);
+/// `NETLINK_CAP_ACK`: errors echo only the request's header.
+pub const NETLINK_CAP_ACK: NetlinkOpt = NetlinkOpt(0xa);
+/// `NETLINK_EXT_ACK`: errors carry `NLMSGERR_ATTR_*` attributes.
+pub const NETLINK_EXT_ACK: NetlinkOpt = NetlinkOpt(0xb);
+
+impl SetSockOpt for NetlinkOpt {
+    type Val = u32;
+
+    fn set<F: AsFd>(&self, fd: &F, val: &u32) -> nix::Result<()> {
+        // SAFETY: the value points to a live u32 of the size passed (the
+        // kernel reads an unsigned int for every SOL_NETLINK option).
+        Errno::result(unsafe {
+            libc::setsockopt(
+                fd.as_fd().as_raw_fd(),
+                libc::SOL_NETLINK,
+                self.0,
+                (val as *const u32).cast(),
+                size_of_val(val) as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    }
+}
+
+/// The descriptor of a neli socket, borrowed for as long as the socket.
+pub fn neli_fd(sock: &neli::socket::NlSocket) -> BorrowedFd<'_> {
+    // SAFETY: the NlSocket owns its descriptor and closes it only when it is
+    // dropped, which the borrow of `sock` rules out while the result lives.
+    unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) }
+}
+
+/// Ignores `SIGPIPE` for the whole process (a `splice` into a socket whose
+/// peer reset raises it; `MSG_NOSIGNAL` covers only `send`).
+pub fn ignore_sigpipe() -> nix::Result<()> {
+    // SAFETY: SIG_IGN installs no handler, so no code runs in signal
+    // context; the previous disposition is not used.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::socket::Backlog;
+
+    use crate::proxy::limits::MAX_BACKLOG;
+
+    /// Why [`super::listen`] is here: nix caps the backlog at libc's
+    /// `SOMAXCONN`, below what the relay asks for on musl.
+    #[test]
+    fn nix_backlog_stops_at_libc_somaxconn() {
+        assert!(Backlog::new(libc::SOMAXCONN + 1).is_err());
+        let relay_max = i32::try_from(MAX_BACKLOG).unwrap();
+        assert_eq!(
+            Backlog::new(relay_max).is_ok(),
+            relay_max <= libc::SOMAXCONN
+        );
+        #[cfg(target_env = "musl")]
+        assert!(Backlog::new(relay_max).is_err());
+    }
+}
