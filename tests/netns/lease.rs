@@ -24,6 +24,7 @@ pub fn nat_request(lab: &Lab, dest: SocketAddr, nonce: u8) -> Outcome {
     let key = files::read_secret_key(&lab.client_member.key).expect("key");
     let cert = files::read_certificate(&lab.client_member.cert).expect("cert");
     let wp = SocketAddr::new(lab.topo.addr4(Node::Waypoint).into(), SIGNAL_PORT);
+    let client = lab.topo.addr4(Node::Client).into();
     std::thread::spawn(move || {
         enter_netns(&std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns"));
         let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
@@ -37,6 +38,7 @@ pub fn nat_request(lab: &Lab, dest: SocketAddr, nonce: u8) -> Outcome {
             waypoint: "alice".into(),
             timestamp_ms: ms,
             nonce: Nonce([nonce; 16]),
+            source: client,
             kind: RequestKind::NatDetour { destination: dest },
         };
         let req = proto::encode(&Message::Request(Request::sign(cert, &key, body)));

@@ -269,3 +269,117 @@ pub fn send_from(
         Ok(n as usize)
     }
 }
+
+/// Sets a socket's receive buffer to `bytes` (the kernel doubles it for
+/// its bookkeeping): `SO_RCVBUFFORCE` as root, past `net.core.rmem_max`,
+/// else `SO_RCVBUF` up to that limit. A waypoint's signaling socket gets a
+/// large one, so that a flood it drops cheaply does not also push honest
+/// datagrams out while the daemon is not scheduled.
+pub fn set_recv_buffer(sock: &std::net::UdpSocket, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |opt: libc::c_int| {
+        // SAFETY: the option value points to a live c_int of the given size.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
+}
+
+/// Room for one datagram of a [`RecvBatch`]: more than the signaling
+/// protocol's limit, so an oversized datagram is seen as such.
+pub const BATCH_DATAGRAM: usize = 2048;
+
+/// Datagrams read with one `recvmmsg(2)`: a flood costs one system call
+/// per batch, not per datagram. The buffers are reused across calls
+/// (`Default`: no room, reads nothing; a placeholder).
+#[derive(Default)]
+pub struct RecvBatch {
+    bufs: Vec<[u8; BATCH_DATAGRAM]>,
+    got: Vec<(usize, Option<std::net::SocketAddr>)>,
+}
+
+impl RecvBatch {
+    /// Room for `n` datagrams per call (at least one).
+    pub fn new(n: usize) -> RecvBatch {
+        RecvBatch {
+            bufs: vec![[0; BATCH_DATAGRAM]; n.max(1)],
+            got: Vec::new(),
+        }
+    }
+
+    /// Reads what is waiting on the non-blocking `sock`, up to the batch's
+    /// size; returns how many arrived (0: none was waiting).
+    pub fn recv(&mut self, sock: &std::net::UdpSocket) -> io::Result<usize> {
+        use std::mem::{size_of, zeroed};
+        let n = self.bufs.len();
+        self.got.clear();
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut iovs: Vec<libc::iovec> = self
+            .bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+        let mut addrs: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; n];
+        let mut hdrs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .zip(addrs.iter_mut())
+            .map(|(iov, ss)| {
+                // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+                let mut h: libc::mmsghdr = unsafe { zeroed() };
+                h.msg_hdr.msg_name = (ss as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        // SAFETY: hdrs holds n headers whose names, iovecs and buffers live
+        // (in addrs, iovs and self.bufs) until the call returns; no timeout.
+        let r = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(0),
+                _ => Err(e),
+            };
+        }
+        for (h, ss) in hdrs.iter().zip(&addrs).take(r as usize) {
+            let len = (h.msg_len as usize).min(BATCH_DATAGRAM);
+            self.got.push((len, super::sock::from_raw(ss)));
+        }
+        Ok(self.got.len())
+    }
+
+    /// Datagram `i` of the last [`RecvBatch::recv`] and its source (`None`
+    /// for a family other than IPv4/IPv6).
+    pub fn get(&self, i: usize) -> Option<(&[u8], Option<std::net::SocketAddr>)> {
+        let (len, from) = *self.got.get(i)?;
+        Some((&self.bufs[i][..len], from))
+    }
+}

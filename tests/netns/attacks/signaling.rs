@@ -156,11 +156,11 @@ impl Signer {
     }
 
     fn body(&self, kind: RequestKind, source: IpAddr) -> RequestBody {
-        let _ = source;
         RequestBody {
             waypoint: "alice".into(),
             timestamp_ms: now_ms(),
             nonce: self.nonce(),
+            source,
             kind,
         }
     }
@@ -207,7 +207,7 @@ enum Reply {
     Granted(u16),
     /// A signed refusal (or any other signed outcome), by its debug text.
     Signed(String),
-    /// An unsigned refusal: `None` before issue 14 (no such message).
+    /// An unsigned refusal, by its reason.
     Unsigned(String),
     Undecodable(String),
 }
@@ -218,7 +218,8 @@ fn reply(bytes: &[u8]) -> Reply {
             Outcome::Granted { port, .. } => Reply::Granted(port),
             o => Reply::Signed(format!("{o:?}")),
         },
-        Ok(m) => Reply::Unsigned(format!("{m:?}")),
+        Ok(Message::Refusal(r)) => Reply::Unsigned(format!("{:?}", r.reason)),
+        Ok(m) => Reply::Undecodable(format!("not a reply: {m:?}")),
         Err(e) => Reply::Undecodable(e.to_string()),
     }
 }
@@ -426,11 +427,22 @@ fn forged_signature_flood_does_not_starve_honest_members() {
     std::thread::sleep(Duration::from_secs(1));
     let client: IpAddr = a.lab.topo.addr4(Node::Client).into();
     let c = carol.clone();
+    // Ten grant and release cycles (the member's quota is 16 tunnels).
     let honest = spawn_in_ns(&a.client_ns(), move || {
         let s = socket(Duration::from_millis(300));
-        (0..20)
-            .map(|i| ask(&s, wp, &c.request(nat(5201 + i), client).1))
-            .collect::<Vec<_>>()
+        let mut answers = Vec::new();
+        for i in 0..10 {
+            let (lease, r) = c.request(nat(5201 + i), client);
+            let a = ask(&s, wp, &r);
+            if let Some((Reply::Granted(port), _)) = a {
+                let (_, rel) = c.request(RequestKind::Release { port, lease }, client);
+                answers.push(a);
+                answers.push(ask(&s, wp, &rel));
+            } else {
+                answers.push(a);
+            }
+        }
+        answers
     });
     let mut status = Vec::new();
     for _ in 0..3 {
@@ -559,6 +571,10 @@ fn member_churn_cannot_wash_out_its_own_evidence() {
         (first, cycles, stopped_by)
     });
     eprintln!("bob churned {cycles} grant/release cycles, then: {stopped_by}");
+    assert!(
+        stopped_by.contains("EvidenceFull"),
+        "bob's churn was not stopped by his evidence share: {stopped_by}"
+    );
     let records = a.evidence();
     let want = format!("nat {first} -> 10.0.3.2:6666");
     assert!(
