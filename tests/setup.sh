@@ -5,6 +5,8 @@
 
 dcol_setup() {
 	local pkgs="iperf3 mptcpize miniupnpd-nftables coturn nftables iproute2 ethtool conntrack procps kmod iputils-ping curl openssl python3 wireguard-go wireguard-tools"
+	# OpenWrt's userland built from ../shared/openwrt (tests/src/openwrt.rs: fw4 tests)
+	pkgs="$pkgs build-essential cmake pkg-config libjson-c-dev zlib1g-dev busybox-static file"
 	local missing=""
 	for p in $pkgs; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

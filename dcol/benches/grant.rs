@@ -598,7 +598,10 @@ fn core_alone() {
             ports: (1024, 65535),
             lease: Duration::from_secs(300),
             max_per_member: max,
-            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            destinations: dcol::waypoint::policy::Rules {
+                allow: vec!["10.0.0.0/8".parse().unwrap()],
+                deny_ports: Vec::new(),
+            },
             max_skew: Duration::from_secs(30),
             vpn: None,
             limits: dcol::waypoint::Limits::for_quota(max),
@@ -609,7 +612,7 @@ fn core_alone() {
             files::read_secret_key(&alice.key).unwrap(),
             files::read_public_key(&coop.root_pub).unwrap(),
             Default::default(),
-            vec![],
+            dcol::routes::Routes::all_wan(Vec::new()),
         )
     };
     let mut w = core(100_000);

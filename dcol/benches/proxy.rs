@@ -124,6 +124,8 @@ impl Bench {
             ]);
         }
         router.exec(&["ip", "link", "set", "lo", "up"]);
+        // The proxy intercepts only flows routed to the WAN (a2).
+        router.exec(&["ip", "route", "add", "default", "via", "10.9.2.2"]);
         router.sysctl("net.ipv4.ip_forward", "1");
         let scratch = Scratch::new("proxybench");
         let collective = Collective::new(scratch.path(), "coop");
@@ -141,7 +143,7 @@ impl Bench {
         let sock = self.scratch.path().join("cl.sock");
         let state = self.scratch.path().join("cl-state");
         let cfg = format!(
-            "{}config client 'client'\n\toption enabled '1'\n\toption lan_proxy '1'\n\tlist lan_interface 'a1'\n\toption detour_policy 'none'\n\toption max_conns_per_host '2000'\n",
+            "{}config client 'client'\n\toption enabled '1'\n\toption lan_proxy '1'\n\tlist lan_interface 'a1'\n\toption detour_policy 'none'\n\toption max_conns_per_host '2000'\n\tlist proxy_allow_destination '10.9.0.0/16'\n",
             main_section(&m, &self.collective, &sock, &state).replace("'debug'", "'info'")
         );
         Daemon::start(self.router.name(), self.scratch.path(), "cl", &cfg, &sock)
@@ -265,16 +267,21 @@ fn main() {
     let d = b.start_proxy();
     let pid = d.pid().expect("daemon pid");
     let rss0 = status_kb(pid, "VmRSS:");
-    // Teach the proxy that 5202 and 9005 are plain TCP (first connection falls back).
+    // Teach the proxy the router's forwarding verdicts (the first connection
+    // to each port goes direct) and that 5202 and 9005 are plain TCP (the
+    // first proxied connection falls back).
+    let _ = b.latency(9004);
     let _ = b.latency(9005);
-    let _ = iperf3_client(
-        &b.lan,
-        "10.9.2.2".parse().expect("ip"),
-        5202,
-        1,
-        false,
-        false,
-    );
+    for port in [5201, 5202] {
+        let _ = iperf3_client(
+            &b.lan,
+            "10.9.2.2".parse().expect("ip"),
+            port,
+            1,
+            false,
+            false,
+        );
+    }
     let proxied = b.rows(Some(pid));
     let lat_proxied = [b.latency(9004), b.latency(9005)];
     let mem_proxied = b.idle_memory(9004, Some(pid));

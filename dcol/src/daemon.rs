@@ -19,13 +19,14 @@ use crate::client::{self, Action, Client, PeerSpec, PmEvent};
 use crate::config::{self, Config, DetourPolicy, TunnelKind};
 use crate::control::{self, ControlServer, Status};
 use crate::proxy::Gate;
+use crate::routes::Routes;
 use crate::sys::conntrack;
 use crate::sys::diag::Diag;
-use crate::sys::lan::{self, InterceptSpec, LanIntercept};
 use crate::sys::mptcp_pm::{PmEvents, PmSocket};
 use crate::sys::nft::{Caps, NatElement, NatTable};
 use crate::sys::os::{self, Signals};
-use crate::sys::relay::{Relay, RelayEvent, RelaySettings};
+use crate::sys::relay::RelayEvent;
+use crate::sys::routewatch::RouteWatch;
 use crate::sys::rtnl::Rtnl;
 use crate::sys::sysctl::{self, SysctlGuard};
 use crate::sys::vpnfw::VpnFirewall;
@@ -35,8 +36,12 @@ use crate::trust::{self, files, Certificate, MemberId, Revocations, SecretKey};
 use crate::waypoint::evidence::{self, EvidenceLog};
 use crate::waypoint::{self, Decision, Lease, Waypoint};
 
+mod lan;
 mod membership;
 mod traversal;
+
+use lan::LanRole;
+pub use lan::LAN_TABLE;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -381,18 +386,6 @@ struct ClientRole {
     next_save: Instant,
 }
 
-/// The transparent proxy for LAN devices: the relay and the interception
-/// rules that feed it (on only while heartbeats keep coming).
-struct LanRole {
-    relay: Relay,
-    intercept: Option<LanIntercept>,
-    next_beat: Instant,
-    policy: DetourPolicy,
-}
-
-/// Name of the interception table (`inet dcol_lan`).
-pub const LAN_TABLE: &str = "dcol_lan";
-
 /// The running daemon.
 pub struct Daemon {
     started: Instant,
@@ -419,6 +412,10 @@ pub struct Daemon {
     membership: Option<membership::Membership>,
     /// NAT traversal (UPnP, STUN) for the waypoint role.
     traversal: Option<traversal::NatTraversal>,
+    /// Follows addresses and routes (the WAN, the router's own addresses).
+    route_watch: RouteWatch,
+    /// The routing state in force.
+    routes: Routes,
 }
 
 /// How often the revocation list file is checked for changes.
@@ -468,13 +465,15 @@ impl Daemon {
         let id = load_identity(cfg)?;
         let control = ControlServer::bind(&cfg.main.control_socket)?;
         let mut sysctls = SysctlGuard::recover(&cfg.main.state_dir)?;
+        let (route_watch, routes) = RouteWatch::start()?;
+        log::info!("routes: WAN {}", show_wan(&routes));
         let waypoint = if cfg.waypoint.enabled {
-            Some(start_waypoint(cfg, &id, &mut sysctls)?)
+            Some(start_waypoint(cfg, &id, &mut sysctls, &routes)?)
         } else {
             None
         };
         let client = if cfg.client.enabled {
-            Some(start_client(cfg, &id, &mut sysctls)?)
+            Some(start_client(cfg, &id, &mut sysctls, &routes)?)
         } else {
             None
         };
@@ -504,7 +503,28 @@ impl Daemon {
             rev_watch: cfg.main.revocation_list.as_deref().map(RevWatch::new),
             membership,
             traversal,
+            route_watch,
+            routes,
         })
+    }
+
+    /// A new routing snapshot: the waypoint's destination policy follows it.
+    fn apply_routes(&mut self, routes: Routes) {
+        if routes == self.routes {
+            return;
+        }
+        if routes.wan() != self.routes.wan() {
+            log::info!("routes: WAN now {}", show_wan(&routes));
+        } else {
+            log::debug!("routes: addresses or routes changed");
+        }
+        if let Some(w) = &mut self.waypoint {
+            w.core.set_routes(routes.clone());
+        }
+        if let Some(l) = self.client.as_mut().and_then(|c| c.lan.as_mut()) {
+            l.set_wan(&routes.wan());
+        }
+        self.routes = routes;
     }
 
     /// Runs until SIGTERM or SIGINT, then tears down.
@@ -517,10 +537,10 @@ impl Daemon {
     fn event_loop(&mut self) -> Result<(), DaemonError> {
         loop {
             let now = Instant::now();
-            let mut fds = vec![self.signals.fd(), self.control.listener().as_raw_fd()];
+            let mut fds = vec![self.signals.fd(), self.control.fd()];
             if let Some(c) = &self.client {
                 if let Some(l) = &c.lan {
-                    fds.push(l.relay.fd());
+                    fds.extend(l.fds());
                 }
                 fds.push(c.events.fd());
                 fds.push(c.sock4.as_raw_fd());
@@ -531,6 +551,7 @@ impl Daemon {
             if let Some(w) = &self.waypoint {
                 fds.extend(w.sockets.iter().map(|s| s.as_raw_fd()));
             }
+            fds.push(self.route_watch.fd());
             fds.extend(self.membership_fd());
             fds.extend(self.traversal_fd());
             let deadline = [
@@ -539,7 +560,7 @@ impl Daemon {
                 self.client
                     .as_ref()
                     .and_then(|c| c.lan.as_ref())
-                    .map(|l| l.relay.next_timeout().min(l.next_beat)),
+                    .map(LanRole::next_timeout),
                 self.waypoint.as_ref().and_then(|w| w.core.next_timeout()),
                 self.waypoint.as_ref().and_then(|w| w.next_quota_check),
                 self.rev_watch.as_ref().map(|r| r.next),
@@ -562,9 +583,11 @@ impl Daemon {
                     }
                 }
             }
-            if ready[1] {
+            // Control clients are served by their own threads; the loop
+            // only builds the status they wait for.
+            if ready[1] && self.control.waiting() {
                 let status = self.status();
-                self.control.serve(|| status.clone());
+                self.control.answer(&status);
             }
             if let Some(r) = &mut self.rev_watch {
                 if r.changed(Instant::now()) {
@@ -573,6 +596,9 @@ impl Daemon {
                         return Ok(());
                     }
                 }
+            }
+            if let Some(r) = self.route_watch.latest() {
+                self.apply_routes(r);
             }
             if let Some(c) = &mut self.client {
                 c.step();
@@ -707,7 +733,7 @@ impl Daemon {
             changes.push("waypoint stopped (tunnels revoked)".into());
         }
         if wn.enabled && self.waypoint.is_none() {
-            self.waypoint = Some(start_waypoint(new, id, &mut self.sysctls)?);
+            self.waypoint = Some(start_waypoint(new, id, &mut self.sysctls, &self.routes)?);
             changes.push("waypoint started".into());
         } else if let Some(w) = self.waypoint.as_mut() {
             if wo != wn || identity_changed {
@@ -762,7 +788,7 @@ impl Daemon {
             changes.push("client stopped".into());
         }
         if cn.enabled && self.client.is_none() {
-            self.client = Some(start_client(new, id, &mut self.sysctls)?);
+            self.client = Some(start_client(new, id, &mut self.sysctls, &self.routes)?);
             changes.push("client started".into());
         } else if let Some(c) = self.client.as_mut() {
             if old.peers != new.peers {
@@ -789,24 +815,14 @@ impl Daemon {
             // The LAN proxy.
             if cn.lan_proxy && co.lan_proxy && cn.proxy_port == co.proxy_port {
                 if let Some(l) = c.lan.as_mut() {
-                    l.relay.set_settings(relay_settings(new));
-                    l.policy = cn.detour_policy;
-                    if (&co.lan_interfaces, &co.bypass, &co.bypass_ports)
-                        != (&cn.lan_interfaces, &cn.bypass, &cn.bypass_ports)
-                    {
-                        match l.intercept.as_mut() {
-                            Some(i) => i.update(&intercept_spec(new))?,
-                            None => l.intercept = Some(start_intercept(new)?),
-                        }
-                        changes.push("LAN interception rules".into());
-                    }
+                    changes.extend(l.reconfigure(new, &self.routes.wan())?);
                 }
             } else if cn.lan_proxy != co.lan_proxy || cn.proxy_port != co.proxy_port {
                 if let Some(l) = c.lan.take() {
                     l.stop();
                 }
                 if cn.lan_proxy {
-                    c.lan = Some(start_lan(new)?);
+                    c.lan = Some(LanRole::start(new, &self.routes.wan())?);
                     changes.push("LAN proxy (re)started".into());
                 } else {
                     changes.push("LAN proxy stopped".into());
@@ -851,10 +867,21 @@ impl Daemon {
     }
 }
 
+/// The WAN interfaces for the log.
+fn show_wan(routes: &Routes) -> String {
+    let w = routes.wan();
+    if w.is_empty() {
+        "none (no default route: no destination is served)".into()
+    } else {
+        w.join(", ")
+    }
+}
+
 fn start_waypoint(
     cfg: &Config,
     id: &Identity,
     sysctls: &mut SysctlGuard,
+    routes: &Routes,
 ) -> Result<WaypointRole, DaemonError> {
     let w = &cfg.waypoint;
     if !id.cert.roles.contains(trust::Roles::WAYPOINT) {
@@ -904,7 +931,7 @@ fn start_waypoint(
         id.key.clone(),
         id.root,
         id.revocations.clone(),
-        Vec::new(),
+        routes.clone(),
     );
     // From here on, Drop removes what was made if a later step fails.
     let donated_file = cfg.main.state_dir.join("donated");
@@ -965,9 +992,6 @@ fn start_waypoint(
             &w.allow_destination,
         )?);
     }
-    // The router's own addresses (tunnel address included) are never a destination.
-    role.core
-        .set_own(os::local_addresses().map_err(io_err("getifaddrs"))?);
     log::info!(
         "waypoint: NAT tunnels on ports {}-{}, signaling on {:?}",
         w.nat_ports.0,
@@ -989,7 +1013,10 @@ fn waypoint_settings(cfg: &Config, id: &Identity) -> waypoint::Settings {
         ports: w.grant_ports(),
         lease: Duration::from_secs(u64::from(w.lease_s)),
         max_per_member: w.max_tunnels_per_member,
-        allow: w.allow_destination.clone(),
+        destinations: waypoint::policy::Rules {
+            allow: w.allow_destination.clone(),
+            deny_ports: w.deny_port.clone(),
+        },
         max_skew: Duration::from_secs(u64::from(w.max_clock_skew_s)),
         limits: waypoint::Limits {
             evidence_share: (w.evidence_max_kb > 0)
@@ -1003,6 +1030,7 @@ fn start_client(
     cfg: &Config,
     id: &Identity,
     sysctls: &mut SysctlGuard,
+    routes: &Routes,
 ) -> Result<ClientRole, DaemonError> {
     let c = &cfg.client;
     if std::path::Path::new(sysctl::MPTCP_PATH_MANAGER).exists() {
@@ -1042,7 +1070,7 @@ fn start_client(
         c.max_detours
     );
     let lan = if c.lan_proxy {
-        Some(start_lan(cfg)?)
+        Some(LanRole::start(cfg, &routes.wan())?)
     } else {
         None
     };
@@ -1116,57 +1144,6 @@ fn client_core(cfg: &Config, id: &Identity) -> Result<(Client, Vec<TunnelKind>),
     Ok((core, tunnels))
 }
 
-fn relay_settings(cfg: &Config) -> RelaySettings {
-    let c = &cfg.client;
-    RelaySettings {
-        port: c.proxy_port,
-        max_per_host: c.max_conns_per_host,
-        idle: Duration::from_secs(u64::from(c.proxy_idle_timeout_s)),
-        policy: c.detour_policy,
-    }
-}
-
-/// Creates (or replaces) the interception table and switches it on.
-fn intercept_spec(cfg: &Config) -> InterceptSpec {
-    let c = &cfg.client;
-    InterceptSpec {
-        interfaces: c.lan_interfaces.clone(),
-        port: c.proxy_port,
-        bypass: c.bypass.clone(),
-        bypass_ports: c.bypass_ports.clone(),
-    }
-}
-
-fn start_intercept(cfg: &Config) -> Result<LanIntercept, DaemonError> {
-    let mut intercept = LanIntercept::create(LAN_TABLE, &intercept_spec(cfg))?;
-    if let Err(e) = intercept.heartbeat() {
-        let _ = intercept.destroy();
-        return Err(e.into());
-    }
-    Ok(intercept)
-}
-
-/// Starts the relay, then switches interception on (relay first: a redirected
-/// connection must find a listener).
-fn start_lan(cfg: &Config) -> Result<LanRole, DaemonError> {
-    let c = &cfg.client;
-    let relay = Relay::open(relay_settings(cfg))?;
-    let intercept = start_intercept(cfg)?;
-    log::info!(
-        "lan proxy: TCP from {} redirected to port {} (detour policy {}; off within {} s if dcol dies)",
-        c.lan_interfaces.join(", "),
-        c.proxy_port,
-        c.detour_policy.name(),
-        lan::ALIVE_TTL.as_secs()
-    );
-    Ok(LanRole {
-        relay,
-        intercept: Some(intercept),
-        next_beat: Instant::now() + lan::HEARTBEAT,
-        policy: c.detour_policy,
-    })
-}
-
 fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
@@ -1185,20 +1162,6 @@ fn vpn_down(v: ClientVpn) {
     }
     // The routes in its table go with the interface.
     v.dev.destroy();
-}
-
-impl LanRole {
-    /// Interception off first (new LAN connections go direct), then the
-    /// proxied connections are reset.
-    fn stop(mut self) {
-        if let Some(i) = self.intercept.take() {
-            if let Err(e) = i.destroy() {
-                log::error!("removing the LAN interception table: {e}");
-            }
-        }
-        let n = self.relay.close_all().len();
-        log::info!("lan proxy stopped ({n} MPTCP connections reset)");
-    }
 }
 
 impl ClientRole {
@@ -1283,15 +1246,7 @@ impl ClientRole {
     /// event about the same connection can.
     fn step_lan(&mut self, now: Instant, wall: u64) {
         let Some(l) = self.lan.as_mut() else { return };
-        if now >= l.next_beat {
-            l.next_beat = now + lan::HEARTBEAT;
-            if let Some(i) = l.intercept.as_mut() {
-                if let Err(e) = i.heartbeat() {
-                    log::warn!("lan proxy heartbeat (interception lapses without it): {e}");
-                }
-            }
-        }
-        for e in l.relay.step(now) {
+        for e in l.step(now) {
             match e {
                 RelayEvent::Opened {
                     local,
@@ -2100,10 +2055,7 @@ fn client_status(c: &ClientRole, now: Instant) -> control::ClientStatus {
             name: p.name,
         })
         .collect();
-    let lan_proxy = c.lan.as_ref().map(|l| control::LanProxyStatus {
-        counters: l.relay.stats(),
-        detour_policy: l.policy.name().to_owned(),
-    });
+    let lan_proxy = c.lan.as_ref().map(LanRole::status);
     let scores = board
         .entries()
         .filter(|(_, p, _)| *p != "*")

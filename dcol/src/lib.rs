@@ -14,6 +14,7 @@ pub mod http;
 pub mod member;
 pub mod proto;
 pub mod proxy;
+pub mod routes;
 pub mod special;
 pub mod sys;
 #[cfg(test)]

@@ -17,14 +17,16 @@ usage:
   dcol status [--json] [--socket PATH] [--config FILE]
   dcol config check [--config FILE] validate a configuration file
   dcol key generate --out FILE      write a member key (FILE, 0600) and FILE.pub
-  dcol member show [--config FILE] [--json]
+  dcol member show [--config FILE] [--json] [--within DIR]
                                     this router's key, certificate and collective key, checked
-  dcol member key [--config FILE]   create the member key the configuration names (if none);
+  dcol member key [--config FILE] [--within DIR]
+                                    create the member key the configuration names (if none);
                                     prints the join request to send to the administrator
-  dcol member install [--config FILE] (--cert FILE [--collective PUB] | --rpc)
+  dcol member install [--config FILE] [--within DIR] (--cert FILE [--collective PUB] | --rpc)
                                     check a certificate (and collective key) against this
                                     router's key, then install them where the configuration says;
-                                    --rpc: {\"cert\": TEXT, \"collective\": TEXT} on stdin, JSON out
+                                    --rpc: {\"cert\": TEXT, \"collective\": TEXT} on stdin, JSON out;
+                                    --within DIR (the web page: /etc/dcol): refuse paths outside DIR
   dcol collective init --out-dir DIR
                                     write DIR/collective.key (0600) and DIR/collective.pub
   dcol collective admit --collective-key KEY --member-pub PUB --name NAME
@@ -301,6 +303,24 @@ fn print_status(st: &control::Status) {
                 if p.up { "up" } else { "down" }
             );
         }
+        if let Some(lp) = &c.lan_proxy {
+            let wan = if lp.wan_interfaces.is_empty() {
+                "nothing (no default route)".to_owned()
+            } else {
+                format!("flows routed to {}", lp.wan_interfaces.join(", "))
+            };
+            println!(
+                "  lan proxy: {} open (cap {}), {} accepted; intercepting {wan}{}",
+                lp.counters.active,
+                lp.max_conns,
+                lp.counters.accepted,
+                if lp.paused {
+                    "; interception paused (at the cap): new LAN connections go direct"
+                } else {
+                    ""
+                }
+            );
+        }
         for conn in &c.connections {
             println!(
                 "  {} {} -> {} {}",
@@ -386,10 +406,19 @@ fn cmd_key_generate(p: &mut lexopt::Parser) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The membership file paths of the configuration, confined to `--within
+/// DIR` when given (exit 2 when one is outside).
 fn member_paths(o: &Opts) -> Result<member::Paths, Failure> {
-    Ok(member::Paths::of(&load_config(
-        o.get("config").unwrap_or(DEFAULT_CONFIG),
-    )?))
+    let paths = member::Paths::of(&load_config(o.get("config").unwrap_or(DEFAULT_CONFIG))?);
+    if let Some(dir) = o.get("within") {
+        paths
+            .confine(std::path::Path::new(dir))
+            .map_err(|e| Failure {
+                code: 2,
+                msg: e.to_string(),
+            })?;
+    }
+    Ok(paths)
 }
 
 fn print_membership(m: &member::Membership, json: bool) {
@@ -447,9 +476,9 @@ fn print_membership(m: &member::Membership, json: bool) {
 fn cmd_member_show(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let o = Opts::parse(
         p,
-        &["config"],
+        &["config", "within"],
         &["json"],
-        "usage: dcol member show [--config FILE] [--json]\n",
+        "usage: dcol member show [--config FILE] [--json] [--within DIR]\n",
     )?;
     let m = member::show(&member_paths(&o)?, daemon::wall_ms() / 1000);
     print_membership(&m, o.flag("json"));
@@ -459,9 +488,9 @@ fn cmd_member_show(p: &mut lexopt::Parser) -> Result<(), Failure> {
 fn cmd_member_key(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let o = Opts::parse(
         p,
-        &["config"],
+        &["config", "within"],
         &["json"],
-        "usage: dcol member key [--config FILE] [--json]\n",
+        "usage: dcol member key [--config FILE] [--json] [--within DIR]\n",
     )?;
     let paths = member_paths(&o)?;
     let created = member::create_key(&paths).map_err(runtime)?;
@@ -486,9 +515,9 @@ fn cmd_member_key(p: &mut lexopt::Parser) -> Result<(), Failure> {
 fn cmd_member_install(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let o = Opts::parse(
         p,
-        &["config", "cert", "collective"],
+        &["config", "cert", "collective", "within"],
         &["rpc"],
-        "usage: dcol member install [--config FILE] (--cert FILE [--collective PUB] | --rpc)\n",
+        "usage: dcol member install [--config FILE] [--within DIR] (--cert FILE [--collective PUB] | --rpc)\n",
     )?;
     let read = |path: &str| -> Result<String, Failure> {
         let mut s = String::new();
@@ -504,12 +533,7 @@ fn cmd_member_install(p: &mut lexopt::Parser) -> Result<(), Failure> {
     if o.flag("rpc") {
         // The LuCI page: ubus arguments on stdin, JSON out, also on errors.
         let answer = (|| -> Result<serde_json::Value, String> {
-            let paths = member::Paths::of(
-                &config::load(std::path::Path::new(
-                    o.get("config").unwrap_or(DEFAULT_CONFIG),
-                ))
-                .map_err(|e| e.to_string())?,
-            );
+            let paths = member_paths(&o).map_err(|f| f.msg)?;
             let mut input = String::new();
             {
                 use std::io::Read;
@@ -892,33 +916,25 @@ fn cmd_waypoint_log(p: &mut lexopt::Parser) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Logs to stderr (procd forwards it to logd on OpenWrt).
+/// The logger: simplelog to stderr (procd forwards it to logd on OpenWrt,
+/// which adds the time and the process name), one line per record:
+/// `[INFO] message`. The level in force is `log::max_level()` (UCI
+/// `log_level`, changed on reload); the logger itself passes everything.
 struct Logger;
 
 impl Logger {
     fn install(level: log::LevelFilter) {
-        static LOGGER: Logger = Logger;
-        if log::set_logger(&LOGGER).is_ok() {
+        let config = simplelog::ConfigBuilder::new()
+            .set_time_level(log::LevelFilter::Off)
+            .set_thread_level(log::LevelFilter::Off)
+            .set_target_level(log::LevelFilter::Off)
+            .set_location_level(log::LevelFilter::Off)
+            .set_level_padding(simplelog::LevelPadding::Off)
+            .build();
+        let logger =
+            simplelog::WriteLogger::new(log::LevelFilter::Trace, config, std::io::stderr());
+        if log::set_boxed_logger(logger).is_ok() {
             log::set_max_level(level);
         }
     }
-}
-
-impl log::Log for Logger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "dcol[{}]: {}",
-                r.level().as_str().to_lowercase(),
-                r.args()
-            );
-        }
-    }
-
-    fn flush(&self) {}
 }

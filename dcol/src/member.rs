@@ -21,8 +21,16 @@
 //! request to send to the collective's administrator. Each `error` says
 //! what is wrong with that file (unreadable, damaged, expired, for another
 //! key, from another collective).
+//!
+//! The web page runs these as root (rpcd), and a user the router's owner
+//! delegated the page to can change the paths in `/etc/config/dcol`. So
+//! called from the page (`--within /etc/dcol`), [`Paths::confine`] first
+//! checks that each path, with every symbolic link resolved, is inside that
+//! directory, and nothing is read or written otherwise: the page cannot be
+//! used to overwrite `/etc/shadow` with a certificate.
 
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
@@ -53,6 +61,129 @@ impl Paths {
             collective: cfg.main.collective.clone(),
         }
     }
+
+    /// Checks that every membership file (the key, `KEY.pub`, `KEY.wgpub`,
+    /// the certificate, the collective key) is inside `dir`: an absolute
+    /// path without `..`, inside `dir` also once the symbolic links on the
+    /// way (and the file itself, if it is one) are resolved. Parts that do
+    /// not exist yet are taken as they are written.
+    pub fn confine(&self, dir: &Path) -> Result<(), Confinement> {
+        let root = resolve(dir).map_err(|source| Confinement::Unresolvable {
+            option: "(directory)",
+            path: dir.to_owned(),
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let key_pub = |ext: &str| {
+            let mut p = self.key.as_os_str().to_owned();
+            p.push(ext);
+            PathBuf::from(p)
+        };
+        for (option, path) in [
+            ("key", self.key.clone()),
+            ("key", key_pub(".pub")),
+            ("key", key_pub(".wgpub")),
+            ("cert", self.cert.clone()),
+            ("collective", self.collective.clone()),
+        ] {
+            let plain = path.is_absolute()
+                && !path
+                    .components()
+                    .any(|c| matches!(c, Component::ParentDir | Component::CurDir));
+            if !plain {
+                return Err(Confinement::NotPlain {
+                    option,
+                    path,
+                    dir: dir.to_owned(),
+                });
+            }
+            let real = resolve(&path).map_err(|source| Confinement::Unresolvable {
+                option,
+                path: path.clone(),
+                dir: dir.to_owned(),
+                source,
+            })?;
+            if !real.starts_with(&root) || real == root {
+                return Err(Confinement::Outside {
+                    option,
+                    path,
+                    real,
+                    dir: dir.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A membership file the web page may not touch: outside the directory it
+/// is confined to (see [`Paths::confine`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Confinement {
+    /// Not an absolute path, or one with `.` or `..` in it.
+    #[error("option {option} '{}' is not an absolute path without '.' or '..'; the web page reads and writes membership files only under {}", path.display(), dir.display())]
+    NotPlain {
+        /// The UCI option that names it.
+        option: &'static str,
+        /// The path as configured.
+        path: PathBuf,
+        /// Where membership files must be.
+        dir: PathBuf,
+    },
+    /// Outside the directory, as written or once the symbolic links on its
+    /// way are resolved.
+    #[error("option {option} '{}' is outside {}{}; the web page reads and writes membership files only under {}", path.display(), dir.display(), if path == real { String::new() } else { format!(" (through a symbolic link, it is {})", real.display()) }, dir.display())]
+    Outside {
+        /// The UCI option that names it.
+        option: &'static str,
+        /// The path as configured.
+        path: PathBuf,
+        /// The path with the symbolic links resolved.
+        real: PathBuf,
+        /// Where membership files must be.
+        dir: PathBuf,
+    },
+    /// Its symbolic links could not be resolved (e.g. one that leads
+    /// nowhere, or a loop).
+    #[error("option {option} '{}': cannot resolve it ({source}); the web page reads and writes membership files only under {}", path.display(), dir.display())]
+    Unresolvable {
+        /// The UCI option that names it (or "(directory)").
+        option: &'static str,
+        /// The path as configured.
+        path: PathBuf,
+        /// Where membership files must be.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `path` with its symbolic links resolved: its longest existing part
+/// canonicalized, the rest (which does not exist yet, so holds no link)
+/// appended as written. A link that leads nowhere fails.
+fn resolve(path: &Path) -> io::Result<PathBuf> {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        match existing.symlink_metadata() {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let (Some(name), Some(parent)) = (existing.file_name(), existing.parent()) else {
+                    return Err(e);
+                };
+                rest.push(name);
+                existing = match parent.as_os_str().is_empty() {
+                    true => Path::new("."),
+                    false => parent,
+                };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut real = std::fs::canonicalize(existing)?;
+    real.extend(rest.iter().rev());
+    Ok(real)
 }
 
 /// The member key.
@@ -357,6 +488,104 @@ mod tests {
         // Later than its end: shown as expired.
         let m = show(&p, c2.not_after + 1);
         assert!(!m.ready && m.cert.error.as_deref().unwrap().contains("expired"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn paths_are_confined_to_the_directory() {
+        use std::os::unix::fs::symlink;
+        let d = dir("confine");
+        let etc = d.join("etc");
+        let inside = |key: &str, cert: &str, coll: &str| Paths {
+            key: etc.join(key),
+            cert: etc.join(cert),
+            collective: etc.join(coll),
+        };
+        // Nothing exists yet, not even the directory: fine.
+        let ok = inside("member.key", "member.cert", "sub/collective.pub");
+        ok.confine(&etc).unwrap();
+        std::fs::create_dir_all(etc.join("sub")).unwrap();
+        ok.confine(&etc).unwrap();
+        let outside = d.join("shadow");
+        std::fs::write(&outside, "root:x:0:0\n").unwrap();
+        let with = |f: &dyn Fn(&mut Paths)| {
+            let mut p = ok.clone();
+            f(&mut p);
+            p.confine(&etc).unwrap_err()
+        };
+        let e = with(&|p| p.cert = outside.clone());
+        assert!(
+            matches!(e, Confinement::Outside { option: "cert", .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("is outside"), "{e}");
+        let e = with(&|p| p.collective = PathBuf::from("etc/collective.pub"));
+        assert!(matches!(e, Confinement::NotPlain { .. }), "{e}");
+        let e = with(&|p| p.key = etc.join("../shadow"));
+        assert!(
+            matches!(e, Confinement::NotPlain { option: "key", .. }),
+            "{e}"
+        );
+        let e = with(&|p| p.cert = etc.clone());
+        assert!(matches!(e, Confinement::Outside { .. }), "{e}");
+        // A prefix is not a parent.
+        let e = with(&|p| p.cert = d.join("etcetera/member.cert"));
+        assert!(matches!(e, Confinement::Outside { .. }), "{e}");
+        // Symbolic links: a file, a directory on the way, the key's .pub, a
+        // link to nowhere.
+        symlink(&outside, etc.join("member.cert")).unwrap();
+        let e = ok.confine(&etc).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "through a symbolic link, it is {}",
+                outside.display()
+            )),
+            "{e}"
+        );
+        std::fs::remove_file(etc.join("member.cert")).unwrap();
+        std::fs::remove_dir(etc.join("sub")).unwrap();
+        symlink(&d, etc.join("sub")).unwrap();
+        let e = ok.confine(&etc).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Confinement::Outside {
+                    option: "collective",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        std::fs::remove_file(etc.join("sub")).unwrap();
+        symlink(&outside, etc.join("member.key.pub")).unwrap();
+        let e = ok.confine(&etc).unwrap_err();
+        assert!(
+            matches!(e, Confinement::Outside { option: "key", .. }),
+            "{e}"
+        );
+        std::fs::remove_file(etc.join("member.key.pub")).unwrap();
+        symlink(d.join("nowhere"), etc.join("member.cert")).unwrap();
+        let e = ok.confine(&etc).unwrap_err();
+        assert!(
+            matches!(e, Confinement::Unresolvable { option: "cert", .. }),
+            "{e}"
+        );
+        std::fs::remove_file(etc.join("member.cert")).unwrap();
+        // A link inside the directory is fine; so is a directory that is
+        // itself a link (its files are where it leads).
+        std::fs::write(etc.join("real.cert"), "x").unwrap();
+        symlink(etc.join("real.cert"), etc.join("member.cert")).unwrap();
+        ok.confine(&etc).unwrap();
+        let alias = d.join("alias");
+        symlink(&etc, &alias).unwrap();
+        Paths {
+            key: alias.join("member.key"),
+            cert: alias.join("member.cert"),
+            collective: alias.join("collective.pub"),
+        }
+        .confine(&alias)
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "root:x:0:0\n");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

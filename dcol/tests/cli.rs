@@ -288,3 +288,141 @@ fn member_key_install_and_show() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// `dcol member ... --within DIR` (how the web page's rpcd plugin calls it):
+/// a key, certificate or collective path outside DIR, given with `..`, or
+/// leading out through a symbolic link is refused (exit 2, naming the option
+/// and DIR; JSON for --rpc) before anything is read or written.
+#[test]
+fn member_paths_are_confined_within_dir() {
+    use std::os::unix::fs::symlink;
+    let d = scratch("within");
+    let p = |f: &str| d.join(f).to_str().unwrap().to_owned();
+    let etc = p("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(p("out")).unwrap();
+    std::fs::write(p("out/shadow"), "root:x:0:0\n").unwrap();
+    let conf = p("dcol.conf");
+    let config = |key: &str, cert: &str, coll: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "config dcol 'main'\n\toption key '{key}'\n\toption cert '{cert}'\n\toption collective '{coll}'\n"
+            ),
+        )
+        .unwrap();
+    };
+    let (key, cert, coll) = (
+        p("etc/member.key"),
+        p("etc/member.cert"),
+        p("etc/collective.pub"),
+    );
+    let rpc = |args: &[&str]| {
+        use std::io::Write;
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dcol"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // dcol refuses before it reads its arguments: the pipe may be closed.
+        let _ = c
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(br#"{"cert": "dcol-cert-v1 00"}"#);
+        c.wait_with_output().unwrap()
+    };
+    let cases: Vec<(String, String, String, &str)> = vec![
+        (
+            p("out/member.key"),
+            cert.clone(),
+            coll.clone(),
+            "option key",
+        ),
+        (key.clone(), p("out/shadow"), coll.clone(), "option cert"),
+        (
+            key.clone(),
+            cert.clone(),
+            p("etc/../out/c.pub"),
+            "option collective",
+        ),
+        (
+            key.clone(),
+            "member.cert".into(),
+            coll.clone(),
+            "option cert",
+        ),
+        (
+            key.clone(),
+            p("etcetera/member.cert"),
+            coll.clone(),
+            "option cert",
+        ),
+    ];
+    for (k, c, l, want) in cases {
+        config(&k, &c, &l);
+        for args in [
+            vec!["member", "show", "--json"],
+            vec!["member", "key"],
+            vec!["member", "install", "--cert", "/dev/null"],
+        ] {
+            let mut args = args.clone();
+            args.extend(["--config", &conf, "--within", &etc]);
+            let o = dcol(&args);
+            assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+            let e = stderr(&o);
+            assert!(
+                e.contains(want) && e.contains(&format!("under {etc}")),
+                "{args:?}: {e}"
+            );
+        }
+        let o = rpc(&[
+            "member", "install", "--rpc", "--config", &conf, "--within", &etc,
+        ]);
+        assert_eq!(code(&o), 2);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON out");
+        let e = v["error"].as_str().unwrap();
+        assert!(
+            e.contains(want) && e.ends_with(&format!("only under {etc}")),
+            "{e}"
+        );
+    }
+    // Symbolic links out: the certificate itself, a directory on the way.
+    symlink(p("out/shadow"), &cert).unwrap();
+    config(&key, &cert, &coll);
+    let o = rpc(&[
+        "member", "install", "--rpc", "--config", &conf, "--within", &etc,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON out");
+    assert!(
+        v["error"].as_str().unwrap().contains(&format!(
+            "through a symbolic link, it is {}",
+            p("out/shadow")
+        )),
+        "{v}"
+    );
+    std::fs::remove_file(&cert).unwrap();
+    symlink(p("out"), p("etc/sub")).unwrap();
+    config(&p("etc/sub/member.key"), &cert, &coll);
+    let o = dcol(&["member", "key", "--config", &conf, "--within", &etc]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("is outside"), "{}", stderr(&o));
+    // Nothing was written: no key, the target untouched.
+    let entries: Vec<String> = std::fs::read_dir(p("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, ["shadow"]);
+    assert_eq!(
+        std::fs::read_to_string(p("out/shadow")).unwrap(),
+        "root:x:0:0\n"
+    );
+    // Inside DIR, the same commands work.
+    config(&key, &cert, &coll);
+    let o = dcol(&["member", "key", "--config", &conf, "--within", &etc]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(std::path::Path::new(&key).exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}

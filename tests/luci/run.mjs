@@ -5,9 +5,12 @@
 // the daemons; runnable by hand against any running daemon:
 //
 //   node tests/luci/run.mjs --socket CLIENT.sock --wp-socket WAYPOINT.sock \
-//       --uci DIR/dcol --dcol-bin target/debug/dcol --log CLIENT.log --artifacts target/luci-artifacts
+//       --uci DIR/dcol --dcol-bin target/debug/dcol --log CLIENT.log --artifacts target/luci-artifacts \
+//       [--dcol-dir MEMBER-FILES-DIR]
 //
 // --uci is a scratch copy of a UCI file named 'dcol' that the pages edit.
+// --dcol-dir is where its key, certificate and collective key are (the rpcd
+// plugin refuses membership files outside it; /etc/dcol when not given).
 // Exits 0 after printing 'luci: N passed, 0 failed', else 1 with the reason.
 
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -35,6 +38,7 @@ const opt = {
   log: arg('--log', null),
   artifacts: arg('--artifacts', 'target/luci-artifacts'),
   chromium: arg('--chromium', process.env.CHROMIUM || '/usr/bin/chromium'),
+  dcolDir: arg('--dcol-dir', null),
 };
 if (path.basename(opt.uci) !== 'dcol') throw new Error('--uci must name a file called dcol');
 fs.mkdirSync(opt.artifacts, { recursive: true });
@@ -91,6 +95,7 @@ const server = await startServer({
   config: opt.uci,
   dcolBin: opt.dcolBin,
   log: opt.log,
+  dcolDir: opt.dcolDir,
 });
 const browser = await chromium.launch({ executablePath: opt.chromium, args: ['--no-sandbox'] });
 const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
@@ -295,6 +300,7 @@ try {
     const collective = fs.readFileSync(path.join(admin, 'collective.pub'), 'utf8');
 
     server.setConfig(conf);
+    server.setDcolDir(path.join(dir, 'etc'));
     await open('overview');
     check((await page.getAttribute('#dcol-join', 'data-ready')) === '0' && !fs.existsSync(key),
       'a router without a member key: the overview offers to join');
@@ -334,6 +340,17 @@ try {
     check((await page.locator('#dcol-join-note b, #dcol-join-note hex').count()) === 0,
       'a garbage certificate is refused; the error is shown as text, markup and all');
     await shot('join-refused');
+    // A delegated user pointed the certificate outside the membership
+    // directory (UCI dcol is theirs to write): the plugin refuses, writes nothing.
+    const confText = fs.readFileSync(conf, 'utf8');
+    const outside = path.join(dir, 'outside.cert');
+    fs.writeFileSync(conf, confText.replace(certPath, outside));
+    await page.fill('#dcol-cert-text', cert);
+    await page.click('#dcol-install');
+    const confined = await note('is outside');
+    check(!fs.existsSync(outside) && !fs.existsSync(certPath) && confined.includes('membership files only under'),
+      `a certificate path outside the membership directory is refused ("${confined}")`);
+    fs.writeFileSync(conf, confText);
     // The right one.
     await page.fill('#dcol-cert-text', cert);
     await page.click('#dcol-install');
@@ -345,6 +362,7 @@ try {
     check((await page.textContent('#dcol-join summary')).includes("Member 'newbie'"), 'the panel folds away, naming the new member');
     await shot('join-installed');
     server.setConfig(opt.uci);
+    server.setDcolDir(opt.dcolDir);
   }
 
   // ---- An error from the daemon is shown, not swallowed ----

@@ -8,8 +8,9 @@
 //       real exec plugin (root/usr/libexec/rpcd/luci.dcol list / call), which
 //       runs the real `dcol status --json` with DCOL_SOCKET set to the socket
 //       the test names, and `dcol member ...` with DCOL_CONFIG set to the
-//       configuration file it names; `log read` returns the daemon's log file
-//       as syslog.
+//       configuration file it names (and DCOL_DIR to the directory the
+//       membership files must be in, for /etc/dcol); `log read` returns the
+//       daemon's log file as syslog.
 //   GET  /stand-in/uci/<config>             -> the UCI file <uciDir>/<config>, parsed
 //   POST /stand-in/uci/<config> {changes}   -> applied and written to that file
 //
@@ -66,6 +67,7 @@ export async function startServer(opts) {
   const o = { port: 0, appDir: APP, log: null, dcolBin: null, ...opts };
   let socket = o.socket;
   let config = o.config;
+  let dcolDir = o.dcolDir || null;
   const acl = loadAcl(o.appDir);
   const uciFile = (c) => {
     if (!/^[a-z0-9_-]+$/.test(c)) throw new Error('bad config name');
@@ -75,6 +77,7 @@ export async function startServer(opts) {
   const pluginEnv = () => ({
     DCOL_SOCKET: socket,
     ...(config ? { DCOL_CONFIG: config } : {}),
+    ...(dcolDir ? { DCOL_DIR: dcolDir } : {}),
     PATH: (o.dcolBin ? path.dirname(o.dcolBin) + ':' : '') + process.env.PATH,
   });
   const calls = [];
@@ -169,6 +172,7 @@ export async function startServer(opts) {
     url: `http://127.0.0.1:${server.address().port}/`,
     setSocket: (s) => (socket = s),
     setConfig: (c) => (config = c),
+    setDcolDir: (d) => (dcolDir = d),
     calls,
     close: () => new Promise((r) => server.close(r)),
   };

@@ -22,9 +22,17 @@
 //! directory keeps serving. Turning membership off withdraws a record. Bob's
 //! certificate, due for renewal, is renewed through the directory (`--renew`)
 //! and taken without a restart, before his detours.
+//!
+//! `per_source_limits_count_an_ipv6_64_as_one_source` runs the server alone
+//! on IPv6 and IPv4 against a host that owns a /64: seventy connections from
+//! seventy of its addresses hold one source's share (8), not every slot, so
+//! another source is still served; a head trickled in is cut off at the head
+//! timeout and an oversized `Content-Length` refused before its body, each
+//! with a 4xx and a line in the server's log.
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use dcol::directory::{Record, Snapshot, Statement};
@@ -33,7 +41,7 @@ use dcol::trust::{files, Certificate};
 use dcol_tests::dcol::{dcol_bin, in_ns, main_section, Collective, Daemon, Member};
 use dcol_tests::lab::{enter_netns, need_root, Lab, IPERF_PORT, SIGNAL_PORT};
 use dcol_tests::{iperf3_background, iperf3_client, iperf3_server, JoinCounter, LinkProfile};
-use dcol_tests::{Netns, Node};
+use dcol_tests::{veth, Netns, Node};
 use serde_json::Value;
 
 /// The members' directory refresh interval (`option directory_interval_s`).
@@ -588,4 +596,199 @@ fn directory_join_revoke_tamper_leave() {
     );
     let serve = fs::read_to_string(scratch.join("serve.log")).unwrap_or_default();
     assert!(serve.contains("refused record"), "{serve}");
+}
+
+/// Sends `bytes` from `from` and reads the answer (up to `limit`): its
+/// text and how long it took.
+fn ask_from(from: IpAddr, to: SocketAddr, bytes: &[u8], limit: Duration) -> (String, Duration) {
+    let t0 = Instant::now();
+    let mut c = dcol::sys::sock::connect_from(from, to).expect("connect");
+    c.write_all(bytes).expect("send");
+    c.set_read_timeout(Some(limit)).unwrap();
+    let mut text = String::new();
+    let _ = c.read_to_string(&mut text);
+    (text, t0.elapsed())
+}
+
+#[test]
+fn per_source_limits_count_an_ipv6_64_as_one_source() {
+    if !need_root() {
+        return;
+    }
+    // dir [2001:db8:d::1] 10.9.0.1 ── host: [2001:db8:d::2] 10.9.0.2, and
+    // 2001:db8:e:1::/64 (its own /64, routed to it), 2001:db8:e:2::1.
+    let dir = Netns::new("dir6");
+    let host = Netns::new("host6");
+    veth(&dir, "d0", "10.9.0.1/24", &host, "e0", "10.9.0.2/24");
+    dir.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:d::1/64",
+        "dev",
+        "d0",
+        "nodad",
+    ]);
+    host.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:d::2/64",
+        "dev",
+        "e0",
+        "nodad",
+    ]);
+    let attacker: Vec<IpAddr> = (1..=70u16)
+        .map(|i| IpAddr::from([0x2001, 0xdb8, 0xe, 1, 0, 0, 0, i]))
+        .collect();
+    let other: IpAddr = "2001:db8:e:2::1".parse().unwrap();
+    for a in attacker.iter().chain([&other]) {
+        host.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{a}/128"),
+            "dev",
+            "e0",
+            "nodad",
+        ]);
+    }
+    dir.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:e::/48",
+        "via",
+        "2001:db8:d::2",
+    ]);
+
+    let scratch = dcol_tests::dcol::Scratch::new("dir-sources");
+    let coop = Collective::new(scratch.path(), "coop");
+    let log = scratch.path().join("serve.log");
+    dir.spawn_logged(
+        &[
+            dcol_bin().to_str().unwrap(),
+            "directory",
+            "serve",
+            "--collective-key",
+            coop.root_key.to_str().unwrap(),
+            "--store",
+            scratch.path().join("store").to_str().unwrap(),
+            "--listen",
+            &format!("[::]:{DIR_PORT}"),
+        ],
+        fs::File::create(&log).unwrap(),
+    );
+    poll(Duration::from_secs(5), "directory listening", || {
+        let out = dir.output(&["ss", "-Hltn", &format!("sport = :{DIR_PORT}")]);
+        (!out.stdout.is_empty()).then_some(())
+    });
+    let v6: SocketAddr = format!("[2001:db8:d::1]:{DIR_PORT}").parse().unwrap();
+    let v4: SocketAddr = format!("10.9.0.1:{DIR_PORT}").parse().unwrap();
+    let get = b"GET / HTTP/1.1\r\n\r\n";
+    let quick = Duration::from_secs(1);
+
+    let (attacker2, other2) = (attacker.clone(), other);
+    let (busy, served6, served4, at_once) = in_netns(host.name(), move || {
+        // Seventy connections, each from another address of one /64, each
+        // sending half a head and stalling (the server's slots: 64 in all,
+        // 8 per source; the head timeout is 3 s).
+        let t0 = Instant::now();
+        let mut held = Vec::new();
+        let mut busy = 0;
+        for a in &attacker2 {
+            let mut c = dcol::sys::sock::connect_from(*a, v6).expect("connect");
+            let _ = c.write_all(b"GET /snapshot HTTP/1.1\r\nX-");
+            held.push(c);
+        }
+        // A refused connection gets its 503 at once.
+        std::thread::sleep(Duration::from_millis(300));
+        for c in &mut held {
+            c.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 12];
+            if matches!(c.read(&mut b), Ok(n) if b[..n].starts_with(b"HTTP/1.1 503")) {
+                busy += 1;
+            }
+        }
+        // Another /64 and an IPv4 host are served while they stall.
+        let (text6, took6) = ask_from(other2, v6, get, quick * 2);
+        let (text4, took4) = ask_from("10.9.0.2".parse().unwrap(), v4, get, quick * 2);
+        let at_once = t0.elapsed() < Duration::from_millis(2500);
+        drop(held);
+        (busy, (text6, took6), (text4, took4), at_once)
+    });
+    eprintln!(
+        "70 stalled connections from one /64: {busy} refused with 503; another /64: {:?} in {:?}; IPv4: {:?} in {:?}",
+        served6.0.lines().next(),
+        served6.1,
+        served4.0.lines().next(),
+        served4.1
+    );
+    assert!(at_once, "the checks took longer than the head timeout");
+    assert_eq!(busy, 62, "one /64 got more than its 8 connections");
+    assert!(served6.0.starts_with("HTTP/1.1 200"), "{}", served6.0);
+    assert!(served4.0.starts_with("HTTP/1.1 200"), "{}", served4.0);
+    assert!(served6.1 < quick && served4.1 < quick);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("connection cap (8 connections from 2001:db8:e:1::/64)"),
+        "{text}"
+    );
+
+    // A trickled head: 408 at the head timeout (3 s), not the request's
+    // (10 s); an oversized Content-Length: 413 before the body.
+    let a0 = attacker[0];
+    let (slow, oversized) = in_netns(host.name(), move || {
+        let t0 = Instant::now();
+        let mut c = dcol::sys::sock::connect_from(a0, v6).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(12))).unwrap();
+        // A byte every 100 ms, until the server answers.
+        let mut b = [0u8; 1];
+        for byte in b"POST /records HTTP/1.1\r\nContent-Length: 10\r\nX-Pad: 0123456789\r\n".iter()
+        {
+            c.set_nonblocking(true).unwrap();
+            let answered = c.peek(&mut b).is_ok_and(|n| n > 0);
+            c.set_nonblocking(false).unwrap();
+            if answered || c.write_all(&[*byte]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let took = t0.elapsed();
+        let mut text = String::new();
+        let _ = c.read_to_string(&mut text);
+        let slow = (text, took);
+        let oversized = ask_from(
+            a0,
+            v6,
+            b"POST /records HTTP/1.1\r\nContent-Length: 200000\r\n\r\n",
+            Duration::from_secs(12),
+        );
+        (slow, oversized)
+    });
+    eprintln!(
+        "trickled head: {:?} after {:?}",
+        slow.0.lines().next(),
+        slow.1
+    );
+    assert!(slow.0.starts_with("HTTP/1.1 408"), "{}", slow.0);
+    assert!(
+        slow.1 > Duration::from_millis(2900) && slow.1 < Duration::from_secs(5),
+        "{:?}",
+        slow.1
+    );
+    assert!(oversized.0.starts_with("HTTP/1.1 413"), "{}", oversized.0);
+    assert!(oversized.1 < quick, "{:?}", oversized.1);
+    let text = fs::read_to_string(&log).unwrap();
+    for want in [
+        "refused request from [2001:db8:e:1::1]:",
+        "408 the request head was not complete within 3s",
+        "413 the body (200000 bytes) is larger than a record may be (4096 bytes)",
+    ] {
+        assert!(text.contains(want), "'{want}' not in the log:\n{text}");
+    }
 }

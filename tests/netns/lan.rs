@@ -15,6 +15,12 @@
 //!                       │
 //!                    waypoint
 //! ```
+//!
+//! `rc`'s default routes lead over l2 (its WAN: the proxy intercepts only
+//! flows routed there), and the lab's private addresses are allowed as
+//! destinations (see [`Lab::start_router_client`]). The proxy follows the
+//! router's forwarding verdicts: the first connection from the LAN host to
+//! a server port goes direct ([`warm`]), the next ones are proxied.
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -92,6 +98,16 @@ fn curl_sha256(lab: &Lab, url: &str) -> String {
     .to_owned()
 }
 
+/// One connection from the LAN host to `host` `port`, opened and closed:
+/// the router forwards it (the proxy learns the firewall's verdict), so the
+/// next connections to that port are proxied.
+fn warm(lab: &Lab, host: &str, port: u16) {
+    let code = format!(
+        "import socket,time; socket.create_connection(('{host}', {port}), timeout=5).close(); time.sleep(0.1)"
+    );
+    in_ns(&lab.ns(Node::Client), &["python3", "-c", &code]);
+}
+
 /// Waits until `port` listens in the server namespace.
 fn wait_listen(lab: &Lab, port: u16) {
     for _ in 0..100 {
@@ -160,7 +176,9 @@ fn lan_host_gets_detours_without_running_anything() {
     // Status names the LAN host of the proxied connection (checked while one runs).
     let st = lab.cl().status();
     let lp = &st["client"]["lan_proxy"];
-    assert!(lp["accepted"].as_u64().unwrap() >= 2, "{st}");
+    // iperf3's data connection (its control connection met the router's
+    // firewall directly: the first to that port).
+    assert!(lp["accepted"].as_u64().unwrap() >= 1, "{st}");
     assert!(lp["bytes_up"].as_u64().unwrap() > 5_000_000, "{st}");
     assert_eq!(lp["detour_policy"], "all");
 
@@ -203,6 +221,8 @@ fn plain_servers_work_byte_exact_and_are_remembered() {
     wait_listen(&lab, 8080);
     lab.start_waypoint();
     lab.start_router_client("");
+    warm(&lab, &server4.to_string(), 8080);
+    warm(&lab, &server6.to_string(), 8080);
     let want = sha256_hex(&data);
     for (round, url) in [
         format!("http://{server4}:8080/blob"),
@@ -270,6 +290,19 @@ fn half_close_and_resets_travel_through_the_proxy() {
     }
     lab.start_waypoint();
     lab.start_router_client("\toption proxy_idle_timeout_s '2'\n");
+    for p in [9001, 9002, 9003] {
+        warm(&lab, &server, p);
+    }
+    // The warm-up's own ending on 9002, then a clean log.
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&rst_log)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(t0.elapsed() < Duration::from_secs(15), "no warm-up on 9002");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&rst_log, "").expect("truncate");
 
     // Half-close: the client sends 2 MB, shuts down writing, reads the answer.
     let v = client_check(&lab, &["halfclose-client", &server, "9001", "2000000"]);
@@ -303,13 +336,13 @@ fn half_close_and_resets_travel_through_the_proxy() {
 }
 
 #[test]
-fn thousand_connections_and_a_host_over_its_limit() {
+fn thousand_connections_and_a_device_over_its_limit() {
     if !need_root() {
         return;
     }
     let mut lab = Lab::new(LinkProfile::core_limited());
     let server = lab.topo.addr4(Node::Server).to_string();
-    // A second LAN host (another address on the LAN).
+    // A second address of the LAN host (the same device: the same MAC).
     in_ns(
         &lab.ns(Node::Client),
         &["ip", "addr", "add", "10.0.1.3/24", "dev", "l1b"],
@@ -318,10 +351,18 @@ fn thousand_connections_and_a_host_over_its_limit() {
     wait_listen(&lab, 9004);
     lab.start_waypoint();
     lab.start_router_client("\toption max_conns_per_host '1000'\n");
+    warm(&lab, &server, 9004);
+    let accepted = |lab: &Lab| {
+        lab.cl().status()["client"]["lan_proxy"]["accepted"]
+            .as_u64()
+            .unwrap()
+    };
     // 1,000 concurrent connections from one host, each echoing.
+    let before = accepted(&lab);
     let v = client_check(&lab, &["many-client", &server, "9004", "10.0.1.2:1000"]);
     assert_eq!(v["10.0.1.2"]["echoed"], 1000, "{v}");
     let st = lab.cl().status();
+    assert_eq!(accepted(&lab) - before, 1000, "{st}");
     assert_eq!(st["client"]["lan_proxy"]["refused_limit"], 0, "{st}");
     // Closed connections leave the proxy (FINs both ways) before the next round.
     let t0 = Instant::now();
@@ -338,24 +379,27 @@ fn thousand_connections_and_a_host_over_its_limit() {
         t0.elapsed()
     );
 
-    // Over the limit: 1,030 from one host (30 refused), then 20 from another
-    // host, all held at once: the other host is unaffected.
+    // Over the limit: 1,030 from one address, then 20 from the device's
+    // other address, all held at once. The kernel proxies 1,000 and sends
+    // the rest direct: every connection works, none is refused.
+    let before = accepted(&lab);
     let v = client_check(
         &lab,
         &["many-client", &server, "9004", "10.0.1.2:1030,10.0.1.3:20"],
     );
-    assert_eq!(v["10.0.1.2"]["echoed"], 1000, "{v}");
-    assert_eq!(v["10.0.1.2"]["failed"], 30, "{v}");
+    assert_eq!(v["10.0.1.2"]["echoed"], 1030, "{v}");
     assert_eq!(v["10.0.1.3"]["echoed"], 20, "{v}");
     let st = lab.cl().status();
-    assert_eq!(st["client"]["lan_proxy"]["refused_limit"], 30, "{st}");
-    assert!(lab
-        .cl()
-        .log_text()
-        .contains("connections open (max_conns_per_host)"));
+    let proxied = accepted(&lab) - before;
+    // Connections of the first round the kernel does not count as closed
+    // yet (a final ACK in flight) may hold a few places.
+    assert!((990..=1000).contains(&proxied), "{proxied} proxied: {st}");
+    assert_eq!(st["client"]["lan_proxy"]["refused_limit"], 0, "{st}");
     // The daemon still serves.
+    let before = accepted(&lab);
     let v = client_check(&lab, &["many-client", &server, "9004", "10.0.1.2:5"]);
     assert_eq!(v["10.0.1.2"]["echoed"], 5, "{v}");
+    assert_eq!(accepted(&lab) - before, 5);
 }
 
 /// One TLS connection through the proxy to a server that waits 2 s before its
@@ -365,6 +409,7 @@ fn tls_run(lab: &mut Lab, policy: &str, port: u16) -> (u64, u64) {
     let server = lab.topo.addr4(Node::Server).to_string();
     lab.client = None;
     lab.start_router_client(&format!("\toption detour_policy '{policy}'\n"));
+    warm(lab, &server, port);
     let before = granted(lab, port);
     let cns = lab.ns(Node::Client);
     let t = tool();
@@ -495,7 +540,10 @@ fn fail_open_after_kill_and_interception_resumes() {
         ]);
         String::from_utf8_lossy(&out.stdout) == "200"
     };
+    // The first meets the firewall, the second is proxied.
+    assert!(fetch(&lab), "no HTTP");
     assert!(fetch(&lab), "no HTTP through the proxy");
+    assert!(lab.cl().log_text().contains("proxied as MPTCP"));
     lab.client.as_mut().expect("client").kill9();
     // New LAN connections work again within 3 s, without the daemon.
     let t0 = Instant::now();
@@ -515,6 +563,7 @@ fn fail_open_after_kill_and_interception_resumes() {
     lab.start_router_client("");
     assert!(has_table(&rns, "dcol_lan"));
     assert!(fetch(&lab), "no HTTP after the restart");
+    assert!(fetch(&lab), "no HTTP through the proxy after the restart");
     assert!(
         lab.cl().log_text().contains("proxied as MPTCP"),
         "{}",

@@ -125,6 +125,8 @@ fn luci_app_in_a_browser_against_the_real_daemon() {
         .arg(&uci)
         .arg("--dcol-bin")
         .arg(dcol_bin())
+        .arg("--dcol-dir")
+        .arg(&lab.collective.dir)
         .arg("--log")
         .arg(&lab.cl().log)
         .arg("--artifacts")

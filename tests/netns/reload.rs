@@ -204,9 +204,7 @@ fn reload_of_lan_rules_keeps_proxied_connections() {
     });
     // New bypass list: the table is replaced, the proxied transfer lives on.
     let extra = "\toption detour_policy 'all'\n\tlist bypass '10.200.0.0/16'\n";
-    let cfg = lab.client_config(&format!(
-        "\toption lan_proxy '1'\n\tlist lan_interface 'l1a'\n{extra}"
-    ));
+    let cfg = lab.router_client_config(extra);
     let line = lab.cl().reload(&cfg);
     assert!(line.contains("LAN interception rules"), "{line}");
     let rules = in_ns(&rns, &["nft", "list", "table", "inet", "dcol_lan"]);
@@ -219,9 +217,7 @@ fn reload_of_lan_rules_keeps_proxied_connections() {
     // Bypass the server's network: new connections go direct.
     let accepted = lab.cl().status()["client"]["lan_proxy"]["accepted"].clone();
     let extra = "\toption detour_policy 'all'\n\tlist bypass '10.0.3.0/24'\n";
-    let cfg = lab.client_config(&format!(
-        "\toption lan_proxy '1'\n\tlist lan_interface 'l1a'\n{extra}"
-    ));
+    let cfg = lab.router_client_config(extra);
     lab.cl().reload(&cfg);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(

@@ -25,9 +25,14 @@
 //! disappears the record is withdrawn; when it refuses a port, the waypoint
 //! logs it and keeps serving. A gateway with NAT-PMP only gets the same
 //! mappings. On reload (UPnP off) and on SIGTERM every mapping is deleted;
-//! after SIGKILL the next start deletes what the crashed run left.
+//! after SIGKILL the next start deletes what the crashed run left. Another
+//! LAN host answering the SSDP search first (with its own description and
+//! control URL) is ignored: only the default gateway's answer is taken.
 
-use std::net::{IpAddr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dcol::directory::Snapshot;
@@ -777,4 +782,192 @@ fn forwards_v6(gw: &Netns) -> String {
         gw.name(),
         &["nft", "list", "chain", "inet", "filter", "miniupnpd"],
     )
+}
+
+/// A hostile LAN host: answers every SSDP search at once with a description
+/// of its own (LOCATION on itself), and serves that description and SOAP on
+/// port 5000. Counts the searches it heard and the HTTP requests it got.
+struct Rogue {
+    searches: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Rogue {
+    fn start(ns: &Netns, ip: Ipv4Addr) -> Rogue {
+        let (searches, requests, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let path = format!("/var/run/netns/{}", ns.name());
+        let (n, st, p) = (searches.clone(), stop.clone(), path.clone());
+        let ssdp = std::thread::spawn(move || {
+            enter_netns(&std::fs::File::open(&p).expect("open netns"));
+            let s = UdpSocket::bind("0.0.0.0:1900").expect("bind 1900");
+            s.join_multicast_v4(&Ipv4Addr::new(239, 255, 255, 250), &ip)
+                .expect("join the SSDP group");
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::SeqCst) {
+                let Ok((len, from)) = s.recv_from(&mut buf) else {
+                    continue;
+                };
+                if !buf[..len].starts_with(b"M-SEARCH") {
+                    continue;
+                }
+                n.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\n\
+                     ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\
+                     USN: uuid:rogue::urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\
+                     EXT:\r\nSERVER: rogue\r\nLOCATION: http://{ip}:5000/rootDesc.xml\r\n\r\n"
+                );
+                let _ = s.send_to(answer.as_bytes(), from);
+            }
+        });
+        let (n, st) = (requests.clone(), stop.clone());
+        let web = std::thread::spawn(move || {
+            enter_netns(&std::fs::File::open(&path).expect("open netns"));
+            let l = TcpListener::bind((ip, 5000)).expect("bind 5000");
+            l.set_nonblocking(true).unwrap();
+            let desc = format!(
+                "<?xml version=\"1.0\"?><root><URLBase>http://{ip}:5000/</URLBase><device><serviceList><service>\
+                 <serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType>\
+                 <controlURL>/ctl</controlURL></service></serviceList></device></root>"
+            );
+            while !st.load(Ordering::SeqCst) {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                n.fetch_add(1, Ordering::SeqCst);
+                let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut b = [0u8; 4096];
+                let _ = c.read(&mut b);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{desc}",
+                    desc.len()
+                );
+            }
+        });
+        Rogue {
+            searches,
+            requests,
+            stop,
+            threads: vec![ssdp, web],
+        }
+    }
+}
+
+impl Drop for Rogue {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The gateway's LAN becomes a bridge (still named `lan`, 192.168.7.1)
+/// with the waypoint and a second host, `rogue` (192.168.7.66), on it.
+fn add_lan_host(net: &Net) -> Netns {
+    let rogue = Netns::new("rogue");
+    for cmd in [
+        "ip addr flush dev lan",
+        "ip link set lan down",
+        "ip link set lan name lanp",
+        "ip link add lan type bridge mcast_snooping 0",
+        "ip link set lanp master lan",
+        "ip addr add 192.168.7.1/24 dev lan",
+        "ip link set lan up",
+        "ip link set lanp up",
+    ] {
+        net.gw.exec(&cmd.split(' ').collect::<Vec<_>>());
+    }
+    run(&[
+        "ip",
+        "link",
+        "add",
+        "lanr",
+        "netns",
+        net.gw.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        rogue.name(),
+    ]);
+    net.gw.exec(&["ip", "link", "set", "lanr", "master", "lan"]);
+    net.gw.exec(&["ip", "link", "set", "lanr", "up"]);
+    rogue.exec(&["ip", "addr", "add", "192.168.7.66/24", "dev", "eth0"]);
+    rogue.exec(&["ip", "link", "set", "eth0", "up"]);
+    rogue.exec(&["ip", "route", "add", "default", "via", "192.168.7.1"]);
+    net.wp.exec(&["ip", "neigh", "flush", "all"]);
+    rogue
+}
+
+/// A LAN host that answers the SSDP search at once, naming a gateway of its
+/// own (description and control URL on itself), is ignored: the waypoint
+/// takes only its default gateway's answer, maps its ports there and never
+/// talks HTTP to the other host.
+#[test]
+fn ssdp_answers_from_other_lan_hosts_are_ignored() {
+    if !need_root() {
+        return;
+    }
+    let net = build();
+    let rogue_ns = add_lan_host(&net);
+    let scratch = Scratch::new("trav-rogue");
+    let coop = Collective::new(scratch.path(), "coop");
+    let alice = coop.admit("alice", "client,waypoint", 30);
+    start_miniupnpd(&net.gw, &scratch, "");
+    let rogue = Rogue::start(&rogue_ns, Ipv4Addr::new(192, 168, 7, 66));
+    std::thread::sleep(Duration::from_millis(500));
+    let sock = scratch.path().join("wp.sock");
+    let cfg = format!(
+        "{}config waypoint 'waypoint'\n\toption enabled '1'\n\tlist listen '0.0.0.0:7447'\n\
+         \toption nat_ports '40000-40003'\n\toption upnp_lease_s '60'\n",
+        main_section(&alice, &coop, &sock, &scratch.path().join("wp-state"))
+    );
+    let mut wp = Daemon::start(net.wp.name(), scratch.path(), "wp", &cfg, &sock);
+    let st = wp
+        .wait_status(Duration::from_secs(20), |s| {
+            !s["traversal"]["last_pass"].is_null()
+        })
+        .unwrap_or_else(|s| panic!("no traversal pass: {s}\n{}", wp.log_text()));
+    let t = &st["traversal"];
+    eprintln!(
+        "with a rogue SSDP answerer ({} search(es) heard, {} HTTP request(s) to it): {t}",
+        rogue.searches.load(Ordering::SeqCst),
+        rogue.requests.load(Ordering::SeqCst)
+    );
+    assert!(
+        rogue.searches.load(Ordering::SeqCst) > 0,
+        "the rogue host never heard the search: the test proves nothing"
+    );
+    assert_eq!(
+        rogue.requests.load(Ordering::SeqCst),
+        0,
+        "the waypoint fetched the rogue's description\n{}",
+        wp.log_text()
+    );
+    assert_eq!(t["gateway"], "http://192.168.7.1:5000/ctl/IPConn", "{t}");
+    assert_eq!(t["mapped_ports"], 5, "{t}");
+    assert_eq!(t["public"], format!("{GW_WAN}:7447"), "{t}");
+    assert!(forwards(&net.gw).contains("dport 7447 dnat ip to 192.168.7.2:7447"));
+    let log = wp.log_text();
+    assert!(
+        log.contains(
+            "traversal: ignored an SSDP answer from 192.168.7.66:1900: not the default gateway 192.168.7.1"
+        ),
+        "{log}"
+    );
+    assert!(wp.terminate().success());
+    drop(rogue);
 }

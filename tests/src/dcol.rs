@@ -187,12 +187,32 @@ impl Daemon {
     /// Writes `uci` to `dir/<tag>.conf` and starts `dcol run` in `netns`; waits
     /// until the control socket answers (or the process exits: panics with its log).
     pub fn start(netns: &str, dir: &Path, tag: &str, uci: &str, socket: &Path) -> Daemon {
+        Daemon::start_with_nofile(netns, dir, tag, uci, socket, None)
+    }
+
+    /// [`Daemon::start`] under an open-file limit of `nofile` (soft and hard,
+    /// as procd's `limits nofile` sets it; `prlimit` execs the daemon, so the
+    /// pid stays dcol's).
+    pub fn start_with_nofile(
+        netns: &str,
+        dir: &Path,
+        tag: &str,
+        uci: &str,
+        socket: &Path,
+        nofile: Option<u64>,
+    ) -> Daemon {
         let config = dir.join(format!("{tag}.conf"));
         fs::write(&config, uci).expect("write config");
         let log = dir.join(format!("{tag}.log"));
         let err = fs::File::create(&log).expect("create log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]);
+        if let Some(n) = nofile {
+            cmd.arg("prlimit")
+                .arg(format!("--nofile={n}:{n}"))
+                .arg("--");
+        }
+        let child = cmd
             .arg(dcol_bin())
             .args(["run", "--config"])
             .arg(&config)

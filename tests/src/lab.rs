@@ -148,13 +148,36 @@ impl Lab {
         self.waypoint = Some(d);
     }
 
-    /// Starts the client daemon on the client's router (`rc`) as a transparent
-    /// proxy for the client host behind it (LAN interface `l1a`); the client
-    /// host then runs unmodified programs. `extra` goes into the client section.
+    /// The UCI file of the client daemon on the client's router (`rc`) as a
+    /// transparent proxy for the client host behind it (LAN interface
+    /// `l1a`); the lab's private addresses are allowed as destinations (the
+    /// proxy takes no private destination otherwise). `extra` goes into the
+    /// client section.
+    pub fn router_client_config(&self, extra: &str) -> String {
+        self.client_config(&format!(
+            "\toption lan_proxy '1'\n\tlist lan_interface 'l1a'\n\tlist proxy_allow_destination '10.0.0.0/8'\n\tlist proxy_allow_destination 'fd00::/8'\n{extra}"
+        ))
+    }
+
+    /// Starts the client daemon on the client's router (`rc`) with
+    /// [`Lab::router_client_config`]; the client host then runs unmodified
+    /// programs. `rc`'s default routes are set over link 2 first: the proxy
+    /// intercepts only flows routed to the default routes' interfaces. It
+    /// also follows the router's forwarding verdicts, so the first
+    /// connection from the client host to a server port goes direct.
     pub fn start_router_client(&mut self, extra: &str) {
-        let cfg = self.client_config(&format!(
-            "\toption lan_proxy '1'\n\tlist lan_interface 'l1a'\n{extra}"
-        ));
+        let rc = self.topo.ns(Node::Rc);
+        rc.exec(&["ip", "-4", "route", "replace", "default", "via", "10.0.2.2"]);
+        rc.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            "fd00:0:0:2::2",
+        ]);
+        let cfg = self.router_client_config(extra);
         let d = Daemon::start(
             &self.ns(Node::Rc),
             self.scratch.path(),

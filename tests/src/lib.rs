@@ -23,6 +23,7 @@ use std::time::Duration;
 
 pub mod dcol;
 pub mod lab;
+pub mod openwrt;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -12,7 +12,13 @@ JSON (clients) so the Rust test can assert on them. Servers run until killed.
                                 MODE=expect-rst: connect, wait for the reset
   echo-server PORT              echo every connection (many at once)
   many-client HOST PORT SRC:N,.. hold N connections per source open at once,
-                                echo on each
+                                echo on each (SRC IPv4 or IPv6)
+  flood HOST PORT SRC:N,..      open N connections per source (IPv4 or IPv6;
+                                a source gives up after 3 failures in a row),
+                                print how many connected per source, hold
+                                them until stdin closes
+  whoami-server PORT            tell each connection its peer's address, close
+  whoami HOST PORT              connect, print the address the server saw
   hold HOST PORT N SECS         open N connections, echo one byte on each,
                                 print "ready", keep them idle for SECS
   latency HOST PORT N           N connections one after another: connect, echo
@@ -168,7 +174,7 @@ def many_client(host, port, spec):
         src, n = part.rsplit(":", 1)
         socks, refused = [], 0
         for _ in range(int(n)):
-            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c = socket.socket(family_of(src), socket.SOCK_STREAM)
             c.bind((src, 0))
             c.settimeout(10)
             try:
@@ -201,6 +207,73 @@ def many_client(host, port, spec):
         for c in socks:
             c.close()
     print(json.dumps(out))
+
+
+def family_of(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def flood(host, port, spec):
+    """Opens the connections of spec ("SRC:N,SRC:N"), prints
+    {"SRC": {"connected": n, "failed": n}, ...} and holds them until stdin
+    closes; then closes them all."""
+    raise_nofile()
+    socks, out = [], {}
+    for part in spec.split(","):
+        src, n = part.rsplit(":", 1)
+        ok = failed = 0
+        streak = 0
+        for _ in range(int(n)):
+            if streak >= 3:
+                # Nothing gets through from here: count the rest as failed.
+                failed += 1
+                continue
+            c = socket.socket(family_of(src), socket.SOCK_STREAM)
+            c.bind((src, 0))
+            c.settimeout(1)
+            try:
+                c.connect((host, port))
+                socks.append(c)
+                ok += 1
+                streak = 0
+            except OSError:
+                c.close()
+                failed += 1
+                streak += 1
+        out[src] = {"connected": ok, "failed": failed}
+    print(json.dumps(out), flush=True)
+    sys.stdin.read()
+    for c in socks:
+        c.close()
+
+
+def whoami_server(port):
+    def handle(c):
+        peer = c.getpeername()[0]
+        if peer.startswith("::ffff:"):
+            peer = peer[len("::ffff:"):]
+        try:
+            c.sendall(peer.encode() + b"\n")
+        except OSError:
+            pass
+        c.close()
+
+    serve(port, handle)
+
+
+def whoami(host, port):
+    try:
+        c = socket.create_connection((host, port), timeout=3)
+        got = b""
+        while not got.endswith(b"\n"):
+            b = c.recv(100)
+            if not b:
+                break
+            got += b
+        c.close()
+        print(json.dumps({"seen": got.decode().strip()}))
+    except OSError as e:
+        print(json.dumps({"error": str(e)}))
 
 
 def hold(host, port, n, secs):
@@ -297,6 +370,12 @@ def main(a):
         echo_server(int(a[1]))
     elif cmd == "many-client":
         many_client(a[1], int(a[2]), a[3])
+    elif cmd == "flood":
+        flood(a[1], int(a[2]), a[3])
+    elif cmd == "whoami-server":
+        whoami_server(int(a[1]))
+    elif cmd == "whoami":
+        whoami(a[1], int(a[2]))
     elif cmd == "hold":
         hold(a[1], int(a[2]), int(a[3]), float(a[4]))
     elif cmd == "latency":

@@ -1289,7 +1289,10 @@ mod tests {
                 ports: (40000, 40099),
                 lease: Duration::from_secs(60),
                 max_per_member: 16,
-                allow: vec!["10.0.0.0/8".parse().unwrap()],
+                destinations: crate::waypoint::policy::Rules {
+                    allow: vec!["10.0.0.0/8".parse().unwrap()],
+                    deny_ports: vec!["25".parse().unwrap()],
+                },
                 max_skew: Duration::from_secs(30),
                 vpn: Some(crate::waypoint::VpnSettings {
                     subnet: "10.200.7.0/24".parse().unwrap(),
@@ -1306,7 +1309,7 @@ mod tests {
                 testutil::key(2),
                 testutil::root_pub(),
                 Revocations::default(),
-                vec![],
+                crate::routes::Routes::all_wan(Vec::new()),
             );
             let t0 = Instant::now();
             Pair {

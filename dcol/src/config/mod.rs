@@ -49,6 +49,17 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The block of `prefix` bits around `addr` (host bits cleared); `None`
+    /// when `prefix` is longer than the address.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Cidr> {
+        let addr = match addr {
+            IpAddr::V4(v4) if prefix <= 32 => IpAddr::V4(mask4(u32::from(v4), prefix).into()),
+            IpAddr::V6(v6) if prefix <= 128 => IpAddr::V6(mask6(u128::from(v6), prefix).into()),
+            _ => return None,
+        };
+        Some(Cidr { addr, prefix })
+    }
+
     /// True when `ip` is inside the block (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: &IpAddr) -> bool {
         let ip = match ip {
@@ -81,6 +92,60 @@ pub(crate) fn mask6(a: u128, p: u8) -> u128 {
     }
 }
 
+/// A port or an inclusive range of ports, e.g. `25` or `6660-6669`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub lo: u16,
+    /// Last port (`lo` for a single port).
+    pub hi: u16,
+}
+
+impl PortRange {
+    /// `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.lo..=self.hi).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "expected a port (1-65535) or a range like '6660-6669', got '{}'",
+                show(s)
+            )
+        };
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(bad)
+        };
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(s)?, port(s)?),
+        };
+        if lo > hi {
+            return Err(bad());
+        }
+        Ok(PortRange { lo, hi })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
 impl FromStr for Cidr {
     type Err = String;
 
@@ -101,11 +166,7 @@ impl FromStr for Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("bad prefix length '{p}' (0-{max})"))?,
         };
-        let addr = match addr {
-            IpAddr::V4(v4) => IpAddr::V4(mask4(u32::from(v4), prefix).into()),
-            IpAddr::V6(v6) => IpAddr::V6(mask6(u128::from(v6), prefix).into()),
-        };
-        Ok(Cidr { addr, prefix })
+        Cidr::new(addr, prefix).ok_or_else(|| format!("bad prefix length {prefix}"))
     }
 }
 
@@ -198,8 +259,21 @@ pub struct ClientConfig {
     pub bypass_ports: Vec<u16>,
     /// The proxy's listening port.
     pub proxy_port: u16,
-    /// Concurrent proxied connections one LAN host may have.
+    /// Concurrent proxied connections one LAN device (MAC address) and one
+    /// LAN IPv4 address may have; more go direct.
     pub max_conns_per_host: u32,
+    /// Concurrent proxied connections one LAN IPv6 /64 may have; more go
+    /// direct.
+    pub max_conns_per_prefix: u32,
+    /// Cap on all proxied connections (0: from the open-file limit only);
+    /// near it interception pauses and new LAN flows go direct.
+    pub proxy_max_conns: u32,
+    /// Special-purpose destinations (private, CGNAT, ULA, ...) the proxy may
+    /// take all the same, when they are routed to the WAN.
+    pub proxy_allow_destination: Vec<Cidr>,
+    /// Intercept a flow only once the router's firewall has forwarded the
+    /// same device's flow to the same destination and port.
+    pub proxy_follow_firewall: bool,
     /// Which proxied connections may be detoured.
     pub detour_policy: DetourPolicy,
     /// A proxied connection with no bytes either way for this long is closed, s.
@@ -230,6 +304,9 @@ pub struct WaypointConfig {
     pub max_tunnels_per_member: u32,
     /// Destinations allowed despite the built-in policy.
     pub allow_destination: Vec<Cidr>,
+    /// Destination ports never detoured to (`list deny_port`, single ports
+    /// or ranges; default 25; `'none'` denies nothing).
+    pub deny_port: Vec<PortRange>,
     /// Allowed clock difference, s.
     pub max_clock_skew_s: u32,
     /// nftables table name (`inet <table>`).
@@ -369,6 +446,10 @@ impl Default for Config {
                 bypass_ports: Vec::new(),
                 proxy_port: 7448,
                 max_conns_per_host: 512,
+                max_conns_per_prefix: 1024,
+                proxy_max_conns: 0,
+                proxy_allow_destination: Vec::new(),
+                proxy_follow_firewall: true,
                 detour_policy: DetourPolicy::TlsAfterHandshake,
                 proxy_idle_timeout_s: 3600,
                 vpn_interface_prefix: "dcolc".into(),
@@ -383,6 +464,7 @@ impl Default for Config {
                 lease_s: 300,
                 max_tunnels_per_member: 16,
                 allow_destination: Vec::new(),
+                deny_port: vec![PortRange { lo: 25, hi: 25 }],
                 max_clock_skew_s: 30,
                 table: "dcol".into(),
                 vpn_subnet: None,
@@ -639,6 +721,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         "max_conns_per_host" => {
                             c.max_conns_per_host = p.value(it, |v| range(v, 1, 65_536))?
                         }
+                        "max_conns_per_prefix" => {
+                            c.max_conns_per_prefix = p.value(it, |v| range(v, 1, 65_536))?
+                        }
+                        "proxy_max_conns" => {
+                            c.proxy_max_conns = p.value(it, |v| range(v, 0, 1_000_000))?
+                        }
+                        "proxy_allow_destination" => c
+                            .proxy_allow_destination
+                            .push(p.list_value(it, |v| v.parse())?),
+                        "proxy_follow_firewall" => {
+                            c.proxy_follow_firewall = p.value(it, parse_bool)?
+                        }
                         "detour_policy" => c.detour_policy = p.value(it, parse_policy)?,
                         "vpn_interface_prefix" => {
                             c.vpn_interface_prefix = p.value(it, |v| {
@@ -663,6 +757,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                 let w = &mut cfg.waypoint;
                 w.enabled = true;
                 let mut listens = Vec::new();
+                let mut deny_ports: Option<Vec<PortRange>> = None;
                 for it in &sec.items {
                     match it.name.as_str() {
                         "enabled" => w.enabled = p.value(it, parse_bool)?,
@@ -674,6 +769,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         }
                         "allow_destination" => {
                             w.allow_destination.push(p.list_value(it, |v| v.parse())?)
+                        }
+                        "deny_port" => {
+                            let d = deny_ports.get_or_insert_with(Vec::new);
+                            if let Some(r) = p.list_value(it, |v| {
+                                if v == "none" {
+                                    Ok(None)
+                                } else {
+                                    v.parse().map(Some)
+                                }
+                            })? {
+                                d.push(r);
+                            }
                         }
                         "max_clock_skew_s" => {
                             w.max_clock_skew_s = p.value(it, |v| range(v, 1, 3600))?
@@ -734,6 +841,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         }
                         _ => p.unknown(it),
                     }
+                }
+                if let Some(d) = deny_ports {
+                    w.deny_port = d;
                 }
                 if !listens.is_empty() {
                     w.listen = listens;
@@ -1066,6 +1176,34 @@ config peer
 ";
 
     #[test]
+    fn deny_ports() {
+        let c = p("config waypoint\n").unwrap();
+        assert_eq!(c.waypoint.deny_port, [PortRange { lo: 25, hi: 25 }]);
+        let c =
+            p("config waypoint\n\tlist deny_port '22'\n\tlist deny_port '6660-6669'\n").unwrap();
+        assert_eq!(
+            c.waypoint.deny_port,
+            [
+                PortRange { lo: 22, hi: 22 },
+                PortRange { lo: 6660, hi: 6669 }
+            ]
+        );
+        assert!(c.waypoint.deny_port[1].contains(6665));
+        assert!(!c.waypoint.deny_port[1].contains(6670));
+        let c = p("config waypoint\n\tlist deny_port 'none'\n").unwrap();
+        assert!(c.waypoint.deny_port.is_empty());
+        for bad in ["0", "70000", "30-20", "smtp", "25-"] {
+            let e = p(&format!("config waypoint\n\tlist deny_port '{bad}'\n")).unwrap_err();
+            assert_eq!(
+                (e.line, e.option.as_deref()),
+                (2, Some("deny_port")),
+                "{bad}"
+            );
+            assert!(e.message.contains(bad), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn traversal_options() {
         let c = p("config waypoint\n\tlist stun_server 'stun.example.org:3478'\n\tlist stun_server '11.7.9.1:3478'\n\toption upnp_url 'http://192.168.1.1:5000/rootDesc.xml'\n\toption upnp_lease_s '0'\n").unwrap();
         let w = &c.waypoint;
@@ -1209,6 +1347,11 @@ config peer
             "config waypoint\n\toption donate_monthly_gb '-1'\n",
             "config waypoint\n\toption donate_kbit 'fast'\n",
             "config client\n\toption proxy_idle_timeout_s '0'\n",
+            "config client\n\tlist proxy_allow_destination '10.0.0.0/40'\n",
+            "config client\n\tlist proxy_allow_destination 'lan'\n",
+            "config client\n\toption proxy_follow_firewall 'perhaps'\n",
+            "config client\n\toption max_conns_per_prefix '0'\n",
+            "config client\n\toption proxy_max_conns '-1'\n",
             "config dcol\n\tlist revoked 'xyz'\n",
             "config dcol\n\toption log_level 'loud'\n",
             "config client\n\toption renew_interval_s '0'\n",
@@ -1237,6 +1380,29 @@ config peer
         assert_eq!(c.client.lan_interfaces, vec!["l1a".to_string()]);
         assert_eq!(c.client.bypass_ports, vec![22]);
         assert_eq!(c.client.bypass[0].to_string(), "10.9.0.0/16");
+        assert!(c.client.proxy_follow_firewall);
+        assert_eq!(
+            (c.client.max_conns_per_prefix, c.client.proxy_max_conns),
+            (1024, 0)
+        );
+        let c = p("config client\n\tlist proxy_allow_destination '100.64.0.0/10'\n\tlist proxy_allow_destination 'fd00::/8'\n\toption proxy_follow_firewall '0'\n\toption max_conns_per_prefix '64'\n\toption proxy_max_conns '300'\n").unwrap();
+        let allow: Vec<String> = c
+            .client
+            .proxy_allow_destination
+            .iter()
+            .map(Cidr::to_string)
+            .collect();
+        assert_eq!(allow, ["100.64.0.0/10", "fd00::/8"]);
+        assert!(!c.client.proxy_follow_firewall);
+        assert_eq!(
+            (c.client.max_conns_per_prefix, c.client.proxy_max_conns),
+            (64, 300)
+        );
+        let e = p("config client\n\n\tlist proxy_allow_destination '10.0.0.0/40'\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.option.as_deref()),
+            (3, Some("proxy_allow_destination"))
+        );
         assert_eq!(
             words(r#"option a "x \"y\" z" # c"#).unwrap(),
             vec!["option", "a", "x \"y\" z"]

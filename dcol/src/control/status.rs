@@ -30,10 +30,12 @@
 //!                  "vpn_error": null, "score": 0.93, "detours_scored": 14 } ],
 //!     "scores": [ { "waypoint": "alice", "prefix": "10.0.3.0/24", "mean": 0.95,
 //!                   "weight": 4.1, "count": 9 } ],
-//!     "lan_proxy": { "active": 3, "accepted": 120, "refused_limit": 0, "refused_direct": 0,
-//!                    "connect_failed": 1, "plain_tcp": 4, "fell_back": 1, "resets": 2,
-//!                    "bytes_up": 48213, "bytes_down": 90312744, "fallback_cached": 1,
-//!                    "detour_policy": "tls-after-handshake" }
+//!     "lan_proxy": { "active": 3, "accepted": 120, "refused_limit": 0, "refused_special": 0,
+//!                    "refused_direct": 0, "connect_failed": 1, "plain_tcp": 4, "fell_back": 1,
+//!                    "resets": 2, "bytes_up": 48213, "bytes_down": 90312744, "fallback_cached": 1,
+//!                    "detour_policy": "tls-after-handshake", "max_conns": 2031,
+//!                    "paused": false, "pauses": 0, "wan_interfaces": ["pppoe-wan"],
+//!                    "follow_firewall": true, "firewall_changes": 2 }
 //!   },
 //!   "waypoint": {
 //!     "listen": ["0.0.0.0:7447"],
@@ -84,7 +86,8 @@
 //! connections of programs on the router itself); `detour_gate` is `open`,
 //! `waiting for the TLS handshake`, or why the connection gets no detours
 //! (`plaintext`, `detour_policy 'none'`, ...). `lan_proxy` is `null` when the
-//! transparent proxy is off; its counters count since the daemon started.
+//! transparent proxy is off; its counters count since the daemon started;
+//! [`LanProxyStatus`] says what its limits and `paused` mean.
 //! Subflow `state` is one of `requesting`, `connecting`, `established`, `failed`
 //! (then `detail` says why).
 //!
@@ -238,7 +241,28 @@ pub struct ClientStatus {
     pub scores: Vec<ScoreStatus>,
 }
 
-/// The transparent LAN proxy: its counters and policy.
+/// The transparent LAN proxy: its counters, policy and limits.
+///
+/// ```json
+/// { "active": 3, "accepted": 120, "refused_limit": 0, "refused_special": 0,
+///   "refused_direct": 0, "connect_failed": 1, "plain_tcp": 4, "fell_back": 1,
+///   "resets": 2, "bytes_up": 48213, "bytes_down": 90312744, "fallback_cached": 1,
+///   "detour_policy": "tls-after-handshake", "max_conns": 2031, "paused": false,
+///   "pauses": 0, "wan_interfaces": ["pppoe-wan"], "follow_firewall": true,
+///   "firewall_changes": 2 }
+/// ```
+///
+/// `paused` is true while the proxy holds `max_conns` connections (or ran
+/// out of open files): interception is off and new LAN connections go
+/// direct until it is back under 90% of the cap; `pauses` counts such
+/// episodes since start (each is logged once). `max_conns` is derived from
+/// the open-file limit read at start (a quarter of what it fits is kept for
+/// connections queued before the pause), lowered by `proxy_max_conns`.
+/// `wan_interfaces` are the default routes' interfaces: only flows routed
+/// to them are intercepted (empty: nothing is). `follow_firewall` says
+/// whether only flows the router's firewall has forwarded are intercepted;
+/// `firewall_changes` counts the ruleset changes that made the proxy forget
+/// the firewall's verdicts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LanProxyStatus {
     /// Counters since start (flattened into this object).
@@ -246,6 +270,24 @@ pub struct LanProxyStatus {
     pub counters: crate::proxy::Counters,
     /// `tls-after-handshake`, `all` or `none`.
     pub detour_policy: String,
+    /// Interception pauses at this many open connections.
+    #[serde(default)]
+    pub max_conns: u32,
+    /// Interception paused: the proxy is full; new LAN flows go direct.
+    #[serde(default)]
+    pub paused: bool,
+    /// Pauses since start.
+    #[serde(default)]
+    pub pauses: u64,
+    /// Only flows routed to these interfaces are intercepted.
+    #[serde(default)]
+    pub wan_interfaces: Vec<String>,
+    /// Only flows the firewall has forwarded are intercepted.
+    #[serde(default)]
+    pub follow_firewall: bool,
+    /// Ruleset changes that made the proxy ask the firewall again.
+    #[serde(default)]
+    pub firewall_changes: u64,
 }
 
 /// One MPTCP connection.

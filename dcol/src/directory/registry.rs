@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use super::{DirError, Entry, Record, Statement};
 use crate::trust::files::{self, FileError};
@@ -40,6 +40,38 @@ impl Default for Limits {
             max_future_ms: 10 * 60 * 1000,
             member_rate: (5, 6),
             source_rate: (30, 60),
+        }
+    }
+}
+
+/// Where requests come from, as the per-source limits count them: an IPv4
+/// address, or an IPv6 /64 (one home line or host gets a whole /64, so
+/// counting its addresses one by one would give it 2^64 shares). An
+/// IPv4-mapped IPv6 address (a dual-stack listener) counts as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source(IpAddr);
+
+impl Source {
+    /// The source that `ip` belongs to.
+    pub fn of(ip: IpAddr) -> Source {
+        match ip {
+            IpAddr::V4(_) => Source(ip),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => Source(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(a) & !((1u128 << 64) - 1);
+                    Source(IpAddr::V6(Ipv6Addr::from(prefix)))
+                }
+            },
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}"),
+            IpAddr::V6(a) => write!(f, "{a}/64"),
         }
     }
 }
@@ -189,7 +221,7 @@ pub struct Registry {
     list: Option<RevocationList>,
     revoked: Revocations,
     members: Rate<MemberId>,
-    sources: Rate<IpAddr>,
+    sources: Rate<Source>,
     changed: bool,
 }
 
@@ -251,8 +283,10 @@ impl Registry {
         self.list.as_ref().map_or(0, |l| l.serial)
     }
 
-    /// Rate limit of the source address (every request takes a token).
-    pub fn admit_source(&mut self, source: IpAddr, now_ms: u64) -> Result<(), Refusal> {
+    /// Rate limit of the source (every request takes a token): an IPv4
+    /// address, or the IPv6 /64 of `ip` (see [`Source`]).
+    pub fn admit_source(&mut self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
+        let source = Source::of(ip);
         if self.sources.take(source, now_ms) {
             Ok(())
         } else {
@@ -644,5 +678,36 @@ mod tests {
             let _ = r.admit_source(IpAddr::from(i.to_be_bytes()), NOW + 200);
         }
         assert!(r.sources.buckets.len() <= RATE_KEYS);
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_64s() {
+        let s = |a: &str| Source::of(a.parse().unwrap());
+        assert_eq!(s("2001:db8:1:2::1"), s("2001:db8:1:2:ffff:1:2:3"));
+        assert_ne!(s("2001:db8:1:2::1"), s("2001:db8:1:3::1"));
+        assert_eq!(s("2001:db8:1:2:a:b:c:d").to_string(), "2001:db8:1:2::/64");
+        assert_ne!(s("198.51.100.1"), s("198.51.100.2"));
+        assert_eq!(s("::ffff:198.51.100.1"), s("198.51.100.1"));
+        assert_eq!(s("::ffff:198.51.100.1").to_string(), "198.51.100.1");
+    }
+
+    #[test]
+    fn one_64_shares_one_rate_limit() {
+        let mut r = reg();
+        // 30 requests from 30 addresses of one /64 use its whole burst ...
+        for i in 0..30u16 {
+            let ip = IpAddr::from([0x2001, 0xdb8, 1, 2, 0, 0, 0, i + 1]);
+            assert!(r.admit_source(ip, NOW).is_ok(), "request {i}");
+        }
+        let e = r
+            .admit_source("2001:db8:1:2::ffff".parse().unwrap(), NOW)
+            .unwrap_err();
+        assert_eq!(e.status(), 429);
+        assert!(e.to_string().contains("2001:db8:1:2::/64"), "{e}");
+        // ... and leave the neighbouring /64 and IPv4 alone.
+        assert!(r
+            .admit_source("2001:db8:1:3::1".parse().unwrap(), NOW)
+            .is_ok());
+        assert!(r.admit_source([198, 51, 100, 1].into(), NOW).is_ok());
     }
 }

@@ -185,7 +185,7 @@ fn exchange(
             if let Some(h) = wire::parse_head(&buf).map_err(wire)? {
                 break h;
             }
-            if read_some(&mut s, &mut buf, left()?).map_err(io("read"))? == 0 {
+            if read_some(&s, &mut buf, left()?).map_err(io("read"))? == 0 {
                 return Err(io("read")(io::ErrorKind::UnexpectedEof.into()));
             }
         };
@@ -199,7 +199,7 @@ fn exchange(
         } else {
             head.body_kind().map_err(wire)?
         };
-        let body = read_body(&mut s, buf, kind, max_body, &left).map_err(|e| match e {
+        let body = read_body(&s, buf, kind, max_body, &left).map_err(|e| match e {
             BodyError::Wire(w) => wire(w),
             BodyError::Io(e) => io("read")(e),
             BodyError::Http(h) => h,
@@ -215,7 +215,7 @@ enum BodyError {
 }
 
 fn read_body(
-    s: &mut TcpStream,
+    s: &TcpStream,
     mut buf: Vec<u8>,
     kind: BodyKind,
     max: usize,
@@ -262,7 +262,7 @@ fn read_body(
 }
 
 /// Reads what is available (at most 64 KiB) within `timeout`; 0 at EOF.
-fn read_some(s: &mut TcpStream, buf: &mut Vec<u8>, timeout: Duration) -> io::Result<usize> {
+fn read_some(mut s: &TcpStream, buf: &mut Vec<u8>, timeout: Duration) -> io::Result<usize> {
     s.set_read_timeout(Some(timeout))?;
     let mut chunk = [0u8; 16 * 1024];
     let n = loop {
@@ -286,33 +286,57 @@ pub fn read_request(
     timeout: Duration,
 ) -> Result<(Head, Vec<u8>), ServerError> {
     let deadline = Instant::now() + timeout;
-    let left = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| HttpError::Timeout("request".into()))
-    };
+    let (head, rest) = read_request_head(s, deadline)?;
+    let body = read_request_body(s, &head, rest, max_body, deadline)?;
+    Ok((head, body))
+}
+
+/// Reads a request head from a server-side connection by `deadline` (a
+/// client that sends it slowly, byte by byte, is cut off all the same).
+/// Returns the head and the bytes read after it (the start of the body).
+pub fn read_request_head(s: &TcpStream, deadline: Instant) -> Result<(Head, Vec<u8>), ServerError> {
     let mut buf = Vec::new();
     let (head, n) = loop {
         if let Some(h) = wire::parse_head(&buf)? {
             break h;
         }
-        let t = left().map_err(|_| ServerError::Timeout)?;
+        let t = left_until(deadline).ok_or(ServerError::Timeout)?;
         if read_some(s, &mut buf, t).map_err(ServerError::from_io)? == 0 {
             return Err(ServerError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
     };
     buf.drain(..n);
+    Ok((head, buf))
+}
+
+/// Reads the body of a request whose head [`read_request_head`] read
+/// (`rest`: the bytes it read after the head), at most `max_body` bytes, by
+/// `deadline`. A `Content-Length` over `max_body` is refused before a byte
+/// of the body is read; a chunked body as soon as it grows past it.
+pub fn read_request_body(
+    s: &TcpStream,
+    head: &Head,
+    rest: Vec<u8>,
+    max_body: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, ServerError> {
     let kind = match head.body_kind()? {
         BodyKind::UntilClose => BodyKind::Length(0),
         k => k,
     };
-    let body = read_body(s, buf, kind, max_body, &left).map_err(|e| match e {
+    let left = || left_until(deadline).ok_or_else(|| HttpError::Timeout("request".into()));
+    read_body(s, rest, kind, max_body, &left).map_err(|e| match e {
         BodyError::Wire(w) => ServerError::Wire(w),
         BodyError::Io(e) => ServerError::from_io(e),
         BodyError::Http(_) => ServerError::Timeout,
-    })?;
-    Ok((head, body))
+    })
+}
+
+/// The time left until `deadline` (`None`: none).
+fn left_until(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
 }
 
 /// Errors reading a request on the server side.

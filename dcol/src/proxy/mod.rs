@@ -1,8 +1,11 @@
 //! The transparent LAN proxy's decisions, without I/O: which proxied
 //! connections may get detours, and when ([`Gate`]), from the policy and what
-//! the client's first bytes say ([`tls`]). The relay itself (sockets, epoll,
-//! `splice`) is glue in [`crate::sys::relay`].
+//! the client's first bytes say ([`tls`]); how much of the router it may
+//! take, and which destinations it never relays to ([`limits`]). The relay
+//! itself (sockets, epoll, `splice`) is glue in [`crate::sys::relay`], the
+//! interception rules in [`crate::sys::lan`].
 
+pub mod limits;
 pub mod tls;
 
 use serde::{Deserialize, Serialize};
@@ -62,8 +65,15 @@ pub struct Counters {
     pub active: u64,
     /// Connections accepted since start.
     pub accepted: u64,
-    /// Refused: the LAN host was over `max_conns_per_host`.
+    /// Refused: the LAN source was over `max_conns_per_host` (IPv4
+    /// address) or `max_conns_per_prefix` (IPv6 /64) in the relay's own
+    /// count. Flows over the kernel's caps go direct and are not counted.
     pub refused_limit: u64,
+    /// Refused: the destination is special-purpose space not allowed by
+    /// `proxy_allow_destination` (the kernel rules keep such flows away;
+    /// this counts what got past them).
+    #[serde(default)]
+    pub refused_special: u64,
     /// Refused: connected to the proxy port directly (not redirected).
     pub refused_direct: u64,
     /// The server could not be reached (the LAN host got a reset).

@@ -11,6 +11,7 @@ pub mod netlink;
 pub mod nft;
 pub mod os;
 pub mod relay;
+pub mod routewatch;
 pub mod rtnl;
 pub mod sock;
 pub mod sysctl;

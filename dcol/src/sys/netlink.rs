@@ -1157,6 +1157,17 @@ pub(crate) mod testns {
             .unwrap_or(false)
     }
 
+    /// Runs shell command `c` (in the calling thread's namespace); panics
+    /// when it fails.
+    pub(crate) fn sh(c: &str) {
+        let ok = Command::new("sh")
+            .args(["-c", c])
+            .status()
+            .expect("sh")
+            .success();
+        assert!(ok, "{c}");
+    }
+
     /// A thread in a fresh network namespace (loopback up). The namespace goes
     /// away when this is dropped (and its sockets are closed).
     pub(crate) struct NsThread {

@@ -12,8 +12,18 @@
 //!   has been relayed), a reset as a reset (`SO_LINGER` {1, 0} then close);
 //! - memory per connection is bounded by two pipes (64 KiB each by default)
 //!   plus the kernel's socket buffers; reading stops while a pipe is full;
-//! - a LAN host may hold at most `max_per_host` connections; more are reset
-//!   at once, other hosts are unaffected;
+//! - it holds at most [`Capacity::max_conns`] connections, derived from the
+//!   open-file limit (read at start) so that descriptors never run out; the
+//!   caller pauses interception at that mark ([`Relay::active`],
+//!   [`Relay::fd_short`]), so new LAN flows go direct instead of waiting in
+//!   the accept queues, which are sized to hold what was redirected before
+//!   the pause took effect;
+//! - a LAN source (IPv4 address, IPv6 /64) may hold at most `max_per_host`
+//!   (`max_per_prefix`) connections; more are reset at once, other hosts are
+//!   unaffected. The kernel's caps (see [`super::lan`]) keep such flows from
+//!   reaching the relay in the first place; this is the second line;
+//! - it never relays to special-purpose addresses ([`destination_refused`])
+//!   outside the owner's `allow` list, whatever the kernel redirected;
 //! - a connection idle for `idle` is reset on both sides;
 //! - the caller learns, through [`RelayEvent`]s, which upstream connection
 //!   (local address, then token) belongs to which LAN flow and when its detour
@@ -31,7 +41,8 @@ use std::time::{Duration, Instant};
 use super::sock::{self, ev, Epoll};
 use super::SysError;
 use crate::client::fallback::FallbackCache;
-use crate::config::DetourPolicy;
+use crate::config::{Cidr, DetourPolicy};
+use crate::proxy::limits::{destination_refused, source_key, Capacity};
 use crate::proxy::tls::TlsWatch;
 use crate::proxy::{Counters, Gate};
 
@@ -45,14 +56,25 @@ const LISTENER: u64 = 1 << 63;
 const FALLBACK_TTL: Duration = Duration::from_secs(3600);
 /// How many such servers are remembered.
 const FALLBACK_CAP: usize = 4096;
+/// How long running out of descriptors counts as "short" after it happened.
+const FD_SHORT_FOR: Duration = Duration::from_secs(1);
+/// The open-file limit assumed when it cannot be read.
+const DEFAULT_NOFILE: u64 = 1024;
 
 /// How the relay behaves.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     /// Listening port (IPv4 and IPv6, every address).
     pub port: u16,
-    /// Connections one LAN host may hold at once.
+    /// Connections one LAN IPv4 address may hold at once.
     pub max_per_host: u32,
+    /// Connections one LAN IPv6 /64 may hold at once.
+    pub max_per_prefix: u32,
+    /// The owner's cap on all connections (0: from the open-file limit
+    /// only, see [`Capacity`]).
+    pub max_conns: u32,
+    /// Special-purpose destinations the relay may connect to all the same.
+    pub allow: Vec<Cidr>,
     /// A connection with no bytes moving for this long is reset.
     pub idle: Duration,
     /// Which connections may get detours.
@@ -178,7 +200,13 @@ pub struct Relay {
     listeners: Vec<(OwnedFd, bool)>,
     slots: Vec<Slot>,
     free: Vec<usize>,
+    /// Open connections per source ([`source_key`]).
     per_host: HashMap<IpAddr, u32>,
+    /// The open-file limit read at start.
+    nofile: u64,
+    capacity: Capacity,
+    /// Until when an accept that failed for want of descriptors counts.
+    fd_short_until: Option<Instant>,
     fallback: FallbackCache,
     /// Connections that used their turn's budget and must be pumped again.
     again: Vec<(usize, u32)>,
@@ -198,22 +226,35 @@ fn ioerr(op: &'static str) -> impl FnOnce(io::Error) -> SysError {
 impl Relay {
     /// Listens on `0.0.0.0:port` and, where the host has IPv6, `[::]:port`.
     pub fn open(settings: RelaySettings) -> Result<Relay, SysError> {
-        match sock::raise_nofile() {
-            Ok(n) if n < 4096 => {
-                log::warn!("lan proxy: only {n} open files allowed; each connection needs up to 6")
+        let nofile = match sock::raise_nofile() {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!(
+                    "lan proxy: cannot read the open-file limit ({e}); assuming {DEFAULT_NOFILE}"
+                );
+                DEFAULT_NOFILE
             }
-            Ok(_) => {}
-            Err(e) => log::warn!("lan proxy: cannot raise the open-file limit: {e}"),
+        };
+        let capacity = Capacity::from_nofile(nofile, settings.max_conns);
+        if nofile < 4096 {
+            log::warn!(
+                "lan proxy: only {nofile} open files allowed; each connection needs up to 6"
+            );
         }
+        log::info!(
+            "lan proxy: at most {} connections (open-file limit {nofile}); more go direct",
+            capacity.max_conns
+        );
+        let backlog = i32::try_from(capacity.backlog).unwrap_or(i32::MAX);
         let epoll = Epoll::new().map_err(ioerr("epoll_create"))?;
         let mut listeners = Vec::new();
         let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), settings.port);
         listeners.push((
-            sock::tcp_listener(v4, 1024).map_err(ioerr("lan proxy: listen on IPv4"))?,
+            sock::tcp_listener(v4, backlog).map_err(ioerr("lan proxy: listen on IPv4"))?,
             false,
         ));
         let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), settings.port);
-        match sock::tcp_listener(v6, 1024) {
+        match sock::tcp_listener(v6, backlog) {
             Ok(l) => listeners.push((l, true)),
             Err(e) => log::info!("lan proxy: no IPv6 listener ({e})"),
         }
@@ -231,6 +272,9 @@ impl Relay {
             slots: Vec::new(),
             free: Vec::new(),
             per_host: HashMap::new(),
+            nofile,
+            capacity,
+            fd_short_until: None,
             fallback: FallbackCache::new(FALLBACK_TTL, FALLBACK_CAP),
             again: Vec::new(),
             accept_retry: None,
@@ -245,6 +289,7 @@ impl Relay {
     /// idle timeout to all). The port cannot change (open a new relay).
     pub fn set_settings(&mut self, settings: RelaySettings) {
         debug_assert_eq!(settings.port, self.settings.port);
+        self.capacity = Capacity::from_nofile(self.nofile, settings.max_conns);
         self.next_scan = self
             .next_scan
             .min(Instant::now() + scan_interval(settings.idle));
@@ -266,6 +311,21 @@ impl Relay {
             t = Instant::now();
         }
         t
+    }
+
+    /// Connections open now.
+    pub fn active(&self) -> u64 {
+        self.stats.active
+    }
+
+    /// The proxy's size.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// True while an accept recently failed for want of descriptors.
+    pub fn fd_short(&self, now: Instant) -> bool {
+        self.fd_short_until.is_some_and(|t| now < t)
     }
 
     /// Counters.
@@ -337,6 +397,9 @@ impl Relay {
                 Err(e) => {
                     // Out of descriptors, most likely: the waiting connections
                     // stay queued; try again shortly (no new edge would come).
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        self.fd_short_until = Some(now + FD_SHORT_FOR);
+                    }
                     if self.refusal_logged(now) {
                         log::warn!("lan proxy: accept: {e}");
                     }
@@ -362,13 +425,27 @@ impl Relay {
                 return;
             }
         };
-        let count = self.per_host.entry(peer.ip()).or_insert(0);
-        if *count >= self.settings.max_per_host {
+        if let Some(why) = destination_refused(server.ip(), &self.settings.allow) {
+            self.stats.refused_special += 1;
+            if self.refusal_logged(now) {
+                log::warn!("lan proxy: refused {peer} -> {server}: {why}");
+            }
+            sock::set_reset_on_close(&lan);
+            return;
+        }
+        let source = source_key(peer.ip());
+        let (max, option) = if source.is_ipv4() {
+            (self.settings.max_per_host, "max_conns_per_host")
+        } else {
+            (self.settings.max_per_prefix, "max_conns_per_prefix")
+        };
+        let count = self.per_host.entry(source).or_insert(0);
+        if *count >= max {
             self.stats.refused_limit += 1;
             let n = *count;
             if self.refusal_logged(now) {
                 log::warn!(
-                    "lan proxy: refused {peer} -> {server}: the host has {n} connections open (max_conns_per_host)"
+                    "lan proxy: refused {peer} -> {server}: {n} connections open from {source} ({option})"
                 );
             }
             sock::set_reset_on_close(&lan);
@@ -621,10 +698,11 @@ impl Relay {
         };
         self.free.push(idx);
         self.stats.active = self.stats.active.saturating_sub(1);
-        if let Some(n) = self.per_host.get_mut(&c.lan_peer.ip()) {
+        let source = source_key(c.lan_peer.ip());
+        if let Some(n) = self.per_host.get_mut(&source) {
             *n -= 1;
             if *n == 0 {
-                self.per_host.remove(&c.lan_peer.ip());
+                self.per_host.remove(&source);
             }
         }
         if c.mptcp {

@@ -255,24 +255,16 @@ impl Rtnl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netlink::testns::{is_root, NsThread};
+    use crate::sys::netlink::testns::{is_root, sh, NsThread};
 
     #[test]
-    fn wan_interfaces_follow_the_default_routes() {
+    fn root_wan_interfaces_follow_the_default_routes() {
         if !is_root() {
             eprintln!("SKIP: needs root (a network namespace)");
             return;
         }
         let ns = NsThread::new();
         let names = ns.run(|| {
-            let sh = |c: &str| {
-                let ok = std::process::Command::new("sh")
-                    .args(["-c", c])
-                    .status()
-                    .expect("sh")
-                    .success();
-                assert!(ok, "{c}");
-            };
             let mut r = Rtnl::open().expect("rtnetlink");
             let none = r.wan_interfaces().expect("dump");
             sh("ip link add wanx type veth peer name wanxp && ip link set wanxp up && ip link set wanx up && ip addr add 192.0.2.2/24 dev wanx");

@@ -270,6 +270,28 @@ pub fn connect(dst: SocketAddr, mptcp: bool) -> io::Result<(OwnedFd, bool)> {
     Ok((fd, is_mptcp))
 }
 
+/// A blocking TCP connection to `to` from the local address `from` (port
+/// chosen by the kernel): `std` cannot bind before it connects. For tests
+/// that need connections from many addresses of one host.
+pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let s = std::net::TcpStream::from(socket(family(&to), 0)?);
+    // socket() makes it non-blocking: this connect blocks.
+    s.set_nonblocking(false)?;
+    for (a, bind) in [(SocketAddr::new(from, 0), true), (to, false)] {
+        let (ss, len) = raw_addr(&a);
+        let p = (&ss as *const libc::sockaddr_storage).cast();
+        // SAFETY: ss holds a sockaddr of length len.
+        cvt(unsafe {
+            if bind {
+                libc::bind(s.as_raw_fd(), p, len)
+            } else {
+                libc::connect(s.as_raw_fd(), p, len)
+            }
+        })?;
+    }
+    Ok(s)
+}
+
 /// The pending error of a socket (`SO_ERROR`): how a non-blocking connect ended.
 pub fn take_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
     let mut v: libc::c_int = 0;

@@ -16,6 +16,12 @@
 //! lease (a re-add renews), and after a failure after 60 s growing to 10 min.
 //! A gateway that refuses a port or disappears is logged; the waypoint keeps
 //! serving what it can (its LAN, other mapped ports).
+//!
+//! Other LAN hosts are not trusted to name the gateway: an SSDP answer is
+//! taken only from the IPv4 default gateway (lowest metric in the routing
+//! table) with its description on that address, the description is fetched
+//! without following redirects, and the control URL must be on the host the
+//! description came from (SOAP calls follow no redirects either).
 
 pub mod natpmp;
 pub mod pcp;
@@ -949,26 +955,41 @@ fn call(
     }
 }
 
-/// SSDP discovery (or the configured URL), then the description.
+/// SSDP discovery (or the configured URL), then the description, fetched
+/// without following redirects; its control URL must be on the host the
+/// description came from (the URL SOAP calls go to, which follow no
+/// redirects either).
 fn find_gateway(url: Option<&Url>) -> Result<upnp::Service, String> {
     let location = match url {
         Some(u) => u.clone(),
-        None => discover().map_err(|e| format!("UPnP discovery: {e}"))?,
+        None => {
+            let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+            let gw = natpmp::default_gateway(&route)
+                .ok_or("UPnP discovery: no IPv4 default gateway (only it may answer the search)")?;
+            discover(gw).map_err(|e| format!("UPnP discovery: {e}"))?
+        }
     };
     let limits = http::Limits {
         timeout: GATEWAY_TIMEOUT,
         max_body: upnp::MAX_DESCRIPTION,
     };
-    let r = http::get(&location, limits).map_err(|e| format!("UPnP description: {e}"))?;
+    let r = http::request("GET", &location, &[], &[], limits)
+        .map_err(|e| format!("UPnP description: {e}"))?;
     if r.status != 200 {
+        let redirect = match r.head.field("location") {
+            Some(to) if (300..400).contains(&r.status) => {
+                format!(" (a redirect to {}: not followed)", to.escape_debug())
+            }
+            _ => String::new(),
+        };
         return Err(format!(
-            "UPnP description {location}: HTTP status {}",
+            "UPnP description {location}: HTTP status {}{redirect}",
             r.status
         ));
     }
     let xml = String::from_utf8_lossy(&r.body);
     let s = upnp::parse_description(&xml, &location).map_err(|e| format!("{location}: {e}"))?;
-    if s.control.host != location.host {
+    if !same_host(&s.control, &location) {
         return Err(format!(
             "{location}: the control URL {} is on another host",
             s.control
@@ -977,7 +998,10 @@ fn find_gateway(url: Option<&Url>) -> Result<upnp::Service, String> {
     Ok(s)
 }
 
-fn discover() -> Result<Url, String> {
+/// Searches for IGDs; only an answer from the default gateway `gateway`,
+/// whose description is on that gateway, is taken: another LAN host must not
+/// steer the router's requests (and its port mappings) elsewhere.
+fn discover(gateway: Ipv4Addr) -> Result<Url, String> {
     let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
     let _ = sock.set_multicast_ttl_v4(2);
     let group = SocketAddr::from((Ipv4Addr::new(239, 255, 255, 250), 1900));
@@ -987,17 +1011,23 @@ fn discover() -> Result<Url, String> {
     }
     let deadline = Instant::now() + SSDP_WAIT;
     let mut buf = [0u8; 2048];
-    let mut last = "no gateway answered".to_owned();
+    let mut last = format!("the default gateway {gateway} did not answer");
+    let mut foreign = false;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
             .map_err(|e| e.to_string())?;
         match sock.recv_from(&mut buf) {
-            // The description must be on the gateway that answered: another
-            // LAN host must not steer the router's requests elsewhere.
-            Ok((n, from)) => match upnp::parse_ssdp(&buf[..n]).map_err(|e| e.to_string()) {
-                Ok(u) if on_host(&u, from.ip()) => return Ok(u),
-                Ok(u) => last = format!("{from}: LOCATION {u} is on another host"),
-                Err(e) => last = format!("{from}: {e}"),
+            Ok((n, from)) => match ssdp_location(&buf[..n], from, gateway) {
+                Ok(u) => return Ok(u),
+                Err(Ssdp::NotTheGateway) => {
+                    if !foreign {
+                        log::warn!(
+                            "traversal: ignored an SSDP answer from {from}: not the default gateway {gateway}"
+                        );
+                        foreign = true;
+                    }
+                }
+                Err(Ssdp::Bad(e)) => last = format!("{from}: {e}"),
             },
             Err(e)
                 if matches!(
@@ -1013,10 +1043,42 @@ fn discover() -> Result<Url, String> {
     Err(last)
 }
 
+/// Why an SSDP answer is not taken.
+#[derive(Debug, PartialEq, Eq)]
+enum Ssdp {
+    /// It did not come from the default gateway.
+    NotTheGateway,
+    /// The gateway's answer is unusable (why).
+    Bad(String),
+}
+
+/// The description URL in SSDP answer `b` from `from`, when `from` is the
+/// default gateway `gateway` and the URL names it by that address.
+fn ssdp_location(b: &[u8], from: SocketAddr, gateway: Ipv4Addr) -> Result<Url, Ssdp> {
+    if from.ip() != IpAddr::V4(gateway) {
+        return Err(Ssdp::NotTheGateway);
+    }
+    let u = upnp::parse_ssdp(b).map_err(|e| Ssdp::Bad(e.to_string()))?;
+    if !on_host(&u, from.ip()) {
+        return Err(Ssdp::Bad(format!("LOCATION {u} is on another host")));
+    }
+    Ok(u)
+}
+
 /// Whether `url` names the host with address `ip` (the gateway that
 /// answered) by that address.
 fn on_host(url: &Url, ip: IpAddr) -> bool {
     url.host.parse::<IpAddr>().is_ok_and(|h| h == ip)
+}
+
+/// Whether `a` and `b` name the same host (addresses compared as
+/// addresses, names as names).
+fn same_host(a: &Url, b: &Url) -> bool {
+    match (a.host.parse::<IpAddr>(), b.host.parse::<IpAddr>()) {
+        (Ok(x), Ok(y)) => x == y,
+        (Err(_), Err(_)) => a.host.eq_ignore_ascii_case(&b.host),
+        _ => false,
+    }
 }
 
 /// This router's IPv4 address on the route to `url`'s host (no packet sent).
@@ -1086,6 +1148,120 @@ mod tests {
         assert!(on_host(&u("http://192.168.7.1:5000/rootDesc.xml"), gw));
         assert!(!on_host(&u("http://192.168.7.9:5000/rootDesc.xml"), gw));
         assert!(!on_host(&u("http://gateway.lan:5000/rootDesc.xml"), gw));
+        let desc = u("http://192.168.7.1:5000/rootDesc.xml");
+        assert!(same_host(&u("http://192.168.7.1:6000/ctl/IPConn"), &desc));
+        assert!(!same_host(&u("http://192.168.7.9:5000/ctl/IPConn"), &desc));
+        assert!(!same_host(&u("http://gw.lan:5000/ctl/IPConn"), &desc));
+        assert!(same_host(
+            &u("http://[fe80::0:1]/c"),
+            &u("http://[fe80::1]:80/d")
+        ));
+        assert!(same_host(&u("http://GW.lan/c"), &u("http://gw.lan/d")));
+    }
+
+    #[test]
+    fn ssdp_answers_only_from_the_default_gateway() {
+        let gw = Ipv4Addr::new(192, 168, 7, 1);
+        let answer = |loc: &str| {
+            format!("HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLOCATION: {loc}\r\n\r\n")
+                .into_bytes()
+        };
+        let good = answer("http://192.168.7.1:5000/rootDesc.xml");
+        assert_eq!(
+            ssdp_location(&good, sa("192.168.7.1:1900"), gw),
+            Ok(Url::parse("http://192.168.7.1:5000/rootDesc.xml").unwrap())
+        );
+        // Another LAN host, even naming itself or the gateway: ignored.
+        let rogue = answer("http://192.168.7.66:5000/rootDesc.xml");
+        assert_eq!(
+            ssdp_location(&rogue, sa("192.168.7.66:1900"), gw),
+            Err(Ssdp::NotTheGateway)
+        );
+        assert_eq!(
+            ssdp_location(&good, sa("192.168.7.66:1900"), gw),
+            Err(Ssdp::NotTheGateway)
+        );
+        // The gateway pointing elsewhere, or garbage from it: unusable.
+        assert!(matches!(
+            ssdp_location(&rogue, sa("192.168.7.1:1900"), gw),
+            Err(Ssdp::Bad(e)) if e.contains("on another host")
+        ));
+        assert!(matches!(
+            ssdp_location(b"garbage", sa("192.168.7.1:1900"), gw),
+            Err(Ssdp::Bad(_))
+        ));
+    }
+
+    /// Serves `replies` on loopback, one connection each, in order; counts
+    /// the requests it got.
+    fn serve(replies: Vec<String>) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = Arc::clone(&seen);
+        thread::spawn(move || {
+            for r in replies {
+                let Ok((mut c, _)) = l.accept() else { return };
+                let _ = http::read_request(&mut c, 1 << 16, Duration::from_secs(5));
+                n.fetch_add(1, Ordering::SeqCst);
+                let _ = c.write_all(r.as_bytes());
+            }
+        });
+        (addr, seen)
+    }
+
+    fn ok(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn description(control: &str) -> String {
+        format!("<root><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>{control}</controlURL></service></root>")
+    }
+
+    #[test]
+    fn the_description_is_fetched_without_redirects() {
+        // A second server with a valid description, where the gateway
+        // redirects to: never asked.
+        let (elsewhere, asked) = serve(vec![ok(&description("/ctl")); 2]);
+        let target = format!("http://{elsewhere}/rootDesc.xml");
+        let (gw, _) = serve(vec![format!(
+            "HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n"
+        )]);
+        let url = Url::parse(&format!("http://{gw}/rootDesc.xml")).unwrap();
+        let e = find_gateway(Some(&url)).unwrap_err();
+        assert!(e.contains("HTTP status 302"), "{e}");
+        assert!(
+            e.contains(&format!("a redirect to {target}: not followed")),
+            "{e}"
+        );
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "the redirect was followed");
+        // Without a redirect the same description is taken.
+        let s = find_gateway(Some(&Url::parse(&target).unwrap())).unwrap();
+        assert_eq!(s.control.to_string(), format!("http://{elsewhere}/ctl"));
+    }
+
+    #[test]
+    fn the_control_url_must_be_on_the_gateway() {
+        for control in ["http://127.0.0.2:5000/ctl", "http://gateway.example/ctl"] {
+            let (gw, _) = serve(vec![ok(&description(control))]);
+            let url = Url::parse(&format!("http://{gw}/rootDesc.xml")).unwrap();
+            let e = find_gateway(Some(&url)).unwrap_err();
+            let shown = Url::parse(control).unwrap();
+            assert!(
+                e.contains(&format!("the control URL {shown} is on another host")),
+                "{e}"
+            );
+        }
+        // A URLBase elsewhere moves a relative control URL with it.
+        let (gw, _) = serve(vec![ok(
+            "<root><URLBase>http://127.0.0.3:80/</URLBase><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>/ctl</controlURL></service></root>",
+        )]);
+        let url = Url::parse(&format!("http://{gw}/rootDesc.xml")).unwrap();
+        let e = find_gateway(Some(&url)).unwrap_err();
+        assert!(e.contains("is on another host"), "{e}");
     }
 
     #[test]

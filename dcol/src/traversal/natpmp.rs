@@ -133,22 +133,29 @@ pub fn parse_map(b: &[u8], proto: Protocol, internal: u16) -> Result<Mapped, Pmp
 }
 
 /// The IPv4 default gateway in the text of `/proc/net/route` (addresses are
-/// the kernel's network-order words printed in host order).
+/// the kernel's network-order words printed in host order): of several
+/// default routes, the one with the lowest metric, which the kernel uses.
 pub fn default_gateway(route: &str) -> Option<Ipv4Addr> {
-    route.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let (dest, gw, flags) = (f.get(1)?, f.get(2)?, f.get(3)?);
-        let flags = u32::from_str_radix(flags, 16).ok()?;
-        let mask = f
-            .get(7)
-            .map_or(Some(0), |m| u32::from_str_radix(m, 16).ok())?;
-        // RTF_UP | RTF_GATEWAY, destination 0/0.
-        if *dest != "00000000" || mask != 0 || flags & 3 != 3 {
-            return None;
-        }
-        let gw = u32::from_str_radix(gw, 16).ok()?;
-        Some(Ipv4Addr::from(gw.to_ne_bytes()))
-    })
+    route
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dest, gw, flags) = (f.get(1)?, f.get(2)?, f.get(3)?);
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let mask = f
+                .get(7)
+                .map_or(Some(0), |m| u32::from_str_radix(m, 16).ok())?;
+            // RTF_UP | RTF_GATEWAY, destination 0/0.
+            if *dest != "00000000" || mask != 0 || flags & 3 != 3 {
+                return None;
+            }
+            let metric: u32 = f.get(6).and_then(|m| m.parse().ok()).unwrap_or(0);
+            let gw = u32::from_str_radix(gw, 16).ok()?;
+            Some((metric, Ipv4Addr::from(gw.to_ne_bytes())))
+        })
+        .min_by_key(|(metric, _)| *metric)
+        .map(|(_, gw)| gw)
 }
 
 #[cfg(test)]
@@ -214,6 +221,14 @@ mod tests {
              eth0\t00000000\t{word:08X}\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
         );
         assert_eq!(default_gateway(&text), Some(gw));
+        // Two default routes: the lower metric wins, wherever it is listed.
+        let backup = u32::from_ne_bytes([10, 0, 0, 1]);
+        let two = format!(
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+             wwan0\t00000000\t{backup:08X}\t0003\t0\t0\t20\t00000000\t0\t0\t0\n\
+             eth0\t00000000\t{word:08X}\t0003\t0\t0\t10\t00000000\t0\t0\t0\n"
+        );
+        assert_eq!(default_gateway(&two), Some(gw));
         assert_eq!(default_gateway("Iface\tDestination\n"), None);
         assert_eq!(default_gateway("header\nbad line\n"), None);
     }

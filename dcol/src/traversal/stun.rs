@@ -1,41 +1,39 @@
 //! STUN Binding (RFC 8489) as far as a waypoint needs it: build a request,
 //! parse the server's answer into the mapped (public) address. Pure: no I/O.
+//! The wire format is the `stun_codec` crate's (RFC 5389 attributes); this
+//! module only chooses what to send and what to believe.
 //!
-//! A request is the 20-byte header alone (type 0x0001, length 0, the magic
-//! cookie, a random 96-bit transaction id). An answer must carry the same
-//! transaction id; its XOR-MAPPED-ADDRESS (0x0020, preferred) or
-//! MAPPED-ADDRESS (0x0001) is the address the server saw. Unknown attributes
-//! are skipped; comprehension-required ones only matter to servers.
+//! A request is a Binding request without attributes (the 20-byte header:
+//! type 0x0001, length 0, the magic cookie, a random 96-bit transaction id).
+//! An answer must be a Binding success or error response of the same
+//! transaction; its XOR-MAPPED-ADDRESS (preferred) or MAPPED-ADDRESS is the
+//! address the server saw. Unknown comprehension-optional attributes are
+//! skipped.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
-/// The magic cookie of RFC 5389 and later.
-pub const MAGIC: u32 = 0x2112_A442;
-const BINDING_REQUEST: u16 = 0x0001;
-const BINDING_SUCCESS: u16 = 0x0101;
-const BINDING_ERROR: u16 = 0x0111;
-const ATTR_MAPPED: u16 = 0x0001;
-const ATTR_XOR_MAPPED: u16 = 0x0020;
-const ATTR_ERROR_CODE: u16 = 0x0009;
+use bytecodec::{DecodeExt, EncodeExt};
+use stun_codec::rfc5389::attributes::{ErrorCode, MappedAddress, XorMappedAddress};
+use stun_codec::rfc5389::{methods::BINDING, Attribute};
+use stun_codec::{
+    Attribute as _, Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId,
+};
+
 /// Largest answer read (servers add SOFTWARE, origin, fingerprint...).
 pub const MAX_MESSAGE: usize = 1280;
 
 /// Why an answer is not a usable Binding response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StunError {
-    /// Shorter than its header or its declared length.
+    /// Shorter than a STUN header.
     Truncated(usize),
-    /// Not a STUN message (first bits, cookie or length not a multiple of 4).
-    NotStun,
+    /// Not a well-formed STUN message (what the decoder says).
+    Malformed(String),
     /// A message for another transaction (a late or forged answer).
     OtherTransaction,
-    /// Not a Binding response (type given).
-    UnexpectedType(u16),
-    /// An attribute runs past the end of the message (at byte offset).
-    BadAttribute(usize),
-    /// A mapped address attribute with a bad family or length.
-    BadAddress,
+    /// Not a Binding response (class and method given).
+    UnexpectedType(String),
     /// A Binding error response (code, reason).
     Error(u16, String),
     /// A success response without a mapped address.
@@ -46,11 +44,9 @@ impl fmt::Display for StunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StunError::Truncated(n) => write!(f, "truncated STUN message ({n} bytes)"),
-            StunError::NotStun => f.write_str("not a STUN message"),
+            StunError::Malformed(m) => write!(f, "not a well-formed STUN message: {m}"),
             StunError::OtherTransaction => f.write_str("answer to another transaction"),
-            StunError::UnexpectedType(t) => write!(f, "unexpected STUN message type {t:#06x}"),
-            StunError::BadAttribute(at) => write!(f, "STUN attribute at byte {at} overruns"),
-            StunError::BadAddress => f.write_str("malformed mapped address"),
+            StunError::UnexpectedType(t) => write!(f, "unexpected STUN message {t}"),
             StunError::Error(c, r) => write!(f, "STUN error {c}: {r}"),
             StunError::NoAddress => f.write_str("STUN answer without a mapped address"),
         }
@@ -60,12 +56,11 @@ impl fmt::Display for StunError {
 impl std::error::Error for StunError {}
 
 /// A Binding request with transaction id `tid`.
-pub fn request(tid: [u8; 12]) -> [u8; 20] {
-    let mut m = [0u8; 20];
-    m[0..2].copy_from_slice(&BINDING_REQUEST.to_be_bytes());
-    m[4..8].copy_from_slice(&MAGIC.to_be_bytes());
-    m[8..20].copy_from_slice(&tid);
-    m
+pub fn request(tid: [u8; 12]) -> Vec<u8> {
+    let m = Message::<Attribute>::new(MessageClass::Request, BINDING, TransactionId::new(tid));
+    MessageEncoder::new()
+        .encode_into_bytes(m)
+        .expect("a Binding request without attributes always encodes")
 }
 
 /// The mapped address in a Binding answer to transaction `tid`.
@@ -73,74 +68,62 @@ pub fn parse_response(b: &[u8], tid: &[u8; 12]) -> Result<SocketAddr, StunError>
     if b.len() < 20 {
         return Err(StunError::Truncated(b.len()));
     }
-    let ty = u16::from_be_bytes([b[0], b[1]]);
-    let len = usize::from(u16::from_be_bytes([b[2], b[3]]));
-    if ty & 0xC000 != 0 || len % 4 != 0 || b[4..8] != MAGIC.to_be_bytes() {
-        return Err(StunError::NotStun);
-    }
-    if b.len() < 20 + len {
-        return Err(StunError::Truncated(b.len()));
-    }
-    if b[8..20] != tid[..] {
+    let m = MessageDecoder::<Attribute>::new()
+        .decode_from_bytes(b)
+        .map_err(|e| StunError::Malformed(first_line(&e.to_string())))?
+        .map_err(|broken| {
+            if broken.transaction_id().as_bytes() != tid {
+                StunError::OtherTransaction
+            } else {
+                StunError::Malformed(first_line(&broken.error().to_string()))
+            }
+        })?;
+    if m.transaction_id().as_bytes() != tid {
         return Err(StunError::OtherTransaction);
     }
-    if ty != BINDING_SUCCESS && ty != BINDING_ERROR {
-        return Err(StunError::UnexpectedType(ty));
+    // RFC 8489 §6.3.3: an answer with an unknown comprehension-required
+    // attribute is discarded.
+    if let Some(a) = m
+        .unknown_attributes()
+        .find(|a| a.get_type().is_comprehension_required())
+    {
+        return Err(StunError::Malformed(format!(
+            "unknown comprehension-required attribute {:#06x}",
+            a.get_type().as_u16()
+        )));
     }
-    let (mut xor, mut plain, mut error) = (None, None, None);
-    let mut at = 20;
-    while at < 20 + len {
-        if at + 4 > 20 + len {
-            return Err(StunError::BadAttribute(at));
-        }
-        let kind = u16::from_be_bytes([b[at], b[at + 1]]);
-        let alen = usize::from(u16::from_be_bytes([b[at + 2], b[at + 3]]));
-        let start = at + 4;
-        if start + alen > 20 + len {
-            return Err(StunError::BadAttribute(at));
-        }
-        let v = &b[start..start + alen];
-        match kind {
-            ATTR_XOR_MAPPED if xor.is_none() => xor = Some(address(v, Some(&b[4..20]))?),
-            ATTR_MAPPED if plain.is_none() => plain = Some(address(v, None)?),
-            ATTR_ERROR_CODE if error.is_none() && v.len() >= 4 => {
-                let code = u16::from(v[2] & 0x7) * 100 + u16::from(v[3]);
-                let reason = String::from_utf8_lossy(&v[4..]).chars().take(128).collect();
-                error = Some((code, reason));
-            }
-            _ => {}
-        }
-        at = start + alen.div_ceil(4) * 4;
+    if m.method() != BINDING {
+        return Err(StunError::UnexpectedType(format!(
+            "method {:#05x}",
+            m.method().as_u16()
+        )));
     }
-    if ty == BINDING_ERROR {
-        let (code, reason) = error.unwrap_or((0, "no error code".into()));
-        return Err(StunError::Error(code, reason));
+    match m.class() {
+        MessageClass::SuccessResponse => {}
+        MessageClass::ErrorResponse => {
+            return Err(match m.get_attribute::<ErrorCode>() {
+                Some(e) => {
+                    StunError::Error(e.code(), e.reason_phrase().chars().take(128).collect())
+                }
+                None => StunError::Error(0, "no error code".into()),
+            })
+        }
+        c => return Err(StunError::UnexpectedType(format!("{c:?}"))),
     }
-    xor.or(plain).ok_or(StunError::NoAddress)
+    m.get_attribute::<XorMappedAddress>()
+        .map(|a| a.address())
+        .or_else(|| m.get_attribute::<MappedAddress>().map(|a| a.address()))
+        .ok_or(StunError::NoAddress)
 }
 
-/// A (XOR-)MAPPED-ADDRESS value; `xor` is cookie + transaction id.
-fn address(v: &[u8], xor: Option<&[u8]>) -> Result<SocketAddr, StunError> {
-    let mask = |i: usize| xor.map_or(0, |x| x[i]);
-    let len = match v.get(1) {
-        Some(0x01) => 4,
-        Some(0x02) => 16,
-        _ => return Err(StunError::BadAddress),
-    };
-    if v.len() != 4 + len {
-        return Err(StunError::BadAddress);
-    }
-    let port = u16::from_be_bytes([v[2] ^ mask(0), v[3] ^ mask(1)]);
-    let mut a = [0u8; 16];
-    for (i, byte) in a.iter_mut().take(len).enumerate() {
-        *byte = v[4 + i] ^ mask(i);
-    }
-    let ip = if len == 4 {
-        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(a))
-    };
-    Ok(SocketAddr::new(ip, port))
+/// The decoder's errors carry a multi-line trace: its first line says what.
+fn first_line(s: &str) -> String {
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
 }
 
 /// How the NAT in front of this router maps a local socket.
@@ -208,9 +191,13 @@ mod tests {
         b
     }
 
+    const BINDING_SUCCESS: u16 = 0x0101;
+    const BINDING_ERROR: u16 = 0x0111;
+
     #[test]
     fn request_layout() {
         let r = request(TID);
+        assert_eq!(r.len(), 20);
         assert_eq!(&r[..8], &[0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42]);
         assert_eq!(&r[8..], &TID);
     }
@@ -219,9 +206,11 @@ mod tests {
     fn parses_coturns_answer() {
         let a = parse_response(&coturn(), &TID).unwrap();
         assert_eq!(a, "11.7.1.1:35007".parse().unwrap());
-        // Without XOR-MAPPED, MAPPED is used.
+        // Without XOR-MAPPED (its type made an unknown optional one),
+        // MAPPED is used.
         let mut b = coturn();
-        b[20] = 0x7F;
+        b[20] = 0x80;
+        b[21] = 0x7F;
         assert_eq!(
             parse_response(&b, &TID).unwrap(),
             "11.7.1.1:35007".parse().unwrap()
@@ -243,6 +232,10 @@ mod tests {
         assert_eq!(parse_response(&b, &TID).unwrap(), want);
     }
 
+    fn malformed(r: Result<SocketAddr, StunError>) -> bool {
+        matches!(r, Err(StunError::Malformed(m)) if !m.is_empty())
+    }
+
     #[test]
     fn refuses_bad_answers() {
         let good = coturn();
@@ -250,45 +243,43 @@ mod tests {
             parse_response(&good[..19], &TID),
             Err(StunError::Truncated(19))
         );
-        assert_eq!(
-            parse_response(&good[..40], &TID),
-            Err(StunError::Truncated(40))
-        );
+        assert!(malformed(parse_response(&good[..40], &TID)), "short body");
         let mut b = good.clone();
         b[4] = 0;
-        assert_eq!(parse_response(&b, &TID), Err(StunError::NotStun));
+        assert!(malformed(parse_response(&b, &TID)), "no magic cookie");
         assert_eq!(
             parse_response(&good, &[0; 12]),
             Err(StunError::OtherTransaction)
         );
-        let mut b = good.clone();
-        b[1] = 0x11;
-        b[0] = 0x01;
-        assert_eq!(
-            parse_response(&b, &TID),
-            Err(StunError::Error(0, "no error code".into()))
-        );
         // An attribute claiming more bytes than there are.
         let mut b = good.clone();
         b[23] = 200;
-        assert_eq!(parse_response(&b, &TID), Err(StunError::BadAttribute(20)));
-        // A bad family.
+        assert!(malformed(parse_response(&b, &TID)), "attribute overruns");
+        // A bad address family.
         let mut b = good.clone();
         b[25] = 3;
-        assert_eq!(parse_response(&b, &TID), Err(StunError::BadAddress));
+        assert!(malformed(parse_response(&b, &TID)), "bad family");
+        // An unknown comprehension-required attribute.
+        let mut b = good.clone();
+        b[20] = 0x7F;
+        assert!(malformed(parse_response(&b, &TID)), "unknown required");
         // No address at all.
         let mut b = request(TID).to_vec();
         b[0] = 1;
         b[1] = 1;
         assert_eq!(parse_response(&b, &TID), Err(StunError::NoAddress));
         // A request is not an answer.
-        assert_eq!(
+        assert!(matches!(
             parse_response(&request(TID), &TID),
-            Err(StunError::UnexpectedType(1))
-        );
-        // An error response with its code.
+            Err(StunError::UnexpectedType(_))
+        ));
+        // An error response, with and without its code.
         let mut b = request(TID).to_vec();
         b[0..2].copy_from_slice(&BINDING_ERROR.to_be_bytes());
+        assert_eq!(
+            parse_response(&b, &TID),
+            Err(StunError::Error(0, "no error code".into()))
+        );
         b[3] = 12;
         b.extend([0, 9, 0, 8, 0, 0, 4, 20, b'B', b'a', b'd', b'!']);
         assert_eq!(

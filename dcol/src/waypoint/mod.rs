@@ -48,11 +48,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::config::Cidr;
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestKind, Response, ResponseBody,
     UnsignedRefusal, WireError,
 };
+use crate::routes::Routes;
 use crate::trust::{
     CertCache, Certificate, MemberId, PublicKey, Revocations, Roles, SecretKey, TrustError,
 };
@@ -71,8 +71,8 @@ pub struct Settings {
     pub lease: Duration,
     /// Live tunnels one member may hold.
     pub max_per_member: u32,
-    /// Destinations allowed despite the built-in policy.
-    pub allow: Vec<Cidr>,
+    /// The owner's destination rules (allowed blocks, denied ports).
+    pub destinations: policy::Rules,
     /// How far a request's timestamp may be from our clock.
     pub max_skew: Duration,
     /// VPN tunnels, when offered.
@@ -199,7 +199,8 @@ pub struct Waypoint {
     key: SecretKey,
     root: PublicKey,
     revocations: Revocations,
-    own: Vec<IpAddr>,
+    /// The router's routing state: what is the WAN, what is its own.
+    routes: Routes,
     leases: LeaseTable,
     seen: HashMap<(MemberId, Nonce), Seen>,
     /// Insertion order of `seen` (its deadlines are monotonic), for cheap expiry.
@@ -230,14 +231,15 @@ pub struct Waypoint {
 
 impl Waypoint {
     /// A waypoint answering as `cert`/`key` for the collective `root`.
-    /// `own` are the router's own addresses, never a destination.
+    /// `routes` is the router's routing state: only destinations routed to
+    /// the WAN are served.
     pub fn new(
         settings: Settings,
         cert: Certificate,
         key: SecretKey,
         root: PublicKey,
         revocations: Revocations,
-        own: Vec<IpAddr>,
+        routes: Routes,
     ) -> Self {
         let leases = LeaseTable::new(settings.ports, settings.max_per_member);
         let vpn = settings.vpn.clone().map(VpnTable::new);
@@ -263,7 +265,7 @@ impl Waypoint {
             key,
             root,
             revocations,
-            own,
+            routes,
             leases,
             seen: HashMap::new(),
             seen_order: VecDeque::new(),
@@ -272,9 +274,11 @@ impl Waypoint {
         }
     }
 
-    /// Replaces the router's own addresses (never a destination).
-    pub fn set_own(&mut self, own: Vec<IpAddr>) {
-        self.own = own;
+    /// Replaces the routing state (addresses or routes changed). Running
+    /// leases are not re-checked here: the kernel drops their packets if
+    /// their destination no longer leaves by the WAN.
+    pub fn set_routes(&mut self, routes: Routes) {
+        self.routes = routes;
     }
 
     /// Handles one datagram from `from`. `wall_ms` is Unix time in milliseconds.
@@ -509,9 +513,11 @@ impl Waypoint {
         }
         match req.body.kind {
             RequestKind::NatDetour { destination } => {
-                if let Err(why) =
-                    policy::check_destination(destination, &self.settings.allow, &self.own)
-                {
+                if let Err(why) = policy::check_destination(
+                    destination,
+                    &self.settings.destinations,
+                    &self.routes,
+                ) {
                     let d = format!("{destination}: {why}");
                     return self.refusal(
                         wall_ms,
@@ -1118,7 +1124,10 @@ mod tests {
             ports: (40000, 40009),
             lease: Duration::from_secs(60),
             max_per_member: 3,
-            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            destinations: policy::Rules {
+                allow: vec!["10.0.0.0/8".parse().unwrap()],
+                deny_ports: vec!["25".parse().unwrap()],
+            },
             max_skew: Duration::from_secs(30),
             vpn: Some(VpnSettings {
                 subnet: "10.200.7.0/24".parse().unwrap(),
@@ -1136,7 +1145,7 @@ mod tests {
             testutil::key(2),
             testutil::root_pub(),
             Revocations::default(),
-            own,
+            Routes::all_wan(own),
         )
     }
 
@@ -1389,6 +1398,60 @@ mod tests {
         assert_eq!(unsigned(&d), RefusalReason::Revoked);
         assert_eq!(w.leases().count(), 0);
         assert_eq!(w.stats().granted, 0);
+    }
+
+    #[test]
+    fn destinations_follow_the_routes_and_denied_ports() {
+        use crate::routes::{Route, RouteKind};
+        let mut w = waypoint();
+        let t = Instant::now();
+        let ask = |w: &mut Waypoint, n: u8, dst: &str| {
+            w.handle(t, MS, from(), &request(&bob(), 3, "alice", n, MS, nat(dst)))
+        };
+        assert!(matches!(
+            ask(&mut w, 1, "10.0.3.2:80"),
+            Decision::Install { .. }
+        ));
+        assert_eq!(
+            refusal(&ask(&mut w, 2, "10.0.3.2:25")),
+            RefusalReason::DestinationNotAllowed,
+            "denied port"
+        );
+        // The router gains an address and a LAN route (a public IPv4
+        // subnet, a global IPv6 prefix): refused from the next request on,
+        // although the allow list covers 10/8 and the rest is public.
+        let cidr = |s: &str| s.parse().unwrap();
+        w.set_routes(Routes::new(
+            vec![
+                Route::main(cidr("0.0.0.0/0"), RouteKind::Unicast, vec![1]),
+                Route::main(cidr("::/0"), RouteKind::Unicast, vec![1]),
+                Route::main(cidr("81.2.3.0/24"), RouteKind::Unicast, vec![2]),
+                Route::main(cidr("2a02:9::/64"), RouteKind::Unicast, vec![2]),
+            ],
+            vec!["10.0.6.2".parse().unwrap(), "10.0.3.2".parse().unwrap()],
+            vec![(1, "wan".into()), (2, "br-lan".into())],
+        ));
+        for (n, bad) in [
+            (3, "10.0.3.2:80"),
+            (4, "81.2.3.4:22"),
+            (5, "[2a02:9::7]:22"),
+        ] {
+            assert_eq!(
+                refusal(&ask(&mut w, n, bad)),
+                RefusalReason::DestinationNotAllowed,
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            ask(&mut w, 6, "81.2.4.4:80"),
+            Decision::Install { .. }
+        ));
+        // No default route at all: nothing is served.
+        w.set_routes(Routes::default());
+        assert_eq!(
+            refusal(&ask(&mut w, 7, "81.2.4.4:443")),
+            RefusalReason::DestinationNotAllowed
+        );
     }
 
     #[test]

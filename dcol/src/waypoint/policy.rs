@@ -1,20 +1,36 @@
 //! Destination policy: which addresses a waypoint may forward detours to.
 //!
-//! A router in the field must never become a doorway into its owner's LAN, so
-//! every special-purpose range (the table in [`crate::special`]) is refused
-//! unless the owner explicitly allows it with `list allow_destination 'CIDR'`. Pure code: the caller passes the
-//! waypoint's own addresses in.
+//! A router in the field must never become a doorway into its owner's LAN or
+//! into itself. A destination is refused, in this order, when
+//! 1. its port is 0, or one the owner denies (`list deny_port`, by default
+//!    25: no detour carries mail);
+//! 2. its route does not leave by the WAN ([`crate::routes`]): the router's
+//!    own addresses (also ones added after the start), the LAN, a guest
+//!    network or a tunnel behind the router, whatever their addresses are
+//!    (a public IPv4 LAN subnet, the LAN's global IPv6 prefix), or no route;
+//!    nothing overrides this;
+//! 3. it is in a special-purpose block ([`crate::special`]), unless the owner
+//!    allows it with `list allow_destination 'CIDR'` (tests and labs, whose
+//!    "Internet" is private space).
+//!
+//! The kernel checks the same thing again on every forwarded packet (dcol's
+//! tables drop marked flows that leave by a non-WAN interface or aim at the
+//! router itself), so a mistake in one is caught by the other. Pure code:
+//! the caller passes the routing snapshot in.
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::Cidr;
+use crate::config::{Cidr, PortRange};
+use crate::routes::{Routes, Verdict};
 use crate::special::{self, Class};
 
 /// Why a destination is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Forbidden {
     /// Port 0 is never a real service.
     PortZero,
+    /// A port the owner denies (`list deny_port`).
+    DeniedPort,
     /// 0.0.0.0 or `::`.
     Unspecified,
     /// 127.0.0.0/8 or `::1`.
@@ -25,16 +41,22 @@ pub enum Forbidden {
     LinkLocal,
     /// Multicast or broadcast.
     Multicast,
-    /// Reserved or documentation ranges (0/8, 240/4, 192.0.2/24, 2001:db8::/32, ...).
+    /// Reserved, documentation or translation ranges of the special-purpose
+    /// registries (0/8, 240/4, 192.0.2/24, 2001:db8::/32, Teredo, ...).
     Reserved,
     /// One of the waypoint's own addresses.
     OwnAddress,
+    /// The route leaves by this interface, which is not the WAN.
+    NotViaWan(String),
+    /// No usable route.
+    NoRoute,
 }
 
 impl std::fmt::Display for Forbidden {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Forbidden::PortZero => "port 0",
+            Forbidden::DeniedPort => "a port the owner denies",
             Forbidden::Unspecified => "unspecified address",
             Forbidden::Loopback => "loopback address",
             Forbidden::Private => "private address",
@@ -42,26 +64,41 @@ impl std::fmt::Display for Forbidden {
             Forbidden::Multicast => "multicast or broadcast address",
             Forbidden::Reserved => "reserved address",
             Forbidden::OwnAddress => "the waypoint's own address",
+            Forbidden::NotViaWan(i) => return write!(f, "routed to {i}, not the WAN"),
+            Forbidden::NoRoute => "no route to it",
         })
     }
 }
 
-/// Checks a destination against the built-in rules, the owner's allow list and
-/// the waypoint's own addresses. The allow list overrides every rule but port 0
-/// and the waypoint's own addresses, which are never a destination.
+/// The owner's rules for destinations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// Special-purpose blocks allowed anyway (`list allow_destination`).
+    pub allow: Vec<Cidr>,
+    /// Ports never detoured to (`list deny_port`).
+    pub deny_ports: Vec<PortRange>,
+}
+
+/// Checks a destination (see the module docs for the order).
 pub fn check_destination(
     dest: SocketAddr,
-    allow: &[Cidr],
-    own: &[IpAddr],
+    rules: &Rules,
+    routes: &Routes,
 ) -> Result<(), Forbidden> {
     if dest.port() == 0 {
         return Err(Forbidden::PortZero);
     }
-    let ip = canonical(dest.ip());
-    if own.iter().any(|o| canonical(*o) == ip) {
-        return Err(Forbidden::OwnAddress);
+    if rules.deny_ports.iter().any(|r| r.contains(dest.port())) {
+        return Err(Forbidden::DeniedPort);
     }
-    if allow.iter().any(|c| c.contains(&ip)) {
+    let ip = canonical(dest.ip());
+    match routes.verdict(ip) {
+        Verdict::Wan => {}
+        Verdict::Local => return Err(Forbidden::OwnAddress),
+        Verdict::NotWan(i) => return Err(Forbidden::NotViaWan(i)),
+        Verdict::NoRoute => return Err(Forbidden::NoRoute),
+    }
+    if rules.allow.iter().any(|c| c.contains(&ip)) {
         return Ok(());
     }
     classify(ip)
@@ -95,9 +132,42 @@ fn classify(ip: IpAddr) -> Result<(), Forbidden> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::{Route, RouteKind};
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    /// A waypoint router: WAN (2, defaults and its own public address),
+    /// a LAN (3) with a private IPv4 subnet, a public IPv4 subnet and a
+    /// global IPv6 /64.
+    fn routes() -> Routes {
+        Routes::new(
+            vec![
+                Route::main(cidr("0.0.0.0/0"), RouteKind::Unicast, vec![2]),
+                Route::main(cidr("::/0"), RouteKind::Unicast, vec![2]),
+                Route::main(cidr("192.168.1.0/24"), RouteKind::Unicast, vec![3]),
+                Route::main(cidr("93.184.0.0/24"), RouteKind::Unicast, vec![3]),
+                Route::main(cidr("2a02:1:2:3::/64"), RouteKind::Unicast, vec![3]),
+                Route::main(cidr("11.0.0.0/8"), RouteKind::Unroutable, vec![]),
+            ],
+            vec![
+                "93.184.216.34".parse().unwrap(),
+                "192.168.1.1".parse().unwrap(),
+            ],
+            vec![(2, "wan".into()), (3, "br-lan".into())],
+        )
+    }
+
+    fn rules(allow: &[&str], deny: &[&str]) -> Rules {
+        Rules {
+            allow: allow.iter().map(|c| cidr(c)).collect(),
+            deny_ports: deny.iter().map(|p| p.parse().unwrap()).collect(),
+        }
     }
 
     #[test]
@@ -105,7 +175,6 @@ mod tests {
         let cases = [
             ("10.1.2.3:80", Forbidden::Private),
             ("172.16.0.1:80", Forbidden::Private),
-            ("192.168.1.1:80", Forbidden::Private),
             ("100.64.0.1:80", Forbidden::Private),
             ("127.0.0.1:80", Forbidden::Loopback),
             ("0.0.0.0:80", Forbidden::Unspecified),
@@ -119,48 +188,82 @@ mod tests {
             ("[fe80::1]:80", Forbidden::LinkLocal),
             ("[ff02::1]:80", Forbidden::Multicast),
             ("[2001:db8::1]:80", Forbidden::Reserved),
-            ("[::ffff:192.168.0.1]:80", Forbidden::Private),
-            ("[64:ff9b::192.168.0.1]:80", Forbidden::Private),
-            ("[2002:c0a8:1::1]:80", Forbidden::Private),
+            ("[::ffff:172.16.0.1]:80", Forbidden::Private),
+            ("[64:ff9b::172.16.0.1]:80", Forbidden::Private),
+            ("[2002:ac10:1::1]:80", Forbidden::Private),
             ("[2001::1]:80", Forbidden::Reserved),
             ("192.88.99.1:80", Forbidden::Reserved),
             ("192.0.0.170:80", Forbidden::Reserved),
-            ("93.184.216.34:0", Forbidden::PortZero),
+            ("8.8.8.8:0", Forbidden::PortZero),
         ];
         for (d, why) in cases {
-            assert_eq!(check_destination(sa(d), &[], &[]), Err(why), "{d}");
+            assert_eq!(
+                check_destination(sa(d), &rules(&[], &[]), &routes()),
+                Err(why),
+                "{d}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_routed_to_the_wan() {
+        let r = routes();
+        let all = rules(&["0.0.0.0/0", "::/0"], &[]);
+        let cases = [
+            // The LAN, whatever its addresses, even with everything allowed.
+            ("192.168.1.20:22", Forbidden::NotViaWan("br-lan".into())),
+            ("93.184.0.9:22", Forbidden::NotViaWan("br-lan".into())),
+            ("[2a02:1:2:3::99]:22", Forbidden::NotViaWan("br-lan".into())),
+            // The router itself.
+            ("93.184.216.34:22", Forbidden::OwnAddress),
+            ("192.168.1.1:80", Forbidden::OwnAddress),
+            ("[::ffff:192.168.1.1]:80", Forbidden::OwnAddress),
+            ("11.1.1.1:80", Forbidden::NoRoute),
+        ];
+        for (d, why) in cases {
+            assert_eq!(check_destination(sa(d), &all, &r), Err(why), "{d}");
+        }
+        // No default route: nothing is the Internet.
+        assert_eq!(
+            check_destination(sa("8.8.8.8:443"), &all, &Routes::default()),
+            Err(Forbidden::NoRoute)
+        );
+    }
+
+    #[test]
+    fn deny_ports() {
+        let r = rules(&[], &["25", "6660-6669"]);
+        for (d, ok) in [
+            ("8.8.8.8:25", false),
+            ("8.8.8.8:6665", false),
+            ("8.8.8.8:6670", true),
+            ("8.8.8.8:443", true),
+        ] {
+            let want = if ok {
+                Ok(())
+            } else {
+                Err(Forbidden::DeniedPort)
+            };
+            assert_eq!(check_destination(sa(d), &r, &routes()), want, "{d}");
         }
     }
 
     #[test]
     fn accepts_public_and_allowed() {
-        assert_eq!(check_destination(sa("93.184.216.34:443"), &[], &[]), Ok(()));
+        let r = routes();
         assert_eq!(
-            check_destination(sa("[2a00:1450::1]:443"), &[], &[]),
+            check_destination(sa("8.8.8.8:443"), &rules(&[], &[]), &r),
             Ok(())
         );
-        let allow: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(check_destination(sa("10.0.3.2:5201"), &allow, &[]), Ok(()));
         assert_eq!(
-            check_destination(sa("192.168.0.1:80"), &allow, &[]),
+            check_destination(sa("[2a00:1450::1]:443"), &rules(&[], &[]), &r),
+            Ok(())
+        );
+        let allow = rules(&["10.0.0.0/8"], &[]);
+        assert_eq!(check_destination(sa("10.0.3.2:5201"), &allow, &r), Ok(()));
+        assert_eq!(
+            check_destination(sa("172.16.0.1:80"), &allow, &r),
             Err(Forbidden::Private)
-        );
-    }
-
-    #[test]
-    fn refuses_own_address_even_if_public() {
-        let own = [
-            "93.184.216.34".parse().unwrap(),
-            "10.0.6.2".parse().unwrap(),
-        ];
-        assert_eq!(
-            check_destination(sa("93.184.216.34:22"), &[], &own),
-            Err(Forbidden::OwnAddress)
-        );
-        let allow: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(
-            check_destination(sa("10.0.6.2:22"), &allow, &own),
-            Err(Forbidden::OwnAddress)
         );
     }
 }
