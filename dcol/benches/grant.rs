@@ -162,6 +162,21 @@ impl Ns {
             .unwrap();
         assert!(st.success());
         in_ns(&name, &["ip", "link", "set", "lo", "up"]);
+        // A WAN (one end of a veth pair with the default route): the
+        // waypoint grants only destinations routed to it.
+        in_ns(
+            &name,
+            &[
+                "ip", "link", "add", "wan0", "type", "veth", "peer", "name", "wan1",
+            ],
+        );
+        in_ns(&name, &["ip", "addr", "add", "192.0.2.1/24", "dev", "wan0"]);
+        in_ns(&name, &["ip", "link", "set", "wan1", "up"]);
+        in_ns(&name, &["ip", "link", "set", "wan0", "up"]);
+        in_ns(
+            &name,
+            &["ip", "route", "add", "default", "via", "192.0.2.254"],
+        );
         Ns(name)
     }
 
