@@ -210,6 +210,8 @@ struct WaypointRole {
     evidence: Option<EvidenceLog>,
     /// Buffers for reading the signaling sockets, [`DATAGRAMS_PER_TURN`] at a time.
     batch: os::RecvBatch,
+    /// Log lines about the kernel's drop list (apart from refusals').
+    filter_log: LogLimit,
 }
 
 /// The evidence log of `cfg`, or None when it is off or cannot be opened
@@ -953,6 +955,7 @@ fn start_waypoint(
         donation_file: w.donation_file.clone(),
         evidence: open_evidence(cfg),
         batch: os::RecvBatch::new(DATAGRAMS_PER_TURN),
+        filter_log: LogLimit::new(2),
     };
     role.seed_evidence();
     role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
@@ -1680,12 +1683,34 @@ impl WaypointRole {
             }
         }
         self.batch = batch;
+        self.filter_sources(Instant::now());
         let now = Instant::now();
         for l in self.core.expire(now) {
             self.end_lease(&l, "lease expired");
         }
         self.expire_vpn(now);
         self.check_quota(now);
+    }
+
+    /// Has the kernel drop the datagrams of sources over their rate (a
+    /// socket filter), when the list changed.
+    fn filter_sources(&mut self, now: Instant) {
+        let Some(list) = self.core.take_filter(now) else {
+            return;
+        };
+        for s in &self.sockets {
+            if let Err(e) = os::filter_sources(s, &list) {
+                log::warn!("waypoint: socket filter: {e}");
+            }
+        }
+        if self.filter_log.allow(now) {
+            match list.len() {
+                0 => log::info!("waypoint: no source dropped in the kernel any more"),
+                n => log::warn!(
+                    "waypoint: {n} source(s) over their rate dropped in the kernel for a while: {list:?}"
+                ),
+            }
+        }
     }
 
     /// Counts the evidence already kept against the members' shares.

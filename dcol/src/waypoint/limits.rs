@@ -18,6 +18,11 @@
 //!   starve the renewals of the tunnels it holds. A member without a token
 //!   gets a signed refusal it can act on. A forger can spend no member's
 //!   tokens: only verified requests are charged.
+//! - **In the kernel**: a source found over its rate goes on a [`Blocklist`]
+//!   for a while (2 s, doubling for a repeat offender up to a minute); the
+//!   daemon installs the list as a socket filter, so a one-source flood is
+//!   dropped before it reaches the socket's queue, where it would crowd out
+//!   honest datagrams whenever the daemon is not scheduled.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -81,7 +86,7 @@ impl Default for Limits {
 
 /// Who a source is: an IPv4 address, or an IPv6 /64 (one subscriber's
 /// network); an IPv4-mapped IPv6 address is its IPv4 address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Source(IpAddr);
 
 impl Source {
@@ -95,6 +100,11 @@ impl Source {
             }
             v4 => Source(v4),
         }
+    }
+
+    /// The address (an IPv6 source: its /64, the rest zero).
+    pub fn addr(&self) -> IpAddr {
+        self.0
     }
 }
 
@@ -196,6 +206,82 @@ impl<K: Copy + Eq + Hash> Buckets<K> {
     }
 }
 
+/// How long a source first stays on the [`Blocklist`]; each repeat within
+/// [`STRIKE_MEMORY`] doubles it, up to [`BLOCK_MAX`].
+pub const BLOCK_BASE: Duration = Duration::from_secs(2);
+/// The longest block.
+pub const BLOCK_MAX: Duration = Duration::from_secs(64);
+/// How long a source's past blocks count towards a longer one.
+pub const STRIKE_MEMORY: Duration = Duration::from_secs(600);
+/// Sources blocked at once (a socket filter stays short); beyond it the
+/// token buckets alone drop their datagrams.
+pub const MAX_BLOCKED: usize = 64;
+
+/// Sources to drop in the kernel for now. Pure: the daemon asks
+/// [`Blocklist::take_changed`] and installs the list.
+#[derive(Debug, Default)]
+pub struct Blocklist {
+    /// Block end and the number of earlier blocks within [`STRIKE_MEMORY`].
+    entries: HashMap<Source, (Instant, u32)>,
+    /// The list as last handed out, sorted.
+    listed: Vec<Source>,
+    /// Blocks begun since (bounded by [`MAX_BLOCKED`] with `listed`).
+    begun: usize,
+    /// When the earliest listed block ends.
+    next_end: Option<Instant>,
+}
+
+impl Blocklist {
+    /// Blocks `s` from `now`: nothing if it is blocked already or the list
+    /// is full. Constant time (a flood's path).
+    pub fn block(&mut self, s: Source, now: Instant) {
+        if self.listed.len().saturating_add(self.begun) >= MAX_BLOCKED {
+            return;
+        }
+        match self.entries.get_mut(&s) {
+            Some((until, _)) if *until > now => return,
+            Some((until, strikes)) => {
+                *strikes = strikes.saturating_add(1);
+                *until = now + block_for(*strikes);
+            }
+            None => {
+                self.entries.insert(s, (now + BLOCK_BASE, 0));
+            }
+        }
+        self.begun += 1;
+    }
+
+    /// The sources blocked at `now`, when that changed since the last call
+    /// (a block began or ended); forgets offenders of long ago.
+    pub fn take_changed(&mut self, now: Instant) -> Option<Vec<Source>> {
+        if self.begun == 0 && self.next_end.is_none_or(|t| t > now) {
+            return None;
+        }
+        self.begun = 0;
+        self.entries.retain(|_, e| e.0 + STRIKE_MEMORY > now);
+        let live = self.entries.iter().filter(|(_, e)| e.0 > now);
+        let mut cur: Vec<Source> = live.clone().map(|(s, _)| *s).collect();
+        cur.sort();
+        self.next_end = live.map(|(_, e)| e.0).min();
+        if cur == self.listed {
+            return None;
+        }
+        self.listed.clone_from(&cur);
+        Some(cur)
+    }
+
+    /// When [`Blocklist::take_changed`] next has work.
+    pub fn next_change(&self) -> Option<Instant> {
+        self.next_end
+    }
+}
+
+fn block_for(strikes: u32) -> Duration {
+    BLOCK_BASE
+        .saturating_mul(1 << strikes.min(6))
+        .min(BLOCK_MAX)
+}
+
 /// How long one token takes to come back at `rate` per second.
 pub fn token_time(rate: u32) -> Duration {
     Duration::from_millis(1000 / u64::from(rate.max(1)))
@@ -228,6 +314,52 @@ mod tests {
         assert!(b.allows(&1, later), "evicted: full again");
         // An earlier `now` than the bucket's own never adds tokens.
         assert!(!b.charge(3, t) || b.allows(&3, t));
+    }
+
+    #[test]
+    fn blocklist_blocks_for_a_while_and_longer_for_repeat_offenders() {
+        let t = Instant::now();
+        let s = |a: &str| Source::of(a.parse().unwrap());
+        let mut b = Blocklist::default();
+        assert_eq!(b.take_changed(t), None);
+        b.block(s("192.0.2.1"), t);
+        b.block(s("192.0.2.1"), t);
+        b.block(s("2001:db8::1"), t);
+        assert_eq!(
+            b.take_changed(t),
+            Some(vec![s("192.0.2.1"), s("2001:db8::")])
+        );
+        assert_eq!(b.take_changed(t), None, "unchanged");
+        assert_eq!(b.next_change(), Some(t + BLOCK_BASE));
+        // Blocked already: no change.
+        b.block(s("192.0.2.1"), t + Duration::from_secs(1));
+        assert_eq!(b.take_changed(t + Duration::from_secs(1)), None);
+        // Both blocks end.
+        let t2 = t + BLOCK_BASE;
+        assert_eq!(b.take_changed(t2), Some(vec![]));
+        assert_eq!(b.next_change(), None);
+        // Again within the strike memory: twice as long, then four times.
+        b.block(s("192.0.2.1"), t2);
+        assert_eq!(b.take_changed(t2), Some(vec![s("192.0.2.1")]));
+        assert_eq!(b.next_change(), Some(t2 + BLOCK_BASE * 2));
+        let t3 = t2 + BLOCK_BASE * 2;
+        assert_eq!(b.take_changed(t3), Some(vec![]));
+        b.block(s("192.0.2.1"), t3);
+        b.take_changed(t3);
+        assert_eq!(b.next_change(), Some(t3 + BLOCK_BASE * 4));
+        assert_eq!(block_for(40), BLOCK_MAX);
+        // Long after, a first offence again.
+        let late = t3 + STRIKE_MEMORY + BLOCK_MAX;
+        assert_eq!(b.take_changed(late), Some(vec![]));
+        b.block(s("192.0.2.1"), late);
+        b.take_changed(late);
+        assert_eq!(b.next_change(), Some(late + BLOCK_BASE));
+        // Bounded.
+        let mut b = Blocklist::default();
+        for i in 0..(MAX_BLOCKED as u32 + 10) {
+            b.block(Source::of(std::net::Ipv4Addr::from(i).into()), t);
+        }
+        assert_eq!(b.take_changed(t).map(|l| l.len()), Some(MAX_BLOCKED));
     }
 
     #[test]

@@ -59,7 +59,7 @@ use crate::trust::{
 use evidence::Shares;
 pub use leases::{Lease, LeaseError, LeaseTable};
 pub use limits::Limits;
-use limits::{Buckets, Source};
+use limits::{Blocklist, Buckets, Source};
 pub use vpn::{VpnLease, VpnSettings, VpnTable};
 
 /// The owner's settings for the waypoint role.
@@ -218,6 +218,8 @@ pub struct Waypoint {
     certs: CertCache,
     /// Each member's share of the evidence log, with the log on.
     shares: Option<Shares>,
+    /// Sources over their rate, for the kernel to drop for a while.
+    blocklist: Blocklist,
     /// Body of the last reply made, to remember it under its nonce.
     last_reply: Option<ResponseBody>,
     stats: Stats,
@@ -257,6 +259,7 @@ impl Waypoint {
             members_new,
             certs,
             shares,
+            blocklist: Blocklist::default(),
             vpn,
             vpn_ended: Vec::new(),
             used_up: None,
@@ -293,6 +296,7 @@ impl Waypoint {
         let source = Source::of(from.ip());
         if !self.sources.allows(&source, now) {
             self.count_refusal(RefusalReason::RateLimited);
+            self.blocklist.block(source, now);
             return Decision::Drop { source: from.ip() };
         }
         let req = match self.authenticate(wall_ms, from, dgram) {
@@ -912,10 +916,22 @@ impl Waypoint {
         }
     }
 
-    /// When [`Waypoint::expire`] next has work.
+    /// When [`Waypoint::expire`] or [`Waypoint::take_filter`] next has work.
     pub fn next_timeout(&self) -> Option<Instant> {
         let vpn = self.vpn.as_ref().and_then(|t| t.next_expiry());
-        [self.leases.next_expiry(), vpn].into_iter().flatten().min()
+        let blocks = self.blocklist.next_change();
+        [self.leases.next_expiry(), vpn, blocks]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The sources (IPv4 addresses, IPv6 /64s) whose datagrams the kernel
+    /// should drop from `now` on, when that changed: sources found over
+    /// their rate, for a while ([`limits::Blocklist`]).
+    pub fn take_filter(&mut self, now: Instant) -> Option<Vec<IpAddr>> {
+        let list = self.blocklist.take_changed(now)?;
+        Some(list.iter().map(Source::addr).collect())
     }
 
     /// The live leases.
@@ -1726,6 +1742,10 @@ mod tests {
             }
         );
         assert_eq!(w.stats().refused.get("RateLimited").copied(), Some(1));
+        // ... and goes to the kernel's drop list for a while.
+        assert_eq!(w.take_filter(t), Some(vec![from().ip()]));
+        assert_eq!(w.take_filter(t), None);
+        assert_eq!(w.next_timeout(), Some(t + limits::BLOCK_BASE));
         // Another source is not affected.
         let other: SocketAddr = "10.0.9.9:7000".parse().unwrap();
         let carol = request_from(&member("carol", 4), 4, "alice", 1, MS, nat(dst), other.ip());
@@ -1736,6 +1756,8 @@ mod tests {
         // A token comes back after a second.
         let d = w.handle(t + limits::token_time(1), MS + 1000, from(), &next);
         assert!(matches!(d, Decision::Refresh { .. }), "{d:?}");
+        // The block ends.
+        assert_eq!(w.take_filter(t + limits::BLOCK_BASE), Some(vec![]));
     }
 
     #[test]
