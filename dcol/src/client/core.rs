@@ -49,6 +49,10 @@ const JOIN_REFUSED_WINDOW: Duration = Duration::from_millis(1000);
 /// it refuses until the month ends or its owner raises the cap.
 pub(crate) const USED_UP_HOLDDOWN: Duration = Duration::from_secs(3600);
 
+/// How long a waypoint that refused a new tunnel for our request rate is
+/// not asked for another.
+pub(crate) const RATE_LIMITED_HOLDDOWN: Duration = Duration::from_secs(2);
+
 /// Attempts for a detour request before the waypoint counts as unreachable.
 const REQUEST_ATTEMPTS: u32 = 4;
 
@@ -679,15 +683,16 @@ impl Client {
             }
             (RequestKind::NatDetour { .. }, Outcome::Refused { reason }) => {
                 d.state = DetourState::Failed(format!("refused: {reason}"));
-                if !matches!(
-                    reason,
-                    RefusalReason::DonationUsedUp | RefusalReason::EvidenceFull
-                ) {
-                    return Vec::new();
-                }
+                let skip = match reason {
+                    RefusalReason::DonationUsedUp | RefusalReason::EvidenceFull => USED_UP_HOLDDOWN,
+                    // Over our rate there: ask it for no new tunnel for a
+                    // moment (hammering it would make it drop our address).
+                    RefusalReason::RateLimited => RATE_LIMITED_HOLDDOWN,
+                    _ => return Vec::new(),
+                };
                 // Skip it for a while; the slot goes to the next waypoint.
                 let peer = d.peer;
-                self.peers[peer].down_until = Some(now + USED_UP_HOLDDOWN);
+                self.peers[peer].down_until = Some(now + skip);
                 self.add_detours(now, wall_ms, token)
             }
             (RequestKind::Renew { .. }, Outcome::Granted { .. }) => {
@@ -2099,5 +2104,36 @@ mod tests {
                 assert_eq!(detour_state(&p, 1), vec!["established"]);
             }
         }
+    }
+
+    #[test]
+    fn a_new_tunnel_refused_for_the_rate_pauses_that_waypoint_briefly() {
+        let limits = waypoint::Limits {
+            member_rate: 1,
+            member_burst: 1,
+            ..waypoint::Limits::default()
+        };
+        let mut p = Pair::with_limits(Pair::alice(), limits);
+        let conn = |p: &mut Pair, token: u32| {
+            let mut ev = established(token);
+            if let PmEvent::Established { local, .. } = &mut ev {
+                local.set_port(40000 + token as u16);
+            }
+            p.event(ev);
+        };
+        conn(&mut p, 1);
+        assert_eq!(p.created.len(), 1);
+        // The second connection's request is over bob's rate: refused, and
+        // alice is not asked for new tunnels for a moment.
+        conn(&mut p, 2);
+        assert_eq!(detour_state(&p, 2), vec!["failed"]);
+        assert!(p.c.peers(p.now).iter().all(|s| !s.up));
+        let sent = p.sent;
+        conn(&mut p, 3);
+        assert_eq!(p.sent, sent, "asked again at once");
+        // Later it is.
+        p.advance(RATE_LIMITED_HOLDDOWN, true);
+        conn(&mut p, 4);
+        assert_eq!(detour_state(&p, 4), vec!["connecting"]);
     }
 }

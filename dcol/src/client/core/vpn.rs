@@ -7,7 +7,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{Action, Client, Detour, DetourState, Gate, REQUEST_ATTEMPTS, USED_UP_HOLDDOWN};
+use super::{
+    Action, Client, Detour, DetourState, Gate, RATE_LIMITED_HOLDDOWN, REQUEST_ATTEMPTS,
+    USED_UP_HOLDDOWN,
+};
 use crate::proto::{Nonce, Outcome, RefusalReason, RequestKind, Response};
 use crate::trust::Roles;
 
@@ -76,6 +79,7 @@ fn unspecified(to: SocketAddr) -> IpAddr {
 fn holddown_for(reason: RefusalReason, holddown: Duration) -> Duration {
     match reason {
         RefusalReason::DonationUsedUp | RefusalReason::EvidenceFull => USED_UP_HOLDDOWN,
+        RefusalReason::RateLimited => RATE_LIMITED_HOLDDOWN,
         _ => holddown,
     }
 }
