@@ -15,9 +15,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::client::{self, Action, Client, PeerSpec, PmEvent};
+use crate::client::{self, Action, Client, PeerSpec};
 use crate::config::{self, Config, DetourPolicy, TunnelKind};
 use crate::control::{self, ControlServer, Status};
+use crate::mptcp::PmEvent;
 use crate::proxy::Gate;
 use crate::routes::Routes;
 use crate::sys::conntrack;
@@ -193,6 +194,8 @@ struct WaypointRole {
     /// VPN tunnels: the WireGuard interface and its firewall table.
     wg: Option<WgDevice>,
     vpnfw: Option<VpnFirewall>,
+    /// The WAN interfaces the NAT and VPN tables let detours leave by.
+    wan: Vec<String>,
     /// Donation caps in force, and the monthly quota's bookkeeping.
     caps: Caps,
     month: (i64, u32),
@@ -522,6 +525,9 @@ impl Daemon {
         }
         if let Some(w) = &mut self.waypoint {
             w.core.set_routes(routes.clone());
+            if let Err(e) = w.set_wan(&routes.wan()) {
+                log::error!("waypoint: WAN interfaces {:?}: {e}", routes.wan());
+            }
         }
         if let Some(l) = self.client.as_mut().and_then(|c| c.lan.as_mut()) {
             l.set_wan(&routes.wan());
@@ -946,6 +952,7 @@ fn start_waypoint(
         log: LogLimit::new(20),
         wg: None,
         vpnfw: None,
+        wan: Vec::new(),
         caps: Caps::default(),
         month,
         next_quota_check: None,
@@ -959,6 +966,7 @@ fn start_waypoint(
     };
     role.seed_evidence();
     role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
+    role.set_wan(&routes.wan())?;
     if let Some(subnet) = &w.vpn_subnet {
         let secret = trust::wg::secret(&id.key);
         let dev = WgDevice::create(&w.vpn_interface, &secret, w.vpn_port)?;
@@ -987,13 +995,17 @@ fn start_waypoint(
             w.vpn_port
         );
         role.wg = Some(dev);
-        role.vpnfw = Some(VpnFirewall::create(
+        let mut fw = VpnFirewall::create(
             &format!("{}_vpn", w.table),
             &w.vpn_interface,
             subnet,
             w.vpn_subnet6.as_ref(),
             &w.allow_destination,
-        )?);
+        )?;
+        // Before it is kept: Drop removes a table the role holds.
+        let r = fw.set_wan(&role.wan);
+        role.vpnfw = Some(fw);
+        r?;
     }
     log::info!(
         "waypoint: NAT tunnels on ports {}-{}, signaling on {:?}",
@@ -1551,6 +1563,26 @@ impl WaypointRole {
             }
         }
         self.drop_flows(l, why);
+    }
+
+    /// Lets detours leave by `ifnames` only (the NAT table's and the VPN
+    /// firewall's `wan` sets); none: every detour is dropped.
+    fn set_wan(&mut self, ifnames: &[String]) -> Result<(), SysError> {
+        if let Some(nat) = self.nat.as_mut() {
+            nat.set_wan(ifnames)?;
+        }
+        if let Some(fw) = self.vpnfw.as_mut() {
+            fw.set_wan(ifnames)?;
+        }
+        if ifnames != self.wan.as_slice() {
+            if ifnames.is_empty() {
+                log::warn!("waypoint: no default route: detours are dropped until there is one");
+            } else {
+                log::info!("waypoint: detours leave by {}", ifnames.join(", "));
+            }
+        }
+        self.wan = ifnames.to_vec();
+        Ok(())
     }
 
     /// Installs the donation caps; the month's count carries over from the

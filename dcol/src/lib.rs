@@ -2,7 +2,8 @@
 //!
 //! Pure protocol and policy code lives in [`proto`], [`trust`], [`waypoint`] and
 //! [`client`]: state machines that take `now`, bytes and events in and hand actions
-//! out. Everything that touches the kernel lives in [`sys`]; [`daemon`] wires the two.
+//! out. [`mptcp`] holds the MPTCP vocabulary (events, tokens, address ids,
+//! subflow counters) that `sys` decodes into and `client` consumes. Everything that touches the kernel lives in [`sys`]; [`daemon`] wires the two.
 #![deny(unsafe_code)]
 
 pub mod client;
@@ -12,6 +13,7 @@ pub mod daemon;
 pub mod directory;
 pub mod http;
 pub mod member;
+pub mod mptcp;
 pub mod proto;
 pub mod proxy;
 pub mod routes;

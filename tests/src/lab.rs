@@ -259,6 +259,18 @@ pub fn udp_exchange(ns: &str, to: SocketAddr, bytes: &[u8], wait: Duration) -> O
     .expect("udp thread")
 }
 
+/// Runs `f` on a thread inside `ns`: sockets it makes stay in `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &crate::Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = PathBuf::from("/var/run/netns").join(ns.name());
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        enter_netns(&file);
+        f()
+    })
+    .join()
+    .expect("thread in netns")
+}
+
 /// Moves the calling thread into the network namespace open as `f`.
 pub fn enter_netns(f: &std::fs::File) {
     use std::os::fd::AsRawFd;

@@ -44,6 +44,15 @@ pub fn run(args: &[&str]) -> Output {
 /// A veth pair from `a` (`ia`, address `aa` with prefix) to `b` (`ib`,
 /// `ab`), both ends up.
 pub fn veth(a: &Netns, ia: &str, aa: &str, b: &Netns, ib: &str, ab: &str) {
+    veth_pair(a, ia, b, ib);
+    for (ns, i, addr) in [(a, ia, aa), (b, ib, ab)] {
+        ns.exec(&["ip", "addr", "add", addr, "dev", i]);
+    }
+}
+
+/// A veth pair from `a` (`ia`) to `b` (`ib`), both ends up, no addresses
+/// (a bridge port, or addresses added by the caller).
+pub fn veth_pair(a: &Netns, ia: &str, b: &Netns, ib: &str) {
     run(&[
         "ip",
         "link",
@@ -59,8 +68,7 @@ pub fn veth(a: &Netns, ia: &str, aa: &str, b: &Netns, ib: &str, ab: &str) {
         "netns",
         b.name(),
     ]);
-    for (ns, i, addr) in [(a, ia, aa), (b, ib, ab)] {
-        ns.exec(&["ip", "addr", "add", addr, "dev", i]);
+    for (ns, i) in [(a, ia), (b, ib)] {
         ns.exec(&["ip", "link", "set", i, "up"]);
     }
 }
@@ -471,22 +479,26 @@ impl JoinCounter {
 
     /// Bytes received from `src` so far.
     pub fn bytes_from(&self, src: IpAddr) -> u64 {
-        let out = run(&[
-            "ip", "netns", "exec", &self.ns, "nft", "-j", "list", "chain", "inet", "dcoltest",
-            "input",
-        ]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j output");
-        let want = src.to_string();
-        v["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.get("rule"))
-            .filter(|r| r["comment"].as_str() == Some(want.as_str()))
-            .flat_map(|r| r["expr"].as_array().into_iter().flatten())
-            .filter_map(|e| e.get("counter").and_then(|c| c["bytes"].as_u64()))
-            .sum()
+        nft_counter(&self.ns, "dcoltest", "input", &src.to_string(), "bytes")
     }
+}
+
+/// The sum of `field` (`bytes` or `packets`) of the counters of the rules
+/// commented `comment` in chain `inet <table> <chain>` of namespace `ns`.
+pub fn nft_counter(ns: &str, table: &str, chain: &str, comment: &str, field: &str) -> u64 {
+    let out = run(&[
+        "ip", "netns", "exec", ns, "nft", "-j", "list", "chain", "inet", table, chain,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j output");
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("rule"))
+        .filter(|r| r["comment"].as_str() == Some(comment))
+        .flat_map(|r| r["expr"].as_array().into_iter().flatten())
+        .filter_map(|e| e.get("counter").and_then(|c| c[field].as_u64()))
+        .sum()
 }
 
 /// A running `iperf3 -s` (killed with its namespace, or on drop).

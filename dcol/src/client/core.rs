@@ -30,7 +30,7 @@ mod vpn;
 pub use vpn::{VpnPeer, VpnState};
 
 use super::strategy::{Judge, Meter, Scoreboard, StrategySettings};
-use super::{PmEvent, SubflowInfo, Token};
+use crate::mptcp::{AddrId, PmEvent, SubflowInfo, Token};
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind,
 };
@@ -39,7 +39,7 @@ use crate::trust::{Certificate, PublicKey, Revocations, Roles, SecretKey};
 
 /// The local address id we use for detour subflows (RFC 8684 §3.2: id 0 is the
 /// initial subflow's; any other id names the address in MP_JOIN).
-pub const DETOUR_LOCAL_ID: u8 = 1;
+pub const DETOUR_LOCAL_ID: AddrId = AddrId(1);
 
 /// A subflow that closes sooner than this after it was established was refused
 /// by the server (its subflow limit), not lost on the path.
@@ -84,7 +84,7 @@ pub enum Action {
         /// Local address (the connection's).
         local: IpAddr,
         /// Non-zero local address id.
-        local_id: u8,
+        local_id: AddrId,
         /// Waypoint address and granted port.
         remote: SocketAddr,
     },
@@ -1222,7 +1222,8 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::client::strategy::{Sample, Scoreboard};
+    use crate::client::strategy::Scoreboard;
+    use crate::mptcp::Sample;
     use crate::testutil::{self, cert, T0};
     use crate::waypoint::{self, Decision, Waypoint};
 
@@ -1450,7 +1451,7 @@ mod tests {
     fn sub(remote: SocketAddr, local_port: u16) -> SubflowInfo {
         SubflowInfo {
             local_id: DETOUR_LOCAL_ID,
-            remote_id: 0,
+            remote_id: AddrId::INITIAL,
             local: SocketAddr::new(CLIENT_IP.parse().unwrap(), local_port),
             remote,
             backup: false,

@@ -1,8 +1,8 @@
 //! The client role: path-manager decisions (pure) — which detours to ask for, when to
-//! create, keep or drop subflows. Netlink lives in `sys::mptcp_pm`.
+//! create, keep or drop subflows. Netlink lives in `sys::mptcp_pm`; the MPTCP
+//! vocabulary it decodes into (events, tokens, address ids) in [`crate::mptcp`].
 
 mod core;
-mod event;
 pub mod fallback;
 pub mod strategy;
 
@@ -10,4 +10,3 @@ pub use self::core::{
     Action, Client, Conn, Detour, DetourState, PeerSpec, PeerStatus, Settings, DETOUR_LOCAL_ID,
 };
 pub use self::core::{VpnPeer, VpnState};
-pub use event::{PmEvent, SubflowInfo, Token};

@@ -36,6 +36,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::mptcp::Sample;
+
 /// Tunables of the strategy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StrategySettings {
@@ -76,25 +78,6 @@ impl Default for StrategySettings {
             discount: 0.8,
         }
     }
-}
-
-/// Cumulative counters of one TCP subflow (from `struct tcp_info`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Sample {
-    /// `tcpi_bytes_acked`: bytes we sent that the peer acknowledged.
-    pub bytes_acked: u64,
-    /// `tcpi_bytes_received`: bytes we received.
-    pub bytes_received: u64,
-    /// `tcpi_segs_out`.
-    pub segs_out: u32,
-    /// `tcpi_total_retrans`.
-    pub retrans: u32,
-    /// `tcpi_rtt`: smoothed RTT.
-    pub rtt: Duration,
-    /// `tcpi_min_rtt`: the lowest RTT seen (propagation, without queueing).
-    pub min_rtt: Duration,
-    /// `tcpi_delivery_rate` in bytes/s.
-    pub delivery_rate: u64,
 }
 
 /// What a subflow's counters say, over the last sampling interval and smoothed.
@@ -353,9 +336,6 @@ impl Score {
         (self.weight > 1e-9).then(|| self.sum / self.weight)
     }
 }
-
-/// A TCP subflow's local and remote address.
-pub type FourTuple = (std::net::SocketAddr, std::net::SocketAddr);
 
 /// Waypoint name and prefix (`*` for the waypoint over every prefix).
 type Key = (String, String);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::netlink::{Attrs, MsgBuilder, NlSocket};
 use super::SysError;
-use crate::client::strategy::{FourTuple, Sample};
+use crate::mptcp::{FourTuple, Sample};
 
 /// `NETLINK_SOCK_DIAG` (linux/netlink.h).
 const NETLINK_SOCK_DIAG: i32 = 0x4;

@@ -1,10 +1,12 @@
-//! Kernel glue: netlink (generic netlink `mptcp_pm`, nf_tables, ctnetlink), sysctls,
+//! Kernel glue: netlink (generic netlink `mptcp_pm` and `wireguard` on neli in
+//! [`genl`], nf_tables, ctnetlink), sysctls,
 //! sockets. Nothing above this module knows a netlink attribute number.
 
 use std::io;
 
 pub mod conntrack;
 pub mod diag;
+pub mod genl;
 pub mod lan;
 pub mod mptcp_pm;
 pub mod netlink;
@@ -47,6 +49,24 @@ pub enum SysError {
         op: &'static str,
         /// What was wrong.
         what: String,
+    },
+    /// neli could not decode a netlink message the kernel sent.
+    #[error("{op}: undecodable netlink message: {source}")]
+    Decode {
+        /// What we were doing.
+        op: &'static str,
+        /// neli's decoding error.
+        #[source]
+        source: neli::err::DeError,
+    },
+    /// A netlink request could not be encoded (a bug in its construction).
+    #[error("{op}: netlink request not encodable: {source}")]
+    Encode {
+        /// What we were doing.
+        op: &'static str,
+        /// neli's builder or serialization error.
+        #[source]
+        source: genl::EncodeError,
     },
     /// A feature this needs is missing from the running kernel.
     #[error("{0}")]

@@ -1,5 +1,6 @@
-//! A small raw netlink layer on `libc` sockets: what `mptcp_pm`, `nft` and
-//! `conntrack` need and nothing more.
+//! A small raw netlink layer on `libc` sockets: what `nft`, `conntrack`,
+//! `vpnfw`, `lan`, `rtnl` and `diag` need and nothing more. (Generic netlink,
+//! `mptcp_pm` and `wireguard`, is neli's: see [`super::genl`].)
 //!
 //! It does:
 //! - open, bind and configure `AF_NETLINK` sockets ([`NlSocket`]) for any protocol
@@ -9,8 +10,7 @@
 //!   nested attributes with `NLA_F_NESTED`, 4-byte alignment);
 //! - parse replies without copying ([`Messages`], [`Attrs`]); malformed input gives
 //!   [`SysError::Malformed`], never a panic;
-//! - request/ack, dump and nfnetlink-batch exchanges, matched by sequence number;
-//! - resolve generic netlink families and multicast groups by name ([`resolve_family`]).
+//! - request/ack, dump and nfnetlink-batch exchanges, matched by sequence number.
 //!
 //! It does not know any family's attributes (those live in the modules using it),
 //! does not spawn threads and never blocks on a socket set non-blocking.
@@ -84,26 +84,6 @@ const NLMSGERR_ATTR_MSG: u16 = 0x1;
 pub const NETLINK_NETFILTER: i32 = 0xc;
 /// `NETLINK_GENERIC` (linux/netlink.h).
 pub const NETLINK_GENERIC: i32 = 0x10;
-
-// linux/genetlink.h
-/// `GENL_HDRLEN`: size of `struct genlmsghdr`.
-pub const GENL_HDRLEN: usize = 4;
-/// `GENL_ID_CTRL`: the controller family.
-const GENL_ID_CTRL: u16 = 0x10;
-/// `CTRL_CMD_GETFAMILY`.
-const CTRL_CMD_GETFAMILY: u8 = 0x3;
-/// `CTRL_ATTR_FAMILY_ID` (u16).
-const CTRL_ATTR_FAMILY_ID: u16 = 0x1;
-/// `CTRL_ATTR_FAMILY_NAME` (string).
-const CTRL_ATTR_FAMILY_NAME: u16 = 0x2;
-/// `CTRL_ATTR_VERSION` (u32).
-const CTRL_ATTR_VERSION: u16 = 0x3;
-/// `CTRL_ATTR_MCAST_GROUPS` (nest of nests).
-const CTRL_ATTR_MCAST_GROUPS: u16 = 0x7;
-/// `CTRL_ATTR_MCAST_GRP_NAME` (string).
-const CTRL_ATTR_MCAST_GRP_NAME: u16 = 0x1;
-/// `CTRL_ATTR_MCAST_GRP_ID` (u32).
-const CTRL_ATTR_MCAST_GRP_ID: u16 = 0x2;
 
 /// Receive buffer size: larger than any datagram the kernel builds for a dump
 /// (it caps those at 32 KiB plus headers).
@@ -785,14 +765,6 @@ impl MsgBuilder {
         }
     }
 
-    /// Starts a generic netlink message: `family` id, then `struct genlmsghdr`
-    /// (`cmd`, `version`, two reserved bytes).
-    pub fn genl(family: u16, cmd: u8, version: u8) -> Self {
-        let mut m = MsgBuilder::new(family, 0);
-        m.push_header(&[cmd, version, 0, 0]);
-        m
-    }
-
     /// Sets `nlmsg_seq`.
     pub fn set_seq(&mut self, seq: u32) {
         self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
@@ -909,91 +881,6 @@ impl MsgBuilder {
         self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
         Ok(self.buf)
     }
-}
-
-/// A generic netlink family as the controller describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GenlFamily {
-    /// The family id (the `nlmsg_type` of its messages).
-    pub id: u16,
-    /// The family's version.
-    pub version: u32,
-    /// Multicast groups: name and id.
-    pub groups: Vec<(String, u32)>,
-}
-
-impl GenlFamily {
-    /// The id of multicast group `name`.
-    pub fn group(&self, name: &str) -> Option<u32> {
-        self.groups
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|&(_, id)| id)
-    }
-}
-
-/// Resolves generic netlink family `name` (`CTRL_CMD_GETFAMILY`) on a
-/// `NETLINK_GENERIC` socket. A missing family is [`SysError::Unsupported`].
-pub fn resolve_family(sock: &mut NlSocket, name: &str) -> Result<GenlFamily, SysError> {
-    let op = "resolve generic netlink family";
-    let mut m = MsgBuilder::genl(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1);
-    m.attr_str(CTRL_ATTR_FAMILY_NAME, name);
-    let mut found = None;
-    let r = sock.request(op, m, |reply| {
-        if reply.ty == GENL_ID_CTRL {
-            found = Some(parse_family(op, reply.payload)?);
-        }
-        Ok(())
-    });
-    match r {
-        Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => {
-            return Err(SysError::Unsupported(format!(
-                "generic netlink family {name:?} not found in this kernel"
-            )));
-        }
-        r => r?,
-    }
-    found.ok_or_else(|| malformed(op, format!("no family description for {name:?}")))
-}
-
-/// Parses a controller `NEWFAMILY` payload (genl header + attributes).
-pub fn parse_family(op: &'static str, payload: &[u8]) -> Result<GenlFamily, SysError> {
-    let attrs = payload
-        .get(GENL_HDRLEN..)
-        .ok_or_else(|| malformed(op, "short genl header"))?;
-    let mut id = None;
-    let mut version = 0;
-    let mut groups = Vec::new();
-    for a in Attrs::new(op, attrs) {
-        let a = a?;
-        match a.ty {
-            CTRL_ATTR_FAMILY_ID => id = Some(a.u16_ne()?),
-            CTRL_ATTR_VERSION => version = a.u32_ne()?,
-            CTRL_ATTR_MCAST_GROUPS => {
-                for g in a.nested() {
-                    let (mut name, mut gid) = (None, None);
-                    for f in g?.nested() {
-                        let f = f?;
-                        match f.ty {
-                            CTRL_ATTR_MCAST_GRP_NAME => name = Some(f.str()?.to_owned()),
-                            CTRL_ATTR_MCAST_GRP_ID => gid = Some(f.u32_ne()?),
-                            _ => {}
-                        }
-                    }
-                    if let (Some(n), Some(i)) = (name, gid) {
-                        groups.push((n, i));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let id = id.ok_or_else(|| malformed(op, "family description without an id"))?;
-    Ok(GenlFamily {
-        id,
-        version,
-        groups,
-    })
 }
 
 /// Moves the calling thread into a fresh, empty network namespace
@@ -1258,6 +1145,33 @@ pub(crate) mod testns {
         }
     }
 
+    /// A star: a router namespace and one host namespace per spoke
+    /// `(router device, router address/len, host device, host address/len)`,
+    /// joined by a veth pair each, with the host's default route via the
+    /// router and IPv4 forwarding on in the router.
+    pub(crate) fn star(spokes: &[(&str, &str, &str, &str)]) -> (NsThread, Vec<NsThread>) {
+        let router = NsThread::new();
+        router.run(|| {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .expect("ip_forward in the namespace")
+        });
+        let mut hosts = Vec::new();
+        for (rdev, raddr, hdev, haddr) in spokes {
+            let host = NsThread::new();
+            router.cmd(&[
+                "ip", "link", "add", rdev, "type", "veth", "peer", "name", hdev, "netns", &host.tid,
+            ]);
+            for (ns, dev, addr) in [(&router, rdev, raddr), (&host, hdev, haddr)] {
+                ns.cmd(&["ip", "addr", "add", addr, "dev", dev]);
+                ns.cmd(&["ip", "link", "set", dev, "up"]);
+            }
+            let via = raddr.split('/').next().unwrap_or_default();
+            host.cmd(&["ip", "route", "add", "default", "via", via]);
+            hosts.push(host);
+        }
+        (router, hosts)
+    }
+
     impl Drop for NsThread {
         fn drop(&mut self) {
             self.tx.take();
@@ -1284,7 +1198,8 @@ mod tests {
 
     #[test]
     fn builder_layout_and_alignment() {
-        let mut m = MsgBuilder::genl(0x1234, 7, 1);
+        let mut m = MsgBuilder::new(0x1234, 0);
+        m.push_header(&[7, 1, 0, 0]);
         m.attr_u8(1, 0xab);
         let n = m.begin_nested(2);
         m.attr_u16(3, 0x0102).attr_be16(4, 0x0102);
@@ -1439,52 +1354,11 @@ mod tests {
         assert_eq!(parse_error("t", &m).unwrap(), (libc::ENOENT, None));
     }
 
+    /// Against the running kernel (no root needed): a socket set
+    /// non-blocking reports an empty queue as `WouldBlock`.
     #[test]
-    fn family_description() {
-        let mut m = MsgBuilder::genl(GENL_ID_CTRL, 1, 2);
-        m.attr_str(CTRL_ATTR_FAMILY_NAME, "mptcp_pm")
-            .attr_u16(CTRL_ATTR_FAMILY_ID, 0x1d)
-            .attr_u32(CTRL_ATTR_VERSION, 1);
-        let gs = m.begin_nested(CTRL_ATTR_MCAST_GROUPS);
-        let g1 = m.begin_nested(1);
-        m.attr_u32(CTRL_ATTR_MCAST_GRP_ID, 9)
-            .attr_str(CTRL_ATTR_MCAST_GRP_NAME, "mptcp_pm_cmds");
-        m.end_nested(g1);
-        let g2 = m.begin_nested(2);
-        m.attr_u32(CTRL_ATTR_MCAST_GRP_ID, 10)
-            .attr_str(CTRL_ATTR_MCAST_GRP_NAME, "mptcp_pm_events");
-        m.end_nested(g2);
-        m.end_nested(gs);
-        let b = m.finish("t").unwrap();
-        let f = parse_family("t", &b[NLMSG_HDRLEN..]).unwrap();
-        assert_eq!(f.id, 0x1d);
-        assert_eq!(f.version, 1);
-        assert_eq!(f.group("mptcp_pm_events"), Some(10));
-        assert_eq!(f.group("nope"), None);
-        assert!(parse_family("t", &b[NLMSG_HDRLEN..b.len() - 3]).is_err());
-        assert!(parse_family("t", &[1, 2]).is_err());
-    }
-
-    /// Against the running kernel (no root needed, read-only): the controller
-    /// resolves itself; an unknown family is `Unsupported`, not an errno.
-    #[test]
-    fn kernel_resolve_family() {
+    fn kernel_nonblocking_recv() {
         let mut s = NlSocket::open(NETLINK_GENERIC).unwrap();
-        let f = resolve_family(&mut s, "nlctrl").unwrap();
-        assert_eq!(f.id, GENL_ID_CTRL);
-        assert!(f.group("notify").is_some(), "{f:?}");
-        let e = resolve_family(&mut s, "dcol_nofamily");
-        assert!(matches!(e, Err(SysError::Unsupported(_))), "{e:?}");
-        // Names longer than GENL_NAMSIZ - 1 fail policy validation, with the text.
-        match resolve_family(&mut s, "dcol-name-too-long-for-genl") {
-            Err(SysError::Netlink { errno, extack, .. }) => {
-                assert_eq!(errno, libc::EINVAL);
-                assert!(extack.is_some());
-            }
-            other => panic!("{other:?}"),
-        }
-        // The socket stays usable after an error.
-        assert_eq!(resolve_family(&mut s, "nlctrl").unwrap().id, GENL_ID_CTRL);
         s.set_nonblocking(true).unwrap();
         assert_eq!(s.recv().unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }

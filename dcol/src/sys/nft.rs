@@ -1,32 +1,66 @@
 //! The waypoint's NAT table in nf_tables.
 //!
-//! One table `inet <name>` holds two maps, `nat4` and `nat6`, from
-//! `client address . waypoint port` to `server address . server port`, each
-//! element with a timeout. Its chains:
-//! - `prerouting` (nat, priority dstnat): `dnat ip to ip saddr . tcp dport map @nat4`
-//!   (and the ip6 twin): a client's packets to its allocated port go to the server;
-//!   such flows also get the conntrack mark bits [`DETOUR_CT_MARK`], so that a
-//!   firewall we do not own (OpenWrt's fw4) can accept them by a static rule;
-//! - `postrouting` (nat, priority srcnat): masquerades DNATed flows carrying
-//!   our conntrack mark (set by the DNAT rule), and nothing else. (Not a
-//!   lookup of the original tuple in the maps: kernels before 6.5 refuse a map
-//!   used as a set, found by booting Debian's 6.1 kernel in `cross/qemu-boot`.)
-//! - `forward` (filter, priority filter, policy accept): accepts `ct status dnat`
-//!   flows. It changes nothing by itself (an accept in one base chain does not
-//!   override a drop in another): on OpenWrt fw4's forward chain must accept them
-//!   too, which the feed's nftables include does.
+//! One table `inet <name>` holds:
+//! - maps `nat4` and `nat6` from `client address . waypoint port` to
+//!   `server address . server port`, each element with a timeout: the tunnels;
+//! - sets `flows4` and `flows6`: the same tunnels as 4-tuples `client address
+//!   . waypoint port . server address . server port`, with the same timeouts.
+//!   Every change to a tunnel changes its map element and its set element in
+//!   one nfnetlink batch, so the two never disagree;
+//! - set `wan`: the names of the interfaces detours may leave by
+//!   ([`NatTable::set_wan`]; the daemon gives it the interfaces of the
+//!   default routes). It starts empty, and empty means every detour is
+//!   dropped (fail closed).
 //!
-//! The table, maps and chains are created once per daemon start by one
-//! `nft -f -` process ([`NatTable::create`]); that also reconciles a crashed run
-//! (it returns the elements the old table held so that their conntrack entries
-//! can be deleted, and replaces the table). Every per-request change (add,
-//! refresh, remove an element), the element listing and the final deletion of the
-//! table are nf_tables netlink messages sent in nfnetlink batches; no process is
-//! spawned for them and `destroy` works without the `nft` binary.
+//! Its chains:
+//! - `prerouting` (nat, priority dstnat): only packets addressed to this
+//!   router (`fib daddr type local`) on a tunnel port are looked up,
+//!   `dnat ip to ip saddr . tcp dport map @nat4` (and the ip6 twin). A packet
+//!   the router forwards (the owner's LAN host connecting to a remote port in
+//!   the range) is never looked up, marked, policed or counted.
+//! - `translated` (filter, priority dstnat + 1, after every NAT chain): a new
+//!   flow that was DNATed (`ct status dnat`) and whose `original source .
+//!   original destination port . reply source . reply source port` is a
+//!   tunnel of `flows4`/`flows6` gets the conntrack mark bits
+//!   [`DETOUR_CT_MARK`]. Only flows our map translated are marked: a packet
+//!   to a tunnel port that no element matched (no lease, someone else's
+//!   lease, an ended one) stays unmarked, and so does a flow another table
+//!   (fw4's port forwards) DNATed elsewhere. The mark outlives the element,
+//!   as the flow does (see `sys::conntrack`).
+//! - `local_in` (filter, hook input, priority filter - 1): drops marked flows.
+//!   A marked flow reaching input was DNATed to one of the router's own
+//!   addresses: whatever the policy let through, the router itself is never a
+//!   detour's destination.
+//! - `forward` (filter, priority filter - 3): a marked flow's packets in the
+//!   original direction are dropped unless they leave by an interface of
+//!   `wan` (a destination on the LAN, or anywhere else but the WAN); the rest
+//!   get the packet mark bits [`DETOUR_PACKET_MARK`]. OpenWrt's fw4 accepts
+//!   a forwarded packet only if its own chain does, whatever ours say; the
+//!   feed's fw4 include accepts packets with that packet mark, and only
+//!   toward fw4's zone `wan` (see `openwrt-feed/net/dcol/files/nftables.d/`).
+//! - `caps` (filter, priority filter - 2): the donation caps on marked flows
+//!   ([`NatTable::set_caps`]).
+//! - `postrouting` (nat, priority srcnat): masquerades DNATed flows carrying
+//!   our conntrack mark, and nothing else.
+//!
+//! No rule uses a map as a set (`ip saddr . tcp dport @nat4`): kernels before
+//! 6.5 refuse that, found by booting Debian's 6.1 kernel in `cross/qemu-boot`.
+//! The flow sets are plain sets, looked up with a concatenation of conntrack
+//! keys, which 6.1 accepts.
+//!
+//! The table, maps, sets and chains are created once per daemon start by one
+//! `nft -f -` process ([`NatTable::create`]); that also reconciles a crashed
+//! run (it returns the elements the old table held so that their conntrack
+//! entries can be deleted, and replaces the table). Every per-request change
+//! (add, refresh, remove a tunnel; replace the WAN interfaces), the element
+//! listing and the final deletion of the table are nf_tables netlink messages
+//! sent in nfnetlink batches; no process is spawned for them and `destroy`
+//! works without the `nft` binary.
 //!
 //! Element timeouts stop only new connections: a running flow lives on in
 //! conntrack (see `sys::conntrack`).
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Command, Stdio};
@@ -72,11 +106,20 @@ const NFTA_SET_ELEM_TIMEOUT: u16 = 0x4;
 const NFTA_SET_ELEM_EXPIRATION: u16 = 0x5;
 /// `NFTA_DATA_VALUE` (binary).
 const NFTA_DATA_VALUE: u16 = 0x1;
+/// `IFNAMSIZ` (include/uapi/linux/if.h): the key length of a set of type
+/// `ifname` (the name, NUL-padded).
+const IFNAMSIZ: usize = 16;
 
 /// The IPv4 map's name.
 pub const MAP4: &str = "nat4";
 /// The IPv6 map's name.
 pub const MAP6: &str = "nat6";
+/// The IPv4 tunnels as 4-tuples (see the module docs).
+pub const FLOWS4: &str = "flows4";
+/// The IPv6 tunnels as 4-tuples.
+pub const FLOWS6: &str = "flows6";
+/// The set of WAN interface names, in this table and in `sys::vpnfw`'s.
+pub const WAN_SET: &str = "wan";
 
 /// `nfnetlink` message type for an nf_tables message.
 const fn nft_type(msg: u8) -> u16 {
@@ -106,6 +149,10 @@ pub struct NatTable {
     name: String,
     /// The `month` quota object exists.
     quota: bool,
+    /// The tunnels this process installed, `client . port` → destination:
+    /// a flow-set element's key includes the destination, so removing a
+    /// tunnel needs it.
+    live: HashMap<(IpAddr, u16), SocketAddr>,
 }
 
 /// The owner's donation caps on all detoured traffic (NAT and VPN flows,
@@ -192,12 +239,14 @@ impl NatTable {
             })
     }
 
-    /// Creates table `inet <name>` with its maps and chains, replacing one left
-    /// by a crashed run; only packets to TCP ports `ports.0..=ports.1` (the
-    /// waypoint's tunnel ports) are looked up in the maps. Returns the table and
-    /// the elements the old table held (their conntrack entries are the
-    /// caller's to delete). Runs `nft -f -` once; the process inherits the
-    /// calling thread's network namespace.
+    /// Creates table `inet <name>` with its maps, sets and chains, replacing
+    /// one left by a crashed run; only packets to this router's TCP ports
+    /// `ports.0..=ports.1` (the waypoint's tunnel ports) are looked up in the
+    /// maps. The WAN set starts empty: no detour leaves until
+    /// [`NatTable::set_wan`]. Returns the table and the elements the old table
+    /// held (their conntrack entries are the caller's to delete). Runs
+    /// `nft -f -` once; the process inherits the calling thread's network
+    /// namespace.
     pub fn create(name: &str, ports: (u16, u16)) -> Result<(NatTable, Vec<NatElement>), SysError> {
         check_name(name)?;
         if ports.0 > ports.1 {
@@ -213,6 +262,7 @@ impl NatTable {
             sock: NlSocket::open(NETLINK_NETFILTER)?,
             name: name.to_owned(),
             quota: false,
+            live: HashMap::new(),
         };
         let mut leftovers = Vec::new();
         if table_exists_on(&mut t.sock, name)? {
@@ -232,66 +282,93 @@ impl NatTable {
         &self.name
     }
 
-    /// Adds `el` with `timeout` (at least 1 ms). An element with the same
-    /// `client . port` is replaced (delete + add in one batch).
+    /// Replaces the WAN interfaces (set `wan`) with `ifnames`, in one batch.
+    /// Marked flows leaving by any other interface are dropped; an empty list
+    /// drops every detour.
+    pub fn set_wan(&mut self, ifnames: &[String]) -> Result<(), SysError> {
+        let msgs = set_names_msgs(&self.name, WAN_SET, ifnames)?;
+        self.sock.batch("nft set wan interfaces", SUBSYS, msgs)
+    }
+
+    /// Adds `el` with `timeout` (at least 1 ms): its map element and its flow
+    /// element, in one batch. A tunnel with the same `client . port` is
+    /// replaced (its old elements deleted in the same batch).
     pub fn add(&mut self, el: &NatElement, timeout: Duration) -> Result<(), SysError> {
-        let op = "nft add element";
-        let new = setelem_msg(NFT_MSG_NEWSETELEM, &self.name, el, Some(timeout))
-            .map_err(|e| SysError::io(op, e))?;
-        match self.sock.batch(op, NFNL_SUBSYS_NFTABLES, vec![new]) {
-            Err(SysError::Netlink { errno, .. })
-                if errno == libc::EEXIST || errno == libc::EBUSY =>
-            {
-                self.replace(op, el, timeout)
-            }
-            r => r,
-        }
+        self.put("nft add element", el, timeout)
     }
 
-    /// Restarts `el`'s timeout at `timeout`: delete + add in one atomic batch
-    /// (a plain re-add does not update timeouts on every kernel). If the element
-    /// had already expired, it is added again.
+    /// Restarts `el`'s timeout at `timeout`: delete + add of both elements in
+    /// one atomic batch (a plain re-add does not update timeouts on every
+    /// kernel). If the elements had already expired, they are added again.
     pub fn refresh(&mut self, el: &NatElement, timeout: Duration) -> Result<(), SysError> {
-        let op = "nft refresh element";
-        match self.replace(op, el, timeout) {
-            Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => {
-                let new = setelem_msg(NFT_MSG_NEWSETELEM, &self.name, el, Some(timeout))
-                    .map_err(|e| SysError::io(op, e))?;
-                self.sock.batch(op, NFNL_SUBSYS_NFTABLES, vec![new])
-            }
-            r => r,
-        }
+        self.put("nft refresh element", el, timeout)
     }
 
-    fn replace(
+    fn put(
         &mut self,
         op: &'static str,
         el: &NatElement,
         timeout: Duration,
     ) -> Result<(), SysError> {
-        let del = setelem_msg(NFT_MSG_DELSETELEM, &self.name, el, None)
-            .map_err(|e| SysError::io(op, e))?;
-        let new = setelem_msg(NFT_MSG_NEWSETELEM, &self.name, el, Some(timeout))
-            .map_err(|e| SysError::io(op, e))?;
-        self.sock.batch(op, NFNL_SUBSYS_NFTABLES, vec![del, new])
+        let key = (el.client, el.port);
+        let old = NatElement {
+            destination: self.live.get(&key).copied().unwrap_or(el.destination),
+            ..el.clone()
+        };
+        let mut msgs =
+            tunnel_msgs(Op::Delete, &self.name, &old).map_err(|e| SysError::io(op, e))?;
+        let new = tunnel_msgs(Op::Add(timeout), &self.name, el).map_err(|e| SysError::io(op, e))?;
+        msgs.extend(new);
+        match self.sock.batch(op, SUBSYS, msgs) {
+            // The map holds this key with a destination we did not install
+            // (no flow element of ours goes with it): replace that element.
+            Err(SysError::Netlink { errno, .. })
+                if errno == libc::EBUSY || errno == libc::EEXIST =>
+            {
+                let mut msgs = vec![setelem_msg(NFT_MSG_DELSETELEM, &self.name, el, None)
+                    .map_err(|e| SysError::io(op, e))?];
+                msgs.extend(
+                    tunnel_msgs(Op::Add(timeout), &self.name, el)
+                        .map_err(|e| SysError::io(op, e))?,
+                );
+                self.sock.batch(op, SUBSYS, msgs)?;
+            }
+            r => r?,
+        }
+        self.live.insert(key, el.destination);
+        Ok(())
     }
 
-    /// Removes the element keyed `client . port`; a missing one is fine.
+    /// Removes the tunnel keyed `client . port` (map and flow element, one
+    /// batch); a missing or expired one is fine.
     pub fn remove(&mut self, client: IpAddr, port: u16) -> Result<(), SysError> {
         let op = "nft delete element";
-        let dest = match client {
-            IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-            IpAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
-        };
         let el = NatElement {
             client,
             port,
-            destination: dest,
+            destination: match client {
+                IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                IpAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
+            },
             expires_in: None,
         };
+        if let Some(destination) = self.live.remove(&(client, port)) {
+            let ours = NatElement {
+                destination,
+                ..el.clone()
+            };
+            let msgs =
+                tunnel_msgs(Op::Delete, &self.name, &ours).map_err(|e| SysError::io(op, e))?;
+            match self.sock.batch(op, SUBSYS, msgs) {
+                // The map element is not the one we installed: delete the key.
+                Err(SysError::Netlink { errno, .. })
+                    if errno == libc::EBUSY || errno == libc::EEXIST => {}
+                r => return r,
+            }
+        }
         let del = setelem_msg(NFT_MSG_DELSETELEM, &self.name, &el, None)
             .map_err(|e| SysError::io(op, e))?;
-        match self.sock.batch(op, NFNL_SUBSYS_NFTABLES, vec![del]) {
+        match self.sock.batch(op, SUBSYS, vec![del]) {
             Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => Ok(()),
             r => r,
         }
@@ -394,14 +471,28 @@ fn check_name(name: &str) -> Result<(), SysError> {
     }
 }
 
-/// Conntrack mark bits set on every detour flow (OR-ed in, other bits kept).
-/// The OpenWrt feed's fw4 include accepts forwarded flows carrying them:
-/// `ct mark & 0x00dc0000 == 0x00dc0000 accept`.
+/// Conntrack mark bits set on every detour flow (OR-ed in, other bits kept):
+/// NAT tunnels our map translated (this table) and VPN tunnel flows
+/// (`sys::vpnfw`). The caps count and police them; masquerading and the
+/// router's input drop recognize them.
 pub const DETOUR_CT_MARK: u32 = 0x00dc_0000;
+
+/// Packet mark bits (`meta mark`, OR-ed in) set by dcol's forward chains on
+/// every original-direction packet of a detour flow that leaves by a WAN
+/// interface. The OpenWrt feed's fw4 include accepts packets carrying them,
+/// and only toward fw4's zone `wan`. They differ from [`DETOUR_CT_MARK`] in
+/// bit 16, so a rule elsewhere that copies the conntrack mark into the packet
+/// mark does not forge them.
+pub const DETOUR_PACKET_MARK: u32 = 0x00dd_0000;
 
 /// The `nft -f` script that creates the table (see the module docs).
 pub fn ruleset(name: &str, ports: (u16, u16)) -> String {
     let (lo, hi) = ports;
+    let ct = format!("ct mark & {DETOUR_CT_MARK:#010x}");
+    let set_ct = format!("ct mark set ct mark | {DETOUR_CT_MARK:#010x}");
+    let tuple = |ip: &str| {
+        format!("ct original {ip} saddr . ct original proto-dst . ct reply {ip} saddr . ct reply proto-src")
+    };
     format!(
         "table inet {name} {{
 	map {MAP4} {{
@@ -412,24 +503,49 @@ pub fn ruleset(name: &str, ports: (u16, u16)) -> String {
 		type ipv6_addr . inet_service : ipv6_addr . inet_service
 		flags timeout
 	}}
+	set {FLOWS4} {{
+		type ipv4_addr . inet_service . ipv4_addr . inet_service
+		flags timeout
+	}}
+	set {FLOWS6} {{
+		type ipv6_addr . inet_service . ipv6_addr . inet_service
+		flags timeout
+	}}
+	set {WAN_SET} {{
+		type ifname
+	}}
 	chain prerouting {{
 		type nat hook prerouting priority dstnat; policy accept;
-		meta nfproto ipv4 tcp dport {lo}-{hi} ct mark set ct mark | {DETOUR_CT_MARK:#010x} dnat ip to ip saddr . tcp dport map @{MAP4}
-		meta nfproto ipv6 tcp dport {lo}-{hi} ct mark set ct mark | {DETOUR_CT_MARK:#010x} dnat ip6 to ip6 saddr . tcp dport map @{MAP6}
+		meta nfproto ipv4 tcp dport {lo}-{hi} fib daddr type local dnat ip to ip saddr . tcp dport map @{MAP4}
+		meta nfproto ipv6 tcp dport {lo}-{hi} fib daddr type local dnat ip6 to ip6 saddr . tcp dport map @{MAP6}
 	}}
-	chain postrouting {{
-		type nat hook postrouting priority srcnat; policy accept;
-		ct status dnat ct mark & {DETOUR_CT_MARK:#010x} == {DETOUR_CT_MARK:#010x} masquerade
+	chain translated {{
+		type filter hook prerouting priority dstnat + 1; policy accept;
+		meta l4proto tcp ct state new ct status dnat {t4} @{FLOWS4} {set_ct}
+		meta l4proto tcp ct state new ct status dnat {t6} @{FLOWS6} {set_ct}
+	}}
+	chain local_in {{
+		type filter hook input priority filter - 1; policy accept;
+		{ct} == {DETOUR_CT_MARK:#010x} drop
+	}}
+	chain forward {{
+		type filter hook forward priority filter - 3; policy accept;
+		{ct} != {DETOUR_CT_MARK:#010x} return
+		ct direction reply return
+		oifname != @{WAN_SET} drop
+		meta mark set meta mark | {DETOUR_PACKET_MARK:#010x}
 	}}
 	chain caps {{
 		type filter hook forward priority filter - 2; policy accept;
 	}}
-	chain forward {{
-		type filter hook forward priority filter; policy accept;
-		ct status dnat accept
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		ct status dnat {ct} == {DETOUR_CT_MARK:#010x} masquerade
 	}}
 }}
-"
+",
+        t4 = tuple("ip"),
+        t6 = tuple("ip6"),
     )
 }
 
@@ -484,16 +600,26 @@ fn parse_concat(b: &[u8], v6: bool) -> Option<(IpAddr, u16)> {
     Some((ip, u16::from_be_bytes([rest[0], rest[1]])))
 }
 
-/// Builds a NEWSETELEM (with `timeout`) or DELSETELEM message for one key of a
-/// plain set (no data) `set` in table `inet <table>`.
-pub(crate) fn set_key_msg(
-    msg_add: bool,
+/// A flow set's key: the map's key followed by its value (IPv4 16 bytes,
+/// IPv6 40), the order of the `translated` chain's lookup.
+fn flow_key(el: &NatElement) -> Vec<u8> {
+    let mut k = concat(el.client, el.port);
+    k.extend(concat(el.destination.ip(), el.destination.port()));
+    k
+}
+
+/// Builds a NEWSETELEM (key, then `timeout` if any, then `data` if any) or
+/// DELSETELEM (key only) message for one element of `set` in table
+/// `inet <table>`.
+fn elem_msg(
+    add: bool,
     table: &str,
     set: &str,
     key: &[u8],
+    data: Option<&[u8]>,
     timeout: Option<Duration>,
 ) -> MsgBuilder {
-    let (msg, flags) = if msg_add {
+    let (msg, flags) = if add {
         (NFT_MSG_NEWSETELEM, NLM_F_CREATE)
     } else {
         (NFT_MSG_DELSETELEM, 0)
@@ -507,68 +633,159 @@ pub(crate) fn set_key_msg(
     let k = m.begin_nested(NFTA_SET_ELEM_KEY);
     m.attr(NFTA_DATA_VALUE, key);
     m.end_nested(k);
-    if let Some(t) = timeout.filter(|_| msg_add) {
-        m.attr_be64(
-            NFTA_SET_ELEM_TIMEOUT,
-            t.as_millis().clamp(1, u128::from(u64::MAX)) as u64,
-        );
+    if add {
+        if let Some(t) = timeout {
+            m.attr_be64(
+                NFTA_SET_ELEM_TIMEOUT,
+                t.as_millis().clamp(1, u128::from(u64::MAX)) as u64,
+            );
+        }
+        if let Some(d) = data {
+            let n = m.begin_nested(NFTA_SET_ELEM_DATA);
+            m.attr(NFTA_DATA_VALUE, d);
+            m.end_nested(n);
+        }
     }
     m.end_nested(e);
     m.end_nested(list);
     m
 }
 
+/// Builds a NEWSETELEM (with `timeout`) or DELSETELEM message for one key of a
+/// plain set (no data) `set` in table `inet <table>`.
+pub(crate) fn set_key_msg(
+    msg_add: bool,
+    table: &str,
+    set: &str,
+    key: &[u8],
+    timeout: Option<Duration>,
+) -> MsgBuilder {
+    elem_msg(msg_add, table, set, key, None, timeout)
+}
+
+/// The messages that replace the content of set `set` (type `ifname`) of
+/// table `inet <table>` with `names`: a flush, then one NEWSETELEM with every
+/// name (none for an empty list). Send them as one batch.
+pub(crate) fn set_names_msgs(
+    table: &str,
+    set: &str,
+    names: &[String],
+) -> Result<Vec<MsgBuilder>, SysError> {
+    for n in names {
+        if n.is_empty() || n.len() >= IFNAMSIZ || n.contains('\0') {
+            return Err(SysError::io(
+                "nft interface name",
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{n:?}: an interface name has 1-15 bytes"),
+                ),
+            ));
+        }
+    }
+    // DELSETELEM without elements flushes the set.
+    let mut flush = MsgBuilder::new(nft_type(NFT_MSG_DELSETELEM), 0);
+    flush.push_header(&nfgenmsg(NFPROTO_INET, 0));
+    flush
+        .attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
+        .attr_str(NFTA_SET_ELEM_LIST_SET, set);
+    let mut msgs = vec![flush];
+    if !names.is_empty() {
+        let mut m = MsgBuilder::new(nft_type(NFT_MSG_NEWSETELEM), NLM_F_CREATE);
+        m.push_header(&nfgenmsg(NFPROTO_INET, 0));
+        m.attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
+            .attr_str(NFTA_SET_ELEM_LIST_SET, set);
+        let list = m.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
+        for n in names {
+            let mut key = [0u8; IFNAMSIZ];
+            key[..n.len()].copy_from_slice(n.as_bytes());
+            let e = m.begin_nested(NFTA_LIST_ELEM);
+            let k = m.begin_nested(NFTA_SET_ELEM_KEY);
+            m.attr(NFTA_DATA_VALUE, &key);
+            m.end_nested(k);
+            m.end_nested(e);
+        }
+        m.end_nested(list);
+        msgs.push(m);
+    }
+    Ok(msgs)
+}
+
 /// The nf_tables netlink subsystem, for batches.
 pub(crate) const SUBSYS: u8 = NFNL_SUBSYS_NFTABLES;
 
+/// What [`tunnel_msgs`] does to a tunnel's two elements.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// Add both with this timeout.
+    Add(Duration),
+    /// Delete both, whether or not they exist (or have expired).
+    Delete,
+}
+
+/// The messages that add or delete a tunnel's map element and flow element.
+/// A deletion is add-then-delete of each, so that it succeeds whether the
+/// kernel still holds the element or it has expired (`ENOENT` would abort
+/// the whole batch): the add is a no-op for an element already there with
+/// the same data, and carries no timeout, so that no kernel takes it for a
+/// timeout update. Fails for mixed address families.
+fn tunnel_msgs(op: Op, table: &str, el: &NatElement) -> io::Result<Vec<MsgBuilder>> {
+    check_family(el)?;
+    let (map, flows) = if el.client.is_ipv4() {
+        (MAP4, FLOWS4)
+    } else {
+        (MAP6, FLOWS6)
+    };
+    let key = concat(el.client, el.port);
+    let data = concat(el.destination.ip(), el.destination.port());
+    let fkey = flow_key(el);
+    Ok(match op {
+        Op::Add(t) => vec![
+            elem_msg(true, table, map, &key, Some(&data), Some(t)),
+            elem_msg(true, table, flows, &fkey, None, Some(t)),
+        ],
+        Op::Delete => vec![
+            elem_msg(true, table, map, &key, Some(&data), None),
+            elem_msg(false, table, map, &key, None, None),
+            elem_msg(true, table, flows, &fkey, None, None),
+            elem_msg(false, table, flows, &fkey, None, None),
+        ],
+    })
+}
+
+fn check_family(el: &NatElement) -> io::Result<()> {
+    if el.client.is_ipv4() == el.destination.is_ipv4() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "client {} and destination {} differ in address family",
+                el.client, el.destination
+            ),
+        ))
+    }
+}
+
 /// Builds a NEWSETELEM or DELSETELEM message for `el` in its family's map.
-/// Deletion carries only the key; `timeout` only matters for NEWSETELEM.
+/// Deletion carries only the key; `timeout` only matters for NEWSETELEM
+/// (none: 1 ms).
 fn setelem_msg(
     msg: u8,
     table: &str,
     el: &NatElement,
     timeout: Option<Duration>,
 ) -> io::Result<MsgBuilder> {
-    if el.client.is_ipv4() != el.destination.is_ipv4() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "client {} and destination {} differ in address family",
-                el.client, el.destination
-            ),
-        ));
-    }
+    check_family(el)?;
     let map = if el.client.is_ipv4() { MAP4 } else { MAP6 };
-    let flags = if msg == NFT_MSG_NEWSETELEM {
-        NLM_F_CREATE
-    } else {
-        0
-    };
-    let mut m = MsgBuilder::new(nft_type(msg), flags);
-    m.push_header(&nfgenmsg(NFPROTO_INET, 0));
-    m.attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
-        .attr_str(NFTA_SET_ELEM_LIST_SET, map);
-    let list = m.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
-    let e = m.begin_nested(NFTA_LIST_ELEM);
-    let k = m.begin_nested(NFTA_SET_ELEM_KEY);
-    m.attr(NFTA_DATA_VALUE, &concat(el.client, el.port));
-    m.end_nested(k);
-    if msg == NFT_MSG_NEWSETELEM {
-        let ms = timeout
-            .unwrap_or_default()
-            .as_millis()
-            .clamp(1, u128::from(u64::MAX)) as u64;
-        m.attr_be64(NFTA_SET_ELEM_TIMEOUT, ms);
-        let d = m.begin_nested(NFTA_SET_ELEM_DATA);
-        m.attr(
-            NFTA_DATA_VALUE,
-            &concat(el.destination.ip(), el.destination.port()),
-        );
-        m.end_nested(d);
-    }
-    m.end_nested(e);
-    m.end_nested(list);
-    Ok(m)
+    let data = concat(el.destination.ip(), el.destination.port());
+    Ok(elem_msg(
+        msg == NFT_MSG_NEWSETELEM,
+        table,
+        map,
+        &concat(el.client, el.port),
+        Some(&data),
+        Some(timeout.unwrap_or_default()),
+    ))
 }
 
 /// Decodes one GETSETELEM reply (nfgenmsg + attributes). Elements whose key or
@@ -636,7 +853,7 @@ fn payload(b: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netlink::testns::{is_root, NsThread};
+    use crate::sys::netlink::testns::{is_root, star, NsThread};
     use crate::sys::netlink::{testsock, NLA_F_NESTED};
 
     #[test]
@@ -837,16 +1054,202 @@ mod tests {
         }
         let r = ruleset("dcol", (40000, 40999));
         assert!(r.starts_with("table inet dcol {"));
-        assert!(r.contains("tcp dport 40000-40999 ct mark set ct mark | 0x00dc0000 dnat ip to ip saddr . tcp dport map @nat4"));
-        assert!(r.contains("dnat ip6 to ip6 saddr . tcp dport map @nat6"));
+        // Only packets to the router itself are looked up, and the lookup
+        // marks nothing: a packet no element matches leaves unmarked.
+        assert!(r.contains("meta nfproto ipv4 tcp dport 40000-40999 fib daddr type local dnat ip to ip saddr . tcp dport map @nat4\n"), "{r}");
+        assert!(r.contains("meta nfproto ipv6 tcp dport 40000-40999 fib daddr type local dnat ip6 to ip6 saddr . tcp dport map @nat6\n"), "{r}");
+        let pre = chain(&r, "prerouting");
+        assert!(!pre.contains("mark"), "{pre}");
+        // After NAT: a DNATed flow is marked only when its 4-tuple is ours.
+        let tr = chain(&r, "translated");
+        assert!(
+            tr.contains("type filter hook prerouting priority dstnat + 1;"),
+            "{tr}"
+        );
+        assert!(tr.contains("meta l4proto tcp ct state new ct status dnat ct original ip saddr . ct original proto-dst . ct reply ip saddr . ct reply proto-src @flows4 ct mark set ct mark | 0x00dc0000"), "{tr}");
+        assert!(tr.contains("ct original ip6 saddr . ct original proto-dst . ct reply ip6 saddr . ct reply proto-src @flows6 ct mark set ct mark | 0x00dc0000"), "{tr}");
+        assert!(r.contains("set flows4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service\n\t\tflags timeout"), "{r}");
+        assert!(r.contains("set wan {\n\t\ttype ifname\n\t}"), "{r}");
+        // The router itself is never a detour's destination.
+        let inp = chain(&r, "local_in");
+        assert!(inp.contains("type filter hook input"), "{inp}");
+        assert!(
+            inp.contains("ct mark & 0x00dc0000 == 0x00dc0000 drop"),
+            "{inp}"
+        );
+        // Marked flows leave by the WAN or not at all; the packet mark for
+        // fw4 comes after that check, before fw4's own chain (priority 0) and
+        // before the caps count anything.
+        let fwd = chain(&r, "forward");
+        assert!(fwd.contains("priority filter - 3;"), "{fwd}");
+        let drop = fwd.find("oifname != @wan drop").expect("WAN check");
+        let mark = fwd
+            .find("meta mark set meta mark | 0x00dd0000")
+            .expect("packet mark");
+        assert!(drop < mark, "{fwd}");
+        assert!(
+            fwd.find("ct direction reply return")
+                .expect("original only")
+                < drop
+        );
+        assert!(chain(&r, "caps").contains("priority filter - 2;"));
+        assert!(chain(&r, "postrouting")
+            .contains("ct status dnat ct mark & 0x00dc0000 == 0x00dc0000 masquerade"));
         // Kernels before 6.5 refuse a map used as a set (`... @nat4` without
         // `map`): OpenWrt 23.05 runs 5.15. No rule may do that.
         assert!(!r.contains("dport @"), "{r}");
+        assert_eq!(
+            r.matches("@nat").count(),
+            r.matches("map @nat").count(),
+            "{r}"
+        );
         assert!(
             r.contains("priority dstnat")
                 && r.contains("priority srcnat")
                 && r.contains("priority filter")
         );
+    }
+
+    /// The text of chain `name` in a ruleset.
+    fn chain<'a>(r: &'a str, name: &str) -> &'a str {
+        let start = r
+            .find(&format!("chain {name} {{"))
+            .unwrap_or_else(|| panic!("no chain {name}: {r}"));
+        let len = r[start..].find("\n\t}").expect("chain end");
+        &r[start..start + len]
+    }
+
+    /// Decodes a NEWSETELEM/DELSETELEM message: (type, set, [(key, has
+    /// timeout, data)]) of its elements, or no list at all (`None`).
+    #[allow(clippy::type_complexity)]
+    fn elems(b: &[u8]) -> (u16, String, Option<Vec<(Vec<u8>, bool, Option<Vec<u8>>)>>) {
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        let mut set = String::new();
+        let mut list = None;
+        for a in Attrs::new("t", &payload(b)[4..]) {
+            let a = a.unwrap();
+            match a.ty {
+                NFTA_SET_ELEM_LIST_SET => set = a.str().unwrap().to_owned(),
+                NFTA_SET_ELEM_LIST_ELEMENTS => {
+                    let mut v = Vec::new();
+                    for e in a.nested() {
+                        let (mut key, mut timeout, mut data) = (Vec::new(), false, None);
+                        for f in e.unwrap().nested() {
+                            let f = f.unwrap();
+                            let value = || {
+                                f.nested()
+                                    .next()
+                                    .expect("a value")
+                                    .unwrap()
+                                    .payload
+                                    .to_vec()
+                            };
+                            match f.ty {
+                                NFTA_SET_ELEM_KEY => key = value(),
+                                NFTA_SET_ELEM_DATA => data = Some(value()),
+                                NFTA_SET_ELEM_TIMEOUT => timeout = true,
+                                t => panic!("unexpected attribute {t}"),
+                            }
+                        }
+                        v.push((key, timeout, data));
+                    }
+                    list = Some(v);
+                }
+                _ => {}
+            }
+        }
+        (ty, set, list)
+    }
+
+    /// A tunnel is two elements, changed together: the map's and the flow
+    /// set's (key = the map's key and value, in the `translated` chain's
+    /// order). Deleting is add-then-delete of each, without a timeout.
+    #[test]
+    fn tunnel_batches_keep_map_and_flows_in_step() {
+        let e = el("10.0.0.1", 40000, "10.0.0.9:443");
+        let key = vec![10, 0, 0, 1, 0x9c, 0x40, 0, 0];
+        let data = vec![10, 0, 0, 9, 0x01, 0xbb, 0, 0];
+        let flow: Vec<u8> = [key.clone(), data.clone()].concat();
+        assert_eq!(flow_key(&e), flow);
+        let done = |msgs: Vec<MsgBuilder>| -> Vec<_> {
+            msgs.into_iter()
+                .map(|m| elems(&m.finish("t").unwrap()))
+                .collect()
+        };
+        let (new, del) = (0x0a0c, 0x0a0e);
+        let add = done(tunnel_msgs(Op::Add(Duration::from_secs(30)), "dcol", &e).unwrap());
+        assert_eq!(
+            add,
+            vec![
+                (
+                    new,
+                    "nat4".into(),
+                    Some(vec![(key.clone(), true, Some(data.clone()))])
+                ),
+                (new, "flows4".into(), Some(vec![(flow.clone(), true, None)])),
+            ]
+        );
+        let rm = done(tunnel_msgs(Op::Delete, "dcol", &e).unwrap());
+        assert_eq!(
+            rm,
+            vec![
+                (
+                    new,
+                    "nat4".into(),
+                    Some(vec![(key.clone(), false, Some(data))])
+                ),
+                (del, "nat4".into(), Some(vec![(key, false, None)])),
+                (
+                    new,
+                    "flows4".into(),
+                    Some(vec![(flow.clone(), false, None)])
+                ),
+                (del, "flows4".into(), Some(vec![(flow, false, None)])),
+            ]
+        );
+        // IPv6: 20 + 20 bytes in flows6.
+        let e6 = el("2001:db8::1", 40001, "[2001:db8::9]:443");
+        let add6 = done(tunnel_msgs(Op::Add(Duration::from_secs(1)), "dcol", &e6).unwrap());
+        assert_eq!(add6[1].1, "flows6");
+        assert_eq!(add6[1].2.as_ref().unwrap()[0].0.len(), 40);
+        assert!(tunnel_msgs(Op::Delete, "dcol", &el("10.0.0.1", 1, "[::1]:1")).is_err());
+    }
+
+    /// Replacing the WAN interfaces: a flush (DELSETELEM without a list),
+    /// then every name NUL-padded to IFNAMSIZ in one NEWSETELEM.
+    #[test]
+    fn wan_set_batch() {
+        let names = vec!["eth1".to_owned(), "pppoe-wan".to_owned()];
+        let msgs: Vec<_> = set_names_msgs("dcol", "wan", &names)
+            .unwrap()
+            .into_iter()
+            .map(|m| elems(&m.finish("t").unwrap()))
+            .collect();
+        let pad = |n: &str| {
+            let mut k = n.as_bytes().to_vec();
+            k.resize(16, 0);
+            (k, false, None)
+        };
+        assert_eq!(
+            msgs,
+            vec![
+                (0x0a0e, "wan".into(), None),
+                (
+                    0x0a0c,
+                    "wan".into(),
+                    Some(vec![pad("eth1"), pad("pppoe-wan")])
+                ),
+            ]
+        );
+        let none = set_names_msgs("dcol", "wan", &[]).unwrap();
+        assert_eq!(none.len(), 1, "an empty list only flushes");
+        for bad in ["", "sixteen-chars-xx", "a\0b"] {
+            assert!(
+                set_names_msgs("dcol", "wan", &[bad.to_owned()]).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(set_names_msgs("dcol", "wan", &["fifteen-chars-x".to_owned()]).is_ok());
     }
 
     const PORTS: (u16, u16) = (40000, 40099);
@@ -874,9 +1277,37 @@ mod tests {
         );
     }
 
+    /// The elements of set `set` of table `inet <table>` in `ns`, as
+    /// `nft -j` prints each (a `concat` of values, or a plain value).
+    fn set_elements(ns: &NsThread, table: &str, set: &str) -> Vec<String> {
+        let j = ns.out(&["nft", "-j", "list", "set", "inet", table, set]);
+        let v: serde_json::Value = serde_json::from_str(&j).expect("nft -j");
+        let mut out: Vec<String> = v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["set"]["elem"].as_array())
+            .flatten()
+            .map(|e| {
+                let val = e.get("elem").map_or(e, |x| &x["val"]);
+                match val.get("concat").and_then(|c| c.as_array()) {
+                    Some(parts) => parts
+                        .iter()
+                        .map(|p| p.to_string().trim_matches('"').to_owned())
+                        .collect::<Vec<_>>()
+                        .join(" . "),
+                    None => val.to_string().trim_matches('"').to_owned(),
+                }
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Root, in a fresh namespace: create, add (v4 and v6), list via netlink
     /// and via `nft`, refresh (the timeout really restarts), remove, crash
-    /// reconciliation, destroy.
+    /// reconciliation, destroy. Every step keeps the flow sets in step with
+    /// the maps.
     #[test]
     fn root_nat_table_lifecycle() {
         if !root() {
@@ -888,10 +1319,36 @@ mod tests {
             .run(move || NatTable::create(name, PORTS))
             .expect("create");
         assert!(left.is_empty());
+        assert!(
+            set_elements(&ns, name, WAN_SET).is_empty(),
+            "WAN starts empty"
+        );
         let e4 = el("10.99.0.1", 40000, "10.98.0.2:443");
         let e6 = el("fd00:99::1", 40001, "[fd00:98::2]:8443");
         t.add(&e4, Duration::from_secs(30)).expect("add v4");
         t.add(&e6, Duration::from_secs(30)).expect("add v6");
+        // The flow elements of e4 and e6, as listed.
+        let (f4, f6) = (
+            "10.99.0.1 . 40000 . 10.98.0.2 . 443",
+            "fd00:99::1 . 40001 . fd00:98::2 . 8443",
+        );
+        // Deletes an element behind the table's back, as an expiry does.
+        let forget = |set: &str, e: &str| {
+            ns.cmd(&[
+                "nft",
+                "delete",
+                "element",
+                "inet",
+                name,
+                set,
+                &format!("{{ {e} }}"),
+            ]);
+        };
+        let in_step = |ns: &NsThread, f4: &[&str], f6: &[&str]| {
+            assert_eq!(set_elements(ns, name, FLOWS4), f4, "flows4");
+            assert_eq!(set_elements(ns, name, FLOWS6), f6, "flows6");
+        };
+        in_step(&ns, &[f4], &[f6]);
 
         let text = ns.out(&["nft", "list", "map", "inet", name, "nat4"]);
         assert!(
@@ -912,6 +1369,8 @@ mod tests {
             "{text6}"
         );
         assert!(text6.contains(": fd00:98::2 . 8443"), "{text6}");
+        let flows = ns.out(&["nft", "list", "set", "inet", name, FLOWS4]);
+        assert!(flows.contains("timeout 30s expires"), "{flows}");
 
         let mut got = t.elements().unwrap();
         got.sort_by_key(|e| e.port);
@@ -930,12 +1389,13 @@ mod tests {
             "{left4:?}"
         );
 
-        // Adding the same key again replaces it (no EEXIST).
+        // Adding the same key again replaces it (no EEXIST), flow included.
         t.add(
             &el("10.99.0.1", 40000, "10.98.0.3:443"),
             Duration::from_secs(30),
         )
         .expect("re-add");
+        in_step(&ns, &["10.99.0.1 . 40000 . 10.98.0.3 . 443"], &[f6]);
         // Refresh restarts the timeout at the new value.
         t.refresh(&e4, Duration::from_secs(300)).expect("refresh");
         let got = t.elements().unwrap();
@@ -947,17 +1407,62 @@ mod tests {
             text.contains("10.99.0.1 . 40000 timeout 5m expires"),
             "{text}"
         );
-        // Refresh of an expired (here: removed) element adds it back.
-        t.remove(e4.client, e4.port).unwrap();
+        let flows = ns.out(&["nft", "list", "set", "inet", name, FLOWS4]);
+        assert!(flows.contains("timeout 5m expires"), "{flows}");
+        in_step(&ns, &[f4], &[f6]);
+        // Refresh and remove of an element the kernel no longer holds (here
+        // deleted behind our back, as an expiry does) succeed.
+        forget("nat4", "10.99.0.1 . 40000");
+        forget(FLOWS4, f4);
         t.refresh(&e4, Duration::from_secs(10))
             .expect("refresh after expiry");
         assert_eq!(t.elements().unwrap().len(), 2);
+        in_step(&ns, &[f4], &[f6]);
+        forget("nat4", "10.99.0.1 . 40000");
+        t.remove(e4.client, e4.port)
+            .expect("remove a half-expired tunnel");
+        in_step(&ns, &[], &[f6]);
+        t.add(&e4, Duration::from_secs(10)).unwrap();
 
         t.remove(e4.client, e4.port).expect("remove");
         t.remove(e4.client, e4.port).expect("remove twice is fine");
         let got = t.elements().unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].port, 40001);
+        in_step(&ns, &[], &[f6]);
+        // A map element we did not install (someone else's data under our
+        // key) is replaced, and removed, all the same.
+        ns.cmd(&[
+            "nft",
+            "add",
+            "element",
+            "inet",
+            name,
+            "nat4",
+            "{ 10.99.0.7 . 40007 : 10.98.0.7 . 7 }",
+        ]);
+        t.add(
+            &el("10.99.0.7", 40007, "10.98.0.8:8"),
+            Duration::from_secs(10),
+        )
+        .expect("replace a foreign element");
+        assert_eq!(
+            set_elements(&ns, name, FLOWS4),
+            ["10.99.0.7 . 40007 . 10.98.0.8 . 8"]
+        );
+        t.remove("10.99.0.7".parse().unwrap(), 40007).unwrap();
+        assert!(set_elements(&ns, name, FLOWS4).is_empty());
+        assert_eq!(t.elements().unwrap().len(), 1);
+
+        // The WAN set: replaced as a whole, emptied.
+        t.set_wan(&["eth1".into(), "pppoe-wan".into()]).unwrap();
+        assert_eq!(set_elements(&ns, name, WAN_SET), ["eth1", "pppoe-wan"]);
+        t.set_wan(&["wwan0".into()]).unwrap();
+        assert_eq!(set_elements(&ns, name, WAN_SET), ["wwan0"]);
+        t.set_wan(&[]).unwrap();
+        assert!(set_elements(&ns, name, WAN_SET).is_empty());
+        assert!(t.set_wan(&["x".repeat(16)]).is_err());
+        t.set_wan(&["wwan0".into()]).unwrap();
 
         // Crash: the table is left behind; the next create lists and replaces it.
         drop(t);
@@ -977,10 +1482,15 @@ mod tests {
         );
         let mut t2 = t2;
         assert!(t2.elements().unwrap().is_empty());
+        in_step(&ns, &[], &[]);
+        assert!(
+            set_elements(&ns, name, WAN_SET).is_empty(),
+            "a new table starts closed"
+        );
 
         t2.destroy().expect("destroy");
         assert!(!ns.run(move || table_exists(name)).unwrap());
-        assert!(!ns.out(&["nft", "list", "tables"]).contains(name));
+        assert_eq!(ns.out(&["nft", "list", "ruleset"]), "", "nothing left");
         // Destroying what is already gone is fine.
         let (mut t3, _) = ns.run(move || NatTable::create(name, PORTS)).unwrap();
         ns.cmd(&["nft", "delete", "table", "inet", name]);
@@ -992,36 +1502,73 @@ mod tests {
         ));
     }
 
-    /// Root, three namespaces: client ── waypoint ── server. A tunnel through
-    /// the map is DNATed to the server and masqueraded; unrelated forwarded
-    /// traffic is not masqueraded.
+    /// A TCP connection from the calling thread's namespace, or the error
+    /// after `secs` (a dropped SYN times out; a refused one fails at once).
+    fn try_connect(to: &str, secs: u64) -> std::io::Result<std::net::TcpStream> {
+        std::net::TcpStream::connect_timeout(&to.parse().unwrap(), Duration::from_secs(secs))
+    }
+
+    /// `conntrack -L` lines in `ns` whose original destination port is `port`.
+    fn ct_flows(ns: &NsThread, port: u16) -> String {
+        let p = port.to_string();
+        ns.out(&["conntrack", "-L", "-p", "tcp", "--orig-port-dst", &p])
+    }
+
+    /// A connection from `from` to `to`, served in `at`, that arrives from
+    /// `peer` and is unmarked in the waypoint `w`'s conntrack. Returns the
+    /// flow as `conntrack -L` shows it.
+    fn unmarked_flow(w: &NsThread, from: &NsThread, at: &NsThread, to: &str, peer: &str) -> String {
+        let addr: SocketAddr = to.parse().unwrap();
+        let l = at.run(move || testsock::listen(addr, false)).unwrap();
+        let to = to.to_owned();
+        let _c = from.run(move || try_connect(&to, 5)).expect("connect");
+        let (_s, got) = l.accept().unwrap();
+        assert_eq!(got.ip(), peer.parse::<IpAddr>().unwrap());
+        let ct = ct_flows(w, addr.port());
+        assert!(ct.contains("mark=0 ") && !ct.contains("mark=144"), "{ct}");
+        ct
+    }
+
+    /// A tunnel on `port` from the client to `dest`, served in `at`: the
+    /// client's SYN times out and `dest` sees nothing.
+    fn dropped_tunnel(t: &mut NatTable, c: &NsThread, at: &NsThread, port: u16, dest: &str) {
+        let d: SocketAddr = dest.parse().unwrap();
+        let l = at.run(move || testsock::listen(d, false)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        t.add(&el("10.99.0.1", port, dest), Duration::from_secs(60))
+            .unwrap();
+        let r = c.run(move || try_connect(&format!("10.99.0.2:{port}"), 2));
+        assert_eq!(
+            r.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::TimedOut),
+            "a tunnel to {dest} must be dropped"
+        );
+        assert!(l.accept().is_err(), "{dest} was reached through a tunnel");
+    }
+
+    /// Root, four namespaces:
+    /// ```text
+    ///  client (10.99.0.1) ──wc── waypoint ──ws── server (10.98.0.2)
+    ///                               └──wl── lan (10.97.0.2)
+    /// ```
+    /// `wc` and `ws` are the waypoint's WAN (a router's one WAN interface
+    /// split in two so the test can tell directions apart), `wl` its LAN.
+    /// A tunnel is DNATed to the server, marked and masqueraded, and leaves
+    /// only by the WAN; nothing else is marked or translated: a packet to a
+    /// tunnel port no element matches, a flow forwarded from the LAN to a
+    /// remote port in the range. A tunnel DNATed to the LAN is dropped in
+    /// forward, one DNATed to the router's own address in input.
     #[test]
     fn root_nat_forwarding_and_masquerade() {
         if !root() {
             return;
         }
-        let (c, w, s) = (NsThread::new(), NsThread::new(), NsThread::new());
-        w.cmd(&[
-            "ip", "link", "add", "wc", "type", "veth", "peer", "name", "cw", "netns", &c.tid,
+        let (w, hosts) = star(&[
+            ("wc", "10.99.0.2/24", "cw", "10.99.0.1/24"),
+            ("ws", "10.98.0.1/24", "sw", "10.98.0.2/24"),
+            ("wl", "10.97.0.1/24", "lw", "10.97.0.2/24"),
         ]);
-        w.cmd(&[
-            "ip", "link", "add", "ws", "type", "veth", "peer", "name", "sw", "netns", &s.tid,
-        ]);
-        for (ns, dev, addr) in [
-            (&w, "wc", "10.99.0.2/24"),
-            (&w, "ws", "10.98.0.1/24"),
-            (&c, "cw", "10.99.0.1/24"),
-            (&s, "sw", "10.98.0.2/24"),
-        ] {
-            ns.cmd(&["ip", "addr", "add", addr, "dev", dev]);
-            ns.cmd(&["ip", "link", "set", dev, "up"]);
-        }
-        c.cmd(&["ip", "route", "add", "10.98.0.0/24", "via", "10.99.0.2"]);
-        s.cmd(&["ip", "route", "add", "default", "via", "10.98.0.1"]);
-        w.run(|| {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-                .expect("ip_forward in the namespace")
-        });
+        let [c, s, l] = <[NsThread; 3]>::try_from(hosts).ok().expect("three hosts");
         let (mut t, _) = w.run(|| NatTable::create("dcolfw", PORTS)).expect("create");
         t.add(
             &el("10.99.0.1", 40000, "10.98.0.2:5000"),
@@ -1031,31 +1578,64 @@ mod tests {
         let listener = s
             .run(|| testsock::listen("10.98.0.2:5000".parse().unwrap(), false))
             .unwrap();
+        listener.set_nonblocking(true).unwrap();
 
-        let tunnel = c
-            .run(|| testsock::connect(None, "10.99.0.2:40000".parse().unwrap(), false))
-            .expect("tunnel");
+        // No WAN interface known yet: the tunnel is dropped, not forwarded.
+        let r = c.run(|| try_connect("10.99.0.2:40000", 2));
+        assert_eq!(
+            r.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::TimedOut),
+            "an empty WAN set must drop the tunnel"
+        );
+        assert!(
+            listener.accept().is_err(),
+            "the server saw the dropped tunnel"
+        );
+
+        t.set_wan(&["wc".into(), "ws".into()]).unwrap();
+        let tunnel = c.run(|| try_connect("10.99.0.2:40000", 5)).expect("tunnel");
+        listener.set_nonblocking(false).unwrap();
         let (_srv1, peer1) = listener.accept().unwrap();
         assert_eq!(
             peer1.ip(),
             "10.98.0.1".parse::<IpAddr>().unwrap(),
             "tunnel flows are masqueraded"
         );
-        let direct = c
-            .run(|| testsock::connect(None, "10.98.0.2:5000".parse().unwrap(), false))
-            .expect("direct");
+        let direct = c.run(|| try_connect("10.98.0.2:5000", 5)).expect("direct");
         let (_srv2, peer2) = listener.accept().unwrap();
         assert_eq!(
             peer2.ip(),
             "10.99.0.1".parse::<IpAddr>().unwrap(),
             "unrelated forwarded flows are not"
         );
-
-        let ct = w.out(&["conntrack", "-L", "-p", "tcp", "--orig-port-dst", "40000"]);
+        let ct = ct_flows(&w, 40000);
         assert!(ct.contains("dport=40000"), "{ct}");
         assert!(ct.contains("mark=14417920"), "detour flow not marked: {ct}");
-        let ct = w.out(&["conntrack", "-L", "-p", "tcp", "--orig-port-dst", "5000"]);
+        let ct = ct_flows(&w, 5000);
         assert!(ct.contains("mark=0 "), "unrelated flow marked: {ct}");
+
+        // A tunnel port no element matches (another client, no lease): not
+        // translated, not marked; here a service of the router's own
+        // answers it.
+        let ct = unmarked_flow(&w, &c, &w, "10.99.0.2:40001", "10.99.0.1");
+        assert!(
+            ct.contains("src=10.99.0.2 dst=10.99.0.1 sport=40001"),
+            "{ct}"
+        );
+        // The owner's LAN host connects to a remote server on a port in the
+        // range: forwarded untouched (not translated, not marked).
+        let ct = unmarked_flow(&w, &l, &s, "10.98.0.2:40002", "10.97.0.2");
+        assert!(
+            ct.contains("src=10.98.0.2 dst=10.97.0.2 sport=40002"),
+            "{ct}"
+        );
+
+        // The policy's mistakes: a tunnel to the LAN is dropped in forward,
+        // one to the router's own address in input.
+        dropped_tunnel(&mut t, &c, &l, 40003, "10.97.0.2:22");
+        dropped_tunnel(&mut t, &c, &w, 40004, "10.97.0.1:22");
+
+        // Revocation deletes the flow (sys::conntrack).
         let n = w
             .run(|| crate::sys::conntrack::delete_flows("10.99.0.1".parse().unwrap(), 40000))
             .expect("delete_flows");
@@ -1070,5 +1650,6 @@ mod tests {
         );
         drop((tunnel, direct));
         t.destroy().unwrap();
+        assert_eq!(w.out(&["nft", "list", "ruleset"]), "", "nothing left");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use super::netlink::{Attrs, MsgBuilder, NlSocket, NLM_F_CREATE, NLM_F_EXCL};
+use super::netlink::{MsgBuilder, NlSocket, NLM_F_CREATE, NLM_F_EXCL};
 use super::SysError;
 
 const NETLINK_ROUTE: i32 = 0;
@@ -13,7 +13,6 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
-const RTM_GETROUTE: u16 = 26;
 const RTM_NEWRULE: u16 = 32;
 const RTM_DELRULE: u16 = 33;
 const IFLA_IFNAME: u16 = 3;
@@ -22,8 +21,6 @@ const IFLA_INFO_KIND: u16 = 1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const RTA_OIF: u16 = 4;
-const RTA_MULTIPATH: u16 = 9;
-const RT_TABLE_MAIN: u32 = 254;
 const RTA_TABLE: u16 = 15;
 const FRA_SRC: u16 = 2;
 const FRA_PRIORITY: u16 = 6;
@@ -77,70 +74,7 @@ pub fn index_of(name: &str) -> u32 {
     }
 }
 
-/// The name of interface `index`, if it exists.
-pub fn name_of(index: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
-    #[allow(unsafe_code)]
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
-    if p.is_null() {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8(buf[..end].to_vec()).ok()
-}
-
 impl Rtnl {
-    /// The WAN: the names of the interfaces the default routes (IPv4 and
-    /// IPv6, main table, every next hop of a multipath route) leave by,
-    /// sorted, without duplicates. Empty when there is no default route.
-    pub fn wan_interfaces(&mut self) -> Result<Vec<String>, SysError> {
-        let op = "dump routes";
-        let mut oifs: Vec<u32> = Vec::new();
-        for fam in [libc::AF_INET, libc::AF_INET6] {
-            let mut m = MsgBuilder::new(RTM_GETROUTE, 0);
-            let mut h = [0u8; 12];
-            h[0] = fam as u8;
-            m.push_header(&h);
-            self.sock.dump(op, m, |reply| {
-                let p = reply.payload;
-                if reply.ty != RTM_NEWROUTE || p.len() < 12 {
-                    return Ok(());
-                }
-                // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
-                let (dst_len, table8, ty) = (p[1], p[4], p[7]);
-                let mut table = u32::from(table8);
-                let mut found = Vec::new();
-                for a in Attrs::new(op, &p[12..]) {
-                    let a = a?;
-                    match a.ty {
-                        RTA_TABLE => table = a.u32_ne()?,
-                        RTA_OIF => found.push(a.u32_ne()?),
-                        RTA_MULTIPATH => {
-                            // struct rtnexthop: len u16, flags u8, hops u8, ifindex i32, attrs
-                            let mut r = a.payload;
-                            while r.len() >= 8 {
-                                let len = usize::from(u16::from_ne_bytes([r[0], r[1]]));
-                                found.push(u32::from_ne_bytes([r[4], r[5], r[6], r[7]]));
-                                let step = (len.max(8) + 3) & !3;
-                                r = r.get(step..).unwrap_or_default();
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                if dst_len == 0 && ty == RTN_UNICAST && table == RT_TABLE_MAIN {
-                    oifs.extend(found);
-                }
-                Ok(())
-            })?;
-        }
-        let mut names: Vec<String> = oifs.into_iter().filter_map(name_of).collect();
-        names.sort();
-        names.dedup();
-        Ok(names)
-    }
-
     /// Opens the socket.
     pub fn open() -> Result<Rtnl, SysError> {
         Ok(Rtnl {
@@ -249,35 +183,5 @@ impl Rtnl {
             Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => Ok(()),
             r => r,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sys::netlink::testns::{is_root, sh, NsThread};
-
-    #[test]
-    fn root_wan_interfaces_follow_the_default_routes() {
-        if !is_root() {
-            eprintln!("SKIP: needs root (a network namespace)");
-            return;
-        }
-        let ns = NsThread::new();
-        let names = ns.run(|| {
-            let mut r = Rtnl::open().expect("rtnetlink");
-            let none = r.wan_interfaces().expect("dump");
-            sh("ip link add wanx type veth peer name wanxp && ip link set wanxp up && ip link set wanx up && ip addr add 192.0.2.2/24 dev wanx");
-            sh("ip link add lanx type veth peer name lanxp && ip link set lanxp up && ip link set lanx up && ip addr add 10.9.0.1/24 dev lanx");
-            sh("ip route add default via 192.0.2.1 dev wanx");
-            let v4 = r.wan_interfaces().expect("dump");
-            sh("ip link add wan6x type veth peer name wan6xp && ip link set wan6xp up && ip link set wan6x up && ip -6 addr add 2001:db8::2/64 dev wan6x nodad");
-            sh("ip -6 route add default via 2001:db8::1 dev wan6x");
-            let both = r.wan_interfaces().expect("dump");
-            (none, v4, both)
-        });
-        assert_eq!(names.0, Vec::<String>::new());
-        assert_eq!(names.1, vec!["wanx".to_owned()]);
-        assert_eq!(names.2, vec!["wan6x".to_owned(), "wanx".to_owned()]);
     }
 }

@@ -4,7 +4,8 @@
 //! destination policy follows the routing table (sys::routewatch) and refuses
 //! each with "destination not allowed" and a logged reason, even where the
 //! owner's allow list covers the address; a public destination routed to the
-//! WAN is still granted.
+//! WAN is still granted. The kernel's WAN set (the interfaces forwarded
+//! detours may leave by) follows the default routes the same way.
 //!
 //! ```text
 //!  client ── rc ── ... ── rw ── waypoint (dcol) ── lan0 ── LAN host
@@ -49,6 +50,17 @@ fn request(
         kind: RequestKind::NatDetour { destination: dest },
     };
     proto::encode(&Message::Request(Request::sign(cert.clone(), key, body)))
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "{what}: not within 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -160,6 +172,20 @@ fn member_cannot_reach_the_lan_or_the_router_through_a_detour() {
         matches!(ask(36, "81.9.9.9:80"), Outcome::Granted { .. }),
         "still serving WAN destinations"
     );
+
+    // The kernel's copy of the WAN (the `wan` set that forwarded detours
+    // must leave by) follows the default routes too: none, then back.
+    let wan_set = || wns.output(&["nft", "list", "set", "inet", "dcol", "wan"]);
+    let has_wan = || String::from_utf8_lossy(&wan_set().stdout).contains("\"l6b\"");
+    assert!(has_wan(), "{:?}", wan_set());
+    wns.exec(&["ip", "route", "del", "default"]);
+    wns.exec(&["ip", "-6", "route", "del", "default"]);
+    wait_until("WAN set emptied", || !has_wan());
+    let via4 = lab.topo.addr4(Node::Rw).to_string();
+    let via6 = lab.topo.addr6(Node::Rw).to_string();
+    wns.exec(&["ip", "route", "add", "default", "via", &via4]);
+    wns.exec(&["ip", "-6", "route", "add", "default", "via", &via6]);
+    wait_until("WAN set refilled", has_wan);
 
     let log = lab.wp().log_text();
     for why in [

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Action, Client, Conn, DetourState, Token};
-use crate::client::strategy::{self, FourTuple, Meter, Role, Sample, Scoreboard, Verdict};
+use crate::client::strategy::{self, Meter, Role, Scoreboard, Verdict};
+use crate::mptcp::{FourTuple, Sample};
 
 /// Connections moving fewer bytes than this do not score their detours.
 const MIN_SCORED_BYTES: u64 = 256 * 1024;

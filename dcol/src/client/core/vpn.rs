@@ -11,6 +11,7 @@ use super::{
     Action, Client, Detour, DetourState, Gate, RATE_LIMITED_HOLDDOWN, REQUEST_ATTEMPTS,
     USED_UP_HOLDDOWN,
 };
+use crate::mptcp::AddrId;
 use crate::proto::{Nonce, Outcome, RefusalReason, RequestKind, Response};
 use crate::trust::Roles;
 
@@ -378,7 +379,7 @@ impl Client {
     /// VPN detours for connection `token`, at most `want`.
     pub(super) fn add_vpn_detours(
         &mut self,
-        token: crate::client::Token,
+        token: crate::mptcp::Token,
         want: usize,
     ) -> Vec<Action> {
         let Some(conn) = self.conns.get(&token) else {
@@ -432,7 +433,7 @@ impl Client {
             out.push(Action::CreateSubflow {
                 token,
                 local,
-                local_id: VPN_LOCAL_ID_BASE.saturating_add(peer.min(250) as u8),
+                local_id: AddrId(VPN_LOCAL_ID_BASE.saturating_add(peer.min(250) as u8)),
                 remote,
             });
         }
