@@ -13,7 +13,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::netlink::{nfgenmsg, Attr, Attrs, Msg, MsgBuilder, NlSocket, NETLINK_NETFILTER};
+use super::rawnl::{nfgenmsg, Attr, Attrs, Msg, MsgBuilder, NlSocket, NETLINK_NETFILTER};
 use super::SysError;
 
 // include/uapi/linux/netfilter/nfnetlink.h
@@ -286,7 +286,7 @@ fn v6(ip: IpAddr) -> Ipv6Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netlink::{NLA_F_NESTED, NLMSG_HDRLEN};
+    use crate::sys::rawnl::{NLA_F_NESTED, NLMSG_HDRLEN};
 
     fn a(ty: u16, data: &[u8]) -> Vec<u8> {
         let mut v = ((4 + data.len()) as u16).to_ne_bytes().to_vec();

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use super::netlink::{Attrs, MsgBuilder, NlSocket};
+use super::rawnl::{Attrs, MsgBuilder, NlSocket};
 use super::SysError;
 use crate::mptcp::{FourTuple, Sample};
 

@@ -47,8 +47,8 @@
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use super::netlink::{nfgenmsg, Attrs, Messages, Msg, MsgBuilder, NlSocket, NETLINK_NETFILTER};
 use super::nft::{delete_table, run_nft, set_key_msg, table_exists_on, SUBSYS};
+use super::rawnl::{nfgenmsg, Attrs, Messages, Msg, MsgBuilder, NlSocket, NETLINK_NETFILTER};
 use super::SysError;
 use crate::config::Cidr;
 use crate::special;

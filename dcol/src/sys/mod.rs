@@ -12,6 +12,7 @@ pub mod mptcp_pm;
 pub mod netlink;
 pub mod nft;
 pub mod os;
+pub mod rawnl;
 pub mod relay;
 pub mod routewatch;
 pub mod rtnl;
@@ -66,7 +67,7 @@ pub enum SysError {
         op: &'static str,
         /// neli's builder or serialization error.
         #[source]
-        source: genl::EncodeError,
+        source: netlink::EncodeError,
     },
     /// A feature this needs is missing from the running kernel.
     #[error("{0}")]

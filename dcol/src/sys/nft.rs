@@ -66,7 +66,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::netlink::{nfgenmsg, Attrs, Msg, MsgBuilder, NlSocket, NETLINK_NETFILTER, NLM_F_CREATE};
+use super::rawnl::{nfgenmsg, Attrs, Msg, MsgBuilder, NlSocket, NETLINK_NETFILTER, NLM_F_CREATE};
 use super::SysError;
 
 // include/uapi/linux/netfilter/nfnetlink.h
@@ -847,14 +847,15 @@ fn decode_setelems(payload: &[u8], v6: bool) -> Result<Vec<NatElement>, SysError
 /// The bytes of a message's payload after the netlink header (for tests).
 #[cfg(test)]
 fn payload(b: &[u8]) -> &[u8] {
-    &b[super::netlink::NLMSG_HDRLEN..]
+    &b[super::rawnl::NLMSG_HDRLEN..]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sys::netlink::testns::{is_root, star, NsThread};
-    use crate::sys::netlink::{testsock, NLA_F_NESTED};
+    use crate::sys::netlink::testsock;
+    use crate::sys::rawnl::NLA_F_NESTED;
 
     #[test]
     fn caps_script_counts_kbit_as_1000_bits() {

@@ -1,11 +1,11 @@
 //! The few rtnetlink operations VPN tunnels need: create, bring up and delete
 //! a link; add an address; a default route in a table of our own; a
 //! `from <address> lookup <table>` policy rule. Messages are built with
-//! [`super::netlink::MsgBuilder`] on a `NETLINK_ROUTE` socket; no `ip` binary.
+//! [`super::rawnl::MsgBuilder`] on a `NETLINK_ROUTE` socket; no `ip` binary.
 
 use std::net::IpAddr;
 
-use super::netlink::{MsgBuilder, NlSocket, NLM_F_CREATE, NLM_F_EXCL};
+use super::rawnl::{MsgBuilder, NlSocket, NLM_F_CREATE, NLM_F_EXCL};
 use super::SysError;
 
 const NETLINK_ROUTE: i32 = 0;

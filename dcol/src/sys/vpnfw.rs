@@ -19,11 +19,11 @@
 //! - `postrouting` (nat): traffic from the tunnel subnet leaving by another
 //!   interface is masqueraded.
 
-use super::netlink::{NlSocket, NETLINK_NETFILTER};
 use super::nft::{
     delete_table, run_nft, set_names_msgs, table_exists_on, DETOUR_CT_MARK, DETOUR_PACKET_MARK,
     SUBSYS, WAN_SET,
 };
+use super::rawnl::{NlSocket, NETLINK_NETFILTER};
 use super::SysError;
 use crate::config::Cidr;
 use crate::special;
