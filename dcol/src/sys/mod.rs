@@ -10,6 +10,7 @@ pub mod genl;
 pub mod lan;
 pub mod mptcp_pm;
 pub mod netlink;
+pub mod nfnl;
 pub mod nft;
 pub mod os;
 pub mod rawnl;

@@ -19,11 +19,11 @@
 //! - `postrouting` (nat): traffic from the tunnel subnet leaving by another
 //!   interface is masqueraded.
 
+use super::nfnl::NfSocket;
 use super::nft::{
     delete_table, run_nft, set_names_msgs, table_exists_on, DETOUR_CT_MARK, DETOUR_PACKET_MARK,
     SUBSYS, WAN_SET,
 };
-use super::rawnl::{NlSocket, NETLINK_NETFILTER};
 use super::SysError;
 use crate::config::Cidr;
 use crate::special;
@@ -101,7 +101,7 @@ pub fn ruleset(
 #[derive(Debug)]
 pub struct VpnFirewall {
     table: String,
-    sock: NlSocket,
+    sock: NfSocket,
 }
 
 impl VpnFirewall {
@@ -113,7 +113,7 @@ impl VpnFirewall {
         subnet6: Option<&Cidr>,
         allow: &[Cidr],
     ) -> Result<VpnFirewall, SysError> {
-        let mut sock = NlSocket::open(NETLINK_NETFILTER)?;
+        let mut sock = NfSocket::open()?;
         if table_exists_on(&mut sock, table)? {
             delete_table(&mut sock, table)?;
         }
