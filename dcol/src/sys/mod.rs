@@ -70,6 +70,16 @@ pub enum SysError {
         #[source]
         source: netlink::EncodeError,
     },
+    /// rtnetlink could not carry out a request (a kernel refusal is
+    /// [`SysError::Netlink`]).
+    #[error("{op}: {source}")]
+    Rtnetlink {
+        /// What we were doing.
+        op: &'static str,
+        /// rtnetlink's error.
+        #[source]
+        source: rtnetlink::Error,
+    },
     /// A feature this needs is missing from the running kernel.
     #[error("{0}")]
     Unsupported(String),

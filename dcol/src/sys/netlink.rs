@@ -61,7 +61,7 @@ const NLMSG_MIN_TYPE: u16 = 0x10;
 /// datagrams at 32 KiB plus headers).
 const RECV_BUF: usize = 64 * 1024;
 /// How long an exchange waits for the kernel before giving up.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a request could not be encoded: a bug in its construction, never input.
 #[derive(Debug, thiserror::Error)]
@@ -327,6 +327,22 @@ pub fn extack_text(ext_ack: &GenlBuffer<NlmsgerrAttr, Buffer>) -> Option<String>
         .iter()
         .find(|a| *a.nla_type().nla_type() == NlmsgerrAttr::Msg)
         .map(|a| nul_terminated(a.nla_payload().as_ref()))
+}
+
+/// The extended-ack message in an `NLMSG_ERROR` payload after its error
+/// code: the echoed request (whole, as without `NETLINK_CAP_ACK`), then the
+/// `NLMSGERR_ATTR_*` attributes. What rtnetlink keeps of a refusal
+/// (`ErrorMessage::header`) is that. `None` when there is no text or the
+/// bytes do not parse.
+pub fn extack_after_echo(payload: &[u8]) -> Option<String> {
+    let b = payload.get(..4)?;
+    let echoed = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    if echoed < NLMSG_HDRLEN {
+        return None;
+    }
+    let tlvs = payload.get(echoed.checked_add(3)? & !3..)?;
+    let attrs = GenlBuffer::from_bytes_with_input(&mut Cursor::new(tlvs), tlvs.len()).ok()?;
+    extack_text(&attrs)
 }
 
 fn nul_terminated(b: &[u8]) -> String {
