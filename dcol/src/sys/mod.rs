@@ -1,6 +1,8 @@
-//! Kernel glue: netlink (generic netlink `mptcp_pm` and `wireguard` on neli in
-//! [`genl`], nf_tables, ctnetlink), sysctls,
-//! sockets. Nothing above this module knows a netlink attribute number.
+//! Kernel glue: netlink on neli ([`netlink`], shared by generic netlink
+//! `mptcp_pm` and `wireguard` in [`genl`], nf_tables and ctnetlink in
+//! [`nfnl`], sock_diag in [`diag`]), rtnetlink on the `rtnetlink` crate
+//! ([`rtnl`], [`routewatch`]), sysctls, sockets. Nothing above this module
+//! knows a netlink attribute number.
 
 use std::io;
 
@@ -13,7 +15,6 @@ pub mod netlink;
 pub mod nfnl;
 pub mod nft;
 pub mod os;
-pub mod rawnl;
 pub mod relay;
 pub mod routewatch;
 pub mod rtnl;

@@ -28,7 +28,7 @@
 //! Byte order: neli encodes and decodes integers in host order, as netlink
 //! does; fields the kernel defines as network order are written as
 //! `to_be_bytes()` and read as byte arrays ([`be16`], [`be32`], [`be64`],
-//! [`array`]), so the code is the same on big-endian MIPS.
+//! [`array()`]), so the code is the same on big-endian MIPS.
 //!
 //! The namespace helpers of the root tests live here too, with
 //! [`unshare_netns_for_this_thread`]: this is one of the two modules allowed
