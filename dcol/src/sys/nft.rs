@@ -110,6 +110,24 @@ const NFTA_SET_ELEM_TIMEOUT: u16 = 0x4;
 const NFTA_SET_ELEM_EXPIRATION: u16 = 0x5;
 /// `NFTA_DATA_VALUE` (binary).
 const NFTA_DATA_VALUE: u16 = 0x1;
+/// `NFT_MSG_NEWOBJ` (the answer to a GETOBJ).
+const NFT_MSG_NEWOBJ: u8 = 0x12;
+/// `NFT_MSG_GETOBJ`.
+const NFT_MSG_GETOBJ: u8 = 0x13;
+/// `NFTA_OBJ_TABLE` (string).
+const NFTA_OBJ_TABLE: u16 = 0x1;
+/// `NFTA_OBJ_NAME` (string).
+const NFTA_OBJ_NAME: u16 = 0x2;
+/// `NFTA_OBJ_TYPE` (be32).
+const NFTA_OBJ_TYPE: u16 = 0x3;
+/// `NFTA_OBJ_DATA` (nest: the object's own attributes).
+const NFTA_OBJ_DATA: u16 = 0x4;
+/// `NFT_OBJECT_QUOTA`.
+const NFT_OBJECT_QUOTA: u32 = 0x2;
+/// `NFTA_QUOTA_CONSUMED` (be64): the bytes counted (`used` in `nft list`).
+const NFTA_QUOTA_CONSUMED: u16 = 0x4;
+/// The monthly quota object's name.
+const QUOTA: &str = "month";
 /// `IFNAMSIZ` (include/uapi/linux/if.h): the key length of a set of type
 /// `ifname` (the name, NUL-padded).
 const IFNAMSIZ: usize = 16;
@@ -221,31 +239,33 @@ impl NatTable {
         Ok(())
     }
 
-    /// Bytes counted by the monthly quota so far (0 without one).
-    pub fn quota_used(&self) -> Result<u64, SysError> {
+    /// Bytes counted by the monthly quota so far (0 without one): one
+    /// `NFT_MSG_GETOBJ` for the quota object.
+    pub fn quota_used(&mut self) -> Result<u64, SysError> {
         if !self.quota {
             return Ok(0);
         }
-        let op = "nft list quota";
-        let out = Command::new("nft")
-            .args(["-j", "list", "quota", "inet", &self.name, "month"])
-            .output()
-            .map_err(|e| SysError::io(op, e))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        // `"used": N` in the quota object (the only "used" in the listing).
-        text.split("\"used\":")
-            .nth(1)
-            .and_then(|r| {
-                r.trim_start()
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .ok_or_else(|| SysError::Malformed {
-                op,
-                what: format!("no used bytes in {text:?}"),
-            })
+        let op = "nft get quota";
+        let m = nft_msg(
+            NFT_MSG_GETOBJ,
+            NlmF::empty(),
+            vec![
+                attr_str(op, NFTA_OBJ_TABLE, &self.name)?,
+                attr_str(op, NFTA_OBJ_NAME, QUOTA)?,
+                attr(op, NFTA_OBJ_TYPE, &NFT_OBJECT_QUOTA.to_be_bytes())?,
+            ],
+        );
+        let mut used = None;
+        self.sock.request(op, m, |ty, payload| {
+            if ty == nft_type(NFT_MSG_NEWOBJ) {
+                used = quota_consumed(payload)?;
+            }
+            Ok(())
+        })?;
+        used.ok_or_else(|| SysError::Malformed {
+            op,
+            what: "no quota counter in the answer".into(),
+        })
     }
 
     /// Creates table `inet <name>` with its maps, sets and chains, replacing
@@ -869,6 +889,23 @@ pub fn decode_setelems(payload: &[u8], v6: bool) -> Result<Vec<NatElement>, SysE
     Ok(out)
 }
 
+/// The bytes a quota object has counted: `NFTA_QUOTA_CONSUMED` in the
+/// `NFTA_OBJ_DATA` of a NEWOBJ body (`None` without it).
+pub fn quota_consumed(payload: &[u8]) -> Result<Option<u64>, SysError> {
+    let op = "nft decode quota";
+    let mut used = None;
+    for a in Nfgenmsg::decode(op, payload)?.attrs().iter() {
+        if ty(a) == NFTA_OBJ_DATA {
+            for q in nested(op, a)?.iter() {
+                if ty(q) == NFTA_QUOTA_CONSUMED {
+                    used = Some(be64(op, q)?);
+                }
+            }
+        }
+    }
+    Ok(used)
+}
+
 /// The bytes of a message's payload after the netlink header (for tests).
 #[cfg(test)]
 fn payload(b: &[u8]) -> &[u8] {
@@ -1261,6 +1298,64 @@ mod tests {
             eprintln!("SKIP: needs root");
         }
         is_root()
+    }
+
+    /// A NEWOBJ answer for a quota: the counter is NFTA_QUOTA_CONSUMED in
+    /// the object's data; other attributes are passed over.
+    #[test]
+    fn quota_answer() {
+        let mut data = a(1, &4_000_000u64.to_be_bytes());
+        data.extend(a(2, &0u32.to_be_bytes()));
+        data.extend(a(NFTA_QUOTA_CONSUMED, &12_345u64.to_be_bytes()));
+        let mut p = vec![NFPROTO_INET, 0, 0, 0];
+        p.extend(a(NFTA_OBJ_TABLE, b"dcol\0"));
+        p.extend(a(NFTA_OBJ_NAME, b"month\0"));
+        p.extend(a(NFTA_OBJ_TYPE, &NFT_OBJECT_QUOTA.to_be_bytes()));
+        p.extend(a(NFTA_OBJ_DATA | NLA_F_NESTED, &data));
+        assert_eq!(quota_consumed(&p).unwrap(), Some(12_345));
+        assert_eq!(
+            quota_consumed(&p[..p.len() - data.len() - 4]).unwrap(),
+            None
+        );
+        for cut in 0..p.len() {
+            let _ = quota_consumed(&p[..cut]);
+        }
+        assert!(quota_consumed(&p[..p.len() - 2]).is_err());
+    }
+
+    /// Root, in a fresh namespace: the monthly quota's counter read over
+    /// netlink is the one `nft` shows, carried over from the caps; without
+    /// a quota it is 0.
+    #[test]
+    fn root_quota_counter() {
+        if !root() {
+            return;
+        }
+        let ns = NsThread::new();
+        let (t, _) = ns.run(|| NatTable::create("dcolq", PORTS)).unwrap();
+        let caps = Caps {
+            kbit: 0,
+            month_bytes: 1_000_000,
+            used: 12_345,
+        };
+        let mut t = ns
+            .run(move || {
+                let mut t = t;
+                t.set_caps(&caps).map(|()| t)
+            })
+            .unwrap();
+        assert_eq!(t.quota_used().unwrap(), 12_345);
+        let json = ns.out(&["nft", "-j", "list", "quota", "inet", "dcolq", "month"]);
+        assert!(json.contains(r#""used": 12345"#), "{json}");
+        let mut t = ns
+            .run(move || {
+                let mut t = t;
+                t.set_caps(&Caps::default()).map(|()| t)
+            })
+            .unwrap();
+        assert_eq!(t.quota_used().unwrap(), 0);
+        t.destroy().unwrap();
+        assert_eq!(ns.out(&["nft", "list", "ruleset"]), "", "nothing left");
     }
 
     /// Root: a child process spawned by a thread that unshared its network
