@@ -211,6 +211,10 @@ struct WaypointRole {
     donation_file: PathBuf,
     /// Granted requests, kept as attribution evidence.
     evidence: Option<EvidenceLog>,
+    /// Buffers for reading the signaling sockets, [`DATAGRAMS_PER_TURN`] at a time.
+    batch: os::RecvBatch,
+    /// Log lines about the kernel's drop list (apart from refusals').
+    filter_log: LogLimit,
 }
 
 /// The evidence log of `cfg`, or None when it is off or cannot be opened
@@ -246,6 +250,13 @@ const QUOTA_PERSIST: Duration = Duration::from_secs(3600);
 
 /// A request re-reads a quota counter older than this (one `nft` run).
 const QUOTA_FRESH: Duration = Duration::from_secs(1);
+
+/// Datagrams a waypoint socket is read for per turn of the event loop.
+const DATAGRAMS_PER_TURN: usize = 64;
+
+/// Receive buffer of a waypoint's signaling socket: about a thousand
+/// request-sized datagrams, a few milliseconds of a one-sender flood.
+const SIGNAL_RCVBUF: usize = 2 << 20;
 
 /// (year, month) of a Unix time, UTC (Howard Hinnant's `civil_from_days`).
 fn year_month(unix_s: u64) -> (i64, u32) {
@@ -746,6 +757,7 @@ impl Daemon {
                 if (&wo.evidence_dir, wo.evidence_max_kb) != (&wn.evidence_dir, wn.evidence_max_kb)
                 {
                     w.evidence = open_evidence(new);
+                    w.seed_evidence();
                     changes.push("evidence log".into());
                 }
                 w.donation_file.clone_from(&wn.donation_file);
@@ -889,6 +901,9 @@ fn start_waypoint(
     let mut sockets = Vec::new();
     for addr in &w.listen {
         let s = os::bind_udp(*addr).map_err(io_err(format!("waypoint: bind {addr}")))?;
+        if let Err(e) = os::set_recv_buffer(&s, SIGNAL_RCVBUF) {
+            log::warn!("waypoint: receive buffer of {addr}: {e}");
+        }
         sockets.push(s);
     }
     // A waypoint forwards the DNATed subflows: routers have forwarding on; a
@@ -946,7 +961,10 @@ fn start_waypoint(
         donated_file,
         donation_file: w.donation_file.clone(),
         evidence: open_evidence(cfg),
+        batch: os::RecvBatch::new(DATAGRAMS_PER_TURN),
+        filter_log: LogLimit::new(2),
     };
+    role.seed_evidence();
     role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
     role.set_wan(&routes.wan())?;
     if let Some(subnet) = &w.vpn_subnet {
@@ -1015,6 +1033,11 @@ fn waypoint_settings(cfg: &Config, id: &Identity) -> waypoint::Settings {
             deny_ports: w.deny_port.clone(),
         },
         max_skew: Duration::from_secs(u64::from(w.max_clock_skew_s)),
+        limits: waypoint::Limits {
+            evidence_share: (w.evidence_max_kb > 0)
+                .then(|| evidence::member_share(u64::from(w.evidence_max_kb) * 1024)),
+            ..waypoint::Limits::for_quota(w.max_tunnels_per_member)
+        },
     }
 }
 
@@ -1668,31 +1691,66 @@ impl WaypointRole {
     }
 
     fn step(&mut self) {
-        let mut buf = [0u8; 4096];
+        // One batch per socket per turn: under a flood the loop goes back to
+        // poll, and the other sockets, timers and the LAN proxy get theirs.
+        let mut batch = std::mem::take(&mut self.batch);
         for i in 0..self.sockets.len() {
-            loop {
-                let (n, from) = match self.sockets[i].recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        log::warn!("waypoint socket: {e}");
-                        break;
-                    }
+            let n = match batch.recv(&self.sockets[i]) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("waypoint socket: {e}");
+                    0
+                }
+            };
+            for j in 0..n {
+                let Some((dgram, Some(from))) = batch.get(j) else {
+                    continue;
                 };
                 let (now, wall) = (Instant::now(), wall_ms());
                 if self.caps.month_bytes > 0 && now.duration_since(self.quota_read) >= QUOTA_FRESH {
                     self.read_quota(now);
                 }
-                let d = self.core.handle(now, wall, from, &buf[..n]);
-                self.execute(i, now, wall, from, d, &buf[..n]);
+                let d = self.core.handle(now, wall, from, dgram);
+                self.execute(i, now, wall, from, d, dgram);
             }
         }
+        self.batch = batch;
+        self.filter_sources(Instant::now());
         let now = Instant::now();
         for l in self.core.expire(now) {
             self.end_lease(&l, "lease expired");
         }
         self.expire_vpn(now);
         self.check_quota(now);
+    }
+
+    /// Has the kernel drop the datagrams of sources over their rate (a
+    /// socket filter), when the list changed.
+    fn filter_sources(&mut self, now: Instant) {
+        let Some(list) = self.core.take_filter(now) else {
+            return;
+        };
+        for s in &self.sockets {
+            if let Err(e) = os::filter_sources(s, &list) {
+                log::warn!("waypoint: socket filter: {e}");
+            }
+        }
+        if self.filter_log.allow(now) {
+            match list.len() {
+                0 => log::info!("waypoint: no source dropped in the kernel any more"),
+                n => log::warn!(
+                    "waypoint: {n} source(s) over their rate dropped in the kernel for a while: {list:?}"
+                ),
+            }
+        }
+    }
+
+    /// Counts the evidence already kept against the members' shares.
+    fn seed_evidence(&mut self) {
+        if let Some(log) = &self.evidence {
+            let (records, _) = log.records();
+            self.core.seed_evidence(&records);
+        }
     }
 
     fn expire_vpn(&mut self, now: Instant) {
@@ -1822,7 +1880,8 @@ impl WaypointRole {
                 member: member.1.to_owned(),
                 grant,
                 bytes,
-                request: request.to_vec(),
+                // Without the zero padding (the signature does not cover it).
+                request: crate::proto::unpadded(request).unwrap_or(request).to_vec(),
             };
             if let Err(e) = log.append(&r) {
                 log::warn!("evidence log: {e}");
@@ -1852,6 +1911,11 @@ impl WaypointRole {
             Decision::VpnInstall { .. }
             | Decision::VpnRefresh { .. }
             | Decision::VpnRemove { .. } => {}
+            Decision::Drop { source } => {
+                if self.log.allow(now) {
+                    log::warn!("waypoint: {source} over its rate: datagram dropped unread");
+                }
+            }
             Decision::Ignore { reason } => {
                 if self.log.allow(now) {
                     log::warn!("waypoint: ignored datagram from {from}: {reason}");

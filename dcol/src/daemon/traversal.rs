@@ -214,6 +214,11 @@ impl Daemon {
             }
         }
         let learned: Vec<SocketAddr> = o.public.into_iter().chain(o.public6).collect();
+        // The client's first guess of the address waypoints see (issue 14).
+        if let Some(c) = self.client.as_mut() {
+            let public = o.stun_seen.first().map(SocketAddr::ip).or(o.external_ip);
+            c.core.set_public_address(public);
+        }
         t.status = s;
         self.membership_learned(learned);
     }

@@ -72,7 +72,7 @@ pub(crate) fn raw_addr(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen
 
 /// The address in `ss`, if it is IPv4 or IPv6 (IPv4-mapped IPv6 addresses are
 /// returned as IPv4).
-fn from_raw(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(crate) fn from_raw(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
@@ -116,7 +116,7 @@ fn socket(family: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn setsockopt_int(
+pub(crate) fn setsockopt_int(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
