@@ -30,7 +30,7 @@ use crate::sys::relay::RelayEvent;
 use crate::sys::routewatch::RouteWatch;
 use crate::sys::rtnl::Rtnl;
 use crate::sys::sysctl::{self, SysctlGuard};
-use crate::sys::vpnfw::VpnFirewall;
+use crate::sys::vpnfw::{self, VpnFirewall};
 use crate::sys::wg::{WgDevice, WgPeer};
 use crate::sys::SysError;
 use crate::trust::{self, files, Certificate, MemberId, Revocations, SecretKey};
@@ -773,6 +773,16 @@ impl Daemon {
                         ),
                     }
                 }
+                if vpn_policy(wo) != vpn_policy(wn) {
+                    if let Some(fw) = w.vpnfw.as_mut() {
+                        match fw.set_policy(&vpn_policy(wn)) {
+                            Ok(()) => changes.push("VPN destination rules".into()),
+                            Err(e) => log::error!(
+                                "reload: VPN destination rules: {e}; the rules in force stay"
+                            ),
+                        }
+                    }
+                }
                 if wo.listen != wn.listen {
                     let mut sockets = Vec::new();
                     for addr in &wn.listen {
@@ -1000,7 +1010,7 @@ fn start_waypoint(
             &w.vpn_interface,
             subnet,
             w.vpn_subnet6.as_ref(),
-            &w.allow_destination,
+            &vpn_policy(w),
         )?;
         // Before it is kept: Drop removes a table the role holds.
         let r = fw.set_wan(&role.wan);
@@ -1014,6 +1024,14 @@ fn start_waypoint(
         w.listen
     );
     Ok(role)
+}
+
+/// The VPN firewall's share of the waypoint's destination rules.
+fn vpn_policy(w: &config::WaypointConfig) -> vpnfw::Policy {
+    vpnfw::Policy {
+        allow: w.allow_destination.clone(),
+        deny_ports: w.deny_port.clone(),
+    }
 }
 
 fn waypoint_settings(cfg: &Config, id: &Identity) -> waypoint::Settings {
