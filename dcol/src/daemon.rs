@@ -1526,7 +1526,7 @@ impl Drop for WaypointRole {
     fn drop(&mut self) {
         let tunnels: Vec<(IpAddr, u16)> = self.core.leases().map(|l| (l.client, l.port)).collect();
         if self.caps.month_bytes > 0 {
-            if let Some(Ok(used)) = self.nat.as_ref().map(|n| n.quota_used()) {
+            if let Some(Ok(used)) = self.nat.as_mut().map(|n| n.quota_used()) {
                 write_donated(&self.donated_file, self.month, used);
                 write_donated(&self.donation_file, self.month, used);
             }
@@ -1607,7 +1607,7 @@ impl WaypointRole {
     /// running quota or, at start, from the state file.
     fn set_caps(&mut self, kbit: u32, month_bytes: u64) -> Result<(), SysError> {
         let used = match self.next_quota_check {
-            Some(_) => self.nat.as_ref().map_or(Ok(0), |n| n.quota_used())?,
+            Some(_) => self.nat.as_mut().map_or(Ok(0), |n| n.quota_used())?,
             // At start: the later of the two counts (the RAM one is gone
             // after a reboot, the flash one is up to an hour old).
             None => read_donated(&self.donated_file, self.month)
@@ -1637,7 +1637,7 @@ impl WaypointRole {
     /// Re-reads the quota's counter; stops or resumes granting.
     fn read_quota(&mut self, now: Instant) -> Option<u64> {
         self.quota_read = now;
-        match self.nat.as_ref().map(|n| n.quota_used()) {
+        match self.nat.as_mut().map(|n| n.quota_used()) {
             Some(Ok(used)) => {
                 self.caps.used = used;
                 self.update_used_up();

@@ -21,7 +21,7 @@
 //! - `postrouting` (nat): traffic from the tunnel subnet leaving by another
 //!   interface is masqueraded.
 
-use super::netlink::{NlSocket, NETLINK_NETFILTER};
+use super::nfnl::NfSocket;
 use super::nft::{
     delete_table, run_nft, set_names_msgs, table_exists_on, DETOUR_CT_MARK, DETOUR_PACKET_MARK,
     SUBSYS, WAN_SET,
@@ -134,7 +134,7 @@ pub fn ruleset(
 #[derive(Debug)]
 pub struct VpnFirewall {
     table: String,
-    sock: NlSocket,
+    sock: NfSocket,
 }
 
 impl VpnFirewall {
@@ -146,7 +146,7 @@ impl VpnFirewall {
         subnet6: Option<&Cidr>,
         policy: &Policy,
     ) -> Result<VpnFirewall, SysError> {
-        let mut sock = NlSocket::open(NETLINK_NETFILTER)?;
+        let mut sock = NfSocket::open()?;
         if table_exists_on(&mut sock, table)? {
             delete_table(&mut sock, table)?;
         }
