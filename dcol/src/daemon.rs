@@ -563,7 +563,7 @@ impl Daemon {
             fds.extend(self.membership_fd());
             fds.extend(self.traversal_fd());
             let deadline = [
-                self.client.as_ref().and_then(|c| c.core.next_timeout()),
+                self.client.as_ref().and_then(|c| c.core.next_timeout(now)),
                 self.client.as_ref().and_then(|c| c.next_sample()),
                 self.client
                     .as_ref()
