@@ -358,6 +358,12 @@ impl MembershipDriver {
                     path.display()
                 );
                 self.status.renewal = Some(format!("renewed until {} (Unix s)", c.not_after));
+                // Not due any more, and the record carries it from now on;
+                // the reload gives it to the roles.
+                self.cert = c;
+                if self.advert.is_some() {
+                    self.publish();
+                }
                 out.command(Command::Reload);
             }
             Err(e) => {
