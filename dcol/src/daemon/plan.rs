@@ -117,6 +117,9 @@ pub(crate) struct WaypointChange {
     pub caps: bool,
     /// The signaling addresses: sockets bound anew.
     pub listen: bool,
+    /// The allowed destinations or denied ports: the VPN firewall's sets
+    /// replaced.
+    pub vpn_policy: bool,
 }
 
 /// What changes in a client reconfigured in place.
@@ -218,6 +221,8 @@ fn waypoint_step(
                 caps: (o.donate_kbit, o.donate_monthly_bytes)
                     != (n.donate_kbit, n.donate_monthly_bytes),
                 listen: o.listen != n.listen,
+                vpn_policy: (&o.allow_destination, &o.deny_port)
+                    != (&n.allow_destination, &n.deny_port),
             }),
             None => Step::Keep,
         },
@@ -392,10 +397,20 @@ mod tests {
                 evidence: true,
                 caps: true,
                 listen: true,
+                vpn_policy: false,
             })
         );
         assert_eq!(p.client, Step::Keep);
         assert_eq!(p.lan, Step::Keep);
+        // The destination rules go to the VPN firewall too.
+        let p = after(|c| c.waypoint.deny_port.clear());
+        assert_eq!(
+            p.waypoint,
+            Step::Reconfigure(WaypointChange {
+                vpn_policy: true,
+                ..Default::default()
+            })
+        );
     }
 
     #[test]

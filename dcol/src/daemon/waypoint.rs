@@ -502,6 +502,16 @@ impl Role for WaypointDriver {
             }
         }
         self.tell_used_up(out);
+        if change.vpn_policy {
+            if let Some(fw) = self.vpnfw.as_mut() {
+                match fw.set_policy(&vpn::policy(&cfg.waypoint)) {
+                    Ok(()) => changes.push("VPN destination rules".to_owned()),
+                    Err(e) => {
+                        log::error!("reload: VPN destination rules: {e}; the rules in force stay")
+                    }
+                }
+            }
+        }
         if change.listen {
             self.sockets = bind_signaling(&cfg.waypoint.listen)?;
         }

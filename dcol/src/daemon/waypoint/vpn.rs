@@ -5,15 +5,23 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::{DaemonError, WaypointDriver};
-use crate::config::Config;
+use crate::config::{Config, WaypointConfig};
 use crate::control;
 use crate::daemon::identity::Identity;
 use crate::sys::rtnl::Rtnl;
-use crate::sys::vpnfw::VpnFirewall;
+use crate::sys::vpnfw::{self, VpnFirewall};
 use crate::sys::wg::{WgDevice, WgPeer};
 use crate::trust;
 use crate::waypoint::vpn::VpnLease;
 use crate::waypoint::{Decision, VpnSettings};
+
+/// The VPN firewall's share of the waypoint's destination rules.
+pub(super) fn policy(w: &WaypointConfig) -> vpnfw::Policy {
+    vpnfw::Policy {
+        allow: w.allow_destination.clone(),
+        deny_ports: w.deny_port.clone(),
+    }
+}
 
 impl WaypointDriver {
     /// Creates the WireGuard interface, its addresses and its firewall.
@@ -54,7 +62,7 @@ impl WaypointDriver {
             &w.vpn_interface,
             subnet,
             w.vpn_subnet6.as_ref(),
-            &w.allow_destination,
+            &policy(w),
         )?;
         // Before it is kept: Drop removes a table the role holds.
         let r = fw.set_wan(&self.wan);
