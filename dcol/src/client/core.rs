@@ -809,8 +809,9 @@ impl Client {
         out
     }
 
-    /// When [`Client::poll`] next has work.
-    pub fn next_timeout(&self) -> Option<Instant> {
+    /// When [`Client::poll`] next has work (`now` where it has work at
+    /// once).
+    pub fn next_timeout(&self, now: Instant) -> Option<Instant> {
         let p = self.pending.values().map(|p| p.next_at).min();
         let r = self
             .conns
@@ -819,7 +820,10 @@ impl Client {
             .filter(|d| d.live())
             .filter_map(|d| d.renew_due)
             .min();
-        [p, r, self.vpn_next_timeout()].into_iter().flatten().min()
+        [p, r, self.vpn_next_timeout(now)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Connections, for status.
@@ -1430,7 +1434,7 @@ mod tests {
 
         fn advance(&mut self, d: Duration, waypoint_up: bool) {
             let end = self.now + d;
-            while let Some(t) = self.c.next_timeout().filter(|t| *t <= end) {
+            while let Some(t) = self.c.next_timeout(self.now).filter(|t| *t <= end) {
                 self.now = t.max(self.now);
                 let a = self.c.poll(self.now, self.ms());
                 self.run(a, waypoint_up);
@@ -1564,7 +1568,9 @@ mod tests {
     #[test]
     fn vpn_tunnel_serves_every_connection_and_is_dropped_when_the_waypoint_dies() {
         let mut p = Pair::new(Pair::vpn_alice());
-        // The tunnel is asked for at once, not per connection.
+        // The tunnel is asked for at once (due now, on virtual time), not
+        // per connection.
+        assert_eq!(p.c.next_timeout(p.now), Some(p.now));
         p.advance(Duration::from_millis(10), true);
         assert_eq!(p.vpn, vec!["up 10.200.7.2"]);
         for token in [1, 2] {
@@ -1722,7 +1728,7 @@ mod tests {
         p.event(PmEvent::Closed { token: Token(1) });
         assert_eq!(p.w.leases().count(), 0);
         assert_eq!(p.c.conns().count(), 0);
-        assert_eq!(p.c.next_timeout(), None);
+        assert_eq!(p.c.next_timeout(p.now), None);
     }
 
     #[test]
@@ -2063,7 +2069,7 @@ mod tests {
             // Just before the first renewal, someone (bob's own second
             // router, say) spends bob's renewal token.
             p.advance(Duration::from_millis(10), true);
-            let due = p.c.next_timeout().expect("a renewal is due");
+            let due = p.c.next_timeout(p.now).expect("a renewal is due");
             let ms = Duration::from_millis(1);
             p.advance(due.saturating_duration_since(p.now) - ms, true);
             let stray = testutil::request_from(

@@ -38,6 +38,7 @@
 //! requests to plain files (as `trust::files` reads and writes key files);
 //! the record format and its checks in [`evidence`] are pure.
 
+pub mod donation;
 pub mod evidence;
 pub mod leases;
 pub mod limits;

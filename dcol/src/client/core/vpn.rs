@@ -192,14 +192,16 @@ impl Client {
         out
     }
 
-    pub(super) fn vpn_next_timeout(&self) -> Option<Instant> {
+    /// When [`Client::poll_vpn`] next has work: `now` for a tunnel to ask
+    /// for at once.
+    pub(super) fn vpn_next_timeout(&self, now: Instant) -> Option<Instant> {
         let p = self.vpn_pending.values().map(|p| p.next_at).min();
         let peers = self
             .peers
             .iter()
             .filter_map(|p| p.vpn.as_ref())
             .filter_map(|v| match v.state {
-                VpnState::Idle => Some(v.retry_at.unwrap_or(Instant::now())),
+                VpnState::Idle => Some(v.retry_at.unwrap_or(now)),
                 VpnState::Up { .. } => v.renew_due,
                 VpnState::Requesting => None,
             });
