@@ -1,7 +1,7 @@
 //! Fixtures shared by unit tests: a collective with fixed keys, members and a
 //! fixed clock.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::proto::{self, Message, Nonce, Request, RequestBody, RequestKind};
 use crate::trust::{Certificate, PublicKey, Roles, SecretKey};
@@ -42,7 +42,10 @@ pub fn cert_by(
         .expect("valid fixture")
 }
 
-/// A signed NAT detour request from member `seed` to waypoint `to`.
+/// The address requests come from in unit tests (and name as their source).
+pub const CLIENT: &str = "10.0.1.2";
+
+/// A signed request from member `seed` at [`CLIENT`] to waypoint `to`.
 pub fn request(
     c: &Certificate,
     seed: u8,
@@ -51,10 +54,25 @@ pub fn request(
     ms: u64,
     kind: RequestKind,
 ) -> Vec<u8> {
+    let source = CLIENT.parse().expect("fixture address");
+    request_from(c, seed, to, nonce, ms, kind, source)
+}
+
+/// A signed request naming `source` as its source address.
+pub fn request_from(
+    c: &Certificate,
+    seed: u8,
+    to: &str,
+    nonce: u8,
+    ms: u64,
+    kind: RequestKind,
+    source: IpAddr,
+) -> Vec<u8> {
     let body = RequestBody {
         waypoint: to.to_owned(),
         timestamp_ms: ms,
         nonce: Nonce([nonce; 16]),
+        source,
         kind,
     };
     proto::encode(&Message::Request(Request::sign(

@@ -2,9 +2,10 @@
 //
 //! Bad input at a real waypoint: forged signature, a certificate of another
 //! collective, an expired certificate, a replayed request, a private destination,
-//! garbage, a truncated, an oversized and a future-version datagram. Each is
-//! refused (or ignored) with a logged reason, adds no nftables element, and the
-//! waypoint keeps serving the next valid request.
+//! garbage, a truncated, an oversized and an old-version datagram. Each is
+//! refused (unsigned where the request was not authenticated) or ignored with a
+//! logged reason, adds no nftables element, and the waypoint keeps serving the
+//! next valid request.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,11 +34,15 @@ fn nonce(n: u8) -> Nonce {
     Nonce(b)
 }
 
+/// The client's address: the source the waypoint sees (no NAT in the lab).
+const CLIENT: &str = "10.0.1.2";
+
 fn request(cert: &Certificate, key: &SecretKey, n: u8, dest: SocketAddr) -> Vec<u8> {
     let body = RequestBody {
         waypoint: "alice".into(),
         timestamp_ms: now_ms(),
         nonce: nonce(n),
+        source: CLIENT.parse().expect("address"),
         kind: RequestKind::NatDetour { destination: dest },
     };
     proto::encode(&Message::Request(Request::sign(cert.clone(), key, body)))
@@ -46,6 +51,18 @@ fn request(cert: &Certificate, key: &SecretKey, n: u8, dest: SocketAddr) -> Vec<
 fn outcome(reply: &[u8]) -> Outcome {
     match proto::decode(reply).expect("reply decodes") {
         Message::Response(r) => r.body.outcome,
+        m => panic!("unexpected reply {m:?}"),
+    }
+}
+
+/// The reason of a refusal, and whether it was signed.
+fn reason(reply: &[u8]) -> (RefusalReason, bool) {
+    match proto::decode(reply).expect("reply decodes") {
+        Message::Response(r) => match r.body.outcome {
+            Outcome::Refused { reason } => (reason, true),
+            o => panic!("expected a refusal, got {o:?}"),
+        },
+        Message::Refusal(r) => (r.reason, false),
         m => panic!("unexpected reply {m:?}"),
     }
 }
@@ -64,7 +81,9 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
     let key = files::read_secret_key(&lab.client_member.key).unwrap();
     let cert = files::read_certificate(&lab.client_member.cert).unwrap();
     let elements = || map_elements(&wns, "dcol", "nat4");
-    let refused = |bytes: &[u8], want: RefusalReason, log: &str| {
+    // `signed`: a refusal of an authenticated request is signed; one of a
+    // request that failed its checks before that is not.
+    let refused = |bytes: &[u8], want: RefusalReason, signed: bool, log: &str| {
         let reply = udp_exchange(&cns, wp, bytes, WAIT).expect("a refusal reply");
         assert!(
             reply.len() <= bytes.len(),
@@ -72,10 +91,7 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
             reply.len(),
             bytes.len()
         );
-        match outcome(&reply) {
-            Outcome::Refused { reason } => assert_eq!(reason, want),
-            o => panic!("expected refusal {want:?}, got {o:?}"),
-        }
+        assert_eq!(reason(&reply), (want, signed));
         assert_eq!(elements(), 0, "a refused request added an element");
         let l = lab.wp().log_text();
         assert!(l.contains(log), "waypoint log lacks '{log}':\n{l}");
@@ -100,7 +116,12 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
         forged = proto::encode(&Message::Request(r));
     }
     assert_eq!(forged.len(), n);
-    refused(&forged, RefusalReason::BadCertificate, "refused request");
+    refused(
+        &forged,
+        RefusalReason::BadCertificate,
+        false,
+        "bad signature",
+    );
 
     // A certificate of another collective.
     let other = Collective::new(lab.scratch.path(), "other");
@@ -110,7 +131,8 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
     refused(
         &request(&mcert, &mkey, 2, server),
         RefusalReason::BadCertificate,
-        "refused request",
+        false,
+        "certificate of another collective",
     );
 
     // An expired certificate, properly signed by our collective's root.
@@ -129,6 +151,7 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
     refused(
         &request(&old, &key, 3, server),
         RefusalReason::BadCertificate,
+        false,
         "expired",
     );
 
@@ -137,10 +160,11 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
     refused(
         &request(&cert, &key, 4, lan),
         RefusalReason::DestinationNotAllowed,
+        true,
         "private address",
     );
 
-    // Garbage, truncated, oversized, future version: not even answered.
+    // Garbage, truncated, oversized: not even answered.
     let garbage: Vec<u8> = (0..300u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
@@ -150,24 +174,40 @@ fn waypoint_refuses_bad_input_and_keeps_serving() {
     let mut big = valid.clone();
     big.resize(1500, 0);
     ignored(&big, "ignored datagram");
-    let mut v2 = valid.clone();
-    v2[0] = 2;
-    ignored(&v2, "version");
+    // A request of the previous protocol version: a short unsigned refusal
+    // (the old client logs "protocol version 2").
+    let mut v1 = valid.clone();
+    v1[0] = 1;
+    refused(
+        &v1,
+        RefusalReason::UnsupportedVersion,
+        false,
+        "protocol version 1 (this router speaks version 2)",
+    );
 
-    // A valid request is granted, its retransmission gets the same grant, and a
-    // replay of it from another socket is refused.
+    // A valid request is granted; a copy of it from another socket of the
+    // same address (a retransmission from a new port, or a second router
+    // behind the same NAT) gets the same grant and no second element.
     let reply = udp_exchange(&cns, wp, &valid, WAIT).expect("grant");
     let port = match outcome(&reply) {
         Outcome::Granted { port, .. } => port,
         o => panic!("expected a grant, got {o:?}"),
     };
     assert_eq!(elements(), 1);
-    // (udp_exchange uses a fresh socket, i.e. a new source port: a replay.)
-    let replay = udp_exchange(&cns, wp, &valid, WAIT).expect("refusal");
-    match outcome(&replay) {
-        Outcome::Refused { reason } => assert_eq!(reason, RefusalReason::Replay),
-        o => panic!("replay got {o:?}"),
+    // (udp_exchange uses a fresh socket, i.e. a new source port.)
+    let again = udp_exchange(&cns, wp, &valid, WAIT).expect("the same grant");
+    assert_eq!(again, reply, "another reply to the same request");
+    assert_eq!(elements(), 1, "a copy added an element");
+    // The same nonce signed over another body is a replay.
+    let mut other = proto::decode(&valid).expect("decodes");
+    if let Message::Request(r) = &mut other {
+        r.body.kind = RequestKind::NatDetour {
+            destination: SocketAddr::new(server.ip(), 5299),
+        };
+        *r = Request::sign(cert.clone(), &key, r.body.clone());
     }
+    let replay = udp_exchange(&cns, wp, &proto::encode(&other), WAIT).expect("refusal");
+    assert_eq!(reason(&replay), (RefusalReason::Replay, true));
     assert_eq!(elements(), 1, "a replay added an element");
 
     // Still serving: another valid request, another port.

@@ -10,6 +10,16 @@
 //! stops adding detours to a connection whose server refuses joins (a stock
 //! server accepts 2 extra subflows by default: a refused join shows as
 //! SUB_ESTABLISHED immediately followed by SUB_CLOSED).
+//!
+//! Every request names the source address the waypoint will see
+//! ([`proto::RequestBody::source`]): the address that waypoint reported
+//! (`observed`) for earlier requests from the same local address, else a
+//! public address STUN or the gateway found ([`Client::set_public_address`]),
+//! else the local address itself. A wrong guess (a NAT on first contact)
+//! costs one round trip: the waypoint's signed [`Outcome::WrongSource`] names
+//! the address, and the request goes again at once with it. An unsigned
+//! refusal is only logged: anyone can forge one, so it never ends a lease,
+//! stops a retransmission or holds a waypoint down.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +48,10 @@ const JOIN_REFUSED_WINDOW: Duration = Duration::from_millis(1000);
 /// How long a waypoint whose owner's monthly donation is used up is skipped:
 /// it refuses until the month ends or its owner raises the cap.
 pub(crate) const USED_UP_HOLDDOWN: Duration = Duration::from_secs(3600);
+
+/// How long a waypoint that refused a new tunnel for our request rate is
+/// not asked for another.
+pub(crate) const RATE_LIMITED_HOLDDOWN: Duration = Duration::from_secs(2);
 
 /// Attempts for a detour request before the waypoint counts as unreachable.
 const REQUEST_ATTEMPTS: u32 = 4;
@@ -308,6 +322,8 @@ struct Pending {
     next_at: Instant,
     attempts: u32,
     max_attempts: u32,
+    /// Sent again after a [`Outcome::WrongSource`]: not a second time.
+    rebound: bool,
 }
 
 /// The client's protocol state.
@@ -329,6 +345,11 @@ pub struct Client {
     nonce_counter: u64,
     /// Waypoint scores, learned across connections.
     board: Scoreboard,
+    /// The address each waypoint saw our requests from, by (peer, local
+    /// address; unspecified for requests whose source routing picks).
+    observed: HashMap<(usize, IpAddr), IpAddr>,
+    /// This router's public IPv4 address, if STUN or the gateway told.
+    public4: Option<IpAddr>,
 }
 
 impl Client {
@@ -358,6 +379,8 @@ impl Client {
             nonce_prefix,
             nonce_counter: 0,
             board: Scoreboard::default(),
+            observed: HashMap::new(),
+            public4: None,
         }
     }
 
@@ -508,6 +531,12 @@ impl Client {
         let resp = match proto::decode(dgram) {
             Ok(Message::Response(r)) => r,
             Ok(Message::Request(_)) => return Err(format!("{from}: a request sent to the client")),
+            Ok(Message::Refusal(r)) => {
+                return Err(format!(
+                    "{from}: unsigned refusal ({}); not acted on: anyone can forge one",
+                    r.reason
+                ))
+            }
             Err(e) => return Err(format!("{from}: undecodable datagram: {e}")),
         };
         if self.vpn_pending.contains_key(&resp.body.nonce) {
@@ -551,7 +580,70 @@ impl Client {
             .expect("looked up above");
         self.peers[peer_idx].last_rtt = Some(now.saturating_duration_since(p.sent_at));
         self.peers[peer_idx].down_until = None;
-        Ok(self.on_outcome(now, wall_ms, resp.body.nonce, p, resp.body.outcome))
+        match resp.body.outcome {
+            Outcome::WrongSource { observed } => {
+                Ok(self.rebind(now, wall_ms, peer_idx, p, observed))
+            }
+            outcome => {
+                if let Outcome::Granted { observed, .. } = outcome {
+                    self.observed.insert((peer_idx, p.from), observed);
+                }
+                Ok(self.on_outcome(now, wall_ms, resp.body.nonce, p, outcome))
+            }
+        }
+    }
+
+    /// The waypoint saw request `p` come from `observed`, not from the
+    /// source it named: remember it and ask again at once (once).
+    fn rebind(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        peer: usize,
+        p: Pending,
+        observed: IpAddr,
+    ) -> Vec<Action> {
+        self.observed.insert((peer, p.from), observed);
+        if p.rebound {
+            // Seen from another address each time (a NAT that changes it):
+            // this request fails; a renewal is simply tried again later.
+            let d = self
+                .conns
+                .get_mut(&p.token)
+                .and_then(|c| c.detours.get_mut(p.detour));
+            if let Some(d) = d.filter(|d| d.state == DetourState::Requesting) {
+                d.state = DetourState::Failed(format!(
+                    "waypoint sees us from changing addresses ({observed})"
+                ));
+            }
+            return Vec::new();
+        }
+        let timeout = match p.kind {
+            RequestKind::Renew { .. } => self.settings.renew_interval,
+            _ => self.settings.request_timeout,
+        };
+        let retries = p.max_attempts.saturating_sub(p.attempts);
+        self.send_request(
+            now, wall_ms, p.token, p.detour, p.kind, retries, timeout, true,
+        )
+    }
+
+    /// The address to name as the source of a request to `peer` sent from
+    /// `local` (see the module docs).
+    fn source_for(&self, peer: usize, local: IpAddr) -> IpAddr {
+        if let Some(o) = self.observed.get(&(peer, local)) {
+            return *o;
+        }
+        match (local, self.public4) {
+            (IpAddr::V4(l), Some(p)) if l.is_unspecified() || l.is_private() => p,
+            _ => local,
+        }
+    }
+
+    /// This router's public IPv4 address (from STUN or the gateway), a first
+    /// guess for requests from private addresses; `None` when unknown.
+    pub fn set_public_address(&mut self, public4: Option<IpAddr>) {
+        self.public4 = public4.filter(IpAddr::is_ipv4);
     }
 
     fn on_outcome(
@@ -591,16 +683,31 @@ impl Client {
             }
             (RequestKind::NatDetour { .. }, Outcome::Refused { reason }) => {
                 d.state = DetourState::Failed(format!("refused: {reason}"));
-                if reason != RefusalReason::DonationUsedUp {
-                    return Vec::new();
-                }
+                let skip = match reason {
+                    RefusalReason::DonationUsedUp | RefusalReason::EvidenceFull => USED_UP_HOLDDOWN,
+                    // Over our rate there: ask it for no new tunnel for a
+                    // moment (hammering it would make it drop our address).
+                    RefusalReason::RateLimited => RATE_LIMITED_HOLDDOWN,
+                    _ => return Vec::new(),
+                };
                 // Skip it for a while; the slot goes to the next waypoint.
                 let peer = d.peer;
-                self.peers[peer].down_until = Some(now + USED_UP_HOLDDOWN);
+                self.peers[peer].down_until = Some(now + skip);
                 self.add_detours(now, wall_ms, token)
             }
             (RequestKind::Renew { .. }, Outcome::Granted { .. }) => {
                 d.misses = 0;
+                Vec::new()
+            }
+            (
+                RequestKind::Renew { .. },
+                Outcome::Refused {
+                    reason: RefusalReason::RateLimited,
+                },
+            ) => {
+                // Not renewed yet, not lost: ask again in a second (the
+                // lease runs for many renewal intervals).
+                d.renew_due = Some(now + Duration::from_secs(1).min(renew));
                 Vec::new()
             }
             (RequestKind::Renew { .. }, Outcome::Refused { reason }) => {
@@ -696,14 +803,15 @@ impl Client {
             }
         }
         for (token, i, kind) in renewals {
-            out.extend(self.send_request(now, wall_ms, token, i, kind, 0, renew_interval));
+            out.extend(self.send_request(now, wall_ms, token, i, kind, 0, renew_interval, false));
         }
         out.extend(self.poll_vpn(now, wall_ms));
         out
     }
 
-    /// When [`Client::poll`] next has work.
-    pub fn next_timeout(&self) -> Option<Instant> {
+    /// When [`Client::poll`] next has work (`now` where it has work at
+    /// once).
+    pub fn next_timeout(&self, now: Instant) -> Option<Instant> {
         let p = self.pending.values().map(|p| p.next_at).min();
         let r = self
             .conns
@@ -712,7 +820,10 @@ impl Client {
             .filter(|d| d.live())
             .filter_map(|d| d.renew_due)
             .min();
-        [p, r, self.vpn_next_timeout()].into_iter().flatten().min()
+        [p, r, self.vpn_next_timeout(now)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Connections, for status.
@@ -820,9 +931,12 @@ impl Client {
             kind,
             REQUEST_ATTEMPTS - 1,
             timeout,
+            false,
         )
     }
 
+    /// Signs and sends a request for detour `detour` of `token`; `rebound`:
+    /// it repeats one the waypoint saw from another address.
     #[allow(clippy::too_many_arguments)]
     fn send_request(
         &mut self,
@@ -833,6 +947,7 @@ impl Client {
         kind: RequestKind,
         retries: u32,
         timeout: Duration,
+        rebound: bool,
     ) -> Vec<Action> {
         let Some((peer, from)) = self
             .conns
@@ -842,15 +957,7 @@ impl Client {
             return Vec::new();
         };
         let to = self.peers[peer].spec.address;
-        let nonce = self.next_nonce();
-        let body = RequestBody {
-            waypoint: self.peers[peer].spec.name.clone(),
-            timestamp_ms: wall_ms,
-            nonce,
-            kind: kind.clone(),
-        };
-        let req = Request::sign(self.cert.clone(), &self.key, body);
-        let bytes = proto::encode(&Message::Request(req));
+        let (nonce, bytes) = self.sign_request(peer, from, wall_ms, kind.clone());
         self.pending.insert(
             nonce,
             Pending {
@@ -864,9 +971,30 @@ impl Client {
                 next_at: now + timeout,
                 attempts: 0,
                 max_attempts: retries,
+                rebound,
             },
         );
         vec![Action::Send { from, to, bytes }]
+    }
+
+    /// A fresh nonce and the encoded request to `peer`, sent from `local`.
+    fn sign_request(
+        &mut self,
+        peer: usize,
+        local: IpAddr,
+        wall_ms: u64,
+        kind: RequestKind,
+    ) -> (Nonce, Vec<u8>) {
+        let nonce = self.next_nonce();
+        let body = RequestBody {
+            waypoint: self.peers[peer].spec.name.clone(),
+            timestamp_ms: wall_ms,
+            nonce,
+            source: self.source_for(peer, local),
+            kind,
+        };
+        let req = Request::sign(self.cert.clone(), &self.key, body);
+        (nonce, proto::encode(&Message::Request(req)))
     }
 
     fn unanswered(&mut self, now: Instant, wall_ms: u64, p: Pending) -> Vec<Action> {
@@ -1037,6 +1165,7 @@ impl Client {
             RequestKind::Release { port, lease },
             1,
             timeout,
+            false,
         )
     }
 
@@ -1073,7 +1202,7 @@ impl Client {
         let mut out = Vec::new();
         let timeout = self.settings.request_timeout;
         for (i, kind) in releases {
-            out.extend(self.send_request(now, wall_ms, token, i, kind, 0, timeout));
+            out.extend(self.send_request(now, wall_ms, token, i, kind, 0, timeout, false));
         }
         self.score_detours(token);
         // Pending requests of this connection can no longer be matched.
@@ -1122,6 +1251,10 @@ mod tests {
         locals: Vec<IpAddr>,
         /// SetBackup actions: remote, flag.
         backups: Vec<(SocketAddr, bool)>,
+        /// A NAT between client and waypoint: the address the waypoint sees.
+        nat: Option<IpAddr>,
+        /// Datagrams the client sent.
+        sent: usize,
     }
 
     fn settings() -> Settings {
@@ -1138,6 +1271,10 @@ mod tests {
 
     impl Pair {
         fn new(peers: Vec<PeerSpec>) -> Pair {
+            Pair::with_limits(peers, waypoint::Limits::default())
+        }
+
+        fn with_limits(peers: Vec<PeerSpec>, limits: waypoint::Limits) -> Pair {
             let k = testutil::key(3);
             let bob = Certificate::issue(
                 &testutil::root(),
@@ -1173,6 +1310,7 @@ mod tests {
                     port: 51820,
                     wg_key: [5; 32],
                 }),
+                limits,
             };
             let me = cert("alice", 2, Roles::CLIENT | Roles::WAYPOINT);
             let w = Waypoint::new(
@@ -1195,7 +1333,16 @@ mod tests {
                 vpn: vec![],
                 locals: vec![],
                 backups: vec![],
+                nat: None,
+                sent: 0,
             }
+        }
+
+        fn vpn_alice() -> Vec<PeerSpec> {
+            vec![PeerSpec {
+                vpn: true,
+                ..Pair::alice().remove(0)
+            }]
         }
 
         fn alice() -> Vec<PeerSpec> {
@@ -1222,6 +1369,7 @@ mod tests {
                             from == CLIENT_IP.parse::<IpAddr>().unwrap() || from.is_unspecified(),
                             "{from}"
                         );
+                        self.sent += 1;
                         if self.drop_next > 0 {
                             self.drop_next -= 1;
                             continue;
@@ -1229,7 +1377,15 @@ mod tests {
                         if !waypoint_up {
                             continue;
                         }
-                        let from = SocketAddr::new(CLIENT_IP.parse().unwrap(), 50000);
+                        let seen = match self.nat {
+                            // A NAT that picks another address every time.
+                            Some(IpAddr::V4(a)) if a.is_unspecified() => {
+                                IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, self.sent as u8))
+                            }
+                            Some(a) => a,
+                            None => CLIENT_IP.parse().unwrap(),
+                        };
+                        let from = SocketAddr::new(seen, 50000);
                         let reply = match self.w.handle(self.now, self.ms(), from, &bytes) {
                             Decision::Reply { bytes, .. }
                             | Decision::Install { bytes, .. }
@@ -1239,6 +1395,7 @@ mod tests {
                             | Decision::VpnRefresh { bytes, .. }
                             | Decision::VpnRemove { bytes, .. } => bytes,
                             Decision::Ignore { reason } => panic!("waypoint ignored: {reason}"),
+                            Decision::Drop { source } => panic!("waypoint dropped {source}"),
                         };
                         let more = self
                             .c
@@ -1277,7 +1434,7 @@ mod tests {
 
         fn advance(&mut self, d: Duration, waypoint_up: bool) {
             let end = self.now + d;
-            while let Some(t) = self.c.next_timeout().filter(|t| *t <= end) {
+            while let Some(t) = self.c.next_timeout(self.now).filter(|t| *t <= end) {
                 self.now = t.max(self.now);
                 let a = self.c.poll(self.now, self.ms());
                 self.run(a, waypoint_up);
@@ -1410,12 +1567,10 @@ mod tests {
 
     #[test]
     fn vpn_tunnel_serves_every_connection_and_is_dropped_when_the_waypoint_dies() {
-        let mut p = Pair::new(vec![PeerSpec {
-            name: "alice".into(),
-            address: WP.parse().unwrap(),
-            vpn: true,
-        }]);
-        // The tunnel is asked for at once, not per connection.
+        let mut p = Pair::new(Pair::vpn_alice());
+        // The tunnel is asked for at once (due now, on virtual time), not
+        // per connection.
+        assert_eq!(p.c.next_timeout(p.now), Some(p.now));
         p.advance(Duration::from_millis(10), true);
         assert_eq!(p.vpn, vec!["up 10.200.7.2"]);
         for token in [1, 2] {
@@ -1573,7 +1728,7 @@ mod tests {
         p.event(PmEvent::Closed { token: Token(1) });
         assert_eq!(p.w.leases().count(), 0);
         assert_eq!(p.c.conns().count(), 0);
-        assert_eq!(p.c.next_timeout(), None);
+        assert_eq!(p.c.next_timeout(p.now), None);
     }
 
     #[test]
@@ -1777,5 +1932,215 @@ mod tests {
         p.event(PmEvent::Closed { token: Token(1) });
         let s = p.c.scoreboard().score("alice", "10.0.3.0/24").unwrap();
         assert_eq!((s.count, s.mean()), (1, Some(0.0)));
+    }
+
+    fn wrong_sources(p: &Pair) -> u64 {
+        p.w.stats().refused.get("WrongSource").copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn behind_a_nat_the_first_request_learns_the_observed_address() {
+        let mut p = Pair::new(Pair::alice());
+        p.nat = Some("198.51.100.7".parse().unwrap());
+        p.event(established(1));
+        // One extra round trip: WrongSource, then granted at once.
+        assert_eq!(p.created.len(), 1);
+        assert_eq!((wrong_sources(&p), p.sent), (1, 2));
+        let lease = p.w.leases().next().unwrap().clone();
+        assert_eq!(lease.client, p.nat.unwrap());
+        // Renewals and later connections name the learned address.
+        p.advance(Duration::from_secs(3), true);
+        let mut ev = established(2);
+        if let PmEvent::Established { local, .. } = &mut ev {
+            local.set_port(40002);
+        }
+        p.event(ev);
+        assert_eq!(p.created.len(), 2);
+        assert_eq!(wrong_sources(&p), 1);
+        assert!(p.w.stats().granted >= 5, "{:?}", p.w.stats());
+    }
+
+    #[test]
+    fn a_nat_changing_address_every_time_fails_the_request_after_one_retry() {
+        let mut p = Pair::new(Pair::alice());
+        p.nat = Some("0.0.0.0".parse().unwrap());
+        p.event(established(1));
+        assert_eq!((wrong_sources(&p), p.sent), (2, 2));
+        assert!(p.created.is_empty());
+        let c = p.c.conns().next().unwrap();
+        assert!(
+            matches!(&c.detours[0].state, DetourState::Failed(w) if w.contains("changing addresses")),
+            "{:?}",
+            c.detours[0].state
+        );
+        assert!(p.c.pending.is_empty());
+    }
+
+    #[test]
+    fn a_public_address_from_stun_saves_the_extra_round_trip() {
+        let mut p = Pair::new(Pair::alice());
+        p.nat = Some("198.51.100.7".parse().unwrap());
+        p.c.set_public_address(p.nat);
+        p.event(established(1));
+        assert_eq!(p.created.len(), 1);
+        assert_eq!((wrong_sources(&p), p.sent), (0, 1));
+        // An IPv6 hint is no IPv4 source.
+        p.c.set_public_address(Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(p.c.public4, None);
+    }
+
+    #[test]
+    fn a_vpn_request_learns_its_source_on_first_contact() {
+        let mut p = Pair::new(Pair::vpn_alice());
+        p.advance(Duration::from_millis(10), true);
+        assert_eq!(p.vpn, vec!["up 10.200.7.2"]);
+        assert_eq!((wrong_sources(&p), p.sent), (1, 2));
+        // Renewals name the learned address: no more WrongSource.
+        p.advance(Duration::from_secs(3), true);
+        assert_eq!(wrong_sources(&p), 1);
+        assert_eq!(p.vpn, vec!["up 10.200.7.2"]);
+    }
+
+    #[test]
+    fn an_unsigned_refusal_is_only_logged() {
+        let mut p = Pair::new(Pair::alice());
+        p.drop_next = 1;
+        p.event(established(1));
+        let nonce = *p.c.pending.keys().next().unwrap();
+        // Anyone can send one, naming the pending request's nonce.
+        for reason in [
+            RefusalReason::BadCertificate,
+            RefusalReason::RateLimited,
+            RefusalReason::DonationUsedUp,
+        ] {
+            let forged = proto::encode(&Message::Refusal(proto::UnsignedRefusal {
+                reason,
+                nonce: Some(nonce),
+            }));
+            let e =
+                p.c.on_datagram(p.now, MS, WP.parse().unwrap(), &forged)
+                    .unwrap_err();
+            assert!(
+                e.contains("unsigned refusal") && e.contains("not acted on"),
+                "{e}"
+            );
+        }
+        // Nothing changed: the request is still pending, the peer is up, the
+        // retransmission gets the grant.
+        assert_eq!(detour_state(&p, 1), vec!["requesting"]);
+        assert!(p.c.peers(p.now).iter().all(|s| s.up));
+        p.advance(Duration::from_secs(1), true);
+        assert_eq!(p.created.len(), 1);
+        // Nor does one end a granted lease.
+        let forged = proto::encode(&Message::Refusal(proto::UnsignedRefusal {
+            reason: RefusalReason::UnknownLease,
+            nonce: None,
+        }));
+        assert!(p
+            .c
+            .on_datagram(p.now, MS, WP.parse().unwrap(), &forged)
+            .is_err());
+        assert_eq!(detour_state(&p, 1), vec!["connecting"]);
+        assert!(p.destroyed.is_empty());
+    }
+
+    #[test]
+    fn a_renewal_refused_for_its_rate_keeps_the_detour_and_is_asked_again() {
+        for vpn in [false, true] {
+            let limits = waypoint::Limits {
+                member_rate: 1,
+                member_burst: 1,
+                ..waypoint::Limits::default()
+            };
+            let peers = if vpn {
+                Pair::vpn_alice()
+            } else {
+                Pair::alice()
+            };
+            let mut p = Pair::with_limits(peers, limits);
+            p.event(established(1));
+            if !vpn {
+                let remote = p.created[0].1;
+                p.event(PmEvent::SubEstablished {
+                    token: Token(1),
+                    subflow: sub(remote, 50001),
+                });
+            }
+            // Just before the first renewal, someone (bob's own second
+            // router, say) spends bob's renewal token.
+            p.advance(Duration::from_millis(10), true);
+            let due = p.c.next_timeout(p.now).expect("a renewal is due");
+            let ms = Duration::from_millis(1);
+            p.advance(due.saturating_duration_since(p.now) - ms, true);
+            let stray = testutil::request_from(
+                &p.c.cert,
+                3,
+                "alice",
+                0xaa,
+                p.ms(),
+                RequestKind::Release {
+                    port: 1,
+                    lease: Nonce([0; 16]),
+                },
+                CLIENT_IP.parse().unwrap(),
+            );
+            let from = SocketAddr::new(CLIENT_IP.parse().unwrap(), 50000);
+            let d = p.w.handle(p.now, p.ms(), from, &stray);
+            assert!(
+                matches!(
+                    d,
+                    Decision::Reply {
+                        refused: Some(_),
+                        ..
+                    }
+                ),
+                "{d:?}"
+            );
+            // The renewal is refused for the rate: nothing is torn down ...
+            p.advance(Duration::from_millis(1), true);
+            let limited = p.w.stats().refused.get("RateLimited").copied();
+            assert_eq!(limited, Some(1), "vpn {vpn}: {:?}", p.w.stats());
+            let granted = p.w.stats().granted;
+            // ... and it is asked again a second later, and renewed.
+            p.advance(Duration::from_millis(1000), true);
+            assert!(p.w.stats().granted > granted, "vpn {vpn}");
+            assert!(p.destroyed.is_empty());
+            if vpn {
+                assert_eq!(p.vpn, vec!["up 10.200.7.2"]);
+            } else {
+                assert_eq!(detour_state(&p, 1), vec!["established"]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_tunnel_refused_for_the_rate_pauses_that_waypoint_briefly() {
+        let limits = waypoint::Limits {
+            member_rate: 1,
+            member_burst: 1,
+            ..waypoint::Limits::default()
+        };
+        let mut p = Pair::with_limits(Pair::alice(), limits);
+        let conn = |p: &mut Pair, token: u32| {
+            let mut ev = established(token);
+            if let PmEvent::Established { local, .. } = &mut ev {
+                local.set_port(40000 + token as u16);
+            }
+            p.event(ev);
+        };
+        conn(&mut p, 1);
+        assert_eq!(p.created.len(), 1);
+        // The second connection's request is over bob's rate: refused, and
+        // alice is not asked for new tunnels for a moment.
+        conn(&mut p, 2);
+        assert_eq!(detour_state(&p, 2), vec!["failed"]);
+        assert!(p.c.peers(p.now).iter().all(|s| !s.up));
+        let sent = p.sent;
+        conn(&mut p, 3);
+        assert_eq!(p.sent, sent, "asked again at once");
+        // Later it is.
+        p.advance(RATE_LIMITED_HOLDDOWN, true);
+        conn(&mut p, 4);
+        assert_eq!(detour_state(&p, 4), vec!["connecting"]);
     }
 }

@@ -457,6 +457,12 @@ impl Scoreboard {
         std::mem::take(&mut self.dirty)
     }
 
+    /// Whether there are records since the last [`Scoreboard::take_dirty`]
+    /// (without taking them).
+    pub fn dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// The file form: a header line, then one line per entry:
     /// `waypoint<TAB>prefix<TAB>weight<TAB>sum<TAB>count`.
     pub fn to_file(&self) -> String {

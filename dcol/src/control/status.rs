@@ -403,7 +403,10 @@ pub struct WaypointStatus {
     pub datagrams: u64,
     /// Grants sent (new, renewed, repeated).
     pub granted: u64,
-    /// Refusals by reason.
+    /// Refusals by reason: the names of `proto::RefusalReason`, plus
+    /// `WrongSource` (a request from another address than it names) and
+    /// `garbage` (undecodable); `RateLimited` also counts datagrams dropped
+    /// unread because their sender was over its rate.
     pub refused: BTreeMap<String, u64>,
     /// Donation rate cap, kbit/s (0: none).
     #[serde(default)]

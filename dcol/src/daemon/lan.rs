@@ -3,30 +3,35 @@
 //! - the WAN: only flows whose route leaves by the default routes'
 //!   interfaces are intercepted; the daemon's routing snapshot
 //!   ([`crate::routes::Routes::wan`]) names them at start and whenever the
-//!   kernel announces a change ([`LanRole::set_wan`]);
+//!   kernel announces a change ([`Event::Routes`]);
 //! - the firewall: with `proxy_follow_firewall` the kernel records which
 //!   flows the firewall forwarded, and a [`RulesetWatch`] makes the table
 //!   forget them whenever another table changes;
 //! - room: the heartbeat that keeps interception on stops while the relay
-//!   is at its cap or short of descriptors ([`Pause`]), so new LAN flows go
-//!   direct; each pause is logged once and shown in `dcol status`.
+//!   is at its cap or short of descriptors, so new LAN flows go direct;
+//!   each pause is logged once and shown in `dcol status`.
+//!
+//! When to beat, pause and forget is decided by [`Admission`]; the relay's
+//! news about the connections it opens go to the client role
+//! ([`Event::Relay`]). The proxy runs only with the client role.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use super::driver::{earliest, Ctx, Driver, Event, Outbox, Role};
 use super::DaemonError;
 use crate::config::{Config, DetourPolicy};
-use crate::control;
-use crate::proxy::limits::{Pause, PauseChange};
+use crate::control::{self, Status};
+use crate::proxy::admission::{Action as AdmissionAction, Admission, Full};
 use crate::sys::lan::{self, InterceptSpec, LanIntercept, RulesetWatch};
-use crate::sys::relay::{Relay, RelayEvent, RelaySettings};
+use crate::sys::relay::{Relay, RelaySettings};
 use crate::sys::SysError;
 
 /// Name of the interception table (`inet dcol_lan`).
 pub const LAN_TABLE: &str = "dcol_lan";
 
 /// The transparent proxy for LAN devices.
-pub(super) struct LanRole {
+pub(super) struct LanDriver {
     relay: Relay,
     intercept: Option<LanIntercept>,
     /// Another table changed: forget the firewall's verdicts (only while
@@ -35,10 +40,9 @@ pub(super) struct LanRole {
     /// Tables whose changes are ours.
     own_tables: Vec<String>,
     spec: InterceptSpec,
-    pub(super) policy: DetourPolicy,
-    next_beat: Instant,
-    pause: Pause,
-    firewall_changes: u64,
+    policy: DetourPolicy,
+    /// Whether new LAN flows are intercepted now.
+    admission: Admission,
 }
 
 fn relay_settings(cfg: &Config) -> RelaySettings {
@@ -91,26 +95,24 @@ fn open_watch(spec: &InterceptSpec, own: &[String]) -> Option<RulesetWatch> {
     }
 }
 
-impl LanRole {
+impl LanDriver {
     /// Starts the relay, then switches interception on for flows routed to
     /// `wan` (relay first: a redirected connection must find a listener).
-    pub(super) fn start(cfg: &Config, wan: &[String]) -> Result<LanRole, DaemonError> {
+    fn start(cfg: &Config, wan: &[String]) -> Result<LanDriver, DaemonError> {
         let c = &cfg.client;
         let relay = Relay::open(relay_settings(cfg))?;
         let spec = intercept_spec(cfg);
         let own = own_tables(cfg);
         // The watch first: a change while the table is made is not missed.
         let watch = open_watch(&spec, &own);
-        let mut role = LanRole {
+        let mut role = LanDriver {
             relay,
             intercept: None,
             watch,
             own_tables: own,
             spec,
             policy: c.detour_policy,
-            next_beat: Instant::now() + lan::HEARTBEAT,
-            pause: Pause::default(),
-            firewall_changes: 0,
+            admission: Admission::new(Instant::now(), lan::HEARTBEAT),
         };
         role.intercept = Some(role.start_intercept(wan)?);
         log::info!(
@@ -140,38 +142,9 @@ impl LanRole {
         Ok(intercept)
     }
 
-    /// Applies `new`'s settings in place (same port); what changed, for the
-    /// reload's log line. `wan`: the WAN in force (for a table made anew).
-    pub(super) fn reconfigure(
-        &mut self,
-        new: &Config,
-        wan: &[String],
-    ) -> Result<Option<String>, DaemonError> {
-        self.relay.set_settings(relay_settings(new));
-        self.policy = new.client.detour_policy;
-        let spec = intercept_spec(new);
-        self.own_tables = own_tables(new);
-        if let Some(w) = self.watch.as_mut() {
-            w.set_own(self.own_tables.clone());
-        }
-        let mut changed = None;
-        if spec != self.spec {
-            if spec.follow_firewall != self.spec.follow_firewall {
-                self.watch = open_watch(&spec, &self.own_tables);
-            }
-            self.spec = spec;
-            match self.intercept.as_mut() {
-                Some(i) => i.update(&self.spec)?,
-                None => self.intercept = Some(self.start_intercept(wan)?),
-            }
-            changed = Some("LAN interception rules".to_owned());
-        }
-        Ok(changed)
-    }
-
     /// Intercepts only flows routed to `wan` from now on (see
     /// [`LanIntercept::set_wan`]); called when the routes change.
-    pub(super) fn set_wan(&mut self, wan: &[String]) {
+    fn set_wan(&mut self, wan: &[String]) {
         if let Some(i) = self.intercept.as_mut() {
             if let Err(e) = set_wan(i, wan) {
                 // The old WAN stays in force; the next change tries again.
@@ -180,96 +153,155 @@ impl LanRole {
         }
     }
 
-    /// The descriptors to poll.
-    pub(super) fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> + '_ {
-        std::iter::once(self.relay.fd()).chain(self.watch.as_ref().map(RulesetWatch::fd))
-    }
-
-    /// When [`LanRole::step`] must run at the latest.
-    pub(super) fn next_timeout(&self) -> Instant {
-        let mut t = self.relay.next_timeout();
-        if !self.pause.paused() {
-            t = t.min(self.next_beat);
+    /// Everything that is due: firewall changes, the relay's work, the
+    /// pause and the heartbeat; the relay's news go to the client.
+    fn turn(&mut self, now: Instant, out: &mut Outbox) {
+        if self.watch.as_mut().is_some_and(RulesetWatch::changed) {
+            let a = self.admission.firewall_changed();
+            self.carry_out(a);
         }
-        t
-    }
-
-    /// Everything that is due: firewall changes, the relay's work, the pause
-    /// and the heartbeat. Returns the relay's events.
-    pub(super) fn step(&mut self, now: Instant) -> Vec<RelayEvent> {
-        if let Some(w) = self.watch.as_mut() {
-            if w.changed() {
-                self.firewall_changes = self.firewall_changes.wrapping_add(1);
-                if let Some(i) = self.intercept.as_mut() {
-                    match i.flush_permits() {
-                        Ok(()) => log::debug!(
-                            "lan proxy: the ruleset changed; the firewall's verdicts are asked again"
-                        ),
-                        Err(e) => log::warn!("lan proxy: forgetting the firewall's verdicts: {e}"),
-                    }
-                }
-            }
+        for e in self.relay.step(now) {
+            out.event(Event::Relay(e));
         }
-        let events = self.relay.step(now);
         let (active, cap) = (self.relay.active(), self.relay.capacity());
         let short = self.relay.fd_short(now);
-        match self.pause.update(active, short, &cap) {
-            Some(PauseChange::Paused) => {
-                if let Some(i) = self.intercept.as_mut() {
-                    if let Err(e) = i.pause() {
-                        log::warn!(
-                            "lan proxy: pausing interception: {e} (it lapses within {} s)",
-                            lan::ALIVE_TTL.as_secs()
-                        );
-                    }
+        for a in self.admission.after_relay(now, active, short, &cap) {
+            self.carry_out(a);
+        }
+    }
+
+    /// Carries out an admission decision on the interception table.
+    fn carry_out(&mut self, a: AdmissionAction) {
+        let Some(i) = self.intercept.as_mut() else {
+            return;
+        };
+        match a {
+            AdmissionAction::ForgetVerdicts => match i.flush_permits() {
+                Ok(()) => log::debug!(
+                    "lan proxy: the ruleset changed; the firewall's verdicts are asked again"
+                ),
+                Err(e) => log::warn!("lan proxy: forgetting the firewall's verdicts: {e}"),
+            },
+            AdmissionAction::Pause { active, why } => {
+                if let Err(e) = i.pause() {
+                    log::warn!(
+                        "lan proxy: pausing interception: {e} (it lapses within {} s)",
+                        lan::ALIVE_TTL.as_secs()
+                    );
                 }
-                let why = if short {
-                    "out of open files".to_owned()
-                } else {
-                    format!("the cap is {}", cap.max_conns)
+                let why = match why {
+                    Full::OutOfFiles => "out of open files".to_owned(),
+                    Full::Cap(n) => format!("the cap is {n}"),
                 };
                 log::warn!(
                     "lan proxy: {active} connections open ({why}): interception paused, new LAN connections go direct"
                 );
             }
-            Some(PauseChange::Resumed) => {
+            AdmissionAction::Resume { active } => {
                 log::info!("lan proxy: {active} connections open: interception resumed");
-                self.next_beat = now;
             }
-            None => {}
-        }
-        if !self.pause.paused() && now >= self.next_beat {
-            self.next_beat = now + lan::HEARTBEAT;
-            if let Some(i) = self.intercept.as_mut() {
+            AdmissionAction::Heartbeat => {
                 if let Err(e) = i.heartbeat() {
                     log::warn!("lan proxy heartbeat (interception lapses without it): {e}");
                 }
             }
         }
-        events
     }
 
     /// The `lan_proxy` part of `dcol status`.
-    pub(super) fn status(&self) -> control::LanProxyStatus {
+    fn status_doc(&self) -> control::LanProxyStatus {
         control::LanProxyStatus {
             counters: self.relay.stats(),
             detour_policy: self.policy.name().to_owned(),
             max_conns: self.relay.capacity().max_conns,
-            paused: self.pause.paused(),
-            pauses: self.pause.episodes(),
+            paused: self.admission.paused(),
+            pauses: self.admission.pauses(),
             wan_interfaces: self
                 .intercept
                 .as_ref()
                 .map(|i| i.wan().to_vec())
                 .unwrap_or_default(),
             follow_firewall: self.spec.follow_firewall,
-            firewall_changes: self.firewall_changes,
+            firewall_changes: self.admission.firewall_changes(),
         }
+    }
+}
+
+impl Driver for LanDriver {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
+        out.push(self.relay.fd());
+        out.extend(self.watch.as_ref().map(RulesetWatch::fd));
+    }
+
+    fn deadline(&self, _now: Instant) -> Option<Instant> {
+        earliest(Some(self.relay.next_timeout()), self.admission.deadline())
+    }
+
+    fn on_ready(&mut self, _fd: RawFd, now: Instant, out: &mut Outbox) {
+        self.turn(now, out);
+    }
+
+    fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        self.turn(now, out);
+    }
+
+    fn on_event(&mut self, ev: &Event, _now: Instant, _out: &mut Outbox) {
+        if let Event::Routes(r) = ev {
+            self.set_wan(&r.wan());
+        }
+    }
+
+    fn status(&self, _now: Instant, doc: &mut Status) {
+        if let Some(c) = doc.client.as_mut() {
+            c.lan_proxy = Some(self.status_doc());
+        }
+    }
+}
+
+impl Role for LanDriver {
+    type Change = ();
+    const NAME: &'static str = "LAN proxy";
+    const STOPPED: &'static str = "LAN proxy stopped";
+    const STARTED: &'static str = "LAN proxy (re)started";
+    const RESTARTED: &'static str = "LAN proxy (re)started";
+
+    fn start(ctx: &mut Ctx<'_>, _out: &mut Outbox) -> Result<Option<Self>, DaemonError> {
+        LanDriver::start(ctx.cfg, &ctx.routes.wan()).map(Some)
+    }
+
+    /// Applies the new settings in place (same port): proxied connections
+    /// live on.
+    fn reconfigure(
+        &mut self,
+        _change: &(),
+        ctx: &mut Ctx<'_>,
+        _out: &mut Outbox,
+    ) -> Result<Vec<String>, DaemonError> {
+        let new = ctx.cfg;
+        self.relay.set_settings(relay_settings(new));
+        self.policy = new.client.detour_policy;
+        let spec = intercept_spec(new);
+        self.own_tables = own_tables(new);
+        if let Some(w) = self.watch.as_mut() {
+            w.set_own(self.own_tables.clone());
+        }
+        if spec == self.spec {
+            return Ok(Vec::new());
+        }
+        if spec.follow_firewall != self.spec.follow_firewall {
+            self.watch = open_watch(&spec, &self.own_tables);
+        }
+        self.spec = spec;
+        match self.intercept.as_mut() {
+            Some(i) => i.update(&self.spec)?,
+            None => self.intercept = Some(self.start_intercept(&ctx.routes.wan())?),
+        }
+        Ok(vec!["LAN interception rules".to_owned()])
     }
 
     /// Interception off first (new LAN connections go direct), then the
     /// proxied connections are reset.
-    pub(super) fn stop(mut self) {
+    fn stop(mut self, _out: &mut Outbox) {
         if let Some(i) = self.intercept.take() {
             if let Err(e) = i.destroy() {
                 log::error!("removing the LAN interception table: {e}");

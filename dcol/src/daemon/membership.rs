@@ -14,24 +14,28 @@
 //! is withdrawn too (members stop picking a waypoint that refuses), and
 //! published again when it grants again.
 //!
-//! Directory peers are appended to the client core (running detours keep
-//! their peer indices); when a peer in use leaves the directory the core is
-//! rebuilt like for a changed static peer list (detours of running
-//! connections are released).
+//! The snapshot's peers and revocations go to the roles as events
+//! ([`Event::DirectoryPeers`], [`Event::DirectoryRevoked`]); the waypoint's
+//! used-up donation ([`Event::DonationUsedUp`]) and NAT traversal's public
+//! addresses ([`Event::Reachable`]) come in as events. A renewed
+//! certificate reloads the daemon ([`Command::Reload`]).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{client_core, client_settings, wall_ms, Daemon, DaemonError, Identity};
+use super::driver::{earliest, Command, Ctx, Driver, Event, Outbox, Role};
+use super::identity::Identity;
+use super::{wall_ms, DaemonError};
 use crate::client::PeerSpec;
-use crate::config::{self, Config, TunnelKind};
-use crate::control::DirectoryStatus;
+use crate::config::{self, Config, PeerConfig, TunnelKind};
+use crate::control::{DirectoryStatus, Status};
 use crate::directory::agent::{self, Agent, AgentSettings, Report};
 use crate::directory::{self as dir, renew, store};
 use crate::directory::{Advert, Chosen, Record, Selection, Statement, Tunnels};
-use crate::trust::{files, Certificate, MemberId, Revocations, SecretKey};
+use crate::trust::{files, Certificate, MemberId, SecretKey};
 
 /// How often a published record is renewed (the directory drops records not
 /// renewed within its record lifetime, 3 h by default).
@@ -42,7 +46,7 @@ const RENEW_RETRY: Duration = Duration::from_secs(3600);
 const EXIT_WITHDRAW: Duration = Duration::from_secs(3);
 
 /// The directory side of the daemon.
-pub(super) struct Membership {
+pub(super) struct MembershipDriver {
     agent: Agent,
     settings: AgentSettings,
     key: SecretKey,
@@ -64,14 +68,26 @@ pub(super) struct Membership {
     renew_wait: Instant,
     /// The peers picked from the snapshot in force.
     chosen: Vec<PeerSpec>,
-    /// Directory peers in the client core (after the static peers): those
-    /// chosen that are not static peers too.
-    peers: Vec<PeerSpec>,
     /// The revocation list of the snapshot in force.
     revoked: BTreeSet<MemberId>,
-    /// Members the waypoint core was told about.
-    revoked_in_waypoint: BTreeSet<MemberId>,
     status: DirectoryStatus,
+    /// The configuration in force (what to publish, where the certificate
+    /// is, the static peers).
+    cfg: Config,
+}
+
+/// The peers of `chosen` that are not static peers too (those come first in
+/// the client, and are not repeated).
+pub(super) fn directory_only(chosen: &[PeerSpec], statics: &[PeerConfig]) -> Vec<PeerSpec> {
+    chosen
+        .iter()
+        .filter(|p| {
+            !statics
+                .iter()
+                .any(|s| s.address == p.address && (s.tunnel == TunnelKind::Vpn) == p.vpn)
+        })
+        .cloned()
+        .collect()
 }
 
 fn agent_settings(cfg: &Config, id: &Identity) -> Option<AgentSettings> {
@@ -117,9 +133,9 @@ fn advert(cfg: &Config, learned: &[SocketAddr], used_up: bool) -> Option<Advert>
     })
 }
 
-impl Membership {
+impl MembershipDriver {
     /// Starts the agent when `option directory` is set.
-    pub(super) fn start(cfg: &Config, id: &Identity) -> Result<Option<Membership>, DaemonError> {
+    fn start(cfg: &Config, id: &Identity) -> Result<Option<MembershipDriver>, DaemonError> {
         let Some(settings) = agent_settings(cfg, id) else {
             return Ok(None);
         };
@@ -132,7 +148,7 @@ impl Membership {
             settings.selection.max_peers
         );
         let advert = advert(cfg, &[], false);
-        Ok(Some(Membership {
+        Ok(Some(MembershipDriver {
             agent,
             status: DirectoryStatus {
                 url: settings.snapshot.to_string(),
@@ -150,9 +166,8 @@ impl Membership {
             renewing: false,
             renew_wait: Instant::now(),
             chosen: Vec::new(),
-            peers: Vec::new(),
             revoked: BTreeSet::new(),
-            revoked_in_waypoint: BTreeSet::new(),
+            cfg: cfg.clone(),
         }))
     }
 
@@ -182,11 +197,23 @@ impl Membership {
         self.next_publish = None;
     }
 
+    /// When the certificate is next due for renewal (in its last third),
+    /// unless a renewal is asked already.
+    fn renew_deadline(&self, now: Instant) -> Option<Instant> {
+        if self.renewing {
+            return None;
+        }
+        // One second past the start of the last third: due by then.
+        let due_s = renew::due_from(&self.cert).saturating_add(1);
+        let wait = Duration::from_secs(due_s.saturating_sub(wall_ms() / 1000));
+        Some((now + wait).max(self.renew_wait))
+    }
+
     /// Asks the directory for a new certificate when this one is in the
     /// last third of its validity.
-    fn maybe_renew(&mut self) {
+    fn maybe_renew(&mut self, now: Instant) {
         let now_s = wall_ms() / 1000;
-        if self.renewing || Instant::now() < self.renew_wait || !renew::due(&self.cert, now_s) {
+        if self.renewing || now < self.renew_wait || !renew::due(&self.cert, now_s) {
             return;
         }
         log::info!(
@@ -201,7 +228,7 @@ impl Membership {
     /// Checks a renewed certificate from the directory: this member's key,
     /// this collective, valid now, later than the one in force.
     fn check_renewed(&self, text: &str) -> Result<Certificate, String> {
-        let c = files::parse_certificate(std::path::Path::new("the directory's answer"), text)
+        let c = files::parse_certificate(Path::new("the directory's answer"), text)
             .map_err(|e| e.to_string())?;
         if c.key != self.key.public() {
             return Err("the directory's certificate is for another key".into());
@@ -217,416 +244,304 @@ impl Membership {
         Ok(c)
     }
 
-    /// Revoked by the snapshot or locally (UCI `list revoked` and the
-    /// revocation list file).
-    fn union(&self, local: &Revocations) -> Revocations {
-        let mut r = local.clone();
-        for m in &self.revoked {
-            r.insert(*m);
-        }
-        r
-    }
-}
-
-impl Daemon {
-    /// Readable when the agent has news.
-    pub(super) fn membership_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.membership.as_ref().map(|m| m.agent.fd())
-    }
-
-    /// When the record is due for renewal.
-    pub(super) fn membership_deadline(&self) -> Option<Instant> {
-        self.membership.as_ref().and_then(|m| m.next_publish)
-    }
-
     /// Public addresses learned by NAT traversal (STUN, UPnP): published
     /// (unless `list advertise` overrides them) from now on.
-    pub(super) fn membership_learned(&mut self, addrs: Vec<SocketAddr>) {
-        let Some(m) = self.membership.as_mut() else {
-            return;
-        };
-        if m.learned == addrs {
+    fn learned(&mut self, addrs: &[SocketAddr]) {
+        if self.learned == addrs {
             return;
         }
-        m.learned = addrs;
-        let a = advert(&self.cfg, &m.learned, m.used_up);
-        if a != m.advert {
-            m.advert = a;
+        self.learned = addrs.to_vec();
+        let a = advert(&self.cfg, &self.learned, self.used_up);
+        if a != self.advert {
+            self.advert = a;
             // No reachable address any more: withdraw rather than leave a
             // stale one listed until the record ages out.
-            if m.advert.is_some() {
-                m.publish();
+            if self.advert.is_some() {
+                self.publish();
             } else {
-                m.withdraw();
+                self.withdraw();
             }
         }
     }
 
     /// The waypoint stopped or resumed granting (its owner's monthly
     /// donation): withdraws or publishes the record.
-    pub(super) fn membership_used_up(&mut self, used_up: bool) {
-        let Some(m) = self.membership.as_mut() else {
-            return;
-        };
-        if m.used_up == used_up {
+    fn used_up(&mut self, used_up: bool) {
+        if self.used_up == used_up {
             return;
         }
-        m.used_up = used_up;
-        m.advert = advert(&self.cfg, &m.learned, used_up);
+        self.used_up = used_up;
+        self.advert = advert(&self.cfg, &self.learned, used_up);
         if used_up {
             log::info!("directory: this month's donation is used up; withdrawing the record until the waypoint grants again");
-            m.withdraw();
-        } else if m.advert.is_some() {
-            m.publish();
+            self.withdraw();
+        } else if self.advert.is_some() {
+            self.publish();
         }
     }
 
     /// Renews the record when due; applies the agent's reports.
-    pub(super) fn step_membership(&mut self) {
-        let Some(m) = self.membership.as_mut() else {
-            return;
-        };
-        if m.next_publish.is_some_and(|t| t <= Instant::now()) {
-            m.publish();
+    fn turn(&mut self, now: Instant, out: &mut Outbox) {
+        if self.next_publish.is_some_and(|t| t <= now) {
+            self.publish();
         }
-        m.maybe_renew();
-        let mut renewed = false;
-        let mut chosen = None;
+        self.maybe_renew(now);
         let mut retry = false;
-        for r in m.agent.reports() {
-            let st = &mut m.status;
-            match r {
-                Report::Snapshot {
-                    chosen: c,
-                    from_cache,
-                    at,
-                } => {
-                    if let Some(e) = &c.error {
-                        log::warn!("directory: snapshot serial {}: {e}", c.serial);
-                    }
-                    log::info!(
-                        "directory: snapshot serial {}{}: {} member(s), {} revoked, {} waypoint peer(s) picked",
-                        c.serial,
-                        if from_cache { " (cached)" } else { "" },
-                        c.members,
-                        c.revoked.len(),
-                        c.peers.len()
-                    );
-                    st.last_fetch = Some(at);
-                    st.last_result = Some(if from_cache { "cached" } else { "ok" }.into());
-                    chosen = Some(c);
-                }
-                Report::Unchanged { at } => {
-                    st.last_fetch = Some(at);
-                    st.last_result = Some("not modified".into());
-                }
-                Report::FetchFailed { error, at } => {
-                    log::error!("directory: {error}");
-                    st.last_fetch = Some(at);
-                    st.last_result = Some(error);
-                }
-                Report::Renewed { result, at: _ } => {
-                    m.renewing = false;
-                    let written = result.and_then(|text| {
-                        let c = m.check_renewed(&text)?;
-                        store::write_atomic(&self.cfg.main.cert, text.as_bytes(), 0o644)
-                            .map_err(|e| format!("{}: {e}", self.cfg.main.cert.display()))?;
-                        Ok(c)
-                    });
-                    match written {
-                        Ok(c) => {
-                            log::info!(
-                                "directory: certificate renewed until {} (Unix s), written to {}",
-                                c.not_after,
-                                self.cfg.main.cert.display()
-                            );
-                            m.status.renewal =
-                                Some(format!("renewed until {} (Unix s)", c.not_after));
-                            renewed = true;
-                        }
-                        Err(e) => {
-                            // A directory without --renew: ask daily, not hourly.
-                            let wait = if e.contains("HTTP 404") {
-                                RENEW_RETRY * 24
-                            } else {
-                                RENEW_RETRY
-                            };
-                            log::warn!(
-                                "directory: certificate renewal: {e}; asking again in {} h",
-                                wait.as_secs() / 3600
-                            );
-                            m.status.renewal = Some(e);
-                            m.renew_wait = Instant::now() + wait;
-                        }
-                    }
-                }
-                Report::Posted {
-                    withdraw,
-                    result,
-                    at,
-                } => {
-                    st.last_publish = Some(at);
-                    match result {
-                        Ok(text) => {
-                            log::info!("directory: {text}");
-                            st.published =
-                                Some(if withdraw { "withdrawn" } else { "published" }.into());
-                            st.publish_result = Some(text);
-                        }
-                        Err(e) => {
-                            log::warn!("directory: posting the record: {e}");
-                            st.publish_result = Some(e);
-                            retry = !withdraw;
-                        }
-                    }
-                }
-            }
+        for r in self.agent.reports() {
+            retry |= self.report(r, out);
         }
-        if retry && m.advert.is_some() {
+        if retry && self.advert.is_some() {
             // Try again after one fetch interval rather than in an hour.
-            m.next_publish = Some(Instant::now() + m.settings.interval);
-        }
-        if let Some(c) = chosen {
-            self.apply_chosen(c);
-        }
-        if renewed {
-            // As on SIGHUP: the new certificate goes to both roles and the
-            // record, detours stay.
-            self.reload();
+            self.next_publish = Some(Instant::now() + self.settings.interval);
         }
     }
 
-    fn apply_chosen(&mut self, c: Chosen) {
-        let Some(m) = self.membership.as_mut() else {
-            return;
-        };
-        m.status.serial = Some(c.serial);
-        m.status.issued = Some(c.issued);
-        m.status.members = Some(c.members);
-        m.status.revoked = c.revoked.len();
+    /// Applies one of the agent's reports; true when a post failed.
+    fn report(&mut self, r: Report, out: &mut Outbox) -> bool {
+        let st = &mut self.status;
+        match r {
+            Report::Snapshot {
+                chosen,
+                from_cache,
+                at,
+            } => {
+                if let Some(e) = &chosen.error {
+                    log::warn!("directory: snapshot serial {}: {e}", chosen.serial);
+                }
+                log::info!(
+                    "directory: snapshot serial {}{}: {} member(s), {} revoked, {} waypoint peer(s) picked",
+                    chosen.serial,
+                    if from_cache { " (cached)" } else { "" },
+                    chosen.members,
+                    chosen.revoked.len(),
+                    chosen.peers.len()
+                );
+                st.last_fetch = Some(at);
+                st.last_result = Some(if from_cache { "cached" } else { "ok" }.into());
+                self.apply_chosen(chosen, out);
+            }
+            Report::Unchanged { at } => {
+                st.last_fetch = Some(at);
+                st.last_result = Some("not modified".into());
+            }
+            Report::FetchFailed { error, at } => {
+                log::error!("directory: {error}");
+                st.last_fetch = Some(at);
+                st.last_result = Some(error);
+            }
+            Report::Renewed { result, at: _ } => self.renewed(result, out),
+            Report::Posted {
+                withdraw,
+                result,
+                at,
+            } => return self.posted(withdraw, result, at),
+        }
+        false
+    }
+
+    /// The directory's answer to a renewal: a good certificate is written
+    /// over `option cert` and taken as on SIGHUP (detours stay).
+    fn renewed(&mut self, result: Result<String, String>, out: &mut Outbox) {
+        self.renewing = false;
+        let path = self.cfg.main.cert.clone();
+        let written = result.and_then(|text| {
+            let c = self.check_renewed(&text)?;
+            store::write_atomic(&path, text.as_bytes(), 0o644)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(c)
+        });
+        match written {
+            Ok(c) => {
+                log::info!(
+                    "directory: certificate renewed until {} (Unix s), written to {}",
+                    c.not_after,
+                    path.display()
+                );
+                self.status.renewal = Some(format!("renewed until {} (Unix s)", c.not_after));
+                // Not due any more, and the record carries it from now on;
+                // the reload gives it to the roles.
+                self.cert = c;
+                if self.advert.is_some() {
+                    self.publish();
+                }
+                out.command(Command::Reload);
+            }
+            Err(e) => {
+                // A directory without --renew: ask daily, not hourly.
+                let wait = if e.contains("HTTP 404") {
+                    RENEW_RETRY * 24
+                } else {
+                    RENEW_RETRY
+                };
+                log::warn!(
+                    "directory: certificate renewal: {e}; asking again in {} h",
+                    wait.as_secs() / 3600
+                );
+                self.status.renewal = Some(e);
+                self.renew_wait = Instant::now() + wait;
+            }
+        }
+    }
+
+    /// A record was posted; true when a publication failed.
+    fn posted(&mut self, withdraw: bool, result: Result<String, String>, at: u64) -> bool {
+        let st = &mut self.status;
+        st.last_publish = Some(at);
+        match result {
+            Ok(text) => {
+                log::info!("directory: {text}");
+                st.published = Some(if withdraw { "withdrawn" } else { "published" }.into());
+                st.publish_result = Some(text);
+                false
+            }
+            Err(e) => {
+                log::warn!("directory: posting the record: {e}");
+                st.publish_result = Some(e);
+                !withdraw
+            }
+        }
+    }
+
+    /// A snapshot accepted: its peers go to the client, its revocations
+    /// (when they changed) to both roles.
+    fn apply_chosen(&mut self, c: Chosen, out: &mut Outbox) {
+        self.status.serial = Some(c.serial);
+        self.status.issued = Some(c.issued);
+        self.status.members = Some(c.members);
+        self.status.revoked = c.revoked.len();
         // Inserted one by one: collecting into a set would add sort code.
         let mut revoked = BTreeSet::new();
         for member in c.revoked {
             revoked.insert(member);
         }
-        let revocations_changed = revoked != m.revoked;
-        m.revoked = revoked;
-        m.chosen = c.peers;
-        self.sync_peers();
-        if revocations_changed {
-            self.apply_revocations();
+        self.chosen = c.peers;
+        self.count_peers();
+        out.event(Event::DirectoryPeers(self.chosen.clone()));
+        if revoked != self.revoked {
+            self.revoked = revoked;
+            out.event(Event::DirectoryRevoked(self.revoked.clone()));
         }
     }
 
-    /// Gives the client core the chosen directory peers.
-    fn sync_peers(&mut self) {
-        let Some(m) = self.membership.as_mut() else {
-            return;
-        };
-        // Static peers come first and are not repeated.
-        let fixed: Vec<(SocketAddr, bool)> = self
-            .cfg
-            .peers
-            .iter()
-            .map(|p| (p.address, p.tunnel == TunnelKind::Vpn))
-            .collect();
-        let new: Vec<PeerSpec> = m
-            .chosen
-            .iter()
-            .filter(|p| !fixed.contains(&(p.address, p.vpn)))
-            .cloned()
-            .collect();
+    /// The members whose routers the client uses as directory peers.
+    fn count_peers(&mut self) {
         let mut members: Vec<&str> = Vec::new();
-        for p in &new {
+        let peers = directory_only(&self.chosen, &self.cfg.peers);
+        for p in &peers {
             if !members.contains(&p.name.as_str()) {
                 members.push(&p.name);
             }
         }
-        m.status.peers = members.len();
-        let Some(c) = self.client.as_mut() else {
-            m.peers = new;
-            return;
-        };
-        let kind = |p: &PeerSpec| {
-            if p.vpn {
-                TunnelKind::Vpn
-            } else {
-                TunnelKind::Nat
-            }
-        };
-        let statics = self.cfg.peers.len();
-        // A core made afresh (start, reload) holds the static peers only.
-        let in_core: &[PeerSpec] = if c.tunnels.len() == statics {
-            &[]
-        } else {
-            &m.peers
-        };
-        if in_core == new.as_slice() {
-            m.peers = new;
-            return;
-        }
-        if in_core.iter().all(|p| new.contains(p)) {
-            let added: Vec<PeerSpec> = new
-                .iter()
-                .filter(|p| !in_core.contains(p))
-                .cloned()
-                .collect();
-            log::info!(
-                "directory: {} new waypoint peer(s): {}",
-                added.len(),
-                names(&added)
-            );
-            let mut order = in_core.to_vec();
-            order.extend(added.iter().cloned());
-            c.tunnels.extend(added.iter().map(kind));
-            c.core.add_peers(added);
-            m.peers = order;
-            return;
-        }
-        // A peer in use left: rebuild the core with the new list.
-        log::info!(
-            "directory: waypoint peers now {} (detours of running connections released)",
-            names(&new)
-        );
-        let id = Identity {
-            cert: self.cert.clone(),
-            key: m.key.clone(),
-            root: self.root,
-            revocations: m.union(&self.revocations),
-            rev_serial: self.rev_serial,
-        };
-        match client_core(&self.cfg, &id) {
-            Ok((mut core, mut tunnels)) => {
-                c.release_all();
-                tunnels.extend(new.iter().map(kind));
-                core.add_peers(new.clone());
-                c.core = core;
-                c.tunnels = tunnels;
-                m.peers = new;
-            }
-            Err(e) => log::error!("directory: rebuilding the client's peers: {e}"),
-        }
-    }
-
-    /// Hands the union of the snapshot's and UCI's revocations to both roles.
-    fn apply_revocations(&mut self) {
-        let Some(m) = self.membership.as_mut() else {
-            return;
-        };
-        let union = m.union(&self.revocations);
-        if let Some(c) = self.client.as_mut() {
-            c.core.reconfigure(
-                client_settings(&self.cfg),
-                self.cert.clone(),
-                m.key.clone(),
-                union,
-            );
-        }
-        if let Some(w) = self.waypoint.as_mut() {
-            let now = Instant::now();
-            for member in &m.revoked {
-                if m.revoked_in_waypoint.insert(*member) {
-                    let ended = w.core.revoke(now, *member);
-                    if !ended.is_empty() || w.core.vpn_leases().any(|l| l.member == *member) {
-                        log::info!("directory: member {member} is revoked; its tunnels end now");
-                    }
-                    w.end_leases(&ended);
-                }
-            }
-            w.expire_vpn(now);
-        }
-    }
-
-    /// After a reload (`self.cfg` is the new configuration, `old` the
-    /// previous one): starts, reconfigures or stops the directory side,
-    /// publishing or withdrawing as the waypoint role and the options say.
-    pub(super) fn reload_membership(&mut self, old: &Config, key: &SecretKey) {
-        let id = Identity {
-            cert: self.cert.clone(),
-            key: key.clone(),
-            root: self.root,
-            revocations: self.revocations.clone(),
-            rev_serial: self.rev_serial,
-        };
-        let Some(settings) = agent_settings(&self.cfg, &id) else {
-            if let Some(mut m) = self.membership.take() {
-                // The agent posts the withdrawal before it stops.
-                m.withdraw();
-                log::info!("directory: option directory removed");
-            }
-            return;
-        };
-        let Some(m) = self.membership.as_mut() else {
-            match Membership::start(&self.cfg, &id) {
-                Ok(m) => self.membership = m,
-                Err(e) => log::error!("directory: {e}"),
-            }
-            return;
-        };
-        let identity_changed = m.cert != self.cert || m.key.public() != key.public();
-        m.cert = self.cert.clone();
-        m.key = key.clone();
-        if settings != m.settings {
-            m.status.url = settings.snapshot.to_string();
-            m.agent.set(settings.clone());
-            m.settings = settings;
-        }
-        let a = advert(&self.cfg, &m.learned, m.used_up);
-        match (&a, m.posted) {
-            (None, true) => {
-                m.advert = None;
-                m.withdraw();
-            }
-            (Some(_), _) if a != m.advert || identity_changed || !m.posted => {
-                m.advert = a;
-                m.publish();
-            }
-            _ => {}
-        }
-        // The roles may have been rebuilt or reconfigured with the UCI
-        // revocations only: give them the directory's again.
-        m.revoked_in_waypoint.clear();
-        if old.peers != self.cfg.peers {
-            log::debug!("directory: static peers changed; directory peers follow them");
-        }
-        self.sync_peers();
-        self.apply_revocations();
+        self.status.peers = members.len();
     }
 
     /// At exit: withdraws the record when the file on disk says membership
     /// is off (waypoint disabled, `enabled '0'`, no directory), within
     /// [`EXIT_WITHDRAW`].
-    pub(super) fn stop_membership(&mut self) {
-        let Some(mut m) = self.membership.take() else {
-            return;
-        };
-        if !m.posted {
+    pub(super) fn exit(mut self, path: &Path) {
+        if !self.posted {
             return;
         }
-        let off = match config::load(&self.path) {
+        let off = match config::load(path) {
             Ok(c) => !c.main.enabled || !c.waypoint.enabled || c.directory.url.is_none(),
             Err(_) => false,
         };
         if !off {
             return;
         }
-        let bytes = m.record(Statement::Withdraw);
-        match agent::post_record(&m.settings.publish, &bytes, EXIT_WITHDRAW) {
+        let bytes = self.record(Statement::Withdraw);
+        match agent::post_record(&self.settings.publish, &bytes, EXIT_WITHDRAW) {
             Ok(text) => log::info!("directory: membership off: {text}"),
             Err(e) => log::warn!("directory: membership off, but the withdrawal failed: {e}"),
         }
     }
+}
 
-    /// The status object.
-    pub(super) fn membership_status(&self) -> Option<DirectoryStatus> {
-        self.membership.as_ref().map(|m| m.status.clone())
+impl Driver for MembershipDriver {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
+        out.push(self.agent.fd());
+    }
+
+    fn deadline(&self, now: Instant) -> Option<Instant> {
+        earliest(self.next_publish, self.renew_deadline(now))
+    }
+
+    fn on_ready(&mut self, _fd: RawFd, now: Instant, out: &mut Outbox) {
+        self.turn(now, out);
+    }
+
+    fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        self.turn(now, out);
+    }
+
+    fn on_event(&mut self, ev: &Event, _now: Instant, _out: &mut Outbox) {
+        match ev {
+            Event::Reachable(a) => self.learned(a),
+            Event::DonationUsedUp(u) => self.used_up(*u),
+            _ => {}
+        }
+    }
+
+    fn status(&self, _now: Instant, doc: &mut Status) {
+        doc.directory = Some(self.status.clone());
     }
 }
 
-fn names(peers: &[PeerSpec]) -> String {
-    let v: Vec<String> = peers
-        .iter()
-        .map(|p| format!("{} {}", p.name, p.address))
-        .collect();
-    v.join(", ")
+impl Role for MembershipDriver {
+    type Change = ();
+    const NAME: &'static str = "directory";
+
+    fn start(ctx: &mut Ctx<'_>, _out: &mut Outbox) -> Result<Option<Self>, DaemonError> {
+        MembershipDriver::start(ctx.cfg, ctx.id)
+    }
+
+    /// The new identity and settings; publishes or withdraws as the
+    /// waypoint role and the options now say.
+    fn reconfigure(
+        &mut self,
+        _change: &(),
+        ctx: &mut Ctx<'_>,
+        _out: &mut Outbox,
+    ) -> Result<Vec<String>, DaemonError> {
+        let (cfg, id) = (ctx.cfg, ctx.id);
+        if cfg.peers != self.cfg.peers {
+            log::debug!("directory: static peers changed; directory peers follow them");
+        }
+        self.cfg = cfg.clone();
+        let identity_changed = self.cert != id.cert || self.key.public() != id.key.public();
+        self.cert = id.cert.clone();
+        self.key = id.key.clone();
+        if let Some(settings) = agent_settings(cfg, id).filter(|s| *s != self.settings) {
+            self.status.url = settings.snapshot.to_string();
+            self.agent.set(settings.clone());
+            self.settings = settings;
+        }
+        let a = advert(cfg, &self.learned, self.used_up);
+        match (&a, self.posted) {
+            (None, true) => {
+                self.advert = None;
+                self.withdraw();
+            }
+            (Some(_), _) if a != self.advert || identity_changed || !self.posted => {
+                self.advert = a;
+                self.publish();
+            }
+            _ => {}
+        }
+        self.count_peers();
+        Ok(Vec::new())
+    }
+
+    /// `option directory` removed: the record is withdrawn (the agent posts
+    /// the withdrawal before it stops).
+    fn stop(mut self, _out: &mut Outbox) {
+        self.withdraw();
+        log::info!("directory: option directory removed");
+    }
+
+    /// No directory: no directory peers, no directory revocations.
+    fn off(out: &mut Outbox) {
+        out.event(Event::DirectoryPeers(Vec::new()));
+        out.event(Event::DirectoryRevoked(BTreeSet::new()));
+    }
 }

@@ -1,27 +1,29 @@
 //! The daemon's part in NAT traversal: with the waypoint role on and UPnP or
 //! STUN configured it runs the [`Traversal`] thread, logs what each pass
 //! found, shows it in `dcol status` and hands the public address to the
-//! membership directory (published unless `list advertise` overrides it).
+//! membership directory (published unless `list advertise` overrides it)
+//! and to the client ([`Event::Reachable`], [`Event::PublicAddress`]).
 //! At exit, or when the settings change on reload, the mappings are deleted
 //! from the gateway (at most [`STOP_WAIT`]; what is left is recorded in
 //! `state_dir/port-mappings` and deleted at the next start, or ends with
 //! its lease).
 
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::Daemon;
+use super::driver::{Ctx, Driver, Event, Outbox, Role};
+use super::DaemonError;
 use crate::config::Config;
-use crate::control::TraversalStatus;
+use crate::control::{Status, TraversalStatus};
 use crate::traversal::{self, Outcome, Protocol, Settings, Traversal};
 
 /// Time allowed for deleting the mappings.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// The traversal side of the daemon.
-pub(super) struct NatTraversal {
+pub(super) struct TraversalDriver {
     thread: Traversal,
     status: TraversalStatus,
 }
@@ -118,8 +120,8 @@ fn status_of(o: &Outcome) -> TraversalStatus {
     }
 }
 
-impl NatTraversal {
-    fn start(s: Settings) -> Option<NatTraversal> {
+impl TraversalDriver {
+    fn start(s: Settings) -> Option<TraversalDriver> {
         log::info!(
             "traversal: UPnP {}, {} STUN server(s), {} port(s) to map, {} IPv6 pinhole(s)",
             if s.upnp { "on" } else { "off" },
@@ -128,7 +130,7 @@ impl NatTraversal {
             s.pinholes.len()
         );
         match Traversal::start(s) {
-            Ok(thread) => Some(NatTraversal {
+            Ok(thread) => Some(TraversalDriver {
                 thread,
                 status: TraversalStatus::default(),
             }),
@@ -139,66 +141,34 @@ impl NatTraversal {
         }
     }
 
-    fn stop(self) {
+    /// Deletes the mappings (at most [`STOP_WAIT`]).
+    pub(super) fn exit(self) {
         if !self.thread.stop(STOP_WAIT) {
             log::warn!(
                 "traversal: the gateway did not answer in time; mappings end with their lease"
             );
         }
     }
-}
 
-impl Daemon {
-    /// Starts traversal if the configuration asks for it. Otherwise the
-    /// mappings an earlier run left (it crashed) are deleted in the
-    /// background; with traversal on, its thread does that first.
-    pub(super) fn start_traversal(cfg: &Config) -> Option<NatTraversal> {
-        let s = settings(cfg);
-        let path = record_path(cfg);
-        if s.is_none() && path.exists() {
-            let spawned = std::thread::Builder::new()
-                .name("dcol-leftovers".into())
-                .spawn(move || traversal::delete_leftovers(&path));
-            if let Err(e) = spawned {
-                log::warn!("traversal: cannot delete the mappings left by an earlier run: {e}");
-            }
-        }
-        s.and_then(NatTraversal::start)
-    }
-
-    /// Readable when a pass finished.
-    pub(super) fn traversal_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.traversal.as_ref().map(|t| t.thread.fd())
-    }
-
-    /// Applies finished passes.
-    pub(super) fn step_traversal(&mut self) {
-        let Some(t) = self.traversal.as_mut() else {
-            return;
-        };
-        let outcomes = t.thread.outcomes();
-        let Some(o) = outcomes.last() else {
-            return;
-        };
-        let s = status_of(o);
+    /// Logs what changed in a pass's outcome.
+    fn log_news(&self, s: &TraversalStatus) {
         for e in &s.errors {
             log::warn!("traversal: {e}");
         }
-        if (&s.public6, &s.pinholes) != (&t.status.public6, &t.status.pinholes) {
+        let t = &self.status;
+        if (&s.public6, &s.pinholes) != (&t.public6, &t.pinholes) {
             match &s.public6 {
                 Some(p) => log::info!(
                     "traversal: reachable over IPv6 at {p} (pinholes {})",
                     s.pinholes.join(", ")
                 ),
-                None if !t.status.pinholes.is_empty() => {
+                None if !t.pinholes.is_empty() => {
                     log::warn!("traversal: the IPv6 pinholes are gone")
                 }
                 None => {}
             }
         }
-        if (&s.public, &s.mapping, &s.mapped)
-            != (&t.status.public, &t.status.mapping, &t.status.mapped)
-        {
+        if (&s.public, &s.mapping, &s.mapped) != (&t.public, &t.mapping, &t.mapped) {
             match &s.public {
                 Some(p) => log::info!(
                     "traversal: reachable at {p} ({}; mapping {}; mapped {})",
@@ -213,44 +183,71 @@ impl Daemon {
                 None => log::warn!("traversal: {}", s.note),
             }
         }
-        let learned: Vec<SocketAddr> = o.public.into_iter().chain(o.public6).collect();
-        t.status = s;
-        self.membership_learned(learned);
+    }
+}
+
+/// Without traversal, the mappings an earlier run left (it crashed) are
+/// deleted in the background; with traversal on, its thread does that
+/// first.
+pub(super) fn delete_leftovers(cfg: &Config) {
+    let path = record_path(cfg);
+    if settings(cfg).is_some() || !path.exists() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("dcol-leftovers".into())
+        .spawn(move || traversal::delete_leftovers(&path));
+    if let Err(e) = spawned {
+        log::warn!("traversal: cannot delete the mappings left by an earlier run: {e}");
+    }
+}
+
+impl Driver for TraversalDriver {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
+        out.push(self.thread.fd());
     }
 
-    /// After a reload: restarts traversal when its settings changed.
-    pub(super) fn reload_traversal(&mut self) -> Option<String> {
-        let new = settings(&self.cfg);
-        if new.as_ref() == self.traversal.as_ref().map(|t| t.thread.settings()) {
-            return None;
-        }
-        if let Some(t) = self.traversal.take() {
-            t.stop();
-        }
-        self.traversal = new.and_then(NatTraversal::start);
-        if self.traversal.is_none() {
-            self.membership_learned(Vec::new());
-        }
-        Some(format!(
-            "NAT traversal {}",
-            if self.traversal.is_some() {
-                "restarted"
-            } else {
-                "off"
-            }
-        ))
+    /// A pass finished: its public addresses go to the directory record,
+    /// and the client's first guess of the address waypoints see.
+    fn on_ready(&mut self, _fd: RawFd, _now: Instant, out: &mut Outbox) {
+        let outcomes = self.thread.outcomes();
+        let Some(o) = outcomes.last() else {
+            return;
+        };
+        let s = status_of(o);
+        self.log_news(&s);
+        self.status = s;
+        let public = o.stun_seen.first().map(SocketAddr::ip).or(o.external_ip);
+        out.event(Event::PublicAddress(public));
+        out.event(Event::Reachable(
+            o.public.into_iter().chain(o.public6).collect(),
+        ));
     }
 
-    /// At exit: deletes the mappings.
-    pub(super) fn stop_traversal(&mut self) {
-        if let Some(t) = self.traversal.take() {
-            t.stop();
-        }
+    fn status(&self, _now: Instant, doc: &mut Status) {
+        doc.traversal = Some(self.status.clone());
+    }
+}
+
+impl Role for TraversalDriver {
+    type Change = ();
+    const NAME: &'static str = "NAT traversal";
+    const STOPPED: &'static str = "NAT traversal off";
+    const STARTED: &'static str = "NAT traversal restarted";
+    const RESTARTED: &'static str = "NAT traversal restarted";
+
+    fn start(ctx: &mut Ctx<'_>, _out: &mut Outbox) -> Result<Option<Self>, DaemonError> {
+        Ok(settings(ctx.cfg).and_then(TraversalDriver::start))
     }
 
-    /// For `dcol status`.
-    pub(super) fn traversal_status(&self) -> Option<TraversalStatus> {
-        self.traversal.as_ref().map(|t| t.status.clone())
+    /// The mappings are deleted from the gateway.
+    fn stop(self, _out: &mut Outbox) {
+        self.exit();
+    }
+
+    /// No public address learned any more.
+    fn off(out: &mut Outbox) {
+        out.event(Event::Reachable(Vec::new()));
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! Every datagram is
 //! ```text
-//! byte 0     VERSION (0x01): a router of another version refuses clearly
-//! byte 1     kind: 0x01 request, 0x02 response
+//! byte 0     VERSION (0x02): a router of another version refuses clearly
+//! byte 1     kind: 0x01 request, 0x02 response, 0x03 unsigned refusal
 //! bytes 2..  postcard encoding of the message
 //! then       zero or more 0x00 bytes of padding
 //! ```
@@ -14,8 +14,35 @@
 //! (no reflection amplification; it also checks with [`response_fits`]).
 //!
 //! A request carries the member's certificate, names the waypoint it is meant for
-//! (so it cannot be replayed to another), a timestamp and a nonce, and is signed
-//! by the member key. A response echoes the nonce and is signed by the waypoint.
+//! (so it cannot be replayed to another) and the source address the waypoint
+//! will see it come from (so it cannot be replayed from another address), a
+//! timestamp and a nonce, and is signed by the member key. A response echoes
+//! the nonce and is signed by the waypoint.
+//!
+//! An [`UnsignedRefusal`] answers a request the waypoint refused before (or
+//! instead of) checking its signature: garbage-cheap to make, so a flood of
+//! forged requests costs no signing; and, since anyone can forge one, a
+//! client only logs it and never acts on it.
+//!
+//! Version 2 (this one) added the request's `source`, the unsigned refusal,
+//! [`Outcome::WrongSource`] and three refusal reasons; its signatures use new
+//! domains (`dcol/request/v2`, `dcol/response/v2`), so no version-1 signature
+//! verifies as a version-2 message. Routers of version 1 and 2 do not talk:
+//! each logs the other's datagrams as "protocol version N (this router speaks
+//! version M)", and a version-2 waypoint answers a version-1 request with an
+//! unsigned [`RefusalReason::UnsupportedVersion`] (which the old client logs
+//! the same way).
+//!
+//! Round trip, and what a decoded message guarantees (well-formed, nothing
+//! but zeros after it; not yet authentic: check signatures separately):
+//! ```
+//! use dcol::proto::{decode, encode, Message, Nonce, RefusalReason, UnsignedRefusal};
+//!
+//! let r = UnsignedRefusal { reason: RefusalReason::RateLimited, nonce: Some(Nonce([7; 16])) };
+//! let bytes = encode(&Message::Refusal(r.clone()));
+//! assert_eq!(&bytes[..4], &[0x02, 0x03, 0x0f, 0x01]);
+//! assert_eq!(decode(&bytes), Ok(Message::Refusal(r)));
+//! ```
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -24,19 +51,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::trust::{self, Certificate, PublicKey, Revocations, SecretKey, Signature, TrustError};
 
+pub mod v1;
+
 /// Protocol version, the first byte of every datagram.
-pub const VERSION: u8 = 0x01;
+pub const VERSION: u8 = 0x02;
 /// Message kind byte of a request.
 pub const KIND_REQUEST: u8 = 0x01;
 /// Message kind byte of a response.
 pub const KIND_RESPONSE: u8 = 0x02;
+/// Message kind byte of an unsigned refusal.
+pub const KIND_REFUSAL: u8 = 0x03;
 /// Longest datagram either side accepts (fits any path MTU of 1280 with headers).
 pub const MAX_DATAGRAM: usize = 1200;
 /// Requests are padded to at least this length.
 pub const REQUEST_MIN_LEN: usize = 640;
 
-const REQUEST_DOMAIN: &[u8] = b"dcol/request/v1\0";
-const RESPONSE_DOMAIN: &[u8] = b"dcol/response/v1\0";
+const REQUEST_DOMAIN: &[u8] = b"dcol/request/v2\0";
+const RESPONSE_DOMAIN: &[u8] = b"dcol/response/v2\0";
 
 /// A request's nonce: unique per member within the freshness window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -91,6 +122,11 @@ pub struct RequestBody {
     pub timestamp_ms: u64,
     /// Unique per request; retransmissions repeat it.
     pub nonce: Nonce,
+    /// The address the waypoint will see this request come from (the
+    /// member's public address behind a NAT: learned from the `observed`
+    /// address of an earlier answer, or from STUN). A waypoint refuses a
+    /// request from any other address, with [`Outcome::WrongSource`].
+    pub source: IpAddr,
     /// What is asked for.
     pub kind: RequestKind,
 }
@@ -141,6 +177,14 @@ pub enum RefusalReason {
     /// The owner's monthly donation (`donate_monthly_gb`) is used up: no new
     /// tunnels or renewals until the next calendar month.
     DonationUsedUp = 0x0f,
+    /// Too many requests from this member or this source address for now
+    /// (also: the member's share of the replay cache is full).
+    RateLimited = 0x10,
+    /// The member's share of the waypoint's evidence log is full of records
+    /// younger than a day: no new tunnels for it until they age.
+    EvidenceFull = 0x11,
+    /// The datagram is of another protocol version (in an unsigned refusal).
+    UnsupportedVersion = 0x12,
 }
 
 impl fmt::Display for RefusalReason {
@@ -161,6 +205,9 @@ impl fmt::Display for RefusalReason {
             RefusalReason::NoAddressesLeft => "VPN subnet exhausted",
             RefusalReason::NoWireGuardKey => "certificate has no WireGuard key",
             RefusalReason::DonationUsedUp => "this month's donation is used up",
+            RefusalReason::RateLimited => "too many requests, try later",
+            RefusalReason::EvidenceFull => "evidence share full, try later",
+            RefusalReason::UnsupportedVersion => "unsupported protocol version",
         })
     }
 }
@@ -194,6 +241,14 @@ pub enum Outcome {
     Refused {
         /// Why.
         reason: RefusalReason,
+    },
+    /// Refused: the request names another `source` than the address it came
+    /// from. Ask again at once with `observed` (a NAT between member and
+    /// waypoint, or a first contact); a request sniffed and replayed from
+    /// elsewhere gets this too, and nothing else.
+    WrongSource {
+        /// The address the request came from, as the waypoint saw it.
+        observed: IpAddr,
     },
 }
 
@@ -249,6 +304,16 @@ impl Request {
             body,
             signature,
         }
+    }
+
+    /// Checks the member's signature over the body only (the certificate's
+    /// own checks are the caller's: [`trust::CertCache::check`]).
+    pub fn verify_signature(&self) -> Result<(), TrustError> {
+        trust::verify(
+            &self.cert.key,
+            &signed(REQUEST_DOMAIN, &self.body),
+            &self.signature,
+        )
     }
 
     /// Checks the certificate (collective, validity at `now` in Unix seconds,
@@ -312,6 +377,17 @@ pub fn response_fits(request_len: usize, response_len: usize) -> bool {
     response_len <= request_len
 }
 
+/// A waypoint's answer to a request it refused before it was authenticated
+/// (or to one of another protocol version). Not signed: anyone can send
+/// one, so a client logs it and acts on nothing in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsignedRefusal {
+    /// Why.
+    pub reason: RefusalReason,
+    /// The request's nonce, when it decoded.
+    pub nonce: Option<Nonce>,
+}
+
 /// A signaling message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -319,6 +395,8 @@ pub enum Message {
     Request(Request),
     /// Waypoint → client.
     Response(Response),
+    /// Waypoint → client, unauthenticated.
+    Refusal(UnsignedRefusal),
 }
 
 /// Why a datagram could not be decoded.
@@ -374,6 +452,7 @@ pub fn encode(m: &Message) -> Vec<u8> {
     let (kind, body) = match m {
         Message::Request(r) => (KIND_REQUEST, postcard::to_allocvec(r)),
         Message::Response(r) => (KIND_RESPONSE, postcard::to_allocvec(r)),
+        Message::Refusal(r) => (KIND_REFUSAL, postcard::to_allocvec(r)),
     };
     let mut out = vec![VERSION, kind];
     out.extend(body.expect("serializing to a Vec cannot fail"));
@@ -385,6 +464,25 @@ pub fn encode(m: &Message) -> Vec<u8> {
 
 /// Decodes a datagram. Never panics; allocation is bounded by the input length.
 pub fn decode(b: &[u8]) -> Result<Message, WireError> {
+    decode_len(b).map(|(m, _)| m)
+}
+
+/// The message in `b` without its zero padding (for keeping a request as
+/// evidence: the signature covers no padding), or `None` if it does not
+/// decode.
+pub fn unpadded(b: &[u8]) -> Option<&[u8]> {
+    decode_len(b).ok().and_then(|(_, n)| b.get(..n))
+}
+
+/// True when `b` looks like a request of another protocol version: the
+/// waypoint answers it with [`RefusalReason::UnsupportedVersion`] (anything
+/// else undecodable gets no answer).
+pub fn other_version_request(b: &[u8]) -> bool {
+    matches!(b, [v, KIND_REQUEST, ..] if *v != VERSION && b.len() >= REQUEST_MIN_LEN)
+}
+
+/// The message and the length of `b` it used (the rest is padding).
+fn decode_len(b: &[u8]) -> Result<(Message, usize), WireError> {
     match b.len() {
         0 => return Err(WireError::Empty),
         n if n > MAX_DATAGRAM => return Err(WireError::TooLong { len: n }),
@@ -401,23 +499,26 @@ pub fn decode(b: &[u8]) -> Result<Message, WireError> {
         postcard::Error::DeserializeUnexpectedEnd => WireError::Truncated,
         e => WireError::Malformed(e.to_string()),
     };
+    fn take<'a, T: Deserialize<'a>>(
+        p: &'a [u8],
+        map: impl Fn(postcard::Error) -> WireError,
+        wrap: impl Fn(T) -> Message,
+    ) -> Result<(Message, &'a [u8]), WireError> {
+        postcard::take_from_bytes::<T>(p)
+            .map(|(m, rest)| (wrap(m), rest))
+            .map_err(map)
+    }
     let (msg, rest) = match kind {
-        KIND_REQUEST => {
-            let (r, rest) = postcard::take_from_bytes::<Request>(payload).map_err(map)?;
-            (Message::Request(r), rest)
-        }
-        KIND_RESPONSE => {
-            let (r, rest) = postcard::take_from_bytes::<Response>(payload).map_err(map)?;
-            (Message::Response(r), rest)
-        }
+        KIND_REQUEST => take(payload, map, Message::Request)?,
+        KIND_RESPONSE => take(payload, map, Message::Response)?,
+        KIND_REFUSAL => take(payload, map, Message::Refusal)?,
         k => return Err(WireError::UnknownKind(k)),
     };
+    let used = b.len() - rest.len();
     if let Some(i) = rest.iter().position(|&x| x != 0) {
-        return Err(WireError::TrailingBytes {
-            at: b.len() - rest.len() + i,
-        });
+        return Err(WireError::TrailingBytes { at: used + i });
     }
-    Ok(msg)
+    Ok((msg, used))
 }
 
 #[cfg(test)]
@@ -450,6 +551,7 @@ mod tests {
             waypoint: "alice".into(),
             timestamp_ms: NOW * 1000,
             nonce: Nonce([7; 16]),
+            source: "198.51.100.4".parse().unwrap(),
             kind: RequestKind::NatDetour {
                 destination: "203.0.113.9:443".parse().unwrap(),
             },
@@ -466,10 +568,16 @@ mod tests {
         // The certificate follows the header unchanged (its own fixture is in trust).
         let cert_bytes = postcard::to_allocvec(&r.cert).unwrap();
         assert_eq!(&bytes[2..2 + cert_bytes.len()], &cert_bytes[..]);
-        // Then the body: waypoint name, timestamp varint, nonce, kind 0 + SocketAddr.
+        // Then the body: waypoint name, timestamp varint (6 bytes), nonce,
+        // source (IpAddr: variant 0 = V4, four bytes), kind 0 + SocketAddr
+        // (variant 0 = V4, four bytes, port varint).
         let body = &bytes[2 + cert_bytes.len()..];
         assert_eq!(&body[..6], b"\x05alice");
+        assert_eq!(&body[12..28], &[7; 16]);
+        assert_eq!(&body[28..33], &[0x00, 198, 51, 100, 4]);
+        assert_eq!(&body[33..41], &[0x00, 0x00, 203, 0, 113, 9, 0xbb, 0x03]);
         assert_eq!(decode(&bytes), Ok(Message::Request(r.clone())));
+        r.verify_signature().unwrap();
         r.verify(&root().public(), &Revocations::default(), NOW)
             .unwrap();
         // Deterministic signatures: encoding twice gives the same bytes.
@@ -562,7 +670,7 @@ mod tests {
         let good = encode(&Message::Request(request()));
         assert_eq!(decode(&[]), Err(WireError::Empty));
         assert_eq!(decode(&[VERSION]), Err(WireError::Truncated));
-        assert_eq!(decode(&[2, 1, 0]), Err(WireError::UnsupportedVersion(2)));
+        assert_eq!(decode(&[1, 1, 0]), Err(WireError::UnsupportedVersion(1)));
         assert_eq!(decode(&[VERSION, 9]), Err(WireError::UnknownKind(9)));
         assert_eq!(
             decode(&vec![0; MAX_DATAGRAM + 1]),
@@ -599,6 +707,74 @@ mod tests {
             assert!(decode(&unpadded[..n]).is_err(), "decoded a {n}-byte prefix");
         }
         assert!(decode(&unpadded).is_ok());
+    }
+
+    #[test]
+    fn unsigned_refusal_fixture() {
+        let r = UnsignedRefusal {
+            reason: RefusalReason::UnsupportedVersion,
+            nonce: None,
+        };
+        let bytes = encode(&Message::Refusal(r.clone()));
+        // Version, kind, reason (variant 17), no nonce.
+        assert_eq!(bytes, [VERSION, KIND_REFUSAL, 0x11, 0x00]);
+        assert_eq!(decode(&bytes), Ok(Message::Refusal(r)));
+        let with = UnsignedRefusal {
+            reason: RefusalReason::BadCertificate,
+            nonce: Some(Nonce([0xab; 16])),
+        };
+        let bytes = encode(&Message::Refusal(with.clone()));
+        let mut want = vec![VERSION, KIND_REFUSAL, 0x00, 0x01];
+        want.extend([0xab; 16]);
+        assert_eq!(bytes, want);
+        assert_eq!(decode(&bytes), Ok(Message::Refusal(with)));
+        // An unknown reason does not decode.
+        assert!(matches!(
+            decode(&[VERSION, KIND_REFUSAL, 0x40, 0x00]),
+            Err(WireError::Malformed(_))
+        ));
+        // Unpadded: a refusal is never padded.
+        assert_eq!(unpadded(&bytes), Some(&bytes[..]));
+    }
+
+    #[test]
+    fn wrong_source_fixture() {
+        let body = ResponseBody {
+            nonce: Nonce([1; 16]),
+            timestamp_ms: 5,
+            outcome: Outcome::WrongSource {
+                observed: "2001:db8::7".parse().unwrap(),
+            },
+        };
+        let bytes = postcard::to_allocvec(&body).unwrap();
+        let mut want = vec![1; 16];
+        // Timestamp 5; Outcome variant 3; IpAddr variant 1 (V6), 16 bytes.
+        want.extend([0x05, 0x03, 0x01]);
+        want.extend([0x20, 0x01, 0x0d, 0xb8]);
+        want.extend([0; 11]);
+        want.push(7);
+        assert_eq!(bytes, want);
+        let r = Response::sign(cert("alice", 2, None), &SecretKey::from_seed([2; 32]), body);
+        let enc = encode(&Message::Response(r.clone()));
+        assert!(response_fits(REQUEST_MIN_LEN, enc.len()));
+        assert_eq!(decode(&enc), Ok(Message::Response(r)));
+    }
+
+    #[test]
+    fn padding_and_other_versions() {
+        let good = encode(&Message::Request(request()));
+        let bare = unpadded(&good).unwrap();
+        assert!(bare.len() < good.len() && good[bare.len()..].iter().all(|&b| b == 0));
+        assert_eq!(decode(bare), decode(&good));
+        assert_eq!(unpadded(&good[..100]), None);
+        assert!(!other_version_request(&good));
+        let mut v1 = good.clone();
+        v1[0] = 0x01;
+        assert!(other_version_request(&v1));
+        assert!(!other_version_request(&v1[..100]), "too short to be one");
+        v1[1] = KIND_RESPONSE;
+        assert!(!other_version_request(&v1));
+        assert!(!other_version_request(&[]));
     }
 
     #[test]

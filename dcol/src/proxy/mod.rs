@@ -1,10 +1,12 @@
 //! The transparent LAN proxy's decisions, without I/O: which proxied
 //! connections may get detours, and when ([`Gate`]), from the policy and what
 //! the client's first bytes say ([`tls`]); how much of the router it may
-//! take, and which destinations it never relays to ([`limits`]). The relay
+//! take, and which destinations it never relays to ([`limits`]); whether new
+//! LAN flows are intercepted at all right now ([`admission`]). The relay
 //! itself (sockets, epoll, `splice`) is glue in [`crate::sys::relay`], the
 //! interception rules in [`crate::sys::lan`].
 
+pub mod admission;
 pub mod limits;
 pub mod tls;
 

@@ -11,9 +11,12 @@
 //! It does not filter in the kernel (`CTA_FILTER` needs 5.x kernels; the dump is
 //! filtered here), does not touch UDP or other protocols, and keeps no state.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
-use super::netlink::{nfgenmsg, Attr, Attrs, Msg, MsgBuilder, NlSocket, NETLINK_NETFILTER};
+use neli::consts::nl::NlmF;
+
+use super::netlink::{array, attr, be16, be32, be64, nest, nested, ty, u8_, Attr};
+use super::nfnl::{msg_type, NfMsg, NfSocket, Nfgenmsg};
 use super::SysError;
 
 // include/uapi/linux/netfilter/nfnetlink.h
@@ -64,21 +67,29 @@ const CTA_PROTO_DST_PORT: u16 = 0x3;
 const IPPROTO_TCP: u8 = 0x6;
 
 const fn ct_type(msg: u8) -> u16 {
-    ((NFNL_SUBSYS_CTNETLINK as u16) << 8) | msg as u16
+    msg_type(NFNL_SUBSYS_CTNETLINK, msg)
 }
 
-/// The original-direction tuple of one conntrack entry.
+/// The original-direction tuple of one conntrack entry, and what its
+/// deletion needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Flow {
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    sport: u16,
-    dport: u16,
-    id: Option<u32>,
-    zone: Option<u16>,
+pub struct Flow {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Source port (0 for protocols without ports).
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// The entry's id (`CTA_ID`), if the kernel gave one.
+    pub id: Option<u32>,
+    /// Its conntrack zone, if any.
+    pub zone: Option<u16>,
     /// Bytes both ways (0 without conntrack accounting).
-    bytes: u64,
+    pub bytes: u64,
 }
 
 /// Deletes every TCP conntrack entry whose original tuple has source address
@@ -103,7 +114,7 @@ pub fn delete_many(tunnels: &[(IpAddr, u16)]) -> Result<usize, SysError> {
 
 fn delete_counted(tunnels: &[(IpAddr, u16)]) -> Result<(usize, u64), SysError> {
     let wanted: std::collections::HashSet<(IpAddr, u16)> = tunnels.iter().copied().collect();
-    let mut sock = NlSocket::open(NETLINK_NETFILTER)?;
+    let mut sock = NfSocket::open()?;
     let (mut n, mut bytes) = (0, 0u64);
     for v4 in [true, false] {
         if !wanted.iter().any(|(c, _)| c.is_ipv4() == v4) {
@@ -119,7 +130,7 @@ fn delete_counted(tunnels: &[(IpAddr, u16)]) -> Result<(usize, u64), SysError> {
             .iter()
             .filter(|f| f.proto == IPPROTO_TCP && wanted.contains(&(f.src, f.dport)))
         {
-            match sock.request("conntrack delete", delete_msg(family, f), |_| Ok(())) {
+            match sock.request("conntrack delete", delete_msg(family, f)?, |_, _| Ok(())) {
                 Ok(()) => {
                     n += 1;
                     bytes = bytes.saturating_add(f.bytes);
@@ -132,16 +143,21 @@ fn delete_counted(tunnels: &[(IpAddr, u16)]) -> Result<(usize, u64), SysError> {
     Ok((n, bytes))
 }
 
-fn dump(sock: &mut NlSocket, family: u8) -> Result<Vec<Flow>, SysError> {
+fn dump(sock: &mut NfSocket, family: u8) -> Result<Vec<Flow>, SysError> {
     let op = "conntrack dump";
     let mut tries = 0;
     loop {
-        let mut m = MsgBuilder::new(ct_type(IPCTNL_MSG_CT_GET), 0);
-        m.push_header(&nfgenmsg(family, 0));
+        let m = NfMsg::new(
+            NFNL_SUBSYS_CTNETLINK,
+            IPCTNL_MSG_CT_GET,
+            NlmF::empty(),
+            family,
+            Vec::new(),
+        );
         let mut flows = Vec::new();
-        let r = sock.dump(op, m, |reply: &Msg<'_>| {
-            if reply.ty == ct_type(IPCTNL_MSG_CT_NEW) {
-                match parse_flow(reply.payload) {
+        let r = sock.dump(op, m, |ty, payload| {
+            if ty == ct_type(IPCTNL_MSG_CT_NEW) {
+                match parse_flow(payload) {
                     Ok(Some(f)) => flows.push(f),
                     Ok(None) => {}
                     Err(e) => log::warn!("conntrack: skipped an entry: {e}"),
@@ -160,29 +176,19 @@ fn dump(sock: &mut NlSocket, family: u8) -> Result<Vec<Flow>, SysError> {
 
 /// Parses one `IPCTNL_MSG_CT_NEW` payload (nfgenmsg + attributes) into its
 /// original tuple; `None` if it has none.
-fn parse_flow(payload: &[u8]) -> Result<Option<Flow>, SysError> {
+pub fn parse_flow(payload: &[u8]) -> Result<Option<Flow>, SysError> {
     let op = "conntrack parse";
-    let attrs = payload.get(4..).ok_or_else(|| SysError::Malformed {
-        op,
-        what: "short nfgenmsg".into(),
-    })?;
+    let body = Nfgenmsg::decode(op, payload)?;
     let (mut tuple, mut id, mut zone, mut bytes) = (None, None, None, 0u64);
-    for a in Attrs::new(op, attrs) {
-        let a = a?;
-        match a.ty {
+    for a in body.attrs().iter() {
+        match ty(a) {
             CTA_TUPLE_ORIG => tuple = Some(a),
-            CTA_ID => id = Some(a.u32_be()?),
-            CTA_ZONE => zone = Some(a.u16_be()?),
+            CTA_ID => id = Some(be32(op, a)?),
+            CTA_ZONE => zone = Some(be16(op, a)?),
             CTA_COUNTERS_ORIG | CTA_COUNTERS_REPLY => {
-                for c in a.nested() {
-                    let c = c?;
-                    if c.ty == CTA_COUNTERS_BYTES {
-                        let b =
-                            <[u8; 8]>::try_from(c.payload).map_err(|_| SysError::Malformed {
-                                op,
-                                what: format!("byte counter of {} bytes", c.payload.len()),
-                            })?;
-                        bytes = bytes.saturating_add(u64::from_be_bytes(b));
+                for c in nested(op, a)?.iter() {
+                    if ty(c) == CTA_COUNTERS_BYTES {
+                        bytes = bytes.saturating_add(be64(op, c)?);
                     }
                 }
             }
@@ -191,28 +197,25 @@ fn parse_flow(payload: &[u8]) -> Result<Option<Flow>, SysError> {
     }
     let Some(tuple) = tuple else { return Ok(None) };
     let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, None, None);
-    for t in tuple.nested() {
-        let t = t?;
-        match t.ty {
+    for t in nested(op, tuple)?.iter() {
+        match ty(t) {
             CTA_TUPLE_IP => {
-                for i in t.nested() {
-                    let i = i?;
-                    match i.ty {
-                        CTA_IP_V4_SRC => src = Some(IpAddr::V4(Ipv4Addr::from(i.u32_be()?))),
-                        CTA_IP_V4_DST => dst = Some(IpAddr::V4(Ipv4Addr::from(i.u32_be()?))),
-                        CTA_IP_V6_SRC => src = Some(IpAddr::V6(ipv6(&i)?)),
-                        CTA_IP_V6_DST => dst = Some(IpAddr::V6(ipv6(&i)?)),
+                for i in nested(op, t)?.iter() {
+                    match ty(i) {
+                        CTA_IP_V4_SRC => src = Some(IpAddr::V4(array::<4>(op, i)?.into())),
+                        CTA_IP_V4_DST => dst = Some(IpAddr::V4(array::<4>(op, i)?.into())),
+                        CTA_IP_V6_SRC => src = Some(IpAddr::V6(array::<16>(op, i)?.into())),
+                        CTA_IP_V6_DST => dst = Some(IpAddr::V6(array::<16>(op, i)?.into())),
                         _ => {}
                     }
                 }
             }
             CTA_TUPLE_PROTO => {
-                for p in t.nested() {
-                    let p = p?;
-                    match p.ty {
-                        CTA_PROTO_NUM => proto = Some(p.u8()?),
-                        CTA_PROTO_SRC_PORT => sport = Some(p.u16_be()?),
-                        CTA_PROTO_DST_PORT => dport = Some(p.u16_be()?),
+                for p in nested(op, t)?.iter() {
+                    match ty(p) {
+                        CTA_PROTO_NUM => proto = Some(u8_(op, p)?),
+                        CTA_PROTO_SRC_PORT => sport = Some(be16(op, p)?),
+                        CTA_PROTO_DST_PORT => dport = Some(be16(op, p)?),
                         _ => {}
                     }
                 }
@@ -235,45 +238,42 @@ fn parse_flow(payload: &[u8]) -> Result<Option<Flow>, SysError> {
     }
 }
 
-fn ipv6(a: &Attr<'_>) -> Result<Ipv6Addr, SysError> {
-    <[u8; 16]>::try_from(a.payload)
-        .map(Ipv6Addr::from)
-        .map_err(|_| SysError::Malformed {
-            op: "conntrack parse",
-            what: format!("IPv6 address of {} bytes", a.payload.len()),
-        })
-}
-
 /// Builds `IPCTNL_MSG_CT_DELETE` for `f`: its original tuple, zone and id.
-fn delete_msg(family: u8, f: &Flow) -> MsgBuilder {
-    let mut m = MsgBuilder::new(ct_type(IPCTNL_MSG_CT_DELETE), 0);
-    m.push_header(&nfgenmsg(family, 0));
-    let t = m.begin_nested(CTA_TUPLE_ORIG);
-    let ip = m.begin_nested(CTA_TUPLE_IP);
-    match (f.src, f.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            m.attr(CTA_IP_V4_SRC, &s.octets())
-                .attr(CTA_IP_V4_DST, &d.octets());
-        }
-        (s, d) => {
-            m.attr(CTA_IP_V6_SRC, &v6(s).octets())
-                .attr(CTA_IP_V6_DST, &v6(d).octets());
-        }
-    }
-    m.end_nested(ip);
-    let p = m.begin_nested(CTA_TUPLE_PROTO);
-    m.attr_u8(CTA_PROTO_NUM, f.proto)
-        .attr_be16(CTA_PROTO_SRC_PORT, f.sport)
-        .attr_be16(CTA_PROTO_DST_PORT, f.dport);
-    m.end_nested(p);
-    m.end_nested(t);
+fn delete_msg(family: u8, f: &Flow) -> Result<NfMsg, SysError> {
+    let op = "conntrack delete";
+    let ip = match (f.src, f.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => [
+            attr(op, CTA_IP_V4_SRC, &s.octets())?,
+            attr(op, CTA_IP_V4_DST, &d.octets())?,
+        ],
+        (s, d) => [
+            attr(op, CTA_IP_V6_SRC, &v6(s).octets())?,
+            attr(op, CTA_IP_V6_DST, &v6(d).octets())?,
+        ],
+    };
+    let proto = [
+        attr(op, CTA_PROTO_NUM, &[f.proto])?,
+        attr(op, CTA_PROTO_SRC_PORT, &f.sport.to_be_bytes())?,
+        attr(op, CTA_PROTO_DST_PORT, &f.dport.to_be_bytes())?,
+    ];
+    let tuple = [
+        nest(op, CTA_TUPLE_IP, &ip)?,
+        nest(op, CTA_TUPLE_PROTO, &proto)?,
+    ];
+    let mut attrs: Vec<Attr> = vec![nest(op, CTA_TUPLE_ORIG, &tuple)?];
     if let Some(z) = f.zone {
-        m.attr_be16(CTA_ZONE, z);
+        attrs.push(attr(op, CTA_ZONE, &z.to_be_bytes())?);
     }
     if let Some(id) = f.id {
-        m.attr_be32(CTA_ID, id);
+        attrs.push(attr(op, CTA_ID, &id.to_be_bytes())?);
     }
-    m
+    Ok(NfMsg::new(
+        NFNL_SUBSYS_CTNETLINK,
+        IPCTNL_MSG_CT_DELETE,
+        NlmF::empty(),
+        family,
+        attrs,
+    ))
 }
 
 fn v6(ip: IpAddr) -> Ipv6Addr {
@@ -286,17 +286,9 @@ fn v6(ip: IpAddr) -> Ipv6Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netlink::{NLA_F_NESTED, NLMSG_HDRLEN};
+    use crate::sys::netlink::{test_attr as a, NLMSG_HDRLEN};
 
-    fn a(ty: u16, data: &[u8]) -> Vec<u8> {
-        let mut v = ((4 + data.len()) as u16).to_ne_bytes().to_vec();
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(data);
-        while !v.len().is_multiple_of(4) {
-            v.push(0);
-        }
-        v
-    }
+    const NLA_F_NESTED: u16 = 0x8000;
 
     fn tuple_v4() -> Vec<u8> {
         let mut ip = a(CTA_IP_V4_SRC, &[10, 99, 0, 1]);
@@ -328,7 +320,10 @@ mod tests {
                 bytes: 0,
             }
         );
-        let b = delete_msg(2, &f).finish("t").unwrap();
+        let b = delete_msg(2, &f)
+            .unwrap()
+            .encode("t", 0, NlmF::empty())
+            .unwrap();
         assert_eq!(u16::from_ne_bytes([b[4], b[5]]), 0x0102);
         let mut want = vec![2, 0, 0, 0];
         want.extend(a(CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple_v4()));
@@ -339,5 +334,58 @@ mod tests {
         }
         assert!(parse_flow(&p[..p.len() - 2]).is_err());
         assert_eq!(parse_flow(&[2, 0, 0, 0]).unwrap(), None);
+    }
+
+    /// Root, in a fresh namespace: entries inserted with `conntrack -I`
+    /// (IPv4, IPv6, another zone, another port, UDP) are dumped and the
+    /// tunnel's are deleted, by tuple, zone and id; the others stay. A
+    /// second pass finds nothing.
+    #[test]
+    fn root_dump_and_delete() {
+        use crate::sys::netlink::testns::{is_root, NsThread};
+        if !is_root() {
+            eprintln!("SKIP: needs root");
+            return;
+        }
+        let ns = NsThread::new();
+        let insert = |args: &str| {
+            let mut a = vec!["conntrack", "-I", "-t", "60"];
+            a.extend(args.split_whitespace());
+            ns.cmd(&a);
+        };
+        let tcp = "-p tcp --state ESTABLISHED";
+        insert(&format!(
+            "{tcp} -s 10.99.0.1 -d 10.98.0.2 --sport 51000 --dport 40000"
+        ));
+        insert(&format!(
+            "{tcp} -s 10.99.0.1 -d 10.98.0.2 --sport 51001 --dport 40000 -w 7"
+        ));
+        insert(&format!(
+            "{tcp} -s 10.99.0.1 -d 10.98.0.2 --sport 51002 --dport 40001"
+        ));
+        insert(&format!(
+            "{tcp} -s fd00:99::1 -d fd00:98::2 --sport 51003 --dport 40000"
+        ));
+        insert("-p udp -s 10.99.0.1 -d 10.98.0.2 --sport 51004 --dport 40000");
+        let v4: IpAddr = "10.99.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00:99::1".parse().unwrap();
+        let n = ns
+            .run(move || delete_many(&[(v4, 40000), (v6, 40000)]))
+            .expect("delete");
+        assert_eq!(n, 3, "two IPv4 zones and one IPv6 entry");
+        let left = ns.out(&["conntrack", "-L"]);
+        assert!(left.contains("dport=40001"), "{left}");
+        assert!(left.contains("udp"), "{left}");
+        assert!(
+            !left.contains("sport=51000") && !left.contains("sport=51001"),
+            "{left}"
+        );
+        let left6 = ns.out(&["conntrack", "-L", "-f", "ipv6"]);
+        assert!(!left6.contains("sport=51003"), "{left6}");
+        assert_eq!(ns.run(move || delete_flows(v4, 40000)).unwrap(), 0);
+        assert_eq!(
+            ns.run(move || delete_flows_counted(v4, 40001)).unwrap().0,
+            1
+        );
     }
 }

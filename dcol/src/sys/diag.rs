@@ -11,14 +11,12 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use nix::sys::socket::SockProtocol;
+use neli::consts::socket::NlFamily;
 
-use super::netlink::{Attrs, MsgBuilder, NlSocket};
+use super::netlink::{attrs, ty, NlConn};
 use super::SysError;
 use crate::mptcp::{FourTuple, Sample};
 
-/// `NETLINK_SOCK_DIAG` (linux/netlink.h).
-const NETLINK_SOCK_DIAG: SockProtocol = SockProtocol::NetlinkSockDiag;
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 0x14;
 /// `INET_DIAG_INFO` (linux/inet_diag.h): `struct tcp_info`.
@@ -43,31 +41,30 @@ const TI_MIN_LEN: usize = TI_DELIVERY_RATE + 8;
 /// A `sock_diag` socket.
 #[derive(Debug)]
 pub struct Diag {
-    sock: NlSocket,
+    sock: NlConn,
 }
 
 impl Diag {
     /// Opens the socket.
     pub fn open() -> Result<Self, SysError> {
         Ok(Diag {
-            sock: NlSocket::open(NETLINK_SOCK_DIAG)?,
+            sock: NlConn::open(NlFamily::SockOrInetDiag, "sock_diag netlink")?,
         })
     }
 
     /// Counters of every TCP socket of `family_v6`'s family that moves data.
     pub fn dump(&mut self, v6: bool) -> Result<HashMap<FourTuple, Sample>, SysError> {
         let op = "sock_diag tcp dump";
-        let mut m = MsgBuilder::new(SOCK_DIAG_BY_FAMILY, 0);
-        m.push_header(&request(v6));
         let mut out = HashMap::new();
-        self.sock.dump(op, m, |msg| {
-            if msg.ty == SOCK_DIAG_BY_FAMILY {
-                if let Some((k, s)) = parse_diag_msg(msg.payload)? {
-                    out.insert(k, s);
+        self.sock
+            .dump(op, SOCK_DIAG_BY_FAMILY, request(v6), |ty, payload| {
+                if ty == SOCK_DIAG_BY_FAMILY {
+                    if let Some((k, s)) = parse_diag_msg(payload)? {
+                        out.insert(k, s);
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
         Ok(out)
     }
 
@@ -132,14 +129,11 @@ pub fn parse_diag_msg(p: &[u8]) -> Result<Option<(FourTuple, Sample)>, SysError>
             })
         }
     };
-    let mut info = None;
-    for a in Attrs::new(op, &p[DIAG_MSG_LEN..]) {
-        let a = a?;
-        if a.ty == INET_DIAG_INFO {
-            info = Some(a.payload);
-        }
-    }
-    let Some(ti) = info else { return Ok(None) };
+    let attrs = attrs(op, &p[DIAG_MSG_LEN..])?;
+    let Some(info) = attrs.iter().rev().find(|a| ty(a) == INET_DIAG_INFO) else {
+        return Ok(None);
+    };
+    let ti = info.nla_payload().as_ref();
     if ti.len() < TI_MIN_LEN {
         return Ok(None);
     }
@@ -223,5 +217,23 @@ mod tests {
         assert_eq!(r[1], 6);
         assert_eq!(r[2], 0x2);
         assert_eq!(u32::from_ne_bytes([r[4], r[5], r[6], r[7]]), 0x132);
+    }
+
+    /// Against the running kernel (no root needed, read-only): a loopback
+    /// connection of this process is in the dump, with counters.
+    #[test]
+    fn kernel_dump_lists_a_loopback_connection() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_s, _) = l.accept().unwrap();
+        c.write_all(b"dcol").unwrap();
+        let key = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+        let mut d = Diag::open().unwrap();
+        let all = d.dump_all().unwrap();
+        let s = all
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key:?} not in the dump"));
+        assert!(s.segs_out > 0, "{s:?}");
     }
 }

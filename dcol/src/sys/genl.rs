@@ -1,76 +1,40 @@
 //! Generic netlink on neli: the socket, family and multicast-group resolution
-//! (`CTRL_CMD_GETFAMILY`), request/acknowledgement and dump exchanges, and the
-//! attribute helpers that `mptcp_pm` and `wg` build their messages with.
-//! Messages, attributes and the socket are neli's types (`Nlmsghdr`,
-//! `Genlmsghdr`, `Nlattr`, `socket::NlSocket`); no netlink family is known here.
-//!
-//! Two small pieces are our own, where neli 0.7.5 falls short:
-//! - **Errors keep the kernel's extended-ack text.** neli's `NlRouter` turns
-//!   replies into typed ones with `Nlmsgerr::to_typed`, which drops the
-//!   `ext_ack` attributes (test
-//!   `sys::mptcp_pm::tests::root_neli_router_drops_extack`). We read each
-//!   `Nlmsgerr` ourselves ([`kernel_error`]), so a refused command says why
-//!   ("invalid token", "did not match address and id").
-//! - **Framing checks lengths before neli parses.** neli's derived decoders
-//!   subtract header sizes from the lengths a message states without checking
-//!   them (`nlmsg_len - 16`; the echoed request's padded length in an error),
-//!   which panics under overflow checks (debug builds, OpenWrt's feed).
-//!   [`Messages`] cuts a datagram at each header's length, checks those two
-//!   lengths and hands neli one message at a time (tests
-//!   `neli_panics_on_short_nlmsg_len`, `framing_never_panics`).
-//!
-//! Byte order: neli encodes and decodes integers in host order, as netlink
-//! does; fields the kernel defines as network order are read as byte arrays
-//! by the caller ([`be16`], [`array`]).
+//! (`CTRL_CMD_GETFAMILY`), request/acknowledgement and dump exchanges, and
+//! the generic netlink header that `mptcp_pm` and `wg` build their messages
+//! with. Messages, attributes and the socket are neli's types (`Nlmsghdr`,
+//! `Genlmsghdr`, `Nlattr`, `socket::NlSocket`), through the layer every
+//! netlink protocol here shares ([`super::netlink`]: extended-ack text in
+//! errors, length-checked framing, attribute helpers, re-exported below for
+//! the families' code); no netlink family is known here.
 
 use std::io::Cursor;
 use std::os::fd::BorrowedFd;
-use std::time::{Duration, Instant};
 
-use neli::attr::Attribute;
 use neli::consts::genl::{CtrlAttr, CtrlAttrMcastGrp, CtrlCmd};
-use neli::consts::nl::{NlmF, Nlmsg, NlmsgerrAttr};
-use neli::consts::socket::{Msg, NlFamily};
-use neli::err::{BuilderError, SerError};
-use neli::genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, Nlattr, NlattrBuilder};
-use neli::nl::{NlPayload, Nlmsghdr, NlmsghdrBuilder};
-use neli::socket::NlSocket;
+use neli::consts::nl::NlmF;
+use neli::consts::socket::NlFamily;
+use neli::err::BuilderError;
+use neli::genl::{Genlmsghdr, GenlmsghdrBuilder};
 use neli::types::{Buffer, GenlBuffer};
-use neli::utils::Groups;
-use neli::{FromBytes, FromBytesWithInput, Size, ToBytes};
+use neli::FromBytesWithInput;
 
-use super::os::poll_readable;
+#[cfg(test)]
+pub(crate) use super::netlink::test_attr;
+pub use super::netlink::{
+    array, attr, attr_str, be16, encode, kernel_error, nest, nested, string, ty, u16_ne, u32_ne,
+    u64_ne, u8_, Attr, Messages,
+};
+use super::netlink::{encode_err, NlConn};
 use super::SysError;
 
 /// `GENL_ID_CTRL` (linux/genetlink.h): the controller family.
 const GENL_ID_CTRL: u16 = 0x10;
-/// `NLMSG_HDRLEN`.
-const NLMSG_HDRLEN: usize = 16;
-/// Receive buffer: larger than any datagram the kernel builds (it caps dump
-/// datagrams at 32 KiB plus headers).
-const RECV_BUF: usize = 64 * 1024;
-/// How long an exchange waits for the kernel before giving up.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why a request could not be encoded: a bug in its construction, never input.
-#[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    /// A neli builder lacked a field or could not serialize a payload.
-    #[error(transparent)]
-    Build(#[from] BuilderError),
-    /// neli could not write the message.
-    #[error(transparent)]
-    Ser(#[from] SerError),
-}
 
 /// A generic netlink message as neli decodes and encodes it here: command
 /// and attribute types as numbers, so that neli's generic code is built once
 /// for every family (each family's `neli_enum`s name the numbers: match on
 /// `EventAttr::from(ty(a))`). That keeps its code size small on the router.
 pub type GenlMsg = Genlmsghdr<u8, u16>;
-
-/// A generic netlink attribute (type as a number, payload as bytes).
-pub type Attr = Nlattr<u16, Buffer>;
 
 /// A generic netlink family as the controller describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,162 +54,49 @@ impl Family {
 
 /// A `NETLINK_GENERIC` socket (neli's) with extended acks on. Exchanges block
 /// for at most a few seconds; [`GenlSocket::recv_nowait`] never blocks.
+#[derive(Debug)]
 pub struct GenlSocket {
-    sock: NlSocket,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-impl std::fmt::Debug for GenlSocket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GenlSocket")
-            .field("fd", &self.fd())
-            .field("seq", &self.seq)
-            .finish()
-    }
+    conn: NlConn,
 }
 
 impl GenlSocket {
     /// Opens and binds the socket and turns extended acks on (kernels before
     /// 4.12 lack them: errors then come without text).
     pub fn open() -> Result<Self, SysError> {
-        let sock = NlSocket::connect(NlFamily::Generic, None, Groups::empty()).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) {
-                SysError::Unsupported("generic netlink is not supported by this kernel".into())
-            } else {
-                SysError::io("generic netlink socket", e)
-            }
-        })?;
-        if let Err(e) = sock.enable_ext_ack(true) {
-            log::debug!("generic netlink: NETLINK_EXT_ACK: {e}");
-        }
         Ok(GenlSocket {
-            sock,
-            seq: initial_seq(),
-            buf: vec![0; RECV_BUF],
+            conn: NlConn::open(NlFamily::Generic, "generic netlink")?,
         })
     }
 
     /// The descriptor, for `poll`.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        super::raw::neli_fd(&self.sock)
+        self.conn.fd()
     }
 
     /// Joins multicast group `group` (an id from [`Family::group`]).
     pub fn join(&self, group: u32) -> Result<(), SysError> {
-        self.sock
-            .add_mcast_membership(Groups::new_groups(&[group]))
-            .map_err(|e| SysError::io("netlink add membership", e))
+        self.conn.join(group)
     }
 
     /// Sets `SO_RCVBUF` (the kernel doubles it); a larger buffer makes
     /// event-group overflows (`ENOBUFS`) rarer.
     pub fn set_recv_buffer(&self, bytes: usize) -> Result<(), SysError> {
-        self.sock
-            .set_recv_buffer_size(bytes)
-            .map_err(|e| SysError::io("setsockopt SO_RCVBUF", e))
+        self.conn.set_recv_buffer(bytes)
     }
 
     /// One queued datagram, without waiting: `WouldBlock` when there is none.
     /// Other errors keep their `io::Error` (`ENOBUFS`: multicast messages were
     /// lost) for the caller to judge.
     pub fn recv_nowait(&mut self) -> std::io::Result<&[u8]> {
-        self.recv(Msg::DONTWAIT)
-    }
-
-    fn recv(&mut self, flags: Msg) -> std::io::Result<&[u8]> {
-        loop {
-            match self.sock.recv(&mut self.buf[..], flags | Msg::TRUNC) {
-                Ok((n, _)) if n > self.buf.len() => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("netlink datagram of {n} bytes truncated"),
-                    ))
-                }
-                Ok((n, _)) => return Ok(&self.buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Waits (until `deadline` at most) for the kernel's next datagram.
-    fn recv_reply(&mut self, op: &'static str, deadline: Instant) -> Result<&[u8], SysError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ready = poll_readable(&[self.fd()], Some(left)).map_err(|e| SysError::io(op, e))?;
-        if !ready.first().copied().unwrap_or(false) {
-            return Err(SysError::io(
-                op,
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the kernel"),
-            ));
-        }
-        self.recv(Msg::DONTWAIT).map_err(|e| SysError::io(op, e))
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        if self.seq == 0 {
-            self.seq = 1;
-        }
-        self.seq
-    }
-
-    fn send(
-        &mut self,
-        op: &'static str,
-        family: u16,
-        flags: NlmF,
-        msg: GenlMsg,
-    ) -> Result<u32, SysError> {
-        let seq = self.next_seq();
-        let bytes = encode(op, family, flags, seq, msg)?;
-        let n = self
-            .sock
-            .send(&bytes, Msg::empty())
-            .map_err(|e| SysError::io(op, e))?;
-        if n != bytes.len() {
-            return Err(SysError::io(
-                op,
-                std::io::Error::new(std::io::ErrorKind::WriteZero, "short netlink send"),
-            ));
-        }
-        Ok(seq)
-    }
-
-    /// Reads the kernel's messages answering request `seq` (others are
-    /// stale and skipped) and hands each to `f` until it returns a result,
-    /// for [`EXCHANGE_TIMEOUT`] at most.
-    fn answers<R>(
-        &mut self,
-        op: &'static str,
-        seq: u32,
-        mut f: impl FnMut(Nlmsghdr<u16, Buffer>) -> Result<Option<R>, SysError>,
-    ) -> Result<R, SysError> {
-        let deadline = Instant::now() + EXCHANGE_TIMEOUT;
-        loop {
-            let data = self.recv_reply(op, deadline)?;
-            for m in Messages::new(op, data) {
-                let m = m?;
-                if *m.nl_seq() != seq {
-                    continue;
-                }
-                if let Some(r) = f(m)? {
-                    return Ok(r);
-                }
-            }
-        }
+        self.conn.recv_nowait()
     }
 
     /// Sends `msg` to `family` with `NLM_F_REQUEST | NLM_F_ACK` and waits for
     /// its acknowledgement. A refusal becomes [`SysError::Netlink`] with the
     /// kernel's errno and extended-ack text.
     pub fn request(&mut self, op: &'static str, family: u16, msg: GenlMsg) -> Result<(), SysError> {
-        let seq = self.send(op, family, NlmF::REQUEST | NlmF::ACK, msg)?;
-        self.answers(op, seq, |m| match m.nl_payload() {
-            NlPayload::Ack(_) => Ok(Some(())),
-            NlPayload::Err(e) => Err(kernel_error(op, e.error(), e.ext_ack())),
-            _ => Ok(None),
-        })
+        self.conn
+            .request(op, family, NlmF::empty(), msg, |_, _| Ok(()))
     }
 
     /// Sends `msg` to `family` as a dump request (`NLM_F_REQUEST |
@@ -260,29 +111,11 @@ impl GenlSocket {
         msg: GenlMsg,
         mut on_reply: impl FnMut(GenlMsg) -> Result<(), SysError>,
     ) -> Result<(), SysError> {
-        let seq = self.send(op, family, NlmF::REQUEST | NlmF::DUMP, msg)?;
-        let mut interrupted = false;
-        self.answers(op, seq, |m| {
-            interrupted |= m.nl_flags().contains(NlmF::DUMP_INTR);
-            match m.nl_payload() {
-                NlPayload::Err(e) => Err(kernel_error(op, e.error(), e.ext_ack())),
-                NlPayload::DumpExtAck(e) if *e.error() != 0 => {
-                    Err(kernel_error(op, e.error(), e.ext_ack()))
-                }
-                NlPayload::DumpExtAck(_) | NlPayload::Empty | NlPayload::Ack(_) if interrupted => {
-                    Err(SysError::Netlink {
-                        op,
-                        errno: libc::EINTR,
-                        extack: Some("dump interrupted".into()),
-                    })
-                }
-                NlPayload::DumpExtAck(_) | NlPayload::Empty | NlPayload::Ack(_) => Ok(Some(())),
-                NlPayload::Payload(p) if *m.nl_type() == family => {
-                    on_reply(genl_payload(op, p.as_ref())?)?;
-                    Ok(None)
-                }
-                NlPayload::Payload(_) => Ok(None),
+        self.conn.dump(op, family, msg, |ty, p| {
+            if ty == family {
+                on_reply(genl_payload(op, p)?)?;
             }
+            Ok(())
         })
     }
 
@@ -297,23 +130,25 @@ impl GenlSocket {
             0x2,
             vec![attr_str(op, CtrlAttr::FamilyName, name)?],
         )?;
-        let seq = self.send(op, GENL_ID_CTRL, NlmF::REQUEST | NlmF::ACK, msg)?;
         let mut found = None;
-        self.answers(op, seq, |m| match m.nl_payload() {
-            NlPayload::Payload(p) if *m.nl_type() == GENL_ID_CTRL => {
-                found = Some(parse_family(op, p.as_ref())?);
-                Ok(None)
-            }
-            NlPayload::Err(e) if *e.error() == -libc::ENOENT => Err(SysError::Unsupported(
-                format!("the kernel has no generic netlink family {name}"),
-            )),
-            NlPayload::Err(e) => Err(kernel_error(op, e.error(), e.ext_ack())),
-            NlPayload::Ack(_) => found.take().map(Some).ok_or_else(|| SysError::Malformed {
+        let r = self
+            .conn
+            .request(op, GENL_ID_CTRL, NlmF::empty(), msg, |ty, p| {
+                if ty == GENL_ID_CTRL {
+                    found = Some(parse_family(op, p)?);
+                }
+                Ok(())
+            });
+        match r {
+            Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => Err(
+                SysError::Unsupported(format!("the kernel has no generic netlink family {name}")),
+            ),
+            Err(e) => Err(e),
+            Ok(()) => found.ok_or_else(|| SysError::Malformed {
                 op,
                 what: format!("no answer describing {name}"),
             }),
-            _ => Ok(None),
-        })
+        }
     }
 }
 
@@ -350,61 +185,6 @@ pub fn parse_family(op: &'static str, payload: &[u8]) -> Result<Family, SysError
     Ok(Family { id, groups })
 }
 
-/// The error a kernel refusal (`error` < 0 in `struct nlmsgerr`) becomes: its
-/// errno and, when the kernel gave one, its extended-ack message
-/// (`NLMSGERR_ATTR_MSG`). This is the piece neli's router loses.
-pub fn kernel_error(
-    op: &'static str,
-    error: &libc::c_int,
-    ext_ack: &GenlBuffer<NlmsgerrAttr, Buffer>,
-) -> SysError {
-    SysError::Netlink {
-        op,
-        errno: error.saturating_neg(),
-        extack: extack_text(ext_ack),
-    }
-}
-
-/// The extended-ack message among an error's attributes.
-pub fn extack_text(ext_ack: &GenlBuffer<NlmsgerrAttr, Buffer>) -> Option<String> {
-    ext_ack
-        .iter()
-        .find(|a| *a.nla_type().nla_type() == NlmsgerrAttr::Msg)
-        .map(|a| nul_terminated(a.nla_payload().as_ref()))
-}
-
-fn nul_terminated(b: &[u8]) -> String {
-    let s = b.split(|&c| c == 0).next().unwrap_or_default();
-    String::from_utf8_lossy(s).into_owned()
-}
-
-/// Encodes a request: netlink header (type `family`, `flags`, `seq`) and `msg`.
-pub fn encode(
-    op: &'static str,
-    family: u16,
-    flags: NlmF,
-    seq: u32,
-    msg: GenlMsg,
-) -> Result<Vec<u8>, SysError> {
-    let nl = NlmsghdrBuilder::default()
-        .nl_type(family)
-        .nl_flags(flags)
-        .nl_seq(seq)
-        .nl_payload(NlPayload::Payload(msg))
-        .build()
-        .map_err(|e| encode_err(op, BuilderError::from(e)))?;
-    let mut c = Cursor::new(Vec::with_capacity(nl.padded_size()));
-    nl.to_bytes(&mut c).map_err(|e| encode_err(op, e))?;
-    Ok(c.into_inner())
-}
-
-fn encode_err(op: &'static str, e: impl Into<EncodeError>) -> SysError {
-    SysError::Encode {
-        op,
-        source: e.into(),
-    }
-}
-
 /// A generic netlink message: command `cmd` (a family's command enum or a
 /// number), family version `version`, `attrs`.
 pub fn genl(
@@ -421,40 +201,6 @@ pub fn genl(
         .map_err(|e| encode_err(op, BuilderError::from(e)))
 }
 
-/// An attribute of type `ty` (a family's attribute enum or a number)
-/// carrying `payload` as it is (integers: `to_ne_bytes()`, network-order
-/// fields: `to_be_bytes()`).
-pub fn attr(op: &'static str, ty: impl Into<u16>, payload: &[u8]) -> Result<Attr, SysError> {
-    build_attr(op, ty.into(), false, payload)
-}
-
-/// A NUL-terminated string attribute.
-pub fn attr_str(op: &'static str, ty: impl Into<u16>, s: &str) -> Result<Attr, SysError> {
-    build_attr(op, ty.into(), false, &[s.as_bytes(), &[0]].concat())
-}
-
-/// A nested attribute (`NLA_F_NESTED`) of type `ty` holding `children`.
-pub fn nest(op: &'static str, ty: impl Into<u16>, children: &[Attr]) -> Result<Attr, SysError> {
-    let mut n = build_attr(op, ty.into(), true, &[])?;
-    for c in children {
-        n = n.nest(c).map_err(|e| encode_err(op, e))?;
-    }
-    Ok(n)
-}
-
-fn build_attr(op: &'static str, ty: u16, nested: bool, payload: &[u8]) -> Result<Attr, SysError> {
-    let ty = AttrTypeBuilder::default()
-        .nla_type(ty)
-        .nla_nested(nested)
-        .build()
-        .map_err(|e| encode_err(op, BuilderError::from(e)))?;
-    NlattrBuilder::default()
-        .nla_type(ty)
-        .nla_payload(payload)
-        .build()
-        .map_err(|e| encode_err(op, BuilderError::from(e)))
-}
-
 /// Decodes a generic netlink message body (`struct genlmsghdr` and
 /// attributes) with neli.
 pub fn genl_payload(op: &'static str, payload: &[u8]) -> Result<GenlMsg, SysError> {
@@ -462,171 +208,12 @@ pub fn genl_payload(op: &'static str, payload: &[u8]) -> Result<GenlMsg, SysErro
         .map_err(|source| SysError::Decode { op, source })
 }
 
-/// The attributes nested in `a`.
-pub fn nested(op: &'static str, a: &Attr) -> Result<GenlBuffer<u16, Buffer>, SysError> {
-    let p = a.nla_payload().as_ref();
-    GenlBuffer::from_bytes_with_input(&mut Cursor::new(p), p.len())
-        .map_err(|source| SysError::Decode { op, source })
-}
-
-/// The type of `a` (without the nested and byte-order flags), to match as a
-/// family's attribute enum: `EventAttr::from(ty(a))`.
-pub fn ty(a: &Attr) -> u16 {
-    *a.nla_type().nla_type()
-}
-
-/// The payload of `a`, which must be exactly `N` bytes.
-pub fn array<const N: usize>(op: &'static str, a: &Attr) -> Result<[u8; N], SysError> {
-    <[u8; N]>::try_from(a.payload().as_ref()).map_err(|_| SysError::Malformed {
-        op,
-        what: format!(
-            "attribute {} has {} bytes, expected {N}",
-            ty(a),
-            a.payload().len()
-        ),
-    })
-}
-
-/// A `u8` attribute.
-pub fn u8_(op: &'static str, a: &Attr) -> Result<u8, SysError> {
-    array::<1>(op, a).map(|b| b[0])
-}
-
-/// A host-order `u16` attribute.
-pub fn u16_ne(op: &'static str, a: &Attr) -> Result<u16, SysError> {
-    array(op, a).map(u16::from_ne_bytes)
-}
-
-/// A host-order `u32` attribute.
-pub fn u32_ne(op: &'static str, a: &Attr) -> Result<u32, SysError> {
-    array(op, a).map(u32::from_ne_bytes)
-}
-
-/// A host-order `u64` attribute.
-pub fn u64_ne(op: &'static str, a: &Attr) -> Result<u64, SysError> {
-    array(op, a).map(u64::from_ne_bytes)
-}
-
-/// A network-order `be16` attribute.
-pub fn be16(op: &'static str, a: &Attr) -> Result<u16, SysError> {
-    array(op, a).map(u16::from_be_bytes)
-}
-
-/// A NUL-terminated string attribute (text after the first NUL is ignored;
-/// invalid UTF-8 is replaced).
-pub fn string(a: &Attr) -> String {
-    nul_terminated(a.payload().as_ref())
-}
-
-/// The messages of one datagram, each cut at its own `nlmsg_len` and decoded
-/// by neli (payloads left as bytes). Lengths are checked first: a header
-/// stating less than itself or more than the datagram holds, or an error
-/// message whose echoed request does not fit, ends the iteration with
-/// [`SysError::Malformed`].
-pub struct Messages<'a> {
-    op: &'static str,
-    data: &'a [u8],
-}
-
-impl<'a> Messages<'a> {
-    /// Iterates over `data`, one datagram.
-    pub fn new(op: &'static str, data: &'a [u8]) -> Self {
-        Messages { op, data }
-    }
-
-    fn cut(&mut self) -> Result<&'a [u8], String> {
-        let d = self.data;
-        let len = d
-            .get(..4)
-            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .filter(|_| d.len() >= NLMSG_HDRLEN)
-            .ok_or_else(|| format!("{} trailing bytes, short of a header", d.len()))?;
-        if len < NLMSG_HDRLEN || len > d.len() {
-            return Err(format!("header states {len} bytes; {} are left", d.len()));
-        }
-        let msg = &d[..len];
-        let ty = u16::from_ne_bytes([msg[4], msg[5]]);
-        let body = &msg[NLMSG_HDRLEN..];
-        if ty == u16::from(Nlmsg::Error) && body.len() >= 4 && body[..4] != [0; 4] {
-            // struct nlmsgerr: error, then the echoed request (header and,
-            // without NETLINK_CAP_ACK, its payload), then extended-ack TLVs.
-            let echoed = body
-                .get(4..8)
-                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .unwrap_or(0);
-            if echoed < NLMSG_HDRLEN || align4(echoed) > body.len() - 4 {
-                return Err(format!(
-                    "error message echoes {echoed} bytes in {}",
-                    body.len() - 4
-                ));
-            }
-        }
-        self.data = d.get(align4(len)..).unwrap_or_default();
-        Ok(msg)
-    }
-}
-
-impl Iterator for Messages<'_> {
-    type Item = Result<Nlmsghdr<u16, Buffer>, SysError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.data.is_empty() {
-            return None;
-        }
-        let op = self.op;
-        let msg = match self.cut() {
-            Ok(m) => m,
-            Err(what) => {
-                self.data = &[];
-                return Some(Err(SysError::Malformed { op, what }));
-            }
-        };
-        Some(
-            Nlmsghdr::from_bytes(&mut Cursor::new(msg))
-                .map_err(|source| SysError::Decode { op, source }),
-        )
-    }
-}
-
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// A sequence-number start that differs between sockets and runs, so that
-/// stale replies of an earlier socket are never mistaken for ours.
-fn initial_seq() -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(16) ^ std::process::id()
-}
-
-/// Raw attribute bytes (host-order header, padded), for byte fixtures.
-#[cfg(test)]
-pub(crate) fn test_attr(ty: u16, data: &[u8]) -> Vec<u8> {
-    let mut v = ((4 + data.len()) as u16).to_ne_bytes().to_vec();
-    v.extend_from_slice(&ty.to_ne_bytes());
-    v.extend_from_slice(data);
-    while !v.len().is_multiple_of(4) {
-        v.push(0);
-    }
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::test_attr as a;
     use super::*;
-
-    fn nlmsg(ty: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
-        let mut v = ((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes().to_vec();
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(&flags.to_ne_bytes());
-        v.extend_from_slice(&seq.to_ne_bytes());
-        v.extend_from_slice(&0u32.to_ne_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::sys::netlink::{test_nlmsg as nlmsg, NLMSG_HDRLEN};
+    use neli::nl::NlPayload;
 
     #[test]
     fn family_answer_with_groups() {
@@ -698,62 +285,6 @@ mod tests {
         let msgs: Vec<_> = Messages::new("t", &two).collect::<Result<_, _>>().unwrap();
         assert!(matches!(msgs[0].nl_payload(), NlPayload::Ack(_)));
         assert_eq!(*msgs[1].nl_seq(), 8);
-    }
-
-    /// neli's derived decoder subtracts the header size from `nlmsg_len`
-    /// unchecked: a short length panics where overflow checks are on (debug,
-    /// and OpenWrt's feed builds). [`Messages`] refuses it first.
-    #[test]
-    fn neli_panics_on_short_nlmsg_len() {
-        let mut bad = nlmsg(0x1d, 0, 1, &[0xa, 1, 0, 0]);
-        bad[..4].copy_from_slice(&4u32.to_ne_bytes());
-        if cfg!(debug_assertions) {
-            let direct = std::panic::catch_unwind(|| {
-                let _ = Nlmsghdr::<u16, Buffer>::from_bytes(&mut Cursor::new(&bad[..]));
-            });
-            assert!(
-                direct.is_err(),
-                "neli now checks nlmsg_len: the guard in Messages may go"
-            );
-        }
-        let r: Vec<_> = Messages::new("t", &bad).collect();
-        assert!(matches!(&r[..], [Err(SysError::Malformed { .. })]));
-    }
-
-    #[test]
-    fn framing_never_panics() {
-        let mut good = nlmsg(0x1d, 0, 1, &[0xa, 1, 0, 0]);
-        good.extend(a(1, &5u32.to_ne_bytes()));
-        let len = good.len() as u32;
-        good[..4].copy_from_slice(&len.to_ne_bytes());
-        let mut err = (-1i32).to_ne_bytes().to_vec();
-        err.extend_from_slice(&good);
-        err.extend(a(1, b"x\0"));
-        let err = nlmsg(0x2, 0x200, 1, &err);
-        let done = nlmsg(0x3, 0x2, 1, &0i32.to_ne_bytes());
-        // An error echoing a 17-byte request in 17 bytes: neli pads the
-        // echo to 20 and subtracts past zero. A multipart NLMSG_DONE with 2
-        // status bytes: neli's own error.
-        let mut echo17 = (-1i32).to_ne_bytes().to_vec();
-        echo17.extend(nlmsg(0x1d, 0, 1, &[0xa]));
-        let echo17 = nlmsg(0x2, 0, 1, &echo17);
-        let r: Vec<_> = Messages::new("t", &echo17).collect();
-        assert!(matches!(&r[..], [Err(SysError::Malformed { .. })]), "{r:?}");
-        let done2 = nlmsg(0x3, 0x2, 1, &[0, 0]);
-        let r: Vec<_> = Messages::new("t", &done2).collect();
-        assert!(matches!(&r[..], [Err(SysError::Decode { .. })]), "{r:?}");
-        for sample in [good, err, done, echo17, done2] {
-            for cut in 0..=sample.len() {
-                let _ = Messages::new("t", &sample[..cut]).count();
-            }
-            for i in 0..sample.len() {
-                for v in [0u8, 1, 3, 4, 15, 16, 17, 0x7f, 0xff] {
-                    let mut s = sample.clone();
-                    s[i] = v;
-                    let _ = Messages::new("t", &s).count();
-                }
-            }
-        }
     }
 
     /// Against the running kernel (no root needed, read-only): the controller

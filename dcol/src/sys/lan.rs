@@ -47,8 +47,14 @@
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use super::netlink::{nfgenmsg, Attrs, Messages, Msg, MsgBuilder, NlSocket, NETLINK_NETFILTER};
-use super::nft::{delete_table, run_nft, set_key_msg, table_exists_on, SUBSYS};
+use neli::nl::Nlmsghdr;
+use neli::types::Buffer;
+
+use super::netlink::{payload, string, ty, Messages};
+use super::nfnl::{NfSocket, Nfgenmsg};
+use super::nft::{
+    delete_table, flush_set_msg, run_nft, set_key_msg, set_names_msgs, table_exists_on, SUBSYS,
+};
 use super::SysError;
 use crate::config::Cidr;
 use crate::special;
@@ -82,8 +88,6 @@ const ALIVE_KEY: [u8; 1] = [6];
 const NFNLGRP_NFTABLES: u32 = 7;
 /// `NFT_MSG_NEWGEN`: the end of a committed transaction (no table).
 const NFT_MSG_NEWGEN: u8 = 0x0f;
-/// `NFT_MSG_DELSETELEM`.
-const NFT_MSG_DELSETELEM: u8 = 0x0e;
 /// `NFPROTO_INET`.
 const NFPROTO_INET: u8 = 1;
 /// The table name attribute of every nf_tables object message
@@ -91,8 +95,6 @@ const NFPROTO_INET: u8 = 1;
 /// `NFTA_SET_TABLE`, `NFTA_SET_ELEM_LIST_TABLE`, `NFTA_OBJ_TABLE`,
 /// `NFTA_FLOWTABLE_TABLE` are all 1).
 const NFTA_TABLE: u16 = 1;
-/// `NFTA_SET_ELEM_LIST_SET`.
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 
 /// What to intercept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,7 +283,7 @@ fn update_script(
 #[derive(Debug)]
 pub struct LanIntercept {
     table: String,
-    sock: NlSocket,
+    sock: NfSocket,
     spec: InterceptSpec,
     wan: Vec<String>,
 }
@@ -292,7 +294,7 @@ impl LanIntercept {
     /// intercepts nothing until [`LanIntercept::set_wan`] names the WAN.
     pub fn create(table: &str, spec: &InterceptSpec) -> Result<LanIntercept, SysError> {
         let rules = ruleset(table, spec)?;
-        let mut sock = NlSocket::open(NETLINK_NETFILTER)?;
+        let mut sock = NfSocket::open()?;
         if table_exists_on(&mut sock, table)? {
             log::info!("lan proxy: replacing table inet {table}");
             delete_table(&mut sock, table)?;
@@ -333,17 +335,16 @@ impl LanIntercept {
         if names == self.wan {
             return Ok(());
         }
-        let t = &self.table;
-        let mut s = format!(
-            "flush set inet {t} wan\nflush set inet {t} wan_out\nflush set inet {t} permit4\nflush set inet {t} permit6\n"
-        );
-        if !names.is_empty() {
-            let q = quoted(&names)?;
-            s.push_str(&format!(
-                "add element inet {t} wan {{ {q} }}\nadd element inet {t} wan_out {{ {q} }}\n"
-            ));
+        for n in &names {
+            check_ifname(n)?;
         }
-        run_nft(&s)?;
+        // One batch: both WAN sets replaced, the verdicts forgotten.
+        let t = &self.table;
+        let mut msgs = set_names_msgs(t, "wan", &names)?;
+        msgs.extend(set_names_msgs(t, "wan_out", &names)?);
+        msgs.push(flush_set_msg(t, "permit4")?);
+        msgs.push(flush_set_msg(t, "permit6")?);
+        self.sock.batch("lan proxy: WAN interfaces", SUBSYS, msgs)?;
         self.wan = names;
         Ok(())
     }
@@ -356,22 +357,21 @@ impl LanIntercept {
     /// Forgets every forward verdict of the firewall (netlink; no process):
     /// the next flow of each device and destination meets the firewall again.
     pub fn flush_permits(&mut self) -> Result<(), SysError> {
-        let msgs = ["permit4", "permit6"]
-            .iter()
-            .map(|set| flush_set_msg(&self.table, set))
-            .collect();
+        let msgs = vec![
+            flush_set_msg(&self.table, "permit4")?,
+            flush_set_msg(&self.table, "permit6")?,
+        ];
         self.sock.batch("lan proxy: flush verdicts", SUBSYS, msgs)
     }
 
     /// Keeps interception on for [`ALIVE_TTL`] from now.
     pub fn heartbeat(&mut self) -> Result<(), SysError> {
         let op = "lan proxy heartbeat";
-        let del = set_key_msg(false, &self.table, "alive", &ALIVE_KEY, None);
-        let add = set_key_msg(true, &self.table, "alive", &ALIVE_KEY, Some(ALIVE_TTL));
-        match self.sock.batch(op, SUBSYS, vec![del, add]) {
+        let del = set_key_msg(false, &self.table, "alive", &ALIVE_KEY, None)?;
+        let add = set_key_msg(true, &self.table, "alive", &ALIVE_KEY, Some(ALIVE_TTL))?;
+        match self.sock.batch(op, SUBSYS, vec![del, add.clone()]) {
             // Not there (first beat, or it expired): just add it.
             Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => {
-                let add = set_key_msg(true, &self.table, "alive", &ALIVE_KEY, Some(ALIVE_TTL));
                 self.sock.batch(op, SUBSYS, vec![add])
             }
             r => r,
@@ -381,7 +381,7 @@ impl LanIntercept {
     /// Stops interception now (new LAN flows go direct) until the next
     /// [`LanIntercept::heartbeat`].
     pub fn pause(&mut self) -> Result<(), SysError> {
-        let del = set_key_msg(false, &self.table, "alive", &ALIVE_KEY, None);
+        let del = set_key_msg(false, &self.table, "alive", &ALIVE_KEY, None)?;
         match self.sock.batch("lan proxy pause", SUBSYS, vec![del]) {
             Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => Ok(()),
             r => r,
@@ -394,22 +394,13 @@ impl LanIntercept {
     }
 }
 
-/// DELSETELEM without elements: flushes the set.
-fn flush_set_msg(table: &str, set: &str) -> MsgBuilder {
-    let mut m = MsgBuilder::new(u16::from(SUBSYS) << 8 | u16::from(NFT_MSG_DELSETELEM), 0);
-    m.push_header(&nfgenmsg(NFPROTO_INET, 0));
-    m.attr_str(NFTA_TABLE, table)
-        .attr_str(NFTA_SET_ELEM_LIST_SET, set);
-    m
-}
-
 /// Watches the nf_tables ruleset for changes made by others (another
 /// table's rule, chain, set or element added or removed: fw4 reloading, a
 /// parental-control script adding a MAC to a set, `nft` by hand), so that
 /// the firewall's remembered verdicts can be forgotten at once.
 #[derive(Debug)]
 pub struct RulesetWatch {
-    sock: NlSocket,
+    sock: NfSocket,
     own: Vec<String>,
 }
 
@@ -417,11 +408,8 @@ impl RulesetWatch {
     /// Subscribes to ruleset notifications; changes to the `inet` tables
     /// named in `own` (the daemon's) are not reported.
     pub fn open(own: Vec<String>) -> Result<RulesetWatch, SysError> {
-        let sock = NlSocket::open(NETLINK_NETFILTER)?;
-        sock.add_membership(NFNLGRP_NFTABLES)?;
         // fw4's reload is one burst of many messages.
-        let _ = sock.set_recv_buffer(1 << 20);
-        sock.set_nonblocking(true)?;
+        let sock = NfSocket::subscribe(NFNLGRP_NFTABLES, 1 << 20)?;
         Ok(RulesetWatch { sock, own })
     }
 
@@ -440,7 +428,7 @@ impl RulesetWatch {
     pub fn changed(&mut self) -> bool {
         let mut changed = false;
         loop {
-            match self.sock.recv() {
+            match self.sock.recv_nowait() {
                 Ok(data) => {
                     for m in Messages::new("ruleset notification", data) {
                         changed |= m.map_or(true, |m| foreign_change(&m, &self.own));
@@ -462,30 +450,27 @@ impl RulesetWatch {
 
 /// Whether notification `m` reports a change to a table other than the
 /// `inet` tables in `own`. Unreadable messages count as changes.
-pub fn foreign_change(m: &Msg<'_>, own: &[String]) -> bool {
-    let [subsys, msg] = m.ty.to_be_bytes();
+pub fn foreign_change(m: &Nlmsghdr<u16, Buffer>, own: &[String]) -> bool {
+    let [subsys, msg] = m.nl_type().to_be_bytes();
     if subsys != SUBSYS || msg == NFT_MSG_NEWGEN {
         return false;
     }
-    let Some((family, attrs)) = m.payload.split_first() else {
+    let Some(Ok(body)) = payload(m).map(|p| Nfgenmsg::decode("ruleset notification", p)) else {
         return true;
     };
-    let Some(attrs) = attrs.get(3..) else {
-        return true;
-    };
-    for a in Attrs::new("ruleset notification", attrs) {
-        let Ok(a) = a else { return true };
-        if a.ty == NFTA_TABLE {
-            let Ok(name) = a.str() else { return true };
-            return !(*family == NFPROTO_INET && own.iter().any(|o| o == name));
+    match body.attrs().iter().find(|a| ty(a) == NFTA_TABLE) {
+        Some(a) => {
+            let name = string(a);
+            !(body.family() == NFPROTO_INET && own.contains(&name))
         }
+        None => true,
     }
-    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::netlink::testns::{is_root, NsThread};
 
     fn spec() -> InterceptSpec {
         InterceptSpec {
@@ -667,5 +652,83 @@ mod tests {
         assert!(!check(note(NFT_MSG_NEWGEN, 0, None)));
         // No table: cannot tell, so it counts.
         assert!(check(note(6, 1, None)));
+    }
+
+    /// The elements of set `set` of table `inet <t>` in `ns`, as `nft`
+    /// lists them, on one line (empty: none).
+    fn listed(ns: &NsThread, t: &str, set: &str) -> String {
+        let out = ns.out(&["nft", "list", "set", "inet", t, set]);
+        let out = out.split_whitespace().collect::<Vec<_>>().join(" ");
+        out.split_once("elements = { ")
+            .map(|(_, e)| e.split(" }").next().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Root, in a fresh namespace: the netlink side of the table (WAN sets,
+    /// verdict flushes, heartbeat, pause, ruleset notifications, removal)
+    /// against the real kernel, checked with `nft`.
+    #[test]
+    fn root_sets_and_notifications() {
+        if !is_root() {
+            eprintln!("SKIP: needs root");
+            return;
+        }
+        let ns = NsThread::new();
+        let t = "dcoltest_lan";
+        let mut l = ns.run(move || LanIntercept::create(t, &spec())).unwrap();
+        let mut w = ns
+            .run(move || RulesetWatch::open(vec![t.to_owned()]))
+            .unwrap();
+        assert!(!w.changed(), "creating our own table is no news");
+        for set in ["alive", "wan", "wan_out", "permit4"] {
+            assert_eq!(listed(&ns, t, set), "", "{set} starts empty");
+        }
+        let verdict = "\"br-lan\" . 02:00:00:00:00:01 . 192.168.1.2 . 93.184.216.34 . 443";
+        let remember = || {
+            ns.cmd(&[
+                "nft",
+                "add",
+                "element",
+                "inet",
+                t,
+                "permit4",
+                &format!("{{ {verdict} }}"),
+            ]);
+            assert!(listed(&ns, t, "permit4").contains("93.184.216.34"));
+        };
+        remember();
+        l.set_wan(&["pppoe-wan".into(), "eth1".into()]).unwrap();
+        assert_eq!(listed(&ns, t, "wan"), "\"eth1\", \"pppoe-wan\"");
+        assert_eq!(listed(&ns, t, "wan_out"), "\"eth1\", \"pppoe-wan\"");
+        assert_eq!(listed(&ns, t, "permit4"), "", "a new WAN forgets verdicts");
+        assert_eq!(l.wan(), ["eth1", "pppoe-wan"]);
+        remember();
+        l.set_wan(&["eth1".into(), "pppoe-wan".into()]).unwrap();
+        assert!(
+            listed(&ns, t, "permit4").contains("93.184.216.34"),
+            "the same WAN keeps them"
+        );
+        l.flush_permits().unwrap();
+        assert_eq!(listed(&ns, t, "permit4"), "");
+        l.set_wan(&[]).unwrap();
+        assert_eq!(listed(&ns, t, "wan"), "");
+        assert_eq!(listed(&ns, t, "wan_out"), "");
+        assert!(l.set_wan(&["bad name".into()]).is_err());
+        // Heartbeats restart the alive element's timeout; pause removes it.
+        l.heartbeat().unwrap();
+        l.heartbeat().unwrap();
+        let alive = ns.out(&["nft", "list", "set", "inet", t, "alive"]);
+        assert!(alive.contains("tcp timeout 2s expires"), "{alive}");
+        l.pause().unwrap();
+        l.pause().unwrap();
+        assert_eq!(listed(&ns, t, "alive"), "");
+        assert!(!w.changed(), "our own changes are no news");
+        ns.cmd(&["nft", "add", "table", "inet", "fw4"]);
+        assert!(w.changed(), "another table is");
+        assert!(!w.changed(), "read once");
+        ns.cmd(&["nft", "delete", "table", "inet", "fw4"]);
+        l.destroy().unwrap();
+        assert!(w.changed());
+        assert_eq!(ns.out(&["nft", "list", "ruleset"]), "", "nothing left");
     }
 }

@@ -1,6 +1,8 @@
-//! Kernel glue: netlink (generic netlink `mptcp_pm` and `wireguard` on neli in
-//! [`genl`], nf_tables, ctnetlink), sysctls,
-//! sockets. Nothing above this module knows a netlink attribute number.
+//! Kernel glue: netlink on neli ([`netlink`], shared by generic netlink
+//! `mptcp_pm` and `wireguard` in [`genl`], nf_tables and ctnetlink in
+//! [`nfnl`], sock_diag in [`diag`]), rtnetlink on the `rtnetlink` crate
+//! ([`rtnl`], [`routewatch`]), sysctls, sockets. Nothing above this module
+//! knows a netlink attribute number.
 //!
 //! System calls go through nix (or `std`, neli, rtnetlink); the few nix
 //! does not wrap are in `raw`, the one module of the crate allowed `unsafe`.
@@ -13,6 +15,7 @@ pub mod genl;
 pub mod lan;
 pub mod mptcp_pm;
 pub mod netlink;
+pub mod nfnl;
 pub mod nft;
 pub mod os;
 mod raw;
@@ -70,7 +73,17 @@ pub enum SysError {
         op: &'static str,
         /// neli's builder or serialization error.
         #[source]
-        source: genl::EncodeError,
+        source: netlink::EncodeError,
+    },
+    /// rtnetlink could not carry out a request (a kernel refusal is
+    /// [`SysError::Netlink`]).
+    #[error("{op}: {source}")]
+    Rtnetlink {
+        /// What we were doing.
+        op: &'static str,
+        /// rtnetlink's error.
+        #[source]
+        source: rtnetlink::Error,
     },
     /// A feature this needs is missing from the running kernel.
     #[error("{0}")]

@@ -54,8 +54,9 @@
 //! entries can be deleted, and replaces the table). Every per-request change
 //! (add, refresh, remove a tunnel; replace the WAN interfaces), the element
 //! listing and the final deletion of the table are nf_tables netlink messages
-//! sent in nfnetlink batches; no process is spawned for them and `destroy`
-//! works without the `nft` binary.
+//! (neli's messages and attributes, [`super::nfnl`]) sent in nfnetlink
+//! batches; no process is spawned for them and `destroy` works without the
+//! `nft` binary.
 //!
 //! Element timeouts stop only new connections: a running flow lives on in
 //! conntrack (see `sys::conntrack`).
@@ -66,7 +67,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::netlink::{nfgenmsg, Attrs, Msg, MsgBuilder, NlSocket, NETLINK_NETFILTER, NLM_F_CREATE};
+use neli::consts::nl::NlmF;
+
+use super::netlink::{attr, attr_str, be64, nest, nested, ty, Attr};
+use super::nfnl::{msg_type, NfMsg, NfSocket, Nfgenmsg};
 use super::SysError;
 
 // include/uapi/linux/netfilter/nfnetlink.h
@@ -106,6 +110,24 @@ const NFTA_SET_ELEM_TIMEOUT: u16 = 0x4;
 const NFTA_SET_ELEM_EXPIRATION: u16 = 0x5;
 /// `NFTA_DATA_VALUE` (binary).
 const NFTA_DATA_VALUE: u16 = 0x1;
+/// `NFT_MSG_NEWOBJ` (the answer to a GETOBJ).
+const NFT_MSG_NEWOBJ: u8 = 0x12;
+/// `NFT_MSG_GETOBJ`.
+const NFT_MSG_GETOBJ: u8 = 0x13;
+/// `NFTA_OBJ_TABLE` (string).
+const NFTA_OBJ_TABLE: u16 = 0x1;
+/// `NFTA_OBJ_NAME` (string).
+const NFTA_OBJ_NAME: u16 = 0x2;
+/// `NFTA_OBJ_TYPE` (be32).
+const NFTA_OBJ_TYPE: u16 = 0x3;
+/// `NFTA_OBJ_DATA` (nest: the object's own attributes).
+const NFTA_OBJ_DATA: u16 = 0x4;
+/// `NFT_OBJECT_QUOTA`.
+const NFT_OBJECT_QUOTA: u32 = 0x2;
+/// `NFTA_QUOTA_CONSUMED` (be64): the bytes counted (`used` in `nft list`).
+const NFTA_QUOTA_CONSUMED: u16 = 0x4;
+/// The monthly quota object's name.
+const QUOTA: &str = "month";
 /// `IFNAMSIZ` (include/uapi/linux/if.h): the key length of a set of type
 /// `ifname` (the name, NUL-padded).
 const IFNAMSIZ: usize = 16;
@@ -123,7 +145,12 @@ pub const WAN_SET: &str = "wan";
 
 /// `nfnetlink` message type for an nf_tables message.
 const fn nft_type(msg: u8) -> u16 {
-    ((NFNL_SUBSYS_NFTABLES as u16) << 8) | msg as u16
+    msg_type(NFNL_SUBSYS_NFTABLES, msg)
+}
+
+/// nf_tables message `msg` about an `inet` table, with `attrs`.
+fn nft_msg(msg: u8, flags: NlmF, attrs: Vec<Attr>) -> NfMsg {
+    NfMsg::new(NFNL_SUBSYS_NFTABLES, msg, flags, NFPROTO_INET, attrs)
 }
 
 /// One NAT tunnel: packets from `client` to this router's `port` go to
@@ -145,7 +172,7 @@ pub struct NatElement {
 /// table in place; call [`NatTable::destroy`].
 #[derive(Debug)]
 pub struct NatTable {
-    sock: NlSocket,
+    sock: NfSocket,
     name: String,
     /// The `month` quota object exists.
     quota: bool,
@@ -212,31 +239,33 @@ impl NatTable {
         Ok(())
     }
 
-    /// Bytes counted by the monthly quota so far (0 without one).
-    pub fn quota_used(&self) -> Result<u64, SysError> {
+    /// Bytes counted by the monthly quota so far (0 without one): one
+    /// `NFT_MSG_GETOBJ` for the quota object.
+    pub fn quota_used(&mut self) -> Result<u64, SysError> {
         if !self.quota {
             return Ok(0);
         }
-        let op = "nft list quota";
-        let out = Command::new("nft")
-            .args(["-j", "list", "quota", "inet", &self.name, "month"])
-            .output()
-            .map_err(|e| SysError::io(op, e))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        // `"used": N` in the quota object (the only "used" in the listing).
-        text.split("\"used\":")
-            .nth(1)
-            .and_then(|r| {
-                r.trim_start()
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .ok_or_else(|| SysError::Malformed {
-                op,
-                what: format!("no used bytes in {text:?}"),
-            })
+        let op = "nft get quota";
+        let m = nft_msg(
+            NFT_MSG_GETOBJ,
+            NlmF::empty(),
+            vec![
+                attr_str(op, NFTA_OBJ_TABLE, &self.name)?,
+                attr_str(op, NFTA_OBJ_NAME, QUOTA)?,
+                attr(op, NFTA_OBJ_TYPE, &NFT_OBJECT_QUOTA.to_be_bytes())?,
+            ],
+        );
+        let mut used = None;
+        self.sock.request(op, m, |ty, payload| {
+            if ty == nft_type(NFT_MSG_NEWOBJ) {
+                used = quota_consumed(payload)?;
+            }
+            Ok(())
+        })?;
+        used.ok_or_else(|| SysError::Malformed {
+            op,
+            what: "no quota counter in the answer".into(),
+        })
     }
 
     /// Creates table `inet <name>` with its maps, sets and chains, replacing
@@ -259,7 +288,7 @@ impl NatTable {
             ));
         }
         let mut t = NatTable {
-            sock: NlSocket::open(NETLINK_NETFILTER)?,
+            sock: NfSocket::open()?,
             name: name.to_owned(),
             quota: false,
             live: HashMap::new(),
@@ -315,22 +344,16 @@ impl NatTable {
             destination: self.live.get(&key).copied().unwrap_or(el.destination),
             ..el.clone()
         };
-        let mut msgs =
-            tunnel_msgs(Op::Delete, &self.name, &old).map_err(|e| SysError::io(op, e))?;
-        let new = tunnel_msgs(Op::Add(timeout), &self.name, el).map_err(|e| SysError::io(op, e))?;
-        msgs.extend(new);
+        let mut msgs = tunnel_msgs(op, Op::Delete, &self.name, &old)?;
+        msgs.extend(tunnel_msgs(op, Op::Add(timeout), &self.name, el)?);
         match self.sock.batch(op, SUBSYS, msgs) {
             // The map holds this key with a destination we did not install
             // (no flow element of ours goes with it): replace that element.
             Err(SysError::Netlink { errno, .. })
                 if errno == libc::EBUSY || errno == libc::EEXIST =>
             {
-                let mut msgs = vec![setelem_msg(NFT_MSG_DELSETELEM, &self.name, el, None)
-                    .map_err(|e| SysError::io(op, e))?];
-                msgs.extend(
-                    tunnel_msgs(Op::Add(timeout), &self.name, el)
-                        .map_err(|e| SysError::io(op, e))?,
-                );
+                let mut msgs = vec![setelem_msg(op, NFT_MSG_DELSETELEM, &self.name, el, None)?];
+                msgs.extend(tunnel_msgs(op, Op::Add(timeout), &self.name, el)?);
                 self.sock.batch(op, SUBSYS, msgs)?;
             }
             r => r?,
@@ -357,8 +380,7 @@ impl NatTable {
                 destination,
                 ..el.clone()
             };
-            let msgs =
-                tunnel_msgs(Op::Delete, &self.name, &ours).map_err(|e| SysError::io(op, e))?;
+            let msgs = tunnel_msgs(op, Op::Delete, &self.name, &ours)?;
             match self.sock.batch(op, SUBSYS, msgs) {
                 // The map element is not the one we installed: delete the key.
                 Err(SysError::Netlink { errno, .. })
@@ -366,8 +388,7 @@ impl NatTable {
                 r => return r,
             }
         }
-        let del = setelem_msg(NFT_MSG_DELSETELEM, &self.name, &el, None)
-            .map_err(|e| SysError::io(op, e))?;
+        let del = setelem_msg(op, NFT_MSG_DELSETELEM, &self.name, &el, None)?;
         match self.sock.batch(op, SUBSYS, vec![del]) {
             Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => Ok(()),
             r => r,
@@ -393,27 +414,31 @@ impl NatTable {
 /// Whether table `inet <name>` exists (in the calling thread's network
 /// namespace).
 pub fn table_exists(name: &str) -> Result<bool, SysError> {
-    let mut sock = NlSocket::open(NETLINK_NETFILTER)?;
+    let mut sock = NfSocket::open()?;
     table_exists_on(&mut sock, name)
 }
 
-pub(crate) fn table_exists_on(sock: &mut NlSocket, name: &str) -> Result<bool, SysError> {
+pub(crate) fn table_exists_on(sock: &mut NfSocket, name: &str) -> Result<bool, SysError> {
     let op = "nft get table";
-    let mut m = MsgBuilder::new(nft_type(NFT_MSG_GETTABLE), 0);
-    m.push_header(&nfgenmsg(NFPROTO_INET, 0));
-    m.attr_str(NFTA_TABLE_NAME, name);
-    match sock.request(op, m, |_| Ok(())) {
+    let m = nft_msg(
+        NFT_MSG_GETTABLE,
+        NlmF::empty(),
+        vec![attr_str(op, NFTA_TABLE_NAME, name)?],
+    );
+    match sock.request(op, m, |_, _| Ok(())) {
         Ok(()) => Ok(true),
         Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-pub(crate) fn delete_table(sock: &mut NlSocket, name: &str) -> Result<(), SysError> {
+pub(crate) fn delete_table(sock: &mut NfSocket, name: &str) -> Result<(), SysError> {
     let op = "nft delete table";
-    let mut m = MsgBuilder::new(nft_type(NFT_MSG_DELTABLE), 0);
-    m.push_header(&nfgenmsg(NFPROTO_INET, 0));
-    m.attr_str(NFTA_TABLE_NAME, name);
+    let m = nft_msg(
+        NFT_MSG_DELTABLE,
+        NlmF::empty(),
+        vec![attr_str(op, NFTA_TABLE_NAME, name)?],
+    );
     match sock.batch(op, NFNL_SUBSYS_NFTABLES, vec![m]) {
         Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => Ok(()),
         r => r,
@@ -421,7 +446,7 @@ pub(crate) fn delete_table(sock: &mut NlSocket, name: &str) -> Result<(), SysErr
 }
 
 fn list_map(
-    sock: &mut NlSocket,
+    sock: &mut NfSocket,
     table: &str,
     map: &str,
     v6: bool,
@@ -429,14 +454,18 @@ fn list_map(
     let op = "nft list map elements";
     let mut tries = 0;
     loop {
-        let mut m = MsgBuilder::new(nft_type(NFT_MSG_GETSETELEM), 0);
-        m.push_header(&nfgenmsg(NFPROTO_INET, 0));
-        m.attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
-            .attr_str(NFTA_SET_ELEM_LIST_SET, map);
+        let m = nft_msg(
+            NFT_MSG_GETSETELEM,
+            NlmF::empty(),
+            vec![
+                attr_str(op, NFTA_SET_ELEM_LIST_TABLE, table)?,
+                attr_str(op, NFTA_SET_ELEM_LIST_SET, map)?,
+            ],
+        );
         let mut out = Vec::new();
-        let r = sock.dump(op, m, |reply: &Msg<'_>| {
-            if reply.ty == nft_type(NFT_MSG_NEWSETELEM) {
-                out.extend(decode_setelems(reply.payload, v6)?);
+        let r = sock.dump(op, m, |ty, payload| {
+            if ty == nft_type(NFT_MSG_NEWSETELEM) {
+                out.extend(decode_setelems(payload, v6)?);
             }
             Ok(())
         });
@@ -618,37 +647,57 @@ fn elem_msg(
     key: &[u8],
     data: Option<&[u8]>,
     timeout: Option<Duration>,
-) -> MsgBuilder {
+) -> Result<NfMsg, SysError> {
+    let op = "nft set element";
     let (msg, flags) = if add {
-        (NFT_MSG_NEWSETELEM, NLM_F_CREATE)
+        (NFT_MSG_NEWSETELEM, NlmF::CREATE)
     } else {
-        (NFT_MSG_DELSETELEM, 0)
+        (NFT_MSG_DELSETELEM, NlmF::empty())
     };
-    let mut m = MsgBuilder::new(nft_type(msg), flags);
-    m.push_header(&nfgenmsg(NFPROTO_INET, 0));
-    m.attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
-        .attr_str(NFTA_SET_ELEM_LIST_SET, set);
-    let list = m.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
-    let e = m.begin_nested(NFTA_LIST_ELEM);
-    let k = m.begin_nested(NFTA_SET_ELEM_KEY);
-    m.attr(NFTA_DATA_VALUE, key);
-    m.end_nested(k);
+    let mut fields = vec![nest(
+        op,
+        NFTA_SET_ELEM_KEY,
+        &[attr(op, NFTA_DATA_VALUE, key)?],
+    )?];
     if add {
         if let Some(t) = timeout {
-            m.attr_be64(
-                NFTA_SET_ELEM_TIMEOUT,
-                t.as_millis().clamp(1, u128::from(u64::MAX)) as u64,
-            );
+            let ms = t.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+            fields.push(attr(op, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes())?);
         }
         if let Some(d) = data {
-            let n = m.begin_nested(NFTA_SET_ELEM_DATA);
-            m.attr(NFTA_DATA_VALUE, d);
-            m.end_nested(n);
+            fields.push(nest(
+                op,
+                NFTA_SET_ELEM_DATA,
+                &[attr(op, NFTA_DATA_VALUE, d)?],
+            )?);
         }
     }
-    m.end_nested(e);
-    m.end_nested(list);
-    m
+    let elems = nest(
+        op,
+        NFTA_SET_ELEM_LIST_ELEMENTS,
+        &[nest(op, NFTA_LIST_ELEM, &fields)?],
+    )?;
+    Ok(nft_msg(
+        msg,
+        flags,
+        set_elem_list(op, table, set, Some(elems))?,
+    ))
+}
+
+/// The attributes of a set element message: table, set and, if any, the
+/// element list.
+fn set_elem_list(
+    op: &'static str,
+    table: &str,
+    set: &str,
+    elems: Option<Attr>,
+) -> Result<Vec<Attr>, SysError> {
+    let mut attrs = vec![
+        attr_str(op, NFTA_SET_ELEM_LIST_TABLE, table)?,
+        attr_str(op, NFTA_SET_ELEM_LIST_SET, set)?,
+    ];
+    attrs.extend(elems);
+    Ok(attrs)
 }
 
 /// Builds a NEWSETELEM (with `timeout`) or DELSETELEM message for one key of a
@@ -659,8 +708,14 @@ pub(crate) fn set_key_msg(
     set: &str,
     key: &[u8],
     timeout: Option<Duration>,
-) -> MsgBuilder {
+) -> Result<NfMsg, SysError> {
     elem_msg(msg_add, table, set, key, None, timeout)
+}
+
+/// DELSETELEM without elements: flushes set `set` of table `inet <table>`.
+pub(crate) fn flush_set_msg(table: &str, set: &str) -> Result<NfMsg, SysError> {
+    let attrs = set_elem_list("nft flush set", table, set, None)?;
+    Ok(nft_msg(NFT_MSG_DELSETELEM, NlmF::empty(), attrs))
 }
 
 /// The messages that replace the content of set `set` (type `ifname`) of
@@ -670,11 +725,12 @@ pub(crate) fn set_names_msgs(
     table: &str,
     set: &str,
     names: &[String],
-) -> Result<Vec<MsgBuilder>, SysError> {
+) -> Result<Vec<NfMsg>, SysError> {
+    let op = "nft interface name";
     for n in names {
         if n.is_empty() || n.len() >= IFNAMSIZ || n.contains('\0') {
             return Err(SysError::io(
-                "nft interface name",
+                op,
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("{n:?}: an interface name has 1-15 bytes"),
@@ -682,30 +738,18 @@ pub(crate) fn set_names_msgs(
             ));
         }
     }
-    // DELSETELEM without elements flushes the set.
-    let mut flush = MsgBuilder::new(nft_type(NFT_MSG_DELSETELEM), 0);
-    flush.push_header(&nfgenmsg(NFPROTO_INET, 0));
-    flush
-        .attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
-        .attr_str(NFTA_SET_ELEM_LIST_SET, set);
-    let mut msgs = vec![flush];
+    let mut msgs = vec![flush_set_msg(table, set)?];
     if !names.is_empty() {
-        let mut m = MsgBuilder::new(nft_type(NFT_MSG_NEWSETELEM), NLM_F_CREATE);
-        m.push_header(&nfgenmsg(NFPROTO_INET, 0));
-        m.attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
-            .attr_str(NFTA_SET_ELEM_LIST_SET, set);
-        let list = m.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS);
+        let mut list = Vec::with_capacity(names.len());
         for n in names {
             let mut key = [0u8; IFNAMSIZ];
             key[..n.len()].copy_from_slice(n.as_bytes());
-            let e = m.begin_nested(NFTA_LIST_ELEM);
-            let k = m.begin_nested(NFTA_SET_ELEM_KEY);
-            m.attr(NFTA_DATA_VALUE, &key);
-            m.end_nested(k);
-            m.end_nested(e);
+            let k = nest(op, NFTA_SET_ELEM_KEY, &[attr(op, NFTA_DATA_VALUE, &key)?])?;
+            list.push(nest(op, NFTA_LIST_ELEM, &[k])?);
         }
-        m.end_nested(list);
-        msgs.push(m);
+        let elems = nest(op, NFTA_SET_ELEM_LIST_ELEMENTS, &list)?;
+        let attrs = set_elem_list(op, table, set, Some(elems))?;
+        msgs.push(nft_msg(NFT_MSG_NEWSETELEM, NlmF::CREATE, attrs));
     }
     Ok(msgs)
 }
@@ -728,8 +772,13 @@ enum Op {
 /// the whole batch): the add is a no-op for an element already there with
 /// the same data, and carries no timeout, so that no kernel takes it for a
 /// timeout update. Fails for mixed address families.
-fn tunnel_msgs(op: Op, table: &str, el: &NatElement) -> io::Result<Vec<MsgBuilder>> {
-    check_family(el)?;
+fn tunnel_msgs(
+    op: &'static str,
+    kind: Op,
+    table: &str,
+    el: &NatElement,
+) -> Result<Vec<NfMsg>, SysError> {
+    check_family(op, el)?;
     let (map, flows) = if el.client.is_ipv4() {
         (MAP4, FLOWS4)
     } else {
@@ -738,29 +787,32 @@ fn tunnel_msgs(op: Op, table: &str, el: &NatElement) -> io::Result<Vec<MsgBuilde
     let key = concat(el.client, el.port);
     let data = concat(el.destination.ip(), el.destination.port());
     let fkey = flow_key(el);
-    Ok(match op {
+    Ok(match kind {
         Op::Add(t) => vec![
-            elem_msg(true, table, map, &key, Some(&data), Some(t)),
-            elem_msg(true, table, flows, &fkey, None, Some(t)),
+            elem_msg(true, table, map, &key, Some(&data), Some(t))?,
+            elem_msg(true, table, flows, &fkey, None, Some(t))?,
         ],
         Op::Delete => vec![
-            elem_msg(true, table, map, &key, Some(&data), None),
-            elem_msg(false, table, map, &key, None, None),
-            elem_msg(true, table, flows, &fkey, None, None),
-            elem_msg(false, table, flows, &fkey, None, None),
+            elem_msg(true, table, map, &key, Some(&data), None)?,
+            elem_msg(false, table, map, &key, None, None)?,
+            elem_msg(true, table, flows, &fkey, None, None)?,
+            elem_msg(false, table, flows, &fkey, None, None)?,
         ],
     })
 }
 
-fn check_family(el: &NatElement) -> io::Result<()> {
+fn check_family(op: &'static str, el: &NatElement) -> Result<(), SysError> {
     if el.client.is_ipv4() == el.destination.is_ipv4() {
         Ok(())
     } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "client {} and destination {} differ in address family",
-                el.client, el.destination
+        Err(SysError::io(
+            op,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "client {} and destination {} differ in address family",
+                    el.client, el.destination
+                ),
             ),
         ))
     }
@@ -770,53 +822,46 @@ fn check_family(el: &NatElement) -> io::Result<()> {
 /// Deletion carries only the key; `timeout` only matters for NEWSETELEM
 /// (none: 1 ms).
 fn setelem_msg(
+    op: &'static str,
     msg: u8,
     table: &str,
     el: &NatElement,
     timeout: Option<Duration>,
-) -> io::Result<MsgBuilder> {
-    check_family(el)?;
+) -> Result<NfMsg, SysError> {
+    check_family(op, el)?;
     let map = if el.client.is_ipv4() { MAP4 } else { MAP6 };
     let data = concat(el.destination.ip(), el.destination.port());
-    Ok(elem_msg(
+    elem_msg(
         msg == NFT_MSG_NEWSETELEM,
         table,
         map,
         &concat(el.client, el.port),
         Some(&data),
         Some(timeout.unwrap_or_default()),
-    ))
+    )
 }
 
 /// Decodes one GETSETELEM reply (nfgenmsg + attributes). Elements whose key or
 /// data do not have our layout are logged and skipped.
-fn decode_setelems(payload: &[u8], v6: bool) -> Result<Vec<NatElement>, SysError> {
+pub fn decode_setelems(payload: &[u8], v6: bool) -> Result<Vec<NatElement>, SysError> {
     let op = "nft decode set elements";
-    let attrs = payload.get(4..).ok_or_else(|| SysError::Malformed {
-        op,
-        what: "short nfgenmsg".into(),
-    })?;
     let mut out = Vec::new();
-    for a in Attrs::new(op, attrs) {
-        let a = a?;
-        if a.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
+    for a in Nfgenmsg::decode(op, payload)?.attrs().iter() {
+        if ty(a) != NFTA_SET_ELEM_LIST_ELEMENTS {
             continue;
         }
-        for e in a.nested() {
-            let e = e?;
-            if e.ty != NFTA_LIST_ELEM {
+        for e in nested(op, a)?.iter() {
+            if ty(e) != NFTA_LIST_ELEM {
                 continue;
             }
             let (mut key, mut data, mut expires) = (None, None, None);
-            for f in e.nested() {
-                let f = f?;
-                match f.ty {
+            for f in nested(op, e)?.iter() {
+                match ty(f) {
                     NFTA_SET_ELEM_KEY | NFTA_SET_ELEM_DATA => {
-                        for v in f.nested() {
-                            let v = v?;
-                            if v.ty == NFTA_DATA_VALUE {
-                                let p = parse_concat(v.payload, v6);
-                                if f.ty == NFTA_SET_ELEM_KEY {
+                        for v in nested(op, f)?.iter() {
+                            if ty(v) == NFTA_DATA_VALUE {
+                                let p = parse_concat(v.nla_payload().as_ref(), v6);
+                                if ty(f) == NFTA_SET_ELEM_KEY {
                                     key = p;
                                 } else {
                                     data = p;
@@ -824,7 +869,7 @@ fn decode_setelems(payload: &[u8], v6: bool) -> Result<Vec<NatElement>, SysError
                             }
                         }
                     }
-                    NFTA_SET_ELEM_EXPIRATION => expires = Some(Duration::from_millis(f.u64_be()?)),
+                    NFTA_SET_ELEM_EXPIRATION => expires = Some(Duration::from_millis(be64(op, f)?)),
                     _ => {}
                 }
             }
@@ -844,6 +889,23 @@ fn decode_setelems(payload: &[u8], v6: bool) -> Result<Vec<NatElement>, SysError
     Ok(out)
 }
 
+/// The bytes a quota object has counted: `NFTA_QUOTA_CONSUMED` in the
+/// `NFTA_OBJ_DATA` of a NEWOBJ body (`None` without it).
+pub fn quota_consumed(payload: &[u8]) -> Result<Option<u64>, SysError> {
+    let op = "nft decode quota";
+    let mut used = None;
+    for a in Nfgenmsg::decode(op, payload)?.attrs().iter() {
+        if ty(a) == NFTA_OBJ_DATA {
+            for q in nested(op, a)?.iter() {
+                if ty(q) == NFTA_QUOTA_CONSUMED {
+                    used = Some(be64(op, q)?);
+                }
+            }
+        }
+    }
+    Ok(used)
+}
+
 /// The bytes of a message's payload after the netlink header (for tests).
 #[cfg(test)]
 fn payload(b: &[u8]) -> &[u8] {
@@ -854,7 +916,9 @@ fn payload(b: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
     use crate::sys::netlink::testns::{is_root, star, NsThread};
-    use crate::sys::netlink::{testsock, NLA_F_NESTED};
+    use crate::sys::netlink::testsock;
+    use crate::sys::netlink::{string, test_attr as a};
+    const NLA_F_NESTED: u16 = 0x8000;
 
     #[test]
     fn caps_script_counts_kbit_as_1000_bits() {
@@ -898,16 +962,6 @@ mod tests {
         );
     }
 
-    fn a(ty: u16, data: &[u8]) -> Vec<u8> {
-        let mut v = ((4 + data.len()) as u16).to_ne_bytes().to_vec();
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(data);
-        while !v.len().is_multiple_of(4) {
-            v.push(0);
-        }
-        v
-    }
-
     fn el(client: &str, port: u16, dest: &str) -> NatElement {
         NatElement {
             client: client.parse().unwrap(),
@@ -943,18 +997,19 @@ mod tests {
     fn newsetelem_encoding() {
         let e = el("10.0.0.1", 40000, "10.0.0.9:443");
         let b = setelem_msg(
+            "t",
             NFT_MSG_NEWSETELEM,
             "dcol",
             &e,
             Some(Duration::from_secs(30)),
         )
         .unwrap()
-        .finish("t")
+        .encode("t", 0, NlmF::empty())
         .unwrap();
         let mut want = Vec::new();
         want.extend_from_slice(&(b.len() as u32).to_ne_bytes());
         want.extend_from_slice(&0x0a0cu16.to_ne_bytes());
-        want.extend_from_slice(&NLM_F_CREATE.to_ne_bytes());
+        want.extend_from_slice(&0x400u16.to_ne_bytes());
         want.extend_from_slice(&[0; 8]);
         want.extend_from_slice(&[NFPROTO_INET, 0, 0, 0]);
         want.extend(a(NFTA_SET_ELEM_LIST_TABLE, b"dcol\0"));
@@ -974,27 +1029,21 @@ mod tests {
 
         // Deletion: key only, in nat6 for IPv6.
         let e6 = el("2001:db8::1", 40001, "[2001:db8::9]:443");
-        let b = setelem_msg(NFT_MSG_DELSETELEM, "dcol", &e6, None)
+        let b = setelem_msg("t", NFT_MSG_DELSETELEM, "dcol", &e6, None)
             .unwrap()
-            .finish("t")
+            .encode("t", 0, NlmF::empty())
             .unwrap();
         assert_eq!(u16::from_ne_bytes([b[4], b[5]]), 0x0a0e);
-        let decoded: Vec<_> = Attrs::new("t", &payload(&b)[4..])
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(decoded[1].str().unwrap(), "nat6");
-        let inner: Vec<_> = decoded[2]
-            .nested()
-            .next()
-            .unwrap()
-            .unwrap()
-            .nested()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let body = Nfgenmsg::decode("t", payload(&b)).unwrap();
+        let decoded: Vec<_> = body.attrs().iter().collect();
+        assert_eq!(string(decoded[1]), "nat6");
+        let list = nested("t", decoded[2]).unwrap();
+        let inner = nested("t", list.iter().next().unwrap()).unwrap();
         assert_eq!(inner.len(), 1);
-        assert_eq!(inner[0].ty, NFTA_SET_ELEM_KEY);
+        assert_eq!(ty(inner.iter().next().unwrap()), NFTA_SET_ELEM_KEY);
         // Mixed families are refused before reaching the kernel.
         assert!(setelem_msg(
+            "t",
             NFT_MSG_NEWSETELEM,
             "dcol",
             &el("10.0.0.1", 1, "[::1]:1"),
@@ -1122,29 +1171,23 @@ mod tests {
     /// Decodes a NEWSETELEM/DELSETELEM message: (type, set, [(key, has
     /// timeout, data)]) of its elements, or no list at all (`None`).
     #[allow(clippy::type_complexity)]
-    fn elems(b: &[u8]) -> (u16, String, Option<Vec<(Vec<u8>, bool, Option<Vec<u8>>)>>) {
-        let ty = u16::from_ne_bytes([b[4], b[5]]);
+    fn elems(m: &NfMsg) -> (u16, String, Option<Vec<(Vec<u8>, bool, Option<Vec<u8>>)>>) {
         let mut set = String::new();
         let mut list = None;
-        for a in Attrs::new("t", &payload(b)[4..]) {
-            let a = a.unwrap();
-            match a.ty {
-                NFTA_SET_ELEM_LIST_SET => set = a.str().unwrap().to_owned(),
+        for a in m.body().attrs().iter() {
+            match ty(a) {
+                NFTA_SET_ELEM_LIST_SET => set = string(a),
                 NFTA_SET_ELEM_LIST_ELEMENTS => {
                     let mut v = Vec::new();
-                    for e in a.nested() {
+                    for e in nested("t", a).unwrap().iter() {
                         let (mut key, mut timeout, mut data) = (Vec::new(), false, None);
-                        for f in e.unwrap().nested() {
-                            let f = f.unwrap();
+                        for f in nested("t", e).unwrap().iter() {
                             let value = || {
-                                f.nested()
-                                    .next()
-                                    .expect("a value")
-                                    .unwrap()
-                                    .payload
-                                    .to_vec()
+                                let vs = nested("t", f).unwrap();
+                                let v = vs.iter().next().expect("a value");
+                                v.nla_payload().as_ref().to_vec()
                             };
-                            match f.ty {
+                            match ty(f) {
                                 NFTA_SET_ELEM_KEY => key = value(),
                                 NFTA_SET_ELEM_DATA => data = Some(value()),
                                 NFTA_SET_ELEM_TIMEOUT => timeout = true,
@@ -1158,7 +1201,7 @@ mod tests {
                 _ => {}
             }
         }
-        (ty, set, list)
+        (m.ty(), set, list)
     }
 
     /// A tunnel is two elements, changed together: the map's and the flow
@@ -1171,13 +1214,9 @@ mod tests {
         let data = vec![10, 0, 0, 9, 0x01, 0xbb, 0, 0];
         let flow: Vec<u8> = [key.clone(), data.clone()].concat();
         assert_eq!(flow_key(&e), flow);
-        let done = |msgs: Vec<MsgBuilder>| -> Vec<_> {
-            msgs.into_iter()
-                .map(|m| elems(&m.finish("t").unwrap()))
-                .collect()
-        };
+        let done = |msgs: Vec<NfMsg>| -> Vec<_> { msgs.iter().map(elems).collect() };
         let (new, del) = (0x0a0c, 0x0a0e);
-        let add = done(tunnel_msgs(Op::Add(Duration::from_secs(30)), "dcol", &e).unwrap());
+        let add = done(tunnel_msgs("t", Op::Add(Duration::from_secs(30)), "dcol", &e).unwrap());
         assert_eq!(
             add,
             vec![
@@ -1189,7 +1228,7 @@ mod tests {
                 (new, "flows4".into(), Some(vec![(flow.clone(), true, None)])),
             ]
         );
-        let rm = done(tunnel_msgs(Op::Delete, "dcol", &e).unwrap());
+        let rm = done(tunnel_msgs("t", Op::Delete, "dcol", &e).unwrap());
         assert_eq!(
             rm,
             vec![
@@ -1209,10 +1248,10 @@ mod tests {
         );
         // IPv6: 20 + 20 bytes in flows6.
         let e6 = el("2001:db8::1", 40001, "[2001:db8::9]:443");
-        let add6 = done(tunnel_msgs(Op::Add(Duration::from_secs(1)), "dcol", &e6).unwrap());
+        let add6 = done(tunnel_msgs("t", Op::Add(Duration::from_secs(1)), "dcol", &e6).unwrap());
         assert_eq!(add6[1].1, "flows6");
         assert_eq!(add6[1].2.as_ref().unwrap()[0].0.len(), 40);
-        assert!(tunnel_msgs(Op::Delete, "dcol", &el("10.0.0.1", 1, "[::1]:1")).is_err());
+        assert!(tunnel_msgs("t", Op::Delete, "dcol", &el("10.0.0.1", 1, "[::1]:1")).is_err());
     }
 
     /// Replacing the WAN interfaces: a flush (DELSETELEM without a list),
@@ -1222,8 +1261,8 @@ mod tests {
         let names = vec!["eth1".to_owned(), "pppoe-wan".to_owned()];
         let msgs: Vec<_> = set_names_msgs("dcol", "wan", &names)
             .unwrap()
-            .into_iter()
-            .map(|m| elems(&m.finish("t").unwrap()))
+            .iter()
+            .map(elems)
             .collect();
         let pad = |n: &str| {
             let mut k = n.as_bytes().to_vec();
@@ -1259,6 +1298,64 @@ mod tests {
             eprintln!("SKIP: needs root");
         }
         is_root()
+    }
+
+    /// A NEWOBJ answer for a quota: the counter is NFTA_QUOTA_CONSUMED in
+    /// the object's data; other attributes are passed over.
+    #[test]
+    fn quota_answer() {
+        let mut data = a(1, &4_000_000u64.to_be_bytes());
+        data.extend(a(2, &0u32.to_be_bytes()));
+        data.extend(a(NFTA_QUOTA_CONSUMED, &12_345u64.to_be_bytes()));
+        let mut p = vec![NFPROTO_INET, 0, 0, 0];
+        p.extend(a(NFTA_OBJ_TABLE, b"dcol\0"));
+        p.extend(a(NFTA_OBJ_NAME, b"month\0"));
+        p.extend(a(NFTA_OBJ_TYPE, &NFT_OBJECT_QUOTA.to_be_bytes()));
+        p.extend(a(NFTA_OBJ_DATA | NLA_F_NESTED, &data));
+        assert_eq!(quota_consumed(&p).unwrap(), Some(12_345));
+        assert_eq!(
+            quota_consumed(&p[..p.len() - data.len() - 4]).unwrap(),
+            None
+        );
+        for cut in 0..p.len() {
+            let _ = quota_consumed(&p[..cut]);
+        }
+        assert!(quota_consumed(&p[..p.len() - 2]).is_err());
+    }
+
+    /// Root, in a fresh namespace: the monthly quota's counter read over
+    /// netlink is the one `nft` shows, carried over from the caps; without
+    /// a quota it is 0.
+    #[test]
+    fn root_quota_counter() {
+        if !root() {
+            return;
+        }
+        let ns = NsThread::new();
+        let (t, _) = ns.run(|| NatTable::create("dcolq", PORTS)).unwrap();
+        let caps = Caps {
+            kbit: 0,
+            month_bytes: 1_000_000,
+            used: 12_345,
+        };
+        let mut t = ns
+            .run(move || {
+                let mut t = t;
+                t.set_caps(&caps).map(|()| t)
+            })
+            .unwrap();
+        assert_eq!(t.quota_used().unwrap(), 12_345);
+        let json = ns.out(&["nft", "-j", "list", "quota", "inet", "dcolq", "month"]);
+        assert!(json.contains(r#""used": 12345"#), "{json}");
+        let mut t = ns
+            .run(move || {
+                let mut t = t;
+                t.set_caps(&Caps::default()).map(|()| t)
+            })
+            .unwrap();
+        assert_eq!(t.quota_used().unwrap(), 0);
+        t.destroy().unwrap();
+        assert_eq!(ns.out(&["nft", "list", "ruleset"]), "", "nothing left");
     }
 
     /// Root: a child process spawned by a thread that unshared its network

@@ -8,8 +8,9 @@
 //!   `SockProtocol` enum, which has no `IPPROTO_MPTCP` (262, RFC 8684);
 //! - [`MptcpInfo`]: `getsockopt(SOL_MPTCP, MPTCP_INFO)`, an option nix lacks,
 //!   as a nix [`GetSockOpt`] so callers use `nix::sys::socket::getsockopt`;
-//! - [`NetlinkOpt`]: the `SOL_NETLINK` options nix lacks (`NETLINK_EXT_ACK`,
-//!   `NETLINK_CAP_ACK`, `NETLINK_ADD_MEMBERSHIP`), as a nix [`SetSockOpt`];
+//! - [`AttachFilter`], [`DetachFilter`]: `SO_ATTACH_FILTER` and
+//!   `SO_DETACH_FILTER` (a classic BPF socket filter); nix has them only for
+//!   illumos, libc lacks the constants for Linux;
 //! - [`listen`]: nix's `Backlog` refuses a backlog above libc's `SOMAXCONN`,
 //!   which is 128 on musl (the routers' libc), while the kernel's own cap is
 //!   `net.core.somaxconn` (4096 by default since Linux 5.4): the relay asks
@@ -84,33 +85,63 @@ impl GetSockOpt for MptcpInfo {
     }
 }
 
-/// An integer option at `SOL_NETLINK` that nix lacks.
+/// `SO_ATTACH_FILTER` / `SO_DETACH_FILTER` (include/uapi/asm-generic/socket.h;
+/// the same on MIPS, whose socket.h differs elsewhere).
+const SO_ATTACH_FILTER: libc::c_int = 26;
+const SO_DETACH_FILTER: libc::c_int = 27;
+
+/// `setsockopt(fd, SOL_SOCKET, name, val)` with `val` passed as its bytes.
+///
+/// # Safety
+/// `T` must be the type the kernel reads for option `name`, and any pointer
+/// inside `val` must be valid for what the kernel reads through it during
+/// the call.
+unsafe fn set_socket_opt<T>(fd: BorrowedFd<'_>, name: libc::c_int, val: &T) -> nix::Result<()> {
+    // SAFETY: val is a live T of the size passed; the caller vouches for
+    // what it points to.
+    Errno::result(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (val as *const T).cast(),
+            size_of_val(val) as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `SO_ATTACH_FILTER`: replaces the socket's filter with a classic BPF
+/// program (the kernel checks and copies it).
 #[derive(Debug, Clone, Copy)]
-pub struct NetlinkOpt(libc::c_int);
+pub struct AttachFilter;
 
-/// `NETLINK_ADD_MEMBERSHIP`: joins the multicast group given as the value.
-pub const NETLINK_ADD_MEMBERSHIP: NetlinkOpt = NetlinkOpt(0x1);
-/// `NETLINK_CAP_ACK`: errors echo only the request's header.
-pub const NETLINK_CAP_ACK: NetlinkOpt = NetlinkOpt(0xa);
-/// `NETLINK_EXT_ACK`: errors carry `NLMSGERR_ATTR_*` attributes.
-pub const NETLINK_EXT_ACK: NetlinkOpt = NetlinkOpt(0xb);
+impl SetSockOpt for AttachFilter {
+    type Val = [libc::sock_filter];
 
-impl SetSockOpt for NetlinkOpt {
-    type Val = u32;
+    fn set<F: AsFd>(&self, fd: &F, prog: &[libc::sock_filter]) -> nix::Result<()> {
+        let fprog = libc::sock_fprog {
+            len: u16::try_from(prog.len()).map_err(|_| Errno::EINVAL)?,
+            // The kernel only reads through it.
+            filter: prog.as_ptr().cast_mut(),
+        };
+        // SAFETY: the option takes a sock_fprog; it points to `prog`, live
+        // for the call, of the length it states.
+        unsafe { set_socket_opt(fd.as_fd(), SO_ATTACH_FILTER, &fprog) }
+    }
+}
 
-    fn set<F: AsFd>(&self, fd: &F, val: &u32) -> nix::Result<()> {
-        // SAFETY: the value points to a live u32 of the size passed (the
-        // kernel reads an unsigned int for every SOL_NETLINK option).
-        Errno::result(unsafe {
-            libc::setsockopt(
-                fd.as_fd().as_raw_fd(),
-                libc::SOL_NETLINK,
-                self.0,
-                (val as *const u32).cast(),
-                size_of_val(val) as libc::socklen_t,
-            )
-        })
-        .map(drop)
+/// `SO_DETACH_FILTER`: removes the socket's filter (`ENOENT` when it has
+/// none).
+#[derive(Debug, Clone, Copy)]
+pub struct DetachFilter;
+
+impl SetSockOpt for DetachFilter {
+    type Val = ();
+
+    fn set<F: AsFd>(&self, fd: &F, _: &()) -> nix::Result<()> {
+        // SAFETY: the kernel ignores the value (an int, by convention).
+        unsafe { set_socket_opt(fd.as_fd(), SO_DETACH_FILTER, &0 as &libc::c_int) }
     }
 }
 

@@ -9,9 +9,11 @@
 //!   router itself (the WireGuard UDP packets arrive on the WAN interface).
 //! - `forward` (filter): from the tunnel, packets that would leave by an
 //!   interface not in `wan` are dropped (the owner's LAN, whatever its
-//!   addresses: a route check, not an address list); then destinations in the
-//!   owner's allow list pass; local, private, loopback, link-local, multicast
-//!   and reserved destinations are dropped (the special-purpose table of
+//!   addresses: a route check, not an address list); then TCP and UDP to the
+//!   owner's denied ports (set `deny_ports`, `list deny_port`) are dropped;
+//!   then destinations in the owner's allow list (sets `allow4`, `allow6`)
+//!   pass; local, private, loopback, link-local, multicast and reserved
+//!   destinations are dropped (the special-purpose table of
 //!   [`crate::special`], as for NAT tunnels in `waypoint::policy`). What
 //!   passes gets the detour conntrack mark [`super::nft::DETOUR_CT_MARK`]
 //!   (donation caps) and the packet mark [`super::nft::DETOUR_PACKET_MARK`],
@@ -19,13 +21,13 @@
 //! - `postrouting` (nat): traffic from the tunnel subnet leaving by another
 //!   interface is masqueraded.
 
-use super::netlink::{NlSocket, NETLINK_NETFILTER};
+use super::nfnl::NfSocket;
 use super::nft::{
     delete_table, run_nft, set_names_msgs, table_exists_on, DETOUR_CT_MARK, DETOUR_PACKET_MARK,
     SUBSYS, WAN_SET,
 };
 use super::SysError;
-use crate::config::Cidr;
+use crate::config::{Cidr, PortRange};
 use crate::special;
 
 /// Destinations no tunnel may reach (unless allowed): the special-purpose
@@ -38,33 +40,64 @@ fn deny(v6: bool) -> String {
     b.join(", ")
 }
 
+/// The owner's destination rules for tunnel traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Special-purpose blocks allowed anyway (`list allow_destination`).
+    pub allow: Vec<Cidr>,
+    /// TCP and UDP destination ports dropped (`list deny_port`).
+    pub deny_ports: Vec<PortRange>,
+}
+
+/// The `nft -f` lines that fill the policy sets of `table` with `p`
+/// (after flushing them when `flush`).
+fn policy_script(table: &str, p: &Policy, flush: bool) -> String {
+    let mut s = String::new();
+    for set in ["allow4", "allow6", "deny_ports"] {
+        if flush {
+            s.push_str(&format!("flush set inet {table} {set}\n"));
+        }
+    }
+    for (set, v4) in [("allow4", true), ("allow6", false)] {
+        let e: Vec<String> = p
+            .allow
+            .iter()
+            .filter(|c| c.addr.is_ipv4() == v4)
+            .map(|c| c.to_string())
+            .collect();
+        if !e.is_empty() {
+            s.push_str(&format!(
+                "add element inet {table} {set} {{ {} }}\n",
+                e.join(", ")
+            ));
+        }
+    }
+    let ports: Vec<String> = p.deny_ports.iter().map(|r| r.to_string()).collect();
+    if !ports.is_empty() {
+        s.push_str(&format!(
+            "add element inet {table} deny_ports {{ {} }}\n",
+            ports.join(", ")
+        ));
+    }
+    s
+}
+
 /// The `nft -f` script.
 pub fn ruleset(
     table: &str,
     ifname: &str,
     subnet: &Cidr,
     subnet6: Option<&Cidr>,
-    allow: &[Cidr],
+    policy: &Policy,
 ) -> String {
-    let set = |v4: bool| {
-        let e: Vec<String> = allow
-            .iter()
-            .filter(|c| c.addr.is_ipv4() == v4)
-            .map(|c| c.to_string())
-            .collect();
-        if e.is_empty() {
-            String::new()
-        } else {
-            format!(" elements = {{ {} }};", e.join(", "))
-        }
-    };
     let masq6 = subnet6
         .map(|s6| format!("\t\tip6 saddr {s6} oifname != \"{ifname}\" masquerade\n"))
         .unwrap_or_default();
     format!(
         "table inet {table} {{
-\tset allow4 {{ type ipv4_addr; flags interval;{a4} }}
-\tset allow6 {{ type ipv6_addr; flags interval;{a6} }}
+\tset allow4 {{ type ipv4_addr; flags interval; }}
+\tset allow6 {{ type ipv6_addr; flags interval; }}
+\tset deny_ports {{ type inet_service; flags interval; }}
 \tset {WAN_SET} {{ type ifname; }}
 \tchain input {{
 \t\ttype filter hook input priority filter - 1; policy accept;
@@ -75,6 +108,7 @@ pub fn ruleset(
 \t\tiifname != \"{ifname}\" return
 \t\tfib daddr type {{ local, broadcast, multicast }} drop
 \t\toifname != @{WAN_SET} drop
+\t\tmeta l4proto {{ tcp, udp }} th dport @deny_ports drop
 \t\tip daddr @allow4 {marks} accept
 \t\tip6 daddr @allow6 {marks} accept
 \t\tip daddr {{ {deny4} }} drop
@@ -86,9 +120,8 @@ pub fn ruleset(
 \t\tip saddr {subnet} oifname != \"{ifname}\" masquerade
 {masq6}\t}}
 }}
-",
-        a4 = set(true),
-        a6 = set(false),
+{policy}",
+        policy = policy_script(table, policy, false),
         marks = format!(
             "ct mark set ct mark | {DETOUR_CT_MARK:#010x} meta mark set meta mark | {DETOUR_PACKET_MARK:#010x}"
         ),
@@ -101,7 +134,7 @@ pub fn ruleset(
 #[derive(Debug)]
 pub struct VpnFirewall {
     table: String,
-    sock: NlSocket,
+    sock: NfSocket,
 }
 
 impl VpnFirewall {
@@ -111,13 +144,13 @@ impl VpnFirewall {
         ifname: &str,
         subnet: &Cidr,
         subnet6: Option<&Cidr>,
-        allow: &[Cidr],
+        policy: &Policy,
     ) -> Result<VpnFirewall, SysError> {
-        let mut sock = NlSocket::open(NETLINK_NETFILTER)?;
+        let mut sock = NfSocket::open()?;
         if table_exists_on(&mut sock, table)? {
             delete_table(&mut sock, table)?;
         }
-        run_nft(&ruleset(table, ifname, subnet, subnet6, allow))?;
+        run_nft(&ruleset(table, ifname, subnet, subnet6, policy))?;
         Ok(VpnFirewall {
             table: table.to_owned(),
             sock,
@@ -130,6 +163,12 @@ impl VpnFirewall {
     pub fn set_wan(&mut self, ifnames: &[String]) -> Result<(), SysError> {
         let msgs = set_names_msgs(&self.table, WAN_SET, ifnames)?;
         self.sock.batch("nft set VPN wan interfaces", SUBSYS, msgs)
+    }
+
+    /// Replaces the allowed blocks and denied ports (a reload), in one
+    /// transaction; running flows keep going, new packets meet the new rules.
+    pub fn set_policy(&mut self, policy: &Policy) -> Result<(), SysError> {
+        run_nft(&policy_script(&self.table, policy, true))
     }
 
     /// Removes the table.
@@ -148,15 +187,31 @@ mod tests {
 
     #[test]
     fn ruleset_shape() {
+        let policy = Policy {
+            allow: vec!["10.0.3.0/24".parse().unwrap()],
+            deny_ports: vec!["25".parse().unwrap(), "6660-6669".parse().unwrap()],
+        };
         let r = ruleset(
             "dcol_vpn",
             "dcolwg",
             &"10.200.7.0/24".parse().unwrap(),
             None,
-            &["10.0.3.0/24".parse().unwrap()],
+            &policy,
         );
         assert!(r.contains("iifname \"dcolwg\" drop"), "{r}");
-        assert!(r.contains("elements = { 10.0.3.0/24 }"), "{r}");
+        assert!(
+            r.contains("add element inet dcol_vpn allow4 { 10.0.3.0/24 }"),
+            "{r}"
+        );
+        assert!(
+            r.contains("add element inet dcol_vpn deny_ports { 25, 6660-6669 }"),
+            "{r}"
+        );
+        assert!(!r.contains("dcol_vpn allow6"), "no empty element list: {r}");
+        assert!(
+            r.find("@deny_ports drop").unwrap() < r.find("@allow4").unwrap(),
+            "denied ports before the allow list"
+        );
         assert!(
             r.contains("ip saddr 10.200.7.0/24 oifname != \"dcolwg\" masquerade"),
             "{r}"
@@ -198,7 +253,8 @@ mod tests {
     /// Root, a router with a stand-in tunnel interface (a veth `tw0` to the
     /// member), a WAN toward a server and a LAN with a public subnet. Tunnel
     /// traffic goes to the server, masqueraded and marked, only once `wan`
-    /// is set, and never to the LAN (which no deny list names); a crashed
+    /// is set, and never to the LAN (which no deny list names) nor to a
+    /// denied port (changed in place, as on a reload); a crashed
     /// run's table is replaced; `destroy` leaves nothing.
     #[test]
     fn root_tunnel_traffic_leaves_by_the_wan_only() {
@@ -213,7 +269,8 @@ mod tests {
         ]);
         let [member, server, lan] = <[NsThread; 3]>::try_from(hosts).ok().expect("three hosts");
         let subnet: Cidr = "10.200.9.0/24".parse().unwrap();
-        let create = move || VpnFirewall::create("dcolvpntest", "tw0", &subnet, None, &[]);
+        let create =
+            move || VpnFirewall::create("dcolvpntest", "tw0", &subnet, None, &Policy::default());
         let mut fw = w.run(create).expect("create");
         let srv = server.run(|| TcpListener::bind("11.9.0.2:5000")).unwrap();
         let home = lan.run(|| TcpListener::bind("11.10.0.2:5000")).unwrap();
@@ -236,6 +293,25 @@ mod tests {
             reach(&member, &home, "11.10.0.2:5000").is_err(),
             "the tunnel reached the LAN"
         );
+        // A reload denies the server's port, then allows it again.
+        let deny = Policy {
+            allow: Vec::new(),
+            deny_ports: vec!["4990-5010".parse().unwrap()],
+        };
+        // (`nft -f` runs in the calling thread's namespace.)
+        let set = |mut fw: VpnFirewall, p: Policy| {
+            w.run(move || {
+                fw.set_policy(&p).unwrap();
+                fw
+            })
+        };
+        let fw = set(fw, deny);
+        assert!(
+            reach(&member, &srv, "11.9.0.2:5000").is_err(),
+            "a denied port was reached"
+        );
+        let fw = set(fw, Policy::default());
+        assert!(reach(&member, &srv, "11.9.0.2:5000").is_ok(), "undenied");
         // Crash, restart: one table, closed again until set.
         drop(fw);
         let fw = w.run(create).expect("second create");

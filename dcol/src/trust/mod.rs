@@ -13,8 +13,11 @@ use std::str::FromStr;
 use ed25519_dalek::{Signer, Verifier};
 use serde::{Deserialize, Serialize};
 
+mod cache;
 pub mod files;
 pub mod wg;
+
+pub use cache::CertCache;
 
 /// Domain separation of certificate signatures.
 const CERT_DOMAIN: &[u8] = b"dcol/cert/v1\0";
@@ -364,17 +367,29 @@ impl Certificate {
 
     /// Checks the certificate against the collective `root` at `now` (Unix seconds).
     pub fn verify(&self, root: &PublicKey, now: u64) -> Result<(), TrustError> {
+        self.verify_member(root, &Revocations::default(), now)
+    }
+
+    /// The checks of [`Certificate::verify_member`] that need no signature
+    /// check, cheapest first: format version, collective, revocation,
+    /// validity at `now`, name, member id (one hash).
+    pub fn check_fields(
+        &self,
+        root: &PublicKey,
+        revoked: &Revocations,
+        now: u64,
+    ) -> Result<(), TrustError> {
         if self.version != CERT_VERSION {
             return Err(TrustError::UnsupportedVersion(self.version));
         }
         if self.collective != *root {
             return Err(TrustError::WrongCollective);
         }
-        check_name(&self.name)?;
-        if self.member != MemberId::of(&self.key) {
-            return Err(TrustError::BadMemberId);
+        if revoked.is_revoked(&self.member) {
+            return Err(TrustError::Revoked {
+                member: self.member,
+            });
         }
-        verify(root, &self.signed_bytes(), &self.signature)?;
         if now < self.not_before {
             return Err(TrustError::NotYetValid {
                 not_before: self.not_before,
@@ -385,23 +400,28 @@ impl Certificate {
                 not_after: self.not_after,
             });
         }
+        check_name(&self.name)?;
+        if self.member != MemberId::of(&self.key) {
+            return Err(TrustError::BadMemberId);
+        }
         Ok(())
     }
 
-    /// [`Certificate::verify`] plus revocation.
+    /// The root's signature over the certificate (the expensive check).
+    pub fn verify_signature(&self, root: &PublicKey) -> Result<(), TrustError> {
+        verify(root, &self.signed_bytes(), &self.signature)
+    }
+
+    /// [`Certificate::verify`] plus revocation: the cheap checks first
+    /// ([`Certificate::check_fields`]), then the root's signature.
     pub fn verify_member(
         &self,
         root: &PublicKey,
         revoked: &Revocations,
         now: u64,
     ) -> Result<(), TrustError> {
-        self.verify(root, now)?;
-        if revoked.is_revoked(&self.member) {
-            return Err(TrustError::Revoked {
-                member: self.member,
-            });
-        }
-        Ok(())
+        self.check_fields(root, revoked, now)?;
+        self.verify_signature(root)
     }
 }
 

@@ -3,32 +3,151 @@
 //! who asked for it. Pure: records and their framing; the file log that
 //! rotates them is [`EvidenceLog`] (plain files, no kernel state).
 //!
-//! A record holds the datagram exactly as received. It contains the member's
-//! certificate and its signature over the request body (destination, nonce,
-//! timestamp, waypoint name), so anyone with the collective's public key can
+//! A record holds the datagram as received, without its zero padding. It
+//! contains the member's certificate and its signature over the request body
+//! (destination, nonce, timestamp, waypoint name, source address), so anyone with the collective's public key can
 //! re-check it later ([`Record::verify`]).
 //!
 //! Framing, per record: `len` (u32, big-endian) | postcard(`Record`) |
 //! the first 8 bytes of SHA-256 over the payload. A torn or corrupted record
 //! (power loss during a write) ends the readable part of its file; what
 //! follows it is reported, not trusted.
+//!
+//! **A member cannot wash out its own records.** The log rotates by size, so
+//! many grant/release cycles would push a member's earlier records out.
+//! [`Shares`] counts what each member caused in the last [`WINDOW`] (a
+//! grant's record and the end record it will have, [`lease_cost`]); the
+//! waypoint refuses new tunnels to a member whose [`member_share`] is used
+//! up. The share is less than the bytes that must follow a record before
+//! rotation deletes it (three files' worth), so no member's own churn can
+//! rotate out its records younger than a day: only other members' traffic
+//! or age can. (Slack: the end record of a lease granted more than a day
+//! before it ends is written outside the count; the share leaves a file's
+//! worth for those.)
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::proto::{self, Message};
-use crate::trust::{PublicKey, Revocations, TrustError};
+use crate::proto::{self, v1::RequestV1, Message};
+use crate::trust::{MemberId, PublicKey, Revocations, TrustError};
 
 /// Largest record accepted when reading (a datagram is at most 4 KiB).
 const MAX_RECORD: usize = 16 * 1024;
 
 /// Files kept: `evidence.0` (written) to `evidence.{FILES-1}` (oldest).
 pub const FILES: usize = 4;
+
+/// How long a member's records count against its share.
+pub const WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Upper bound of a grant record's framed bytes besides the request (frame,
+/// time, address, member id and name, the longest grant text).
+const GRANT_OVERHEAD: u64 = 160;
+
+/// Upper bound of an end record's framed bytes (reasons of up to 16 bytes).
+const END_RESERVE: u64 = 192;
+
+/// The evidence a lease granted for a request of `request_len` bytes causes,
+/// at most: its grant record and its end record.
+pub fn lease_cost(request_len: usize) -> u64 {
+    GRANT_OVERHEAD
+        .saturating_add(request_len as u64)
+        .saturating_add(END_RESERVE)
+}
+
+/// Bytes of one file of a log of `max_bytes`.
+fn per_file(max_bytes: u64) -> u64 {
+    (max_bytes / FILES as u64).max(4096)
+}
+
+/// What one member may cause within [`WINDOW`] in a log of `max_bytes`:
+/// half the log, and less than two files (a record is deleted only after
+/// three more files were filled, each with more than a file less the
+/// largest frame), leaving a file's worth of slack.
+pub fn member_share(max_bytes: u64) -> u64 {
+    let largest = GRANT_OVERHEAD.saturating_add(proto::MAX_DATAGRAM as u64);
+    let f = per_file(max_bytes);
+    (max_bytes / 2).min(f.saturating_sub(largest).saturating_mul(2))
+}
+
+/// Per-member counts of evidence bytes over the last [`WINDOW`], by minute.
+/// Pure: takes Unix milliseconds.
+#[derive(Debug)]
+pub struct Shares {
+    share: u64,
+    per: HashMap<MemberId, (VecDeque<(u64, u64)>, u64)>,
+}
+
+impl Shares {
+    /// Counts against `share` bytes per member.
+    pub fn new(share: u64) -> Shares {
+        Shares {
+            share,
+            per: HashMap::new(),
+        }
+    }
+
+    /// The share per member.
+    pub fn share(&self) -> u64 {
+        self.share
+    }
+
+    /// Changes the share (counts are kept).
+    pub fn set_share(&mut self, share: u64) {
+        self.share = share;
+    }
+
+    /// Bytes `member` caused within the window before `now_ms`.
+    pub fn used(&mut self, member: MemberId, now_ms: u64) -> u64 {
+        let oldest = now_ms.saturating_sub(WINDOW.as_millis() as u64) / 60_000;
+        let Some((minutes, sum)) = self.per.get_mut(&member) else {
+            return 0;
+        };
+        while minutes.front().is_some_and(|&(m, _)| m < oldest) {
+            if let Some((_, b)) = minutes.pop_front() {
+                *sum = sum.saturating_sub(b);
+            }
+        }
+        let used = *sum;
+        if minutes.is_empty() {
+            self.per.remove(&member);
+        }
+        used
+    }
+
+    /// True when `member` may cause `cost` more bytes at `now_ms`.
+    pub fn admits(&mut self, member: MemberId, now_ms: u64, cost: u64) -> bool {
+        self.used(member, now_ms).saturating_add(cost) <= self.share
+    }
+
+    /// Counts `bytes` of `member` at `at_ms`.
+    pub fn add(&mut self, member: MemberId, at_ms: u64, bytes: u64) {
+        let minute = at_ms / 60_000;
+        let (minutes, sum) = self.per.entry(member).or_default();
+        match minutes.back_mut() {
+            Some((m, b)) if *m >= minute => *b = b.saturating_add(bytes),
+            _ => minutes.push_back((minute, bytes)),
+        }
+        *sum = sum.saturating_add(bytes);
+    }
+
+    /// Counts the records found in a log (at start: a restart does not
+    /// give a member a fresh share).
+    pub fn seed(&mut self, records: &[Record]) {
+        for r in records {
+            if let Ok(m) = r.member_id.parse::<MemberId>() {
+                self.add(m, r.at_ms, r.frame().len() as u64);
+            }
+        }
+    }
+}
 
 /// One granted request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,8 +165,8 @@ pub struct Record {
     pub grant: String,
     /// Bytes the lease carried, both ways (end records; conntrack's count).
     pub bytes: Option<u64>,
-    /// The request datagram as received (signed by the member); empty in
-    /// end records.
+    /// The request datagram as received, without its zero padding (signed
+    /// by the member); empty in end records.
     pub request: Vec<u8>,
 }
 
@@ -66,19 +185,32 @@ pub enum EvidenceError {
 }
 
 impl Record {
-    /// The request inside, decoded.
+    /// The request inside, decoded (one of protocol version 1, kept before
+    /// an upgrade, with the address the waypoint saw as its source).
     pub fn decode_request(&self) -> Option<proto::Request> {
         match proto::decode(&self.request) {
             Ok(Message::Request(r)) => Some(r),
-            _ => None,
+            _ => RequestV1::decode(&self.request).map(|r| r.into_request(self.from.ip())),
         }
     }
 
     /// Checks the member's signature and that its certificate was issued by
-    /// `root` and valid at the time of the record.
+    /// `root` and valid at the time of the record (a version-1 request by
+    /// version-1 rules).
     pub fn verify(&self, root: &PublicKey) -> Result<proto::Request, EvidenceError> {
-        let r = self.decode_request().ok_or(EvidenceError::NotARequest)?;
-        r.verify(root, &Revocations::default(), self.at_ms / 1000)?;
+        let now = self.at_ms / 1000;
+        let none = Revocations::default();
+        let r = match proto::decode(&self.request) {
+            Ok(Message::Request(r)) => {
+                r.verify(root, &none, now)?;
+                r
+            }
+            _ => {
+                let v1 = RequestV1::decode(&self.request).ok_or(EvidenceError::NotARequest)?;
+                v1.verify(root, &none, now)?;
+                v1.into_request(self.from.ip())
+            }
+        };
         let signer = r.cert.member.to_string();
         if signer != self.member_id {
             return Err(EvidenceError::MemberMismatch(
@@ -166,7 +298,7 @@ impl EvidenceLog {
         fs::create_dir_all(dir)?;
         let log = EvidenceLog {
             dir: dir.to_owned(),
-            per_file: (max_bytes / FILES as u64).max(4096),
+            per_file: per_file(max_bytes),
         };
         let cur = log.file(0);
         if let Ok(b) = fs::read(&cur) {
@@ -182,6 +314,11 @@ impl EvidenceLog {
             }
         }
         Ok(log)
+    }
+
+    /// Every record of the log, oldest first (see [`read_dir`]).
+    pub fn records(&self) -> (Vec<Record>, Vec<String>) {
+        read_dir(&self.dir)
     }
 
     fn file(&self, i: usize) -> PathBuf {
@@ -239,6 +376,7 @@ pub fn read_dir(dir: &Path) -> (Vec<Record>, Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Nonce;
 
     fn rec(i: u64) -> Record {
         Record {
@@ -316,5 +454,119 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(records.last(), Some(&rec(501)));
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn lease_cost_bounds_the_records_a_lease_causes() {
+        let v6 = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535";
+        let grant = Record {
+            at_ms: u64::MAX,
+            from: v6.parse().unwrap(),
+            member_id: "ffffffffffffffff".into(),
+            member: "x".repeat(crate::trust::MAX_NAME),
+            grant: format!("nat 65535 -> {v6}"),
+            bytes: None,
+            request: vec![0xff; proto::MAX_DATAGRAM],
+        };
+        let end = Record {
+            grant: format!("end nat 65535 -> {v6}: waypoint stopped"),
+            bytes: Some(u64::MAX),
+            request: Vec::new(),
+            ..grant.clone()
+        };
+        assert!(
+            end.frame().len() as u64 <= END_RESERVE,
+            "{}",
+            end.frame().len()
+        );
+        let both = (grant.frame().len() + end.frame().len()) as u64;
+        assert!(both <= lease_cost(proto::MAX_DATAGRAM), "{both}");
+    }
+
+    #[test]
+    fn a_member_alone_cannot_rotate_out_its_own_records() {
+        let m = MemberId([1; 8]);
+        let rec = |i: u64, end: bool| Record {
+            member_id: m.to_string(),
+            grant: if end {
+                format!("end nat {} -> 198.51.100.7:443: released", 40000 + i)
+            } else {
+                format!("nat {} -> 198.51.100.7:443", 40000 + i)
+            },
+            request: if end { Vec::new() } else { vec![7; 300] },
+            ..rec(i)
+        };
+        for max in [16 * 1024, 64 * 1024, 1024 * 1024] {
+            let dir = std::env::temp_dir().join(format!("dcol-share-{}-{max}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            let log = EvidenceLog::open(&dir, max).unwrap();
+            let mut shares = Shares::new(member_share(max));
+            let now = 1_700_000_000_000;
+            let cost = lease_cost(300);
+            let mut cycles = 0;
+            while shares.admits(m, now, cost) {
+                shares.add(m, now, cost);
+                log.append(&rec(cycles, false)).unwrap();
+                log.append(&rec(cycles, true)).unwrap();
+                cycles += 1;
+            }
+            let kept = |log: &EvidenceLog| log.records().0.contains(&rec(0, false));
+            assert!(kept(&log), "{max}: the first record was rotated out");
+            assert!(cycles * cost > max / 4, "{max}: only {cycles} cycles");
+            // Without the share the same churn would wash it out.
+            for i in cycles..cycles * 8 {
+                log.append(&rec(i, false)).unwrap();
+                log.append(&rec(i, true)).unwrap();
+            }
+            assert!(!kept(&log), "{max}: the test cannot fail");
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn shares_age_and_seed() {
+        let (a, b) = (MemberId([1; 8]), MemberId([2; 8]));
+        let mut s = Shares::new(1000);
+        let t = 1_700_000_000_000;
+        s.add(a, t, 600);
+        assert!(s.admits(a, t, 400) && !s.admits(a, t, 401));
+        assert!(s.admits(b, t, 1000));
+        let day = WINDOW.as_millis() as u64;
+        assert_eq!(s.used(a, t + day - 60_000), 600);
+        assert_eq!(s.used(a, t + day + 60_000), 0);
+        assert!(s.per.is_empty(), "an aged-out member is forgotten");
+        let mut seeded = Shares::new(1000);
+        seeded.seed(&[rec(1), rec(2)]);
+        let id = rec(1).member_id.parse().unwrap();
+        assert_eq!(
+            seeded.used(id, rec(2).at_ms),
+            (rec(1).frame().len() + rec(2).frame().len()) as u64
+        );
+    }
+
+    #[test]
+    fn records_of_protocol_version_1_still_verify() {
+        use crate::proto::v1::{BodyV1, RequestV1};
+        use crate::testutil::{self, cert, nat, T0};
+        let bob = cert("bob", 3, crate::trust::Roles::CLIENT);
+        let body = BodyV1 {
+            waypoint: "alice".into(),
+            timestamp_ms: T0 * 1000,
+            nonce: Nonce([4; 16]),
+            kind: nat("10.0.3.2:5201"),
+        };
+        let old = RequestV1::sign(bob.clone(), &testutil::key(3), body);
+        let r = Record {
+            at_ms: T0 * 1000,
+            member_id: bob.member.to_string(),
+            request: old.encode(),
+            ..rec(1)
+        };
+        let req = r.verify(&testutil::root_pub()).unwrap();
+        assert_eq!(req.body.source, r.from.ip());
+        assert_eq!(r.decode_request(), Some(req));
+        let mut bad = r.clone();
+        bad.request[60] ^= 1;
+        assert!(bad.verify(&testutil::root_pub()).is_err());
     }
 }

@@ -8,7 +8,7 @@
 //! is handed out again, because MPTCP subflows linger after they close
 //! (`net.mptcp.close_timeout`, 60 s by default).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,10 @@ pub struct LeaseTable {
     per_member: HashMap<MemberId, u32>,
     expiry: BTreeSet<(Instant, IpAddr, u16)>,
     resting: HashMap<(IpAddr, u16), Instant>,
+    /// `resting` in the order rests began (their ends are in order too, the
+    /// quarantine being fixed), so forgetting the rests that are over costs
+    /// only those, never a scan of the map.
+    rest_order: VecDeque<(Instant, IpAddr, u16)>,
     cursor: u16,
 }
 
@@ -79,6 +83,7 @@ impl LeaseTable {
             per_member: HashMap::new(),
             expiry: BTreeSet::new(),
             resting: HashMap::new(),
+            rest_order: VecDeque::new(),
             cursor: ports.0,
         }
     }
@@ -173,12 +178,31 @@ impl LeaseTable {
                 self.per_member.remove(&l.member);
             }
         }
-        // Forget rests that are over, so the map stays as small as the churn.
-        if self.resting.len() > 1024 {
-            self.resting.retain(|_, until| *until > now);
-        }
-        self.resting.insert((client, port), now + QUARANTINE);
+        self.forget_rests(now);
+        let until = now + QUARANTINE;
+        self.resting.insert((client, port), until);
+        self.rest_order.push_back((until, client, port));
         Some(l)
+    }
+
+    /// Forgets the rests that are over by `now`, oldest first, so the map
+    /// stays as small as the churn of the last [`QUARANTINE`].
+    fn forget_rests(&mut self, now: Instant) {
+        while let Some(&(until, c, p)) = self.rest_order.front() {
+            if until > now {
+                break;
+            }
+            self.rest_order.pop_front();
+            // Only if it did not rest again since (a later rest is its own entry).
+            if self.resting.get(&(c, p)) == Some(&until) {
+                self.resting.remove(&(c, p));
+            }
+        }
+    }
+
+    /// Ports resting now (for tests and status).
+    pub fn resting(&self) -> usize {
+        self.resting.len()
     }
 
     /// Removes and returns every lease that has expired at `now`.
@@ -308,6 +332,35 @@ mod tests {
             )
             .unwrap();
         assert_eq!(again.port, a.port);
+    }
+
+    #[test]
+    fn rests_are_forgotten_in_order_without_scanning() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new((40000, 40999), 1000);
+        let ip1 = ip("10.0.1.2");
+        for i in 0..100u32 {
+            let at = t0 + Duration::from_secs(u64::from(i));
+            let l = t
+                .allocate(at, Nonce([0; 16]), m(1), "a", ip1, dst(), LEASE)
+                .unwrap();
+            t.end(at, ip1, l.port);
+        }
+        // Rests still running at the last end are kept (one per second of
+        // churn, 90 s of quarantine), the older ones are gone.
+        assert_eq!(t.resting(), 90);
+        assert_eq!(t.rest_order.len(), 90);
+        // A port resting again keeps its newer rest when the old one ends.
+        let later = t0 + Duration::from_secs(100) + QUARANTINE;
+        let l = t
+            .allocate(later, Nonce([0; 16]), m(1), "a", ip1, dst(), LEASE)
+            .unwrap();
+        t.end(later, ip1, l.port);
+        assert_eq!(t.resting(), 1);
+        let until = t.resting[&(ip1, l.port)];
+        t.rest_order.push_front((later, ip1, l.port));
+        t.forget_rests(later);
+        assert_eq!(t.resting[&(ip1, l.port)], until);
     }
 
     #[test]

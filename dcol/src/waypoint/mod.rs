@@ -1,25 +1,47 @@
 //! The waypoint role, as a state machine that does no I/O.
 //!
 //! [`Waypoint::handle`] takes a datagram, its source and the time, checks it
-//! (wire format, certificate, signature, freshness, replay, addressing, role,
-//! destination policy, quota) and returns a [`Decision`]: the kernel change to make
-//! (a NAT map element to add, refresh or remove) and the signed reply to send
-//! after it succeeded. The daemon carries decisions out; if the kernel change
-//! fails it calls [`Waypoint::abort`] and sends the refusal that returns instead.
+//! and returns a [`Decision`]: the kernel change to make (a NAT map element to
+//! add, refresh or remove) and the signed reply to send after it succeeded.
+//! The daemon carries decisions out; if the kernel change fails it calls
+//! [`Waypoint::abort`] and sends the refusal that returns instead.
+//!
+//! Checks, cheapest first, so that forged requests cost little (issue 14):
+//! 1. the source's token bucket ([`limits`]): a source over its rate is
+//!    dropped before its datagram is even decoded;
+//! 2. wire format and version, freshness, the waypoint's name, the
+//!    certificate's collective, revocation, validity, name and member id,
+//!    the client role: no cryptography yet; a refusal here is an
+//!    [`proto::UnsignedRefusal`] (making it costs no signature; the client
+//!    only logs it);
+//! 3. the certificate's signature (once per certificate: [`CertCache`]),
+//!    then the request's; a bad one gets an unsigned refusal too;
+//! 4. authenticated: the request's `source` must be the address it came
+//!    from (else a signed [`Outcome::WrongSource`] naming it), replay, the
+//!    member's request rate (one bucket for new tunnels, one for renewals
+//!    and releases), its share of the replay cache and of the evidence log,
+//!    then the owner's policy (donation, destination, quota, ports).
+//!
+//! Every datagram that is not a fresh authenticated request of its own
+//! member within its rate costs its source a token; a fresh one costs its
+//! member a token. Neither a source nor a member can exhaust what another
+//! is allowed.
 //!
 //! Anti-amplification: a reply is never longer than the datagram it answers;
 //! where a signed refusal would be, nothing is sent.
 //!
-//! Idempotence: a request repeated with the same nonce (a retransmission) gets the
-//! same reply bytes and no second port; the same nonce from another address or
-//! with another body is refused as a replay.
+//! Idempotence: a request repeated with the same nonce from the same address
+//! (a retransmission, from any port) gets the same reply bytes and no second
+//! port; the same nonce with another body is refused as a replay.
 //!
 //! One exception to "no I/O": [`evidence::EvidenceLog`] appends the granted
 //! requests to plain files (as `trust::files` reads and writes key files);
 //! the record format and its checks in [`evidence`] are pure.
 
+pub mod donation;
 pub mod evidence;
 pub mod leases;
+pub mod limits;
 pub mod policy;
 pub mod vpn;
 
@@ -29,17 +51,17 @@ use std::time::{Duration, Instant};
 
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestKind, Response, ResponseBody,
+    UnsignedRefusal, WireError,
 };
 use crate::routes::Routes;
-use crate::trust::{Certificate, MemberId, PublicKey, Revocations, Roles, SecretKey, TrustError};
+use crate::trust::{
+    CertCache, Certificate, MemberId, PublicKey, Revocations, Roles, SecretKey, TrustError,
+};
+use evidence::Shares;
 pub use leases::{Lease, LeaseError, LeaseTable};
+pub use limits::Limits;
+use limits::{Blocklist, Buckets, Source};
 pub use vpn::{VpnLease, VpnSettings, VpnTable};
-
-/// At most this many remembered nonces (~200 bytes each: 3 MB on a router);
-/// beyond it new requests are refused until old ones age out of the freshness
-/// window. Reached only by more than ~270 valid signed requests per second
-/// sustained over a whole window (2 × `max_skew`).
-const MAX_SEEN: usize = 16_384;
 
 /// The owner's settings for the waypoint role.
 #[derive(Debug, Clone)]
@@ -56,6 +78,8 @@ pub struct Settings {
     pub max_skew: Duration,
     /// VPN tunnels, when offered.
     pub vpn: Option<VpnSettings>,
+    /// Per-source and per-member admission limits.
+    pub limits: Limits,
 }
 
 /// What the daemon must do with a datagram.
@@ -65,6 +89,12 @@ pub enum Decision {
     Ignore {
         /// Why, for the log.
         reason: String,
+    },
+    /// Send nothing: the datagram's source is over its rate, and the
+    /// datagram was dropped unread (no allocation: this is a flood's path).
+    Drop {
+        /// The datagram's source address.
+        source: IpAddr,
     },
     /// Send `bytes` to `to`; no kernel change. `refused` says why when it is a refusal.
     Reply {
@@ -148,7 +178,8 @@ pub struct Stats {
     pub datagrams: u64,
     /// Grants (new, renewed and repeated).
     pub granted: u64,
-    /// Refusals by reason name, plus `garbage` for undecodable input.
+    /// Refusals by reason name, plus `garbage` for undecodable input and
+    /// `RateLimited` for datagrams dropped unread.
     pub refused: BTreeMap<String, u64>,
 }
 
@@ -175,6 +206,21 @@ pub struct Waypoint {
     seen: HashMap<(MemberId, Nonce), Seen>,
     /// Insertion order of `seen` (its deadlines are monotonic), for cheap expiry.
     seen_order: VecDeque<(Instant, (MemberId, Nonce))>,
+    /// Entries of `seen` per member (its share of the replay cache).
+    seen_held: HashMap<MemberId, u32>,
+    /// Token buckets of sources (unauthenticated datagrams) ...
+    sources: Buckets<Source>,
+    /// ... and of members (authenticated requests): one for new tunnels,
+    /// one for the rest, so that a burst of new connections never starves
+    /// the renewals of the tunnels a member holds.
+    members_new: Buckets<MemberId>,
+    members: Buckets<MemberId>,
+    /// Certificates whose signature was checked.
+    certs: CertCache,
+    /// Each member's share of the evidence log, with the log on.
+    shares: Option<Shares>,
+    /// Sources over their rate, for the kernel to drop for a while.
+    blocklist: Blocklist,
     /// Body of the last reply made, to remember it under its nonce.
     last_reply: Option<ResponseBody>,
     stats: Stats,
@@ -200,7 +246,21 @@ impl Waypoint {
     ) -> Self {
         let leases = LeaseTable::new(settings.ports, settings.max_per_member);
         let vpn = settings.vpn.clone().map(VpnTable::new);
+        let l = &settings.limits;
+        let sources = Buckets::new(l.source_rate, l.source_burst, l.max_sources);
+        // Members are bounded by the collective (only verified ones get a bucket).
+        let members = Buckets::new(l.member_rate, l.member_burst, usize::MAX);
+        let members_new = Buckets::new(l.member_rate, l.member_burst, usize::MAX);
+        let certs = CertCache::new(l.cert_cache);
+        let shares = l.evidence_share.map(Shares::new);
         Waypoint {
+            seen_held: HashMap::new(),
+            sources,
+            members,
+            members_new,
+            certs,
+            shares,
+            blocklist: Blocklist::default(),
             vpn,
             vpn_ended: Vec::new(),
             used_up: None,
@@ -234,40 +294,37 @@ impl Waypoint {
         dgram: &[u8],
     ) -> Decision {
         self.stats.datagrams = self.stats.datagrams.wrapping_add(1);
-        let req = match proto::decode(dgram) {
-            Ok(Message::Request(r)) => r,
-            Ok(Message::Response(_)) => return self.ignore("a response sent to the waypoint port"),
-            Err(e) => {
-                return self.ignore(&format!(
-                    "undecodable datagram ({} bytes): {e}",
-                    dgram.len()
-                ))
+        let source = Source::of(from.ip());
+        if !self.sources.allows(&source, now) {
+            self.count_refusal(RefusalReason::RateLimited);
+            self.blocklist.block(source, now);
+            return Decision::Drop { source: from.ip() };
+        }
+        let req = match self.authenticate(wall_ms, from, dgram) {
+            Ok(r) => r,
+            Err(d) => {
+                self.sources.charge(source, now);
+                return *d;
             }
         };
+        let member = req.cert.member;
         let nonce = req.body.nonce;
         let limit = dgram.len();
-        let refuse = |wp: &mut Self, reason: RefusalReason, detail: String| {
-            wp.refusal(wall_ms, from, nonce, reason, detail, limit)
-        };
-        if let Err(e) = req.verify(&self.root, &self.revocations, wall_ms / 1000) {
-            let reason = match e {
-                TrustError::Revoked { .. } => RefusalReason::Revoked,
-                _ => RefusalReason::BadCertificate,
-            };
-            return refuse(self, reason, format!("{e}"));
-        }
-        let member = req.cert.member;
-        let skew = self.settings.max_skew.as_millis() as u64;
-        if req.body.timestamp_ms.abs_diff(wall_ms) > skew {
+        if req.body.source.to_canonical() != from.ip().to_canonical() {
+            self.sources.charge(source, now);
             let d = format!(
-                "timestamp {} ms off our clock (limit {skew} ms)",
-                i128::from(req.body.timestamp_ms) - i128::from(wall_ms)
+                "{}'s request names source {}",
+                req.cert.name, req.body.source
             );
-            return refuse(self, RefusalReason::Stale, d);
+            let outcome = Outcome::WrongSource {
+                observed: from.ip(),
+            };
+            return self.signed_refusal(wall_ms, from, nonce, outcome, d, limit);
         }
         self.forget_seen(now);
         if let Some(s) = self.seen.get(&(member, nonce)) {
-            if s.from == from && s.signature == req.signature.0 {
+            if s.from.ip() == from.ip() && s.signature == req.signature.0 {
+                self.sources.charge(source, now);
                 let bytes = self.sign(s.reply.clone());
                 self.count_grant();
                 return Decision::Reply {
@@ -276,25 +333,26 @@ impl Waypoint {
                     refused: None,
                 };
             }
+            self.members.charge(member, now);
             let d = format!("nonce of {} already used from {}", req.cert.name, s.from);
-            return refuse(self, RefusalReason::Replay, d);
+            return self.refusal(wall_ms, from, nonce, RefusalReason::Replay, d, limit);
         }
-        if !proto::addressed_to(&req.body, &self.cert) {
-            return refuse(
-                self,
-                RefusalReason::WrongWaypoint,
-                "addressed to another waypoint".into(),
-            );
+        let new_tunnel = matches!(
+            req.body.kind,
+            RequestKind::NatDetour { .. } | RequestKind::Vpn
+        );
+        let bucket = match new_tunnel {
+            true => &mut self.members_new,
+            false => &mut self.members,
+        };
+        if !bucket.charge(member, now) {
+            // Over its rate: the answer costs a signature, which its source pays.
+            self.sources.charge(source, now);
+            let d = format!("{} over its request rate", req.cert.name);
+            return self.refusal(wall_ms, from, nonce, RefusalReason::RateLimited, d, limit);
         }
-        if !req.cert.roles.contains(Roles::CLIENT) {
-            return refuse(
-                self,
-                RefusalReason::NotAWaypoint,
-                "member lacks the client role".into(),
-            );
-        }
-        if self.seen.len() >= MAX_SEEN {
-            return refuse(self, RefusalReason::Internal, "replay cache full".into());
+        if let Some(d) = self.over_shares(wall_ms, from, &req, dgram) {
+            return d;
         }
         let decision = self.decide(now, wall_ms, from, &req, limit);
         let remember = matches!(
@@ -306,6 +364,14 @@ impl Waypoint {
                 | Decision::VpnRefresh { .. }
                 | Decision::VpnRemove { .. }
         );
+        if matches!(
+            decision,
+            Decision::Install { .. } | Decision::VpnInstall { .. }
+        ) {
+            if let Some(sh) = self.shares.as_mut() {
+                sh.add(member, wall_ms, evidence_cost(dgram));
+            }
+        }
         if let Some(reply) = self.last_reply.take().filter(|_| remember) {
             let until = now + self.settings.max_skew * 2;
             let seen = Seen {
@@ -316,8 +382,111 @@ impl Waypoint {
             };
             self.seen.insert((member, nonce), seen);
             self.seen_order.push_back((until, (member, nonce)));
+            let held = self.seen_held.entry(member).or_default();
+            *held = held.saturating_add(1);
         }
         decision
+    }
+
+    /// The checks before a request counts as its member's: all but the two
+    /// signature checks need no cryptography, and every refusal here is
+    /// unsigned.
+    fn authenticate(
+        &mut self,
+        wall_ms: u64,
+        from: SocketAddr,
+        dgram: &[u8],
+    ) -> Result<Request, Box<Decision>> {
+        let req = match proto::decode(dgram) {
+            Ok(Message::Request(r)) => r,
+            Ok(_) => {
+                return Err(Box::new(
+                    self.ignore("a response sent to the waypoint port"),
+                ))
+            }
+            Err(e @ WireError::UnsupportedVersion(_)) if proto::other_version_request(dgram) => {
+                let d = e.to_string();
+                let r = RefusalReason::UnsupportedVersion;
+                return Err(Box::new(self.unsigned(from, None, r, d, dgram.len())));
+            }
+            Err(e) => {
+                let d = format!("undecodable datagram ({} bytes): {e}", dgram.len());
+                return Err(Box::new(self.ignore(&d)));
+            }
+        };
+        let nonce = Some(req.body.nonce);
+        let limit = dgram.len();
+        let refuse = |wp: &mut Self, reason, detail: String| {
+            Err(Box::new(wp.unsigned(from, nonce, reason, detail, limit)))
+        };
+        let skew = self.settings.max_skew.as_millis() as u64;
+        if req.body.timestamp_ms.abs_diff(wall_ms) > skew {
+            let d = format!(
+                "timestamp {} ms off our clock (limit {skew} ms)",
+                i128::from(req.body.timestamp_ms) - i128::from(wall_ms)
+            );
+            return refuse(self, RefusalReason::Stale, d);
+        }
+        if !proto::addressed_to(&req.body, &self.cert) {
+            let d = "addressed to another waypoint".to_owned();
+            return refuse(self, RefusalReason::WrongWaypoint, d);
+        }
+        let now_s = wall_ms / 1000;
+        let checked = req.cert.check_fields(&self.root, &self.revocations, now_s);
+        if let Err(e) = checked {
+            return refuse(self, trust_reason(&e), e.to_string());
+        }
+        if !req.cert.roles.contains(Roles::CLIENT) {
+            let d = "member lacks the client role".to_owned();
+            return refuse(self, RefusalReason::NotAWaypoint, d);
+        }
+        let verified = self
+            .certs
+            .check(&req.cert, &self.root, &self.revocations, now_s)
+            .and_then(|()| req.verify_signature());
+        if let Err(e) = verified {
+            return refuse(self, trust_reason(&e), e.to_string());
+        }
+        Ok(req)
+    }
+
+    /// A refusal when `req`'s member holds its share of the replay cache,
+    /// or (for a new tunnel) of the evidence log.
+    fn over_shares(
+        &mut self,
+        wall_ms: u64,
+        from: SocketAddr,
+        req: &Request,
+        dgram: &[u8],
+    ) -> Option<Decision> {
+        let (member, nonce, limit) = (req.cert.member, req.body.nonce, dgram.len());
+        let cap = self.settings.limits.seen_cap;
+        let held = self.seen_held.get(&member).copied().unwrap_or(0) as usize;
+        let fair = cap / self.seen_held.len().max(1);
+        if self.seen.len() >= cap && held >= fair {
+            let d = format!(
+                "{} holds {held} of {} replay-cache entries (fair share {fair})",
+                req.cert.name,
+                self.seen.len()
+            );
+            return Some(self.refusal(wall_ms, from, nonce, RefusalReason::RateLimited, d, limit));
+        }
+        let new_tunnel = matches!(
+            req.body.kind,
+            RequestKind::NatDetour { .. } | RequestKind::Vpn
+        );
+        let cost = evidence_cost(dgram);
+        let sh = self.shares.as_mut().filter(|_| new_tunnel)?;
+        if sh.admits(member, wall_ms, cost) {
+            return None;
+        }
+        let d = format!(
+            "{} caused {} evidence bytes in the last day (share {})",
+            req.cert.name,
+            sh.used(member, wall_ms),
+            sh.share()
+        );
+        Some(self.refusal(wall_ms, from, nonce, RefusalReason::EvidenceFull, d, limit))
     }
 
     fn decide(
@@ -607,7 +776,7 @@ impl Waypoint {
         if let Some(t) = self.vpn.as_mut() {
             t.end(lease.member);
         }
-        self.seen.remove(&(lease.member, nonce));
+        self.unsee((lease.member, nonce));
         self.stats.granted = self.stats.granted.saturating_sub(1);
         self.refusal(
             wall_ms,
@@ -653,7 +822,7 @@ impl Waypoint {
         why: &str,
     ) -> Decision {
         self.leases.end(now, lease.client, lease.port);
-        self.seen.remove(&(lease.member, nonce));
+        self.unsee((lease.member, nonce));
         self.stats.granted = self.stats.granted.saturating_sub(1);
         self.refusal(
             wall_ms,
@@ -686,6 +855,14 @@ impl Waypoint {
     ) -> Vec<Lease> {
         debug_assert_eq!(settings.ports, self.settings.ports);
         self.leases.set_max_per_member(settings.max_per_member);
+        let l = &settings.limits;
+        self.sources.set_rate(l.source_rate, l.source_burst);
+        self.members.set_rate(l.member_rate, l.member_burst);
+        self.members_new.set_rate(l.member_rate, l.member_burst);
+        match (self.shares.as_mut(), l.evidence_share) {
+            (Some(sh), Some(share)) => sh.set_share(share),
+            (_, share) => self.shares = share.map(Shares::new),
+        }
         self.settings = settings;
         self.cert = cert;
         self.key = key;
@@ -730,10 +907,32 @@ impl Waypoint {
         self.used_up.as_deref()
     }
 
-    /// When [`Waypoint::expire`] next has work.
+    /// Counts the records already in the evidence log against their
+    /// members' shares (at start, and when the log is replaced).
+    pub fn seed_evidence(&mut self, records: &[evidence::Record]) {
+        if let Some(share) = self.settings.limits.evidence_share {
+            let mut sh = Shares::new(share);
+            sh.seed(records);
+            self.shares = Some(sh);
+        }
+    }
+
+    /// When [`Waypoint::expire`] or [`Waypoint::take_filter`] next has work.
     pub fn next_timeout(&self) -> Option<Instant> {
         let vpn = self.vpn.as_ref().and_then(|t| t.next_expiry());
-        [self.leases.next_expiry(), vpn].into_iter().flatten().min()
+        let blocks = self.blocklist.next_change();
+        [self.leases.next_expiry(), vpn, blocks]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The sources (IPv4 addresses, IPv6 /64s) whose datagrams the kernel
+    /// should drop from `now` on, when that changed: sources found over
+    /// their rate, for a while ([`limits::Blocklist`]).
+    pub fn take_filter(&mut self, now: Instant) -> Option<Vec<IpAddr>> {
+        let list = self.blocklist.take_changed(now)?;
+        Some(list.iter().map(Source::addr).collect())
     }
 
     /// The live leases.
@@ -753,7 +952,20 @@ impl Waypoint {
             }
             self.seen_order.pop_front();
             if self.seen.get(&key).is_some_and(|s| s.until <= now) {
-                self.seen.remove(&key);
+                self.unsee(key);
+            }
+        }
+    }
+
+    /// Forgets a remembered request.
+    fn unsee(&mut self, key: (MemberId, Nonce)) {
+        if self.seen.remove(&key).is_none() {
+            return;
+        }
+        if let Some(n) = self.seen_held.get_mut(&key.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.seen_held.remove(&key.0);
             }
         }
     }
@@ -763,8 +975,7 @@ impl Waypoint {
     }
 
     fn ignore(&mut self, reason: &str) -> Decision {
-        let c = self.stats.refused.entry("garbage".to_owned()).or_default();
-        *c = c.wrapping_add(1);
+        self.count("garbage".to_owned());
         Decision::Ignore {
             reason: reason.to_owned(),
         }
@@ -783,6 +994,28 @@ impl Waypoint {
         make(bytes)
     }
 
+    /// Counts a refusal by the reason's name.
+    fn count_refusal(&mut self, reason: RefusalReason) {
+        if reason == RefusalReason::RateLimited {
+            // The flood's path: no formatting.
+            if let Some(c) = self.stats.refused.get_mut("RateLimited") {
+                *c = c.wrapping_add(1);
+                return;
+            }
+        }
+        self.count(format!("{reason:?}"));
+    }
+
+    fn count(&mut self, name: String) {
+        // Without a new key, no allocation (a flood's path).
+        match self.stats.refused.get_mut(&name) {
+            Some(c) => *c = c.wrapping_add(1),
+            None => {
+                self.stats.refused.insert(name, 1);
+            }
+        }
+    }
+
     fn refusal(
         &mut self,
         wall_ms: u64,
@@ -792,15 +1025,57 @@ impl Waypoint {
         detail: String,
         limit: usize,
     ) -> Decision {
-        let c = self.stats.refused.entry(format!("{reason:?}")).or_default();
-        *c = c.wrapping_add(1);
-        let bytes = self.response_bytes(wall_ms, nonce, Outcome::Refused { reason });
-        let refused = Some(format!("{reason}: {detail}"));
+        let outcome = Outcome::Refused { reason };
+        self.signed_refusal(wall_ms, to, nonce, outcome, detail, limit)
+    }
+
+    /// A signed refusal (`outcome` is `Refused` or `WrongSource`).
+    fn signed_refusal(
+        &mut self,
+        wall_ms: u64,
+        to: SocketAddr,
+        nonce: Nonce,
+        outcome: Outcome,
+        detail: String,
+        limit: usize,
+    ) -> Decision {
+        let what = match &outcome {
+            Outcome::Refused { reason } => {
+                self.count_refusal(*reason);
+                reason.to_string()
+            }
+            _ => {
+                self.count("WrongSource".to_owned());
+                "wrong source".to_owned()
+            }
+        };
+        let bytes = self.response_bytes(wall_ms, nonce, outcome);
+        if bytes.len() > limit {
+            return Decision::Ignore {
+                reason: format!("{what}: {detail} (not answered: reply would amplify)"),
+            };
+        }
+        let refused = Some(format!("{what}: {detail}"));
+        Decision::Reply { to, bytes, refused }
+    }
+
+    /// An unsigned refusal of a request not (yet) authenticated.
+    fn unsigned(
+        &mut self,
+        to: SocketAddr,
+        nonce: Option<Nonce>,
+        reason: RefusalReason,
+        detail: String,
+        limit: usize,
+    ) -> Decision {
+        self.count_refusal(reason);
+        let bytes = proto::encode(&Message::Refusal(UnsignedRefusal { reason, nonce }));
         if bytes.len() > limit {
             return Decision::Ignore {
                 reason: format!("{reason}: {detail} (not answered: reply would amplify)"),
             };
         }
+        let refused = Some(format!("{reason}: {detail} (unsigned answer)"));
         Decision::Reply { to, bytes, refused }
     }
 
@@ -833,10 +1108,23 @@ impl Waypoint {
     }
 }
 
+/// The refusal reason for a failed certificate or signature check.
+fn trust_reason(e: &TrustError) -> RefusalReason {
+    match e {
+        TrustError::Revoked { .. } => RefusalReason::Revoked,
+        _ => RefusalReason::BadCertificate,
+    }
+}
+
+/// What granting the request `dgram` may add to its member's evidence.
+fn evidence_cost(dgram: &[u8]) -> u64 {
+    evidence::lease_cost(proto::unpadded(dgram).map_or(dgram.len(), <[u8]>::len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{self, cert, cert_by, nat, request, T0};
+    use crate::testutil::{self, cert, cert_by, nat, request, request_from, T0};
 
     const MS: u64 = T0 * 1000;
 
@@ -845,6 +1133,10 @@ mod tests {
     }
 
     fn waypoint() -> Waypoint {
+        waypoint_with(Limits::default())
+    }
+
+    fn waypoint_with(limits: Limits) -> Waypoint {
         let settings = Settings {
             ports: (40000, 40009),
             lease: Duration::from_secs(60),
@@ -860,6 +1152,7 @@ mod tests {
                 port: 51820,
                 wg_key: [5; 32],
             }),
+            limits,
         };
         let own = vec!["10.0.6.2".parse().unwrap()];
         let me = cert("alice", 2, Roles::CLIENT | Roles::WAYPOINT);
@@ -956,6 +1249,22 @@ mod tests {
         }
     }
 
+    /// The reason of an unsigned refusal (a request refused before it was
+    /// authenticated).
+    fn unsigned(d: &Decision) -> RefusalReason {
+        match d {
+            Decision::Reply {
+                bytes,
+                refused: Some(_),
+                ..
+            } => match proto::decode(bytes) {
+                Ok(Message::Refusal(r)) => r.reason,
+                other => panic!("not an unsigned refusal: {other:?}"),
+            },
+            d => panic!("expected a refusal, got {d:?}"),
+        }
+    }
+
     #[test]
     fn grants_once_and_repeats_the_same_grant() {
         let mut w = waypoint();
@@ -988,13 +1297,35 @@ mod tests {
             d => panic!("{d:?}"),
         }
         assert_eq!(w.leases().count(), 1);
-        // The same request from another address is a replay.
+        // The same copy from another port of the same address (a second
+        // router behind the same NAT racing the member): the same reply.
+        let port2: SocketAddr = "10.0.1.2:50001".parse().unwrap();
+        assert!(matches!(
+            w.handle(t, MS, port2, &req),
+            Decision::Reply { bytes: ref b, refused: None, to } if *b == bytes && to == port2
+        ));
+        // The same request from another address names the wrong source.
         let other: SocketAddr = "10.9.9.9:1".parse().unwrap();
+        let d = w.handle(t, MS, other, &req);
+        assert!(matches!(
+            outcome(reply_bytes(&d)),
+            Outcome::WrongSource { observed } if observed == other.ip()
+        ));
+        assert_eq!(w.leases().count(), 1);
+        // Another nonce with the same body is a new request; the same nonce
+        // with another body (signed again) is a replay.
+        let again = request(&bob(), 3, "alice", 1, MS + 1, nat("10.0.3.2:5201"));
         assert_eq!(
-            refusal(&w.handle(t, MS, other, &req)),
+            refusal(&w.handle(t, MS, from(), &again)),
             RefusalReason::Replay
         );
-        assert_eq!(w.leases().count(), 1);
+    }
+
+    fn reply_bytes(d: &Decision) -> &[u8] {
+        match d {
+            Decision::Reply { bytes, .. } => bytes,
+            d => panic!("no reply: {d:?}"),
+        }
     }
 
     #[test]
@@ -1011,7 +1342,7 @@ mod tests {
             from(),
             &request(&mallory, 7, "alice", 1, MS, nat(dst)),
         );
-        assert_eq!(refusal(&d), RefusalReason::BadCertificate);
+        assert_eq!(unsigned(&d), RefusalReason::BadCertificate);
         // Expired.
         let old = cert_by(
             &testutil::root(),
@@ -1022,10 +1353,10 @@ mod tests {
             T0 - 10,
         );
         let d = w.handle(t, MS, from(), &request(&old, 3, "alice", 2, MS, nat(dst)));
-        assert_eq!(refusal(&d), RefusalReason::BadCertificate);
+        assert_eq!(unsigned(&d), RefusalReason::BadCertificate);
         // Signed by a key that is not the certificate's.
         let d = w.handle(t, MS, from(), &request(&bob(), 9, "alice", 3, MS, nat(dst)));
-        assert_eq!(refusal(&d), RefusalReason::BadCertificate);
+        assert_eq!(unsigned(&d), RefusalReason::BadCertificate);
         // Stale and future timestamps.
         let d = w.handle(
             t,
@@ -1033,17 +1364,36 @@ mod tests {
             from(),
             &request(&bob(), 3, "alice", 4, MS - 31_000, nat(dst)),
         );
-        assert_eq!(refusal(&d), RefusalReason::Stale);
+        assert_eq!(unsigned(&d), RefusalReason::Stale);
         let d = w.handle(
             t,
             MS,
             from(),
             &request(&bob(), 3, "alice", 5, MS + 31_000, nat(dst)),
         );
-        assert_eq!(refusal(&d), RefusalReason::Stale);
+        assert_eq!(unsigned(&d), RefusalReason::Stale);
+        // A certificate whose fields were changed after the root signed it.
+        let mut tampered = bob();
+        tampered.roles = Roles::CLIENT | Roles::WAYPOINT;
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&tampered, 3, "alice", 11, MS, nat(dst)),
+        );
+        assert_eq!(unsigned(&d), RefusalReason::BadCertificate);
+        // A member without the client role.
+        let wp_only = cert("dave", 8, Roles::WAYPOINT);
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&wp_only, 8, "alice", 12, MS, nat(dst)),
+        );
+        assert_eq!(unsigned(&d), RefusalReason::NotAWaypoint);
         // Addressed to another waypoint.
         let d = w.handle(t, MS, from(), &request(&bob(), 3, "carol", 6, MS, nat(dst)));
-        assert_eq!(refusal(&d), RefusalReason::WrongWaypoint);
+        assert_eq!(unsigned(&d), RefusalReason::WrongWaypoint);
         // Private (not allowed), loopback and the waypoint's own address.
         for (n, bad) in [
             (7, "192.168.1.1:80"),
@@ -1062,7 +1412,7 @@ mod tests {
             from(),
             &request(&bob(), 3, "alice", 10, MS, nat(dst)),
         );
-        assert_eq!(refusal(&d), RefusalReason::Revoked);
+        assert_eq!(unsigned(&d), RefusalReason::Revoked);
         assert_eq!(w.leases().count(), 0);
         assert_eq!(w.stats().granted, 0);
     }
@@ -1137,12 +1487,27 @@ mod tests {
                 Decision::Ignore { .. }
             ));
         }
-        let mut v2 = req.clone();
-        v2[0] = 2;
-        match w.handle(t, MS, from(), &v2) {
-            Decision::Ignore { reason } => assert!(reason.contains("version"), "{reason}"),
+        // A request of another protocol version: a clear unsigned refusal.
+        let mut v1 = req.clone();
+        v1[0] = 1;
+        let d = w.handle(t, MS, from(), &v1);
+        assert_eq!(unsigned(&d), RefusalReason::UnsupportedVersion);
+        match d {
+            Decision::Reply {
+                refused: Some(r),
+                bytes,
+                ..
+            } => {
+                assert!(r.contains("protocol version 1"), "{r}");
+                assert!(bytes.len() < 24, "{} bytes", bytes.len());
+            }
             d => panic!("{d:?}"),
         }
+        // Garbage in another version's clothes (too short for a request): ignored.
+        assert!(matches!(
+            w.handle(t, MS, from(), &v1[..100]),
+            Decision::Ignore { .. }
+        ));
         let mut big = req.clone();
         big.resize(1500, 0);
         assert!(matches!(
@@ -1151,6 +1516,10 @@ mod tests {
         ));
         assert_eq!(w.leases().count(), 0);
         assert_eq!(w.stats().refused.get("garbage").copied(), Some(6));
+        assert_eq!(
+            w.stats().refused.get("UnsupportedVersion").copied(),
+            Some(1)
+        );
     }
 
     #[test]
@@ -1317,5 +1686,389 @@ mod tests {
             w.handle(t, MS, from(), &req),
             Decision::Install { .. }
         ));
+    }
+
+    fn member(name: &str, seed: u8) -> Certificate {
+        cert(name, seed, Roles::CLIENT)
+    }
+
+    fn renew(port: u16, dst: &str, lease: u8) -> RequestKind {
+        RequestKind::Renew {
+            port,
+            destination: dst.parse().unwrap(),
+            lease: Nonce([lease; 16]),
+        }
+    }
+
+    fn port_of(d: &Decision) -> u16 {
+        match d {
+            Decision::Install { lease, .. } => lease.port,
+            d => panic!("expected a grant, got {d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flooding_source_is_dropped_unread_and_honest_requests_cost_it_nothing() {
+        let mut w = waypoint_with(Limits {
+            source_rate: 1,
+            source_burst: 3,
+            ..Limits::default()
+        });
+        let t = Instant::now();
+        let dst = "10.0.3.2:5201";
+        // Authenticated requests of their own member never spend the source's
+        // tokens (their member's instead).
+        let port = port_of(&w.handle(t, MS, from(), &request(&bob(), 3, "alice", 1, MS, nat(dst))));
+        for n in 2..10 {
+            let d = w.handle(
+                t,
+                MS,
+                from(),
+                &request(&bob(), 3, "alice", n, MS, renew(port, dst, 1)),
+            );
+            assert!(matches!(d, Decision::Refresh { .. }), "{d:?}");
+        }
+        // Garbage spends them: three, then the source is dropped unread.
+        for _ in 0..3 {
+            assert!(matches!(
+                w.handle(t, MS, from(), &[0xff; 700]),
+                Decision::Ignore { .. }
+            ));
+        }
+        let next = request(&bob(), 3, "alice", 20, MS, renew(port, dst, 1));
+        assert_eq!(
+            w.handle(t, MS, from(), &next),
+            Decision::Drop {
+                source: from().ip()
+            }
+        );
+        assert_eq!(w.stats().refused.get("RateLimited").copied(), Some(1));
+        // ... and goes to the kernel's drop list for a while.
+        assert_eq!(w.take_filter(t), Some(vec![from().ip()]));
+        assert_eq!(w.take_filter(t), None);
+        assert_eq!(w.next_timeout(), Some(t + limits::BLOCK_BASE));
+        // Another source is not affected.
+        let other: SocketAddr = "10.0.9.9:7000".parse().unwrap();
+        let carol = request_from(&member("carol", 4), 4, "alice", 1, MS, nat(dst), other.ip());
+        assert!(matches!(
+            w.handle(t, MS, other, &carol),
+            Decision::Install { .. }
+        ));
+        // A token comes back after a second.
+        let d = w.handle(t + limits::token_time(1), MS + 1000, from(), &next);
+        assert!(matches!(d, Decision::Refresh { .. }), "{d:?}");
+        // The block ends.
+        assert_eq!(w.take_filter(t + limits::BLOCK_BASE), Some(vec![]));
+    }
+
+    #[test]
+    fn a_member_over_its_rate_is_refused_and_forgers_cannot_spend_its_tokens() {
+        let mut w = waypoint_with(Limits {
+            member_rate: 1,
+            member_burst: 2,
+            ..Limits::default()
+        });
+        let t = Instant::now();
+        let dst = |p: u16| format!("10.0.3.2:{p}");
+        let ask = |w: &mut Waypoint, t: Instant, n: u8, kind: RequestKind| {
+            w.handle(t, MS, from(), &request(&bob(), 3, "alice", n, MS, kind))
+        };
+        // Two new tunnels, then bob is over his rate for new ones: a signed
+        // refusal (he is authenticated; he may act on it).
+        let port = port_of(&ask(&mut w, t, 1, nat(&dst(5201))));
+        port_of(&ask(&mut w, t, 2, nat(&dst(5202))));
+        assert_eq!(
+            refusal(&ask(&mut w, t, 3, nat(&dst(5203)))),
+            RefusalReason::RateLimited
+        );
+        // His renewals have their own bucket: the burst did not starve them.
+        for n in 4..6 {
+            let d = ask(&mut w, t, n, renew(port, &dst(5201), 1));
+            assert!(matches!(d, Decision::Refresh { .. }), "{d:?}");
+        }
+        let d = ask(&mut w, t, 6, renew(port, &dst(5201), 1));
+        assert_eq!(refusal(&d), RefusalReason::RateLimited);
+        // Another member is not affected.
+        let carol = request(&member("carol", 4), 4, "alice", 1, MS, nat(&dst(5201)));
+        assert!(matches!(
+            w.handle(t, MS, from(), &carol),
+            Decision::Install { .. }
+        ));
+        // A second later bob has a token of each; forged requests in his name
+        // (his certificate, another key's signature) cannot spend them.
+        let t1 = t + Duration::from_secs(1);
+        for n in 30..40 {
+            let forged = request(&bob(), 9, "alice", n, MS, renew(port, &dst(5201), 1));
+            assert_eq!(
+                unsigned(&w.handle(t1, MS, from(), &forged)),
+                RefusalReason::BadCertificate
+            );
+        }
+        let d = ask(&mut w, t1, 7, renew(port, &dst(5201), 1));
+        assert!(matches!(d, Decision::Refresh { .. }), "{d:?}");
+        assert!(matches!(
+            ask(&mut w, t1, 8, nat(&dst(5203))),
+            Decision::Install { .. }
+        ));
+        // Bob's certificate was checked once; the forged requests cost one
+        // signature check each (the request's), none for the certificate.
+        assert_eq!(w.certs.len(), 2);
+    }
+
+    #[test]
+    fn one_member_cannot_fill_the_replay_cache_for_another() {
+        let mut w = waypoint_with(Limits {
+            seen_cap: 4,
+            ..Limits::default()
+        });
+        let t = Instant::now();
+        let dst = "10.0.3.2:5201";
+        let port = port_of(&w.handle(t, MS, from(), &request(&bob(), 3, "alice", 1, MS, nat(dst))));
+        for n in 2..=4 {
+            let d = w.handle(
+                t,
+                MS,
+                from(),
+                &request(&bob(), 3, "alice", n, MS, renew(port, dst, 1)),
+            );
+            assert!(matches!(d, Decision::Refresh { .. }), "{d:?}");
+        }
+        // The cache holds 4: bob has all of it and is refused ...
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 5, MS, renew(port, dst, 1)),
+        );
+        assert_eq!(refusal(&d), RefusalReason::RateLimited);
+        // ... while carol, holding nothing, is served up to her fair share.
+        let carol = member("carol", 4);
+        let cport =
+            port_of(&w.handle(t, MS, from(), &request(&carol, 4, "alice", 1, MS, nat(dst))));
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&carol, 4, "alice", 2, MS, renew(cport, dst, 1)),
+        );
+        assert!(matches!(d, Decision::Refresh { .. }), "{d:?}");
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&carol, 4, "alice", 3, MS, renew(cport, dst, 1)),
+        );
+        assert_eq!(refusal(&d), RefusalReason::RateLimited);
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 6, MS, renew(port, dst, 1)),
+        );
+        assert_eq!(refusal(&d), RefusalReason::RateLimited);
+        // Entries age out after two freshness windows: bob is served again.
+        let t60 = t + Duration::from_secs(60);
+        let d = w.handle(
+            t60,
+            MS + 60_000,
+            from(),
+            &request(&bob(), 3, "alice", 7, MS + 60_000, renew(port, dst, 1)),
+        );
+        assert!(matches!(d, Decision::Refresh { .. }), "{d:?}");
+        assert_eq!(w.seen.len(), 1);
+        assert_eq!(w.seen_held.len(), 1);
+    }
+
+    #[test]
+    fn a_request_from_another_address_than_its_source_gets_only_the_observed_address() {
+        let mut w = waypoint_with(Limits {
+            member_rate: 1,
+            member_burst: 1,
+            ..Limits::default()
+        });
+        let t = Instant::now();
+        let req = request(&bob(), 3, "alice", 1, MS, nat("10.0.3.2:5201"));
+        // Sniffed and replayed from elsewhere, many times: refused, signed,
+        // naming the replayer's own address; no lease, and bob's token is
+        // not spent (the replayer's source pays).
+        let nat_ip: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        for _ in 0..10 {
+            let d = w.handle(t, MS, nat_ip, &req);
+            assert!(matches!(
+                outcome(reply_bytes(&d)),
+                Outcome::WrongSource { observed } if observed == nat_ip.ip()
+            ));
+        }
+        assert_eq!(w.leases().count(), 0);
+        assert_eq!(w.stats().granted, 0);
+        assert_eq!(w.stats().refused.get("WrongSource").copied(), Some(10));
+        // Bob's own copy is granted.
+        assert!(matches!(
+            w.handle(t, MS, from(), &req),
+            Decision::Install { .. }
+        ));
+        // A member behind a NAT, told its address, asks again naming it.
+        let t1 = t + Duration::from_secs(1);
+        let again = request_from(&bob(), 3, "alice", 2, MS, nat("10.0.3.2:5202"), nat_ip.ip());
+        match w.handle(t1, MS, nat_ip, &again) {
+            Decision::Install { lease, .. } => assert_eq!(lease.client, nat_ip.ip()),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn evidence_share_refuses_new_tunnels_of_a_member_whose_share_is_full() {
+        let dst = |p: u16| format!("10.0.3.2:{p}");
+        let first = request(&bob(), 3, "alice", 1, MS, nat(&dst(5201)));
+        let cost = evidence::lease_cost(proto::unpadded(&first).unwrap().len());
+        let mut w = waypoint_with(Limits {
+            evidence_share: Some(2 * cost + cost / 2),
+            ..Limits::default()
+        });
+        let t = Instant::now();
+        let p1 = port_of(&w.handle(t, MS, from(), &first));
+        let p2 = port_of(&w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 2, MS, nat(&dst(5202))),
+        ));
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 3, MS, nat(&dst(5203))),
+        );
+        assert_eq!(refusal(&d), RefusalReason::EvidenceFull);
+        // Renewals and releases go on.
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 4, MS, renew(p1, &dst(5201), 1)),
+        );
+        assert!(matches!(d, Decision::Refresh { .. }), "{d:?}");
+        let rel = RequestKind::Release {
+            port: p2,
+            lease: Nonce([2; 16]),
+        };
+        assert!(matches!(
+            w.handle(t, MS, from(), &request(&bob(), 3, "alice", 5, MS, rel)),
+            Decision::Remove { .. }
+        ));
+        // Another member has its own share.
+        let carol = request(&member("carol", 4), 4, "alice", 1, MS, nat(&dst(5201)));
+        assert!(matches!(
+            w.handle(t, MS, from(), &carol),
+            Decision::Install { .. }
+        ));
+        // A day later bob's records no longer count.
+        let day = evidence::WINDOW + Duration::from_secs(60);
+        let ms = MS + day.as_millis() as u64;
+        let d = w.handle(
+            t + day,
+            ms,
+            from(),
+            &request(&bob(), 3, "alice", 6, ms, nat(&dst(5203))),
+        );
+        assert!(matches!(d, Decision::Install { .. }), "{d:?}");
+        // A restart does not give bob a fresh share: the log's records count.
+        let mut w = waypoint_with(Limits {
+            evidence_share: Some(cost),
+            ..Limits::default()
+        });
+        let kept = evidence::Record {
+            at_ms: MS,
+            from: from(),
+            member_id: bob().member.to_string(),
+            member: "bob".into(),
+            grant: format!("nat {p1} -> {}", dst(5201)),
+            bytes: None,
+            request: proto::unpadded(&first).unwrap().to_vec(),
+        };
+        w.seed_evidence(&[kept]);
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&bob(), 3, "alice", 7, MS, nat(&dst(5204))),
+        );
+        assert_eq!(refusal(&d), RefusalReason::EvidenceFull);
+    }
+
+    #[test]
+    fn port_range_and_vpn_subnet_exhaustion_and_no_vpn() {
+        let mut w = waypoint();
+        let t = Instant::now();
+        // Ten ports for one client address; four members of three tunnels.
+        let mut granted = 0;
+        for (name, seed) in [("bob", 3), ("carol", 4), ("dave", 5), ("erin", 6)] {
+            for n in 1..=3u8 {
+                let d = w.handle(
+                    t,
+                    MS,
+                    from(),
+                    &request(
+                        &member(name, seed),
+                        seed,
+                        "alice",
+                        n,
+                        MS,
+                        nat(&format!("10.0.3.2:{}", 5200 + u16::from(n))),
+                    ),
+                );
+                match d {
+                    Decision::Install { .. } => granted += 1,
+                    d => assert_eq!(refusal(&d), RefusalReason::NoPortsLeft),
+                }
+            }
+        }
+        assert_eq!(granted, 10);
+        assert_eq!(w.stats().refused.get("NoPortsLeft").copied(), Some(2));
+        // A waypoint without VPN tunnels; one with a /30 (one member address).
+        let k = |seed: u8| testutil::key(seed);
+        let wg_member = |name: &str, seed: u8| {
+            let wg = crate::trust::wg::public(&crate::trust::wg::secret(&k(seed)));
+            Certificate::issue(
+                &testutil::root(),
+                name,
+                k(seed).public(),
+                Some(wg),
+                T0 - 10,
+                T0 + 10,
+                Roles::CLIENT,
+            )
+            .unwrap()
+        };
+        let mut w = waypoint();
+        w.vpn = None;
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&wg_member("carol", 4), 4, "alice", 1, MS, RequestKind::Vpn),
+        );
+        assert_eq!(refusal(&d), RefusalReason::NoVpn);
+        let mut w = waypoint();
+        w.vpn = Some(VpnTable::new(VpnSettings {
+            subnet: "10.200.7.0/30".parse().unwrap(),
+            subnet6: None,
+            port: 51820,
+            wg_key: [5; 32],
+        }));
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&wg_member("carol", 4), 4, "alice", 1, MS, RequestKind::Vpn),
+        );
+        assert!(matches!(d, Decision::VpnInstall { .. }), "{d:?}");
+        let d = w.handle(
+            t,
+            MS,
+            from(),
+            &request(&wg_member("dave", 5), 5, "alice", 1, MS, RequestKind::Vpn),
+        );
+        assert_eq!(refusal(&d), RefusalReason::NoAddressesLeft);
     }
 }

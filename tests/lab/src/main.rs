@@ -489,6 +489,8 @@ fn nat_lease(lab: &Lab, dest: SocketAddr) -> Result<u16, String> {
     let key = files::read_secret_key(&lab.client_member.key).map_err(|e| e.to_string())?;
     let cert = files::read_certificate(&lab.client_member.cert).map_err(|e| e.to_string())?;
     let wp = SocketAddr::new(lab.topo.addr4(Node::Waypoint).into(), SIGNAL_PORT);
+    // The address the waypoint sees the request come from (no NAT in the lab).
+    let client = lab.topo.addr4(Node::Client).into();
     std::thread::spawn(move || -> Result<u16, String> {
         let f = std::fs::File::open(format!("/var/run/netns/{ns}")).map_err(|e| e.to_string())?;
         enter_netns(&f);
@@ -504,6 +506,7 @@ fn nat_lease(lab: &Lab, dest: SocketAddr) -> Result<u16, String> {
             waypoint: "alice".into(),
             timestamp_ms: now.as_millis() as u64,
             nonce: Nonce(nonce),
+            source: client,
             kind: RequestKind::NatDetour { destination: dest },
         };
         let req = proto::encode(&Message::Request(Request::sign(cert, &key, body)));

@@ -149,15 +149,25 @@ fn stuck_control_clients_do_not_hold_the_daemon() {
     );
 
     // A burst beyond the cap is told it is busy, and the socket serves again
-    // once the burst is gone.
+    // once the burst is gone. The probe connects last: the acceptor takes
+    // connections in order and decides busy or served when it accepts, so
+    // the answer does not depend on how fast this machine reads it. (The
+    // holder's handlers saw EOF when it stopped; give them time to end.)
+    std::thread::sleep(Duration::from_millis(300));
     let burst: Vec<UnixStream> = (0..20)
         .map(|_| UnixStream::connect(&socket).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let (st, took) = timed_status(&socket);
-    let e = st.expect_err("answered beyond the cap");
-    assert!(e.contains("busy: 8 control clients connected"), "{e}");
-    assert!(took < Duration::from_millis(700), "{took:?}");
+    let mut probe = UnixStream::connect(&socket).unwrap();
+    probe.write_all(b"status\n").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = probe.read_to_string(&mut answer);
+    assert!(
+        answer.contains("busy: 8 control clients connected"),
+        "answered beyond the cap: {answer}"
+    );
     let mut busy = 0;
     for mut c in burst {
         c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();

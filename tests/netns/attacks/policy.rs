@@ -30,8 +30,15 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A signed NAT request of bob's for `dest` (nonce `n`, unique per run).
-fn request(cert: &Certificate, key: &SecretKey, n: u8, dest: SocketAddr) -> Vec<u8> {
+/// A signed NAT request of bob's for `dest` (nonce `n`, unique per run),
+/// sent from `source` (bob's address as the waypoint sees it).
+fn request(
+    cert: &Certificate,
+    key: &SecretKey,
+    n: u8,
+    dest: SocketAddr,
+    source: IpAddr,
+) -> Vec<u8> {
     let mut nonce = [0u8; 16];
     nonce[0] = n;
     nonce[1..9].copy_from_slice(&now_ms().to_be_bytes());
@@ -39,6 +46,7 @@ fn request(cert: &Certificate, key: &SecretKey, n: u8, dest: SocketAddr) -> Vec<
         waypoint: "alice".into(),
         timestamp_ms: now_ms(),
         nonce: Nonce(nonce),
+        source,
         kind: RequestKind::NatDetour { destination: dest },
     };
     proto::encode(&Message::Request(Request::sign(cert.clone(), key, body)))
@@ -68,14 +76,19 @@ fn member_cannot_reach_the_lan_or_the_router_through_a_detour() {
     let cert = files::read_certificate(&lab.client_member.cert).expect("bob's cert");
     let wp4 = SocketAddr::new(IpAddr::V4(lab.topo.addr4(Node::Waypoint)), SIGNAL_PORT);
     let wp6 = SocketAddr::new(IpAddr::V6(lab.topo.addr6(Node::Waypoint)), SIGNAL_PORT);
+    let (bob4, bob6) = (lab.topo.addr4(Node::Client), lab.topo.addr6(Node::Client));
     let ask = |n: u8, dest: &str| -> Outcome {
         let dest: SocketAddr = dest.parse().expect("test address");
-        let to = if dest.is_ipv4() { wp4 } else { wp6 };
+        let (to, source) = match dest {
+            SocketAddr::V4(_) => (wp4, IpAddr::V4(bob4)),
+            SocketAddr::V6(_) => (wp6, IpAddr::V6(bob6)),
+        };
         // Retransmitted with a fresh nonce while the lab's IPv6 addresses
         // finish duplicate address detection (the first seconds).
         let reply = (0..4u8)
             .find_map(|i| {
-                let bytes = request(&cert, &key, n.wrapping_mul(4).wrapping_add(i), dest);
+                let n = n.wrapping_mul(4).wrapping_add(i);
+                let bytes = request(&cert, &key, n, dest, source);
                 udp_exchange(&cns, to, &bytes, Duration::from_secs(1))
             })
             .unwrap_or_else(|| panic!("no answer for {dest}"));

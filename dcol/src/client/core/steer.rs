@@ -285,6 +285,12 @@ impl Client {
         self.board.take_dirty()
     }
 
+    /// Whether the scoreboard changed since [`Client::scoreboard_dirty`]
+    /// last said so (it stays so).
+    pub fn scoreboard_changed(&self) -> bool {
+        self.board.dirty()
+    }
+
     /// Replaces the scoreboard (loaded from the state file at start).
     pub fn set_scoreboard(&mut self, board: Scoreboard) {
         self.board = board;

@@ -7,11 +7,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{Action, Client, Detour, DetourState, Gate, REQUEST_ATTEMPTS, USED_UP_HOLDDOWN};
-use crate::mptcp::AddrId;
-use crate::proto::{
-    self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind, Response,
+use super::{
+    Action, Client, Detour, DetourState, Gate, RATE_LIMITED_HOLDDOWN, REQUEST_ATTEMPTS,
+    USED_UP_HOLDDOWN,
 };
+use crate::mptcp::AddrId;
+use crate::proto::{Nonce, Outcome, RefusalReason, RequestKind, Response};
 use crate::trust::Roles;
 
 /// Local address ids of VPN detours: one per tunnel address (RFC 8684 §3.2),
@@ -60,15 +61,27 @@ pub struct VpnPending {
     next_at: Instant,
     attempts: u32,
     max_attempts: u32,
+    /// Sent again after a [`Outcome::WrongSource`]: not a second time.
+    rebound: bool,
+}
+
+/// The unspecified address of `to`'s family: requests to VPN waypoints
+/// leave from whatever address routing picks.
+fn unspecified(to: SocketAddr) -> IpAddr {
+    if to.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    }
 }
 
 /// How long to wait before asking a waypoint that refused with `reason`
 /// for a tunnel again.
 fn holddown_for(reason: RefusalReason, holddown: Duration) -> Duration {
-    if reason == RefusalReason::DonationUsedUp {
-        USED_UP_HOLDDOWN
-    } else {
-        holddown
+    match reason {
+        RefusalReason::DonationUsedUp | RefusalReason::EvidenceFull => USED_UP_HOLDDOWN,
+        RefusalReason::RateLimited => RATE_LIMITED_HOLDDOWN,
+        _ => holddown,
     }
 }
 
@@ -88,6 +101,8 @@ impl Client {
         }
     }
 
+    /// Sends a request to VPN peer `peer`; `rebound`: it repeats one the
+    /// waypoint saw from another address.
     fn send_vpn(
         &mut self,
         now: Instant,
@@ -95,20 +110,10 @@ impl Client {
         peer: usize,
         kind: RequestKind,
         attempts: u32,
+        rebound: bool,
     ) -> Vec<Action> {
         let to = self.peers[peer].spec.address;
-        let nonce = self.next_nonce();
-        let body = RequestBody {
-            waypoint: self.peers[peer].spec.name.clone(),
-            timestamp_ms: wall_ms,
-            nonce,
-            kind: kind.clone(),
-        };
-        let bytes = proto::encode(&Message::Request(Request::sign(
-            self.cert.clone(),
-            &self.key,
-            body,
-        )));
+        let (nonce, bytes) = self.sign_request(peer, unspecified(to), wall_ms, kind.clone());
         let timeout = self.settings.request_timeout;
         self.vpn_pending.insert(
             nonce,
@@ -120,15 +125,15 @@ impl Client {
                 next_at: now + timeout,
                 attempts: 0,
                 max_attempts: attempts,
+                rebound,
             },
         );
         // Not tied to a connection: routing picks the source address.
-        let from = if to.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        };
-        vec![Action::Send { from, to, bytes }]
+        vec![Action::Send {
+            from: unspecified(to),
+            to,
+            bytes,
+        }]
     }
 
     /// VPN timers: first requests, retransmissions, renewals.
@@ -148,13 +153,8 @@ impl Client {
                 p.attempts += 1;
                 p.next_at =
                     now + self.settings.request_timeout * 2u32.saturating_pow(p.attempts.min(16));
-                let from = if p.to.is_ipv4() {
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-                };
                 out.push(Action::Send {
-                    from,
+                    from: unspecified(p.to),
                     to: p.to,
                     bytes: p.bytes.clone(),
                 });
@@ -178,11 +178,13 @@ impl Client {
                         i,
                         RequestKind::Vpn,
                         REQUEST_ATTEMPTS - 1,
+                        false,
                     ));
                 }
                 VpnState::Up { lease, .. } if v.renew_due.is_some_and(|t| t <= now) => {
                     v.renew_due = Some(now + renew);
-                    out.extend(self.send_vpn(now, wall_ms, i, RequestKind::VpnRenew { lease }, 0));
+                    let kind = RequestKind::VpnRenew { lease };
+                    out.extend(self.send_vpn(now, wall_ms, i, kind, 0, false));
                 }
                 _ => {}
             }
@@ -190,14 +192,16 @@ impl Client {
         out
     }
 
-    pub(super) fn vpn_next_timeout(&self) -> Option<Instant> {
+    /// When [`Client::poll_vpn`] next has work: `now` for a tunnel to ask
+    /// for at once.
+    pub(super) fn vpn_next_timeout(&self, now: Instant) -> Option<Instant> {
         let p = self.vpn_pending.values().map(|p| p.next_at).min();
         let peers = self
             .peers
             .iter()
             .filter_map(|p| p.vpn.as_ref())
             .filter_map(|v| match v.state {
-                VpnState::Idle => Some(v.retry_at.unwrap_or(Instant::now())),
+                VpnState::Idle => Some(v.retry_at.unwrap_or(now)),
                 VpnState::Up { .. } => v.renew_due,
                 VpnState::Requesting => None,
             });
@@ -278,6 +282,21 @@ impl Client {
             .remove(&resp.body.nonce)
             .expect("looked up");
         self.peers[peer].down_until = None;
+        if let Outcome::WrongSource { observed } = resp.body.outcome {
+            self.observed.insert((peer, unspecified(p.to)), observed);
+            if !p.rebound {
+                let retries = p.max_attempts.saturating_sub(p.attempts);
+                return Ok(self.send_vpn(now, wall_ms, peer, p.kind, retries, true));
+            }
+            // Seen from another address each time: as if unanswered.
+            let out = self.vpn_unanswered(now, p);
+            if let Some(v) = self.peers[peer].vpn.as_mut() {
+                v.last_error = Some(format!(
+                    "waypoint sees us from changing addresses ({observed})"
+                ));
+            }
+            return Ok(out);
+        }
         let renew = self.settings.renew_interval;
         let holddown = self.settings.holddown;
         let endpoint_ip = self.peers[peer].spec.address.ip();
@@ -335,6 +354,16 @@ impl Client {
             }
             (RequestKind::VpnRenew { .. }, Outcome::VpnGranted { .. }) => {
                 v.misses = 0;
+                Ok(Vec::new())
+            }
+            (
+                RequestKind::VpnRenew { .. },
+                Outcome::Refused {
+                    reason: RefusalReason::RateLimited,
+                },
+            ) => {
+                // Not renewed yet, not lost: ask again in a second.
+                v.renew_due = Some(now + Duration::from_secs(1).min(renew));
                 Ok(Vec::new())
             }
             (RequestKind::VpnRenew { .. }, Outcome::Refused { reason }) => {
@@ -422,7 +451,8 @@ impl Client {
                 ..
             }) = self.peers[i].vpn.clone()
             {
-                out.extend(self.send_vpn(now, wall_ms, i, RequestKind::VpnRelease { lease }, 0));
+                let kind = RequestKind::VpnRelease { lease };
+                out.extend(self.send_vpn(now, wall_ms, i, kind, 0, false));
                 out.push(Action::VpnDown { peer: i });
             }
             if let Some(v) = self.peers[i].vpn.as_mut() {

@@ -1,0 +1,234 @@
+//! The waypoint core's decisions carried out: replies sent, NAT map
+//! elements added, refreshed and removed, the conntrack flows of ended
+//! tunnels deleted (with their byte counts kept as evidence).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::WaypointDriver;
+use crate::proto::Nonce;
+use crate::sys::conntrack;
+use crate::sys::nft::NatElement;
+use crate::waypoint::{Decision, Lease};
+
+fn element(l: &Lease) -> NatElement {
+    NatElement {
+        client: l.client,
+        port: l.port,
+        destination: l.destination,
+        expires_in: None,
+    }
+}
+
+/// A granted lease and what its grant needs.
+struct Grant {
+    lease: Lease,
+    timeout: Duration,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+impl WaypointDriver {
+    /// Carries out `d`, the core's answer to `request` from `from` on
+    /// socket `i`.
+    pub(super) fn execute(
+        &mut self,
+        i: usize,
+        now: Instant,
+        wall: u64,
+        from: SocketAddr,
+        d: Decision,
+        request: &[u8],
+    ) {
+        match d {
+            d @ (Decision::VpnInstall { .. }
+            | Decision::VpnRefresh { .. }
+            | Decision::VpnRemove { .. }) => self.execute_vpn(i, wall, from, d, request),
+            Decision::Drop { source } => {
+                if self.log.allow(now) {
+                    log::warn!("waypoint: {source} over its rate: datagram dropped unread");
+                }
+            }
+            Decision::Ignore { reason } => {
+                if self.log.allow(now) {
+                    log::warn!("waypoint: ignored datagram from {from}: {reason}");
+                }
+            }
+            Decision::Reply { to, bytes, refused } => {
+                match refused {
+                    Some(why) => {
+                        if self.log.allow(now) {
+                            log::warn!("waypoint: refused request from {from}: {why}");
+                        }
+                    }
+                    None => log::debug!("waypoint: repeated request from {from}, same reply"),
+                }
+                self.send(i, to, &bytes);
+            }
+            Decision::Install {
+                lease,
+                timeout,
+                to,
+                bytes,
+                nonce,
+            } => {
+                let g = Grant {
+                    lease,
+                    timeout,
+                    to,
+                    bytes,
+                };
+                self.install(i, (now, wall), from, g, nonce, request);
+            }
+            Decision::Refresh {
+                lease,
+                timeout,
+                to,
+                bytes,
+            } => self.refresh(i, &lease, timeout, to, &bytes),
+            Decision::Remove { lease, to, bytes } => self.remove(i, &lease, to, &bytes),
+        }
+    }
+
+    /// Adds the map element of a new lease, then sends the grant; a kernel
+    /// failure withdraws the lease and refuses instead.
+    fn install(
+        &mut self,
+        i: usize,
+        (now, wall): (Instant, u64),
+        from: SocketAddr,
+        g: Grant,
+        nonce: Nonce,
+        request: &[u8],
+    ) {
+        let Some(nat) = self.nat.as_mut() else { return };
+        let lease = &g.lease;
+        match nat.add(&element(lease), g.timeout) {
+            Ok(()) => {
+                log::info!(
+                    "granted {} ({}) {}:{} -> {} for {}s",
+                    lease.member_name,
+                    lease.member,
+                    lease.client,
+                    lease.port,
+                    lease.destination,
+                    g.timeout.as_secs()
+                );
+                self.keep_evidence(
+                    wall,
+                    from,
+                    (lease.member, &lease.member_name),
+                    format!("nat {} -> {}", lease.port, lease.destination),
+                    None,
+                    request,
+                );
+                self.send(i, g.to, &g.bytes);
+            }
+            Err(e) => {
+                log::error!("installing NAT element: {e}");
+                let r = self.core.abort(
+                    now,
+                    wall,
+                    lease,
+                    g.to,
+                    nonce,
+                    g.bytes.len(),
+                    "internal error",
+                );
+                if let Decision::Reply { to, bytes, .. } = r {
+                    self.send(i, to, &bytes);
+                }
+            }
+        }
+    }
+
+    fn refresh(
+        &mut self,
+        i: usize,
+        lease: &Lease,
+        timeout: Duration,
+        to: SocketAddr,
+        bytes: &[u8],
+    ) {
+        let Some(nat) = self.nat.as_mut() else { return };
+        match nat.refresh(&element(lease), timeout) {
+            Ok(()) => {
+                log::debug!(
+                    "renewed {}:{} for {}",
+                    lease.client,
+                    lease.port,
+                    lease.member_name
+                );
+                self.send(i, to, bytes);
+            }
+            Err(e) => log::error!(
+                "refreshing NAT element {}:{}: {e}",
+                lease.client,
+                lease.port
+            ),
+        }
+    }
+
+    fn remove(&mut self, i: usize, lease: &Lease, to: SocketAddr, bytes: &[u8]) {
+        let Some(nat) = self.nat.as_mut() else { return };
+        if let Err(e) = nat.remove(lease.client, lease.port) {
+            log::warn!("removing NAT element: {e}");
+        }
+        self.drop_flows(lease, "released");
+        log::info!(
+            "released {}:{} of {}",
+            lease.client,
+            lease.port,
+            lease.member_name
+        );
+        self.send(i, to, bytes);
+    }
+
+    /// Removes the NAT elements and flows of leases ended by a revocation.
+    pub(super) fn end_leases(&mut self, ended: &[Lease]) {
+        for l in ended {
+            self.end_lease(l, "revoked");
+        }
+    }
+
+    /// Removes the NAT element and the flows of an ended lease.
+    pub(super) fn end_lease(&mut self, l: &Lease, why: &str) {
+        log::info!(
+            "{why}: {} {}:{} -> {}",
+            l.member_name,
+            l.client,
+            l.port,
+            l.destination
+        );
+        if let Some(nat) = &mut self.nat {
+            if let Err(e) = nat.remove(l.client, l.port) {
+                log::warn!("removing the NAT element of {}:{}: {e}", l.client, l.port);
+            }
+        }
+        self.drop_flows(l, why);
+    }
+
+    /// A NAT lease ended (`why`): deletes its conntrack flows and, with the
+    /// evidence log on, records the bytes they carried.
+    fn drop_flows(&self, l: &Lease, why: &str) {
+        let bytes = match conntrack::delete_flows_counted(l.client, l.port) {
+            Ok((0, b)) => b,
+            Ok((n, b)) => {
+                log::info!("deleted {n} conntrack flow(s) of {}:{}", l.client, l.port);
+                b
+            }
+            Err(e) => {
+                log::warn!("conntrack cleanup for {}:{}: {e}", l.client, l.port);
+                0
+            }
+        };
+        self.keep_evidence(
+            super::wall_ms(),
+            SocketAddr::new(l.client, 0),
+            (l.member, &l.member_name),
+            format!("end nat {} -> {}: {why}", l.port, l.destination),
+            Some(bytes),
+            &[],
+        );
+    }
+}
