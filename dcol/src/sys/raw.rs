@@ -9,8 +9,8 @@
 //! - [`MptcpInfo`]: `getsockopt(SOL_MPTCP, MPTCP_INFO)`, an option nix lacks,
 //!   as a nix [`GetSockOpt`] so callers use `nix::sys::socket::getsockopt`;
 //! - [`AttachFilter`], [`DetachFilter`]: `SO_ATTACH_FILTER` and
-//!   `SO_DETACH_FILTER` (a classic BPF socket filter); nix has them only for
-//!   illumos, libc lacks the constants for Linux;
+//!   `SO_DETACH_FILTER` (a classic BPF socket filter): nix has neither
+//!   option, and libc 0.2.191 keeps the Linux constants crate-private;
 //! - [`listen`]: nix's `Backlog` refuses a backlog above libc's `SOMAXCONN`,
 //!   which is 128 on musl (the routers' libc), while the kernel's own cap is
 //!   `net.core.somaxconn` (4096 by default since Linux 5.4): the relay asks
@@ -22,6 +22,8 @@
 //!
 //! Each block states why it is sound. Constants nix lacks come from `libc`
 //! (never hard-coded where `libc` has them: `SOCK_STREAM` is 2 on MIPS).
+//! The test `unsafe_only_where_listed` below keeps `unsafe` out of every
+//! other file of the repository but the exceptions it lists with a reason.
 #![allow(unsafe_code)]
 
 use std::mem::size_of_val;
@@ -162,9 +164,70 @@ pub fn ignore_sigpipe() -> nix::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
     use nix::sys::socket::Backlog;
 
     use crate::proxy::limits::MAX_BACKLOG;
+
+    /// The files of the repository that may say `unsafe`, and why.
+    const UNSAFE_ALLOWED: &[(&str, &str)] = &[
+        ("dcol/src/sys/raw.rs", "what nix does not wrap: this module"),
+        (
+            "tests/lab/src/sys.rs",
+            "the lab's TUNSETIFF: nix wraps ioctls only in macros that make unsafe functions",
+        ),
+    ];
+
+    /// Whether a line of Rust says `unsafe` as a word before any `//`
+    /// comment (`unsafe_code` in a lint does not count).
+    fn says_unsafe(line: &str) -> bool {
+        let code = line.split("//").next().unwrap_or("");
+        code.match_indices("unsafe").any(|(i, w)| {
+            let word = |c: char| c.is_alphanumeric() || c == '_';
+            !code[..i].ends_with(word) && !code[i + w.len()..].starts_with(word)
+        })
+    }
+
+    /// The `.rs` files below `dir` (no build output, no hidden directories)
+    /// that say `unsafe`, as paths relative to `root`.
+    fn unsafe_files(root: &Path, dir: &Path, found: &mut BTreeSet<String>) {
+        for e in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                if !name.starts_with('.') && name != "target" {
+                    unsafe_files(root, &path, found);
+                }
+            } else if name.ends_with(".rs")
+                && std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .any(says_unsafe)
+            {
+                let rel = path.strip_prefix(root).unwrap();
+                found.insert(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+
+    /// `unsafe` is only in this module and the listed exceptions, anywhere
+    /// in the repository (the daemon, its tests, benches, fuzz targets and
+    /// the lab); the daemon's crate also denies `unsafe_code` outside it.
+    #[test]
+    fn unsafe_only_where_listed() {
+        assert!(says_unsafe("    let r = unsafe { f() };"));
+        assert!(!says_unsafe("#![deny(unsafe_code)] // unsafe"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut found = BTreeSet::new();
+        unsafe_files(root, root, &mut found);
+        let allowed: BTreeSet<String> = UNSAFE_ALLOWED.iter().map(|(f, _)| f.to_string()).collect();
+        assert_eq!(
+            found, allowed,
+            "files saying `unsafe` (allowed: {UNSAFE_ALLOWED:?})"
+        );
+    }
 
     /// Why [`super::listen`] is here: nix caps the backlog at libc's
     /// `SOMAXCONN`, below what the relay asks for on musl.
