@@ -222,6 +222,10 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn waypoint_behind_a_upnp_gateway_serves_nat_and_vpn_detours() {
     if !need_root() {
         return;
@@ -520,6 +524,10 @@ fn forwards_to_wp(gw: &Netns) -> usize {
 /// them, whether traversal is now off or on; a damaged record is reported
 /// and ignored.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn mappings_left_by_a_crash_are_deleted_at_the_next_start() {
     if !need_root() {
         return;
@@ -629,6 +637,10 @@ fn send_datagram(ns: &Netns, to: &str) {
 /// them on SIGTERM. Before, a datagram from the Internet does not arrive;
 /// through the pinhole it does.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn ipv6_pinholes_opened_with_pcp() {
     if !need_root() {
         return;
@@ -962,6 +974,10 @@ fn add_lan_host(net: &Net) -> Netns {
 /// takes only its default gateway's answer, maps its ports there and never
 /// talks HTTP to the other host.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn ssdp_answers_from_other_lan_hosts_are_ignored() {
     if !need_root() {
         return;

@@ -668,6 +668,10 @@ mod tests {
     /// verdict flushes, heartbeat, pause, ruleset notifications, removal)
     /// against the real kernel, checked with `nft`.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_sets_and_notifications() {
         if !is_root() {
             eprintln!("SKIP: needs root");

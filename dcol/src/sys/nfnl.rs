@@ -292,6 +292,10 @@ mod tests {
     /// kernel's extended-ack text; the socket stays usable and nothing is
     /// left queued.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_refusals_and_batches() {
         if !crate::sys::netlink::testns::is_root() {
             eprintln!("SKIP: needs root");

@@ -287,6 +287,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_follows_address_and_route_changes() {
         if !is_root() {
             eprintln!("SKIP: needs root (a network namespace)");

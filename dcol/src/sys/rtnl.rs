@@ -215,6 +215,10 @@ mod tests {
     /// rules, all as `ip` shows them; refusals keep the kernel's text;
     /// everything removed again.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_link_address_route_rule() {
         if !is_root() {
             eprintln!("SKIP: needs root");
