@@ -18,6 +18,10 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use common::{rust_files, src};
+
+mod common;
+
 const FLOORS: &[(&str, u8)] = &[
     ("mptcp", 0),
     ("trust", 0),
@@ -47,22 +51,6 @@ const SYSTEM_CRATES: &[&str] = &["libc", "nix", "neli", "rtnetlink", "netlink_pa
 
 fn floor(module: &str) -> Option<u8> {
     FLOORS.iter().find(|(m, _)| *m == module).map(|(_, f)| *f)
-}
-
-fn src() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
-}
-
-/// Every `.rs` file under `dir`.
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
 }
 
 /// The top-level module a file under src/ belongs to (`None` for lib.rs and

@@ -297,13 +297,26 @@ impl Client {
             }
             return Ok(out);
         }
+        let answer = (resp.body.nonce, resp.body.outcome);
+        Ok(self.vpn_outcome(now, wall_ms, peer, p.kind, answer))
+    }
+
+    /// What the answer `resp` from `peer` to a request of `kind` changes.
+    fn vpn_outcome(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        peer: usize,
+        kind: RequestKind,
+        (nonce, outcome): (Nonce, Outcome),
+    ) -> Vec<Action> {
         let renew = self.settings.renew_interval;
         let holddown = self.settings.holddown;
         let endpoint_ip = self.peers[peer].spec.address.ip();
         let Some(v) = self.peers[peer].vpn.as_mut() else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
-        match (p.kind, resp.body.outcome) {
+        match (kind, outcome) {
             (
                 RequestKind::Vpn,
                 Outcome::VpnGranted {
@@ -315,12 +328,12 @@ impl Client {
                 },
             ) => {
                 if v.state != VpnState::Requesting {
-                    return Ok(Vec::new());
+                    return Vec::new();
                 }
                 v.state = VpnState::Up {
                     address,
                     address6,
-                    lease: resp.body.nonce,
+                    lease: nonce,
                 };
                 v.renew_due = Some(now + renew);
                 v.misses = 0;
@@ -332,29 +345,18 @@ impl Client {
                     wg_key,
                     endpoint: SocketAddr::new(endpoint_ip, port),
                 }];
-                // Every established connection may use the new tunnel.
-                let tokens: Vec<_> = self
-                    .conns
-                    .values()
-                    .filter(|c| {
-                        c.established_at.is_some() && c.gate == Gate::Open && !c.join_refused
-                    })
-                    .map(|c| c.token)
-                    .collect();
-                for t in tokens {
-                    out.extend(self.add_detours(now, wall_ms, t));
-                }
-                Ok(out)
+                out.extend(self.detour_all(now, wall_ms));
+                out
             }
             (RequestKind::Vpn, Outcome::Refused { reason }) => {
                 v.state = VpnState::Idle;
                 v.retry_at = Some(now + holddown_for(reason, holddown));
                 v.last_error = Some(format!("refused: {reason}"));
-                Ok(Vec::new())
+                Vec::new()
             }
             (RequestKind::VpnRenew { .. }, Outcome::VpnGranted { .. }) => {
                 v.misses = 0;
-                Ok(Vec::new())
+                Vec::new()
             }
             (
                 RequestKind::VpnRenew { .. },
@@ -364,7 +366,7 @@ impl Client {
             ) => {
                 // Not renewed yet, not lost: ask again in a second.
                 v.renew_due = Some(now + Duration::from_secs(1).min(renew));
-                Ok(Vec::new())
+                Vec::new()
             }
             (RequestKind::VpnRenew { .. }, Outcome::Refused { reason }) => {
                 v.last_error = Some(format!("lease lost: {reason}"));
@@ -372,10 +374,25 @@ impl Client {
                 // after the hold-down if we were revoked.
                 let retry = (reason != RefusalReason::UnknownLease)
                     .then(|| now + holddown_for(reason, holddown));
-                Ok(self.vpn_lost(now, peer, retry))
+                self.vpn_lost(now, peer, retry)
             }
-            _ => Ok(Vec::new()),
+            _ => Vec::new(),
         }
+    }
+
+    /// Detours for every established connection (a new tunnel is up).
+    fn detour_all(&mut self, now: Instant, wall_ms: u64) -> Vec<Action> {
+        let tokens: Vec<_> = self
+            .conns
+            .values()
+            .filter(|c| c.established_at.is_some() && c.gate == Gate::Open && !c.join_refused)
+            .map(|c| c.token)
+            .collect();
+        let mut out = Vec::new();
+        for t in tokens {
+            out.extend(self.add_detours(now, wall_ms, t));
+        }
+        out
     }
 
     /// VPN detours for connection `token`, at most `want`.
