@@ -552,27 +552,27 @@ fn cmd_member_install(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let now = daemon::wall_ms() / 1000;
     if o.flag("rpc") {
         // The LuCI page: ubus arguments on stdin, JSON out, also on errors.
-        let answer = (|| -> Result<serde_json::Value, String> {
-            let paths = member_paths(&o).map_err(|f| f.msg)?;
+        let answer = (|| -> Result<serde_json::Value, Failure> {
+            let paths = member_paths(&o)?;
             let mut input = String::new();
             {
                 use std::io::Read;
                 std::io::stdin()
                     .take(4 * member::MAX_PASTE as u64)
                     .read_to_string(&mut input)
-                    .map_err(|e| format!("reading the arguments: {e}"))?;
+                    .map_err(|e| runtime(format!("reading the arguments: {e}")))?;
             }
             let args: serde_json::Value = serde_json::from_str(&input)
-                .map_err(|e| format!("the arguments are not JSON: {e}"))?;
-            let text = |k: &str| -> Result<Option<&str>, String> {
+                .map_err(|e| runtime(format!("the arguments are not JSON: {e}")))?;
+            let text = |k: &str| -> Result<Option<&str>, Failure> {
                 match &args[k] {
                     serde_json::Value::Null => Ok(None),
                     serde_json::Value::String(s) => Ok(Some(s.as_str())),
-                    _ => Err(format!("argument '{k}' is not a string")),
+                    _ => Err(runtime(format!("argument '{k}' is not a string"))),
                 }
             };
-            let cert = text("cert")?.ok_or("argument 'cert' missing")?;
-            let c = member::install(&paths, cert, text("collective")?, now)?;
+            let cert = text("cert")?.ok_or_else(|| runtime("argument 'cert' missing"))?;
+            let c = member::install(&paths, cert, text("collective")?, now).map_err(runtime)?;
             Ok(serde_json::json!({
                 "installed": true, "name": c.name, "member_id": c.member.to_string(),
                 "not_after": c.not_after,
@@ -581,7 +581,7 @@ fn cmd_member_install(p: &mut lexopt::Parser) -> Result<(), Failure> {
         })();
         let (v, code) = match answer {
             Ok(v) => (v, 0),
-            Err(e) => (serde_json::json!({ "error": e }), 2),
+            Err(e) => (serde_json::json!({ "error": e.msg }), 2),
         };
         println!("{v}");
         return if code == 0 {
@@ -596,8 +596,10 @@ fn cmd_member_install(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let paths = member_paths(&o)?;
     let cert = read(o.need("cert")?)?;
     let coll = o.get("collective").map(read).transpose()?;
-    let c = member::install(&paths, &cert, coll.as_deref(), now)
-        .map_err(|e| Failure { code: 2, msg: e })?;
+    let c = member::install(&paths, &cert, coll.as_deref(), now).map_err(|e| Failure {
+        code: 2,
+        msg: e.to_string(),
+    })?;
     println!(
         "installed {} for '{}' ({}), valid until {} (reload dcol to use it)",
         paths.cert.display(),

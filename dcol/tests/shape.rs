@@ -367,7 +367,6 @@ fn no_function_over_80_lines() {
 }
 
 #[test]
-#[ignore = "the string errors are replaced in the next commit"]
 fn no_string_errors() {
     let mut bad = Vec::new();
     for (rel, text) in sources() {

@@ -25,9 +25,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+mod error;
 mod request;
 mod steer;
 mod vpn;
+pub use error::DatagramError;
 pub use vpn::{VpnPeer, VpnState};
 
 use super::strategy::{Judge, Meter, Scoreboard, StrategySettings};
@@ -528,28 +530,24 @@ impl Client {
         wall_ms: u64,
         from: SocketAddr,
         dgram: &[u8],
-    ) -> Result<Vec<Action>, String> {
+    ) -> Result<Vec<Action>, DatagramError> {
         let resp = match proto::decode(dgram) {
             Ok(Message::Response(r)) => r,
-            Ok(Message::Request(_)) => return Err(format!("{from}: a request sent to the client")),
+            Ok(Message::Request(_)) => return Err(DatagramError::Request { from }),
             Ok(Message::Refusal(r)) => {
-                return Err(format!(
-                    "{from}: unsigned refusal ({}); not acted on: anyone can forge one",
-                    r.reason
-                ))
+                let reason = r.reason;
+                return Err(DatagramError::UnsignedRefusal { from, reason });
             }
-            Err(e) => return Err(format!("{from}: undecodable datagram: {e}")),
+            Err(source) => return Err(DatagramError::Undecodable { from, source }),
         };
         if self.vpn_pending.contains_key(&resp.body.nonce) {
             return self.on_vpn_response(now, wall_ms, from, resp);
         }
         let Some(p) = self.pending.get(&resp.body.nonce) else {
-            return Err(format!(
-                "{from}: response to no pending request (late or forged)"
-            ));
+            return Err(DatagramError::NotPending { from });
         };
         if p.to != from {
-            return Err(format!("{from}: response for a request sent to {}", p.to));
+            return Err(DatagramError::WrongSender { from, to: p.to });
         }
         let peer_idx = self
             .conns
@@ -561,19 +559,18 @@ impl Client {
             return Ok(Vec::new());
         };
         resp.verify(&self.root, &self.revocations, wall_ms / 1000)
-            .map_err(|e| format!("{from}: waypoint certificate or signature: {e}"))?;
+            .map_err(|source| DatagramError::Untrusted { from, source })?;
         let peer = &self.peers[peer_idx];
         if resp.cert.name != peer.spec.name {
-            return Err(format!(
-                "{from}: answered as '{}', configured as '{}'",
-                resp.cert.name, peer.spec.name
-            ));
+            return Err(DatagramError::WrongName {
+                from,
+                name: resp.cert.name.clone(),
+                configured: peer.spec.name.clone(),
+            });
         }
         if !resp.cert.roles.contains(Roles::WAYPOINT) {
-            return Err(format!(
-                "{from}: '{}' lacks the waypoint role",
-                resp.cert.name
-            ));
+            let name = resp.cert.name.clone();
+            return Err(DatagramError::NotAWaypoint { from, name });
         }
         let p = self
             .pending

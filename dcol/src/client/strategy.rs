@@ -356,12 +356,62 @@ const FILE_HEADER: &str = "dcol-scores 1";
 const MAX_ENTRIES: usize = 4096;
 
 /// A line of a scoreboard file that was skipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BadLine {
     /// 1-based line number.
     pub line: usize,
     /// What is wrong with it.
-    pub why: String,
+    pub why: ScoreLineError,
+}
+
+/// Why a scoreboard file is not read at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScoreFileError {
+    /// The first line is not the header (its first 40 characters).
+    #[error("line 1: expected '{FILE_HEADER}', found '{found}'")]
+    WrongHeader {
+        /// What line 1 holds.
+        found: String,
+    },
+    /// The file is empty.
+    #[error("empty file")]
+    Empty,
+}
+
+/// Why a line of a scoreboard file is skipped.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScoreLineError {
+    /// Not five tab-separated fields.
+    #[error("{0} fields, expected 5")]
+    Fields(usize),
+    /// The waypoint or the prefix is empty.
+    #[error("empty waypoint or prefix")]
+    EmptyKey,
+    /// A weight or sum that is not a finite non-negative number.
+    #[error("{what} '{text}' is not a non-negative number")]
+    NotANumber {
+        /// Which field.
+        what: &'static str,
+        /// Its text.
+        text: String,
+    },
+    /// More reward than weight.
+    #[error("sum {sum} exceeds weight {weight}")]
+    SumOverWeight {
+        /// The sum read.
+        sum: f64,
+        /// The weight read.
+        weight: f64,
+    },
+    /// The count is not an integer.
+    #[error("count '{text}' is not an integer")]
+    Count {
+        /// Its text.
+        text: String,
+        /// The cause.
+        #[source]
+        source: std::num::ParseIntError,
+    },
 }
 
 impl Scoreboard {
@@ -476,15 +526,15 @@ impl Scoreboard {
 
     /// Parses the file form. A wrong header rejects the whole file; a bad
     /// line is skipped and reported.
-    pub fn from_file(text: &str) -> Result<(Scoreboard, Vec<BadLine>), String> {
+    pub fn from_file(text: &str) -> Result<(Scoreboard, Vec<BadLine>), ScoreFileError> {
         let mut lines = text.lines();
         match lines.next() {
             Some(h) if h.trim_end() == FILE_HEADER => {}
             Some(h) => {
-                let h: String = h.chars().take(40).collect();
-                return Err(format!("line 1: expected '{FILE_HEADER}', found '{h}'"));
+                let found: String = h.chars().take(40).collect();
+                return Err(ScoreFileError::WrongHeader { found });
             }
-            None => return Err("empty file".into()),
+            None => return Err(ScoreFileError::Empty),
         }
         let mut board = Scoreboard::default();
         let mut bad = Vec::new();
@@ -506,28 +556,32 @@ impl Scoreboard {
     }
 }
 
-fn parse_line(line: &str) -> Result<(Key, Score), String> {
+fn parse_line(line: &str) -> Result<(Key, Score), ScoreLineError> {
     let f: Vec<&str> = line.split('\t').collect();
     if f.len() != 5 {
-        return Err(format!("{} fields, expected 5", f.len()));
+        return Err(ScoreLineError::Fields(f.len()));
     }
     if f[0].is_empty() || f[1].is_empty() {
-        return Err("empty waypoint or prefix".into());
+        return Err(ScoreLineError::EmptyKey);
     }
-    let num = |s: &str, what: &str| -> Result<f64, String> {
-        match s.parse::<f64>() {
-            Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-            _ => Err(format!("{what} '{s}' is not a non-negative number")),
-        }
+    let num = |s: &str, what: &'static str| match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(ScoreLineError::NotANumber {
+            what,
+            text: s.to_owned(),
+        }),
     };
     let weight = num(f[2], "weight")?;
     let sum = num(f[3], "sum")?;
     if sum > weight + 1e-6 {
-        return Err(format!("sum {sum} exceeds weight {weight}"));
+        return Err(ScoreLineError::SumOverWeight { sum, weight });
     }
     let count = f[4]
         .parse::<u64>()
-        .map_err(|_| format!("count '{}' is not an integer", f[4]))?;
+        .map_err(|source| ScoreLineError::Count {
+            text: f[4].to_owned(),
+            source,
+        })?;
     Ok((
         (f[0].to_owned(), f[1].to_owned()),
         Score { weight, sum, count },

@@ -15,11 +15,15 @@ pub(super) enum Gateway {
     Pmp(SocketAddr),
 }
 
-/// Why a mapping call failed.
-pub(super) enum MapError {
+/// Why a mapping call failed (the text `igd-next` or the NAT-PMP reader
+/// gave, at most 200 characters).
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
     /// The gateway answered no (this port).
+    #[error("{0}")]
     Refused(String),
     /// No answer or a broken one (the gateway, not the port).
+    #[error("{0}")]
     Gone(String),
 }
 
@@ -40,20 +44,12 @@ impl MapError {
     }
 }
 
-impl std::fmt::Display for MapError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (MapError::Refused(m) | MapError::Gone(m)) = self;
-        f.write_str(m)
-    }
-}
-
 impl Gateway {
     /// UPnP (SSDP, or `url`); without an answer and without `url`, NAT-PMP
     /// at the default gateway.
-    pub(super) fn find(url: Option<&Url>) -> Result<Gateway, String> {
+    pub(super) fn find(url: Option<&Url>) -> Result<Gateway, TraversalError> {
         let upnp = find_gateway(url).and_then(|service| {
-            let me = local_ip_towards(&service.control)
-                .map_err(|e| format!("the address towards the gateway: {e}"))?;
+            let me = local_ip_towards(&service.control).map_err(TraversalError::LocalAddress)?;
             Ok(Gateway::Upnp { service, me })
         });
         match upnp {
@@ -61,13 +57,14 @@ impl Gateway {
             Err(e) if url.is_some() => Err(e),
             Err(e) => {
                 let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-                let Some(gw) = natpmp::default_gateway(&route) else {
-                    return Err(format!("{e}; no default gateway for NAT-PMP"));
+                let upnp = Box::new(e);
+                let Some(gateway) = natpmp::default_gateway(&route) else {
+                    return Err(TraversalError::NoPmpGateway { upnp });
                 };
-                let g = Gateway::Pmp(SocketAddr::from((gw, natpmp::PORT)));
+                let g = Gateway::Pmp(SocketAddr::from((gateway, natpmp::PORT)));
                 match g.external_ip() {
                     Ok(_) => Ok(g),
-                    Err(p) => Err(format!("{e}; NAT-PMP at {gw}: {p}")),
+                    Err(pmp) => Err(TraversalError::PmpFailed { upnp, gateway, pmp }),
                 }
             }
         }
@@ -164,10 +161,13 @@ pub(super) fn pcp_lifetime(lease_s: u32) -> u32 {
 }
 
 /// Why a PCP exchange failed.
-pub(super) enum PcpFailure {
+#[derive(Debug, thiserror::Error)]
+pub enum PcpFailure {
     /// The server answered no (this port).
+    #[error("{0}")]
     Refused(String),
     /// No answer, or not a PCP server.
+    #[error("{0}")]
     Gone(String),
 }
 
@@ -177,13 +177,6 @@ impl From<pcp::PcpError> for PcpFailure {
             pcp::PcpError::Refused(..) => PcpFailure::Refused(e.to_string()),
             e => PcpFailure::Gone(e.to_string()),
         }
-    }
-}
-
-impl std::fmt::Display for PcpFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (PcpFailure::Refused(m) | PcpFailure::Gone(m)) = self;
-        f.write_str(m)
     }
 }
 
@@ -321,40 +314,36 @@ pub(super) fn short(e: &dyn std::fmt::Display) -> String {
 /// without following redirects; its control URL must be on the host the
 /// description came from (the URL SOAP calls go to, which follow no
 /// redirects either).
-pub(super) fn find_gateway(url: Option<&Url>) -> Result<upnp::Service, String> {
+pub(super) fn find_gateway(url: Option<&Url>) -> Result<upnp::Service, TraversalError> {
     let location = match url {
         Some(u) => u.clone(),
         None => {
             let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-            let gw = natpmp::default_gateway(&route)
-                .ok_or("UPnP discovery: no IPv4 default gateway (only it may answer the search)")?;
-            discover(gw).map_err(|e| format!("UPnP discovery: {e}"))?
+            let gw = natpmp::default_gateway(&route).ok_or(TraversalError::NoDefaultGateway)?;
+            discover(gw)?
         }
     };
     let limits = http::Limits {
         timeout: GATEWAY_TIMEOUT,
         max_body: upnp::MAX_DESCRIPTION,
     };
-    let r = http::get_only(&location, &[], limits).map_err(|e| format!("UPnP description: {e}"))?;
+    let r = http::get_only(&location, &[], limits).map_err(TraversalError::Description)?;
     if r.status != 200 {
-        let redirect = match &r.location {
-            Some(to) if (300..400).contains(&r.status) => {
-                format!(" (a redirect to {}: not followed)", to.escape_debug())
-            }
-            _ => String::new(),
-        };
-        return Err(format!(
-            "UPnP description {location}: HTTP status {}{redirect}",
-            r.status
-        ));
+        let redirect = r.location.filter(|_| (300..400).contains(&r.status));
+        return Err(TraversalError::DescriptionStatus {
+            location,
+            status: r.status,
+            redirect,
+        });
     }
     let xml = String::from_utf8_lossy(&r.body);
-    let s = upnp::parse_description(&xml, &location).map_err(|e| format!("{location}: {e}"))?;
+    let s = match upnp::parse_description(&xml, &location) {
+        Ok(s) => s,
+        Err(source) => return Err(TraversalError::BadDescription { location, source }),
+    };
     if !same_host(&s.control, &location) {
-        return Err(format!(
-            "{location}: the control URL {} is on another host",
-            s.control
-        ));
+        let control = s.control;
+        return Err(TraversalError::ForeignControl { location, control });
     }
     Ok(s)
 }
@@ -362,21 +351,21 @@ pub(super) fn find_gateway(url: Option<&Url>) -> Result<upnp::Service, String> {
 /// Searches for IGDs; only an answer from the default gateway `gateway`,
 /// whose description is on that gateway, is taken: another LAN host must not
 /// steer the router's requests (and its port mappings) elsewhere.
-pub(super) fn discover(gateway: Ipv4Addr) -> Result<Url, String> {
-    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+pub(super) fn discover(gateway: Ipv4Addr) -> Result<Url, TraversalError> {
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(TraversalError::DiscoverySocket)?;
     let _ = sock.set_multicast_ttl_v4(2);
     let group = SocketAddr::from((Ipv4Addr::new(239, 255, 255, 250), 1900));
     for target in upnp::SEARCH_TARGETS {
         sock.send_to(upnp::msearch(target).as_bytes(), group)
-            .map_err(|e| format!("sending the search: {e}"))?;
+            .map_err(TraversalError::DiscoverySend)?;
     }
     let deadline = Instant::now() + SSDP_WAIT;
     let mut buf = [0u8; 2048];
-    let mut last = format!("the default gateway {gateway} did not answer");
+    let mut last = TraversalError::GatewaySilent(gateway);
     let mut foreign = false;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .map_err(|e| e.to_string())?;
+            .map_err(TraversalError::DiscoverySocket)?;
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => match ssdp_location(&buf[..n], from, gateway) {
                 Ok(u) => return Ok(u),
@@ -388,7 +377,7 @@ pub(super) fn discover(gateway: Ipv4Addr) -> Result<Url, String> {
                         foreign = true;
                     }
                 }
-                Err(Ssdp::Bad(e)) => last = format!("{from}: {e}"),
+                Err(Ssdp::Bad(why)) => last = TraversalError::BadSsdp { from, why },
             },
             Err(e)
                 if matches!(
@@ -398,7 +387,7 @@ pub(super) fn discover(gateway: Ipv4Addr) -> Result<Url, String> {
             {
                 break
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(TraversalError::DiscoverySocket(e)),
         }
     }
     Err(last)
@@ -461,12 +450,12 @@ pub(super) fn local_ip_towards(url: &Url) -> io::Result<Ipv4Addr> {
 pub(super) fn ask_stun(
     sock: &UdpSocket,
     server: &str,
-) -> Result<(SocketAddr, Option<IpAddr>), String> {
+) -> Result<(SocketAddr, Option<IpAddr>), StunFailure> {
     let addr = server
         .to_socket_addrs()
-        .map_err(|e| e.to_string())?
+        .map_err(StunFailure::Resolve)?
         .find(SocketAddr::is_ipv4)
-        .ok_or("no IPv4 address")?;
+        .ok_or(StunFailure::NoIpv4)?;
     let local = UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| s.connect(addr).and_then(|()| s.local_addr()))
         .ok()
@@ -474,12 +463,12 @@ pub(super) fn ask_stun(
     let mut tid = [0u8; 12];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut tid))
-        .map_err(|e| format!("/dev/urandom: {e}"))?;
+        .map_err(StunFailure::Random)?;
     let req = stun::request(tid);
     let mut buf = [0u8; stun::MAX_MESSAGE];
-    let mut last = "no answer".to_owned();
+    let mut last = None;
     for wait in STUN_TRIES {
-        sock.send_to(&req, addr).map_err(|e| e.to_string())?;
+        sock.send_to(&req, addr).map_err(StunFailure::Send)?;
         let deadline = Instant::now() + wait;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let _ = sock.set_read_timeout(Some(left.max(Duration::from_millis(1))));
@@ -487,12 +476,15 @@ pub(super) fn ask_stun(
                 Ok((n, from)) if from == addr => match stun::parse_response(&buf[..n], &tid) {
                     Ok(seen) => return Ok((seen, local)),
                     Err(stun::StunError::OtherTransaction) => {}
-                    Err(e) => last = e.to_string(),
+                    Err(e) => last = Some(e),
                 },
                 Ok(_) => {}
                 Err(_) => break,
             }
         }
     }
-    Err(format!("{last} after {} tries", STUN_TRIES.len()))
+    Err(StunFailure::NoAnswer {
+        last,
+        tries: STUN_TRIES.len(),
+    })
 }

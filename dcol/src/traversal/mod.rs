@@ -26,6 +26,7 @@
 //! `igd-next`'s [`igd_next::Gateway`] is built from what was checked here
 //! ([`soap_gateway`]), and its HTTP client follows no redirects.
 
+mod error;
 mod gateway;
 pub mod natpmp;
 pub mod pcp;
@@ -45,7 +46,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::http::{self, Url};
+pub use error::{StunFailure, TraversalError};
 use gateway::*;
+pub use gateway::{MapError, PcpFailure};
 pub use stun::Mapping;
 pub use upnp::Protocol;
 
@@ -91,7 +94,7 @@ pub struct Settings {
 }
 
 /// The result of one pass.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Outcome {
     /// The address to publish (`None`: not reachable from outside, see `note`).
     pub public: Option<SocketAddr>,
@@ -104,7 +107,7 @@ pub struct Outcome {
     /// Ports mapped on the gateway.
     pub mapped: Vec<(Protocol, u16)>,
     /// Problems of this pass (a port refused, a server silent...).
-    pub errors: Vec<String>,
+    pub errors: Vec<TraversalError>,
     /// The addresses STUN servers saw.
     pub stun_seen: Vec<SocketAddr>,
     /// The mapping behaviour found.
@@ -395,11 +398,14 @@ impl Worker {
                                 o.stun_seen.push(seen);
                                 local_ip = local_ip.or(local);
                             }
-                            Err(e) => o.errors.push(format!("STUN {server}: {e}")),
+                            Err(source) => o.errors.push(TraversalError::Stun {
+                                server: server.clone(),
+                                source,
+                            }),
                         }
                     }
                 }
-                Err(e) => o.errors.push(format!("STUN socket: {e}")),
+                Err(e) => o.errors.push(TraversalError::StunSocket(e)),
             }
         }
         if o.stun_seen.is_empty() {
@@ -429,7 +435,7 @@ impl Worker {
     }
 
     /// Finds the gateway (once), asks its external address, maps the ports.
-    fn map_ports(&mut self, o: &mut Outcome, rx: &Receiver<Command>) -> Result<(), String> {
+    fn map_ports(&mut self, o: &mut Outcome, rx: &Receiver<Command>) -> Result<(), TraversalError> {
         let gw = match self.gateway.clone() {
             Some(g) => g,
             None => {
@@ -441,10 +447,13 @@ impl Worker {
             }
         };
         o.gateway = Some(gw.name());
-        o.external_ip = Some(
-            gw.external_ip()
-                .map_err(|e| format!("gateway {}: {e}", gw.name()))?,
-        );
+        let ip = gw
+            .external_ip()
+            .map_err(|source| TraversalError::ExternalIp {
+                gateway: gw.name(),
+                source,
+            });
+        o.external_ip = Some(ip?);
         for (proto, port) in self.settings.ports.clone() {
             if self.stopping(rx) {
                 return Ok(());
@@ -456,13 +465,19 @@ impl Worker {
                         self.mapped.push((proto, port));
                     }
                 }
-                Err(MapError::Refused(e)) => o
-                    .errors
-                    .push(format!("mapping {} {port}: {e}", proto.as_str())),
+                Err(source @ MapError::Refused(_)) => o.errors.push(TraversalError::Mapping {
+                    proto,
+                    port,
+                    source,
+                }),
                 // The gateway is gone: no use trying the other ports.
-                Err(MapError::Gone(e)) => {
+                Err(source @ MapError::Gone(_)) => {
                     self.record();
-                    return Err(format!("mapping {} {port}: {e}", proto.as_str()));
+                    return Err(TraversalError::Mapping {
+                        proto,
+                        port,
+                        source,
+                    });
                 }
             }
         }
@@ -473,17 +488,21 @@ impl Worker {
     /// Opens the IPv6 pinholes with PCP at the IPv6 default router, from
     /// this router's global address (PCP requires the mapping's address to
     /// be the request's source).
-    fn open_pinholes(&mut self, o: &mut Outcome, rx: &Receiver<Command>) -> Result<(), String> {
+    fn open_pinholes(
+        &mut self,
+        o: &mut Outcome,
+        rx: &Receiver<Command>,
+    ) -> Result<(), TraversalError> {
         let (server, me, nonce) = match self.pcp {
             Some(p) => p,
             None => {
-                let me = global_ip6().ok_or("IPv6: no global address on the default route")?;
+                let me = global_ip6().ok_or(TraversalError::NoGlobal6)?;
                 let route = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
                 let (hop, ifname) =
-                    pcp::default_router6(&route).ok_or("IPv6: no default router for PCP")?;
+                    pcp::default_router6(&route).ok_or(TraversalError::NoRouter6)?;
                 let scope = if (hop.segments()[0] & 0xffc0) == 0xfe80 {
                     match crate::sys::rtnl::index_of(&ifname) {
-                        0 => return Err(format!("IPv6: no interface {ifname}")),
+                        0 => return Err(TraversalError::NoInterface(ifname)),
                         i => i,
                     }
                 } else {
@@ -493,7 +512,7 @@ impl Worker {
                 let mut nonce = [0u8; 12];
                 std::fs::File::open("/dev/urandom")
                     .and_then(|mut f| f.read_exact(&mut nonce))
-                    .map_err(|e| format!("/dev/urandom: {e}"))?;
+                    .map_err(TraversalError::Random)?;
                 let p = (server, me, nonce);
                 self.pcp = Some(p);
                 self.found.store(true, Ordering::SeqCst);
@@ -518,12 +537,14 @@ impl Worker {
                         self.pinholed.push((proto, port));
                     }
                 }
-                Err(PcpFailure::Refused(e)) => o
-                    .errors
-                    .push(format!("IPv6 pinhole {} {port}: {e}", proto.as_str())),
-                Err(PcpFailure::Gone(e)) => {
+                Err(source @ PcpFailure::Refused(_)) => o.errors.push(TraversalError::Pinhole {
+                    proto,
+                    port,
+                    source,
+                }),
+                Err(source @ PcpFailure::Gone(_)) => {
                     self.record();
-                    return Err(format!("IPv6 pinholes with PCP at {server}: {e}"));
+                    return Err(TraversalError::PcpGone { server, source });
                 }
             }
         }

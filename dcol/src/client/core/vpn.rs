@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, Client, Detour, DetourState, Gate, RATE_LIMITED_HOLDDOWN, REQUEST_ATTEMPTS,
-    USED_UP_HOLDDOWN,
+    Action, Client, DatagramError, Detour, DetourState, Gate, RATE_LIMITED_HOLDDOWN,
+    REQUEST_ATTEMPTS, USED_UP_HOLDDOWN,
 };
 use crate::mptcp::AddrId;
 use crate::proto::{Nonce, Outcome, RefusalReason, RequestKind, Response};
@@ -261,21 +261,19 @@ impl Client {
         wall_ms: u64,
         from: SocketAddr,
         resp: Response,
-    ) -> Result<Vec<Action>, String> {
+    ) -> Result<Vec<Action>, DatagramError> {
         let p = &self.vpn_pending[&resp.body.nonce];
         if p.to != from {
-            return Err(format!("{from}: response for a request sent to {}", p.to));
+            return Err(DatagramError::WrongSender { from, to: p.to });
         }
         resp.verify(&self.root, &self.revocations, wall_ms / 1000)
-            .map_err(|e| format!("{from}: waypoint certificate or signature: {e}"))?;
+            .map_err(|source| DatagramError::Untrusted { from, source })?;
         let peer = p.peer;
         if resp.cert.name != self.peers[peer].spec.name
             || !resp.cert.roles.contains(Roles::WAYPOINT)
         {
-            return Err(format!(
-                "{from}: answered as '{}', not the configured waypoint",
-                resp.cert.name
-            ));
+            let name = resp.cert.name.clone();
+            return Err(DatagramError::NotTheVpnWaypoint { from, name });
         }
         let p = self
             .vpn_pending
