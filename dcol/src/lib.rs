@@ -23,4 +23,5 @@ pub mod sys;
 mod testutil;
 pub mod traversal;
 pub mod trust;
+pub mod types;
 pub mod waypoint;

@@ -25,7 +25,7 @@ use super::membership::directory_only;
 use super::plan::ClientChange;
 use super::{io_err, wall_ms, DaemonError, LogLimit};
 use crate::client::{self, Action, Client, PeerSpec};
-use crate::config::{Config, DetourPolicy, TunnelKind};
+use crate::config::Config;
 use crate::control::Status;
 use crate::mptcp::PmEvent;
 use crate::proxy::Gate;
@@ -35,6 +35,7 @@ use crate::sys::os;
 use crate::sys::relay::RelayEvent;
 use crate::sys::sysctl;
 use crate::trust::{self, MemberId, Revocations};
+use crate::types::{DetourPolicy, TunnelKind};
 
 mod status;
 mod vpn;

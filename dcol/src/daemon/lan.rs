@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 
 use super::driver::{earliest, Ctx, Driver, Event, Outbox, Role};
 use super::DaemonError;
-use crate::config::{Config, DetourPolicy};
+use crate::config::Config;
 use crate::control::{self, Status};
 use crate::proxy::admission::{Action as AdmissionAction, Admission, Full};
 use crate::sys::lan::{self, InterceptSpec, LanIntercept, RulesetWatch};
 use crate::sys::relay::{Relay, RelaySettings};
 use crate::sys::SysError;
+use crate::types::DetourPolicy;
 
 /// Name of the interception table (`inet dcol_lan`).
 pub const LAN_TABLE: &str = "dcol_lan";

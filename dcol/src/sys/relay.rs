@@ -41,10 +41,10 @@ use std::time::{Duration, Instant};
 use super::sock::{self, ev, Epoll};
 use super::SysError;
 use crate::client::fallback::FallbackCache;
-use crate::config::{Cidr, DetourPolicy};
 use crate::proxy::limits::{destination_refused, source_key, Capacity};
 use crate::proxy::tls::TlsWatch;
 use crate::proxy::{Counters, Gate};
+use crate::types::{Cidr, DetourPolicy};
 
 /// Most bytes one connection moves per turn before others get theirs.
 const TURN_BUDGET: usize = 512 * 1024;
