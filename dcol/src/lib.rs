@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod directory;
 pub mod http;
+pub mod loglimit;
 pub mod member;
 pub mod mptcp;
 pub mod proto;

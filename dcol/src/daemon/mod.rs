@@ -23,7 +23,7 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::control::{self, ControlServer, Status};
@@ -99,48 +99,6 @@ pub fn wall_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// At most `per_sec` log lines per second for one noisy source; the rest are
-/// counted and summarized, so a flood of garbage cannot fill the router's log.
-#[derive(Debug)]
-pub(crate) struct LogLimit {
-    per_sec: u32,
-    window: Instant,
-    used: u32,
-    dropped: u64,
-}
-
-impl LogLimit {
-    pub(crate) fn new(per_sec: u32) -> Self {
-        LogLimit {
-            per_sec,
-            window: Instant::now(),
-            used: 0,
-            dropped: 0,
-        }
-    }
-
-    pub(crate) fn allow(&mut self, now: Instant) -> bool {
-        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
-            if self.dropped > 0 {
-                log::warn!(
-                    "{} more refusals not logged in the last second",
-                    self.dropped
-                );
-            }
-            self.window = now;
-            self.used = 0;
-            self.dropped = 0;
-        }
-        if self.used < self.per_sec {
-            self.used += 1;
-            true
-        } else {
-            self.dropped = self.dropped.wrapping_add(1);
-            false
-        }
-    }
 }
 
 /// The drivers, in the order the loop calls them (and they fill in the

@@ -344,7 +344,7 @@ impl RecvBatch {
                 sock.as_raw_fd(),
                 hdrs.as_mut_ptr(),
                 n as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT as _, // c_int on glibc, c_uint on musl
                 std::ptr::null_mut(),
             )
         };
