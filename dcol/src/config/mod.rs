@@ -9,8 +9,9 @@
 //! (`shipped_tests.rs`): an option missing from one of them, or with another
 //! datatype, range or default there, fails `cargo test`.
 //!
-//! **Adding an option**: a field in the typed struct below, one line in
-//! [`options::OPTIONS`], e.g.
+//! **Adding an option**: a field in the typed struct below (for `peer` and
+//! `main` also in `PeerConfig::empty` / `MainConfig::default`; the
+//! compiler asks), one line in [`options::OPTIONS`], e.g.
 //!
 //! ```text
 //! opt(PEER, "convert", Some("0"), Kind::Bool(Set(|d, v| d.peer.convert = v))),
@@ -319,7 +320,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             continue;
         };
         present.push(section);
-        d.peer = PeerDraft::default();
+        d.peer = PeerConfig::empty();
         let mut seen = Vec::new();
         for it in &sec.items {
             d.item(section, it, &mut seen)?;
@@ -342,16 +343,20 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
 struct Draft {
     file: PathBuf,
     cfg: Config,
-    /// The current `peer` section.
-    peer: PeerDraft,
+    /// The current `peer` section (its required options checked at its end).
+    peer: PeerConfig,
 }
 
-/// A `peer` section being read.
-#[derive(Default)]
-struct PeerDraft {
-    name: Option<String>,
-    address: Option<SocketAddr>,
-    tunnel: TunnelKind,
+impl PeerConfig {
+    /// No name, no address ([`parse`] requires both), default-less fields
+    /// empty: what a `peer` section starts from.
+    fn empty() -> PeerConfig {
+        PeerConfig {
+            name: String::new(),
+            address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            tunnel: TunnelKind::Nat,
+        }
+    }
 }
 
 impl Draft {
@@ -367,7 +372,7 @@ impl Draft {
                 directory: DirectoryConfig::default(),
                 warnings: Vec::new(),
             },
-            peer: PeerDraft::default(),
+            peer: PeerConfig::empty(),
         }
     }
 
@@ -421,15 +426,8 @@ impl Draft {
             }
             self.default(o);
         }
-        let p = std::mem::take(&mut self.peer);
-        if let (Some(name), Some(address)) = (p.name, p.address) {
-            let tunnel = p.tunnel;
-            self.cfg.peers.push(PeerConfig {
-                name,
-                address,
-                tunnel,
-            });
-        }
+        let p = std::mem::replace(&mut self.peer, PeerConfig::empty());
+        self.cfg.peers.push(p);
         Ok(())
     }
 

@@ -199,8 +199,8 @@ pub static OPTIONS: &[UciOption] = &[
     opt(WAYPOINT, "upnp_url", None, Kind::Url(Set(|d, v| d.cfg.waypoint.upnp_url = Some(v)))),
     opt(WAYPOINT, "upnp_lease_s", Some("3600"), Kind::ZeroOr { zero: "permanent", min: 10, max: 604_800, set: Set(|d, v| d.cfg.waypoint.upnp_lease_s = v) }),
 
-    required(PEER, "name", Kind::MemberName(Set(|d, v| d.peer.name = Some(v)))),
-    required(PEER, "address", Kind::Socket(Set(|d, v| d.peer.address = Some(v)))),
+    required(PEER, "name", Kind::MemberName(Set(|d, v| d.peer.name = v))),
+    required(PEER, "address", Kind::Socket(Set(|d, v| d.peer.address = v))),
     opt(PEER, "tunnel", Some("nat"), Kind::Tunnel(Set(|d, v| d.peer.tunnel = v))),
 ];
 
