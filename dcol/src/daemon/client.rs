@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -521,10 +521,10 @@ impl ClientDriver {
 }
 
 impl Driver for ClientDriver {
-    fn fds(&self, out: &mut Vec<RawFd>) {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.push(self.events.fd());
-        out.push(self.sock4.as_raw_fd());
-        out.extend(self.sock6.as_ref().map(|s| s.as_raw_fd()));
+        out.push(self.sock4.as_fd());
+        out.extend(self.sock6.as_ref().map(|s| s.as_fd()));
     }
 
     fn deadline(&self, now: Instant) -> Option<Instant> {
@@ -537,7 +537,7 @@ impl Driver for ClientDriver {
 
     fn on_ready(&mut self, fd: RawFd, now: Instant, _out: &mut Outbox) {
         let wall = wall_ms();
-        if fd == self.events.fd() {
+        if fd == self.events.fd().as_raw_fd() {
             self.read_events(now, wall);
         } else {
             let v6 = self.sock6.as_ref().is_some_and(|s| s.as_raw_fd() == fd);

@@ -21,7 +21,7 @@
 //! recorded in the state directory are restored.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -236,15 +236,23 @@ impl Daemon {
             let now = Instant::now();
             fds.clear();
             owners.clear();
-            let mut deadline = None;
-            for (i, d) in self.drivers().into_iter().enumerate() {
-                let Some(d) = d else { continue };
-                d.fds(&mut fds);
-                owners.resize(fds.len(), i);
-                deadline = earliest(deadline, d.deadline(now));
-            }
-            let timeout = deadline.map(|d| d.saturating_duration_since(now));
-            let ready = os::poll_readable(&fds, timeout).map_err(io_err("poll"))?;
+            let ready = {
+                // Borrowed from the drivers while polling; then only their
+                // numbers, to tell each driver which of its own are ready.
+                let mut polled: Vec<BorrowedFd<'_>> = Vec::new();
+                let mut deadline = None;
+                for (i, d) in self.drivers().into_iter().enumerate() {
+                    let Some(d) = d else { continue };
+                    let d: &dyn Driver = d;
+                    d.fds(&mut polled);
+                    owners.resize(polled.len(), i);
+                    deadline = earliest(deadline, d.deadline(now));
+                }
+                let timeout = deadline.map(|d| d.saturating_duration_since(now));
+                let ready = os::poll_readable(&polled, timeout).map_err(io_err("poll"))?;
+                fds.extend(polled.iter().map(AsRawFd::as_raw_fd));
+                ready
+            };
             let generation = self.generation;
             for i in 0..DRIVERS {
                 let out = self.dispatch(i, &fds, &owners, &ready);

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::driver::{Ctx, Driver, Event, Outbox, Role};
@@ -421,8 +421,8 @@ impl WaypointDriver {
 }
 
 impl Driver for WaypointDriver {
-    fn fds(&self, out: &mut Vec<RawFd>) {
-        out.extend(self.sockets.iter().map(|s| s.as_raw_fd()));
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
+        out.extend(self.sockets.iter().map(|s| s.as_fd()));
     }
 
     fn deadline(&self, _now: Instant) -> Option<Instant> {

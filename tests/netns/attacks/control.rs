@@ -95,6 +95,10 @@ fn timed_status(socket: &Path) -> (Result<serde_json::Value, String>, Duration) 
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn stuck_control_clients_do_not_hold_the_daemon() {
     if !need_root() {
         return;
