@@ -211,6 +211,19 @@ impl DetourPolicy {
     }
 }
 
+/// Whether proxied LAN connections to servers without MPTCP go through a
+/// converter member (`option convert` in the client section, issue 17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvertMode {
+    /// `off` (default): a converter sees destinations and TLS server names,
+    /// so using one is the owner's choice.
+    Off,
+    /// `auto`: servers known not to speak MPTCP are reached through a
+    /// converter peer (`option convert '1'` in its peer section, or the
+    /// directory's converters), falling back to plain TCP.
+    Auto,
+}
+
 /// `config dcol 'main'`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MainConfig {
@@ -287,6 +300,11 @@ pub struct ClientConfig {
     pub sample_interval_ms: u32,
     /// A new detour's probation before it is kept, demoted or dropped, ms.
     pub probation_ms: u32,
+    /// Converters for servers without MPTCP (`option convert`).
+    pub convert: ConvertMode,
+    /// TCP Fast Open on the connection to a converter, so the Convert
+    /// message rides in the SYN (`option convert_fastopen`).
+    pub convert_fastopen: bool,
 }
 
 /// `config waypoint 'waypoint'`.
@@ -345,6 +363,17 @@ pub struct WaypointConfig {
     pub upnp_url: Option<crate::http::Url>,
     /// Lease of each UPnP mapping, s (`option upnp_lease_s`; 0: permanent).
     pub upnp_lease_s: u32,
+    /// Convert MPTCP connections of members to plain TCP (RFC 8803;
+    /// `option convert`).
+    pub convert: bool,
+    /// The converter's TCP port (`option convert_port`; default 7447, the
+    /// signaling port's number, which the directory publishes).
+    pub convert_port: u16,
+    /// Conversions one member may hold at once (`option convert_max_per_member`).
+    pub convert_max_per_member: u32,
+    /// Connections to the converter one source (IPv4 address, IPv6 /64)
+    /// may hold at once (`option convert_max_per_source`).
+    pub convert_max_per_source: u32,
 }
 
 /// Most NAT tunnel ports mapped on a UPnP gateway (one mapping each).
@@ -401,6 +430,9 @@ pub struct PeerConfig {
     pub address: SocketAddr,
     /// Tunnel type.
     pub tunnel: TunnelKind,
+    /// The peer converts (`option convert '1'`): its converter listens on
+    /// TCP at the signaling address's port.
+    pub convert: bool,
 }
 
 /// The whole configuration.
@@ -456,6 +488,8 @@ impl Default for Config {
                 vpn_table: 7400,
                 sample_interval_ms: 250,
                 probation_ms: 2000,
+                convert: ConvertMode::Off,
+                convert_fastopen: true,
             },
             waypoint: WaypointConfig {
                 enabled: false,
@@ -481,6 +515,10 @@ impl Default for Config {
                 upnp: true,
                 upnp_url: None,
                 upnp_lease_s: 3600,
+                convert: false,
+                convert_port: 7447,
+                convert_max_per_member: 256,
+                convert_max_per_source: 256,
             },
             peers: Vec::new(),
             directory: DirectoryConfig {
@@ -749,6 +787,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         "proxy_idle_timeout_s" => {
                             c.proxy_idle_timeout_s = p.value(it, |v| range(v, 1, 86_400 * 7))?
                         }
+                        "convert" => c.convert = p.value(it, parse_convert)?,
+                        "convert_fastopen" => c.convert_fastopen = p.value(it, parse_bool)?,
                         _ => p.unknown(it),
                     }
                 }
@@ -826,6 +866,17 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                         "advertise" => w.advertise.push(p.list_value(it, parse_advertise)?),
                         "stun_server" => w.stun_servers.push(p.list_value(it, parse_hostport)?),
                         "upnp" => w.upnp = p.value(it, parse_bool)?,
+                        "convert" => w.convert = p.value(it, parse_bool)?,
+                        "convert_port" => {
+                            w.convert_port =
+                                p.value(it, |v| range(v, 1, 65535).map(|x| x as u16))?
+                        }
+                        "convert_max_per_member" => {
+                            w.convert_max_per_member = p.value(it, |v| range(v, 1, 65_536))?
+                        }
+                        "convert_max_per_source" => {
+                            w.convert_max_per_source = p.value(it, |v| range(v, 1, 65_536))?
+                        }
                         "upnp_url" => w.upnp_url = Some(p.value(it, parse_url)?),
                         "upnp_lease_s" => {
                             w.upnp_lease_s = p.value(it, |v| {
@@ -851,11 +902,13 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             }
             "peer" => {
                 let (mut name, mut address, mut tunnel) = (None, None, TunnelKind::Nat);
+                let mut convert = false;
                 for it in &sec.items {
                     match it.name.as_str() {
                         "name" => name = Some(p.value(it, parse_name)?),
                         "address" => address = Some(p.value(it, parse_socket)?),
                         "tunnel" => tunnel = p.value(it, parse_tunnel)?,
+                        "convert" => convert = p.value(it, parse_bool)?,
                         _ => p.unknown(it),
                     }
                 }
@@ -869,6 +922,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
                     name: name.ok_or_else(|| missing("name"))?,
                     address: address.ok_or_else(|| missing("address"))?,
                     tunnel,
+                    convert,
                 });
             }
             other => cfg.warnings.push(format!(
@@ -882,6 +936,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     }
     if cfg.client.lan_interfaces.is_empty() {
         cfg.client.lan_interfaces.push("br-lan".into());
+    }
+    let (c, w) = (&cfg.client, &cfg.waypoint);
+    if c.enabled && c.lan_proxy && w.enabled && w.convert && c.proxy_port == w.convert_port {
+        return Err(ConfigError {
+            file: file.to_owned(),
+            line: 0,
+            option: Some("convert_port".into()),
+            message: format!(
+                "the converter and the LAN proxy (proxy_port) both want TCP port {}",
+                w.convert_port
+            ),
+        });
     }
     if !seen_main {
         cfg.warnings.push(format!(
@@ -1131,6 +1197,14 @@ fn parse_gb(v: &str) -> Result<u64, String> {
     Ok(i * 1_000_000_000 + f)
 }
 
+fn parse_convert(v: &str) -> Result<ConvertMode, String> {
+    match v {
+        "off" | "0" => Ok(ConvertMode::Off),
+        "auto" => Ok(ConvertMode::Auto),
+        _ => Err(format!("expected 'off' or 'auto', got '{}'", show(v))),
+    }
+}
+
 fn parse_policy(v: &str) -> Result<DetourPolicy, String> {
     match v {
         "tls-after-handshake" => Ok(DetourPolicy::TlsAfterHandshake),
@@ -1240,6 +1314,24 @@ config peer
         assert_eq!(c.peers[0].address, "203.0.113.5:7447".parse().unwrap());
         assert_eq!(c.peers[0].tunnel, TunnelKind::Nat);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn convert_options() {
+        let c = p("config dcol 'main'\nconfig client 'client'\n\toption convert 'auto'\n\toption convert_fastopen '0'\nconfig waypoint 'waypoint'\n\toption convert '1'\n\toption convert_port '7448'\n\toption convert_max_per_source '8'\nconfig peer\n\toption name 'carol'\n\toption address '203.0.113.5:7447'\n\toption convert '1'\n").unwrap();
+        assert_eq!(c.client.convert, ConvertMode::Auto);
+        assert!(!c.client.convert_fastopen);
+        assert!(c.waypoint.convert);
+        assert_eq!(c.waypoint.convert_port, 7448);
+        assert_eq!(c.waypoint.convert_max_per_source, 8);
+        assert!(c.peers[0].convert);
+        let d = Config::default();
+        assert_eq!(d.client.convert, ConvertMode::Off);
+        assert_eq!(d.waypoint.convert_port, 7447);
+        let e = p("config client\n\toption convert 'always'\n").unwrap_err();
+        assert!(e.to_string().contains("expected 'off' or 'auto'"), "{e}");
+        let e = p("config client\n\toption lan_proxy '1'\nconfig waypoint\n\toption convert '1'\n\toption convert_port '7448'\n").unwrap_err();
+        assert_eq!(e.option.as_deref(), Some("convert_port"));
     }
 
     #[test]

@@ -219,7 +219,7 @@ impl Converter {
         let n = self.per_source.entry(source).or_insert(0);
         if *n >= self.settings.max_per_source {
             let why = format!(
-                "{} connections open from {} (max_conns_per_source)",
+                "{} connections open from {} (convert_max_per_source)",
                 n,
                 source.addr()
             );
@@ -242,11 +242,16 @@ impl Converter {
             }
         }
         if let Some(m) = member {
-            if let Some(n) = self.per_member.get_mut(&m) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.per_member.remove(&m);
-                }
+            self.close_member(m);
+        }
+    }
+
+    /// A conversion of `member` is over (its source may stay connected).
+    pub fn close_member(&mut self, member: MemberId) {
+        if let Some(n) = self.per_member.get_mut(&member) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_member.remove(&member);
             }
         }
     }

@@ -232,7 +232,7 @@ fn limits_are_per_member_and_per_source() {
     }
     let r = cv.open(peer).unwrap_err();
     assert_eq!(r.code, ErrorCode::RESOURCE_EXCEEDED);
-    assert!(r.why.contains("max_conns_per_source"), "{}", r.why);
+    assert!(r.why.contains("convert_max_per_source"), "{}", r.why);
     // Another source is not affected; the same /64 is one source.
     cv.open("10.0.1.3".parse().unwrap()).unwrap();
     cv.open("2001:db8::1".parse().unwrap()).unwrap();

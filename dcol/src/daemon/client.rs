@@ -138,7 +138,7 @@ fn core(
     Ok((core, tunnels))
 }
 
-fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+pub(super) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }

@@ -325,6 +325,7 @@ mod tests {
             name: "alice".into(),
             address: "203.0.113.5:7447".parse().unwrap(),
             tunnel: crate::config::TunnelKind::Nat,
+            convert: false,
         });
         c
     }

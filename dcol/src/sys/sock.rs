@@ -270,6 +270,71 @@ pub fn connect(dst: SocketAddr, mptcp: bool) -> io::Result<(OwnedFd, bool)> {
     Ok((fd, is_mptcp))
 }
 
+/// A non-blocking MPTCP listener on `addr` (IPv6 listeners are IPv6-only)
+/// with TCP Fast Open for `fastopen` waiting connections (0: without).
+pub fn mptcp_listener(addr: SocketAddr, backlog: i32, fastopen: i32) -> io::Result<OwnedFd> {
+    let fd = socket(family(&addr), libc::IPPROTO_MPTCP)?;
+    setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if addr.is_ipv6() {
+        setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    let (ss, len) = raw_addr(&addr);
+    // SAFETY: ss holds a sockaddr of length len.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })?;
+    if fastopen > 0 {
+        let r = setsockopt_int(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            fastopen,
+        );
+        if let Err(e) = r {
+            log::info!("no TCP Fast Open on the MPTCP listener {addr}: {e}");
+        }
+    }
+    // SAFETY: plain syscall on a descriptor we own.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    Ok(fd)
+}
+
+/// An MPTCP socket to `dst` whose connect waits for the first write, so
+/// that write rides in the SYN where the server gave a TCP Fast Open cookie
+/// before (`TCP_FASTOPEN_CONNECT`; without it, an ordinary non-blocking
+/// connect). Returns the socket and whether Fast Open is on.
+pub fn connect_fastopen(dst: SocketAddr, fastopen: bool) -> io::Result<(OwnedFd, bool)> {
+    let fd = socket(family(&dst), libc::IPPROTO_MPTCP)?;
+    let tfo = fastopen
+        && setsockopt_int(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN_CONNECT,
+            1,
+        )
+        .is_ok();
+    let (ss, len) = raw_addr(&dst);
+    // SAFETY: ss holds a sockaddr of length len.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok((fd, tfo))
+}
+
 /// A blocking TCP connection to `to` from the local address `from` (port
 /// chosen by the kernel): `std` cannot bind before it connects. For tests
 /// that need connections from many addresses of one host.
