@@ -329,3 +329,77 @@ fn bad_input_gets_the_rfc_errors_and_the_converter_keeps_serving() {
         "{st}"
     );
 }
+
+/// One HTTP GET from the LAN host; the body.
+fn curl(cl: &ConvLab, url: &str) -> String {
+    in_ns(&cl.lab.ns(Node::Client), &["curl", "-sSf", "-m", "20", url])
+}
+
+#[test]
+fn a_refusing_or_dead_converter_fails_open() {
+    if !need_root() {
+        return;
+    }
+    let mut cl = ConvLab::new(LinkProfile::core_limited());
+    let dir = cl.lab.scratch.path().join("www");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("hello"), "hello through whatever works\n").expect("write");
+    let www = dir.to_str().expect("utf-8").to_owned();
+    cl.lab.topo.ns(Node::Server).spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+        &www,
+    ]);
+    for _ in 0..100 {
+        let out = cl
+            .lab
+            .topo
+            .ns(Node::Server)
+            .output(&["ss", "-Hltn", "sport = :8080"]);
+        if !out.stdout.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // carol refuses this port (Not Authorized); 'dave' is a converter that
+    // is not there (nothing listens: the connection is refused).
+    cl.start_converter("\tlist deny_port '8080'\n");
+    let dead = "config peer\n\toption name 'dave'\n\toption address '10.0.3.1:7999'\n\toption convert '1'\n";
+    cl.start_router_client(0, "");
+    let cfg = format!(
+        "{}{dead}",
+        std::fs::read_to_string(&cl.lab.cl().config).unwrap()
+    );
+    cl.lab.cl().reload(&cfg);
+    let url = format!("http://{}:8080/hello", cl.server());
+    // The firewall's verdict, then the fallback cache: then converters.
+    for round in 0..5 {
+        let body = curl(&cl, &url);
+        assert_eq!(body, "hello through whatever works\n", "round {round}");
+    }
+    let st = cl.lab.cl().status();
+    let convs = st["client"]["lan_proxy"]["converters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(convs.len(), 2, "{st}");
+    let by = |n: &str| convs.iter().find(|c| c["converter"] == n).cloned().unwrap();
+    let (carol, dave) = (by("carol"), by("dave"));
+    assert_eq!(carol["refused"], 1, "{st}");
+    assert_eq!(dave["failed"], 1, "{st}");
+    assert!(
+        carol["held_down"] == true && dave["held_down"] == true,
+        "{st}"
+    );
+    let log = cl.lab.cl().log_text();
+    assert!(
+        log.contains("through converter carol: refused: Not Authorized (32); going direct"),
+        "{log}"
+    );
+    assert!(log.contains("through converter dave:"), "{log}");
+}
