@@ -118,6 +118,7 @@ fn core(
             name: p.name.clone(),
             address: p.address,
             vpn: p.tunnel == TunnelKind::Vpn,
+            convert: p.convert,
         })
         .collect();
     if peers.is_empty() && cfg.directory.url.is_none() {

@@ -45,6 +45,8 @@ pub(super) struct LanDriver {
     policy: DetourPolicy,
     /// Whether new LAN flows are intercepted now.
     admission: Admission,
+    /// Converters: the configured peers', then the directory's.
+    converter_peers: (Vec<ConverterPeer>, Vec<ConverterPeer>),
 }
 
 fn relay_settings(cfg: &Config) -> RelaySettings {
@@ -152,6 +154,7 @@ impl LanDriver {
             spec,
             policy: c.detour_policy,
             admission: Admission::new(Instant::now(), lan::HEARTBEAT),
+            converter_peers: (converter_peers(cfg), Vec::new()),
         };
         role.intercept = Some(role.start_intercept(wan)?);
         log::info!(
@@ -293,6 +296,20 @@ impl Driver for LanDriver {
                     c.set_public_address(*a);
                 }
             }
+            Event::DirectoryPeers(peers) => {
+                self.converter_peers.1 = peers
+                    .iter()
+                    .filter(|p| p.convert)
+                    .map(|p| ConverterPeer {
+                        name: p.name.clone(),
+                        address: p.address,
+                    })
+                    .collect();
+                if let Some(c) = self.relay.converters_mut() {
+                    let (own, dir) = &self.converter_peers;
+                    c.set_peers(own.iter().chain(dir).cloned().collect());
+                }
+            }
             _ => {}
         }
     }
@@ -327,7 +344,9 @@ impl Role for LanDriver {
         self.relay.set_settings(relay_settings(new));
         match (self.relay.converters_mut(), new.client.convert) {
             (Some(c), ConvertMode::Auto) => {
-                c.set_peers(converter_peers(new));
+                self.converter_peers.0 = converter_peers(new);
+                let (own, dir) = &self.converter_peers;
+                c.set_peers(own.iter().chain(dir).cloned().collect());
                 c.set_identity(Some((ctx.id.cert.clone(), ctx.id.key.clone())));
                 c.fastopen = new.client.convert_fastopen;
             }
