@@ -341,31 +341,7 @@ fn a_refusing_or_dead_converter_fails_open() {
         return;
     }
     let mut cl = ConvLab::new(LinkProfile::core_limited());
-    let dir = cl.lab.scratch.path().join("www");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(dir.join("hello"), "hello through whatever works\n").expect("write");
-    let www = dir.to_str().expect("utf-8").to_owned();
-    cl.lab.topo.ns(Node::Server).spawn(&[
-        "python3",
-        "-m",
-        "http.server",
-        "8080",
-        "--bind",
-        "0.0.0.0",
-        "--directory",
-        &www,
-    ]);
-    for _ in 0..100 {
-        let out = cl
-            .lab
-            .topo
-            .ns(Node::Server)
-            .output(&["ss", "-Hltn", "sport = :8080"]);
-        if !out.stdout.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(30));
-    }
+    cl.start_http_server("hello", "hello through whatever works\n");
     // carol refuses this port (Not Authorized); 'dave' is a converter that
     // is not there (nothing listens: the connection is refused).
     cl.start_converter("\tlist deny_port '8080'\n");

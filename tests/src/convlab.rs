@@ -106,6 +106,37 @@ impl ConvLab {
         self.lab.client = Some(d);
     }
 
+    /// Starts a plain (no MPTCP) HTTP server on the server at port 8080
+    /// serving `name` with `body`; returns once it listens.
+    pub fn start_http_server(&self, name: &str, body: &str) {
+        let dir = self.lab.scratch.path().join("www");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(name), body).expect("write");
+        let www = dir.to_str().expect("utf-8").to_owned();
+        let ns = self.lab.topo.ns(Node::Server);
+        ns.spawn(&[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+            &www,
+        ]);
+        for _ in 0..100 {
+            if !ns
+                .output(&["ss", "-Hltn", "sport = :8080"])
+                .stdout
+                .is_empty()
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+        panic!("the HTTP server does not listen");
+    }
+
     /// The plain server's address.
     pub fn server(&self) -> IpAddr {
         self.lab.topo.addr4(Node::Server).into()

@@ -60,6 +60,13 @@ return view.extend({
 			_('Intercepts the TCP connections of devices on the LAN interfaces below and carries them as MPTCP. The devices need nothing installed.'));
 		o.rmempty = false;
 
+		o = s.option(form.ListValue, 'convert', _('Servers without MPTCP through converters'),
+			_('Connections of LAN devices to servers known not to speak MPTCP go through a member that converts (RFC 8803), with detours toward it. That member sees the destinations and, for TLS, the server names: off unless you trust the converters.'));
+		o.value('off', _('Off (recommended unless you trust the converters)'));
+		o.value('auto', _('Through converter members'));
+		o.default = 'off';
+		o.depends('lan_proxy', '1');
+
 		o = s.option(form.DynamicList, 'lan_interface', _('LAN interfaces'),
 			_('Interfaces whose outgoing TCP is intercepted, e.g. br-lan.'));
 		o.datatype = 'maxlength(15)';
@@ -115,6 +122,16 @@ return view.extend({
 			_('address:port other members use to reach this router, when it cannot be found out (e.g. a manual port forward). Empty: found by UPnP and STUN.'));
 		o.datatype = 'ipaddrport(1)';
 		o.placeholder = '203.0.113.5:7447';
+
+		o = s.option(form.Flag, 'convert', _('Convert for other members'),
+			_('Members\' MPTCP connections to servers without MPTCP are converted here to plain TCP (RFC 8803), under the same destination rules, revocations and donation caps as detours. This router then opens those connections itself: each one is kept in the evidence log.'));
+		o.rmempty = false;
+
+		o = s.option(form.Value, 'convert_port', _('Converter port'),
+			_('TCP port of the converter (the directory publishes it when it is the signaling port).'));
+		o.datatype = 'port';
+		o.placeholder = '7447';
+		o.depends('convert', '1');
 
 		o = s.option(form.Value, 'nat_ports', _('Port range for NAT tunnels'),
 			_('One port per served detour, e.g. 40000-40999 (ports from 1024). Forward them on an upstream gateway if there is one.'));
@@ -177,6 +194,10 @@ return view.extend({
 		o.value('nat', _('NAT (no overhead)'));
 		o.value('vpn', _('VPN (WireGuard)'));
 		o.default = 'nat';
+
+		o = s.option(form.Flag, 'convert', _('Converts'),
+			_('This member converts to plain TCP (RFC 8803) at its address.'));
+		o.editable = true;
 
 		return m.render();
 	}
