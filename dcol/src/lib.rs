@@ -13,6 +13,7 @@ pub mod convert;
 pub mod daemon;
 pub mod directory;
 pub mod http;
+pub mod loglimit;
 pub mod member;
 pub mod mptcp;
 pub mod proto;

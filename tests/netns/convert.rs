@@ -31,6 +31,10 @@ fn wall_ms() -> u64 {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, MPTCP path manager"
+)]
 fn plain_tcp_server_through_a_converter_and_one_detour() {
     if !need_root() {
         return;
@@ -165,6 +169,10 @@ fn error_of(answer: &[u8]) -> Option<ErrorCode> {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, MPTCP path manager"
+)]
 fn bad_input_gets_the_rfc_errors_and_the_converter_keeps_serving() {
     if !need_root() {
         return;
@@ -336,6 +344,10 @@ fn curl(cl: &ConvLab, url: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, MPTCP path manager"
+)]
 fn a_refusing_or_dead_converter_fails_open() {
     if !need_root() {
         return;

@@ -41,6 +41,10 @@ fn wait_log(router: &Router, what: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn init_script_under_procd_as_pid1() {
     if !need_root() {
         return;
@@ -195,6 +199,10 @@ fn table_exists(ns: &Netns, name: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn hand_broken_config_keeps_the_running_daemon() {
     if !need_root() {
         return;

@@ -480,28 +480,9 @@ pub struct ConversionStatus {
     pub age_s: u64,
 }
 
-/// What the LAN proxy sent through one converter (issue 17), in
-/// `client.lan_proxy.converters`: `{ "converter": "carol", "address":
-/// "10.0.5.2:7447", "converted": 5, "active": 1, "refused": 0, "failed": 0,
-/// "held_down": false }`. `refused` counts Error TLV answers, `failed`
-/// connections that broke before an answer; both went direct instead.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ConverterUse {
-    /// The converter's name.
-    pub converter: String,
-    /// Its MPTCP address.
-    pub address: String,
-    /// Connections it converted.
-    pub converted: u64,
-    /// Converted connections open now.
-    pub active: u64,
-    /// Refusals (Error TLV) it answered; those went direct.
-    pub refused: u64,
-    /// Connections that failed before its answer; those went direct.
-    pub failed: u64,
-    /// Not used for now after a refusal or failure.
-    pub held_down: bool,
-}
+/// Per converter, in `client.lan_proxy.converters` (defined with the
+/// LAN proxy's converters, [`crate::proxy::convert`]).
+pub use crate::proxy::convert::ConverterUse;
 
 /// One member's live VPN tunnel on this waypoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -31,7 +31,8 @@
 //!   `max_per_member` conversions: Resource Exceeded (64).
 //!
 //! Connecting to the server can fail later: refused or reset gives
-//! Connection Reset (96), no answer Destination Unreachable (97).
+//! Connection Reset (96), no answer Destination Unreachable (97)
+//! (`sys::convert::connect_error`).
 
 pub mod cookie;
 pub mod wire;
@@ -427,18 +428,6 @@ impl Converter {
         self.seen.insert(key, until);
         self.seen_order.push_back((until, key));
         Ok(())
-    }
-}
-
-/// The RFC 8803 error for a failed connect to the server.
-pub fn connect_error(errno: Option<i32>) -> ErrorCode {
-    match errno {
-        Some(libc::ECONNREFUSED | libc::ECONNRESET) => ErrorCode::CONNECTION_RESET,
-        Some(libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN) => {
-            ErrorCode::DESTINATION_UNREACHABLE
-        }
-        None => ErrorCode::DESTINATION_UNREACHABLE,
-        Some(_) => ErrorCode::NETWORK_FAILURE,
     }
 }
 

@@ -291,20 +291,3 @@ fn a_used_up_donation_and_the_admission_rate_exceed_resources() {
     }
     assert_eq!(exceeded, 51);
 }
-
-#[test]
-fn connect_errors_map_to_rfc_codes() {
-    assert_eq!(
-        connect_error(Some(libc::ECONNREFUSED)),
-        ErrorCode::CONNECTION_RESET
-    );
-    assert_eq!(
-        connect_error(Some(libc::ETIMEDOUT)),
-        ErrorCode::DESTINATION_UNREACHABLE
-    );
-    assert_eq!(connect_error(None), ErrorCode::DESTINATION_UNREACHABLE);
-    assert_eq!(
-        connect_error(Some(libc::ENOBUFS)),
-        ErrorCode::NETWORK_FAILURE
-    );
-}

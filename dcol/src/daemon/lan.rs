@@ -15,7 +15,7 @@
 //! news about the connections it opens go to the client role
 //! ([`Event::Relay`]). The proxy runs only with the client role.
 
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::driver::{earliest, Ctx, Driver, Event, Outbox, Role};
@@ -271,7 +271,7 @@ impl LanDriver {
 }
 
 impl Driver for LanDriver {
-    fn fds(&self, out: &mut Vec<RawFd>) {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.push(self.relay.fd());
         out.extend(self.watch.as_ref().map(RulesetWatch::fd));
     }

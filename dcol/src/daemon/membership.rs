@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -467,7 +467,7 @@ impl MembershipDriver {
 }
 
 impl Driver for MembershipDriver {
-    fn fds(&self, out: &mut Vec<RawFd>) {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.push(self.agent.fd());
     }
 

@@ -21,15 +21,18 @@
 //! - nothing is left in the kernel: dropping it closes every socket.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{OwnedFd, RawFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::EpollFlags;
 
 use super::relay::{splice_one, Dir};
 use super::sock::{self, ev, Epoll};
 use super::SysError;
 use crate::convert::wire::{self, ErrorCode, Message, WireError};
-use crate::convert::{connect_error, Admitted, Converter, Refusal};
+use crate::convert::{Admitted, Converter, Refusal};
 use crate::trust::MemberId;
 
 /// How long a refused connection is drained after the answer.
@@ -137,7 +140,7 @@ struct Conn {
 pub struct ConvertServer {
     settings: ConvertSettings,
     epoll: Epoll,
-    listeners: Vec<OwnedFd>,
+    listeners: Vec<TcpListener>,
     conns: Vec<Option<Conn>>,
     gens: Vec<u32>,
     free: Vec<usize>,
@@ -201,7 +204,7 @@ impl ConvertServer {
     }
 
     /// The descriptor to poll.
-    pub fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.epoll.fd()
     }
 
@@ -361,7 +364,7 @@ impl ConvertServer {
         wall_ms: u64,
         idx: usize,
         server: bool,
-        flags: u32,
+        flags: EpollFlags,
         core: &mut Converter,
     ) {
         let Some(c) = self.conns[idx].as_mut() else {
@@ -369,10 +372,10 @@ impl ConvertServer {
         };
         match &c.phase {
             Phase::Header(_) if !server => self.read_header(now, wall_ms, idx, core),
-            Phase::Connecting(..) if server && flags & (ev::OUT | ev::ERR | ev::HUP) != 0 => {
+            Phase::Connecting(..) if server && flags.intersects(ev::OUT | ev::ERR | ev::HUP) => {
                 self.connected(now, idx, core)
             }
-            Phase::Connecting(..) if !server && flags & (ev::ERR | ev::HUP) != 0 => {
+            Phase::Connecting(..) if !server && flags.intersects(ev::ERR | ev::HUP) => {
                 self.reset(idx, "client gave up", core)
             }
             Phase::Relaying(..) => self.pump(now, idx, core),
@@ -447,7 +450,7 @@ impl ConvertServer {
             Ok(Some(e)) | Err(e) => Some(e),
         };
         if let Some(e) = failed {
-            if e.raw_os_error() == Some(libc::EINPROGRESS) {
+            if e.raw_os_error() == Some(Errno::EINPROGRESS as i32) {
                 c.phase = Phase::Connecting(up, a);
                 return;
             }
@@ -612,6 +615,16 @@ impl ConvertServer {
     }
 }
 
+/// The RFC 8803 error for a failed connect to the server.
+pub fn connect_error(errno: Option<i32>) -> ErrorCode {
+    match errno.map(Errno::from_raw) {
+        Some(Errno::ECONNREFUSED | Errno::ECONNRESET) => ErrorCode::CONNECTION_RESET,
+        Some(Errno::ETIMEDOUT | Errno::EHOSTUNREACH | Errno::ENETUNREACH | Errno::EHOSTDOWN)
+        | None => ErrorCode::DESTINATION_UNREACHABLE,
+        Some(_) => ErrorCode::NETWORK_FAILURE,
+    }
+}
+
 /// A refusal after admission (the member is known).
 fn refusal(code: ErrorCode, why: String, a: &Admitted) -> Refusal {
     Refusal {
@@ -634,5 +647,14 @@ mod tests {
             assert_eq!(untag(t), (idx, gen, server));
         }
         assert_eq!(accepted_message(), [1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn connect_errors_map_to_rfc_codes() {
+        let code = |e: Errno| connect_error(Some(e as i32));
+        assert_eq!(code(Errno::ECONNREFUSED), ErrorCode::CONNECTION_RESET);
+        assert_eq!(code(Errno::ETIMEDOUT), ErrorCode::DESTINATION_UNREACHABLE);
+        assert_eq!(connect_error(None), ErrorCode::DESTINATION_UNREACHABLE);
+        assert_eq!(code(Errno::ENOBUFS), ErrorCode::NETWORK_FAILURE);
     }
 }

@@ -257,6 +257,10 @@ mod tests {
     /// denied port (changed in place, as on a reload); a crashed
     /// run's table is replaced; `destroy` leaves nothing.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_tunnel_traffic_leaves_by_the_wan_only() {
         if !is_root() {
             eprintln!("SKIP: needs root");

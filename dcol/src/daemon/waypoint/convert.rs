@@ -12,7 +12,8 @@ use crate::control;
 use crate::convert::{self, Converter};
 use crate::daemon::driver::Ctx;
 use crate::daemon::identity::Identity;
-use crate::daemon::{wall_ms, DaemonError, LogLimit};
+use crate::daemon::{wall_ms, DaemonError};
+use crate::loglimit::LogLimit;
 use crate::routes::Routes;
 use crate::sys::convert::{ConvertEvent, ConvertServer, ConvertSettings, Timeouts};
 use crate::sys::sysctl::{self, SysctlGuard};
@@ -148,7 +149,7 @@ impl ConvertRole {
         self.core.set_routes(routes.clone());
     }
 
-    pub(super) fn fd(&self) -> std::os::fd::RawFd {
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.server.fd()
     }
 

@@ -16,8 +16,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use super::{Gate, Relay, RelayEvent, Side};
-use crate::control::ConverterUse;
-use crate::proxy::convert::{Answer, Converters, Outcome};
+use crate::proxy::convert::{Answer, ConverterUse, Converters, Outcome};
 use crate::sys::sock::{self, ev};
 
 /// The MPTCP connection to the converter must be up within this ...
