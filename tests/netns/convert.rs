@@ -30,6 +30,35 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The converter's log and evidence name each conversion: member,
+/// destination, and at its end the bytes.
+fn check_evidence(cl: &ConvLab) {
+    let server = cl.server();
+    // Evidence: each conversion, its member, destination and bytes.
+    let log = cl.cv().log_text();
+    assert!(log.contains("converter: bob (10.0.2.1:"), "{log}");
+    let ev = in_ns(
+        &cl.lab.ns(Node::Rs),
+        &[
+            dcol_tests::dcol::dcol_bin().to_str().unwrap(),
+            "waypoint",
+            "log",
+            "--dir",
+            cl.lab
+                .scratch
+                .path()
+                .join("cv-state/evidence")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    assert!(
+        ev.contains(&format!("convert -> {server}:{IPERF_PORT}")),
+        "{ev}"
+    );
+    assert!(ev.contains("end convert"), "{ev}");
+}
+
 #[test]
 #[cfg_attr(
     not(dcol_root),
@@ -87,29 +116,7 @@ fn plain_tcp_server_through_a_converter_and_one_detour() {
         b >= 1.8 * a,
         "{b:.2} Mbit/s through converter + detour is not 1.8x {a:.2}"
     );
-    // Evidence: each conversion, its member, destination and bytes.
-    let log = cl.cv().log_text();
-    assert!(log.contains("converter: bob (10.0.2.1:"), "{log}");
-    let ev = in_ns(
-        &cl.lab.ns(Node::Rs),
-        &[
-            dcol_tests::dcol::dcol_bin().to_str().unwrap(),
-            "waypoint",
-            "log",
-            "--dir",
-            cl.lab
-                .scratch
-                .path()
-                .join("cv-state/evidence")
-                .to_str()
-                .unwrap(),
-        ],
-    );
-    assert!(
-        ev.contains(&format!("convert -> {server}:{IPERF_PORT}")),
-        "{ev}"
-    );
-    assert!(ev.contains("end convert"), "{ev}");
+    check_evidence(&cl);
     // SIGTERM restores the Fast Open sysctl.
     assert!(cl.converter.as_mut().unwrap().terminate().success());
     let after = in_ns(
@@ -168,37 +175,16 @@ fn error_of(answer: &[u8]) -> Option<ErrorCode> {
     wire::parse(answer).ok().and_then(|(m, _)| m.error())
 }
 
-#[test]
-#[cfg_attr(
-    not(dcol_root),
-    ignore = "needs root: network namespaces, nftables, MPTCP path manager"
-)]
-fn bad_input_gets_the_rfc_errors_and_the_converter_keeps_serving() {
-    if !need_root() {
-        return;
-    }
-    let mut cl = ConvLab::new(LinkProfile::core_limited());
-    let _srv = iperf3_server(cl.lab.topo.ns(Node::Server), IPERF_PORT, false);
-    let mallory = cl.lab.collective.admit("mallory", "client", 30);
-    let id = read_certificate(&mallory.cert)
-        .expect("cert")
-        .member
-        .to_string();
-    let other = dcol_tests::dcol::Collective::new(cl.lab.scratch.path(), "other");
-    let outsider = other.admit("bob", "client", 30);
-    cl.start_converter("\toption convert_max_per_source '4'\n");
-    // The revocation is the converter's own list (main section).
-    let cfg = cl
-        .converter_config("\toption convert_max_per_source '4'\n")
-        .replacen(
-            "\toption log_level 'debug'\n",
-            &format!("\toption log_level 'debug'\n\tlist revoked '{id}'\n"),
-            1,
-        );
-    cl.cv().reload(&cfg);
+/// The malformed and unauthorized headers, each with the error it must get
+/// (`close`: half-close after sending).
+fn refusal_cases(
+    cl: &ConvLab,
+    mallory: &Member,
+    outsider: &Member,
+) -> Vec<(&'static str, Vec<u8>, bool, ErrorCode)> {
     let bob = cl.lab.client_member.clone();
     let good: SocketAddr = format!("{}:{IPERF_PORT}", cl.server()).parse().unwrap();
-    let cases: Vec<(&str, Vec<u8>, bool, ErrorCode)> = vec![
+    vec![
         (
             "truncated",
             vec![1, 6, 0, 0, 0x0a],
@@ -234,13 +220,13 @@ fn bad_input_gets_the_rfc_errors_and_the_converter_keeps_serving() {
         ),
         (
             "non-member",
-            header(&outsider, "carol", good, 1),
+            header(outsider, "carol", good, 1),
             false,
             ErrorCode::NOT_AUTHORIZED,
         ),
         (
             "revoked member",
-            header(&mallory, "carol", good, 2),
+            header(mallory, "carol", good, 2),
             false,
             ErrorCode::NOT_AUTHORIZED,
         ),
@@ -261,32 +247,12 @@ fn bad_input_gets_the_rfc_errors_and_the_converter_keeps_serving() {
             false,
             ErrorCode::DESTINATION_UNREACHABLE,
         ),
-    ];
-    for (what, bytes, close, want) in cases {
-        let t0 = Instant::now();
-        let answer = exchange(&cl, bytes, close);
-        eprintln!("{what}: {answer:?} after {:?}", t0.elapsed());
-        assert_eq!(error_of(&answer), Some(want), "{what}: answer {answer:?}");
-    }
-    // A replayed cookie.
-    let once = header(&bob, "carol", good, 5);
-    assert_eq!(
-        exchange(&cl, once.clone(), false),
-        [1, 1, 0, 0],
-        "first use"
-    );
-    assert_eq!(
-        error_of(&exchange(&cl, once, false)),
-        Some(ErrorCode::NOT_AUTHORIZED),
-        "replay"
-    );
-    // A header that never completes: refused after 5 s.
-    let slow = exchange(&cl, vec![1, 6, 0, 0], false);
-    assert_eq!(
-        error_of(&slow),
-        Some(ErrorCode::MALFORMED_MESSAGE),
-        "slow header"
-    );
+    ]
+}
+
+/// Per source: 4 connections, the fifth is refused at once; then every
+/// refusal so far is a log line.
+fn per_source_cap_and_log_lines(cl: &ConvLab) {
     // Per source: 4 connections, the fifth is refused at once.
     let to = ConvLab::converter_addr();
     let fifth = in_netns(cl.lab.topo.ns(Node::Rc), move || {
@@ -327,6 +293,64 @@ fn bad_input_gets_the_rfc_errors_and_the_converter_keeps_serving() {
     ] {
         assert!(log.contains(name), "no '{name}' in the log:\n{log}");
     }
+}
+
+#[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, MPTCP path manager"
+)]
+fn bad_input_gets_the_rfc_errors_and_the_converter_keeps_serving() {
+    if !need_root() {
+        return;
+    }
+    let mut cl = ConvLab::new(LinkProfile::core_limited());
+    let _srv = iperf3_server(cl.lab.topo.ns(Node::Server), IPERF_PORT, false);
+    let mallory = cl.lab.collective.admit("mallory", "client", 30);
+    let id = read_certificate(&mallory.cert)
+        .expect("cert")
+        .member
+        .to_string();
+    let other = dcol_tests::dcol::Collective::new(cl.lab.scratch.path(), "other");
+    let outsider = other.admit("bob", "client", 30);
+    cl.start_converter("\toption convert_max_per_source '4'\n");
+    // The revocation is the converter's own list (main section).
+    let cfg = cl
+        .converter_config("\toption convert_max_per_source '4'\n")
+        .replacen(
+            "\toption log_level 'debug'\n",
+            &format!("\toption log_level 'debug'\n\tlist revoked '{id}'\n"),
+            1,
+        );
+    cl.cv().reload(&cfg);
+    let bob = cl.lab.client_member.clone();
+    let good: SocketAddr = format!("{}:{IPERF_PORT}", cl.server()).parse().unwrap();
+    for (what, bytes, close, want) in refusal_cases(&cl, &mallory, &outsider) {
+        let t0 = Instant::now();
+        let answer = exchange(&cl, bytes, close);
+        eprintln!("{what}: {answer:?} after {:?}", t0.elapsed());
+        assert_eq!(error_of(&answer), Some(want), "{what}: answer {answer:?}");
+    }
+    // A replayed cookie.
+    let once = header(&bob, "carol", good, 5);
+    assert_eq!(
+        exchange(&cl, once.clone(), false),
+        [1, 1, 0, 0],
+        "first use"
+    );
+    assert_eq!(
+        error_of(&exchange(&cl, once, false)),
+        Some(ErrorCode::NOT_AUTHORIZED),
+        "replay"
+    );
+    // A header that never completes: refused after 5 s.
+    let slow = exchange(&cl, vec![1, 6, 0, 0], false);
+    assert_eq!(
+        error_of(&slow),
+        Some(ErrorCode::MALFORMED_MESSAGE),
+        "slow header"
+    );
+    per_source_cap_and_log_lines(&cl);
     assert_eq!(
         exchange(&cl, header(&bob, "carol", good, 6), false),
         [1, 1, 0, 0]

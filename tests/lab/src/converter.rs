@@ -108,6 +108,52 @@ fn client(cl: &mut ConvLab, detours: u8, extra: &str) {
     let _ = iperf3_client(host, cl.server(), MPTCP_PORT, 1, false, false);
 }
 
+/// Time to first byte through the converter with Fast Open and without,
+/// and the Fast Open counters of both routers around the first.
+fn ttfb_converter(cl: &mut ConvLab, m: usize) -> Value {
+    // Time to first byte through the converter, with and without Fast Open.
+    client(cl, 0, "");
+    let tfo_before = (tfo_counters(cl, Node::Rc), tfo_counters(cl, Node::Rs));
+    let ttfb_tfo = ttfb(cl, m);
+    let tfo_after = (tfo_counters(cl, Node::Rc), tfo_counters(cl, Node::Rs));
+    client(cl, 0, "\toption convert_fastopen '0'\n");
+    let ttfb_no_tfo = ttfb(cl, m);
+    json!({
+        "converter_with_fastopen": { "median": median(&ttfb_tfo), "all": ttfb_tfo },
+        "converter_without_fastopen": { "median": median(&ttfb_no_tfo), "all": ttfb_no_tfo },
+        "fastopen_counters": { "rc_before": tfo_before.0, "rc_after": tfo_after.0, "rs_before": tfo_before.1, "rs_after": tfo_after.1 },
+    })
+}
+
+/// The uploads of every case (DCol off first, with the direct time to
+/// first byte), starting the waypoint and the converter after it.
+fn upload_rows(
+    cl: &mut ConvLab,
+    secs: u32,
+    n: usize,
+    m: usize,
+) -> (Vec<(String, Vec<f64>)>, Vec<f64>) {
+    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    rows.push((
+        "plain TCP (DCol off)".into(),
+        uploads(cl, IPERF_PORT, secs, n),
+    ));
+    let ttfb_direct = ttfb(cl, m);
+    cl.lab.start_waypoint();
+    cl.start_converter("");
+    for (label, port, detours) in [
+        ("MPTCP server, DCol, 1 detour", MPTCP_PORT, 1u8),
+        ("plain server via converter, 0 detours", IPERF_PORT, 0),
+        ("plain server via converter, 1 detour", IPERF_PORT, 1),
+        ("plain server via converter, 2 detours", IPERF_PORT, 2),
+    ] {
+        client(cl, detours, "");
+        rows.push((label.into(), uploads(cl, port, secs, n)));
+        eprintln!("{label}: {:?}", rows.last().map(|r| &r.1));
+    }
+    (rows, ttfb_direct)
+}
+
 /// Runs the lab.
 pub fn main(args: &mut lexopt::Parser) -> ExitCode {
     let a = match parse(args) {
@@ -130,32 +176,9 @@ pub fn main(args: &mut lexopt::Parser) -> ExitCode {
     let _mptcp = iperf3_server(cl.lab.topo.ns(Node::Server), MPTCP_PORT, true);
     cl.start_http_server("x", "x");
     std::thread::sleep(Duration::from_millis(500));
-    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
-    rows.push((
-        "plain TCP (DCol off)".into(),
-        uploads(&cl, IPERF_PORT, secs, n),
-    ));
-    let ttfb_direct = ttfb(&cl, m);
-    cl.lab.start_waypoint();
-    cl.start_converter("");
-    for (label, port, detours) in [
-        ("MPTCP server, DCol, 1 detour", MPTCP_PORT, 1u8),
-        ("plain server via converter, 0 detours", IPERF_PORT, 0),
-        ("plain server via converter, 1 detour", IPERF_PORT, 1),
-        ("plain server via converter, 2 detours", IPERF_PORT, 2),
-    ] {
-        client(&mut cl, detours, "");
-        rows.push((label.into(), uploads(&cl, port, secs, n)));
-        eprintln!("{label}: {:?}", rows.last().map(|r| &r.1));
-    }
+    let (rows, ttfb_direct) = upload_rows(&mut cl, secs, n, m);
     let status = cl.lab.cl().status();
-    // Time to first byte through the converter, with and without Fast Open.
-    client(&mut cl, 0, "");
-    let tfo_before = (tfo_counters(&cl, Node::Rc), tfo_counters(&cl, Node::Rs));
-    let ttfb_tfo = ttfb(&cl, m);
-    let tfo_after = (tfo_counters(&cl, Node::Rc), tfo_counters(&cl, Node::Rs));
-    client(&mut cl, 0, "\toption convert_fastopen '0'\n");
-    let ttfb_no_tfo = ttfb(&cl, m);
+    let ttfb_conv = ttfb_converter(&mut cl, m);
     let cv_status = cl.cv().status();
     let base = median(&rows[0].1).max(1e-9);
     let results = json!({
@@ -166,9 +189,9 @@ pub fn main(args: &mut lexopt::Parser) -> ExitCode {
         "ttfb_ms": {
             "connections": m,
             "direct_plain_tcp_dcol_off": { "median": median(&ttfb_direct), "all": ttfb_direct },
-            "converter_with_fastopen": { "median": median(&ttfb_tfo), "all": ttfb_tfo },
-            "converter_without_fastopen": { "median": median(&ttfb_no_tfo), "all": ttfb_no_tfo },
-            "fastopen_counters": { "rc_before": tfo_before.0, "rc_after": tfo_after.0, "rs_before": tfo_before.1, "rs_after": tfo_after.1 },
+            "converter_with_fastopen": ttfb_conv["converter_with_fastopen"].clone(),
+            "converter_without_fastopen": ttfb_conv["converter_without_fastopen"].clone(),
+            "fastopen_counters": ttfb_conv["fastopen_counters"].clone(),
         },
         "client_converters": status["client"]["lan_proxy"]["converters"].clone(),
         "converter": cv_status["waypoint"]["converter"].clone(),
@@ -204,8 +227,8 @@ pub fn main(args: &mut lexopt::Parser) -> ExitCode {
     println!(
         "time to first byte: direct {:.2} ms, converter with TFO {:.2} ms, without {:.2} ms\nResults: {}",
         median(&ttfb_direct),
-        median(&ttfb_tfo),
-        median(&ttfb_no_tfo),
+        ttfb_conv["converter_with_fastopen"]["median"].as_f64().unwrap_or(0.0),
+        ttfb_conv["converter_without_fastopen"]["median"].as_f64().unwrap_or(0.0),
         a.out.join("results.json").display()
     );
     ExitCode::SUCCESS
