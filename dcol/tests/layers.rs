@@ -7,7 +7,7 @@
 //! | floor | modules | what they are |
 //! |---|---|---|
 //! | 0 | `mptcp`, `types`, `trust`, `http`, `special`, `routes`, `proto`, `loglimit`, `testutil` | vocabulary: types, wire formats, tables |
-//! | 1 | `client`, `waypoint`, `proxy` | pure decisions (state machines on virtual time) |
+//! | 1 | `client`, `waypoint`, `proxy`, `convert` | pure decisions (state machines on virtual time) |
 //! | 2 | `sys` | the kernel: netlink, nftables, sockets, relay |
 //! | 3 | `config`, `directory`, `traversal`, `control`, `member` | the UCI parser (its value types are `types`, below), services with their own threads or sockets |
 //! | 4 | `daemon` | the role drivers and the loop |
@@ -31,6 +31,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("client", 1),
     ("waypoint", 1),
     ("proxy", 1),
+    ("convert", 1),
     ("sys", 2),
     ("config", 3),
     ("directory", 3),

@@ -138,6 +138,9 @@ pub struct PeerSpec {
     pub address: SocketAddr,
     /// A VPN (WireGuard) waypoint rather than a NAT one.
     pub vpn: bool,
+    /// It converts too (RFC 8803, issue 17): its converter listens on TCP
+    /// at `address` (the LAN proxy's business, not the path manager's).
+    pub convert: bool,
 }
 
 /// Tunables.
@@ -1341,6 +1344,7 @@ mod tests {
         fn vpn_alice() -> Vec<PeerSpec> {
             vec![PeerSpec {
                 vpn: true,
+                convert: false,
                 ..Pair::alice().remove(0)
             }]
         }
@@ -1350,6 +1354,7 @@ mod tests {
                 name: "alice".into(),
                 address: WP.parse().unwrap(),
                 vpn: false,
+                convert: false,
             }]
         }
 
@@ -1791,11 +1796,13 @@ mod tests {
                 name: "alice".into(),
                 address: WP.parse().unwrap(),
                 vpn: false,
+                convert: false,
             },
             PeerSpec {
                 name: "alice".into(),
                 address: "[fd00:0:0:6::2]:7447".parse().unwrap(),
                 vpn: false,
+                convert: false,
             },
         ];
         let mut p = Pair::new(peers);
@@ -1893,11 +1900,13 @@ mod tests {
                     name: "alice".into(),
                     address: WP.parse().unwrap(),
                     vpn: false,
+                    convert: false,
                 },
                 PeerSpec {
                     name: "alice".into(),
                     address: WP.parse().unwrap(),
                     vpn: false,
+                    convert: false,
                 },
             ],
             1,

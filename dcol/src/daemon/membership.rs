@@ -126,6 +126,15 @@ fn advert(cfg: &Config, learned: &[SocketAddr], used_up: bool) -> Option<Advert>
     if w.vpn_subnet.is_some() {
         tunnels = Tunnels(tunnels.0 | Tunnels::VPN.0);
     }
+    // Members reach a converter on TCP at the published endpoint.
+    if w.convert && endpoints.iter().all(|e| e.port() == w.convert_port) {
+        tunnels = Tunnels(tunnels.0 | Tunnels::CONVERT.0);
+    } else if w.convert {
+        log::warn!(
+            "directory: the converter is not published: its port {} is not the signaling endpoints' port",
+            w.convert_port
+        );
+    }
     Some(Advert {
         endpoints,
         tunnels,
