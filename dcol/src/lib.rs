@@ -9,6 +9,7 @@
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod convert;
 pub mod daemon;
 pub mod directory;
 pub mod http;
@@ -24,4 +25,5 @@ pub mod sys;
 mod testutil;
 pub mod traversal;
 pub mod trust;
+pub mod types;
 pub mod waypoint;

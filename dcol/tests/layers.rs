@@ -6,10 +6,10 @@
 //!
 //! | floor | modules | what they are |
 //! |---|---|---|
-//! | 0 | `mptcp`, `trust`, `http`, `special`, `routes`, `proto`, `config`, `loglimit`, `testutil` | vocabulary: types, wire formats, tables |
-//! | 1 | `client`, `waypoint`, `proxy` | pure decisions (state machines on virtual time) |
+//! | 0 | `mptcp`, `types`, `trust`, `http`, `special`, `routes`, `proto`, `loglimit`, `testutil` | vocabulary: types, wire formats, tables |
+//! | 1 | `client`, `waypoint`, `proxy`, `convert` | pure decisions (state machines on virtual time) |
 //! | 2 | `sys` | the kernel: netlink, nftables, sockets, relay |
-//! | 3 | `directory`, `traversal`, `control`, `member` | services with their own threads or sockets |
+//! | 3 | `config`, `directory`, `traversal`, `control`, `member` | the UCI parser (its value types are `types`, below), services with their own threads or sockets |
 //! | 4 | `daemon` | the role drivers and the loop |
 //!
 //! A new module gets a floor here, or this test fails.
@@ -24,18 +24,20 @@ mod common;
 
 const FLOORS: &[(&str, u8)] = &[
     ("mptcp", 0),
+    ("types", 0),
     ("trust", 0),
     ("http", 0),
     ("special", 0),
     ("routes", 0),
     ("proto", 0),
-    ("config", 0),
     ("testutil", 0),
     ("loglimit", 0),
     ("client", 1),
     ("waypoint", 1),
     ("proxy", 1),
+    ("convert", 1),
     ("sys", 2),
+    ("config", 3),
     ("directory", 3),
     ("traversal", 3),
     ("control", 3),

@@ -141,6 +141,9 @@ pub struct PeerSpec {
     pub address: SocketAddr,
     /// A VPN (WireGuard) waypoint rather than a NAT one.
     pub vpn: bool,
+    /// It converts too (RFC 8803, issue 17): its converter listens on TCP
+    /// at `address` (the LAN proxy's business, not the path manager's).
+    pub convert: bool,
 }
 
 /// Tunables.

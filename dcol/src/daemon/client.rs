@@ -25,7 +25,7 @@ use super::membership::directory_only;
 use super::plan::ClientChange;
 use super::{io_err, wall_ms, DaemonError};
 use crate::client::{self, Action, Client, PeerSpec};
-use crate::config::{Config, DetourPolicy, TunnelKind};
+use crate::config::Config;
 use crate::control::Status;
 use crate::loglimit::LogLimit;
 use crate::mptcp::PmEvent;
@@ -36,6 +36,7 @@ use crate::sys::os;
 use crate::sys::relay::RelayEvent;
 use crate::sys::sysctl;
 use crate::trust::{self, MemberId, Revocations};
+use crate::types::{DetourPolicy, TunnelKind};
 
 mod status;
 mod vpn;
@@ -119,6 +120,7 @@ fn core(
             name: p.name.clone(),
             address: p.address,
             vpn: p.tunnel == TunnelKind::Vpn,
+            convert: p.convert,
         })
         .collect();
     if peers.is_empty() && cfg.directory.url.is_none() {
@@ -139,7 +141,7 @@ fn core(
     Ok((core, tunnels))
 }
 
-fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+pub(super) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }

@@ -31,13 +31,14 @@ use super::driver::{earliest, Command, Ctx, Driver, Event, Outbox, Role};
 use super::identity::Identity;
 use super::{wall_ms, DaemonError};
 use crate::client::PeerSpec;
-use crate::config::{self, Config, PeerConfig, TunnelKind};
+use crate::config::{self, Config, PeerConfig};
 use crate::control::{DirectoryStatus, Status};
 use crate::directory::agent::{self, Agent, AgentSettings, PostError, Report};
 use crate::directory::{self as dir, renew, store};
 use crate::directory::{Advert, Chosen, Record, Selection, Statement, Tunnels};
 use crate::trust::files::{self, FileError};
 use crate::trust::{Certificate, MemberId, SecretKey, TrustError};
+use crate::types::TunnelKind;
 
 /// How often a published record is renewed (the directory drops records not
 /// renewed within its record lifetime, 3 h by default).
@@ -126,6 +127,15 @@ fn advert(cfg: &Config, learned: &[SocketAddr], used_up: bool) -> Option<Advert>
     let mut tunnels = Tunnels::NAT;
     if w.vpn_subnet.is_some() {
         tunnels = Tunnels(tunnels.0 | Tunnels::VPN.0);
+    }
+    // Members reach a converter on TCP at the published endpoint.
+    if w.convert && endpoints.iter().all(|e| e.port() == w.convert_port) {
+        tunnels = Tunnels(tunnels.0 | Tunnels::CONVERT.0);
+    } else if w.convert {
+        log::warn!(
+            "directory: the converter is not published: its port {} is not the signaling endpoints' port",
+            w.convert_port
+        );
     }
     Some(Advert {
         endpoints,

@@ -168,6 +168,14 @@ impl Tunnels {
     pub const NAT: Tunnels = Tunnels(0x01);
     /// WireGuard (VPN) tunnels.
     pub const VPN: Tunnels = Tunnels(0x02);
+    /// A converter (RFC 8803, issue 17) on TCP at each endpoint's address
+    /// and port. Added in the same byte, so the format stays version 1:
+    /// routers that predate it decode the entry and ignore the bit (they
+    /// test only the bits they want); a directory server that predates it
+    /// refuses the advert ("unknown tunnel types"): upgrade the directory
+    /// server before members turn converters on. Never alone (a converter
+    /// member is a waypoint too).
+    pub const CONVERT: Tunnels = Tunnels(0x04);
 
     /// True when every type of `other` is offered.
     pub fn contains(self, other: Tunnels) -> bool {
@@ -183,6 +191,9 @@ impl fmt::Debug for Tunnels {
         }
         if self.contains(Tunnels::VPN) {
             names.push("vpn");
+        }
+        if self.contains(Tunnels::CONVERT) {
+            names.push("convert");
         }
         write!(f, "Tunnels({})", names.join(","))
     }
@@ -214,7 +225,8 @@ impl Advert {
                 return bad(format!("endpoint {e} is not a unicast address and port"));
             }
         }
-        if self.tunnels.0 == 0 || self.tunnels.0 & !(Tunnels::NAT.0 | Tunnels::VPN.0) != 0 {
+        let known = Tunnels::NAT.0 | Tunnels::VPN.0 | Tunnels::CONVERT.0;
+        if self.tunnels.0 & (Tunnels::NAT.0 | Tunnels::VPN.0) == 0 || self.tunnels.0 & !known != 0 {
             return bad(format!("unknown tunnel types {:#04x}", self.tunnels.0));
         }
         let printable = self.software.bytes().all(|b| (0x21..0x7f).contains(&b));
@@ -715,6 +727,7 @@ pub fn choose(
                 name: e.name.clone(),
                 address: *a,
                 vpn: sel.vpn,
+                convert: e.tunnels.contains(Tunnels::CONVERT),
             });
         }
     }
@@ -878,6 +891,10 @@ mod tests {
                 ..advert()
             },
             Advert {
+                tunnels: Tunnels(0x0d),
+                ..advert()
+            },
+            Advert {
                 software: "x y".into(),
                 ..advert()
             },
@@ -993,6 +1010,36 @@ mod tests {
             freshness(&h, &b, None, T0 + MAX_SNAPSHOT_AGE_S + 1),
             Err(StaleSnapshot::TooOld { issued: T0 })
         );
+    }
+
+    #[test]
+    fn converters_are_marked_and_old_readers_ignore_the_bit() {
+        let conv = Tunnels(Tunnels::NAT.0 | Tunnels::CONVERT.0);
+        let entries = [entry(20, "carol", &["192.0.2.20:7447"], conv)];
+        let b = build_snapshot(&root(), 1, T0, vec![], entries.iter());
+        let s = Snapshot::verify(&b, &root_pub()).unwrap();
+        let sel = Selection {
+            own: MemberId::of(&key(10).public()),
+            max_peers: 4,
+            vpn: false,
+        };
+        let c = choose(&s, &sel, &Revocations::default(), T0);
+        assert_eq!(c.peers.len(), 1);
+        assert!(c.peers[0].convert, "{:?}", c.peers);
+        assert_eq!(format!("{conv:?}"), "Tunnels(nat,convert)");
+        // The bit is in the byte version 1 readers decode: the entry's bytes
+        // differ from a NAT-only one's in that byte alone.
+        let plain = postcard::to_allocvec(&entry(20, "carol", &["192.0.2.20:7447"], Tunnels::NAT));
+        let marked = postcard::to_allocvec(&entries[0]);
+        let diff: Vec<usize> = (0..plain.as_ref().unwrap().len())
+            .filter(|&i| plain.as_ref().unwrap()[i] != marked.as_ref().unwrap()[i])
+            .collect();
+        assert_eq!(diff.len(), 1);
+        let a = Advert {
+            tunnels: conv,
+            ..advert()
+        };
+        assert_eq!(a.check(), Ok(()));
     }
 
     #[test]

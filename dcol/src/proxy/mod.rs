@@ -7,12 +7,13 @@
 //! interception rules in [`crate::sys::lan`].
 
 pub mod admission;
+pub mod convert;
 pub mod limits;
 pub mod tls;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::DetourPolicy;
+use crate::types::DetourPolicy;
 use tls::Verdict;
 
 /// Whether a proxied connection may have detours.

@@ -56,8 +56,8 @@ use super::nft::{
     delete_table, flush_set_msg, run_nft, set_key_msg, set_names_msgs, table_exists_on, SUBSYS,
 };
 use super::SysError;
-use crate::config::Cidr;
 use crate::special;
+use crate::types::Cidr;
 
 /// How long interception outlives the daemon's last heartbeat.
 pub const ALIVE_TTL: Duration = Duration::from_secs(2);

@@ -10,6 +10,7 @@
 use std::io;
 
 pub mod conntrack;
+pub mod convert;
 pub mod diag;
 pub mod genl;
 pub mod lan;

@@ -30,8 +30,8 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage,
 use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
 
 use super::SysError;
-use crate::config::Cidr;
 use crate::routes::{Route, RouteKind, Routes};
+use crate::types::Cidr;
 
 /// How long a burst of changes is collected before the tables are dumped again.
 pub const SETTLE: Duration = Duration::from_millis(100);

@@ -27,8 +27,8 @@ use super::nft::{
     SUBSYS, WAN_SET,
 };
 use super::SysError;
-use crate::config::{Cidr, PortRange};
 use crate::special;
+use crate::types::{Cidr, PortRange};
 
 /// Destinations no tunnel may reach (unless allowed): the special-purpose
 /// table ([`crate::special::deny_blocks`]), as an nft set literal.

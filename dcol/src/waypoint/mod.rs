@@ -559,6 +559,9 @@ impl Waypoint {
             RequestKind::Vpn | RequestKind::VpnRenew { .. } | RequestKind::VpnRelease { .. } => {
                 self.decide_vpn(now, wall_ms, from, req, limit)
             }
+            RequestKind::Convert { .. } => self.ignore(
+                "a conversion request on the signaling port (it belongs in a Convert cookie)",
+            ),
             RequestKind::Release { port, lease } => {
                 self.decide_release(now, wall_ms, from, req, limit, (port, lease))
             }

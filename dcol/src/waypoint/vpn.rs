@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use crate::config::Cidr;
 use crate::proto::Nonce;
 use crate::trust::wg::WgKey;
 use crate::trust::MemberId;
+use crate::types::Cidr;
 
 /// The owner's VPN settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,6 +38,7 @@
 
 #![deny(unsafe_code)]
 
+mod converter;
 mod delay;
 mod paper;
 mod plot;
@@ -72,7 +73,7 @@ const CL_EXTRA: &str = "\toption vpn_interface_prefix 'dlabc'\n";
 static CLEANING: AtomicBool = AtomicBool::new(false);
 
 fn usage() -> &'static str {
-    "usage: dcol-lab paper [--quick] [--trials N] [--out DIR] [--config KEY]...\n       dcol-lab waypoints [--quick] [--out DIR]\n\nRoot only. Needs ip, tc, nft, ethtool, ping, iperf3, mptcpize, wireguard-go, wg.\nConfigurations (--config): symmetric, symmetric_lossy, symmetric_delayed,\ncore_limited, core_limited_lossy, core_limited_delayed (--quick: the two plain ones).\nUses $DCOL_BIN, else builds target/release/dcol with cargo."
+    "usage: dcol-lab paper [--quick] [--trials N] [--out DIR] [--config KEY]...\n       dcol-lab waypoints [--quick] [--out DIR]\n       dcol-lab converter [--quick] [--out DIR]\n\nRoot only. Needs ip, tc, nft, ethtool, ping, iperf3, mptcpize, wireguard-go, wg.\nConfigurations (--config): symmetric, symmetric_lossy, symmetric_delayed,\ncore_limited, core_limited_lossy, core_limited_delayed (--quick: the two plain ones).\nUses $DCOL_BIN, else builds target/release/dcol with cargo."
 }
 
 fn main() -> ExitCode {
@@ -97,6 +98,7 @@ fn main() -> ExitCode {
             }
         },
         "waypoints" => waypoints::main(&mut args),
+        "converter" => converter::main(&mut args),
         "relay" => relay_main(&mut args),
         _ => {
             eprintln!("dcol-lab: unknown command '{cmd}'\n{}", usage());

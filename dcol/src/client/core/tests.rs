@@ -116,6 +116,7 @@ impl Pair {
     fn vpn_alice() -> Vec<PeerSpec> {
         vec![PeerSpec {
             vpn: true,
+            convert: false,
             ..Pair::alice().remove(0)
         }]
     }
@@ -125,6 +126,7 @@ impl Pair {
             name: "alice".into(),
             address: WP.parse().unwrap(),
             vpn: false,
+            convert: false,
         }]
     }
 
@@ -569,11 +571,13 @@ fn max_detours_and_address_family() {
             name: "alice".into(),
             address: WP.parse().unwrap(),
             vpn: false,
+            convert: false,
         },
         PeerSpec {
             name: "alice".into(),
             address: "[fd00:0:0:6::2]:7447".parse().unwrap(),
             vpn: false,
+            convert: false,
         },
     ];
     let mut p = Pair::new(peers);
@@ -671,11 +675,13 @@ fn lossy_detour_is_destroyed_and_the_next_waypoint_asked() {
                 name: "alice".into(),
                 address: WP.parse().unwrap(),
                 vpn: false,
+                convert: false,
             },
             PeerSpec {
                 name: "alice".into(),
                 address: WP.parse().unwrap(),
                 vpn: false,
+                convert: false,
             },
         ],
         1,

@@ -117,6 +117,23 @@ function donation(wp) {
 	return text;
 }
 
+/* What went through converters: this router's LAN flows (client.lan_proxy.converters)
+ * and the conversions it does for others (waypoint.converter). */
+function conversionsText(lp, wp) {
+	var parts = [];
+	(lp && Array.isArray(lp.converters) ? lp.converters : []).forEach(function(c) {
+		parts.push(_('%d via %s (%d open, %d refused, %d failed%s)').format(
+			+c.converted || 0, c.converter, +c.active || 0, +c.refused || 0, +c.failed || 0,
+			c.held_down ? ', ' + _('held down') : ''));
+	});
+	var cv = wp && wp.converter;
+	if (cv)
+		parts.push(_('converting for others: %d running, %d since start, %d refused').format(
+			Array.isArray(cv.conversions) ? cv.conversions.length : 0, +cv.converted || 0,
+			Object.keys(cv.refused || {}).reduce(function(n, k) { return n + (+cv.refused[k] || 0); }, 0)));
+	return parts.length ? parts.join('; ') : E('em', [ _('off') ]);
+}
+
 /* Where other members reach this waypoint, from NAT traversal. */
 function reachability(tr) {
 	if (!tr)
@@ -426,6 +443,7 @@ return view.extend({
 				[ _('Reachable from other members at'), wp
 					? E('span', { 'id': 'dcol-reach' }, [ reachability(st.traversal) ])
 					: E('em', [ _('off') ]) ],
+				[ _('Conversions (servers without MPTCP)'), E('span', { 'id': 'dcol-conversions' }, [ conversionsText(lp, wp) ]) ],
 				[ _('Membership directory'), E('span', { 'id': 'dcol-directory' }, [ directoryText(st.directory) ]) ]
 			]),
 			lp ? this.renderGraph() : E([])
@@ -460,12 +478,14 @@ return view.extend({
 
 		o = s.option(form.Flag, 'enabled', _('Share this router with the collective and use detours'),
 			_('Starts the dcol daemon. Off: this router neither uses nor serves detours.'));
+		o.default = '1';
 		o.rmempty = false;
 
 		o = s.option(form.Flag, 'client_enabled', _('Use detours (client role)'),
 			_('Connections of this router and its LAN get extra subflows through other members.'));
 		o.ucisection = 'client';
 		o.ucioption = 'enabled';
+		o.default = '1';
 		o.rmempty = false;
 		o.retain = true;
 		/* A bare 'enabled' would name this option's own ucisection (client). */
@@ -475,6 +495,7 @@ return view.extend({
 			_('Other members may send subflows through this router, up to the limits on the settings page.'));
 		o.ucisection = 'waypoint';
 		o.ucioption = 'enabled';
+		o.default = '1';
 		o.rmempty = false;
 		o.retain = true;
 		o.depends('dcol.main.enabled', '1');
