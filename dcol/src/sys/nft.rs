@@ -60,6 +60,9 @@
 //!
 //! Element timeouts stop only new connections: a running flow lives on in
 //! conntrack (see `sys::conntrack`).
+//!
+//! Here: the table's handle and its batches; `script` writes the `nft -f`
+//! scripts (ruleset, caps); `elements` encodes and decodes set elements.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -72,6 +75,14 @@ use neli::consts::nl::NlmF;
 use super::netlink::{attr, attr_str, be64, nest, nested, ty, Attr};
 use super::nfnl::{msg_type, NfMsg, NfSocket, Nfgenmsg};
 use super::SysError;
+
+mod elements;
+mod script;
+
+use elements::*;
+pub use elements::{decode_setelems, quota_consumed};
+pub(crate) use elements::{flush_set_msg, set_key_msg, set_names_msgs};
+pub use script::{caps_script, ruleset, Caps, DETOUR_CT_MARK, DETOUR_PACKET_MARK};
 
 // include/uapi/linux/netfilter/nfnetlink.h
 /// `NFNL_SUBSYS_NFTABLES`.
@@ -180,55 +191,6 @@ pub struct NatTable {
     /// a flow-set element's key includes the destination, so removing a
     /// tunnel needs it.
     live: HashMap<(IpAddr, u16), SocketAddr>,
-}
-
-/// The owner's donation caps on all detoured traffic (NAT and VPN flows,
-/// both directions, recognized by [`DETOUR_CT_MARK`]), enforced by the
-/// kernel in the table's `caps` chain.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Caps {
-    /// Rate cap in kbit/s (0: none): a policer (`limit rate over`), so TCP
-    /// through it backs off to about this rate.
-    pub kbit: u32,
-    /// Monthly volume in bytes (0: none): a `quota` object; beyond it detour
-    /// packets are dropped until the month turns.
-    pub month_bytes: u64,
-    /// Bytes already used this month (carried over a restart).
-    pub used: u64,
-}
-
-/// The `nft -f` script that installs `caps` in table `name`.
-pub fn caps_script(name: &str, caps: &Caps, had_quota: bool) -> String {
-    let m = format!("ct mark & {DETOUR_CT_MARK:#010x} == {DETOUR_CT_MARK:#010x}");
-    let mut s = format!("flush chain inet {name} caps\n");
-    if had_quota {
-        s.push_str(&format!("delete quota inet {name} month\n"));
-    }
-    if caps.month_bytes > 0 {
-        // The kernel refuses a quota created with more used than allowed
-        // (EINVAL): a count past the cap (a lowered cap, or bytes counted
-        // after it ran out) starts at the cap, which is just as used up.
-        s.push_str(&format!(
-            "add quota inet {name} month {{ over {} bytes used {} bytes; }}\nadd rule inet {name} caps {m} quota name \"month\" drop\n",
-            caps.month_bytes,
-            caps.used.min(caps.month_bytes)
-        ));
-    }
-    if caps.kbit > 0 {
-        // kbit/s are 1000 bits (nft's kbytes are 1024 bytes). The kernel's
-        // bucket holds one second at the rate plus the burst; below 16 KB/s
-        // a burst lets full-size packets through at all.
-        let bytes = u64::from(caps.kbit) * 125;
-        let burst = if bytes < 16_384 {
-            format!(" burst {} bytes", 16_384 - bytes)
-        } else {
-            String::new()
-        };
-        s.push_str(&format!(
-            "add rule inet {name} caps {m} limit rate over {bytes} bytes/second{burst} drop\n"
-        ));
-    }
-    s
 }
 
 impl NatTable {
@@ -500,84 +462,6 @@ fn check_name(name: &str) -> Result<(), SysError> {
     }
 }
 
-/// Conntrack mark bits set on every detour flow (OR-ed in, other bits kept):
-/// NAT tunnels our map translated (this table) and VPN tunnel flows
-/// (`sys::vpnfw`). The caps count and police them; masquerading and the
-/// router's input drop recognize them.
-pub const DETOUR_CT_MARK: u32 = 0x00dc_0000;
-
-/// Packet mark bits (`meta mark`, OR-ed in) set by dcol's forward chains on
-/// every original-direction packet of a detour flow that leaves by a WAN
-/// interface. The OpenWrt feed's fw4 include accepts packets carrying them,
-/// and only toward fw4's zone `wan`. They differ from [`DETOUR_CT_MARK`] in
-/// bit 16, so a rule elsewhere that copies the conntrack mark into the packet
-/// mark does not forge them.
-pub const DETOUR_PACKET_MARK: u32 = 0x00dd_0000;
-
-/// The `nft -f` script that creates the table (see the module docs).
-pub fn ruleset(name: &str, ports: (u16, u16)) -> String {
-    let (lo, hi) = ports;
-    let ct = format!("ct mark & {DETOUR_CT_MARK:#010x}");
-    let set_ct = format!("ct mark set ct mark | {DETOUR_CT_MARK:#010x}");
-    let tuple = |ip: &str| {
-        format!("ct original {ip} saddr . ct original proto-dst . ct reply {ip} saddr . ct reply proto-src")
-    };
-    format!(
-        "table inet {name} {{
-	map {MAP4} {{
-		type ipv4_addr . inet_service : ipv4_addr . inet_service
-		flags timeout
-	}}
-	map {MAP6} {{
-		type ipv6_addr . inet_service : ipv6_addr . inet_service
-		flags timeout
-	}}
-	set {FLOWS4} {{
-		type ipv4_addr . inet_service . ipv4_addr . inet_service
-		flags timeout
-	}}
-	set {FLOWS6} {{
-		type ipv6_addr . inet_service . ipv6_addr . inet_service
-		flags timeout
-	}}
-	set {WAN_SET} {{
-		type ifname
-	}}
-	chain prerouting {{
-		type nat hook prerouting priority dstnat; policy accept;
-		meta nfproto ipv4 tcp dport {lo}-{hi} fib daddr type local dnat ip to ip saddr . tcp dport map @{MAP4}
-		meta nfproto ipv6 tcp dport {lo}-{hi} fib daddr type local dnat ip6 to ip6 saddr . tcp dport map @{MAP6}
-	}}
-	chain translated {{
-		type filter hook prerouting priority dstnat + 1; policy accept;
-		meta l4proto tcp ct state new ct status dnat {t4} @{FLOWS4} {set_ct}
-		meta l4proto tcp ct state new ct status dnat {t6} @{FLOWS6} {set_ct}
-	}}
-	chain local_in {{
-		type filter hook input priority filter - 1; policy accept;
-		{ct} == {DETOUR_CT_MARK:#010x} drop
-	}}
-	chain forward {{
-		type filter hook forward priority filter - 3; policy accept;
-		{ct} != {DETOUR_CT_MARK:#010x} return
-		ct direction reply return
-		oifname != @{WAN_SET} drop
-		meta mark set meta mark | {DETOUR_PACKET_MARK:#010x}
-	}}
-	chain caps {{
-		type filter hook forward priority filter - 2; policy accept;
-	}}
-	chain postrouting {{
-		type nat hook postrouting priority srcnat; policy accept;
-		ct status dnat {ct} == {DETOUR_CT_MARK:#010x} masquerade
-	}}
-}}
-",
-        t4 = tuple("ip"),
-        t6 = tuple("ip6"),
-    )
-}
-
 pub(crate) fn run_nft(script: &str) -> Result<(), SysError> {
     let op = "nft -f -";
     let mut child = Command::new("nft")
@@ -603,308 +487,8 @@ pub(crate) fn run_nft(script: &str) -> Result<(), SysError> {
     Ok(())
 }
 
-/// A map key or value: address then port, each padded to 4-byte registers
-/// (IPv4: 4 + 2 + 2 pad = 8 bytes; IPv6: 16 + 4 = 20). Port big-endian.
-fn concat(ip: IpAddr, port: u16) -> Vec<u8> {
-    let mut v = match ip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    };
-    v.extend_from_slice(&port.to_be_bytes());
-    v.extend_from_slice(&[0, 0]);
-    v
-}
-
-fn parse_concat(b: &[u8], v6: bool) -> Option<(IpAddr, u16)> {
-    let (ip, rest): (IpAddr, &[u8]) = if v6 {
-        let a: [u8; 16] = b.get(..16)?.try_into().ok()?;
-        (Ipv6Addr::from(a).into(), b.get(16..)?)
-    } else {
-        let a: [u8; 4] = b.get(..4)?.try_into().ok()?;
-        (Ipv4Addr::from(a).into(), b.get(4..)?)
-    };
-    if rest.len() != 4 {
-        return None;
-    }
-    Some((ip, u16::from_be_bytes([rest[0], rest[1]])))
-}
-
-/// A flow set's key: the map's key followed by its value (IPv4 16 bytes,
-/// IPv6 40), the order of the `translated` chain's lookup.
-fn flow_key(el: &NatElement) -> Vec<u8> {
-    let mut k = concat(el.client, el.port);
-    k.extend(concat(el.destination.ip(), el.destination.port()));
-    k
-}
-
-/// Builds a NEWSETELEM (key, then `timeout` if any, then `data` if any) or
-/// DELSETELEM (key only) message for one element of `set` in table
-/// `inet <table>`.
-fn elem_msg(
-    add: bool,
-    table: &str,
-    set: &str,
-    key: &[u8],
-    data: Option<&[u8]>,
-    timeout: Option<Duration>,
-) -> Result<NfMsg, SysError> {
-    let op = "nft set element";
-    let (msg, flags) = if add {
-        (NFT_MSG_NEWSETELEM, NlmF::CREATE)
-    } else {
-        (NFT_MSG_DELSETELEM, NlmF::empty())
-    };
-    let mut fields = vec![nest(
-        op,
-        NFTA_SET_ELEM_KEY,
-        &[attr(op, NFTA_DATA_VALUE, key)?],
-    )?];
-    if add {
-        if let Some(t) = timeout {
-            let ms = t.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
-            fields.push(attr(op, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes())?);
-        }
-        if let Some(d) = data {
-            fields.push(nest(
-                op,
-                NFTA_SET_ELEM_DATA,
-                &[attr(op, NFTA_DATA_VALUE, d)?],
-            )?);
-        }
-    }
-    let elems = nest(
-        op,
-        NFTA_SET_ELEM_LIST_ELEMENTS,
-        &[nest(op, NFTA_LIST_ELEM, &fields)?],
-    )?;
-    Ok(nft_msg(
-        msg,
-        flags,
-        set_elem_list(op, table, set, Some(elems))?,
-    ))
-}
-
-/// The attributes of a set element message: table, set and, if any, the
-/// element list.
-fn set_elem_list(
-    op: &'static str,
-    table: &str,
-    set: &str,
-    elems: Option<Attr>,
-) -> Result<Vec<Attr>, SysError> {
-    let mut attrs = vec![
-        attr_str(op, NFTA_SET_ELEM_LIST_TABLE, table)?,
-        attr_str(op, NFTA_SET_ELEM_LIST_SET, set)?,
-    ];
-    attrs.extend(elems);
-    Ok(attrs)
-}
-
-/// Builds a NEWSETELEM (with `timeout`) or DELSETELEM message for one key of a
-/// plain set (no data) `set` in table `inet <table>`.
-pub(crate) fn set_key_msg(
-    msg_add: bool,
-    table: &str,
-    set: &str,
-    key: &[u8],
-    timeout: Option<Duration>,
-) -> Result<NfMsg, SysError> {
-    elem_msg(msg_add, table, set, key, None, timeout)
-}
-
-/// DELSETELEM without elements: flushes set `set` of table `inet <table>`.
-pub(crate) fn flush_set_msg(table: &str, set: &str) -> Result<NfMsg, SysError> {
-    let attrs = set_elem_list("nft flush set", table, set, None)?;
-    Ok(nft_msg(NFT_MSG_DELSETELEM, NlmF::empty(), attrs))
-}
-
-/// The messages that replace the content of set `set` (type `ifname`) of
-/// table `inet <table>` with `names`: a flush, then one NEWSETELEM with every
-/// name (none for an empty list). Send them as one batch.
-pub(crate) fn set_names_msgs(
-    table: &str,
-    set: &str,
-    names: &[String],
-) -> Result<Vec<NfMsg>, SysError> {
-    let op = "nft interface name";
-    for n in names {
-        if n.is_empty() || n.len() >= IFNAMSIZ || n.contains('\0') {
-            return Err(SysError::io(
-                op,
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{n:?}: an interface name has 1-15 bytes"),
-                ),
-            ));
-        }
-    }
-    let mut msgs = vec![flush_set_msg(table, set)?];
-    if !names.is_empty() {
-        let mut list = Vec::with_capacity(names.len());
-        for n in names {
-            let mut key = [0u8; IFNAMSIZ];
-            key[..n.len()].copy_from_slice(n.as_bytes());
-            let k = nest(op, NFTA_SET_ELEM_KEY, &[attr(op, NFTA_DATA_VALUE, &key)?])?;
-            list.push(nest(op, NFTA_LIST_ELEM, &[k])?);
-        }
-        let elems = nest(op, NFTA_SET_ELEM_LIST_ELEMENTS, &list)?;
-        let attrs = set_elem_list(op, table, set, Some(elems))?;
-        msgs.push(nft_msg(NFT_MSG_NEWSETELEM, NlmF::CREATE, attrs));
-    }
-    Ok(msgs)
-}
-
 /// The nf_tables netlink subsystem, for batches.
 pub(crate) const SUBSYS: u8 = NFNL_SUBSYS_NFTABLES;
-
-/// What [`tunnel_msgs`] does to a tunnel's two elements.
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    /// Add both with this timeout.
-    Add(Duration),
-    /// Delete both, whether or not they exist (or have expired).
-    Delete,
-}
-
-/// The messages that add or delete a tunnel's map element and flow element.
-/// A deletion is add-then-delete of each, so that it succeeds whether the
-/// kernel still holds the element or it has expired (`ENOENT` would abort
-/// the whole batch): the add is a no-op for an element already there with
-/// the same data, and carries no timeout, so that no kernel takes it for a
-/// timeout update. Fails for mixed address families.
-fn tunnel_msgs(
-    op: &'static str,
-    kind: Op,
-    table: &str,
-    el: &NatElement,
-) -> Result<Vec<NfMsg>, SysError> {
-    check_family(op, el)?;
-    let (map, flows) = if el.client.is_ipv4() {
-        (MAP4, FLOWS4)
-    } else {
-        (MAP6, FLOWS6)
-    };
-    let key = concat(el.client, el.port);
-    let data = concat(el.destination.ip(), el.destination.port());
-    let fkey = flow_key(el);
-    Ok(match kind {
-        Op::Add(t) => vec![
-            elem_msg(true, table, map, &key, Some(&data), Some(t))?,
-            elem_msg(true, table, flows, &fkey, None, Some(t))?,
-        ],
-        Op::Delete => vec![
-            elem_msg(true, table, map, &key, Some(&data), None)?,
-            elem_msg(false, table, map, &key, None, None)?,
-            elem_msg(true, table, flows, &fkey, None, None)?,
-            elem_msg(false, table, flows, &fkey, None, None)?,
-        ],
-    })
-}
-
-fn check_family(op: &'static str, el: &NatElement) -> Result<(), SysError> {
-    if el.client.is_ipv4() == el.destination.is_ipv4() {
-        Ok(())
-    } else {
-        Err(SysError::io(
-            op,
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "client {} and destination {} differ in address family",
-                    el.client, el.destination
-                ),
-            ),
-        ))
-    }
-}
-
-/// Builds a NEWSETELEM or DELSETELEM message for `el` in its family's map.
-/// Deletion carries only the key; `timeout` only matters for NEWSETELEM
-/// (none: 1 ms).
-fn setelem_msg(
-    op: &'static str,
-    msg: u8,
-    table: &str,
-    el: &NatElement,
-    timeout: Option<Duration>,
-) -> Result<NfMsg, SysError> {
-    check_family(op, el)?;
-    let map = if el.client.is_ipv4() { MAP4 } else { MAP6 };
-    let data = concat(el.destination.ip(), el.destination.port());
-    elem_msg(
-        msg == NFT_MSG_NEWSETELEM,
-        table,
-        map,
-        &concat(el.client, el.port),
-        Some(&data),
-        Some(timeout.unwrap_or_default()),
-    )
-}
-
-/// Decodes one GETSETELEM reply (nfgenmsg + attributes). Elements whose key or
-/// data do not have our layout are logged and skipped.
-pub fn decode_setelems(payload: &[u8], v6: bool) -> Result<Vec<NatElement>, SysError> {
-    let op = "nft decode set elements";
-    let mut out = Vec::new();
-    for a in Nfgenmsg::decode(op, payload)?.attrs().iter() {
-        if ty(a) != NFTA_SET_ELEM_LIST_ELEMENTS {
-            continue;
-        }
-        for e in nested(op, a)?.iter() {
-            if ty(e) != NFTA_LIST_ELEM {
-                continue;
-            }
-            let (mut key, mut data, mut expires) = (None, None, None);
-            for f in nested(op, e)?.iter() {
-                match ty(f) {
-                    NFTA_SET_ELEM_KEY | NFTA_SET_ELEM_DATA => {
-                        for v in nested(op, f)?.iter() {
-                            if ty(v) == NFTA_DATA_VALUE {
-                                let p = parse_concat(v.nla_payload().as_ref(), v6);
-                                if ty(f) == NFTA_SET_ELEM_KEY {
-                                    key = p;
-                                } else {
-                                    data = p;
-                                }
-                            }
-                        }
-                    }
-                    NFTA_SET_ELEM_EXPIRATION => expires = Some(Duration::from_millis(be64(op, f)?)),
-                    _ => {}
-                }
-            }
-            match (key, data) {
-                (Some((client, port)), Some((dip, dport))) => out.push(NatElement {
-                    client,
-                    port,
-                    destination: SocketAddr::new(dip, dport),
-                    expires_in: expires,
-                }),
-                _ => log::warn!(
-                    "nft: skipped a map element that is not address . port : address . port"
-                ),
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The bytes a quota object has counted: `NFTA_QUOTA_CONSUMED` in the
-/// `NFTA_OBJ_DATA` of a NEWOBJ body (`None` without it).
-pub fn quota_consumed(payload: &[u8]) -> Result<Option<u64>, SysError> {
-    let op = "nft decode quota";
-    let mut used = None;
-    for a in Nfgenmsg::decode(op, payload)?.attrs().iter() {
-        if ty(a) == NFTA_OBJ_DATA {
-            for q in nested(op, a)?.iter() {
-                if ty(q) == NFTA_QUOTA_CONSUMED {
-                    used = Some(be64(op, q)?);
-                }
-            }
-        }
-    }
-    Ok(used)
-}
 
 /// The bytes of a message's payload after the netlink header (for tests).
 #[cfg(test)]
