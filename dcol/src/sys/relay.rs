@@ -437,44 +437,10 @@ impl Relay {
 
     fn admit(&mut self, now: Instant, lan: OwnedFd, peer: SocketAddr, v6: bool) {
         self.stats.accepted = self.stats.accepted.wrapping_add(1);
-        let server = match sock::original_dst(&lan, v6) {
-            Ok(d) if sock::local_addr(&lan).is_ok_and(|l| l != d) => d,
-            _ => {
-                // Addressed to the proxy port itself, not redirected: relaying
-                // it would loop.
-                self.stats.refused_direct += 1;
-                if self.refusal_logged(now) {
-                    log::warn!("lan proxy: {peer} connected to the proxy port directly; closed");
-                }
-                sock::set_reset_on_close(&lan);
-                return;
-            }
-        };
-        if let Some(why) = destination_refused(server.ip(), &self.settings.allow) {
-            self.stats.refused_special += 1;
-            if self.refusal_logged(now) {
-                log::warn!("lan proxy: refused {peer} -> {server}: {why}");
-            }
+        let Some((server, source)) = self.admission(now, &lan, peer, v6) else {
             sock::set_reset_on_close(&lan);
             return;
-        }
-        let source = source_key(peer.ip());
-        let (max, option) = if source.is_ipv4() {
-            (self.settings.max_per_host, "max_conns_per_host")
-        } else {
-            (self.settings.max_per_prefix, "max_conns_per_prefix")
         };
-        let n = self.per_host.get(&source).copied().unwrap_or(0);
-        if n >= max {
-            self.stats.refused_limit += 1;
-            if self.refusal_logged(now) {
-                log::warn!(
-                    "lan proxy: refused {peer} -> {server}: {n} connections open from {source} ({option})"
-                );
-            }
-            sock::set_reset_on_close(&lan);
-            return;
-        }
         let plain = self.fallback.plain_tcp(now, server);
         let (up, mptcp, conv) = match self.open_upstream(now, server, plain) {
             Ok(x) => x,
@@ -524,16 +490,7 @@ impl Relay {
             conv,
             converter: None,
         };
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot { gen: 0, conn: None });
-                self.slots.len() - 1
-            }
-        };
-        let slot = &mut self.slots[idx];
-        slot.gen = slot.gen.wrapping_add(1) & 0x3fff_ffff;
-        let gen = slot.gen;
+        let (idx, gen) = self.new_slot();
         if let Some(c) = &conn.conv {
             self.conv_deadlines.push((c.deadline, idx, gen));
         }
@@ -556,6 +513,69 @@ impl Relay {
             log::warn!("lan proxy: epoll_ctl: {e}");
             self.remove(idx);
         }
+    }
+
+    /// The connection's real destination and its source's key, or `None`
+    /// (counted and logged) when it is refused: addressed to the proxy port
+    /// itself, to a destination the proxy does not take, or over its
+    /// source's cap.
+    fn admission(
+        &mut self,
+        now: Instant,
+        lan: &OwnedFd,
+        peer: SocketAddr,
+        v6: bool,
+    ) -> Option<(SocketAddr, IpAddr)> {
+        let server = match sock::original_dst(lan, v6) {
+            Ok(d) if sock::local_addr(lan).is_ok_and(|l| l != d) => d,
+            _ => {
+                // Addressed to the proxy port itself, not redirected: relaying
+                // it would loop.
+                self.stats.refused_direct += 1;
+                if self.refusal_logged(now) {
+                    log::warn!("lan proxy: {peer} connected to the proxy port directly; closed");
+                }
+                return None;
+            }
+        };
+        if let Some(why) = destination_refused(server.ip(), &self.settings.allow) {
+            self.stats.refused_special += 1;
+            if self.refusal_logged(now) {
+                log::warn!("lan proxy: refused {peer} -> {server}: {why}");
+            }
+            return None;
+        }
+        let source = source_key(peer.ip());
+        let (max, option) = if source.is_ipv4() {
+            (self.settings.max_per_host, "max_conns_per_host")
+        } else {
+            (self.settings.max_per_prefix, "max_conns_per_prefix")
+        };
+        let n = self.per_host.get(&source).copied().unwrap_or(0);
+        if n >= max {
+            self.stats.refused_limit += 1;
+            if self.refusal_logged(now) {
+                log::warn!(
+                    "lan proxy: refused {peer} -> {server}: {n} connections open from {source} ({option})"
+                );
+            }
+            return None;
+        }
+        Some((server, source))
+    }
+
+    /// A free slot (a new one when none is), with its next generation.
+    fn new_slot(&mut self) -> (usize, u32) {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, conn: None });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[idx];
+        slot.gen = slot.gen.wrapping_add(1) & 0x3fff_ffff;
+        (idx, slot.gen)
     }
 
     fn on_ready(&mut self, now: Instant, idx: usize, gen: u32, side: Side, flags: EpollFlags) {
