@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 mod status;
 
 pub use status::{
-    ClientStatus, ConnectionStatus, DirectoryStatus, GrantStatus, LanProxyStatus, MemberStatus,
-    PeerStatus, ScoreStatus, Status, SubflowStatus, TraversalStatus, VpnPeerStatus, WaypointStatus,
+    ClientStatus, ConnectionStatus, DirectoryStatus, GrantStatus, LanProxyStatus, LoopStatus,
+    MemberStatus, PeerStatus, ScoreStatus, Status, SubflowStatus, TraversalStatus, VpnPeerStatus,
+    WaypointStatus,
 };
 
 /// Errors of the control socket.
@@ -439,6 +440,7 @@ mod tests {
             waypoint: None,
             directory: None,
             traversal: None,
+            turns: None,
         }
     }
 

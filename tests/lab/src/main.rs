@@ -38,13 +38,21 @@
 
 #![deny(unsafe_code)]
 
+mod begin;
 mod delay;
+mod load;
+mod loadgen;
+mod loadplot;
+mod loadprobe;
 mod paper;
 mod plot;
+mod procstat;
 mod relay;
 #[allow(unsafe_code)]
 mod sys;
 mod waypoints;
+mod wpload;
+mod wpmember;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -72,7 +80,7 @@ const CL_EXTRA: &str = "\toption vpn_interface_prefix 'dlabc'\n";
 static CLEANING: AtomicBool = AtomicBool::new(false);
 
 fn usage() -> &'static str {
-    "usage: dcol-lab paper [--quick] [--trials N] [--out DIR] [--config KEY]...\n       dcol-lab waypoints [--quick] [--out DIR]\n\nRoot only. Needs ip, tc, nft, ethtool, ping, iperf3, mptcpize, wireguard-go, wg.\nConfigurations (--config): symmetric, symmetric_lossy, symmetric_delayed,\ncore_limited, core_limited_lossy, core_limited_delayed (--quick: the two plain ones).\nUses $DCOL_BIN, else builds target/release/dcol with cargo."
+    "usage: dcol-lab paper [--quick] [--trials N] [--out DIR] [--config KEY]...\n       dcol-lab waypoints [--quick] [--out DIR]\n       dcol-lab lan-load [--quick] [--out DIR] (load.rs)\n       dcol-lab waypoint-load [--quick] [--out DIR] (wpload.rs)\n\nRoot only. Needs ip, tc, nft, ethtool, ping, iperf3, mptcpize, wireguard-go, wg.\nConfigurations (--config): symmetric, symmetric_lossy, symmetric_delayed,\ncore_limited, core_limited_lossy, core_limited_delayed (--quick: the two plain ones).\nUses $DCOL_BIN, else builds target/release/dcol with cargo."
 }
 
 fn main() -> ExitCode {
@@ -97,6 +105,8 @@ fn main() -> ExitCode {
             }
         },
         "waypoints" => waypoints::main(&mut args),
+        "lan-load" => load::main(&mut args),
+        "waypoint-load" => wpload::main(&mut args),
         "relay" => relay_main(&mut args),
         _ => {
             eprintln!("dcol-lab: unknown command '{cmd}'\n{}", usage());

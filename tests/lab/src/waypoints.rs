@@ -35,7 +35,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use dcol_tests::dcol::{main_section, Collective, Daemon, Member, Scratch};
-use dcol_tests::lab::{need_root, IPERF_PORT, SIGNAL_PORT};
+use dcol_tests::lab::{IPERF_PORT, SIGNAL_PORT};
 use dcol_tests::{iperf3_background, iperf3_client, iperf3_server, JoinCounter, Netns};
 use lexopt::prelude::ValueExt;
 use serde_json::{json, Value};
@@ -369,22 +369,10 @@ fn round2(x: f64) -> f64 {
 }
 
 pub fn main(args: &mut lexopt::Parser) -> ExitCode {
-    let a = match parse(args) {
+    let a = match crate::begin::begin("waypoints", parse(args), |a| &a.out) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("dcol-lab waypoints: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if !need_root() {
-        return ExitCode::from(1);
-    }
-    if let Err(e) = std::fs::create_dir_all(&a.out) {
-        eprintln!("dcol-lab: cannot create {}: {e}", a.out.display());
-        return ExitCode::from(1);
-    }
-    crate::ensure_dcol_bin();
-    crate::install_cleanup();
     let started = Instant::now();
     let (secs, conns) = if a.quick { (4, 12) } else { (10, 20) };
     let net = Net::build();
