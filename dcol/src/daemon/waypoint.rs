@@ -29,7 +29,7 @@ use crate::sys::wg::WgDevice;
 use crate::sys::SysError;
 use crate::trust::{self, MemberId, Revocations};
 use crate::waypoint::evidence::{self, EvidenceLog};
-use crate::waypoint::{self, Waypoint};
+use crate::waypoint::{self, Lease, Waypoint};
 
 mod donation;
 mod nat;
@@ -67,6 +67,9 @@ pub(super) struct WaypointDriver {
     dir_revoked: BTreeSet<MemberId>,
     /// Whether the others were last told the donation is used up.
     told_used_up: Option<bool>,
+    /// NAT leases ended in this loop turn, and why: their conntrack flows
+    /// are deleted together at its end ([`WaypointDriver::flush_ended`]).
+    ended: Vec<(Lease, String)>,
 }
 
 /// Binds the signaling sockets.
@@ -214,6 +217,7 @@ impl WaypointDriver {
             filter_log: LogLimit::new(2),
             dir_revoked: BTreeSet::new(),
             told_used_up: None,
+            ended: Vec::new(),
         };
         role.seed_evidence();
         role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
@@ -315,6 +319,7 @@ impl WaypointDriver {
         for l in self.core.expire(now) {
             self.end_lease(&l, "lease expired");
         }
+        self.flush_ended();
         self.expire_vpn(now);
         self.check_quota(now);
         self.tell_used_up(out);
@@ -533,6 +538,7 @@ impl Drop for WaypointDriver {
     /// Removes the NAT table and the conntrack flows of every live tunnel, also
     /// when the daemon fails half-way through starting.
     fn drop(&mut self) {
+        self.flush_ended();
         let tunnels: Vec<(IpAddr, u16)> = self.core.leases().map(|l| (l.client, l.port)).collect();
         self.save_at_exit();
         if let Some(nat) = self.nat.take() {
