@@ -47,7 +47,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::config::Cidr;
+use crate::types::Cidr;
 
 /// The kernel's `RT_TABLE_MAIN`.
 pub const TABLE_MAIN: u32 = 254;

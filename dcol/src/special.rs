@@ -33,7 +33,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::{mask4, mask6, Cidr};
+use crate::types::{mask4, mask6, Cidr};
 
 /// What kind of special block an address is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

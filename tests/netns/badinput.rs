@@ -68,6 +68,10 @@ fn reason(reply: &[u8]) -> (RefusalReason, bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn waypoint_refuses_bad_input_and_keeps_serving() {
     if !need_root() {
         return;

@@ -57,6 +57,10 @@ fn through_detour(lab: &Lab, port: u16, secs: u32) -> (u64, f64) {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn rate_cap_and_monthly_quota_are_enforced_and_remembered() {
     if !need_root() {
         return;

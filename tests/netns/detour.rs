@@ -102,11 +102,19 @@ fn aggregation(v6: bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn aggregation_ipv4_core_limited() {
     aggregation(false);
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn aggregation_ipv6_core_limited() {
     aggregation(true);
 }
@@ -114,6 +122,10 @@ fn aggregation_ipv6_core_limited() {
 /// Status shows a live detour while a transfer runs, and SIGTERM of both
 /// daemons removes the table, its elements and restores the path manager.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn status_and_clean_shutdown() {
     if !need_root() {
         return;

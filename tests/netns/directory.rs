@@ -180,6 +180,10 @@ fn directory_ns(lab: &Lab) -> Netns {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn directory_join_revoke_tamper_leave() {
     if !need_root() {
         return;
@@ -614,6 +618,10 @@ fn ask_from(from: IpAddr, to: SocketAddr, bytes: &[u8], limit: Duration) -> (Str
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn per_source_limits_count_an_ipv6_64_as_one_source() {
     if !need_root() {
         return;

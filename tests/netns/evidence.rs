@@ -30,6 +30,10 @@ fn lab_with_evidence(extra: &str) -> (Lab, IpAddr, IperfServer, PathBuf) {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn granted_requests_are_kept_and_verify() {
     if !need_root() {
         return;
@@ -153,6 +157,10 @@ fn granted_requests_are_kept_and_verify() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn vpn_lease_end_records_its_bytes() {
     if !need_root() {
         return;

@@ -15,6 +15,10 @@ use dcol_tests::{iperf3_background, iperf3_client, iperf3_server, LinkProfile, N
 /// The waypoint's links go down in the middle of a transfer: the transfer
 /// completes over the direct path, and the client notices and drops the detour.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn waypoint_vanishes_mid_transfer() {
     if !need_root() {
         return;
@@ -74,6 +78,10 @@ fn waypoint_vanishes_mid_transfer() {
 /// (old tunnels revoked: no duplicates, no stale elements) and the client gets
 /// a fresh grant for its running connection.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn waypoint_crash_is_reconciled() {
     if !need_root() {
         return;
@@ -145,6 +153,10 @@ fn waypoint_crash_is_reconciled() {
 /// through the waypoint is refused, the client notices, stops asking for that
 /// connection, and the transfer runs on the direct path.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn server_refusing_joins_is_noticed() {
     if !need_root() {
         return;
@@ -200,6 +212,10 @@ fn server_refusing_joins_is_noticed() {
 /// the kernel and in the daemon, and the daemon deletes the tunnel's conntrack
 /// flow.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn abandoned_lease_expires_and_its_flow_is_deleted() {
     if !need_root() {
         return;

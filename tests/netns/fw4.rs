@@ -122,6 +122,10 @@ fn sock(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn wan_cannot_open_lan_and_lan_reaches_wan_masqueraded() {
     if !need_root() {
         return;
@@ -194,6 +198,10 @@ fn include_comments() -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn feed_include_leads_the_forward_chain_and_never_opens_the_lan() {
     if !need_root() {
         return;
@@ -249,6 +257,10 @@ fn feed_include_leads_the_forward_chain_and_never_opens_the_lan() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn extra_sections_uci_changes_and_reload() {
     if !need_root() {
         return;

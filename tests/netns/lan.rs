@@ -124,6 +124,10 @@ fn wait_listen(lab: &Lab, port: u16) {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn lan_host_gets_detours_without_running_anything() {
     if !need_root() {
         return;
@@ -192,6 +196,10 @@ fn lan_host_gets_detours_without_running_anything() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn plain_servers_work_byte_exact_and_are_remembered() {
     if !need_root() {
         return;
@@ -267,6 +275,10 @@ fn plain_servers_work_byte_exact_and_are_remembered() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn half_close_and_resets_travel_through_the_proxy() {
     if !need_root() {
         return;
@@ -336,6 +348,10 @@ fn half_close_and_resets_travel_through_the_proxy() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn thousand_connections_and_a_device_over_its_limit() {
     if !need_root() {
         return;
@@ -444,6 +460,10 @@ fn tls_run(lab: &mut Lab, policy: &str, port: u16) -> (u64, u64) {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn detour_policies_seen_from_the_waypoint() {
     if !need_root() {
         return;
@@ -512,6 +532,10 @@ fn detour_policies_seen_from_the_waypoint() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn fail_open_after_kill_and_interception_resumes() {
     if !need_root() {
         return;

@@ -44,6 +44,10 @@ fn transfer_with_tunnel(
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn reload_keeps_connections_and_applies_changes() {
     if !need_root() {
         return;
@@ -187,6 +191,10 @@ fn reload_keeps_connections_and_applies_changes() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn reload_of_lan_rules_keeps_proxied_connections() {
     if !need_root() {
         return;
@@ -239,6 +247,10 @@ fn reload_of_lan_rules_keeps_proxied_connections() {
 /// change by itself, ends the member's tunnels and refuses it; a tampered
 /// or older list is refused and the one in force kept.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn revocation_list_file_bites_within_seconds() {
     if !need_root() {
         return;

@@ -86,6 +86,10 @@ fn upload(lab: &Lab, counter: &JoinCounter, server: IpAddr, waypoint: IpAddr) ->
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn lossy_detour_goes_to_backup_good_one_stays_and_scores_persist() {
     if !need_root() {
         return;

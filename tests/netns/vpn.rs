@@ -34,6 +34,10 @@ fn links(ns: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn aggregation_through_a_vpn_detour_and_clean_exit() {
     if !need_root() {
         return;
@@ -116,6 +120,10 @@ fn aggregation_through_a_vpn_detour_and_clean_exit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn ipv6_through_a_vpn_detour() {
     if !need_root() {
         return;
@@ -169,6 +177,10 @@ fn ipv6_through_a_vpn_detour() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn mixed_nat_and_vpn_detours() {
     if !need_root() {
         return;
@@ -212,6 +224,10 @@ fn ping(ns: &str, src: &str, dst: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn tunnels_reach_only_allowed_destinations_and_need_membership() {
     if !need_root() {
         return;

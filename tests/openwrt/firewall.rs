@@ -145,6 +145,10 @@ fn lan_listeners(lan: &Netns) -> [(TcpListener, SocketAddr); 2] {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn fw4_with_the_waypoint_keeps_the_lan_closed_and_forwards_detours() {
     if !need_root() {
         return;

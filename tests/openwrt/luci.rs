@@ -61,6 +61,10 @@ fn browser_tools(luci: &Path) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn luci_app_on_openwrts_web_stack_in_a_browser() {
     if !need_root() {
         return;

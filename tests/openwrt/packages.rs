@@ -19,6 +19,10 @@ use crate::{
 const NEXT_RELEASE: u32 = 2;
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn opkg_install_upgrade_remove_reinstall() {
     if !need_root() {
         return;
@@ -171,6 +175,10 @@ fn image_base_apk(tool: &Path, out: &Path) -> PathBuf {
 /// OpenWrt 25.x's way: the `.apk` packages with apk-tools 3 (built from its
 /// sources by cross/apk-tools, when they are there).
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn apk_install_upgrade_remove() {
     if !need_root() {
         return;
@@ -275,6 +283,10 @@ fn apk_install_upgrade_remove() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn image_built_offline_boots_with_dcol_enabled_and_off() {
     if !need_root() {
         return;

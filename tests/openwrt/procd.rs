@@ -41,6 +41,10 @@ fn wait_log(router: &Router, what: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn init_script_under_procd_as_pid1() {
     if !need_root() {
         return;
@@ -139,15 +143,34 @@ fn init_script_under_procd_as_pid1() {
     assert_eq!(v["dcol"]["client"]["max_detours"], "range(0,8)", "{v}");
     assert_eq!(v["dcol"]["waypoint"]["nat_ports"], "portrange", "{v}");
     assert!(v["dcol"]["dcol"]["log_level"].is_string(), "{v}");
-    // ... and used: a value validate_data refuses is noted in the log.
-    router.ok("uci set dcol.main.directory_interval_s=1; uci commit dcol");
+    // (procd's shell glue drops the quotes of string literals)
+    assert_eq!(
+        v["dcol"]["waypoint"]["deny_port"], "list(or(portrange,none))",
+        "{v}"
+    );
+    assert_eq!(v["dcol"]["peer"]["tunnel"], "or(nat,vpn)", "{v}");
+    // ... and used: each value validate_data refuses is logged with its
+    // option, value and datatype, and the daemon's own check refuses to start.
+    router.ok(
+        "uci set dcol.main.directory_interval_s=1; uci set dcol.client.proxy_port=0; uci commit dcol",
+    );
     router.ok("/etc/init.d/dcol restart");
-    let log = wait_log(&router, "look invalid");
+    let log = wait_log(&router, "expected range(1,65535)");
     assert!(
-        log.contains("options in section 'main' of /etc/config/dcol look invalid"),
+        log.contains("dcol: /etc/config/dcol: option 'directory_interval_s' in section 'main' is '1', expected range(2,86400)"),
         "{log}"
     );
-    router.ok("uci delete dcol.main.directory_interval_s; uci commit dcol");
+    assert!(
+        log.contains("dcol: /etc/config/dcol: option 'proxy_port' in section 'client' is '0', expected range(1,65535)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("option 'directory_interval_s': expected a number 2-86400, got '1'"),
+        "{log}"
+    );
+    router.ok(
+        "uci delete dcol.main.directory_interval_s; uci delete dcol.client.proxy_port; uci commit dcol",
+    );
 
     // ---- stop ----
     router.ok("/etc/init.d/dcol restart");
@@ -195,6 +218,10 @@ fn table_exists(ns: &Netns, name: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn hand_broken_config_keeps_the_running_daemon() {
     if !need_root() {
         return;

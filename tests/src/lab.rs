@@ -273,10 +273,8 @@ pub fn in_netns<T: Send + 'static>(ns: &crate::Netns, f: impl FnOnce() -> T + Se
 
 /// Moves the calling thread into the network namespace open as `f`.
 pub fn enter_netns(f: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setns on an open namespace fd affects only the calling thread.
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+    use nix::sched::{setns, CloneFlags};
+    setns(f, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns: {e}"));
 }
 
 /// No DNATed conntrack entry through the lab waypoint's tunnel ports

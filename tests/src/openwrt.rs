@@ -66,12 +66,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
+
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::Netns;
 
@@ -329,7 +330,7 @@ fn pkg_config_has(lib: &str) -> bool {
 /// processes given [`FileLock::inherit`]): one build at a time across test
 /// binaries.
 pub(crate) struct FileLock {
-    file: fs::File,
+    file: Flock<fs::File>,
 }
 
 impl FileLock {
@@ -341,15 +342,8 @@ impl FileLock {
             .write(true)
             .open(path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        // SAFETY: flock on a descriptor this function owns; no memory involved.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(
-            r,
-            0,
-            "flock {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
+        let file = Flock::lock(file, FlockArg::LockExclusive)
+            .unwrap_or_else(|(_, e)| panic!("flock {}: {e}", path.display()));
         FileLock { file }
     }
 

@@ -16,7 +16,7 @@
 //! know how the daemon fills it in.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -173,8 +173,8 @@ impl ControlServer {
     }
 
     /// Readable when clients wait for a status (for the daemon's poll).
-    pub fn fd(&self) -> RawFd {
-        self.wake.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
     }
 
     /// Whether clients wait for a status; never blocks.
@@ -226,8 +226,8 @@ struct Acceptor {
 
 impl Acceptor {
     fn run(mut self) {
-        let fds = [self.listener.as_raw_fd(), self.stop.as_raw_fd()];
         loop {
+            let fds = [self.listener.as_fd(), self.stop.as_fd()];
             match crate::sys::os::poll_readable(&fds, None) {
                 Ok(r) if r[1] => return,
                 Ok(_) => {}

@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,10 +23,11 @@ use super::driver::{earliest, Ctx, Driver, Event, Outbox, Role};
 use super::identity::Identity;
 use super::membership::directory_only;
 use super::plan::ClientChange;
-use super::{io_err, wall_ms, DaemonError, LogLimit};
+use super::{io_err, wall_ms, DaemonError};
 use crate::client::{self, Action, Client, PeerSpec};
-use crate::config::{Config, DetourPolicy, TunnelKind};
+use crate::config::Config;
 use crate::control::Status;
+use crate::loglimit::LogLimit;
 use crate::mptcp::PmEvent;
 use crate::proxy::Gate;
 use crate::sys::diag::Diag;
@@ -35,6 +36,7 @@ use crate::sys::os;
 use crate::sys::relay::RelayEvent;
 use crate::sys::sysctl;
 use crate::trust::{self, MemberId, Revocations};
+use crate::types::{DetourPolicy, TunnelKind};
 
 mod status;
 mod vpn;
@@ -519,10 +521,10 @@ impl ClientDriver {
 }
 
 impl Driver for ClientDriver {
-    fn fds(&self, out: &mut Vec<RawFd>) {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.push(self.events.fd());
-        out.push(self.sock4.as_raw_fd());
-        out.extend(self.sock6.as_ref().map(|s| s.as_raw_fd()));
+        out.push(self.sock4.as_fd());
+        out.extend(self.sock6.as_ref().map(|s| s.as_fd()));
     }
 
     fn deadline(&self, now: Instant) -> Option<Instant> {
@@ -535,7 +537,7 @@ impl Driver for ClientDriver {
 
     fn on_ready(&mut self, fd: RawFd, now: Instant, _out: &mut Outbox) {
         let wall = wall_ms();
-        if fd == self.events.fd() {
+        if fd == self.events.fd().as_raw_fd() {
             self.read_events(now, wall);
         } else {
             let v6 = self.sock6.as_ref().is_some_and(|s| s.as_raw_fd() == fd);

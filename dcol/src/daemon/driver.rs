@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Instant;
 
 use super::identity::Identity;
@@ -33,7 +33,7 @@ use crate::trust::MemberId;
 /// One part of the daemon, called by the loop when it is ready.
 pub(super) trait Driver {
     /// Appends the descriptors to poll for reading.
-    fn fds(&self, out: &mut Vec<RawFd>);
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>);
 
     /// When [`Driver::on_timeout`] is due (default `None`: only when a
     /// descriptor is ready); `now` or earlier for work due at once.
@@ -41,7 +41,8 @@ pub(super) trait Driver {
         None
     }
 
-    /// `fd`, one of [`Driver::fds`], is readable (default: no descriptors).
+    /// `fd`, one of [`Driver::fds`] (its number), is readable (default: no
+    /// descriptors).
     fn on_ready(&mut self, _fd: RawFd, _now: Instant, _out: &mut Outbox) {}
 
     /// The deadline passed (default: no deadline, nothing to do).

@@ -2,14 +2,14 @@
 //! SIGINT stop) and the control socket, whose clients are served by their
 //! own threads while the loop only builds the status they wait for.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 use std::time::Instant;
 
 use super::driver::{Command, Driver, Outbox};
 use super::DaemonError;
 use crate::control::{ControlServer, Status};
-use crate::sys::os::Signals;
+use crate::sys::os::{Signal, Signals};
 
 /// Signals and the control socket.
 pub(super) struct Host {
@@ -37,22 +37,22 @@ impl Host {
 }
 
 impl Driver for Host {
-    fn fds(&self, out: &mut Vec<RawFd>) {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.extend([self.signals.fd(), self.control.fd()]);
     }
 
     fn on_ready(&mut self, fd: RawFd, _now: Instant, out: &mut Outbox) {
-        if fd == self.control.fd() {
+        if fd == self.control.fd().as_raw_fd() {
             if self.control.waiting() {
                 out.command(Command::Status);
             }
             return;
         }
         while let Some(sig) = self.signals.read() {
-            if sig == libc::SIGHUP {
+            if sig == Signal::SIGHUP {
                 out.command(Command::Reload);
             } else {
-                log::info!("signal {sig}: shutting down");
+                log::info!("signal {}: shutting down", sig as i32);
                 out.command(Command::Stop);
                 return;
             }

@@ -3,7 +3,7 @@
 //! revocation list file ([`RevWatch`]): a changed file reloads the daemon.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -114,7 +114,7 @@ impl RevWatch {
 }
 
 impl Driver for RevWatch {
-    fn fds(&self, _out: &mut Vec<RawFd>) {}
+    fn fds<'a>(&'a self, _out: &mut Vec<BorrowedFd<'a>>) {}
 
     fn deadline(&self, _now: Instant) -> Option<Instant> {
         Some(self.next)

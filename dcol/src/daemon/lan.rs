@@ -15,17 +15,18 @@
 //! news about the connections it opens go to the client role
 //! ([`Event::Relay`]). The proxy runs only with the client role.
 
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::driver::{earliest, Ctx, Driver, Event, Outbox, Role};
 use super::DaemonError;
-use crate::config::{Config, DetourPolicy};
+use crate::config::Config;
 use crate::control::{self, Status};
 use crate::proxy::admission::{Action as AdmissionAction, Admission, Full};
 use crate::sys::lan::{self, InterceptSpec, LanIntercept, RulesetWatch};
 use crate::sys::relay::{Relay, RelaySettings};
 use crate::sys::SysError;
+use crate::types::DetourPolicy;
 
 /// Name of the interception table (`inet dcol_lan`).
 pub const LAN_TABLE: &str = "dcol_lan";
@@ -228,7 +229,7 @@ impl LanDriver {
 }
 
 impl Driver for LanDriver {
-    fn fds(&self, out: &mut Vec<RawFd>) {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.push(self.relay.fd());
         out.extend(self.watch.as_ref().map(RulesetWatch::fd));
     }

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,12 +30,13 @@ use super::driver::{earliest, Command, Ctx, Driver, Event, Outbox, Role};
 use super::identity::Identity;
 use super::{wall_ms, DaemonError};
 use crate::client::PeerSpec;
-use crate::config::{self, Config, PeerConfig, TunnelKind};
+use crate::config::{self, Config, PeerConfig};
 use crate::control::{DirectoryStatus, Status};
 use crate::directory::agent::{self, Agent, AgentSettings, Report};
 use crate::directory::{self as dir, renew, store};
 use crate::directory::{Advert, Chosen, Record, Selection, Statement, Tunnels};
 use crate::trust::{files, Certificate, MemberId, SecretKey};
+use crate::types::TunnelKind;
 
 /// How often a published record is renewed (the directory drops records not
 /// renewed within its record lifetime, 3 h by default).
@@ -458,7 +459,7 @@ impl MembershipDriver {
 }
 
 impl Driver for MembershipDriver {
-    fn fds(&self, out: &mut Vec<RawFd>) {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.push(self.agent.fd());
     }
 

@@ -21,9 +21,9 @@
 //! recorded in the state directory are restored.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::control::{self, ControlServer, Status};
@@ -101,48 +101,6 @@ pub fn wall_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// At most `per_sec` log lines per second for one noisy source; the rest are
-/// counted and summarized, so a flood of garbage cannot fill the router's log.
-#[derive(Debug)]
-pub(crate) struct LogLimit {
-    per_sec: u32,
-    window: Instant,
-    used: u32,
-    dropped: u64,
-}
-
-impl LogLimit {
-    pub(crate) fn new(per_sec: u32) -> Self {
-        LogLimit {
-            per_sec,
-            window: Instant::now(),
-            used: 0,
-            dropped: 0,
-        }
-    }
-
-    pub(crate) fn allow(&mut self, now: Instant) -> bool {
-        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
-            if self.dropped > 0 {
-                log::warn!(
-                    "{} more refusals not logged in the last second",
-                    self.dropped
-                );
-            }
-            self.window = now;
-            self.used = 0;
-            self.dropped = 0;
-        }
-        if self.used < self.per_sec {
-            self.used += 1;
-            true
-        } else {
-            self.dropped = self.dropped.wrapping_add(1);
-            false
-        }
-    }
 }
 
 /// The drivers, in the order the loop calls them (and they fill in the
@@ -298,20 +256,31 @@ impl Daemon {
             let now = Instant::now();
             fds.clear();
             owners.clear();
-            let mut deadline = None;
-            for (i, d) in self.drivers().into_iter().enumerate() {
-                let Some(d) = d else { continue };
-                d.fds(&mut fds);
-                owners.resize(fds.len(), i);
-                deadline = earliest(deadline, d.deadline(now));
-            }
-            let timeout = deadline.map(|d| d.saturating_duration_since(now));
-            let end = Instant::now();
+            let ready = {
+                // Borrowed from the drivers while polling; then only their
+                // numbers, to tell each driver which of its own are ready.
+                let mut polled: Vec<BorrowedFd<'_>> = Vec::new();
+                let mut deadline = None;
+                for (i, d) in self.drivers().into_iter().enumerate() {
+                    let Some(d) = d else { continue };
+                    let d: &dyn Driver = d;
+                    d.fds(&mut polled);
+                    owners.resize(polled.len(), i);
+                    deadline = earliest(deadline, d.deadline(now));
+                }
+                let timeout = deadline.map(|d| d.saturating_duration_since(now));
+                // The turn ends where the poll begins (recorded below,
+                // once the drivers' descriptors are no longer borrowed).
+                let end = Instant::now();
+                let ready = os::poll_readable(&polled, timeout).map_err(io_err("poll"))?;
+                fds.extend(polled.iter().map(AsRawFd::as_raw_fd));
+                (ready, end)
+            };
+            let (ready, end) = ready;
             self.turn.lap("collect", end);
             let (took, driver) = self.turn.end();
-            let since_start = end.saturating_duration_since(self.started);
-            self.turns.record(took, since_start, driver);
-            let ready = os::poll_readable(&fds, timeout).map_err(io_err("poll"))?;
+            self.turns
+                .record(took, end.saturating_duration_since(self.started), driver);
             self.turn = Turn::new(Instant::now());
             let generation = self.generation;
             for (i, name) in DRIVER_NAMES.iter().enumerate() {

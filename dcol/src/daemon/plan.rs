@@ -324,7 +324,7 @@ mod tests {
         c.peers.push(crate::config::PeerConfig {
             name: "alice".into(),
             address: "203.0.113.5:7447".parse().unwrap(),
-            tunnel: crate::config::TunnelKind::Nat,
+            tunnel: crate::types::TunnelKind::Nat,
         });
         c
     }

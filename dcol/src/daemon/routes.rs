@@ -3,7 +3,7 @@
 //! ([`Event::Routes`]: the waypoint's destination policy and WAN, the LAN
 //! proxy's WAN) when something changed.
 
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Instant;
 
 use super::driver::{Driver, Event, Outbox};
@@ -31,7 +31,7 @@ impl RouteDriver {
 }
 
 impl Driver for RouteDriver {
-    fn fds(&self, out: &mut Vec<RawFd>) {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.push(self.watch.fd());
     }
 

@@ -9,7 +9,7 @@
 //! its lease).
 
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -203,7 +203,7 @@ pub(super) fn delete_leftovers(cfg: &Config) {
 }
 
 impl Driver for TraversalDriver {
-    fn fds(&self, out: &mut Vec<RawFd>) {
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.push(self.thread.fd());
     }
 

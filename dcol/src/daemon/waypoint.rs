@@ -10,15 +10,16 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::driver::{Ctx, Driver, Event, Outbox, Role};
 use super::identity::Identity;
 use super::plan::WaypointChange;
-use super::{io_err, wall_ms, DaemonError, LogLimit};
+use super::{io_err, wall_ms, DaemonError};
 use crate::config::Config;
 use crate::control::{self, Status};
+use crate::loglimit::LogLimit;
 use crate::routes::Routes;
 use crate::sys::conntrack;
 use crate::sys::nft::NatTable;
@@ -425,8 +426,8 @@ impl WaypointDriver {
 }
 
 impl Driver for WaypointDriver {
-    fn fds(&self, out: &mut Vec<RawFd>) {
-        out.extend(self.sockets.iter().map(|s| s.as_raw_fd()));
+    fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
+        out.extend(self.sockets.iter().map(|s| s.as_fd()));
     }
 
     fn deadline(&self, _now: Instant) -> Option<Instant> {

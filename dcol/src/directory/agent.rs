@@ -7,7 +7,7 @@
 //! learns of results through [`Agent::fd`] and [`Agent::reports`].
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -155,8 +155,8 @@ impl Agent {
     }
 
     /// Readable when reports are waiting.
-    pub fn fd(&self) -> RawFd {
-        self.wake.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
     }
 
     /// The reports waiting (never blocks).

@@ -143,7 +143,7 @@ struct Shared {
     current: Mutex<Current>,
     conns: Mutex<HashMap<Source, usize>>,
     stop: AtomicBool,
-    log: Mutex<crate::daemon::LogLimit>,
+    log: Mutex<crate::loglimit::LogLimit>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -224,7 +224,7 @@ impl Server {
             current: Mutex::new(current),
             conns: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
-            log: Mutex::new(crate::daemon::LogLimit::new(20)),
+            log: Mutex::new(crate::loglimit::LogLimit::new(20)),
         });
         let s = shared.clone();
         let builder = thread::spawn(move || builder_loop(&s));

@@ -23,8 +23,8 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use crate::config::{mask6, Cidr};
 use crate::special;
+use crate::types::{mask6, Cidr};
 
 /// Descriptors one proxied connection may hold: two sockets and a pipe
 /// (two ends) per direction.

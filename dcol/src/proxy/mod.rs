@@ -12,7 +12,7 @@ pub mod tls;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::DetourPolicy;
+use crate::types::DetourPolicy;
 use tls::Verdict;
 
 /// Whether a proxied connection may have detours.

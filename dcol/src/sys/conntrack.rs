@@ -371,6 +371,10 @@ mod tests {
     /// tunnel's are deleted, by tuple, zone and id; the others stay. A
     /// second pass finds nothing.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_dump_and_delete() {
         use crate::sys::netlink::testns::{is_root, NsThread};
         if !is_root() {

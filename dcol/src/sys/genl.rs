@@ -8,7 +8,7 @@
 //! the families' code); no netlink family is known here.
 
 use std::io::Cursor;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 
 use neli::consts::genl::{CtrlAttr, CtrlAttrMcastGrp, CtrlCmd};
 use neli::consts::nl::NlmF;
@@ -69,7 +69,7 @@ impl GenlSocket {
     }
 
     /// The descriptor, for `poll`.
-    pub fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.conn.fd()
     }
 

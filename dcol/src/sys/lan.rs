@@ -44,7 +44,7 @@
 //! state to leave behind, and connections already established when the daemon
 //! starts are untouched (NAT applies to new connections only).
 
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use neli::nl::Nlmsghdr;
@@ -56,8 +56,8 @@ use super::nft::{
     delete_table, flush_set_msg, run_nft, set_key_msg, set_names_msgs, table_exists_on, SUBSYS,
 };
 use super::SysError;
-use crate::config::Cidr;
 use crate::special;
+use crate::types::Cidr;
 
 /// How long interception outlives the daemon's last heartbeat.
 pub const ALIVE_TTL: Duration = Duration::from_secs(2);
@@ -414,7 +414,7 @@ impl RulesetWatch {
     }
 
     /// The descriptor to poll.
-    pub fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.sock.fd()
     }
 
@@ -668,6 +668,10 @@ mod tests {
     /// verdict flushes, heartbeat, pause, ruleset notifications, removal)
     /// against the real kernel, checked with `nft`.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_sets_and_notifications() {
         if !is_root() {
             eprintln!("SKIP: needs root");

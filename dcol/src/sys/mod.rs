@@ -3,6 +3,9 @@
 //! [`nfnl`], sock_diag in [`diag`]), rtnetlink on the `rtnetlink` crate
 //! ([`rtnl`], [`routewatch`]), sysctls, sockets. Nothing above this module
 //! knows a netlink attribute number.
+//!
+//! System calls go through nix (or `std`, neli, rtnetlink); the few nix
+//! does not wrap are in `raw`, the one module of the crate allowed `unsafe`.
 
 use std::io;
 
@@ -15,6 +18,7 @@ pub mod netlink;
 pub mod nfnl;
 pub mod nft;
 pub mod os;
+mod raw;
 pub mod relay;
 pub mod routewatch;
 pub mod rtnl;
@@ -90,5 +94,13 @@ impl SysError {
     /// Wraps an `io::Error` with the operation that caused it.
     pub fn io(op: &'static str, source: io::Error) -> Self {
         SysError::Io { op, source }
+    }
+
+    /// Wraps a failed system call's errno (from nix) with the operation.
+    pub fn errno(op: &'static str, e: nix::errno::Errno) -> Self {
+        SysError::Io {
+            op,
+            source: e.into(),
+        }
     }
 }

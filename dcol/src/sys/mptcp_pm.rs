@@ -17,7 +17,7 @@
 //! `htons(nla_get_u16())`), addresses network order.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 
 use neli::neli_enum;
 use neli::nl::NlPayload;
@@ -172,7 +172,7 @@ impl PmEvents {
     }
 
     /// The descriptor to poll for readability.
-    pub fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.sock.fd()
     }
 
@@ -1089,6 +1089,10 @@ mod tests {
     /// SUBFLOW_CREATE to a second address, SET_FLAGS, SUBFLOW_DESTROY, and
     /// kernel refusals whose errors carry the kernel's extack text.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_userspace_pm_over_loopback() {
         if !is_root() {
             eprintln!("SKIP: needs root");
@@ -1199,6 +1203,10 @@ mod tests {
     /// back without the kernel's extack text, which `Nlmsgerr::to_typed`
     /// drops; through [`PmSocket`] the text is kept.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_neli_router_drops_extack() {
         use neli::consts::socket::NlFamily;
         use neli::err::RouterError;

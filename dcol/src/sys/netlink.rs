@@ -31,13 +31,10 @@
 //! [`array()`]), so the code is the same on big-endian MIPS.
 //!
 //! The namespace helpers of the root tests live here too, with
-//! [`unshare_netns_for_this_thread`]: this is one of the two modules allowed
-//! `unsafe` (with `os`), for those; every block wraps one system call and
-//! states why it is sound.
-#![allow(unsafe_code)]
+//! [`unshare_netns_for_this_thread`].
 
 use std::io::{self, Cursor};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use neli::consts::nl::{NlmF, Nlmsg, NlmsgerrAttr};
@@ -125,8 +122,8 @@ impl NlConn {
     }
 
     /// The descriptor, for `poll`.
-    pub fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        super::raw::neli_fd(&self.sock)
     }
 
     /// Joins multicast group `group` (a generic netlink group id, an
@@ -600,109 +597,42 @@ pub(crate) fn test_nlmsg(ty: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> 
 /// the namespace disappears with the thread and its sockets. Needs
 /// `CAP_SYS_ADMIN`.
 pub fn unshare_netns_for_this_thread() -> io::Result<()> {
-    // SAFETY: unshare takes no pointers; CLONE_NEWNET affects only this thread.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?)
 }
 
-/// Test helpers that need `unsafe` (kept here, the one place allowed it):
-/// MPTCP sockets, which `std` cannot create.
+/// Test helpers: MPTCP sockets, which `std` cannot create.
 #[cfg(test)]
 pub(crate) mod testsock {
     use std::io;
     use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, OwnedFd};
 
-    /// `IPPROTO_MPTCP` (linux/in.h).
-    const IPPROTO_MPTCP: libc::c_int = 0x106;
+    use nix::sys::socket::{
+        bind, connect as nix_connect, listen as nix_listen, setsockopt, socket, sockopt,
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
+    };
 
-    fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-        // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let len = match addr {
-            SocketAddr::V4(a) => {
-                let sin = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.ip().octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-                unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-                std::mem::size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: a.port().to_be(),
-                    sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
-                    },
-                    sin6_scope_id: 0,
-                };
-                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-                unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-                std::mem::size_of::<libc::sockaddr_in6>()
-            }
-        };
-        (ss, len as libc::socklen_t)
-    }
+    use crate::sys::raw;
 
-    fn socket(addr: SocketAddr, proto: libc::c_int) -> io::Result<OwnedFd> {
+    fn socket_for(addr: SocketAddr, mptcp: bool) -> io::Result<OwnedFd> {
         let fam = if addr.is_ipv4() {
-            libc::AF_INET
+            AddressFamily::Inet
         } else {
-            libc::AF_INET6
+            AddressFamily::Inet6
         };
-        // SAFETY: socket() has no memory preconditions.
-        let fd = unsafe { libc::socket(fam, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, proto) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptor we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
-        let (ss, len) = sockaddr(addr);
-        // SAFETY: ss holds a valid sockaddr of length len.
-        if unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&ss as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        Ok(if mptcp {
+            raw::mptcp_socket(fam, SockFlag::SOCK_CLOEXEC)?
+        } else {
+            socket(fam, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?
+        })
     }
 
     /// An MPTCP (`mptcp == true`) or TCP listener on `addr`.
     pub(crate) fn listen(addr: SocketAddr, mptcp: bool) -> io::Result<TcpListener> {
-        let fd = socket(addr, if mptcp { IPPROTO_MPTCP } else { 0 })?;
-        let one: libc::c_int = 1;
-        // SAFETY: the option value points to a live c_int of the size passed.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        bind(&fd, addr)?;
-        // SAFETY: listen on a descriptor we own; no pointers.
-        if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = socket_for(addr, mptcp)?;
+        let _ = setsockopt(&fd, sockopt::ReuseAddr, &true);
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+        nix_listen(&fd, Backlog::new(16)?)?;
         Ok(TcpListener::from(fd))
     }
 
@@ -712,22 +642,11 @@ pub(crate) mod testsock {
         to: SocketAddr,
         mptcp: bool,
     ) -> io::Result<TcpStream> {
-        let fd = socket(to, if mptcp { IPPROTO_MPTCP } else { 0 })?;
+        let fd = socket_for(to, mptcp)?;
         if let Some(f) = from {
-            bind(&fd, f)?;
+            bind(fd.as_raw_fd(), &SockaddrStorage::from(f))?;
         }
-        let (ss, len) = sockaddr(to);
-        // SAFETY: ss holds a valid sockaddr of length len.
-        if unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&ss as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        nix_connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
         Ok(TcpStream::from(fd))
     }
 }

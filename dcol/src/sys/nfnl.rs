@@ -20,7 +20,7 @@
 //! subsystem defines them (mostly network order: `to_be_bytes`).
 
 use std::io::Cursor;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 
 use neli::consts::nl::NlmF;
 use neli::consts::socket::NlFamily;
@@ -157,7 +157,7 @@ impl NfSocket {
     }
 
     /// The descriptor, for `poll`.
-    pub fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.conn.fd()
     }
 
@@ -292,6 +292,10 @@ mod tests {
     /// kernel's extended-ack text; the socket stays usable and nothing is
     /// left queued.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_refusals_and_batches() {
         if !crate::sys::netlink::testns::is_root() {
             eprintln!("SKIP: needs root");

@@ -1327,6 +1327,10 @@ mod tests {
     /// netlink is the one `nft` shows, carried over from the caps; without
     /// a quota it is 0.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_quota_counter() {
         if !root() {
             return;
@@ -1361,6 +1365,10 @@ mod tests {
     /// Root: a child process spawned by a thread that unshared its network
     /// namespace lives in that namespace (what `NatTable::create` relies on).
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_child_inherits_thread_netns() {
         if !root() {
             return;
@@ -1406,6 +1414,10 @@ mod tests {
     /// reconciliation, destroy. Every step keeps the flow sets in step with
     /// the maps.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_nat_table_lifecycle() {
         if !root() {
             return;
@@ -1656,6 +1668,10 @@ mod tests {
     /// remote port in the range. A tunnel DNATed to the LAN is dropped in
     /// forward, one DNATed to the router's own address in input.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_nat_forwarding_and_masquerade() {
         if !root() {
             return;

@@ -1,273 +1,170 @@
 //! Small POSIX wrappers the daemon loop needs: `poll(2)`, a `signalfd(2)` for
-//! SIGTERM/SIGINT/SIGHUP, and the host's own addresses (`getifaddrs(3)`).
-//!
-//! This is one of the two modules allowed `unsafe` (with `netlink`); each block
-//! states why it is sound.
-#![allow(unsafe_code)]
+//! SIGTERM/SIGINT/SIGHUP, the host's own addresses (`getifaddrs(3)`) and UDP
+//! sockets (IPv6-only binds, `IP_PKTINFO` sends, `recvmmsg(2)` batches, a
+//! forced receive buffer, a classic BPF source filter). All through nix (the
+//! filter options, which nix lacks, through [`super::raw`]).
 
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::SigSet;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    self as nsock, sockopt, AddressFamily, ControlMessage, MsgFlags, MultiHeaders, SockFlag,
+    SockType, SockaddrIn, SockaddrIn6, SockaddrStorage,
+};
+
+use super::raw;
+
+pub use nix::sys::signal::Signal;
 
 /// Waits until one of `fds` is readable or `timeout` passes (`None`: forever).
 /// Returns, per fd, whether it is readable (or in error/hang-up, which a read
 /// will report). EINTR counts as a timeout.
-pub fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut pfds: Vec<libc::pollfd> = fds
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
         .collect();
-    let ms = match timeout {
-        None => -1,
-        Some(t) => i32::try_from(t.as_millis().saturating_add(1)).unwrap_or(i32::MAX),
-    };
-    // SAFETY: pfds is a valid, exclusively borrowed array of pollfd of the given length.
-    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(vec![false; fds.len()]);
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        // Rounded up: waking before the deadline would only poll again.
+        Some(t) => {
+            PollTimeout::try_from(t.as_millis().saturating_add(1)).unwrap_or(PollTimeout::MAX)
         }
-        return Err(e);
+    };
+    match poll(&mut pfds, timeout) {
+        Ok(_) => {}
+        Err(Errno::EINTR) => return Ok(vec![false; fds.len()]),
+        Err(e) => return Err(e.into()),
     }
-    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+    // Any bit, even one nix does not know, makes the descriptor worth a read.
+    Ok(pfds
+        .iter()
+        .map(|p| p.revents().is_none_or(|r| !r.is_empty()))
+        .collect())
 }
 
 /// SIGTERM, SIGINT and SIGHUP delivered through a file descriptor.
 #[derive(Debug)]
 pub struct Signals {
-    fd: OwnedFd,
+    fd: SignalFd,
 }
 
 impl Signals {
     /// Blocks SIGTERM, SIGINT and SIGHUP for this thread (call before starting
     /// threads) and ignores SIGPIPE, then opens a non-blocking signalfd for them.
     pub fn new() -> io::Result<Self> {
-        // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it;
-        // sigprocmask and signalfd only read it. signal(SIGPIPE, SIG_IGN) has no
-        // preconditions.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                libc::sigaddset(&mut set, s);
-            }
-            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(Signals {
-                fd: OwnedFd::from_raw_fd(fd),
-            })
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            set.add(s);
         }
+        set.thread_block()?;
+        // Cannot fail for SIG_IGN on SIGPIPE; the relay's sends say MSG_NOSIGNAL.
+        let _ = raw::ignore_sigpipe();
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { fd })
     }
 
     /// The descriptor to poll.
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
-    /// The next pending signal number, if any.
-    pub fn read(&self) -> Option<i32> {
-        // SAFETY: signalfd_siginfo is plain data; read writes at most its size.
-        unsafe {
-            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            let n = libc::read(
-                self.fd.as_raw_fd(),
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                size,
-            );
-            (n == size as isize).then_some(info.ssi_signo as i32)
-        }
+    /// The next pending signal, if any.
+    pub fn read(&self) -> Option<Signal> {
+        let info = self.fd.read_signal().ok()??;
+        Signal::try_from(i32::try_from(info.ssi_signo).ok()?).ok()
     }
 }
 
 /// Every address configured on this host's interfaces (in the current network
 /// namespace).
 pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills head with a list we free below with freeifaddrs;
-    // each ifa_addr, when non-null, points to a sockaddr of the family it names.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut p = head;
-        while !p.is_null() {
-            let a = (*p).ifa_addr;
-            if !a.is_null() {
-                match i32::from((*a).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(a as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(a as *const libc::sockaddr_in6);
-                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                    }
-                    _ => {}
-                }
+    Ok(nix::ifaddrs::getifaddrs()?
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            if let Some(sin) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(sin.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|sin6| IpAddr::V6(sin6.ip()))
             }
-            p = (*p).ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// Binds a non-blocking UDP socket. IPv6 sockets are IPv6-only, so that
 /// `0.0.0.0:P` and `[::]:P` can both be bound and each family keeps its own
 /// addresses (no IPv4-mapped sources).
-pub fn bind_udp(addr: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let family = if addr.is_ipv4() {
-        libc::AF_INET
+        AddressFamily::Inet
     } else {
-        libc::AF_INET6
+        AddressFamily::Inet6
     };
-    // SAFETY: socket() has no memory preconditions; on success we own the fd.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sock = std::net::UdpSocket::from(owned);
+    let fd = nsock::socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
     if addr.is_ipv6() {
-        let one: libc::c_int = 1;
-        // SAFETY: the option value points to a live c_int of the given size.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        nsock::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
     }
-    bind(&sock, addr)?;
-    Ok(sock)
-}
-
-fn bind(sock: &std::net::UdpSocket, addr: std::net::SocketAddr) -> io::Result<()> {
-    let (ss, len) = super::sock::raw_addr(&addr);
-    // SAFETY: ss holds a sockaddr of length len.
-    let r = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    nsock::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(UdpSocket::from(fd))
 }
 
 /// Sends `buf` to `to` from the local address `from` (`IP_PKTINFO` /
 /// `IPV6_PKTINFO`), so that the peer sees the address we choose rather than
 /// the one routing would pick. On a router with several interfaces the
 /// waypoint must see the address the detour subflows will come from.
-pub fn send_from(
-    sock: &std::net::UdpSocket,
-    buf: &[u8],
-    to: std::net::SocketAddr,
-    from: IpAddr,
-) -> io::Result<usize> {
-    use std::mem::{size_of, zeroed};
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // Room for one cmsg of either pktinfo kind, u64-aligned.
-    let mut cbuf = [0u64; 8];
-    // SAFETY: all of these are plain data; zero is a valid value for each.
-    let (mut sin, mut sin6): (libc::sockaddr_in, libc::sockaddr_in6) =
-        unsafe { (zeroed(), zeroed()) };
-    // SAFETY: msghdr is plain data.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    let (level, ty, data_len) = match (to, from) {
-        (std::net::SocketAddr::V4(t), IpAddr::V4(_)) => {
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = t.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*t.ip()).to_be();
-            msg.msg_name = (&mut sin as *mut libc::sockaddr_in).cast();
-            msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            (
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                size_of::<libc::in_pktinfo>(),
-            )
+pub fn send_from(sock: &UdpSocket, buf: &[u8], to: SocketAddr, from: IpAddr) -> io::Result<usize> {
+    let iov = [IoSlice::new(buf)];
+    let fd = sock.as_raw_fd();
+    let n = match (to, from) {
+        (SocketAddr::V4(t), IpAddr::V4(f)) => {
+            let pi = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(f).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            let cmsg = [ControlMessage::Ipv4PacketInfo(&pi)];
+            nsock::sendmsg(
+                fd,
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&SockaddrIn::from(t)),
+            )?
         }
-        (std::net::SocketAddr::V6(t), IpAddr::V6(_)) => {
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = t.port().to_be();
-            sin6.sin6_addr.s6_addr = t.ip().octets();
-            sin6.sin6_scope_id = t.scope_id();
-            msg.msg_name = (&mut sin6 as *mut libc::sockaddr_in6).cast();
-            msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-            (
-                libc::IPPROTO_IPV6,
-                libc::IPV6_PKTINFO,
-                size_of::<libc::in6_pktinfo>(),
-            )
+        (SocketAddr::V6(t), IpAddr::V6(f)) => {
+            let pi = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: f.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            let cmsg = [ControlMessage::Ipv6PacketInfo(&pi)];
+            // As before: no flow label (the std conversion would keep t's).
+            let t = std::net::SocketAddrV6::new(*t.ip(), t.port(), 0, t.scope_id());
+            nsock::sendmsg(
+                fd,
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&SockaddrIn6::from(t)),
+            )?
         }
         _ => return sock.send_to(buf, to),
     };
-    // SAFETY: CMSG_SPACE only computes a size.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(data_len as u32) } as _;
-    // SAFETY: msg_control points to cbuf, large enough for one cmsg of
-    // data_len bytes (64 bytes >= CMSG_SPACE(20)); CMSG_FIRSTHDR/CMSG_DATA
-    // stay inside it; the pktinfo structs are written unaligned-safely.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = level;
-        (*c).cmsg_type = ty;
-        (*c).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
-        match from {
-            IpAddr::V4(f) => {
-                let mut pi: libc::in_pktinfo = zeroed();
-                pi.ipi_spec_dst.s_addr = u32::from(f).to_be();
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>(), pi);
-            }
-            IpAddr::V6(f) => {
-                let mut pi: libc::in6_pktinfo = zeroed();
-                pi.ipi6_addr.s6_addr = f.octets();
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>(), pi);
-            }
-        }
-        let n = libc::sendmsg(sock.as_raw_fd(), &msg, 0);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
+    Ok(n)
 }
 
 /// Sets a socket's receive buffer to `bytes` (the kernel doubles it for
@@ -275,12 +172,12 @@ pub fn send_from(
 /// else `SO_RCVBUF` up to that limit. A waypoint's signaling socket gets a
 /// large one, so that a flood it drops cheaply does not also push honest
 /// datagrams out while the daemon is not scheduled.
-pub fn set_recv_buffer(sock: &std::net::UdpSocket, bytes: usize) -> io::Result<()> {
-    use super::sock::setsockopt_int;
-    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let fd = sock.as_raw_fd();
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v)
-        .or_else(|_| setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, v))
+pub fn set_recv_buffer(sock: &UdpSocket, bytes: usize) -> io::Result<()> {
+    // nix casts to c_int: cap first.
+    let v = bytes.min(i32::MAX as usize);
+    nsock::setsockopt(sock, sockopt::RcvBufForce, &v)
+        .or_else(|_| nsock::setsockopt(sock, sockopt::RcvBuf, &v))?;
+    Ok(())
 }
 
 /// Room for one datagram of a [`RecvBatch`]: more than the signaling
@@ -293,7 +190,7 @@ pub const BATCH_DATAGRAM: usize = 2048;
 #[derive(Default)]
 pub struct RecvBatch {
     bufs: Vec<[u8; BATCH_DATAGRAM]>,
-    got: Vec<(usize, Option<std::net::SocketAddr>)>,
+    got: Vec<(usize, Option<SocketAddr>)>,
 }
 
 impl RecvBatch {
@@ -307,73 +204,41 @@ impl RecvBatch {
 
     /// Reads what is waiting on the non-blocking `sock`, up to the batch's
     /// size; returns how many arrived (0: none was waiting).
-    pub fn recv(&mut self, sock: &std::net::UdpSocket) -> io::Result<usize> {
-        use std::mem::{size_of, zeroed};
-        let n = self.bufs.len();
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
         self.got.clear();
-        if n == 0 {
+        if self.bufs.is_empty() {
             return Ok(0);
         }
-        let mut iovs: Vec<libc::iovec> = self
-            .bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-        let mut addrs: Vec<libc::sockaddr_storage> = vec![unsafe { zeroed() }; n];
-        let mut hdrs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .zip(addrs.iter_mut())
-            .map(|(iov, ss)| {
-                // SAFETY: mmsghdr is plain data; all-zero is a valid value.
-                let mut h: libc::mmsghdr = unsafe { zeroed() };
-                h.msg_hdr.msg_name = (ss as *mut libc::sockaddr_storage).cast();
-                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_hdr.msg_iov = iov;
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
-        // SAFETY: hdrs holds n headers whose names, iovecs and buffers live
-        // (in addrs, iovs and self.bufs) until the call returns; no timeout.
-        let r = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
+        // Allocated per call, as the iovecs (the headers point into them):
+        // a batch stays Send.
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(self.bufs.len(), None);
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+            self.bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+        let msgs = match nsock::recvmmsg(
+            sock.as_raw_fd(),
+            &mut headers,
+            &mut iovs,
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(m) => m,
+            Err(Errno::EAGAIN) => return Ok(0),
+            Err(e) => return Err(e.into()),
         };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock => Ok(0),
-                _ => Err(e),
-            };
-        }
-        for (h, ss) in hdrs.iter().zip(&addrs).take(r as usize) {
-            let len = (h.msg_len as usize).min(BATCH_DATAGRAM);
-            self.got.push((len, super::sock::from_raw(ss)));
+        for m in msgs {
+            let from = m.address.as_ref().and_then(super::sock::from_storage);
+            self.got.push((m.bytes.min(BATCH_DATAGRAM), from));
         }
         Ok(self.got.len())
     }
 
     /// Datagram `i` of the last [`RecvBatch::recv`] and its source (`None`
     /// for a family other than IPv4/IPv6).
-    pub fn get(&self, i: usize) -> Option<(&[u8], Option<std::net::SocketAddr>)> {
+    pub fn get(&self, i: usize) -> Option<(&[u8], Option<SocketAddr>)> {
         let (len, from) = *self.got.get(i)?;
         Some((&self.bufs[i][..len], from))
     }
 }
-
-/// `SO_ATTACH_FILTER` / `SO_DETACH_FILTER` (the same on every target here;
-/// the libc crate lacks them for Linux).
-const SO_ATTACH_FILTER: libc::c_int = 26;
-const SO_DETACH_FILTER: libc::c_int = 27;
 
 /// One classic BPF instruction.
 fn bpf(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
@@ -389,7 +254,7 @@ fn bpf(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// in `v4` (`v6`: false) or whose IPv6 source is in one of the /64s in `v6`
 /// (their first 8 bytes; `v6`: true), and passes the rest. At most 63
 /// entries (the jumps are 8 bits).
-fn source_filter(blocked: &[std::net::IpAddr], v6: bool) -> Vec<libc::sock_filter> {
+fn source_filter(blocked: &[IpAddr], v6: bool) -> Vec<libc::sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, SKF_NET_OFF};
     // Loads a word of the IP header (network order, as the kernel reads it).
     let ld = |off: i32| {
@@ -405,7 +270,7 @@ fn source_filter(blocked: &[std::net::IpAddr], v6: bool) -> Vec<libc::sock_filte
         let nets: Vec<[u8; 16]> = blocked
             .iter()
             .filter_map(|a| match a {
-                std::net::IpAddr::V6(a) => Some(a.octets()),
+                IpAddr::V6(a) => Some(a.octets()),
                 _ => None,
             })
             .take(63)
@@ -425,7 +290,7 @@ fn source_filter(blocked: &[std::net::IpAddr], v6: bool) -> Vec<libc::sock_filte
         let addrs: Vec<u32> = blocked
             .iter()
             .filter_map(|a| match a {
-                std::net::IpAddr::V4(a) => Some(u32::from(*a)),
+                IpAddr::V4(a) => Some(u32::from(*a)),
                 _ => None,
             })
             .take(63)
@@ -445,44 +310,77 @@ fn source_filter(blocked: &[std::net::IpAddr], v6: bool) -> Vec<libc::sock_filte
 /// Makes the kernel drop datagrams to `sock` from `blocked` sources (IPv4
 /// addresses; IPv6 /64s given as addresses) before they are queued, or
 /// removes the filter when none of `blocked` is of the socket's family.
-pub fn filter_sources(sock: &std::net::UdpSocket, blocked: &[std::net::IpAddr]) -> io::Result<()> {
+pub fn filter_sources(sock: &UdpSocket, blocked: &[IpAddr]) -> io::Result<()> {
     let v6 = sock.local_addr()?.is_ipv6();
     if !blocked.iter().any(|a| a.is_ipv6() == v6) {
-        let r =
-            super::sock::setsockopt_int(sock.as_raw_fd(), libc::SOL_SOCKET, SO_DETACH_FILTER, 0);
-        // No filter attached: nothing to remove.
-        return match r {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            r => r,
+        return match nsock::setsockopt(sock, raw::DetachFilter, &()) {
+            // No filter attached: nothing to remove.
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
         };
     }
-    let mut prog = source_filter(blocked, v6);
-    let fprog = libc::sock_fprog {
-        len: prog.len() as libc::c_ushort,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: fprog points to `prog`, which lives until the call returns
-    // (the kernel copies the program).
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_FILTER,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let prog = source_filter(blocked, v6);
+    // The kernel copies the program.
+    Ok(nsock::setsockopt(sock, raw::AttachFilter, &prog[..])?)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
-    use std::net::{SocketAddr, UdpSocket};
-    use std::time::Duration;
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(2));
+
+    /// UDP with a chosen source address, and `poll` (kernel test: skipped
+    /// under qemu-user by cross/test-qemu).
+    #[test]
+    fn kernel_send_from_picks_the_source_and_poll_sees_the_datagram() {
+        let rx = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = bind_udp("0.0.0.0:0".parse().unwrap()).unwrap();
+        assert_eq!(
+            poll_readable(&[rx.as_fd()], Some(Duration::ZERO)).unwrap(),
+            vec![false]
+        );
+        let from: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(send_from(&tx, b"hi", to, from).unwrap(), 2);
+        assert_eq!(
+            poll_readable(&[rx.as_fd(), tx.as_fd()], WAIT).unwrap(),
+            vec![true, false]
+        );
+        let mut buf = [0u8; 8];
+        let (n, src) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], src.ip()), (&b"hi"[..], from));
+        assert!(local_addresses()
+            .unwrap()
+            .contains(&"127.0.0.1".parse().unwrap()));
+
+        // IPv6: IPv6-only, so the same port is free for IPv4.
+        let Ok(rx6) = bind_udp("[::1]:0".parse().unwrap()) else {
+            return; // no IPv6 loopback here
+        };
+        let port = rx6.local_addr().unwrap().port();
+        bind_udp(SocketAddr::new("127.0.0.1".parse().unwrap(), port)).unwrap();
+        let tx6 = bind_udp("[::]:0".parse().unwrap()).unwrap();
+        let one: IpAddr = "::1".parse().unwrap();
+        send_from(&tx6, b"v6", rx6.local_addr().unwrap(), one).unwrap();
+        assert_eq!(poll_readable(&[rx6.as_fd()], WAIT).unwrap(), vec![true]);
+        let (n, src) = rx6.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], src.ip()), (&b"v6"[..], one));
+    }
+
+    /// A signal sent to this thread arrives through the descriptor (kernel
+    /// test). The mask is this test thread's only.
+    #[test]
+    fn kernel_signals_arrive_through_the_descriptor() {
+        let s = Signals::new().unwrap();
+        assert_eq!(s.read(), None);
+        nix::sys::signal::raise(Signal::SIGHUP).unwrap();
+        assert_eq!(poll_readable(&[s.fd()], WAIT).unwrap(), vec![true]);
+        assert_eq!(s.read(), Some(Signal::SIGHUP));
+        assert_eq!(s.read(), None);
+    }
 
     #[test]
     fn source_filters_jump_to_the_drop() {

@@ -34,17 +34,20 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{OwnedFd, RawFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::EpollFlags;
 
 use super::sock::{self, ev, Epoll};
 use super::SysError;
 use crate::client::fallback::FallbackCache;
-use crate::config::{Cidr, DetourPolicy};
 use crate::proxy::limits::{destination_refused, source_key, Capacity};
 use crate::proxy::tls::TlsWatch;
 use crate::proxy::{Counters, Gate};
+use crate::types::{Cidr, DetourPolicy};
 
 /// Most bytes one connection moves per turn before others get theirs.
 const TURN_BUDGET: usize = 512 * 1024;
@@ -197,7 +200,7 @@ struct Slot {
 pub struct Relay {
     settings: RelaySettings,
     epoll: Epoll,
-    listeners: Vec<(OwnedFd, bool)>,
+    listeners: Vec<(TcpListener, bool)>,
     slots: Vec<Slot>,
     free: Vec<usize>,
     /// Open connections per source ([`source_key`]).
@@ -297,7 +300,7 @@ impl Relay {
     }
 
     /// The descriptor to poll: readable when the relay has work.
-    pub fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.epoll.fd()
     }
 
@@ -397,7 +400,10 @@ impl Relay {
                 Err(e) => {
                     // Out of descriptors, most likely: the waiting connections
                     // stay queued; try again shortly (no new edge would come).
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    if matches!(
+                        e.raw_os_error().map(Errno::from_raw),
+                        Some(Errno::EMFILE | Errno::ENFILE)
+                    ) {
                         self.fd_short_until = Some(now + FD_SHORT_FOR);
                     }
                     if self.refusal_logged(now) {
@@ -527,14 +533,14 @@ impl Relay {
         }
     }
 
-    fn on_ready(&mut self, now: Instant, idx: usize, gen: u32, side: Side, flags: u32) {
+    fn on_ready(&mut self, now: Instant, idx: usize, gen: u32, side: Side, flags: EpollFlags) {
         let Some(c) = self.conn_mut(idx, gen) else {
             return;
         };
         if !c.connected {
-            if side == Side::Up && flags & (ev::OUT | ev::ERR | ev::HUP) != 0 {
+            if side == Side::Up && flags.intersects(ev::OUT | ev::ERR | ev::HUP) {
                 self.finish_connect(now, idx, gen);
-            } else if side == Side::Lan && flags & (ev::ERR | ev::HUP) != 0 {
+            } else if side == Side::Lan && flags.intersects(ev::ERR | ev::HUP) {
                 // The LAN host gave up before the server answered.
                 let c = self.slots[idx].conn.as_ref().expect("checked");
                 sock::set_reset_on_close(&c.up);
@@ -554,7 +560,7 @@ impl Relay {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => {
                 if e.kind() == io::ErrorKind::WouldBlock
-                    || e.raw_os_error() == Some(libc::EINPROGRESS)
+                    || e.raw_os_error() == Some(Errno::EINPROGRESS as i32)
                 {
                     return;
                 }
@@ -828,7 +834,7 @@ fn splice_dir(c: &mut Conn, d: usize, budget: &mut usize) -> Result<(), End> {
         dir.shut = true;
         match sock::shutdown_write(dst) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+            Err(e) if e.raw_os_error() == Some(Errno::ENOTCONN as i32) => {}
             Err(e) => return Err(End::Failed(dst_side, e)),
         }
         // Nothing more will be read from this source: free the pipe.

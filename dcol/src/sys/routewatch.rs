@@ -16,7 +16,7 @@
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -30,8 +30,8 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage,
 use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
 
 use super::SysError;
-use crate::config::Cidr;
 use crate::routes::{Route, RouteKind, Routes};
+use crate::types::Cidr;
 
 /// How long a burst of changes is collected before the tables are dumped again.
 pub const SETTLE: Duration = Duration::from_millis(100);
@@ -86,8 +86,8 @@ impl RouteWatch {
     }
 
     /// The descriptor that turns readable when a new snapshot is waiting.
-    pub fn fd(&self) -> RawFd {
-        self.wake.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
     }
 
     /// The newest snapshot sent since the last call, if any. Dump errors
@@ -287,6 +287,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_follows_address_and_route_changes() {
         if !is_root() {
             eprintln!("SKIP: needs root (a network namespace)");

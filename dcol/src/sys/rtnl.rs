@@ -51,14 +51,7 @@ impl std::fmt::Debug for Rtnl {
 
 /// The index of interface `name` (0: none).
 pub fn index_of(name: &str) -> u32 {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return 0;
-    };
-    // SAFETY: c is a valid NUL-terminated string.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::if_nametoindex(c.as_ptr())
-    }
+    nix::net::if_::if_nametoindex(name).unwrap_or(0)
 }
 
 /// What a failed rtnetlink request becomes: a kernel refusal keeps its errno
@@ -230,6 +223,10 @@ mod tests {
     /// rules, all as `ip` shows them; refusals keep the kernel's text;
     /// everything removed again.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_link_address_route_rule() {
         if !is_root() {
             eprintln!("SKIP: needs root");

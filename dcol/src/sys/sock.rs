@@ -1,235 +1,106 @@
 //! TCP and MPTCP socket calls the LAN relay needs and `std` lacks: non-blocking
 //! listeners and connects, `SO_ORIGINAL_DST`, `MPTCP_INFO`, `SO_LINGER` {on, 0}
-//! for resets, pipes, `splice(2)` and epoll.
-//!
-//! One of the modules allowed `unsafe` (with `netlink` and `os`); each block
-//! states why it is sound.
-#![allow(unsafe_code)]
+//! for resets, pipes, `splice(2)` and epoll. All through nix; the MPTCP
+//! socket and `MPTCP_INFO`, which nix lacks, come from [`super::raw`].
 
 use std::io;
-use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-/// `SOL_MPTCP` (include/linux/socket.h).
-const SOL_MPTCP: libc::c_int = 284;
-/// `MPTCP_INFO` (include/uapi/linux/mptcp.h).
-const MPTCP_INFO: libc::c_int = 1;
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, splice as nix_splice, FcntlArg, OFlag, SpliceFFlags};
+use nix::sys::epoll::{self, EpollCreateFlags, EpollEvent, EpollTimeout};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::socket::{
+    self as nsock, sockopt, AddressFamily, MsgFlags, Shutdown, SockFlag, SockType, SockaddrIn,
+    SockaddrIn6, SockaddrStorage,
+};
+
+use super::raw;
+
 /// `MPTCP_INFO_FLAG_FALLBACK`: the connection fell back to plain TCP.
 const MPTCP_INFO_FLAG_FALLBACK: u32 = 1 << 0;
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
+/// Non-blocking and close-on-exec: every socket the relay opens.
+const FLAGS: SockFlag = SockFlag::SOCK_NONBLOCK.union(SockFlag::SOCK_CLOEXEC);
 
-fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
+/// `a` with an IPv4-mapped IPv6 address turned into IPv4.
+fn unmapped(a: SocketAddrV6) -> SocketAddr {
+    match a.ip().to_ipv4_mapped() {
+        Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, a.port())),
+        None => SocketAddr::V6(a),
     }
-}
-
-/// A `sockaddr_storage` holding `a`, and its length.
-pub(crate) fn raw_addr(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-    let len = match a {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
 }
 
 /// The address in `ss`, if it is IPv4 or IPv6 (IPv4-mapped IPv6 addresses are
 /// returned as IPv4).
-pub(crate) fn from_raw(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin =
-                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6 =
-                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            let port = u16::from_be(sin6.sin6_port);
-            Some(match ip.to_ipv4_mapped() {
-                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
-                None => SocketAddr::V6(SocketAddrV6::new(
-                    ip,
-                    port,
-                    sin6.sin6_flowinfo,
-                    sin6.sin6_scope_id,
-                )),
-            })
-        }
-        _ => None,
+pub(crate) fn from_storage(ss: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(sin) = ss.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::from(*sin)));
     }
+    ss.as_sockaddr_in6()
+        .map(|sin6| unmapped(SocketAddrV6::from(*sin6)))
 }
 
-fn socket(family: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket() has no memory preconditions; on success we own the fd.
-    let fd = cvt(unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            proto,
-        )
-    })?;
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-pub(crate) fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the value points to a live c_int of the size passed.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
-}
-
-fn family(a: &SocketAddr) -> libc::c_int {
+fn family(a: &SocketAddr) -> AddressFamily {
     if a.is_ipv4() {
-        libc::AF_INET
+        AddressFamily::Inet
     } else {
-        libc::AF_INET6
+        AddressFamily::Inet6
     }
+}
+
+/// A non-blocking, close-on-exec TCP socket for `a`'s family.
+fn socket(a: &SocketAddr) -> io::Result<OwnedFd> {
+    Ok(nsock::socket(family(a), SockType::Stream, FLAGS, None)?)
 }
 
 /// A non-blocking TCP listener on `addr` (IPv6 listeners are IPv6-only).
-pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
-    let fd = socket(family(&addr), 0)?;
-    setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let fd = socket(&addr)?;
+    nsock::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if addr.is_ipv6() {
-        setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        nsock::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
     }
-    let (ss, len) = raw_addr(&addr);
-    // SAFETY: ss holds a sockaddr of length len.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    })?;
-    // SAFETY: plain syscall on a descriptor we own.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
-    Ok(fd)
+    nsock::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    raw::listen(&fd, backlog)?;
+    Ok(TcpListener::from(fd))
 }
 
 /// Accepts one connection (non-blocking, close-on-exec); `None` when there is
 /// none waiting.
-pub fn accept(listener: &OwnedFd) -> io::Result<Option<(OwnedFd, SocketAddr)>> {
-    // SAFETY: sockaddr_storage is plain data.
-    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: ss/len describe a writable buffer of that size.
-    let r = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            (&mut ss as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
+pub fn accept(listener: &TcpListener) -> io::Result<Option<(OwnedFd, SocketAddr)>> {
+    // std's accept is accept4(SOCK_CLOEXEC) and hands the descriptor over as
+    // an owned one (nix's returns a raw descriptor).
+    let (s, peer) = match listener.accept() {
+        Ok(x) => x,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(e),
     };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return match e.kind() {
-            io::ErrorKind::WouldBlock => Ok(None),
-            _ => Err(e),
-        };
-    }
-    // SAFETY: r is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(r) };
-    let peer = from_raw(&ss).ok_or_else(|| io::Error::other("accepted a non-IP peer"))?;
-    Ok(Some((fd, peer)))
+    s.set_nonblocking(true)?;
+    let peer = match peer {
+        SocketAddr::V6(a) => unmapped(a),
+        a => a,
+    };
+    Ok(Some((OwnedFd::from(s), peer)))
 }
 
 /// The destination a REDIRECTed connection was addressed to before NAT
 /// (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, from conntrack).
 pub fn original_dst(fd: &OwnedFd, v6: bool) -> io::Result<SocketAddr> {
-    // SAFETY: sockaddr_storage is plain data.
-    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let (level, name) = if v6 {
-        (libc::SOL_IPV6, libc::IP6T_SO_ORIGINAL_DST)
+    Ok(if v6 {
+        let sin6 = nsock::getsockopt(fd, sockopt::Ip6tOriginalDst)?;
+        unmapped(SocketAddrV6::from(SockaddrIn6::from(sin6)))
     } else {
-        (libc::SOL_IP, libc::SO_ORIGINAL_DST)
-    };
-    // SAFETY: ss/len describe a writable buffer of that size.
-    cvt(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&mut ss as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    })?;
-    from_raw(&ss).ok_or_else(|| io::Error::other("original destination is not IP"))
+        let sin = nsock::getsockopt(fd, sockopt::OriginalDst)?;
+        SocketAddr::V4(SocketAddrV4::from(SockaddrIn::from(sin)))
+    })
 }
 
 /// The socket's local address.
 pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
-    // SAFETY: sockaddr_storage is plain data.
-    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: ss/len describe a writable buffer of that size.
-    cvt(unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut ss as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    })?;
-    from_raw(&ss).ok_or_else(|| io::Error::other("local address is not IP"))
+    let ss: SockaddrStorage = nsock::getsockname(fd.as_raw_fd())?;
+    from_storage(&ss).ok_or_else(|| io::Error::other("local address is not IP"))
 }
 
 /// Starts a non-blocking connect to `dst`, as MPTCP when `mptcp` (falling back
@@ -237,75 +108,38 @@ pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
 /// whether it is MPTCP.
 pub fn connect(dst: SocketAddr, mptcp: bool) -> io::Result<(OwnedFd, bool)> {
     let (fd, is_mptcp) = if mptcp {
-        match socket(family(&dst), libc::IPPROTO_MPTCP) {
+        match raw::mptcp_socket(family(&dst), FLAGS) {
             Ok(fd) => (fd, true),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EPROTONOSUPPORT | libc::EINVAL | libc::ENOPROTOOPT)
-                ) =>
-            {
-                (socket(family(&dst), 0)?, false)
+            Err(Errno::EPROTONOSUPPORT | Errno::EINVAL | Errno::ENOPROTOOPT) => {
+                (socket(&dst)?, false)
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     } else {
-        (socket(family(&dst), 0)?, false)
+        (socket(&dst)?, false)
     };
-    let (ss, len) = raw_addr(&dst);
-    // SAFETY: ss holds a sockaddr of length len.
-    let r = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
-        }
+    match nsock::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
+        Ok(()) | Err(Errno::EINPROGRESS) => Ok((fd, is_mptcp)),
+        Err(e) => Err(e.into()),
     }
-    Ok((fd, is_mptcp))
 }
 
 /// A blocking TCP connection to `to` from the local address `from` (port
 /// chosen by the kernel): `std` cannot bind before it connects. For tests
 /// that need connections from many addresses of one host.
 pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> io::Result<std::net::TcpStream> {
-    let s = std::net::TcpStream::from(socket(family(&to), 0)?);
-    // socket() makes it non-blocking: this connect blocks.
-    s.set_nonblocking(false)?;
-    for (a, bind) in [(SocketAddr::new(from, 0), true), (to, false)] {
-        let (ss, len) = raw_addr(&a);
-        let p = (&ss as *const libc::sockaddr_storage).cast();
-        // SAFETY: ss holds a sockaddr of length len.
-        cvt(unsafe {
-            if bind {
-                libc::bind(s.as_raw_fd(), p, len)
-            } else {
-                libc::connect(s.as_raw_fd(), p, len)
-            }
-        })?;
-    }
-    Ok(s)
+    let fd = nsock::socket(family(&to), SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    nsock::bind(
+        fd.as_raw_fd(),
+        &SockaddrStorage::from(SocketAddr::new(from, 0)),
+    )?;
+    nsock::connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
+    Ok(std::net::TcpStream::from(fd))
 }
 
 /// The pending error of a socket (`SO_ERROR`): how a non-blocking connect ended.
 pub fn take_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
-    let mut v: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v/len describe a writable c_int.
-    cvt(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    })?;
+    let v = nsock::getsockopt(fd, sockopt::SocketError)?;
     Ok((v != 0).then(|| io::Error::from_raw_os_error(v)))
 }
 
@@ -325,36 +159,24 @@ pub struct MptcpInfo {
 pub fn mptcp_info(fd: &OwnedFd) -> io::Result<MptcpInfo> {
     // struct mptcp_info starts with six u8 fields, two bytes of padding, then
     // u32 mptcpi_flags and u32 mptcpi_token (include/uapi/linux/mptcp.h).
-    let mut buf = [0u32; 32];
-    let mut len = size_of::<[u32; 32]>() as libc::socklen_t;
-    // SAFETY: buf/len describe a writable buffer of that size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            SOL_MPTCP,
-            MPTCP_INFO,
-            buf.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP | libc::ENOPROTOOPT) => Ok(MptcpInfo {
+    let (words, len) = match nsock::getsockopt(fd, raw::MptcpInfo) {
+        Ok(x) => x,
+        Err(Errno::EOPNOTSUPP | Errno::ENOPROTOOPT) => {
+            return Ok(MptcpInfo {
                 token: 0,
                 fallback: true,
-            }),
-            _ => Err(e),
-        };
-    }
-    if (len as usize) < 16 {
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if len < 16 {
         return Err(io::Error::other(format!(
             "MPTCP_INFO returned only {len} bytes"
         )));
     }
     Ok(MptcpInfo {
-        token: buf[3],
-        fallback: buf[2] & MPTCP_INFO_FLAG_FALLBACK != 0,
+        token: words[3],
+        fallback: words[2] & MPTCP_INFO_FLAG_FALLBACK != 0,
     })
 }
 
@@ -364,156 +186,221 @@ pub fn set_reset_on_close(fd: &OwnedFd) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: the value points to a live linger struct of the size passed.
     // Failure only means a FIN instead of a RST; nothing to do about it.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = nsock::setsockopt(fd, sockopt::Linger, &l);
 }
 
 /// `shutdown(fd, SHUT_WR)`: sends a FIN, keeps reading.
 pub fn shutdown_write(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: plain syscall on a descriptor we own.
-    cvt(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) }).map(drop)
+    Ok(nsock::shutdown(fd.as_raw_fd(), Shutdown::Write)?)
 }
 
 /// A non-blocking pipe (read end, write end) and its capacity in bytes.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: fds is a writable array of two c_int.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
-    // SAFETY: both are fresh descriptors we own.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl F_GETPIPE_SZ takes no pointer.
-    let cap = cvt(unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) })?;
-    Ok((r, w, cap as usize))
+    let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    let cap = fcntl(&w, FcntlArg::F_GETPIPE_SZ)?;
+    Ok((r, w, usize::try_from(cap).unwrap_or(0)))
 }
 
 /// Moves up to `len` bytes from `from` to `to` without copying them through
 /// user space; one of the two must be a pipe. Non-blocking: `WouldBlock` when
 /// nothing can move now; `Ok(0)` is end of file on `from`.
 pub fn splice(from: &OwnedFd, to: &OwnedFd, len: usize) -> io::Result<usize> {
-    // SAFETY: null offsets are allowed (the descriptors' own positions are used).
-    cvt_size(unsafe {
-        libc::splice(
-            from.as_raw_fd(),
-            std::ptr::null_mut(),
-            to.as_raw_fd(),
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
-        )
-    })
+    // No offsets: the descriptors' own positions are used.
+    Ok(nix_splice(
+        from,
+        None,
+        to,
+        None,
+        len,
+        SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
+    )?)
 }
 
 /// `read(2)`.
 pub fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is writable for its length.
-    cvt_size(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+    Ok(nix::unistd::read(fd, buf)?)
 }
 
 /// `write(2)` (`send` with `MSG_NOSIGNAL`: no SIGPIPE on a reset peer).
 pub fn write(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: buf is readable for its length.
-    cvt_size(unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    })
+    Ok(nsock::send(fd.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL)?)
 }
 
 /// Raises the soft limit on open files to the hard limit; returns it.
 pub fn raise_nofile() -> io::Result<u64> {
-    // SAFETY: rlimit is plain data; get/setrlimit read/write it.
-    unsafe {
-        let mut r: libc::rlimit = zeroed();
-        cvt(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r))?;
-        if r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            cvt(libc::setrlimit(libc::RLIMIT_NOFILE, &r))?;
-        }
-        Ok(r.rlim_cur as u64)
+    let (mut cur, max) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if cur < max {
+        setrlimit(Resource::RLIMIT_NOFILE, max, max)?;
+        cur = max;
     }
+    // rlim_t is u64 on every target here, not on every libc.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(cur as u64)
 }
 
 /// Readiness flags of an epoll event.
 pub mod ev {
+    use nix::sys::epoll::EpollFlags;
+
     /// Readable.
-    pub const IN: u32 = libc::EPOLLIN as u32;
+    pub const IN: EpollFlags = EpollFlags::EPOLLIN;
     /// Writable.
-    pub const OUT: u32 = libc::EPOLLOUT as u32;
+    pub const OUT: EpollFlags = EpollFlags::EPOLLOUT;
     /// Peer shut down writing.
-    pub const RDHUP: u32 = libc::EPOLLRDHUP as u32;
+    pub const RDHUP: EpollFlags = EpollFlags::EPOLLRDHUP;
     /// Error.
-    pub const ERR: u32 = libc::EPOLLERR as u32;
+    pub const ERR: EpollFlags = EpollFlags::EPOLLERR;
     /// Hang-up.
-    pub const HUP: u32 = libc::EPOLLHUP as u32;
+    pub const HUP: EpollFlags = EpollFlags::EPOLLHUP;
     /// Edge-triggered.
-    pub const ET: u32 = libc::EPOLLET as u32;
+    pub const ET: EpollFlags = EpollFlags::EPOLLET;
 }
 
 /// An epoll instance.
 #[derive(Debug)]
 pub struct Epoll {
-    fd: OwnedFd,
+    ep: epoll::Epoll,
 }
 
 impl Epoll {
     /// A new epoll instance (close-on-exec).
     pub fn new() -> io::Result<Epoll> {
-        // SAFETY: plain syscall; on success we own the fd.
-        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: fd is fresh.
         Ok(Epoll {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            ep: epoll::Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
         })
     }
 
     /// The epoll descriptor (readable when events are waiting).
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.ep.0.as_fd()
     }
 
     /// Watches `fd` for `events`, reporting `data`.
-    pub fn add(&self, fd: &OwnedFd, events: u32, data: u64) -> io::Result<()> {
-        let mut e = libc::epoll_event { events, u64: data };
-        // SAFETY: e is a valid epoll_event; the kernel copies it.
-        cvt(unsafe {
-            libc::epoll_ctl(
-                self.fd.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                fd.as_raw_fd(),
-                &mut e,
-            )
-        })
-        .map(drop)
+    pub fn add(&self, fd: impl AsFd, events: epoll::EpollFlags, data: u64) -> io::Result<()> {
+        Ok(self.ep.add(fd, EpollEvent::new(events, data))?)
     }
 
     /// Collects ready events without blocking; returns (flags, data) pairs.
-    pub fn ready(&self, out: &mut Vec<(u32, u64)>, max: usize) -> io::Result<()> {
-        let mut evs: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; max];
-        // SAFETY: evs is a writable array of max epoll_event.
-        let n = unsafe {
-            libc::epoll_wait(self.fd.as_raw_fd(), evs.as_mut_ptr(), max as libc::c_int, 0)
+    pub fn ready(&self, out: &mut Vec<(epoll::EpollFlags, u64)>, max: usize) -> io::Result<()> {
+        let mut evs = vec![EpollEvent::empty(); max];
+        let n = match self.ep.wait(&mut evs, EpollTimeout::ZERO) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(())
-            } else {
-                Err(e)
-            };
-        }
-        out.extend(evs[..n as usize].iter().map(|e| (e.events, e.u64)));
+        out.extend(evs.iter().take(n).map(|e| (e.events(), e.data())));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use crate::sys::os::poll_readable;
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(2));
+
+    #[test]
+    fn addresses_come_back_unmapped() {
+        for (given, want) in [
+            ("192.0.2.1:80", "192.0.2.1:80"),
+            ("[::ffff:192.0.2.1]:443", "192.0.2.1:443"),
+            ("[2001:db8::1]:7447", "[2001:db8::1]:7447"),
+        ] {
+            let a: SocketAddr = given.parse().unwrap();
+            let got = from_storage(&SockaddrStorage::from(a));
+            assert_eq!(got, Some(want.parse().unwrap()), "{given}");
+        }
+    }
+
+    /// The relay's primitives on loopback, end to end (talks to the kernel:
+    /// skipped under qemu-user by cross/test-qemu).
+    #[test]
+    fn kernel_relay_primitives_accept_splice_and_reset() {
+        let l = tcp_listener("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let server = l.local_addr().unwrap();
+        assert!(accept(&l).unwrap().is_none(), "nothing waiting yet");
+        let ep = Epoll::new().unwrap();
+        ep.add(&l, ev::IN | ev::ET, 7).unwrap();
+
+        // An MPTCP socket where the kernel has MPTCP; the listener is plain
+        // TCP, so the connection falls back.
+        let (up, mptcp) = connect(server, true).unwrap();
+        assert_eq!(poll_readable(&[ep.fd()], WAIT).unwrap(), vec![true]);
+        let mut ready = Vec::new();
+        ep.ready(&mut ready, 8).unwrap();
+        assert_eq!(ready, vec![(ev::IN, 7)]);
+        let (lan, peer) = accept(&l).unwrap().expect("a connection");
+        assert_eq!(peer, local_addr(&up).unwrap());
+        assert_eq!(local_addr(&lan).unwrap(), server);
+        assert!(take_error(&up).unwrap().is_none());
+        if mptcp {
+            assert!(mptcp_info(&up).unwrap().fallback);
+        }
+        // Not redirected: conntrack (if it tracks loopback here) names the
+        // listener itself, which the relay refuses; else there is no entry.
+        match original_dst(&lan, false) {
+            Ok(d) => assert_eq!(d, server),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(Errno::ENOENT as i32)),
+        }
+
+        // up -> lan -> pipe, then EOF after shutdown.
+        let (r, w, cap) = pipe().unwrap();
+        assert!(cap >= 4096);
+        assert_eq!(write(&up, b"hello").unwrap(), 5);
+        shutdown_write(&up).unwrap();
+        let (mut moved, mut eof) = (0, false);
+        for _ in 0..100 {
+            match splice(&lan, &w, cap) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => moved += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    poll_readable(&[lan.as_fd()], WAIT).unwrap();
+                }
+                Err(e) => panic!("splice: {e}"),
+            }
+        }
+        assert_eq!((moved, eof), (5, true));
+        let mut buf = [0u8; 16];
+        assert_eq!(read(&r, &mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(
+            read(&r, &mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+
+        // A reset travels as a reset.
+        set_reset_on_close(&lan);
+        drop(lan);
+        assert_eq!(poll_readable(&[up.as_fd()], WAIT).unwrap(), vec![true]);
+        assert_eq!(
+            read(&up, &mut buf).unwrap_err().kind(),
+            io::ErrorKind::ConnectionReset
+        );
+        assert!(raise_nofile().unwrap() >= 64);
+    }
+
+    /// A refused connect ends with its error in `SO_ERROR` (kernel test).
+    #[test]
+    fn kernel_refused_connect_reports_its_error() {
+        // A port nobody listens on: bind one, then close it.
+        let port = tcp_listener("127.0.0.1:0".parse().unwrap(), 1)
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (up, _) = connect(port, false).unwrap();
+        let ep = Epoll::new().unwrap();
+        ep.add(&up, ev::OUT | ev::ET, 1).unwrap();
+        assert_eq!(poll_readable(&[ep.fd()], WAIT).unwrap(), vec![true]);
+        let e = take_error(&up).unwrap().expect("an error");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        let from = connect_from([127, 0, 0, 3].into(), port).unwrap_err();
+        assert_eq!(from.kind(), io::ErrorKind::ConnectionRefused);
     }
 }

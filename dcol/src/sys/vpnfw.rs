@@ -27,8 +27,8 @@ use super::nft::{
     SUBSYS, WAN_SET,
 };
 use super::SysError;
-use crate::config::{Cidr, PortRange};
 use crate::special;
+use crate::types::{Cidr, PortRange};
 
 /// Destinations no tunnel may reach (unless allowed): the special-purpose
 /// table ([`crate::special::deny_blocks`]), as an nft set literal.
@@ -257,6 +257,10 @@ mod tests {
     /// denied port (changed in place, as on a reload); a crashed
     /// run's table is replaced; `destroy` leaves nothing.
     #[test]
+    #[cfg_attr(
+        not(dcol_root),
+        ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+    )]
     fn root_tunnel_traffic_leaves_by_the_wan_only() {
         if !is_root() {
             eprintln!("SKIP: needs root");

@@ -22,6 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use neli::neli_enum;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use super::genl::{self, GenlMsg, GenlSocket};
 use super::rtnl::{index_of, Rtnl};
@@ -348,11 +350,11 @@ impl WgDevice {
     pub fn destroy(self) {
         let name = self.name.clone();
         if let Backend::Userspace { mut child, socket } = self.backend {
-            // SAFETY-free: kill via the std API (SIGKILL) would skip its
-            // cleanup; SIGTERM lets it remove the interface and socket.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            // Not std's kill (SIGKILL), which would skip its cleanup:
+            // SIGTERM lets it remove the interface and socket.
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(2) {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -139,9 +139,9 @@ pub fn wgpub_path(key: &Path) -> std::path::PathBuf {
 /// Reads a WireGuard public key file (base64, as `wg pubkey` prints).
 pub fn read_wg_public(path: &Path) -> Result<super::wg::WgKey, FileError> {
     let text = fs::read_to_string(path).map_err(io_err(path))?;
-    super::wg::from_base64(&text).map_err(|what| FileError::Format {
+    super::wg::from_base64(&text).map_err(|e| FileError::Format {
         path: path.to_owned(),
-        what,
+        what: e.to_string(),
     })
 }
 

@@ -135,15 +135,45 @@ impl fmt::Debug for MemberId {
 }
 
 impl FromStr for MemberId {
-    type Err = String;
+    type Err = ParseError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let b = from_hex(s).map_err(|col| format!("bad hex digit at column {col}"))?;
-        let a: [u8; 8] = b
-            .try_into()
-            .map_err(|_| "expected 16 hex digits".to_owned())?;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let b = from_hex(s).map_err(ParseError::Hex)?;
+        let got = b.len() * 2;
+        let a: [u8; 8] = b.try_into().map_err(|_| ParseError::Length {
+            expected: "16 hex digits",
+            got,
+        })?;
         Ok(MemberId(a))
     }
+}
+
+/// Why a member id, a role list or a WireGuard key does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// A character that is not a hex digit, at this column (0-based).
+    #[error("bad hex digit at column {0}")]
+    Hex(usize),
+    /// Not the expected length.
+    #[error("expected {expected}, got {got} characters")]
+    Length {
+        /// What was expected, e.g. "16 hex digits".
+        expected: &'static str,
+        /// Characters given.
+        got: usize,
+    },
+    /// A role that is neither `client` nor `waypoint`.
+    #[error("unknown role '{}' (client, waypoint)", .0.escape_debug())]
+    UnknownRole(String),
+    /// An empty role list.
+    #[error("no role given")]
+    NoRole,
+    /// A character outside base64's alphabet.
+    #[error("invalid base64 character {0:?}")]
+    Base64(char),
+    /// Base64 whose unused low bits are not zero.
+    #[error("non-canonical base64 key")]
+    NonCanonical,
 }
 
 /// What a member may do.
@@ -190,19 +220,19 @@ impl fmt::Debug for Roles {
 }
 
 impl FromStr for Roles {
-    type Err = String;
+    type Err = ParseError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         let mut r = Roles(0);
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             r = r | match part {
                 "client" => Roles::CLIENT,
                 "waypoint" => Roles::WAYPOINT,
-                other => return Err(format!("unknown role '{other}' (client, waypoint)")),
+                other => return Err(ParseError::UnknownRole(other.to_owned())),
             };
         }
         if r.0 == 0 {
-            return Err("no role given".into());
+            return Err(ParseError::NoRole);
         }
         Ok(r)
     }

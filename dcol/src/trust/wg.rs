@@ -12,7 +12,7 @@
 
 use sha2::{Digest, Sha512};
 
-use super::SecretKey;
+use super::{ParseError, SecretKey};
 
 const DOMAIN: &[u8] = b"dcol/wireguard/v1\0";
 
@@ -62,14 +62,14 @@ pub fn to_base64(k: &WgKey) -> String {
 }
 
 /// Parses a base64 WireGuard key (44 characters ending in `=`).
-pub fn from_base64(s: &str) -> Result<WgKey, String> {
+pub fn from_base64(s: &str) -> Result<WgKey, ParseError> {
     let s = s.trim();
     let b = s.as_bytes();
     if b.len() != 44 || b[43] != b'=' {
-        return Err(format!(
-            "expected a 44-character base64 WireGuard key, got {} characters",
-            b.len()
-        ));
+        return Err(ParseError::Length {
+            expected: "a 44-character base64 WireGuard key",
+            got: b.len(),
+        });
     }
     let mut bits: u32 = 0;
     let mut nbits = 0;
@@ -78,7 +78,7 @@ pub fn from_base64(s: &str) -> Result<WgKey, String> {
         let v = B64
             .iter()
             .position(|&x| x == c)
-            .ok_or_else(|| format!("invalid base64 character {:?}", c as char))?;
+            .ok_or(ParseError::Base64(c as char))?;
         bits = (bits << 6) | v as u32;
         nbits += 6;
         if nbits >= 8 {
@@ -88,7 +88,7 @@ pub fn from_base64(s: &str) -> Result<WgKey, String> {
         }
     }
     if bits != 0 {
-        return Err("non-canonical base64 key".into());
+        return Err(ParseError::NonCanonical);
     }
     let mut k = [0u8; 32];
     k.copy_from_slice(&out[..32]);

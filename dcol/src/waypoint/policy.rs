@@ -20,9 +20,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{Cidr, PortRange};
 use crate::routes::{Routes, Verdict};
 use crate::special::{self, Class};
+use crate::types::{Cidr, PortRange};
 
 /// Why a destination is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use crate::config::Cidr;
 use crate::proto::Nonce;
 use crate::trust::wg::WgKey;
 use crate::trust::MemberId;
+use crate::types::Cidr;
 
 /// The MTU of a WireGuard interface whose packets travel over IPv4
 /// (`v6` false) or IPv6 outside, on a path of 1500 bytes: the outer IP

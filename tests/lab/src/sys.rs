@@ -1,10 +1,14 @@
 //! The lab's few system calls: a TUN device for the delay relay, the timer
 //! slack that makes its sleeps precise, and signal masking so Ctrl-C can clean
-//! up the namespaces. The only module with `unsafe`.
+//! up the namespaces, through nix. The only module with `unsafe`: nix
+//! wraps `ioctl` only in macros that make `unsafe` functions, so
+//! `TUNSETIFF` stays a libc call here.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+
+use nix::sys::signal::{SigSet, Signal};
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags in the union.
 #[repr(C)]
@@ -46,49 +50,26 @@ pub fn tun_open(name: &str) -> io::Result<File> {
 /// Sets the calling thread's timer slack to 1 ns, so `nanosleep` wakes up
 /// within tens of microseconds instead of the default 50 µs slack plus batching.
 pub fn timerslack_1ns() -> io::Result<()> {
-    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches only
-    // the calling thread's scheduling state.
-    let r = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(nix::sys::prctl::set_timerslack(1)?)
 }
 
-fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a plain sigset_t we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in signals {
-            libc::sigaddset(&mut set, *s);
-        }
-        set
+fn sigset(signals: &[libc::c_int]) -> io::Result<SigSet> {
+    let mut set = SigSet::empty();
+    for s in signals {
+        set.add(Signal::try_from(*s)?);
     }
+    Ok(set)
 }
 
 /// Blocks `signals` in the calling thread (and every thread it starts later);
 /// children started with `std::process::Command` get an empty mask again.
 pub fn block_signals(signals: &[libc::c_int]) -> io::Result<()> {
-    let set = sigset(signals);
-    // SAFETY: changes only the calling thread's signal mask.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(())
+    Ok(sigset(signals)?.thread_block()?)
 }
 
 /// Waits until one of `signals` (blocked beforehand) arrives; returns it.
 pub fn wait_signal(signals: &[libc::c_int]) -> io::Result<libc::c_int> {
-    let set = sigset(signals);
-    let mut sig: libc::c_int = 0;
-    // SAFETY: sigwait reads the set and writes one int we own.
-    let r = unsafe { libc::sigwait(&set, &mut sig) };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(sig)
+    Ok(sigset(signals)?.wait()? as libc::c_int)
 }
 
 /// Raises the open-file limit to the hard limit (the load runs hold

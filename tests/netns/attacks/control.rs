@@ -95,6 +95,10 @@ fn timed_status(socket: &Path) -> (Result<serde_json::Value, String>, Duration) 
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn stuck_control_clients_do_not_hold_the_daemon() {
     if !need_root() {
         return;
@@ -157,8 +161,8 @@ fn stuck_control_clients_do_not_hold_the_daemon() {
     let burst: Vec<UnixStream> = (0..20)
         .map(|_| UnixStream::connect(&socket).unwrap())
         .collect();
+    // It sends nothing: a busy daemon answers and closes without reading.
     let mut probe = UnixStream::connect(&socket).unwrap();
-    probe.write_all(b"status\n").unwrap();
     probe
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();

@@ -396,6 +396,10 @@ fn grant_by_hand(h: &Home, client: IpAddr, port: u16, dest: SocketAddr) {
 /// ports, IPv4 (private and public LAN subnets) and IPv6, without a lease,
 /// with someone else's, or after one ended.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn internet_hosts_do_not_reach_the_lan_through_the_tunnel_ports() {
     if !need_root() {
         return;
@@ -459,6 +463,10 @@ fn internet_hosts_do_not_reach_the_lan_through_the_tunnel_ports() {
 /// (the port forward); a tunnel to one of the router's own addresses is
 /// dropped in input. A tunnel written the same way to the server works.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn tunnels_to_the_lan_or_the_router_itself_are_dropped() {
     if !need_root() {
         return;
@@ -556,6 +564,10 @@ fn probe_count(h: &Home, hook: &str, port: u16) -> u64 {
 /// translated, not marked, not policed by the donation caps, not counted in
 /// the month's quota.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn owner_flows_to_ports_in_the_range_are_not_detours() {
     if !need_root() {
         return;
@@ -653,6 +665,10 @@ fn owner_flows_to_ports_in_the_range_are_not_detours() {
 /// WAN address. Then nothing is left behind: a crash (`kill -9`) leaves
 /// dcol's table, the restart replaces it, SIGTERM removes it.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn honest_detours_pass_fw4_and_nothing_is_left_behind() {
     if !need_root() {
         return;
@@ -712,6 +728,10 @@ fn honest_detours_pass_fw4_and_nothing_is_left_behind() {
 /// Internet but not into the LAN, whose public IPv4 subnet and global IPv6
 /// prefix no address list names.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn vpn_tunnels_leave_by_the_wan_only() {
     if !need_root() {
         return;
@@ -783,6 +803,10 @@ fn vpn_tunnels_leave_by_the_wan_only() {
 /// `fw4 check` and `fw4 reload` pass (Fw4 panics otherwise) and a detour is
 /// not accepted where zone wan does not accept it.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn the_include_survives_other_firewall_configs() {
     if !need_root() {
         return;

@@ -354,6 +354,10 @@ fn echoed(ns: &Netns, host: &str, src: &str, n: u32) -> u64 {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn lan_proxy_intercepts_only_flows_routed_to_the_internet() {
     if !need_root() {
         return;
@@ -427,6 +431,10 @@ fn guest_isolated(h: &Home, rounds: u32) {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn guest_cannot_reach_the_lan_through_the_proxy() {
     if !need_root() {
         return;
@@ -459,6 +467,10 @@ fn guest_cannot_reach_the_lan_through_the_proxy() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn a_device_the_firewall_blocks_stays_blocked() {
     if !need_root() {
         return;
@@ -548,6 +560,10 @@ fn many_addresses(h: &Home, n: u32) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn one_device_with_many_addresses_cannot_exhaust_the_proxy() {
     if !need_root() {
         return;
@@ -620,6 +636,10 @@ fn one_device_with_many_addresses_cannot_exhaust_the_proxy() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn one_ipv6_prefix_has_its_own_cap() {
     if !need_root() {
         return;
@@ -657,6 +677,10 @@ fn one_ipv6_prefix_has_its_own_cap() {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn many_devices_pause_interception_and_it_resumes() {
     if !need_root() {
         return;

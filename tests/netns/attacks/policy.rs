@@ -64,6 +64,10 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn member_cannot_reach_the_lan_or_the_router_through_a_detour() {
     if !need_root() {
         return;

@@ -300,6 +300,10 @@ fn nonce_of(bytes: &[u8]) -> Option<Nonce> {
 /// Item 5: one member's renewals fill the replay cache; another member's
 /// requests must still be granted.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn replay_cache_flood_by_one_member_does_not_refuse_another() {
     if !need_root() {
         return;
@@ -392,6 +396,10 @@ fn replay_cache_flood_by_one_member_does_not_refuse_another() {
 /// signatures) at the highest rate one sender reaches; an honest member
 /// still gets grants promptly and the daemon still answers `dcol status`.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn forged_signature_flood_does_not_starve_honest_members() {
     if !need_root() {
         return;
@@ -492,6 +500,10 @@ fn forged_signature_flood_does_not_starve_honest_members() {
 /// bob's own copy arrives: the replay is refused, bob's copy is granted, the
 /// evidence names no lease for the replayer.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn request_replayed_from_another_address_is_refused() {
     if !need_root() {
         return;
@@ -541,6 +553,10 @@ fn request_replayed_from_another_address_is_refused() {
 /// Item 8: bob's grant and release cycles must not rotate bob's own earlier
 /// records out of the (small) evidence log.
 #[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
 fn member_churn_cannot_wash_out_its_own_evidence() {
     if !need_root() {
         return;

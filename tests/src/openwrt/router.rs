@@ -575,8 +575,11 @@ impl Router {
     }
 
     fn signal_and_wait(&self, child: &mut Child) -> bool {
-        // SAFETY: a signal to the pid this router started.
-        unsafe { libc::kill(self.pid1 as i32, libc::SIGUSR2) };
+        // The pid this router started; it may have ended already.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid1 as i32),
+            nix::sys::signal::Signal::SIGUSR2,
+        );
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(30) {
             if let Ok(Some(_)) = child.try_wait() {

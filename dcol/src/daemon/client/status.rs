@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use super::ClientDriver;
 use crate::client::{self, strategy, Conn, Detour};
-use crate::config::TunnelKind;
 use crate::control;
+use crate::types::TunnelKind;
 
 fn tunnel_name(t: TunnelKind) -> &'static str {
     match t {

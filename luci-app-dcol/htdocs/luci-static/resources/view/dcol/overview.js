@@ -460,12 +460,14 @@ return view.extend({
 
 		o = s.option(form.Flag, 'enabled', _('Share this router with the collective and use detours'),
 			_('Starts the dcol daemon. Off: this router neither uses nor serves detours.'));
+		o.default = '1';
 		o.rmempty = false;
 
 		o = s.option(form.Flag, 'client_enabled', _('Use detours (client role)'),
 			_('Connections of this router and its LAN get extra subflows through other members.'));
 		o.ucisection = 'client';
 		o.ucioption = 'enabled';
+		o.default = '1';
 		o.rmempty = false;
 		o.retain = true;
 		/* A bare 'enabled' would name this option's own ucisection (client). */
@@ -475,6 +477,7 @@ return view.extend({
 			_('Other members may send subflows through this router, up to the limits on the settings page.'));
 		o.ucisection = 'waypoint';
 		o.ucioption = 'enabled';
+		o.default = '1';
 		o.rmempty = false;
 		o.retain = true;
 		o.depends('dcol.main.enabled', '1');
