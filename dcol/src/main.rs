@@ -280,7 +280,21 @@ fn cmd_status(p: &mut lexopt::Parser) -> Result<(), Failure> {
         return Ok(());
     }
     print_status(&st);
+    print_loop(&st);
     Ok(())
+}
+
+/// The poll loop's slowest turn, for people.
+fn print_loop(st: &control::Status) {
+    if let Some(l) = &st.turns {
+        println!(
+            "loop: {} turns, slowest {:.3} ms ({}) at {} s",
+            l.turns,
+            l.max_ms,
+            l.max_driver.as_deref().unwrap_or("-"),
+            l.max_at_s
+        );
+    }
 }
 
 fn print_status(st: &control::Status) {

@@ -30,8 +30,8 @@ mod status;
 
 pub use status::{
     ClientStatus, ConnectionStatus, ConversionStatus, ConverterStatus, ConverterUse,
-    DirectoryStatus, GrantStatus, LanProxyStatus, MemberStatus, PeerStatus, ScoreStatus, Status,
-    SubflowStatus, TraversalStatus, VpnPeerStatus, WaypointStatus,
+    DirectoryStatus, GrantStatus, LanProxyStatus, LoopStatus, MemberStatus, PeerStatus,
+    ScoreStatus, Status, SubflowStatus, TraversalStatus, VpnPeerStatus, WaypointStatus,
 };
 
 /// Errors of the control socket.
@@ -440,6 +440,7 @@ mod tests {
             waypoint: None,
             directory: None,
             traversal: None,
+            turns: None,
         }
     }
 

@@ -42,6 +42,7 @@ mod plan;
 mod reload;
 mod routes;
 mod traversal;
+mod turns;
 mod waypoint;
 
 use client::ClientDriver;
@@ -53,6 +54,7 @@ pub use lan::LAN_TABLE;
 use membership::MembershipDriver;
 use routes::RouteDriver;
 use traversal::TraversalDriver;
+use turns::{Turn, Turns};
 use waypoint::WaypointDriver;
 
 /// Why the daemon could not run.
@@ -105,6 +107,18 @@ pub fn wall_ms() -> u64 {
 /// status: the LAN proxy's part goes inside the client's).
 const DRIVERS: usize = 8;
 
+/// The drivers' names, in that order (the status's `loop.max_driver`).
+const DRIVER_NAMES: [&str; DRIVERS] = [
+    "host",
+    "routes",
+    "revocations",
+    "waypoint",
+    "client",
+    "lan",
+    "membership",
+    "traversal",
+];
+
 /// The running daemon.
 pub struct Daemon {
     started: Instant,
@@ -121,6 +135,9 @@ pub struct Daemon {
     /// Changes of the driver set (reloads): descriptors polled before one
     /// may belong to a driver that is gone.
     generation: u64,
+    /// How long the loop's turns take, and the turn under way.
+    turns: Turns,
+    turn: Turn,
     host: Host,
     routes: RouteDriver,
     rev_watch: Option<RevWatch>,
@@ -186,6 +203,8 @@ impl Daemon {
             sysctls,
             facts: Facts::new(snapshot),
             generation: 0,
+            turns: Turns::default(),
+            turn: Turn::new(Instant::now()),
             host: Host::new(signals, control),
             routes,
             rev_watch,
@@ -232,6 +251,7 @@ impl Daemon {
     fn event_loop(&mut self) -> Result<(), DaemonError> {
         let mut fds: Vec<RawFd> = Vec::new();
         let mut owners: Vec<usize> = Vec::new();
+        self.turn = Turn::new(Instant::now());
         loop {
             let now = Instant::now();
             fds.clear();
@@ -249,14 +269,26 @@ impl Daemon {
                     deadline = earliest(deadline, d.deadline(now));
                 }
                 let timeout = deadline.map(|d| d.saturating_duration_since(now));
+                // The turn ends where the poll begins (recorded below,
+                // once the drivers' descriptors are no longer borrowed).
+                let end = Instant::now();
                 let ready = os::poll_readable(&polled, timeout).map_err(io_err("poll"))?;
                 fds.extend(polled.iter().map(AsRawFd::as_raw_fd));
-                ready
+                (ready, end)
             };
+            let (ready, end) = ready;
+            self.turn.lap("collect", end);
+            let (took, driver) = self.turn.end();
+            self.turns
+                .record(took, end.saturating_duration_since(self.started), driver);
+            self.turn = Turn::new(Instant::now());
             let generation = self.generation;
-            for i in 0..DRIVERS {
+            for (i, name) in DRIVER_NAMES.iter().enumerate() {
                 let out = self.dispatch(i, &fds, &owners, &ready);
-                if self.deliver(out)? == Flow::Stop {
+                self.turn.lap(name, Instant::now());
+                let flow = self.deliver(out)?;
+                self.turn.lap("deliver", Instant::now());
+                if flow == Flow::Stop {
                     return Ok(());
                 }
                 if self.generation != generation {
@@ -306,8 +338,10 @@ impl Daemon {
                     }
                 }
                 Some(Command::Status) => {
+                    self.turn.lap("deliver", Instant::now());
                     let status = self.status();
                     self.host.answer(&status);
+                    self.turn.lap("status", Instant::now());
                 }
             }
         }
@@ -352,6 +386,7 @@ impl Daemon {
             waypoint: None,
             directory: None,
             traversal: None,
+            turns: Some(self.turns.status()),
         };
         for d in self.drivers().into_iter().flatten() {
             d.status(now, &mut doc);

@@ -30,7 +30,7 @@ use crate::sys::wg::WgDevice;
 use crate::sys::SysError;
 use crate::trust::{self, MemberId, Revocations};
 use crate::waypoint::evidence::{self, EvidenceLog};
-use crate::waypoint::{self, Waypoint};
+use crate::waypoint::{self, Lease, Waypoint};
 
 mod convert;
 mod donation;
@@ -72,6 +72,9 @@ pub(super) struct WaypointDriver {
     told_used_up: Option<bool>,
     /// The converter (`option convert '1'`).
     convert: Option<ConvertRole>,
+    /// NAT leases ended in this loop turn, and why: their conntrack flows
+    /// are deleted together at its end ([`WaypointDriver::flush_ended`]).
+    ended: Vec<(Lease, String)>,
 }
 
 /// Binds the signaling sockets.
@@ -220,6 +223,7 @@ impl WaypointDriver {
             dir_revoked: BTreeSet::new(),
             told_used_up: None,
             convert: None,
+            ended: Vec::new(),
         };
         role.seed_evidence();
         role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
@@ -333,6 +337,7 @@ impl WaypointDriver {
         for l in self.core.expire(now) {
             self.end_lease(&l, "lease expired");
         }
+        self.flush_ended();
         self.expire_vpn(now);
         self.check_quota(now);
         self.tell_used_up(out);
@@ -560,6 +565,7 @@ impl Drop for WaypointDriver {
             let ended = cv.close_all();
             self.convert_events(Instant::now(), ended);
         }
+        self.flush_ended();
         let tunnels: Vec<(IpAddr, u16)> = self.core.leases().map(|l| (l.client, l.port)).collect();
         self.save_at_exit();
         if let Some(nat) = self.nat.take() {

@@ -113,9 +113,38 @@ pub fn delete_many(tunnels: &[(IpAddr, u16)]) -> Result<usize, SysError> {
 }
 
 fn delete_counted(tunnels: &[(IpAddr, u16)]) -> Result<(usize, u64), SysError> {
+    let per = delete_batch(tunnels)?;
+    Ok(per
+        .0
+        .values()
+        .fold((0, 0u64), |(n, b), (k, x)| (n + k, b.saturating_add(*x))))
+}
+
+/// What [`delete_batch`] deleted: per tunnel (client, port), the entries and
+/// the bytes they carried.
+#[derive(Debug, Default)]
+pub struct Deleted(std::collections::HashMap<(IpAddr, u16), (usize, u64)>);
+
+impl Deleted {
+    /// Entries deleted for the tunnel of `client` on `port`, and their bytes.
+    pub fn of(&self, client: IpAddr, port: u16) -> (usize, u64) {
+        self.0.get(&(client, port)).copied().unwrap_or_default()
+    }
+}
+
+/// [`delete_flows_counted`] for many tunnels with one dump per address
+/// family: per tunnel (client, port), the entries deleted and the bytes they
+/// carried (tunnels without entries are absent). A dump walks the whole
+/// conntrack hash table (~10-40 ms on a busy host), so a waypoint ending many
+/// leases in one loop turn (a batch of releases, a revocation) pays it once
+/// instead of once per lease.
+pub fn delete_batch(tunnels: &[(IpAddr, u16)]) -> Result<Deleted, SysError> {
     let wanted: std::collections::HashSet<(IpAddr, u16)> = tunnels.iter().copied().collect();
+    let mut per = Deleted::default();
+    if wanted.is_empty() {
+        return Ok(per);
+    }
     let mut sock = NfSocket::open()?;
-    let (mut n, mut bytes) = (0, 0u64);
     for v4 in [true, false] {
         if !wanted.iter().any(|(c, _)| c.is_ipv4() == v4) {
             continue;
@@ -132,15 +161,16 @@ fn delete_counted(tunnels: &[(IpAddr, u16)]) -> Result<(usize, u64), SysError> {
         {
             match sock.request("conntrack delete", delete_msg(family, f)?, |_, _| Ok(())) {
                 Ok(()) => {
-                    n += 1;
-                    bytes = bytes.saturating_add(f.bytes);
+                    let e = per.0.entry((f.src, f.dport)).or_default();
+                    e.0 += 1;
+                    e.1 = e.1.saturating_add(f.bytes);
                 }
                 Err(SysError::Netlink { errno, .. }) if errno == libc::ENOENT => {}
                 Err(e) => return Err(e),
             }
         }
     }
-    Ok((n, bytes))
+    Ok(per)
 }
 
 fn dump(sock: &mut NfSocket, family: u8) -> Result<Vec<Flow>, SysError> {

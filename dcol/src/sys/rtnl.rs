@@ -121,6 +121,14 @@ impl Rtnl {
         self.run("set link up", self.handle.link().change(m).execute())
     }
 
+    /// Sets link `name`'s MTU.
+    pub fn set_mtu(&mut self, name: &str, mtu: u32) -> Result<(), SysError> {
+        let m = LinkUnspec::new_with_index(self.index(name)?)
+            .mtu(mtu)
+            .build();
+        self.run("set link mtu", self.handle.link().change(m).execute())
+    }
+
     /// Deletes link `name`; a missing link is not an error.
     pub fn del_link(&mut self, name: &str) -> Result<(), SysError> {
         let m = LinkUnspec::new_with_name(name).build();

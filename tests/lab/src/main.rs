@@ -38,24 +38,33 @@
 
 #![deny(unsafe_code)]
 
+mod begin;
 mod converter;
 mod delay;
+mod grid;
+mod lease;
+mod load;
+mod loadgen;
+mod loadplot;
+mod loadprobe;
 mod paper;
 mod plot;
+mod procstat;
 mod relay;
 #[allow(unsafe_code)]
 mod sys;
+mod table;
 mod waypoints;
+mod wpload;
+mod wpmember;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use dcol::proto::{self, Message, Nonce, Outcome, Request, RequestBody, RequestKind};
-use dcol::trust::files;
-use dcol_tests::lab::{enter_netns, need_root, Lab, IPERF_PORT, SIGNAL_PORT};
+use dcol_tests::lab::{need_root, Lab, IPERF_PORT, SIGNAL_PORT};
 use dcol_tests::{iperf3_server_with, IperfResult, JoinCounter, LinkProfile, Netns, Node};
 use delay::Delays;
 use lexopt::prelude::ValueExt;
@@ -73,7 +82,7 @@ const CL_EXTRA: &str = "\toption vpn_interface_prefix 'dlabc'\n";
 static CLEANING: AtomicBool = AtomicBool::new(false);
 
 fn usage() -> &'static str {
-    "usage: dcol-lab paper [--quick] [--trials N] [--out DIR] [--config KEY]...\n       dcol-lab waypoints [--quick] [--out DIR]\n       dcol-lab converter [--quick] [--out DIR]\n\nRoot only. Needs ip, tc, nft, ethtool, ping, iperf3, mptcpize, wireguard-go, wg.\nConfigurations (--config): symmetric, symmetric_lossy, symmetric_delayed,\ncore_limited, core_limited_lossy, core_limited_delayed (--quick: the two plain ones).\nUses $DCOL_BIN, else builds target/release/dcol with cargo."
+    "usage: dcol-lab paper [--quick] [--trials N] [--out DIR] [--config KEY]...\n       dcol-lab waypoints [--quick] [--out DIR]\n       dcol-lab converter [--quick] [--out DIR]\n       dcol-lab lan-load [--quick] [--out DIR] (load.rs)\n       dcol-lab waypoint-load [--quick] [--out DIR] (wpload.rs)\n       dcol-lab grid [--quick] [--trials N] [--config nat|vpn|mixed]... [--out DIR] (grid.rs)\n       dcol-lab table [--results DIR] [--readme FILE] [--check] (table.rs: the README's performance table)\n\nRoot only. Needs ip, tc, nft, ethtool, ping, iperf3, mptcpize, wireguard-go, wg.\nConfigurations (--config): symmetric, symmetric_lossy, symmetric_delayed,\ncore_limited, core_limited_lossy, core_limited_delayed (--quick: the two plain ones).\nUses $DCOL_BIN, else builds target/release/dcol with cargo."
 }
 
 fn main() -> ExitCode {
@@ -99,6 +108,10 @@ fn main() -> ExitCode {
         },
         "waypoints" => waypoints::main(&mut args),
         "converter" => converter::main(&mut args),
+        "lan-load" => load::main(&mut args),
+        "waypoint-load" => wpload::main(&mut args),
+        "grid" => grid::main(&mut args),
+        "table" => table::main(&mut args),
         "relay" => relay_main(&mut args),
         _ => {
             eprintln!("dcol-lab: unknown command '{cmd}'\n{}", usage());
@@ -487,48 +500,11 @@ fn iperf(
 /// Asks the waypoint for a NAT tunnel to `dest` with a signed request from
 /// the client's namespace; returns the granted port.
 fn nat_lease(lab: &Lab, dest: SocketAddr) -> Result<u16, String> {
-    let ns = lab.ns(Node::Client);
-    let key = files::read_secret_key(&lab.client_member.key).map_err(|e| e.to_string())?;
-    let cert = files::read_certificate(&lab.client_member.cert).map_err(|e| e.to_string())?;
     let wp = SocketAddr::new(lab.topo.addr4(Node::Waypoint).into(), SIGNAL_PORT);
     // The address the waypoint sees the request come from (no NAT in the lab).
     let client = lab.topo.addr4(Node::Client).into();
-    std::thread::spawn(move || -> Result<u16, String> {
-        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).map_err(|e| e.to_string())?;
-        enter_netns(&f);
-        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))
-            .map_err(|e| e.to_string())?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|e| e.to_string())?;
-        let mut nonce = [0u8; 16];
-        nonce[..16].copy_from_slice(&now.as_nanos().to_le_bytes());
-        let body = RequestBody {
-            waypoint: "alice".into(),
-            timestamp_ms: now.as_millis() as u64,
-            nonce: Nonce(nonce),
-            source: client,
-            kind: RequestKind::NatDetour { destination: dest },
-        };
-        let req = proto::encode(&Message::Request(Request::sign(cert, &key, body)));
-        for _ in 0..3 {
-            s.send_to(&req, wp).map_err(|e| e.to_string())?;
-            let mut buf = [0u8; 2048];
-            if let Ok((n, _)) = s.recv_from(&mut buf) {
-                return match proto::decode(&buf[..n]) {
-                    Ok(Message::Response(r)) => match r.body.outcome {
-                        Outcome::Granted { port, .. } => Ok(port),
-                        o => Err(format!("not granted: {o:?}")),
-                    },
-                    o => Err(format!("unexpected reply: {o:?}")),
-                };
-            }
-        }
-        Err("no answer from the waypoint".into())
-    })
-    .join()
-    .map_err(|_| "lease thread panicked".to_string())?
+    let ns = lab.ns(Node::Client);
+    lease::nat_lease(&ns, &lab.client_member, "alice", wp, client, dest).map_err(|e| e.to_string())
 }
 
 /// Which waypoint traffic the server saw during a run.

@@ -71,3 +71,33 @@ pub fn block_signals(signals: &[libc::c_int]) -> io::Result<()> {
 pub fn wait_signal(signals: &[libc::c_int]) -> io::Result<libc::c_int> {
     Ok(sigset(signals)?.wait()? as libc::c_int)
 }
+
+/// Raises the open-file limit to the hard limit (the load runs hold
+/// thousands of sockets); returns the new soft limit.
+pub fn raise_nofile() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads one struct rlimit we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Clock ticks per second of `/proc`'s CPU times (`USER_HZ`).
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}

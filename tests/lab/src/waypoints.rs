@@ -35,7 +35,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use dcol_tests::dcol::{main_section, Collective, Daemon, Member, Scratch};
-use dcol_tests::lab::{need_root, IPERF_PORT, SIGNAL_PORT};
+use dcol_tests::lab::{IPERF_PORT, SIGNAL_PORT};
 use dcol_tests::{iperf3_background, iperf3_client, iperf3_server, JoinCounter, Netns};
 use lexopt::prelude::ValueExt;
 use serde_json::{json, Value};
@@ -90,7 +90,15 @@ struct Net {
     w: Vec<Netns>,
 }
 
-fn veth(a: &Netns, ia: &str, aa: &str, b: &Netns, ib: &str, ab: &str, mbit: Option<u32>) {
+pub(crate) fn veth(
+    a: &Netns,
+    ia: &str,
+    aa: &str,
+    b: &Netns,
+    ib: &str,
+    ab: &str,
+    mbit: Option<u32>,
+) {
     dcol_tests::veth(a, ia, aa, b, ib, ab);
     for (ns, i) in [(a, ia), (b, ib)] {
         ns.exec(&["ethtool", "-K", i, "tso", "off", "gso", "off", "gro", "off"]);
@@ -114,7 +122,22 @@ fn veth(a: &Netns, ia: &str, aa: &str, b: &Netns, ib: &str, ab: &str, mbit: Opti
     }
 }
 
-fn nft_loss(ns: &Netns, table: &str, oif: &str, per_mille: u32) {
+/// The direct path of the multi-path labs: client (10.1.0.2) – rc – 10
+/// Mbit/s – rs – server (10.3.0.2), forwarding in the routers, routes.
+pub(crate) fn direct_path(c: &Netns, rc: &Netns, rs: &Netns, s: &Netns) {
+    veth(c, "ca", "10.1.0.2/24", rc, "cb", "10.1.0.1/24", None);
+    veth(rc, "da", "10.2.0.1/24", rs, "db", "10.2.0.2/24", Some(10));
+    veth(rs, "sa", "10.3.0.1/24", s, "sb", "10.3.0.2/24", None);
+    for r in [rc, rs] {
+        r.sysctl("net.ipv4.ip_forward", "1");
+    }
+    c.exec(&["ip", "route", "add", "default", "via", "10.1.0.1"]);
+    s.exec(&["ip", "route", "add", "default", "via", "10.3.0.1"]);
+    rc.exec(&["ip", "route", "add", "10.3.0.0/24", "via", "10.2.0.2"]);
+    rs.exec(&["ip", "route", "add", "10.1.0.0/24", "via", "10.2.0.1"]);
+}
+
+pub(crate) fn nft_loss(ns: &Netns, table: &str, oif: &str, per_mille: u32) {
     ns.exec(&["nft", "add", "table", "inet", table]);
     ns.exec(&[
         "nft",
@@ -139,24 +162,7 @@ impl Net {
             s: Netns::new("ws"),
             w: (1..=5).map(|i| Netns::new(&format!("w{i}"))).collect(),
         };
-        veth(&n.c, "ca", "10.1.0.2/24", &n.rc, "cb", "10.1.0.1/24", None);
-        veth(
-            &n.rc,
-            "da",
-            "10.2.0.1/24",
-            &n.rs,
-            "db",
-            "10.2.0.2/24",
-            Some(10),
-        );
-        veth(&n.rs, "sa", "10.3.0.1/24", &n.s, "sb", "10.3.0.2/24", None);
-        for (r, _) in [(&n.rc, 0), (&n.rs, 0)] {
-            r.sysctl("net.ipv4.ip_forward", "1");
-        }
-        n.c.exec(&["ip", "route", "add", "default", "via", "10.1.0.1"]);
-        n.s.exec(&["ip", "route", "add", "default", "via", "10.3.0.1"]);
-        n.rc.exec(&["ip", "route", "add", "10.3.0.0/24", "via", "10.2.0.2"]);
-        n.rs.exec(&["ip", "route", "add", "10.1.0.0/24", "via", "10.2.0.1"]);
+        direct_path(&n.c, &n.rc, &n.rs, &n.s);
         for (i, (_, rate, loss, delay_ms, _)) in WAYPOINTS.iter().enumerate() {
             let k = 10 + i as u8;
             let w = &n.w[i];
@@ -249,7 +255,7 @@ fn start_relay(w: &Netns, iif: &str, to: &str, delay: Duration) {
 
 /// The base delay relay in router `w`: everything arriving on `ifaces` goes
 /// through device `swb0`, delayed [`ROUTER_DELAY`].
-fn start_base_relay(w: &Netns, ifaces: &[String]) {
+pub(crate) fn start_base_relay(w: &Netns, ifaces: &[String]) {
     for i in ifaces {
         w.exec(&[
             "ip", "rule", "add", "pref", "110", "iif", i, "lookup", "101",
@@ -369,22 +375,10 @@ fn round2(x: f64) -> f64 {
 }
 
 pub fn main(args: &mut lexopt::Parser) -> ExitCode {
-    let a = match parse(args) {
+    let a = match crate::begin::begin("waypoints", parse(args), |a| &a.out) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("dcol-lab waypoints: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if !need_root() {
-        return ExitCode::from(1);
-    }
-    if let Err(e) = std::fs::create_dir_all(&a.out) {
-        eprintln!("dcol-lab: cannot create {}: {e}", a.out.display());
-        return ExitCode::from(1);
-    }
-    crate::ensure_dcol_bin();
-    crate::install_cleanup();
     let started = Instant::now();
     let (secs, conns) = if a.quick { (4, 12) } else { (10, 20) };
     let net = Net::build();

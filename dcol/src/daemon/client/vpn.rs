@@ -11,6 +11,7 @@ use crate::sys::rtnl::Rtnl;
 use crate::sys::wg::{WgDevice, WgPeer};
 use crate::sys::SysError;
 use crate::trust::wg::WgKey;
+use crate::waypoint::vpn::wg_mtu;
 
 /// A client's tunnel to one VPN waypoint.
 pub(super) struct ClientVpn {
@@ -60,6 +61,7 @@ impl ClientVpn {
         if let Some(a6) = address6 {
             rt.add_addr(&name, IpAddr::V6(a6), 128)?;
         }
+        rt.set_mtu(&name, wg_mtu(endpoint.is_ipv6()))?;
         rt.set_up(&name)?;
         rt.add_default_route(&name, true, table)?;
         rt.add_rule(IpAddr::V4(address), table, table)?;

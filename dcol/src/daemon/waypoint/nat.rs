@@ -189,6 +189,7 @@ impl WaypointDriver {
         for l in ended {
             self.end_lease(l, "revoked");
         }
+        self.flush_ended();
     }
 
     /// Removes the NAT element and the flows of an ended lease.
@@ -208,27 +209,41 @@ impl WaypointDriver {
         self.drop_flows(l, why);
     }
 
-    /// A NAT lease ended (`why`): deletes its conntrack flows and, with the
-    /// evidence log on, records the bytes they carried.
-    fn drop_flows(&self, l: &Lease, why: &str) {
-        let bytes = match conntrack::delete_flows_counted(l.client, l.port) {
-            Ok((0, b)) => b,
-            Ok((n, b)) => {
+    /// A NAT lease ended (`why`): its conntrack flows are deleted (and,
+    /// with the evidence log on, the bytes they carried recorded) at the end
+    /// of this loop turn, together with the other leases ended in it.
+    fn drop_flows(&mut self, l: &Lease, why: &str) {
+        self.ended.push((l.clone(), why.to_owned()));
+    }
+
+    /// Deletes the conntrack flows of the leases ended since the last call,
+    /// with one conntrack dump for all of them, and writes their end records.
+    pub(super) fn flush_ended(&mut self) {
+        if self.ended.is_empty() {
+            return;
+        }
+        let ended = std::mem::take(&mut self.ended);
+        let tunnels: Vec<_> = ended.iter().map(|(l, _)| (l.client, l.port)).collect();
+        let per = conntrack::delete_batch(&tunnels).unwrap_or_else(|e| {
+            log::warn!(
+                "conntrack cleanup of {} ended tunnel(s): {e}",
+                tunnels.len()
+            );
+            Default::default()
+        });
+        for (l, why) in &ended {
+            let (n, bytes) = per.of(l.client, l.port);
+            if n > 0 {
                 log::info!("deleted {n} conntrack flow(s) of {}:{}", l.client, l.port);
-                b
             }
-            Err(e) => {
-                log::warn!("conntrack cleanup for {}:{}: {e}", l.client, l.port);
-                0
-            }
-        };
-        self.keep_evidence(
-            super::wall_ms(),
-            SocketAddr::new(l.client, 0),
-            (l.member, &l.member_name),
-            format!("end nat {} -> {}: {why}", l.port, l.destination),
-            Some(bytes),
-            &[],
-        );
+            self.keep_evidence(
+                super::wall_ms(),
+                SocketAddr::new(l.client, 0),
+                (l.member, &l.member_name),
+                format!("end nat {} -> {}: {why}", l.port, l.destination),
+                Some(bytes),
+                &[],
+            );
+        }
     }
 }

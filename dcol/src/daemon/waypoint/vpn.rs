@@ -12,7 +12,7 @@ use crate::sys::rtnl::Rtnl;
 use crate::sys::vpnfw::{self, VpnFirewall};
 use crate::sys::wg::{WgDevice, WgPeer};
 use crate::trust;
-use crate::waypoint::vpn::VpnLease;
+use crate::waypoint::vpn::{wg_mtu, VpnLease};
 use crate::waypoint::{Decision, VpnSettings};
 
 /// The VPN firewall's share of the waypoint's destination rules.
@@ -43,6 +43,13 @@ impl WaypointDriver {
             .and_then(|()| match (vpn.own_address6(), &w.vpn_subnet6) {
                 (Some(a), Some(s6)) => rt.add_addr(&w.vpn_interface, IpAddr::V6(a), s6.prefix),
                 _ => Ok(()),
+            })
+            // Its members reach it over IPv6 too when it listens there.
+            .and_then(|()| {
+                rt.set_mtu(
+                    &w.vpn_interface,
+                    wg_mtu(w.listen.iter().any(|l| l.is_ipv6())),
+                )
             })
             .and_then(|()| rt.set_up(&w.vpn_interface));
         if let Err(e) = r {
