@@ -414,7 +414,7 @@ fn cleanup_everything() {
         }
         let _ = Command::new("ip").args(["netns", "del", n]).status();
     }
-    let tmp = std::env::temp_dir();
+    let tmp = dcol_tests::dcol::scratch_base();
     let scratch = format!("dcol-lab-{}-", std::process::id());
     if let Ok(rd) = std::fs::read_dir(&tmp) {
         for e in rd.flatten() {
