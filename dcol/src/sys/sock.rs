@@ -164,12 +164,6 @@ pub fn set_mark(fd: &impl AsFd, mark: u32) -> io::Result<()> {
     Ok(nsock::setsockopt(fd, sockopt::Mark, &mark)?)
 }
 
-/// Sets `TCP_NODELAY` (no Nagle delay for small writes; MPTCP passes it to
-/// its subflows).
-pub fn set_nodelay(fd: &impl AsFd, on: bool) -> io::Result<()> {
-    Ok(nsock::setsockopt(fd, sockopt::TcpNoDelay, &on)?)
-}
-
 /// An MPTCP socket to `dst` whose connect waits for the first write, so
 /// that write rides in the SYN where the server gave a TCP Fast Open cookie
 /// before (`TCP_FASTOPEN_CONNECT`; without it, an ordinary non-blocking
