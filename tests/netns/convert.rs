@@ -9,10 +9,13 @@
 //! router; the path manager adds a detour toward the converter through the
 //! NAT waypoint 'alice'. Topology: [`dcol_tests::convlab`]. And every
 //! refusal path against the real converter: each gets the RFC's Error TLV
-//! and a log line, and the converter keeps serving.
+//! and a log line, and the converter keeps serving. And the owner's
+//! donation caps hold converted traffic: the rate cap polices a converted
+//! upload, converted bytes count into the monthly volume, and once it is
+//! spent new conversions are refused (Resource Exceeded).
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dcol::convert::cookie::{self, Ask};
@@ -20,8 +23,9 @@ use dcol::convert::wire::{self, ErrorCode, Message, Tlv};
 use dcol::proto::Nonce;
 use dcol::trust::files::{read_certificate, read_secret_key};
 use dcol_tests::convlab::ConvLab;
+use dcol_tests::dcol::has_table;
 use dcol_tests::dcol::{in_ns, Member};
-use dcol_tests::lab::{in_netns, need_root, IPERF_PORT};
+use dcol_tests::lab::{enter_netns, in_netns, need_root, IPERF_PORT};
 use dcol_tests::{iperf3_client, iperf3_server, LinkProfile, Node};
 
 fn wall_ms() -> u64 {
@@ -414,4 +418,213 @@ fn a_refusing_or_dead_converter_fails_open() {
         "{log}"
     );
     assert!(log.contains("through converter dave:"), "{log}");
+}
+
+/// The port of [`server_end`] on the server.
+const SINK_PORT: u16 = 5301;
+
+/// Reads `s` to its EOF (or 5 s of silence): (bytes, Mbit/s after the
+/// first second).
+fn read_rate(s: &mut TcpStream) -> (u64, f64) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut total, mut first, mut after) = (0u64, None::<Instant>, 0u64);
+    let mut last = Instant::now();
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        last = Instant::now();
+        total += n as u64;
+        let t0 = *first.get_or_insert(last);
+        if last.duration_since(t0) >= Duration::from_secs(1) {
+            after += n as u64;
+        }
+    }
+    let secs = first.map_or(0.0, |t0| last.duration_since(t0).as_secs_f64() - 1.0);
+    let mbps = if secs > 0.0 {
+        after as f64 * 8.0 / 1e6 / secs
+    } else {
+        0.0
+    };
+    (total, mbps)
+}
+
+/// Writes to `s` for `secs` (or until a write blocks for 3 s); the bytes
+/// written and whether it stalled.
+fn write_for(s: &mut TcpStream, secs: u64) -> (u64, bool) {
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let chunk = vec![0x5a; 1 << 16];
+    let (t0, mut sent) = (Instant::now(), 0u64);
+    while t0.elapsed() < Duration::from_secs(secs) {
+        match s.write(&chunk) {
+            Ok(n) => sent += n as u64,
+            Err(_) => return (sent, true),
+        }
+    }
+    (sent, false)
+}
+
+/// A plain TCP server on the server node for one connection: it reads it
+/// to its EOF (`send`: None) or writes for `send` seconds; returns (bytes,
+/// Mbit/s after the first second, when reading).
+fn server_end(cl: &ConvLab, send: Option<u64>) -> std::thread::JoinHandle<(u64, f64)> {
+    let path = format!("/var/run/netns/{}", cl.lab.ns(Node::Server));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        enter_netns(&std::fs::File::open(&path).expect("netns"));
+        let l = TcpListener::bind(("0.0.0.0", SINK_PORT)).expect("bind");
+        tx.send(()).expect("test alive");
+        let (mut s, _) = l.accept().expect("accept");
+        match send {
+            None => read_rate(&mut s),
+            Some(secs) => (write_for(&mut s, secs).0, 0.0),
+        }
+    });
+    rx.recv().expect("server end listens");
+    h
+}
+
+/// One conversion from `rc` to [`server_end`]: the converter's answer, then
+/// `upload` seconds of writing and EOF (`Some`), or reading to the EOF
+/// (`None`). Returns the answer, the bytes moved and, when reading, the
+/// Mbit/s after the first second.
+fn convert_once(cl: &ConvLab, nonce: u8, upload: Option<u64>) -> (Vec<u8>, u64, f64) {
+    let dest: SocketAddr = format!("{}:{SINK_PORT}", cl.server()).parse().unwrap();
+    let hdr = header(&cl.lab.client_member, "carol", dest, nonce);
+    let to = ConvLab::converter_addr();
+    in_netns(cl.lab.topo.ns(Node::Rc), move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(&hdr).expect("header");
+        // The fixed header, then the TLVs it counts (in 4-byte words).
+        let mut answer = vec![0u8; 4];
+        if s.read_exact(&mut answer).is_err() {
+            return (answer, 0, 0.0);
+        }
+        if answer != [1, 1, 0, 0] {
+            let mut rest = vec![0u8; (usize::from(answer[1]) * 4).saturating_sub(4)];
+            let _ = s.read_exact(&mut rest);
+            answer.extend_from_slice(&rest);
+            return (answer, 0, 0.0);
+        }
+        let Some(secs) = upload else {
+            let (bytes, mbps) = read_rate(&mut s);
+            return (answer, bytes, mbps);
+        };
+        let (sent, stalled) = write_for(&mut s, secs);
+        // Stalled (the volume ran out): no EOF gets through either.
+        if !stalled {
+            let _ = s.shutdown(Shutdown::Write);
+            let mut rest = [0u8; 64];
+            while matches!(s.read(&mut rest), Ok(n) if n > 0) {}
+        }
+        (answer, sent, 0.0)
+    })
+}
+
+/// A converted upload and a converted download of 5 s: their Mbit/s.
+fn up_and_down(cl: &ConvLab, nonce: u8) -> [f64; 2] {
+    let srv = server_end(cl, None);
+    let (answer, _, _) = convert_once(cl, nonce, Some(5));
+    assert_eq!(answer, [1, 1, 0, 0], "upload converted");
+    let (_, up) = srv.join().unwrap();
+    let srv = server_end(cl, Some(5));
+    let (answer, _, down) = convert_once(cl, nonce.wrapping_add(1), None);
+    assert_eq!(answer, [1, 1, 0, 0], "download converted");
+    srv.join().unwrap();
+    [up, down]
+}
+
+/// After the converter's SIGTERM: no table left in its namespace.
+fn stop_converter_cleanly(cl: &mut ConvLab) {
+    assert!(cl.converter.as_mut().unwrap().terminate().success());
+    assert!(
+        !has_table(&cl.lab.ns(Node::Rs), "dcol"),
+        "the converter's table left behind"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, MPTCP path manager"
+)]
+fn the_rate_cap_holds_converted_uploads_and_downloads() {
+    if !need_root() {
+        return;
+    }
+    let mut cl = ConvLab::new(LinkProfile::core_limited());
+    cl.start_converter("");
+    let free = up_and_down(&cl, 1);
+    // The same with a 2 Mbit/s donation cap, changed in place.
+    let line = cl
+        .cv()
+        .reload(&cl.converter_config("\toption donate_kbit '2000'\n"));
+    assert!(line.contains("donation caps"), "{line}");
+    let capped = up_and_down(&cl, 3);
+    for (i, dir) in ["upload", "download"].into_iter().enumerate() {
+        let (f, c) = (free[i], capped[i]);
+        eprintln!(
+            "converted {dir}: uncapped {f:.3} Mbit/s, donate_kbit 2000: {c:.3} Mbit/s, ratio {:.2}",
+            c / f
+        );
+        assert!(f > 0.0 && c > 0.0, "{dir}: both runs moved bytes");
+        // The link carries ~9.5 Mbit/s: the cap is about a fifth of it.
+        assert!(
+            c < 0.4 * f,
+            "converted {dir} not held to the rate cap: {c:.2} vs {f:.2} Mbit/s"
+        );
+    }
+    stop_converter_cleanly(&mut cl);
+}
+
+#[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, MPTCP path manager"
+)]
+fn converted_bytes_spend_the_monthly_volume_then_conversions_are_refused() {
+    if !need_root() {
+        return;
+    }
+    let mut cl = ConvLab::new(LinkProfile::core_limited());
+    // 2 MB a month; the upload offers more than that.
+    cl.start_converter("\toption donate_monthly_gb '0.002'\n");
+    let srv = server_end(&cl, None);
+    let (answer, sent, _) = convert_once(&cl, 1, Some(6));
+    assert_eq!(answer, [1, 1, 0, 0], "first conversion");
+    let (bytes, _) = srv.join().unwrap();
+    eprintln!("with a 2 MB volume: {sent} bytes written, {bytes} reached the server");
+    assert!(
+        bytes < 2_500_000,
+        "the volume did not stop the converted upload: {bytes} bytes"
+    );
+    // The count is re-read when more than a second old.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (answer, _, _) = convert_once(&cl, 2, Some(1));
+    assert_eq!(
+        error_of(&answer),
+        Some(ErrorCode::RESOURCE_EXCEEDED),
+        "a conversion after the volume is spent: {answer:?}"
+    );
+    let st = cl.cv().status();
+    let w = &st["waypoint"];
+    assert!(
+        w["donated_month_bytes"].as_u64().unwrap_or(0) >= 2_000_000,
+        "{st}"
+    );
+    assert!(w["refusing"].is_string(), "{st}");
+    let t0 = Instant::now();
+    let mut log = cl.cv().log_text();
+    while !log.contains("Resource Exceeded") && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+        log = cl.cv().log_text();
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("converter: refused") && l.contains("bytes donated in")),
+        "{log}"
+    );
+    stop_converter_cleanly(&mut cl);
 }

@@ -460,7 +460,8 @@ pub struct WaypointStatus {
     /// Monthly donation cap, bytes (0: none).
     #[serde(default)]
     pub donate_monthly_bytes: u64,
-    /// Detoured bytes this month (counted only with a monthly cap; saved
+    /// Detoured and converted bytes this month (counted only with a
+    /// monthly cap; saved
     /// every 30 s and across restarts).
     #[serde(default)]
     pub donated_month_bytes: u64,

@@ -18,6 +18,9 @@
 //!   Unreachable); both counted per source while they wait;
 //! - at most [`ConvertSettings::max_conns`] connections at once; beyond
 //!   it new ones are refused (Resource Exceeded) and closed;
+//! - an admitted connection and its connection to the server carry the
+//!   socket mark [`ConvertSettings::mark`] (the donation caps count and
+//!   police them by it); a refused one never does;
 //! - nothing is left in the kernel: dropping it closes every socket.
 
 use std::io;
@@ -64,6 +67,10 @@ pub struct ConvertSettings {
     pub max_conns: u32,
     /// The deadlines.
     pub timeouts: Timeouts,
+    /// The socket mark (`SO_MARK`) of every admitted connection (the MPTCP
+    /// socket passes it to all its subflows) and of its connection to the
+    /// server (0: none). The donation caps find converted flows by it.
+    pub mark: u32,
 }
 
 /// What happened to a connection, for the driver's log, evidence and status.
@@ -421,8 +428,16 @@ impl ConvertServer {
         let timeout = self.settings.timeouts.connect;
         let c = self.conns[idx].as_mut().expect("caller checked");
         let member = a.member;
-        let up = match sock::connect(dest, false) {
-            Ok((fd, _)) => fd,
+        let mark = self.settings.mark;
+        // Only admitted connections are marked: a refusal is answered (and
+        // not counted) even when the caps drop everything marked.
+        if mark != 0 {
+            if let Err(e) = sock::set_mark(&c.client, mark) {
+                log::warn!("converter: SO_MARK: {e}; the donation caps do not see this conversion");
+            }
+        }
+        let up = match sock::connect_marked(dest, mark) {
+            Ok(fd) => fd,
             Err(e) => {
                 core.close_member(member);
                 let r = refusal(connect_error(e.raw_os_error()), format!("{dest}: {e}"), &a);

@@ -38,8 +38,14 @@
 //!   a forwarded packet only if its own chain does, whatever ours say; the
 //!   feed's fw4 include accepts packets with that packet mark, and only
 //!   toward fw4's zone `wan` (see `openwrt-feed/net/dcol/files/nftables.d/`).
-//! - `caps` (filter, priority filter - 2): the donation caps on marked flows
-//!   ([`NatTable::set_caps`]).
+//! - `caps` (a regular chain): the donation caps ([`NatTable::set_caps`]),
+//!   jumped to from `caps_forward` (filter, hook forward, priority
+//!   filter - 2) for flows with [`DETOUR_CT_MARK`] and from `caps_input`
+//!   (filter, hook input, priority filter - 2) for the converter's flows,
+//!   whose conntrack mark [`CONVERT_MARK`] `convert_out` (filter, hook
+//!   output, priority filter - 2) copies from the converter's socket mark.
+//!   One policer and one quota count detours and conversions alike; a
+//!   converted byte is counted once, where it reaches this router.
 //! - `postrouting` (nat, priority srcnat): masquerades DNATed flows carrying
 //!   our conntrack mark, and nothing else.
 //!
@@ -82,7 +88,7 @@ mod script;
 use elements::*;
 pub use elements::{decode_setelems, quota_consumed};
 pub(crate) use elements::{flush_set_msg, set_key_msg, set_names_msgs};
-pub use script::{caps_script, ruleset, Caps, DETOUR_CT_MARK, DETOUR_PACKET_MARK};
+pub use script::{caps_script, ruleset, Caps, CONVERT_MARK, DETOUR_CT_MARK, DETOUR_PACKET_MARK};
 
 // include/uapi/linux/netfilter/nfnetlink.h
 /// `NFNL_SUBSYS_NFTABLES`.

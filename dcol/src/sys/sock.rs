@@ -142,6 +142,28 @@ pub fn mptcp_listener(addr: SocketAddr, backlog: i32, fastopen: i32) -> io::Resu
     Ok(TcpListener::from(fd))
 }
 
+/// A non-blocking plain TCP connect to `dst` from a socket marked `mark`
+/// ([`set_mark`] before the connect, so the SYN carries it too; 0: no
+/// mark).
+pub fn connect_marked(dst: SocketAddr, mark: u32) -> io::Result<OwnedFd> {
+    let fd = socket(&dst)?;
+    if mark != 0 {
+        set_mark(&fd, mark)?;
+    }
+    match nsock::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
+        Ok(()) | Err(Errno::EINPROGRESS) => Ok(fd),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sets the socket mark (`SO_MARK`, needs `CAP_NET_ADMIN`): every packet
+/// the socket sends carries it (`meta mark` in nftables); an MPTCP socket
+/// passes it to all its subflows, and a listener to the connections it
+/// accepts.
+pub fn set_mark(fd: &impl AsFd, mark: u32) -> io::Result<()> {
+    Ok(nsock::setsockopt(fd, sockopt::Mark, &mark)?)
+}
+
 /// An MPTCP socket to `dst` whose connect waits for the first write, so
 /// that write rides in the SYN where the server gave a TCP Fast Open cookie
 /// before (`TCP_FASTOPEN_CONNECT`; without it, an ordinary non-blocking

@@ -8,9 +8,13 @@
 //!   detour; a plain server through the converter with 0, 1 and 2 detours
 //!   (`max_detours`; the topology has one waypoint, so a second detour can
 //!   only be the same waypoint again);
-//! - time to first byte of an HTTP/1.0 request to a plain server, median of
-//!   many connections: direct (DCol off), through the converter with TCP
-//!   Fast Open (the Convert message in the SYN) and without it.
+//! - time to first byte of an HTTP/1.0 request to a plain server, median,
+//!   90th percentile and stalls (> 15 ms) of many connections: direct (DCol
+//!   off, before and after the rest), through the converter with TCP Fast
+//!   Open (the Convert message in the SYN) and without it, in alternating
+//!   rounds so that the machine's load falls on both alike; with the
+//!   round-trip time between the LAN proxy and the converter (what Fast
+//!   Open saves, once per connection) and the load average.
 //!
 //! Writes `results.json` and `converter.svg` to `--out`.
 
@@ -97,6 +101,45 @@ fn median(v: &[f64]) -> f64 {
     (plot::median(v).unwrap_or(0.0) * 100.0).round() / 100.0
 }
 
+/// Connections slower than this count as stalls.
+const STALL_MS: f64 = 15.0;
+
+/// Median, 90th percentile, stalls and every value of times to first byte.
+fn ttfb_summary(v: &[f64]) -> Value {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let p90 = s.get(s.len() * 9 / 10).copied().unwrap_or(0.0);
+    json!({
+        "median": median(v),
+        "p90": (p90 * 100.0).round() / 100.0,
+        "stalls_over_15ms": v.iter().filter(|&&t| t > STALL_MS).count(),
+        "all": v,
+    })
+}
+
+/// Average round trip from rc (the LAN proxy) to the converter, ms.
+fn rtt_to_converter(cl: &ConvLab) -> f64 {
+    let to = ConvLab::converter_addr().ip().to_string();
+    let out = in_ns(
+        &cl.lab.ns(Node::Rc),
+        &["ping", "-n", "-q", "-c", "20", "-i", "0.05", &to],
+    );
+    // "rtt min/avg/max/mdev = 0.041/0.058/0.090/0.011 ms"
+    out.lines()
+        .find_map(|l| l.split(" = ").nth(1))
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The 1-minute load average of the machine.
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
 /// Restarts the LAN proxy with `detours` detours and `extra`.
 fn client(cl: &mut ConvLab, detours: u8, extra: &str) {
     drop(cl.lab.client.take());
@@ -108,19 +151,31 @@ fn client(cl: &mut ConvLab, detours: u8, extra: &str) {
     let _ = iperf3_client(host, cl.server(), MPTCP_PORT, 1, false, false);
 }
 
-/// Time to first byte through the converter with Fast Open and without,
-/// and the Fast Open counters of both routers around the first.
+/// Time to first byte through the converter with Fast Open and without
+/// (two alternating rounds of `m / 2` connections each), the Fast Open
+/// counters of both routers around them, then direct again with the LAN
+/// proxy stopped.
 fn ttfb_converter(cl: &mut ConvLab, m: usize) -> Value {
-    // Time to first byte through the converter, with and without Fast Open.
-    client(cl, 0, "");
+    let half = m.div_ceil(2);
+    let (mut tfo, mut no_tfo) = (Vec::new(), Vec::new());
+    let load_before = loadavg();
     let tfo_before = (tfo_counters(cl, Node::Rc), tfo_counters(cl, Node::Rs));
-    let ttfb_tfo = ttfb(cl, m);
+    for _ in 0..2 {
+        client(cl, 0, "");
+        tfo.extend(ttfb(cl, half));
+        client(cl, 0, "\toption convert_fastopen '0'\n");
+        no_tfo.extend(ttfb(cl, half));
+    }
     let tfo_after = (tfo_counters(cl, Node::Rc), tfo_counters(cl, Node::Rs));
-    client(cl, 0, "\toption convert_fastopen '0'\n");
-    let ttfb_no_tfo = ttfb(cl, m);
+    let rtt = rtt_to_converter(cl);
+    drop(cl.lab.client.take());
+    let direct_after = ttfb(cl, half);
     json!({
-        "converter_with_fastopen": { "median": median(&ttfb_tfo), "all": ttfb_tfo },
-        "converter_without_fastopen": { "median": median(&ttfb_no_tfo), "all": ttfb_no_tfo },
+        "converter_with_fastopen": ttfb_summary(&tfo),
+        "converter_without_fastopen": ttfb_summary(&no_tfo),
+        "direct_after": ttfb_summary(&direct_after),
+        "rtt_rc_to_converter_ms": rtt,
+        "loadavg_1min": { "before": load_before, "after": loadavg() },
         "fastopen_counters": { "rc_before": tfo_before.0, "rc_after": tfo_after.0, "rs_before": tfo_before.1, "rs_after": tfo_after.1 },
     })
 }
@@ -169,7 +224,7 @@ pub fn main(args: &mut lexopt::Parser) -> ExitCode {
     crate::ensure_dcol_bin();
     crate::install_cleanup();
     let _ = std::fs::create_dir_all(&a.out);
-    let (secs, n, m) = if a.quick { (6, 1, 10) } else { (10, 3, 40) };
+    let (secs, n, m) = if a.quick { (6, 1, 40) } else { (10, 3, 100) };
     let started = Instant::now();
     let mut cl = ConvLab::new(LinkProfile::core_limited());
     let _plain = iperf3_server(cl.lab.topo.ns(Node::Server), IPERF_PORT, false);
@@ -188,9 +243,12 @@ pub fn main(args: &mut lexopt::Parser) -> ExitCode {
         "uploads_mbps": rows.iter().map(|(l, v)| json!({"case": l, "trials": v, "median": median(v), "ratio_vs_plain_tcp": median(v) / base})).collect::<Vec<_>>(),
         "ttfb_ms": {
             "connections": m,
-            "direct_plain_tcp_dcol_off": { "median": median(&ttfb_direct), "all": ttfb_direct },
+            "direct_plain_tcp_dcol_off": ttfb_summary(&ttfb_direct),
+            "direct_plain_tcp_dcol_off_after": ttfb_conv["direct_after"].clone(),
             "converter_with_fastopen": ttfb_conv["converter_with_fastopen"].clone(),
             "converter_without_fastopen": ttfb_conv["converter_without_fastopen"].clone(),
+            "rtt_rc_to_converter_ms": ttfb_conv["rtt_rc_to_converter_ms"].clone(),
+            "loadavg_1min": ttfb_conv["loadavg_1min"].clone(),
             "fastopen_counters": ttfb_conv["fastopen_counters"].clone(),
         },
         "client_converters": status["client"]["lan_proxy"]["converters"].clone(),
@@ -224,11 +282,17 @@ pub fn main(args: &mut lexopt::Parser) -> ExitCode {
             median(v) / base
         );
     }
+    let t = |k: &str, q: &str| ttfb_conv[k][q].as_f64().unwrap_or(0.0);
     println!(
-        "time to first byte: direct {:.2} ms, converter with TFO {:.2} ms, without {:.2} ms\nResults: {}",
+        "time to first byte, median (p90) ms: direct {:.2}, direct after {:.2} ({:.2}), converter with TFO {:.2} ({:.2}), without {:.2} ({:.2}); RTT rc-converter {:.3} ms\nResults: {}",
         median(&ttfb_direct),
-        ttfb_conv["converter_with_fastopen"]["median"].as_f64().unwrap_or(0.0),
-        ttfb_conv["converter_without_fastopen"]["median"].as_f64().unwrap_or(0.0),
+        t("direct_after", "median"),
+        t("direct_after", "p90"),
+        t("converter_with_fastopen", "median"),
+        t("converter_with_fastopen", "p90"),
+        t("converter_without_fastopen", "median"),
+        t("converter_without_fastopen", "p90"),
+        ttfb_conv["rtt_rc_to_converter_ms"].as_f64().unwrap_or(0.0),
         a.out.join("results.json").display()
     );
     ExitCode::SUCCESS

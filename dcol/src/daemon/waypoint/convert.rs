@@ -16,6 +16,7 @@ use crate::daemon::{wall_ms, DaemonError};
 use crate::loglimit::LogLimit;
 use crate::routes::Routes;
 use crate::sys::convert::{ConvertEvent, ConvertServer, ConvertSettings, Timeouts};
+use crate::sys::nft;
 use crate::sys::sysctl::{self, SysctlGuard};
 use crate::trust::{MemberId, Revocations};
 use crate::waypoint::policy;
@@ -56,6 +57,7 @@ fn server_settings(cfg: &Config) -> ConvertSettings {
             connect: Duration::from_secs(10),
             idle: Duration::from_secs(u64::from(cfg.client.proxy_idle_timeout_s)),
         },
+        mark: nft::CONVERT_MARK,
     }
 }
 
@@ -220,6 +222,12 @@ impl WaypointDriver {
     /// The converter's turn: what is ready and due, then the log and the
     /// evidence of what happened.
     pub(super) fn convert_turn(&mut self, now: Instant) {
+        if self.convert.is_none() {
+            return;
+        }
+        // The quota counts converted bytes too: a count more than a second
+        // old is read again, so conversions stop as soon as it runs out.
+        self.refresh_quota(now);
         let used_up = self.core.used_up().map(str::to_owned);
         let Some(cv) = self.convert.as_mut() else {
             return;

@@ -5,8 +5,10 @@
 use super::*;
 
 /// The owner's donation caps on all detoured traffic (NAT and VPN flows,
-/// both directions, recognized by [`DETOUR_CT_MARK`]), enforced by the
-/// kernel in the table's `caps` chain.
+/// both directions, recognized by [`DETOUR_CT_MARK`]) and all converted
+/// traffic (the converter's own connections, [`CONVERT_MARK`]), enforced
+/// by the kernel in the table's `caps` chain: one policer and one quota for
+/// both.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Caps {
     /// Rate cap in kbit/s (0: none): a policer (`limit rate over`), so TCP
@@ -19,9 +21,11 @@ pub struct Caps {
     pub used: u64,
 }
 
-/// The `nft -f` script that installs `caps` in table `name`.
+/// The `nft -f` script that installs `caps` in table `name`: the rules of
+/// the regular chain `caps`, which the base chains `caps_forward` (detour
+/// flows) and `caps_input` (converted flows) jump to, so a single policer
+/// and a single quota count both.
 pub fn caps_script(name: &str, caps: &Caps, had_quota: bool) -> String {
-    let m = format!("ct mark & {DETOUR_CT_MARK:#010x} == {DETOUR_CT_MARK:#010x}");
     let mut s = format!("flush chain inet {name} caps\n");
     if had_quota {
         s.push_str(&format!("delete quota inet {name} month\n"));
@@ -31,7 +35,7 @@ pub fn caps_script(name: &str, caps: &Caps, had_quota: bool) -> String {
         // (EINVAL): a count past the cap (a lowered cap, or bytes counted
         // after it ran out) starts at the cap, which is just as used up.
         s.push_str(&format!(
-            "add quota inet {name} month {{ over {} bytes used {} bytes; }}\nadd rule inet {name} caps {m} quota name \"month\" drop\n",
+            "add quota inet {name} month {{ over {} bytes used {} bytes; }}\nadd rule inet {name} caps quota name \"month\" drop\n",
             caps.month_bytes,
             caps.used.min(caps.month_bytes)
         ));
@@ -47,7 +51,7 @@ pub fn caps_script(name: &str, caps: &Caps, had_quota: bool) -> String {
             String::new()
         };
         s.push_str(&format!(
-            "add rule inet {name} caps {m} limit rate over {bytes} bytes/second{burst} drop\n"
+            "add rule inet {name} caps limit rate over {bytes} bytes/second{burst} drop\n"
         ));
     }
     s
@@ -58,6 +62,16 @@ pub fn caps_script(name: &str, caps: &Caps, had_quota: bool) -> String {
 /// (`sys::vpnfw`). The caps count and police them; masquerading and the
 /// router's input drop recognize them.
 pub const DETOUR_CT_MARK: u32 = 0x00dc_0000;
+
+/// Mark bits of the converter's connections: the converter sets them as
+/// the socket mark (`SO_MARK`) of each connection it admits (and so of all
+/// its subflows) and of the plain TCP connection it opens to the server; the table's `convert_out` chain copies them into
+/// the conntrack mark, and `caps_input` sends every packet of those flows
+/// that reaches this router (MPTCP from the client, TCP from the server:
+/// each converted byte once) to the donation caps. Neither a superset nor a
+/// subset of [`DETOUR_CT_MARK`], [`DETOUR_PACKET_MARK`] or the LAN proxy's
+/// `LAN_CT_MARK` (0x00d10000), so no check of theirs matches it.
+pub const CONVERT_MARK: u32 = 0x00ce_0000;
 
 /// Packet mark bits (`meta mark`, OR-ed in) set by dcol's forward chains on
 /// every original-direction packet of a detour flow that leaves by a WAN
@@ -118,7 +132,18 @@ pub fn ruleset(name: &str, ports: (u16, u16)) -> String {
 		meta mark set meta mark | {DETOUR_PACKET_MARK:#010x}
 	}}
 	chain caps {{
+	}}
+	chain caps_forward {{
 		type filter hook forward priority filter - 2; policy accept;
+		{ct} == {DETOUR_CT_MARK:#010x} jump caps
+	}}
+	chain convert_out {{
+		type filter hook output priority filter - 2; policy accept;
+		meta mark & {CONVERT_MARK:#010x} == {CONVERT_MARK:#010x} ct mark set ct mark | {CONVERT_MARK:#010x}
+	}}
+	chain caps_input {{
+		type filter hook input priority filter - 2; policy accept;
+		ct mark & {CONVERT_MARK:#010x} == {CONVERT_MARK:#010x} jump caps
 	}}
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;

@@ -46,6 +46,20 @@ fn caps_script_counts_kbit_as_1000_bits() {
     );
 }
 
+#[test]
+fn convert_mark_and_the_other_marks_never_match_each_other() {
+    let others = [
+        DETOUR_CT_MARK,
+        DETOUR_PACKET_MARK,
+        crate::sys::lan::LAN_CT_MARK,
+    ];
+    // Every check is written `x & m == m`: neither may pass the other's.
+    for m in others {
+        assert_ne!(m & CONVERT_MARK, CONVERT_MARK, "{m:#010x}");
+        assert_ne!(CONVERT_MARK & m, m, "{m:#010x}");
+    }
+}
+
 fn el(client: &str, port: u16, dest: &str) -> NatElement {
     NatElement {
         client: client.parse().unwrap(),
@@ -225,7 +239,30 @@ fn names_and_ruleset() {
             .expect("original only")
             < drop
     );
-    assert!(chain(&r, "caps").contains("priority filter - 2;"));
+    // One caps chain for detours (forward) and conversions (input); the
+    // converter's socket mark becomes a conntrack mark on output.
+    for (name, hook, rule) in [
+        (
+            "caps_forward",
+            "forward",
+            "ct mark & 0x00dc0000 == 0x00dc0000 jump caps",
+        ),
+        (
+            "caps_input",
+            "input",
+            "ct mark & 0x00ce0000 == 0x00ce0000 jump caps",
+        ),
+        (
+            "convert_out",
+            "output",
+            "meta mark & 0x00ce0000 == 0x00ce0000 ct mark set ct mark | 0x00ce0000",
+        ),
+    ] {
+        let c = chain(&r, name);
+        let h = format!("hook {hook} priority filter - 2;");
+        assert!(c.contains(&h) && c.contains(rule), "{c}");
+    }
+    assert!(!chain(&r, "caps").contains("hook"), "a regular chain");
     assert!(chain(&r, "postrouting")
         .contains("ct status dnat ct mark & 0x00dc0000 == 0x00dc0000 masquerade"));
     // Kernels before 6.5 refuse a map used as a set (`... @nat4` without

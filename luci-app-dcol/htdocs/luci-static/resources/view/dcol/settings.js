@@ -285,12 +285,12 @@ return view.extend({
 		o.placeholder = '16';
 
 		o = s.taboption('general', form.Value, 'donate_kbit', _('Donation cap: rate'),
-			_('Most kbit/s all members\' detours through this router may use together, enforced in the kernel. 0 or empty: no cap.'));
+			_('Most kbit/s all members\' detours and conversions through this router may use together, enforced in the kernel. 0 or empty: no cap.'));
 		o.datatype = 'range(0,100000000)';
 		o.placeholder = '0';
 
 		o = s.taboption('general', form.Value, 'donate_monthly_gb', _('Donation cap: GB per month'),
-			_('Detoured traffic this router carries per calendar month (UTC); when it is used up, the router stops granting detours until the month ends. Fractions allowed, e.g. 0.5. Empty: no cap.'));
+			_('Detoured and converted traffic this router carries per calendar month (UTC); when it is used up, the router stops granting detours and converting until the month ends. Fractions allowed, e.g. 0.5. Empty: no cap.'));
 		o.datatype = 'ufloat';
 		o.placeholder = '0';
 
