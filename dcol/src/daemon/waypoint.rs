@@ -22,7 +22,7 @@ use crate::control::{self, Status};
 use crate::loglimit::LogLimit;
 use crate::routes::Routes;
 use crate::sys::conntrack::{self, BatchId, Cleaner};
-use crate::sys::nft::NatTable;
+use crate::sys::nft::{NatTable, DETOUR_CT_MARK};
 use crate::sys::os;
 use crate::sys::sysctl::{self, SysctlGuard};
 use crate::sys::vpnfw::VpnFirewall;
@@ -231,7 +231,8 @@ impl WaypointDriver {
             told_used_up: None,
             convert: None,
             ended: Vec::new(),
-            cleaner: Some(Cleaner::start()?),
+            // Only the flows our NAT table marked are dumped.
+            cleaner: Some(Cleaner::start(Some(DETOUR_CT_MARK))?),
             ending: BTreeMap::new(),
         };
         role.seed_evidence();

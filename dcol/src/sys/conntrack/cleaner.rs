@@ -3,7 +3,7 @@
 //!
 //! Like the directory, traversal and route workers: the daemon hands the
 //! thread batches of tunnels over a channel ([`Cleaner::submit`]); the thread
-//! deletes their flows with [`super::delete_batch`] (one dump for every
+//! deletes their flows with [`super::delete_marked`] (one dump for every
 //! batch waiting when it wakes), sends what it deleted back over another
 //! channel and writes a byte to a socket pair whose other end sits in the
 //! daemon's `poll(2)` set ([`Cleaner::fd`]). The daemon takes the results
@@ -22,7 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::{self, JoinHandle};
 
-use super::{delete_batch, Deleted};
+use super::{delete_filtered, Deleted};
 use crate::sys::SysError;
 
 /// The number of a batch handed to [`Cleaner::submit`].
@@ -57,11 +57,14 @@ pub struct Cleaner {
     sizes: BTreeMap<BatchId, usize>,
     /// Results made on the loop thread (the thread was gone).
     inline: Vec<Cleaned>,
+    /// The conntrack mark dumps are filtered by.
+    mark: Option<u32>,
 }
 
 impl Cleaner {
-    /// Starts the thread.
-    pub fn start() -> Result<Cleaner, SysError> {
+    /// Starts the thread; with `mark`, its dumps are filtered by that
+    /// conntrack mark ([`super::delete_marked`]).
+    pub fn start(mark: Option<u32>) -> Result<Cleaner, SysError> {
         let op = "conntrack cleaner";
         let (wake, wake_tx) = UnixStream::pair().map_err(|e| SysError::io(op, e))?;
         for s in [&wake, &wake_tx] {
@@ -72,7 +75,7 @@ impl Cleaner {
         let wake_w = wake_tx.try_clone().map_err(|e| SysError::io(op, e))?;
         let thread = thread::Builder::new()
             .name("dcol-conntrack".into())
-            .spawn(move || worker(&cmd_rx, &out, &wake_w))
+            .spawn(move || worker(&cmd_rx, &out, &wake_w, mark))
             .map_err(|e| SysError::io(op, e))?;
         Ok(Cleaner {
             tx: Some(tx),
@@ -83,6 +86,7 @@ impl Cleaner {
             next: 0,
             sizes: BTreeMap::new(),
             inline: Vec::new(),
+            mark,
         })
     }
 
@@ -97,7 +101,7 @@ impl Cleaner {
             // The thread is gone (it ends only with the daemon's side, or
             // by a panic): the loop thread deletes them itself.
             log::error!("conntrack cleaner: thread gone; deleting on the loop thread");
-            let result = delete_batch(&tunnels);
+            let result = delete_filtered(&tunnels, self.mark);
             self.inline.push(Cleaned {
                 batches: vec![id],
                 result,
@@ -154,7 +158,7 @@ impl Drop for Cleaner {
 /// Waits for a batch, takes the others waiting too, deletes their flows with
 /// one dump and reports; ends when the daemon's side is dropped and every
 /// batch is done.
-fn worker(rx: &Receiver<Batch>, out: &Sender<Cleaned>, wake: &UnixStream) {
+fn worker(rx: &Receiver<Batch>, out: &Sender<Cleaned>, wake: &UnixStream, mark: Option<u32>) {
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first.0];
         let mut tunnels = first.1;
@@ -162,7 +166,7 @@ fn worker(rx: &Receiver<Batch>, out: &Sender<Cleaned>, wake: &UnixStream) {
             batches.push(id);
             tunnels.extend(t);
         }
-        let result = delete_batch(&tunnels);
+        let result = delete_filtered(&tunnels, mark);
         if out.send(Cleaned { batches, result }).is_ok() {
             let _ = (&*wake).write(&[1]);
         }
@@ -179,7 +183,7 @@ mod tests {
     /// turns readable, and `finish` waits for the batches not done yet.
     #[test]
     fn batches_come_back_in_order() {
-        let mut c = Cleaner::start().expect("start");
+        let mut c = Cleaner::start(None).expect("start");
         let a = c.submit(Vec::new());
         let mut fds = [PollFd::new(c.fd(), PollFlags::POLLIN)];
         assert_eq!(poll(&mut fds, PollTimeout::from(5000u16)).expect("poll"), 1);
@@ -231,7 +235,7 @@ mod tests {
         }
         let client: IpAddr = "10.97.0.1".parse().unwrap();
         let (pending, done) = ns.run(move || {
-            let mut c = Cleaner::start().expect("start");
+            let mut c = Cleaner::start(None).expect("start");
             c.submit(vec![(client, 41000)]);
             (c.pending(), c.finish())
         });
