@@ -163,12 +163,24 @@ pub fn delete_marked(tunnels: &[(IpAddr, u16)], mark: u32) -> Result<Deleted, Sy
 }
 
 fn delete_filtered(tunnels: &[(IpAddr, u16)], mark: Option<u32>) -> Result<Deleted, SysError> {
+    if tunnels.is_empty() {
+        return Ok(Deleted::default());
+    }
+    delete_on(&mut NfSocket::open()?, tunnels, mark)
+}
+
+/// [`delete_filtered`] on an open socket. Closing a netfilter netlink
+/// socket is not free: the kernel then takes the namespace's nftables
+/// commit mutex and waits for the pending transactions' RCU grace period
+/// (`nft_rcv_nl_event`, 10-30 ms on a busy host), stalling every nftables
+/// change meanwhile. A thread that deletes often keeps its socket.
+fn delete_on(
+    sock: &mut NfSocket,
+    tunnels: &[(IpAddr, u16)],
+    mark: Option<u32>,
+) -> Result<Deleted, SysError> {
     let wanted: std::collections::HashSet<(IpAddr, u16)> = tunnels.iter().copied().collect();
     let mut per = Deleted::default();
-    if wanted.is_empty() {
-        return Ok(per);
-    }
-    let mut sock = NfSocket::open()?;
     for v4 in [true, false] {
         if !wanted.iter().any(|(c, _)| c.is_ipv4() == v4) {
             continue;
@@ -178,7 +190,7 @@ fn delete_filtered(tunnels: &[(IpAddr, u16)], mark: Option<u32>) -> Result<Delet
         } else {
             libc::AF_INET6 as u8
         };
-        let flows = dump(&mut sock, family, mark)?;
+        let flows = dump(sock, family, mark)?;
         for f in flows
             .iter()
             .filter(|f| f.proto == IPPROTO_TCP && wanted.contains(&(f.src, f.dport)))

@@ -22,7 +22,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::{self, JoinHandle};
 
-use super::{delete_filtered, Deleted};
+use super::{delete_filtered, delete_on, Deleted};
+use crate::sys::nfnl::NfSocket;
 use crate::sys::SysError;
 
 /// The number of a batch handed to [`Cleaner::submit`].
@@ -159,6 +160,9 @@ impl Drop for Cleaner {
 /// one dump and reports; ends when the daemon's side is dropped and every
 /// batch is done.
 fn worker(rx: &Receiver<Batch>, out: &Sender<Cleaned>, wake: &UnixStream, mark: Option<u32>) {
+    // One socket for the thread's life (see `delete_on` on closing one);
+    // opened again after a failure.
+    let mut sock: Option<NfSocket> = None;
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first.0];
         let mut tunnels = first.1;
@@ -166,11 +170,32 @@ fn worker(rx: &Receiver<Batch>, out: &Sender<Cleaned>, wake: &UnixStream, mark: 
             batches.push(id);
             tunnels.extend(t);
         }
-        let result = delete_filtered(&tunnels, mark);
+        let result = delete_kept(&mut sock, &tunnels, mark);
         if out.send(Cleaned { batches, result }).is_ok() {
             let _ = (&*wake).write(&[1]);
         }
     }
+}
+
+/// Deletes on the thread's socket, opened first where there is none; a
+/// failure closes it.
+fn delete_kept(
+    sock: &mut Option<NfSocket>,
+    tunnels: &[(IpAddr, u16)],
+    mark: Option<u32>,
+) -> Result<Deleted, SysError> {
+    if tunnels.is_empty() {
+        return Ok(Deleted::default());
+    }
+    let s = match sock {
+        Some(s) => s,
+        None => sock.insert(NfSocket::open()?),
+    };
+    let r = delete_on(s, tunnels, mark);
+    if r.is_err() {
+        *sock = None;
+    }
+    r
 }
 
 #[cfg(test)]
@@ -237,12 +262,23 @@ mod tests {
         let (pending, done) = ns.run(move || {
             let mut c = Cleaner::start(None).expect("start");
             c.submit(vec![(client, 41000)]);
-            (c.pending(), c.finish())
+            // Its own result first: the second batch reuses the socket.
+            let mut fds = [PollFd::new(c.fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(5000u16));
+            let mut done = c.done();
+            c.submit(vec![(client, 41002)]);
+            let pending = c.pending();
+            done.extend(c.finish());
+            (pending, done)
         });
         assert_eq!(pending, 1);
-        assert_eq!(done.len(), 1);
+        assert_eq!(done.len(), 2);
         let deleted = done[0].result.as_ref().expect("deleted");
         assert_eq!(deleted.of(client, 41000).0, 1);
+        assert!(done[1]
+            .result
+            .as_ref()
+            .is_ok_and(|d| d.of(client, 41002).0 == 0));
         let left = ns.out(&["conntrack", "-L"]);
         assert!(
             left.contains("dport=41001") && !left.contains("dport=41000"),
