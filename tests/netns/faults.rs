@@ -251,9 +251,12 @@ fn abandoned_lease_expires_and_its_flow_is_deleted() {
     let st = lab
         .wp()
         .wait_status(Duration::from_secs(14), |s| {
+            // Its flows are deleted on the waypoint's conntrack thread:
+            // `ending_tunnels` counts those not deleted yet.
             s["waypoint"]["grants"]
                 .as_array()
                 .is_some_and(|g| g.is_empty())
+                && s["waypoint"]["ending_tunnels"] == 0
         })
         .unwrap_or_else(|s| panic!("lease did not expire: {s}"));
     let _ = st;

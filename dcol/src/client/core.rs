@@ -56,6 +56,14 @@ pub(crate) const USED_UP_HOLDDOWN: Duration = Duration::from_secs(3600);
 /// not asked for another.
 pub(crate) const RATE_LIMITED_HOLDDOWN: Duration = Duration::from_secs(2);
 
+/// How long a waypoint that refused a new tunnel because it is full for us
+/// (`NoPortsLeft`: no port left for our address; `QuotaExceeded`: our
+/// member's tunnel quota) is not asked for another: a short back-off, not
+/// the hold-down of a dead waypoint, since its leases end and free ports all
+/// the time. Running detours through it and requests naming a destination
+/// it already leases to us are not affected once the back-off is over.
+pub(crate) const FULL_BACKOFF: Duration = Duration::from_secs(5);
+
 /// Attempts for a detour request before the waypoint counts as unreachable.
 const REQUEST_ATTEMPTS: u32 = 4;
 
@@ -287,6 +295,10 @@ pub struct Conn {
 struct Peer {
     spec: PeerSpec,
     down_until: Option<Instant>,
+    /// Full for us (it refused `NoPortsLeft` or `QuotaExceeded`): no new NAT
+    /// tunnel is asked for until then. Unlike `down_until`, answers to
+    /// renewals do not end it, and the peer shows up.
+    full_until: Option<Instant>,
     last_rtt: Option<Duration>,
     /// The tunnel, for VPN peers.
     vpn: Option<vpn::VpnPeer>,
@@ -298,6 +310,7 @@ impl Peer {
             vpn: spec.vpn.then(vpn::VpnPeer::default),
             spec,
             down_until: None,
+            full_until: None,
             last_rtt: None,
         }
     }

@@ -194,6 +194,10 @@ pub struct WaypointConfig {
     pub upnp_url: Option<crate::http::Url>,
     /// Lease of each UPnP mapping, s (`option upnp_lease_s`; 0: permanent).
     pub upnp_lease_s: u32,
+    /// NAT tunnel ports mapped on a UPnP gateway, one mapping each
+    /// (`option upnp_ports`, 1-[`UPNP_MAX_PORTS`]): with UPnP on, grants use
+    /// only the first this many of `nat_ports`.
+    pub upnp_ports: u16,
     /// Convert MPTCP connections of members to plain TCP (RFC 8803;
     /// `option convert`).
     pub convert: bool,
@@ -207,16 +211,18 @@ pub struct WaypointConfig {
     pub convert_max_per_source: u32,
 }
 
-/// Most NAT tunnel ports mapped on a UPnP gateway (one mapping each).
-pub const UPNP_MAX_PORTS: u16 = 32;
+/// Most NAT tunnel ports `option upnp_ports` may map on a UPnP gateway
+/// (one mapping each; the default maps 32).
+pub const UPNP_MAX_PORTS: u16 = 1024;
 
 impl WaypointConfig {
     /// The NAT tunnel ports grants use: with UPnP on, the first
-    /// [`UPNP_MAX_PORTS`] of `nat_ports` (the ones mapped on a gateway).
+    /// `upnp_ports` of `nat_ports` (the ones mapped on a gateway).
     pub fn grant_ports(&self) -> (u16, u16) {
         let (lo, hi) = self.nat_ports;
         if self.upnp {
-            (lo, hi.min(lo.saturating_add(UPNP_MAX_PORTS - 1)))
+            let n = self.upnp_ports.clamp(1, UPNP_MAX_PORTS);
+            (lo, hi.min(lo.saturating_add(n - 1)))
         } else {
             (lo, hi)
         }

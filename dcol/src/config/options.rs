@@ -204,6 +204,7 @@ pub static OPTIONS: &[UciOption] = &[
     opt(WAYPOINT, "convert_max_per_member", Some("256"), num(1, 65_536, |d, v| d.cfg.waypoint.convert_max_per_member = v)),
     opt(WAYPOINT, "convert_max_per_source", Some("256"), num(1, 65_536, |d, v| d.cfg.waypoint.convert_max_per_source = v)),
     opt(WAYPOINT, "upnp_lease_s", Some("3600"), Kind::ZeroOr { zero: "permanent", min: 10, max: 604_800, set: Set(|d, v| d.cfg.waypoint.upnp_lease_s = v) }),
+    opt(WAYPOINT, "upnp_ports", Some("32"), num(1, super::UPNP_MAX_PORTS as u32, |d, v| d.cfg.waypoint.upnp_ports = v as u16)),
 
     required(PEER, "name", Kind::MemberName(Set(|d, v| d.peer.name = v))),
     required(PEER, "address", Kind::Socket(Set(|d, v| d.peer.address = v))),

@@ -66,6 +66,14 @@ fn traversal_options() {
     assert_eq!(w.grant_ports(), (40000, 40031));
     let c = p("config waypoint\n\toption upnp '0'\n").unwrap();
     assert_eq!(c.waypoint.grant_ports(), (40000, 40999));
+    let c = p("config waypoint\n\toption upnp_ports '1024'\n").unwrap();
+    assert_eq!(
+        c.waypoint.grant_ports(),
+        (40000, 40999),
+        "the range is shorter"
+    );
+    let c = p("config waypoint\n\toption upnp_ports '1'\n").unwrap();
+    assert_eq!(c.waypoint.grant_ports(), (40000, 40000));
     for bad in [
         "config waypoint\n\tlist stun_server 'stun.example.org'\n",
         "config waypoint\n\tlist stun_server 'bad host:3478'\n",
@@ -73,6 +81,8 @@ fn traversal_options() {
         "config waypoint\n\toption upnp_lease_s '5'\n",
         "config waypoint\n\toption upnp 'maybe'\n",
         "config waypoint\n\toption upnp_url 'https://gw/'\n",
+        "config waypoint\n\toption upnp_ports '0'\n",
+        "config waypoint\n\toption upnp_ports '1025'\n",
     ] {
         let e = p(bad).unwrap_err().to_string();
         assert!(e.contains("dcol:2: option"), "{bad}: {e}");

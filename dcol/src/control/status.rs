@@ -47,7 +47,7 @@
 //!                   "age_s": 12, "expires_in_s": 288 } ],
 //!     "datagrams": 10, "granted": 9, "refused": { "Stale": 1 },
 //!     "donate_kbit": 8000, "donate_monthly_bytes": 100000000000,
-//!     "donated_month_bytes": 1234567, "refusing": null,
+//!     "donated_month_bytes": 1234567, "refusing": null, "ending_tunnels": 0,
 //!     "vpn_peers": [ { "member": "bob", "member_id": "3f2a9c0d11e4b7a0", "address": "10.200.7.2",
 //!                      "client": "198.51.100.7", "wg_key": "<base64>", "age_s": 30,
 //!                      "expires_in_s": 270 } ],
@@ -475,6 +475,10 @@ pub struct WaypointStatus {
     /// The converter (`option convert '1'`), or `null`.
     #[serde(default)]
     pub converter: Option<ConverterStatus>,
+    /// Ended NAT tunnels whose conntrack flows are still being deleted
+    /// (by the daemon's conntrack thread; usually 0 within milliseconds).
+    #[serde(default)]
+    pub ending_tunnels: usize,
 }
 
 /// The converter role (issue 17): `{ "port": 7447, "accepted": 12,

@@ -46,6 +46,9 @@ pub(super) fn settings(cfg: &Config) -> Option<Settings> {
     }
     let (lo, hi) = w.grant_ports();
     ports.extend((lo..=hi).map(|p| (Protocol::Tcp, p)));
+    // The converter listens on TCP (IPv4 and IPv6, every address).
+    let convert = w.convert.then_some((Protocol::Tcp, w.convert_port));
+    ports.extend(convert.filter(|c| !ports.contains(c)));
     // IPv6: the same ports, as pinholes in the gateway's firewall, when the
     // waypoint listens on IPv6 (signaling from the IPv6 listen ports).
     let mut pinholes: Vec<(Protocol, u16)> = Vec::new();
@@ -59,6 +62,7 @@ pub(super) fn settings(cfg: &Config) -> Option<Settings> {
             pinholes.push((Protocol::Udp, w.vpn_port));
         }
         pinholes.extend((lo..=hi).map(|p| (Protocol::Tcp, p)));
+        pinholes.extend(convert.filter(|c| !pinholes.contains(c)));
     }
     Some(Settings {
         stun: w.stun_servers.clone(),
@@ -254,6 +258,44 @@ impl Role for TraversalDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `upnp_ports` bounds the tunnel ports mapped (and granted); the
+    /// converter's TCP port is mapped (and pinholed) when it is on.
+    #[test]
+    fn mapped_ports_follow_upnp_ports_and_the_converter() {
+        let text = "config dcol 'main'\nconfig waypoint 'waypoint'\n\toption nat_ports '40000-40999'\n\toption upnp_ports '100'\n\tlist listen '0.0.0.0:7447'\n\tlist listen '[::]:7447'\n";
+        let mut cfg = crate::config::parse(text, std::path::Path::new("t")).expect("config");
+        let tcp = |s: &Settings, v6: bool| -> Vec<u16> {
+            let ports = if v6 { &s.pinholes } else { &s.ports };
+            ports
+                .iter()
+                .filter(|p| p.0 == Protocol::Tcp)
+                .map(|p| p.1)
+                .collect()
+        };
+        let s = settings(&cfg).expect("UPnP is on by default");
+        assert_eq!(cfg.waypoint.grant_ports(), (40000, 40099));
+        assert_eq!(tcp(&s, false), (40000..=40099).collect::<Vec<_>>());
+        assert_eq!(tcp(&s, true), tcp(&s, false));
+        cfg.waypoint.convert = true;
+        cfg.waypoint.convert_port = 7448;
+        let s = settings(&cfg).expect("on");
+        assert_eq!(tcp(&s, false).len(), 101);
+        assert_eq!(tcp(&s, false).last(), Some(&7448));
+        assert!(tcp(&s, true).contains(&7448));
+        assert_eq!(
+            port_ranges(&s.ports),
+            ["tcp/7448", "tcp/40000-40099", "udp/7447"]
+        );
+        // A converter port inside the tunnel ports is mapped once.
+        cfg.waypoint.convert_port = 40005;
+        assert_eq!(tcp(&settings(&cfg).expect("on"), false).len(), 100);
+        // Without UPnP nothing is mapped and grants use the whole range.
+        cfg.waypoint.upnp = false;
+        cfg.waypoint.stun_servers = vec!["stun.example.org:3478".into()];
+        assert!(settings(&cfg).expect("STUN").ports.is_empty());
+        assert_eq!(cfg.waypoint.grant_ports(), (40000, 40999));
+    }
 
     #[test]
     fn ranges_merge() {

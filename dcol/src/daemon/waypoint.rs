@@ -8,7 +8,7 @@
 //! it fails half-way through starting. A crashed run's NAT table is found
 //! at start, its flows deleted and the table replaced.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -21,8 +21,8 @@ use crate::config::Config;
 use crate::control::{self, Status};
 use crate::loglimit::LogLimit;
 use crate::routes::Routes;
-use crate::sys::conntrack;
-use crate::sys::nft::NatTable;
+use crate::sys::conntrack::{self, BatchId, Cleaner};
+use crate::sys::nft::{NatTable, DETOUR_CT_MARK};
 use crate::sys::os;
 use crate::sys::sysctl::{self, SysctlGuard};
 use crate::sys::vpnfw::VpnFirewall;
@@ -73,8 +73,15 @@ pub(super) struct WaypointDriver {
     /// The converter (`option convert '1'`).
     convert: Option<ConvertRole>,
     /// NAT leases ended in this loop turn, and why: their conntrack flows
-    /// are deleted together at its end ([`WaypointDriver::flush_ended`]).
+    /// are handed to the cleaner together at its end
+    /// ([`WaypointDriver::flush_ended`]).
     ended: Vec<(Lease, String)>,
+    /// Deletes the conntrack flows of ended tunnels on its own thread (a
+    /// dump takes 10 ms and more: never on the loop thread).
+    cleaner: Option<Cleaner>,
+    /// The batches handed to the cleaner: when they ended (wall clock,
+    /// for the evidence), the leases and why.
+    ending: BTreeMap<BatchId, (u64, Vec<(Lease, String)>)>,
 }
 
 /// Binds the signaling sockets.
@@ -224,6 +231,9 @@ impl WaypointDriver {
             told_used_up: None,
             convert: None,
             ended: Vec::new(),
+            // Only the flows our NAT table marked are dumped.
+            cleaner: Some(Cleaner::start(Some(DETOUR_CT_MARK))?),
+            ending: BTreeMap::new(),
         };
         role.seed_evidence();
         role.set_caps(w.donate_kbit, w.donate_monthly_bytes)?;
@@ -439,6 +449,7 @@ impl WaypointDriver {
             refusing: self.core.used_up().map(str::to_owned),
             vpn_peers: self.vpn_status(now),
             converter: self.convert.as_ref().map(|c| c.status(now)),
+            ending_tunnels: self.cleaner.as_ref().map_or(0, Cleaner::pending),
         }
     }
 }
@@ -447,6 +458,7 @@ impl Driver for WaypointDriver {
     fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.extend(self.sockets.iter().map(|s| s.as_fd()));
         out.extend(self.convert.as_ref().map(ConvertRole::fd));
+        out.extend(self.cleaner.as_ref().map(Cleaner::fd));
     }
 
     fn deadline(&self, _now: Instant) -> Option<Instant> {
@@ -460,6 +472,9 @@ impl Driver for WaypointDriver {
     fn on_ready(&mut self, fd: RawFd, _now: Instant, out: &mut Outbox) {
         if let Some(i) = self.sockets.iter().position(|s| s.as_raw_fd() == fd) {
             self.read_socket(i);
+        }
+        if self.cleaner.as_ref().map(|c| c.fd().as_raw_fd()) == Some(fd) {
+            self.cleaned();
         }
         self.turn(Instant::now(), out);
     }
@@ -566,6 +581,13 @@ impl Drop for WaypointDriver {
             self.convert_events(Instant::now(), ended);
         }
         self.flush_ended();
+        // The flows of the tunnels ended so far, deleted before the table
+        // goes (the thread ends after them).
+        if let Some(c) = self.cleaner.take() {
+            for done in c.finish() {
+                self.record_cleaned(done);
+            }
+        }
         let tunnels: Vec<(IpAddr, u16)> = self.core.leases().map(|l| (l.client, l.port)).collect();
         self.save_at_exit();
         if let Some(nat) = self.nat.take() {

@@ -8,8 +8,12 @@
 //! newer entry with the same tuple survives). The kernel then drops the
 //! binding, and the next packet of the flow is no longer translated.
 //!
-//! It does not filter in the kernel (`CTA_FILTER` needs 5.x kernels; the dump is
-//! filtered here), does not touch UDP or other protocols, and keeps no state.
+//! The kernel filters a dump only by conntrack mark ([`delete_marked`]:
+//! `CTA_MARK` and `CTA_MARK_MASK`, in every kernel dcol runs on), so only
+//! the detour flows are sent; the tuples are matched here (`CTA_FILTER`
+//! needs 5.8). It does not touch UDP or other protocols and keeps no state.
+//! A dump takes ~10 ms and more under load: the daemon's loop hands ended
+//! tunnels to a [`Cleaner`], which deletes their flows on its own thread.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -18,6 +22,10 @@ use neli::consts::nl::NlmF;
 use super::netlink::{array, attr, be16, be32, be64, nest, nested, ty, u8_, Attr};
 use super::nfnl::{msg_type, NfMsg, NfSocket, Nfgenmsg};
 use super::SysError;
+
+mod cleaner;
+
+pub use cleaner::{BatchId, Cleaned, Cleaner};
 
 // include/uapi/linux/netfilter/nfnetlink.h
 /// `NFNL_SUBSYS_CTNETLINK`.
@@ -32,6 +40,10 @@ const IPCTNL_MSG_CT_DELETE: u8 = 0x2;
 // enum ctattr_type
 /// `CTA_TUPLE_ORIG` (nest).
 const CTA_TUPLE_ORIG: u16 = 0x1;
+/// `CTA_MARK` (be32): in a dump request, the mark to match.
+const CTA_MARK: u16 = 0x8;
+/// `CTA_MARK_MASK` (be32): in a dump request, the bits of the mark compared.
+const CTA_MARK_MASK: u16 = 0x15;
 /// `CTA_ID` (be32).
 const CTA_ID: u16 = 0xc;
 /// `CTA_ZONE` (be16).
@@ -139,12 +151,36 @@ impl Deleted {
 /// leases in one loop turn (a batch of releases, a revocation) pays it once
 /// instead of once per lease.
 pub fn delete_batch(tunnels: &[(IpAddr, u16)]) -> Result<Deleted, SysError> {
+    delete_filtered(tunnels, None)
+}
+
+/// [`delete_batch`] with a dump the kernel filters: only entries whose
+/// conntrack mark has every bit of `mark` are sent and deleted (dcol's NAT
+/// table marks each flow its map translated: the dump then skips the rest of
+/// a busy router's table).
+pub fn delete_marked(tunnels: &[(IpAddr, u16)], mark: u32) -> Result<Deleted, SysError> {
+    delete_filtered(tunnels, Some(mark))
+}
+
+fn delete_filtered(tunnels: &[(IpAddr, u16)], mark: Option<u32>) -> Result<Deleted, SysError> {
+    if tunnels.is_empty() {
+        return Ok(Deleted::default());
+    }
+    delete_on(&mut NfSocket::open()?, tunnels, mark)
+}
+
+/// [`delete_filtered`] on an open socket. Closing a netfilter netlink
+/// socket is not free: the kernel then takes the namespace's nftables
+/// commit mutex and waits for the pending transactions' RCU grace period
+/// (`nft_rcv_nl_event`, 10-30 ms on a busy host), stalling every nftables
+/// change meanwhile. A thread that deletes often keeps its socket.
+fn delete_on(
+    sock: &mut NfSocket,
+    tunnels: &[(IpAddr, u16)],
+    mark: Option<u32>,
+) -> Result<Deleted, SysError> {
     let wanted: std::collections::HashSet<(IpAddr, u16)> = tunnels.iter().copied().collect();
     let mut per = Deleted::default();
-    if wanted.is_empty() {
-        return Ok(per);
-    }
-    let mut sock = NfSocket::open()?;
     for v4 in [true, false] {
         if !wanted.iter().any(|(c, _)| c.is_ipv4() == v4) {
             continue;
@@ -154,7 +190,7 @@ pub fn delete_batch(tunnels: &[(IpAddr, u16)]) -> Result<Deleted, SysError> {
         } else {
             libc::AF_INET6 as u8
         };
-        let flows = dump(&mut sock, family)?;
+        let flows = dump(sock, family, mark)?;
         for f in flows
             .iter()
             .filter(|f| f.proto == IPPROTO_TCP && wanted.contains(&(f.src, f.dport)))
@@ -173,16 +209,22 @@ pub fn delete_batch(tunnels: &[(IpAddr, u16)]) -> Result<Deleted, SysError> {
     Ok(per)
 }
 
-fn dump(sock: &mut NfSocket, family: u8) -> Result<Vec<Flow>, SysError> {
+/// The entries of `family`; with `mark`, only those whose mark has its bits.
+fn dump(sock: &mut NfSocket, family: u8, mark: Option<u32>) -> Result<Vec<Flow>, SysError> {
     let op = "conntrack dump";
     let mut tries = 0;
     loop {
+        let mut filter = Vec::new();
+        if let Some(m) = mark {
+            filter.push(attr(op, CTA_MARK, &m.to_be_bytes())?);
+            filter.push(attr(op, CTA_MARK_MASK, &m.to_be_bytes())?);
+        }
         let m = NfMsg::new(
             NFNL_SUBSYS_CTNETLINK,
             IPCTNL_MSG_CT_GET,
             NlmF::empty(),
             family,
-            Vec::new(),
+            filter,
         );
         let mut flows = Vec::new();
         let r = sock.dump(op, m, |ty, payload| {
@@ -417,6 +459,21 @@ mod tests {
         let left6 = ns.out(&["conntrack", "-L", "-f", "ipv6"]);
         assert!(!left6.contains("sport=51003"), "{left6}");
         assert_eq!(ns.run(move || delete_flows(v4, 40000)).unwrap(), 0);
+        // A dump filtered by mark: only the marked entry of the tunnel goes.
+        for (sport, mark) in [("51010", "0x00dc0001"), ("51011", "0x00010000")] {
+            insert(&format!(
+                "{tcp} -s 10.99.0.1 -d 10.98.0.2 --sport {sport} --dport 40002 -m {mark}"
+            ));
+        }
+        let d = ns
+            .run(move || delete_marked(&[(v4, 40002)], 0x00dc_0000))
+            .expect("delete marked");
+        assert_eq!(d.of(v4, 40002).0, 1);
+        let left = ns.out(&["conntrack", "-L"]);
+        assert!(
+            left.contains("sport=51011") && !left.contains("sport=51010"),
+            "{left}"
+        );
         assert_eq!(
             ns.run(move || delete_flows_counted(v4, 40001)).unwrap().0,
             1

@@ -41,6 +41,15 @@ impl Client {
             }
             (RequestKind::NatDetour { .. }, Outcome::Refused { reason }) => {
                 d.state = DetourState::Failed(format!("refused: {reason}"));
+                if matches!(
+                    reason,
+                    RefusalReason::NoPortsLeft | RefusalReason::QuotaExceeded
+                ) {
+                    // Full for us for now: a short back-off, not a
+                    // hold-down; the slot goes to the next waypoint.
+                    self.peers[d.peer].full_until = Some(now + FULL_BACKOFF);
+                    return self.add_detours(now, wall_ms, token);
+                }
                 let skip = match reason {
                     RefusalReason::DonationUsedUp | RefusalReason::EvidenceFull => USED_UP_HOLDDOWN,
                     // Over our rate there: ask it for no new tunnel for a

@@ -16,7 +16,7 @@ const MIN_SCORED_BYTES: u64 = 256 * 1024;
 
 impl Client {
     /// Peers that may carry a detour of `conn` (not in `used`, not rejected
-    /// by the strategy for it, not held down, NAT, same address family), best
+    /// by the strategy for it, not held down, not full for us, NAT, same address family), best
     /// first by the scoreboard for the server's prefix.
     pub(super) fn ranked_candidates(
         &self,
@@ -36,6 +36,7 @@ impl Client {
                     && p.spec.address.is_ipv4() == remote.is_ipv4()
                     && p.spec.address.ip() != remote.ip()
                     && p.down_until.is_none_or(|t| t <= now)
+                    && p.full_until.is_none_or(|t| t <= now)
             })
             .map(|(i, p)| (i, p.spec.name.as_str()))
             .collect();

@@ -50,6 +50,11 @@ impl Pair {
     }
 
     fn with_limits(peers: Vec<PeerSpec>, limits: waypoint::Limits) -> Pair {
+        Pair::with_waypoint(peers, |ws| ws.limits = limits)
+    }
+
+    /// With the waypoint's settings changed by `f`.
+    fn with_waypoint(peers: Vec<PeerSpec>, f: impl FnOnce(&mut waypoint::Settings)) -> Pair {
         let k = testutil::key(3);
         let bob = Certificate::issue(
             &testutil::root(),
@@ -70,7 +75,7 @@ impl Pair {
             peers,
             [7; 8],
         );
-        let ws = waypoint::Settings {
+        let mut ws = waypoint::Settings {
             ports: (40000, 40099),
             lease: Duration::from_secs(60),
             max_per_member: 16,
@@ -85,8 +90,9 @@ impl Pair {
                 port: 51820,
                 wg_key: [5; 32],
             }),
-            limits,
+            limits: waypoint::Limits::default(),
         };
+        f(&mut ws);
         let me = cert("alice", 2, Roles::CLIENT | Roles::WAYPOINT);
         let w = Waypoint::new(
             ws,
@@ -221,10 +227,14 @@ impl Pair {
 }
 
 fn established(token: u32) -> PmEvent {
+    established_to(token, "10.0.3.2:5201")
+}
+
+fn established_to(token: u32, remote: &str) -> PmEvent {
     PmEvent::Established {
         token: Token(token),
         local: format!("{CLIENT_IP}:40404").parse().unwrap(),
-        remote: "10.0.3.2:5201".parse().unwrap(),
+        remote: remote.parse().unwrap(),
         server_side: false,
     }
 }
@@ -290,6 +300,45 @@ fn waypoint_whose_donation_is_used_up_is_skipped_for_an_hour() {
     assert_eq!(p.w.stats().datagrams, asked + 1);
     assert_eq!(p.created.len(), 1);
     assert_eq!(p.created[0].0, Token(3));
+}
+
+/// A waypoint full for us (no port left for our address; our member's
+/// quota) is skipped for a short back-off only: then other destinations are
+/// asked for again, and it was never held down like a dead one.
+#[test]
+fn a_full_waypoint_is_backed_off_briefly_not_held_down() {
+    type Full = fn(&mut waypoint::Settings);
+    let no_ports: Full = |ws| ws.ports = (40000, 40001);
+    let quota: Full = |ws| ws.max_per_member = 2;
+    for (full, reason) in [(no_ports, "no ports left"), (quota, "quota exceeded")] {
+        let mut p = Pair::with_waypoint(Pair::alice(), full);
+        p.event(established_to(1, "10.0.3.2:5201"));
+        p.event(established_to(2, "10.0.3.3:5201"));
+        p.event(established_to(3, "10.0.3.4:5201"));
+        assert_eq!(p.created.len(), 2, "{reason}");
+        let c3 = p.c.conns().find(|c| c.token == Token(3)).unwrap();
+        assert!(
+            matches!(&c3.detours[0].state, DetourState::Failed(w) if w.contains(reason)),
+            "{:?}",
+            c3.detours[0].state
+        );
+        // Backed off: not asked for a moment, but not held down (it shows
+        // up, its renewals go on).
+        p.advance(FULL_BACKOFF / 2, true);
+        p.event(established_to(4, "10.0.3.5:5201"));
+        assert!(detour_state(&p, 4).is_empty(), "{reason}");
+        assert!(p.c.peers(p.now)[0].up, "{reason}: held down");
+        p.advance(FULL_BACKOFF / 2, true);
+        // The running detours were kept. After the back-off it is asked
+        // again: one released lease frees a quota slot at once; a released
+        // port rests (90 s) before reuse, so the range stays full.
+        assert!(p.destroyed.is_empty());
+        p.event(PmEvent::Closed { token: Token(1) });
+        p.event(established_to(5, "10.0.3.6:5201"));
+        let granted = p.created.iter().any(|c| c.0 == Token(5));
+        assert_eq!(granted, reason == "quota exceeded", "{reason}");
+        assert_eq!(detour_state(&p, 5).len(), 1, "{reason}: not asked");
+    }
 }
 
 #[test]

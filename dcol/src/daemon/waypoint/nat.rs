@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::WaypointDriver;
 use crate::proto::Nonce;
-use crate::sys::conntrack;
+use crate::sys::conntrack::{self, Cleaned, Cleaner, Deleted};
 use crate::sys::nft::NatElement;
+use crate::sys::SysError;
 use crate::waypoint::{Decision, Lease};
 
 fn element(l: &Lease) -> NatElement {
@@ -216,28 +217,59 @@ impl WaypointDriver {
         self.ended.push((l.clone(), why.to_owned()));
     }
 
-    /// Deletes the conntrack flows of the leases ended since the last call,
-    /// with one conntrack dump for all of them, and writes their end records.
+    /// Hands the conntrack flows of the leases ended since the last call
+    /// to the cleaner's thread, as one batch (one dump for all of them).
+    /// Their end records are written when it reports ([`Self::cleaned`]).
     pub(super) fn flush_ended(&mut self) {
         if self.ended.is_empty() {
             return;
         }
         let ended = std::mem::take(&mut self.ended);
         let tunnels: Vec<_> = ended.iter().map(|(l, _)| (l.client, l.port)).collect();
-        let per = conntrack::delete_batch(&tunnels).unwrap_or_else(|e| {
-            log::warn!(
-                "conntrack cleanup of {} ended tunnel(s): {e}",
-                tunnels.len()
-            );
-            Default::default()
-        });
-        for (l, why) in &ended {
+        match self.cleaner.as_mut() {
+            Some(c) => {
+                let id = c.submit(tunnels);
+                self.ending.insert(id, (super::wall_ms(), ended));
+            }
+            // Only while the driver is dropped, after the thread ended.
+            None => {
+                let per = deleted(conntrack::delete_batch(&tunnels), tunnels.len());
+                self.end_records(super::wall_ms(), &ended, &per);
+            }
+        }
+    }
+
+    /// The cleaner's thread deleted the flows of some batches.
+    pub(super) fn cleaned(&mut self) {
+        let done = self.cleaner.as_mut().map(Cleaner::done).unwrap_or_default();
+        for c in done {
+            self.record_cleaned(c);
+        }
+    }
+
+    /// Logs what `c` deleted and writes the end records of its leases.
+    pub(super) fn record_cleaned(&mut self, c: Cleaned) {
+        let ended: Vec<(u64, Vec<(Lease, String)>)> = c
+            .batches
+            .iter()
+            .filter_map(|id| self.ending.remove(id))
+            .collect();
+        let per = deleted(c.result, ended.iter().map(|(_, e)| e.len()).sum());
+        for (wall, e) in ended {
+            self.end_records(wall, &e, &per);
+        }
+    }
+
+    /// Logs the flows deleted for each of `ended` and writes its end record
+    /// (with the bytes its flows carried).
+    fn end_records(&self, wall: u64, ended: &[(Lease, String)], per: &Deleted) {
+        for (l, why) in ended {
             let (n, bytes) = per.of(l.client, l.port);
             if n > 0 {
                 log::info!("deleted {n} conntrack flow(s) of {}:{}", l.client, l.port);
             }
             self.keep_evidence(
-                super::wall_ms(),
+                wall,
                 SocketAddr::new(l.client, 0),
                 (l.member, &l.member_name),
                 format!("end nat {} -> {}: {why}", l.port, l.destination),
@@ -246,4 +278,14 @@ impl WaypointDriver {
             );
         }
     }
+}
+
+/// What a cleanup of `n` tunnels deleted; a failure is logged (the flows
+/// then live on until conntrack times them out; their map elements are
+/// gone, so no new flow starts).
+fn deleted(result: Result<Deleted, SysError>, n: usize) -> Deleted {
+    result.unwrap_or_else(|e| {
+        log::warn!("conntrack cleanup of {n} ended tunnel(s): {e}");
+        Deleted::default()
+    })
 }

@@ -356,6 +356,11 @@ return view.extend({
 		o.datatype = 'or("0",range(10,604800))';
 		o.placeholder = '3600';
 
+		o = s.taboption('advanced', form.Value, 'upnp_ports', _('Gateway tunnel ports'),
+			_('How many NAT tunnel ports (the first of the range) are mapped on the gateway, one mapping each (1-1024). One client address can hold at most this many tunnels.'));
+		o.datatype = 'range(1,1024)';
+		o.placeholder = '32';
+
 		o = s.taboption('advanced', form.Value, 'convert_max_per_member', _('Converter: connections per member'),
 			_('How many conversions one member may hold through this router at the same time.'));
 		o.datatype = 'range(1,65536)';
