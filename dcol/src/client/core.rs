@@ -299,6 +299,11 @@ struct Peer {
     /// tunnel is asked for until then. Unlike `down_until`, answers to
     /// renewals do not end it, and the peer shows up.
     full_until: Option<Instant>,
+    /// It refused us for its owner's policy (donation used up, evidence
+    /// store full, over our request rate): no new tunnel is asked for until
+    /// then. Answers to other requests (renewals of running detours) do not
+    /// end it, unlike `down_until`, which only means "not answering".
+    refused_until: Option<Instant>,
     last_rtt: Option<Duration>,
     /// The tunnel, for VPN peers.
     vpn: Option<vpn::VpnPeer>,
@@ -311,6 +316,7 @@ impl Peer {
             spec,
             down_until: None,
             full_until: None,
+            refused_until: None,
             last_rtt: None,
         }
     }
@@ -782,7 +788,8 @@ impl Client {
             .map(|p| PeerStatus {
                 name: p.spec.name.clone(),
                 address: p.spec.address,
-                up: p.down_until.is_none_or(|t| t <= now),
+                up: p.down_until.is_none_or(|t| t <= now)
+                    && p.refused_until.is_none_or(|t| t <= now),
                 rtt: p.last_rtt,
             })
             .collect()

@@ -59,7 +59,7 @@ impl Client {
                 };
                 // Skip it for a while; the slot goes to the next waypoint.
                 let peer = d.peer;
-                self.peers[peer].down_until = Some(now + skip);
+                self.peers[peer].refused_until = Some(now + skip);
                 self.add_detours(now, wall_ms, token)
             }
             (RequestKind::Renew { .. }, Outcome::Granted { .. }) => {
@@ -114,7 +114,7 @@ impl Client {
         d.state = DetourState::Failed(format!("lease lost: {reason}"));
         let peer = d.peer;
         if reason == RefusalReason::DonationUsedUp {
-            self.peers[peer].down_until = Some(now + USED_UP_HOLDDOWN);
+            self.peers[peer].refused_until = Some(now + USED_UP_HOLDDOWN);
         }
         if reason == RefusalReason::UnknownLease && self.retry_allowed(token) {
             out.extend(self.request_detour(now, wall_ms, token, peer));

@@ -37,6 +37,7 @@ impl Client {
                     && p.spec.address.ip() != remote.ip()
                     && p.down_until.is_none_or(|t| t <= now)
                     && p.full_until.is_none_or(|t| t <= now)
+                    && p.refused_until.is_none_or(|t| t <= now)
             })
             .map(|(i, p)| (i, p.spec.name.as_str()))
             .collect();

@@ -972,8 +972,17 @@ fn a_new_tunnel_refused_for_the_rate_pauses_that_waypoint_briefly() {
     let sent = p.sent;
     conn(&mut p, 3);
     assert_eq!(p.sent, sent, "asked again at once");
+    // The running detour's renewals (every second here) are answered, and
+    // that ends no pause: alice refused new tunnels, not answers.
+    let granted = p.w.stats().granted;
+    p.advance(RATE_LIMITED_HOLDDOWN * 3 / 4, true);
+    assert!(p.w.stats().granted > granted, "no renewal answered");
+    let sent = p.sent;
+    conn(&mut p, 5);
+    assert_eq!(p.sent, sent, "asked again after a renewal's answer");
+    assert!(p.c.peers(p.now).iter().all(|s| !s.up));
     // Later it is.
-    p.advance(RATE_LIMITED_HOLDDOWN, true);
+    p.advance(RATE_LIMITED_HOLDDOWN / 4, true);
     conn(&mut p, 4);
     assert_eq!(detour_state(&p, 4), vec!["connecting"]);
 }
