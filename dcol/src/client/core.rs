@@ -345,6 +345,9 @@ pub struct Client {
     nonce_counter: u64,
     /// Waypoint scores, learned across connections.
     board: Scoreboard,
+    /// (Peer, destination prefix) whose detours added nothing lately: until
+    /// when new ones start parked, and why.
+    parked: HashMap<(usize, String), (Instant, String)>,
     /// The address each waypoint saw our requests from, by (peer, local
     /// address; unspecified for requests whose source routing picks).
     observed: HashMap<(usize, IpAddr), IpAddr>,
@@ -379,6 +382,7 @@ impl Client {
             nonce_prefix,
             nonce_counter: 0,
             board: Scoreboard::default(),
+            parked: HashMap::new(),
             observed: HashMap::new(),
             public4: None,
         }
@@ -423,8 +427,7 @@ impl Client {
             }
             PmEvent::Closed { token } => self.close(now, wall_ms, token),
             PmEvent::SubEstablished { token, subflow } => {
-                self.sub_established(now, token, &subflow);
-                Vec::new()
+                self.sub_established(now, token, &subflow)
             }
             PmEvent::SubClosed {
                 token,
@@ -1088,19 +1091,50 @@ impl Client {
         out
     }
 
-    fn sub_established(&mut self, now: Instant, token: Token, sf: &SubflowInfo) {
+    /// A detour subflow is up: its judge starts (parked, and so marked
+    /// backup, when its waypoint added nothing to this prefix lately).
+    fn sub_established(&mut self, now: Instant, token: Token, sf: &SubflowInfo) -> Vec<Action> {
         let peers = &self.peers;
+        let Some(conn) = self.conns.get(&token) else {
+            return Vec::new();
+        };
+        let Some(peer) = conn
+            .detours
+            .iter()
+            .find(|d| d.is(peers, sf))
+            .map(|d| d.peer)
+        else {
+            return Vec::new();
+        };
+        let parked = self.parked_lately(now, peer, conn.remote);
+        let strategy = &self.settings.strategy;
         let Some(conn) = self.conns.get_mut(&token) else {
-            return;
+            return Vec::new();
         };
         let est = conn.established_at;
-        if let Some(d) = conn.detours.iter_mut().find(|d| d.is(peers, sf)) {
-            d.state = DetourState::Established;
-            d.local_port = Some(sf.local.port());
-            d.established_at = Some(now);
-            d.judge = Some(Judge::new(now, &self.settings.strategy));
-            d.setup = est.map(|e| now.saturating_duration_since(e));
-        }
+        let Some(d) = conn.detours.iter_mut().find(|d| d.is(&self.peers, sf)) else {
+            return Vec::new();
+        };
+        d.state = DetourState::Established;
+        d.local_port = Some(sf.local.port());
+        d.established_at = Some(now);
+        d.setup = est.map(|e| now.saturating_duration_since(e));
+        let Some(why) = parked else {
+            d.judge = Some(Judge::new(now, strategy));
+            return Vec::new();
+        };
+        log::info!(
+            "detour of {:#010x} via {}: starts parked, {why}",
+            token.0,
+            self.peers[peer].spec.name
+        );
+        d.judge = Some(Judge::parked(now, strategy, why));
+        vec![Action::SetBackup {
+            token,
+            local: sf.local,
+            remote: sf.remote,
+            backup: true,
+        }]
     }
 
     fn sub_closed(

@@ -16,6 +16,16 @@
 //!   [`StrategySettings::reprobe`] (doubling each time it fails again) it is
 //!   probed again, so a path that recovers is used again.
 //!
+//! A detour that passed its probation while the connection moved enough is
+//! then tested: the connection runs [`StrategySettings::park_test`] without
+//! it (marked backup). Unless it moved at least
+//! [`StrategySettings::park_gain`] more with the detour than without, the
+//! detour stays **parked** (backup, probed again later as a demoted one): a
+//! detour sharing the direct path's bottleneck adds nothing and costs its
+//! tunnel's overhead (a WireGuard detour over the same access link cost 5-8
+//! % of the throughput). The client remembers a parked (waypoint, prefix) for
+//! a while, and the next connections' detours through it start parked.
+//!
 //! A detour failing its first probation while another waypoint has never been tried
 //! for this destination is destroyed instead of kept as backup: the server's
 //! subflow limit (usually 2 extra) makes its slot worth more elsewhere.
@@ -63,6 +73,15 @@ pub struct StrategySettings {
     pub explore: f64,
     /// Weight kept by past rewards of a (waypoint, prefix) per new reward.
     pub discount: f64,
+    /// A detour must add this fraction to its connection's throughput to stay
+    /// in use after its probation (0 turns the test off).
+    pub park_gain: f64,
+    /// How long the connection runs without the detour for that test (and
+    /// how much of the probation's end the rate with it is taken from).
+    pub park_test: Duration,
+    /// How long a parked (waypoint, destination prefix) makes new detours
+    /// through it start parked.
+    pub park_memory: Duration,
 }
 
 impl Default for StrategySettings {
@@ -76,6 +95,9 @@ impl Default for StrategySettings {
             reprobe: Duration::from_secs(10),
             explore: 0.3,
             discount: 0.8,
+            park_gain: 0.05,
+            park_test: Duration::from_millis(1500),
+            park_memory: Duration::from_secs(300),
         }
     }
 }
@@ -179,6 +201,30 @@ pub struct Judge {
     pub why: Option<String>,
     /// Its counters.
     pub meter: Meter,
+    /// Where a throughput window began: when, and the connection's bytes.
+    window: Option<(Instant, u64)>,
+    /// While the connection is tested without it: its rate with it, bits/s.
+    test: Option<f64>,
+}
+
+/// Bytes the connection must move in the window before its end for the
+/// park test to run (1.4 Mbit/s over 1.5 s): a slower connection keeps its
+/// detour, as before the test existed.
+const PARK_MIN_BYTES: u64 = 256 * 1024;
+
+/// How long the other subflows get to take the detour's share before the
+/// park test measures the connection without it: a congestion window
+/// sized for part of the bottleneck grows back over a few round trips, and
+/// data queued on the detour drains.
+const PARK_SETTLE: Duration = Duration::from_millis(1000);
+
+/// Bits per second between `(t0, b0)` and `(t1, b1)`.
+fn rate(t0: Instant, b0: u64, t1: Instant, b1: u64) -> f64 {
+    let dt = t1.saturating_duration_since(t0).as_secs_f64();
+    if dt <= 0.0 {
+        return 0.0;
+    }
+    b1.saturating_sub(b0) as f64 * 8.0 / dt
 }
 
 /// The best of a connection's other carrying subflows, to judge one against.
@@ -190,6 +236,9 @@ pub struct Reference {
     pub loss: f64,
     /// Highest smoothed rate, bits/s.
     pub rate_bps: f64,
+    /// Bytes every subflow of the connection carried so far (acked and
+    /// received), for the park test.
+    pub conn_bytes: u64,
 }
 
 /// What to do with a detour subflow.
@@ -203,6 +252,12 @@ pub enum Verdict {
     Probe,
     /// Destroy it: its slot is worth more elsewhere.
     Destroy(String),
+    /// Mark it backup for the park test (the connection runs without it).
+    Test,
+    /// The test found it adds throughput: clear its backup flag.
+    Resume,
+    /// The test found it adds nothing: it stays backup (parked).
+    Park(String),
 }
 
 impl Judge {
@@ -215,7 +270,20 @@ impl Judge {
             reprobed: false,
             why: None,
             meter: Meter::default(),
+            window: None,
+            test: None,
         }
+    }
+
+    /// A detour established at `now` through a (waypoint, prefix) that was
+    /// parked lately: it starts parked (backup), probed after
+    /// [`StrategySettings::reprobe`].
+    pub fn parked(now: Instant, s: &StrategySettings, why: String) -> Self {
+        let mut j = Judge::new(now, s);
+        j.role = Role::Backup;
+        j.reprobed = true;
+        j.why = Some(why);
+        j
     }
 
     /// Why the path is bad, if it is, compared with the connection's other
@@ -252,19 +320,19 @@ impl Judge {
         let age = now.saturating_duration_since(self.since);
         match self.role {
             Role::Probing => {
+                if self.window.is_none() && age + s.park_test >= s.probation {
+                    self.window = Some((now, other.conn_bytes));
+                }
                 if age < s.probation {
                     return Verdict::Keep;
                 }
                 match self.fault(s, other) {
                     Some(why) if alternative && !self.reprobed => Verdict::Destroy(why),
                     Some(why) => self.demote(now, why),
-                    None => {
-                        self.set_role(now, Role::Active);
-                        self.backoff = s.reprobe;
-                        Verdict::Keep
-                    }
+                    None => self.passed(now, s, other),
                 }
             }
+            Role::Backup if self.test.is_some() => self.test_end(now, s, other),
             Role::Active => match self.fault(s, other) {
                 Some(why) => self.demote(now, why),
                 None => Verdict::Keep,
@@ -276,11 +344,71 @@ impl Judge {
                 self.backoff = (self.backoff * 2).min(s.reprobe * 16);
                 // Old loss figures would condemn the fresh probe at once.
                 self.meter.loss = 0.0;
+                self.window = None;
                 self.reprobed = true;
                 self.set_role(now, Role::Probing);
                 Verdict::Probe
             }
         }
+    }
+
+    /// Passed its probation: tested without it when the connection moved
+    /// enough, else in use.
+    fn passed(&mut self, now: Instant, s: &StrategySettings, other: &Reference) -> Verdict {
+        let with = self
+            .window
+            .take()
+            .filter(|(_, b)| other.conn_bytes.saturating_sub(*b) >= PARK_MIN_BYTES)
+            .map(|(t, b)| rate(t, b, now, other.conn_bytes));
+        match with {
+            Some(w) if s.park_gain > 0.0 => {
+                self.set_role(now, Role::Backup);
+                self.test = Some(w);
+                self.window = None;
+                self.why = Some("testing the connection without it".into());
+                Verdict::Test
+            }
+            _ => {
+                self.set_role(now, Role::Active);
+                self.backoff = s.reprobe;
+                Verdict::Keep
+            }
+        }
+    }
+
+    /// The end of the park test: the connection's rate without the detour
+    /// against the rate with it.
+    fn test_end(&mut self, now: Instant, s: &StrategySettings, other: &Reference) -> Verdict {
+        let age = now.saturating_duration_since(self.since);
+        if age < PARK_SETTLE {
+            return Verdict::Keep;
+        }
+        let Some((t, _)) = self.window else {
+            self.window = Some((now, other.conn_bytes));
+            return Verdict::Keep;
+        };
+        if now.saturating_duration_since(t) < s.park_test {
+            return Verdict::Keep;
+        }
+        let with = self.test.take().unwrap_or(0.0);
+        let without = self
+            .window
+            .take()
+            .map_or(0.0, |(t, b)| rate(t, b, now, other.conn_bytes));
+        if with >= without * (1.0 + s.park_gain) {
+            self.set_role(now, Role::Active);
+            self.backoff = s.reprobe;
+            self.why = None;
+            return Verdict::Resume;
+        }
+        let why = format!(
+            "adds nothing: {:.2} Mbit/s with it, {:.2} without",
+            with / 1e6,
+            without / 1e6
+        );
+        self.set_role(now, Role::Backup);
+        self.why = Some(why.clone());
+        Verdict::Park(why)
     }
 
     fn demote(&mut self, now: Instant, why: String) -> Verdict {
@@ -574,6 +702,7 @@ mod tests {
                 min_rtt: Some(Duration::from_millis(direct_rtt)),
                 loss: 0.002,
                 rate_bps: 10e6,
+                ..Reference::default()
             };
             let v = j.judge(ms(t0, t), s, &other, alternative);
             if v != Verdict::Keep {
@@ -663,6 +792,94 @@ mod tests {
         );
         assert!(v.iter().any(|(_, v)| *v == Verdict::Probe), "{v:?}");
         assert_eq!(j.role, Role::Active);
+    }
+
+    /// A judge whose connection moves `with` bit/s while the detour is in
+    /// use and `without` while it is backup, from `from_ms` for `secs`.
+    fn drive(
+        j: &mut Judge,
+        s: &StrategySettings,
+        t0: Instant,
+        (from_ms, secs): (u64, u64),
+        (with, without): (u64, u64),
+        conn: &mut u64,
+    ) -> Vec<(u64, Verdict)> {
+        let mut acc = Sample::default();
+        let mut out = Vec::new();
+        let mut t = from_ms;
+        while t < from_ms + secs * 1000 {
+            t += 250;
+            let r = if j.role == Role::Backup {
+                without
+            } else {
+                with
+            };
+            *conn += r / 8 / 4;
+            acc.bytes_acked += if j.role == Role::Backup { 0 } else { r / 8 / 8 };
+            acc.segs_out += 100;
+            acc.rtt = Duration::from_millis(12);
+            acc.min_rtt = Duration::from_millis(12);
+            j.meter.feed(ms(t0, t), acc);
+            let other = Reference {
+                min_rtt: Some(Duration::from_millis(12)),
+                loss: 0.0,
+                rate_bps: 5e6,
+                conn_bytes: *conn,
+            };
+            let v = j.judge(ms(t0, t), s, &other, false);
+            if v != Verdict::Keep {
+                out.push((t, v));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_detour_that_adds_nothing_is_parked_and_probed_again_later() {
+        let s = StrategySettings::default();
+        let t0 = Instant::now();
+        let mut j = Judge::new(t0, &s);
+        let mut conn = 0;
+        // Sharing the direct path's bottleneck: 9 Mbit/s with it, 9.4 without.
+        let v = drive(&mut j, &s, t0, (0, 20), (9_000_000, 9_400_000), &mut conn);
+        assert!(
+            matches!(&v[..2], [(2000, Verdict::Test), (4500, Verdict::Park(w))] if w.starts_with("adds nothing")),
+            "{v:?}"
+        );
+        // Parked at 4.5 s: probed again 10 s later, tested, parked again.
+        assert!(
+            matches!(
+                &v[2..],
+                [
+                    (14500, Verdict::Probe),
+                    (16500, Verdict::Test),
+                    (19000, Verdict::Park(_))
+                ]
+            ),
+            "{v:?}"
+        );
+        assert_eq!(j.role, Role::Backup);
+    }
+
+    #[test]
+    fn a_detour_that_adds_throughput_is_resumed_and_a_slow_connection_untested() {
+        let s = StrategySettings::default();
+        let t0 = Instant::now();
+        let mut j = Judge::new(t0, &s);
+        let mut conn = 0;
+        let v = drive(&mut j, &s, t0, (0, 10), (19_000_000, 10_000_000), &mut conn);
+        assert_eq!(v, vec![(2000, Verdict::Test), (4500, Verdict::Resume)]);
+        assert_eq!(j.role, Role::Active);
+        // 1 Mbit/s moves too little to tell: in use, as before the test.
+        let mut j = Judge::new(t0, &s);
+        let v = drive(&mut j, &s, t0, (0, 10), (1_000_000, 1_000_000), &mut conn);
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!(j.role, Role::Active);
+        // A detour through a (waypoint, prefix) parked lately starts parked.
+        let mut j = Judge::parked(t0, &s, "parked lately".into());
+        assert_eq!(j.role, Role::Backup);
+        let v = drive(&mut j, &s, t0, (0, 11), (19_000_000, 10_000_000), &mut conn);
+        assert_eq!(v[0], (10_000, Verdict::Probe), "{v:?}");
     }
 
     #[test]

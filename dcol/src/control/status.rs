@@ -105,7 +105,9 @@
 //! since it was first measured. The direct subflow is measured only while the
 //! connection has a detour. Detour `role` is `probing` (new, on probation),
 //! `active` (kept) or `backup` (marked backup with SET_FLAGS: neither the
-//! server nor we send on it; `detail` says why); `null` for the direct subflow
+//! server nor we send on it; `detail` says why: a fault, `adds nothing: …`
+//! when it was parked after the connection ran as fast without it, `parked
+//! lately (…)` when it started parked); `null` for the direct subflow
 //! and for detours not established.
 //!
 //! Scores: `peers[].score` is the waypoint's discounted mean reward over every

@@ -160,6 +160,7 @@ impl Client {
                         .ranked_candidates(now, self.conns.get(&token).expect("present"), &used)
                         .is_empty();
                 let conn = self.conns.get_mut(&token).expect("present");
+                let all_bytes = conn_bytes(conn);
                 for (i, l, r) in tuples {
                     let others = carrying.iter().filter(|(k, _)| *k != Some(i));
                     let other = strategy::Reference {
@@ -169,6 +170,7 @@ impl Client {
                             .map(|(_, m)| m.loss)
                             .fold(f64::INFINITY, f64::min),
                         rate_bps: others.map(|(_, m)| m.rate_bps).fold(0.0, f64::max),
+                        conn_bytes: all_bytes,
                     };
                     let j = conn.detours[i].judge.as_mut().expect("measured above");
                     let v = j.judge(now, &strat, &other, alternative);
@@ -204,6 +206,16 @@ impl Client {
         };
         match v {
             Verdict::Keep => Vec::new(),
+            Verdict::Test | Verdict::Resume | Verdict::Park(_) => {
+                let backup = !matches!(v, Verdict::Resume);
+                self.remember_park(now, token, i, &v);
+                vec![Action::SetBackup {
+                    token,
+                    local,
+                    remote,
+                    backup,
+                }]
+            }
             Verdict::Demote(_) | Verdict::Probe => {
                 let backup = matches!(v, Verdict::Demote(_));
                 match &v {
@@ -251,6 +263,51 @@ impl Client {
                 out
             }
         }
+    }
+
+    /// Logs a park test's step and remembers its outcome for the
+    /// (waypoint, prefix): new detours through a parked one start parked.
+    fn remember_park(&mut self, now: Instant, token: Token, i: usize, v: &Verdict) {
+        let Some(conn) = self.conns.get(&token) else {
+            return;
+        };
+        let Some(d) = conn.detours.get(i) else {
+            return;
+        };
+        let key = (d.peer, strategy::prefix_of(conn.remote.ip()));
+        let name = &self.peers[d.peer].spec.name;
+        match v {
+            Verdict::Test => log::debug!(
+                "detour of {:#010x} via {name}: testing the connection without it",
+                token.0
+            ),
+            Verdict::Resume => {
+                log::info!(
+                    "detour of {:#010x} via {name} adds throughput: in use",
+                    token.0
+                );
+                self.parked.remove(&key);
+            }
+            Verdict::Park(why) => {
+                log::info!("detour of {:#010x} via {name} parked: {why}", token.0);
+                let until = now + self.settings.strategy.park_memory;
+                self.parked.insert(key, (until, why.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Why a new detour through `peer` to `remote` starts parked, if it does.
+    pub(super) fn parked_lately(
+        &mut self,
+        now: Instant,
+        peer: usize,
+        remote: SocketAddr,
+    ) -> Option<String> {
+        self.parked.retain(|_, (until, _)| *until > now);
+        self.parked
+            .get(&(peer, strategy::prefix_of(remote.ip())))
+            .map(|(_, why)| format!("parked lately ({why})"))
     }
 
     fn score_detours_one(&mut self, token: Token, i: usize) {
