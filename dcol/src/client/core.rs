@@ -29,7 +29,7 @@ mod steer;
 mod vpn;
 pub use vpn::{VpnPeer, VpnState};
 
-use super::strategy::{Judge, Meter, Scoreboard, StrategySettings};
+use super::strategy::{Judge, Meter, Scoreboard, StrategySettings, Tested};
 use crate::mptcp::{AddrId, PmEvent, SubflowInfo, Token};
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind,
@@ -345,9 +345,9 @@ pub struct Client {
     nonce_counter: u64,
     /// Waypoint scores, learned across connections.
     board: Scoreboard,
-    /// (Peer, destination prefix) whose detours added nothing lately: until
-    /// when new ones start parked, and why.
-    parked: HashMap<(usize, String), (Instant, String)>,
+    /// The last park test's outcome per (peer, destination prefix), and
+    /// until when it holds for new detours.
+    parked: HashMap<(usize, String), (Instant, Tested)>,
     /// The address each waypoint saw our requests from, by (peer, local
     /// address; unspecified for requests whose source routing picks).
     observed: HashMap<(usize, IpAddr), IpAddr>,
@@ -427,7 +427,8 @@ impl Client {
             }
             PmEvent::Closed { token } => self.close(now, wall_ms, token),
             PmEvent::SubEstablished { token, subflow } => {
-                self.sub_established(now, token, &subflow)
+                self.sub_established(now, token, &subflow);
+                Vec::new()
             }
             PmEvent::SubClosed {
                 token,
@@ -1091,12 +1092,13 @@ impl Client {
         out
     }
 
-    /// A detour subflow is up: its judge starts (parked, and so marked
-    /// backup, when its waypoint added nothing to this prefix lately).
-    fn sub_established(&mut self, now: Instant, token: Token, sf: &SubflowInfo) -> Vec<Action> {
+    /// A detour subflow is up: its judge starts (parked when its waypoint
+    /// added nothing to this prefix lately, without a park test when it
+    /// added throughput lately).
+    fn sub_established(&mut self, now: Instant, token: Token, sf: &SubflowInfo) {
         let peers = &self.peers;
         let Some(conn) = self.conns.get(&token) else {
-            return Vec::new();
+            return;
         };
         let Some(peer) = conn
             .detours
@@ -1104,37 +1106,28 @@ impl Client {
             .find(|d| d.is(peers, sf))
             .map(|d| d.peer)
         else {
-            return Vec::new();
+            return;
         };
-        let parked = self.parked_lately(now, peer, conn.remote);
+        let tested = self.parked_lately(now, peer, conn.remote);
         let strategy = &self.settings.strategy;
         let Some(conn) = self.conns.get_mut(&token) else {
-            return Vec::new();
+            return;
         };
         let est = conn.established_at;
         let Some(d) = conn.detours.iter_mut().find(|d| d.is(&self.peers, sf)) else {
-            return Vec::new();
+            return;
         };
         d.state = DetourState::Established;
         d.local_port = Some(sf.local.port());
         d.established_at = Some(now);
         d.setup = est.map(|e| now.saturating_duration_since(e));
-        let Some(why) = parked else {
-            d.judge = Some(Judge::new(now, strategy));
-            return Vec::new();
-        };
-        log::info!(
-            "detour of {:#010x} via {}: starts parked, {why}",
-            token.0,
-            self.peers[peer].spec.name
-        );
-        d.judge = Some(Judge::parked(now, strategy, why));
-        vec![Action::SetBackup {
-            token,
-            local: sf.local,
-            remote: sf.remote,
-            backup: true,
-        }]
+        d.judge = Some(match tested {
+            None => Judge::new(now, strategy),
+            Some(Tested::Adds) => Judge::tested(now, strategy),
+            Some(Tested::AddsNothing(why)) => {
+                Judge::parked(now, strategy, format!("parked lately ({why})"))
+            }
+        });
     }
 
     fn sub_closed(

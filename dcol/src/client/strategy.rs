@@ -23,8 +23,11 @@
 //! detour stays **parked** (backup, probed again later as a demoted one): a
 //! detour sharing the direct path's bottleneck adds nothing and costs its
 //! tunnel's overhead (a WireGuard detour over the same access link cost 5-8
-//! % of the throughput). The client remembers a parked (waypoint, prefix) for
-//! a while, and the next connections' detours through it start parked.
+//! % of the throughput). The client remembers each test's outcome per
+//! (waypoint, prefix) for [`StrategySettings::park_memory`]: the next
+//! connections' detours through a parked one start parked, and those through
+//! one that added throughput skip the test (it costs the connection the
+//! detour's share for 2.5 s).
 //!
 //! A detour failing its first probation while another waypoint has never been tried
 //! for this destination is destroyed instead of kept as backup: the server's
@@ -79,8 +82,8 @@ pub struct StrategySettings {
     /// How long the connection runs without the detour for that test (and
     /// how much of the probation's end the rate with it is taken from).
     pub park_test: Duration,
-    /// How long a parked (waypoint, destination prefix) makes new detours
-    /// through it start parked.
+    /// How long a park test's outcome holds for its (waypoint, destination
+    /// prefix): new detours through it start parked, or skip the test.
     pub park_memory: Duration,
 }
 
@@ -205,6 +208,20 @@ pub struct Judge {
     window: Option<(Instant, u64)>,
     /// While the connection is tested without it: its rate with it, bits/s.
     test: Option<f64>,
+    /// Its (waypoint, prefix) passed the park test lately: no test.
+    tested: bool,
+    /// Started parked: the backup flag is still to be set (at the first
+    /// verdict; the kernel finds no subflow to flag while it announces it).
+    flag_due: bool,
+}
+
+/// What the last park test of a (waypoint, destination prefix) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tested {
+    /// The detour added throughput: new ones skip the test.
+    Adds,
+    /// It added nothing (why): new ones start parked.
+    AddsNothing(String),
 }
 
 /// Bytes the connection must move in the window before its end for the
@@ -272,7 +289,17 @@ impl Judge {
             meter: Meter::default(),
             window: None,
             test: None,
+            tested: false,
+            flag_due: false,
         }
+    }
+
+    /// A detour established at `now` through a (waypoint, prefix) whose
+    /// detours passed the park test lately: no test at its probation's end.
+    pub fn tested(now: Instant, s: &StrategySettings) -> Self {
+        let mut j = Judge::new(now, s);
+        j.tested = true;
+        j
     }
 
     /// A detour established at `now` through a (waypoint, prefix) that was
@@ -283,6 +310,7 @@ impl Judge {
         j.role = Role::Backup;
         j.reprobed = true;
         j.why = Some(why);
+        j.flag_due = true;
         j
     }
 
@@ -317,6 +345,9 @@ impl Judge {
         other: &Reference,
         alternative: bool,
     ) -> Verdict {
+        if std::mem::take(&mut self.flag_due) {
+            return Verdict::Demote(self.why.clone().unwrap_or_default());
+        }
         let age = now.saturating_duration_since(self.since);
         match self.role {
             Role::Probing => {
@@ -361,7 +392,7 @@ impl Judge {
             .filter(|(_, b)| other.conn_bytes.saturating_sub(*b) >= PARK_MIN_BYTES)
             .map(|(t, b)| rate(t, b, now, other.conn_bytes));
         match with {
-            Some(w) if s.park_gain > 0.0 => {
+            Some(w) if s.park_gain > 0.0 && !self.tested => {
                 self.set_role(now, Role::Backup);
                 self.test = Some(w);
                 self.window = None;
@@ -875,11 +906,17 @@ mod tests {
         let v = drive(&mut j, &s, t0, (0, 10), (1_000_000, 1_000_000), &mut conn);
         assert!(v.is_empty(), "{v:?}");
         assert_eq!(j.role, Role::Active);
-        // A detour through a (waypoint, prefix) parked lately starts parked.
+        // A detour through a (waypoint, prefix) parked lately starts parked:
+        // flagged backup at the first verdict, probed after the backoff.
         let mut j = Judge::parked(t0, &s, "parked lately".into());
         assert_eq!(j.role, Role::Backup);
         let v = drive(&mut j, &s, t0, (0, 11), (19_000_000, 10_000_000), &mut conn);
-        assert_eq!(v[0], (10_000, Verdict::Probe), "{v:?}");
+        assert_eq!(
+            v[0],
+            (250, Verdict::Demote("parked lately".into())),
+            "{v:?}"
+        );
+        assert_eq!(v[1], (10_000, Verdict::Probe), "{v:?}");
     }
 
     #[test]

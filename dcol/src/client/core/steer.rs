@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Action, Client, Conn, DetourState, Token};
-use crate::client::strategy::{self, Meter, Role, Scoreboard, Verdict};
+use crate::client::strategy::{self, Meter, Role, Scoreboard, Tested, Verdict};
 use crate::mptcp::{FourTuple, Sample};
 
 /// Connections moving fewer bytes than this do not score their detours.
@@ -266,7 +266,8 @@ impl Client {
     }
 
     /// Logs a park test's step and remembers its outcome for the
-    /// (waypoint, prefix): new detours through a parked one start parked.
+    /// (waypoint, prefix): new detours through a parked one start parked,
+    /// through one that added throughput skip the test.
     fn remember_park(&mut self, now: Instant, token: Token, i: usize, v: &Verdict) {
         let Some(conn) = self.conns.get(&token) else {
             return;
@@ -286,28 +287,31 @@ impl Client {
                     "detour of {:#010x} via {name} adds throughput: in use",
                     token.0
                 );
-                self.parked.remove(&key);
+                let until = now + self.settings.strategy.park_memory;
+                self.parked.insert(key, (until, Tested::Adds));
             }
             Verdict::Park(why) => {
                 log::info!("detour of {:#010x} via {name} parked: {why}", token.0);
                 let until = now + self.settings.strategy.park_memory;
-                self.parked.insert(key, (until, why.clone()));
+                self.parked
+                    .insert(key, (until, Tested::AddsNothing(why.clone())));
             }
             _ => {}
         }
     }
 
-    /// Why a new detour through `peer` to `remote` starts parked, if it does.
+    /// What the last park test of `peer` for `remote`'s prefix found, if it
+    /// still holds.
     pub(super) fn parked_lately(
         &mut self,
         now: Instant,
         peer: usize,
         remote: SocketAddr,
-    ) -> Option<String> {
+    ) -> Option<Tested> {
         self.parked.retain(|_, (until, _)| *until > now);
         self.parked
             .get(&(peer, strategy::prefix_of(remote.ip())))
-            .map(|(_, why)| format!("parked lately ({why})"))
+            .map(|(_, t)| t.clone())
     }
 
     fn score_detours_one(&mut self, token: Token, i: usize) {
