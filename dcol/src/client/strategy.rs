@@ -210,9 +210,12 @@ pub struct Judge {
     test: Option<f64>,
     /// Its (waypoint, prefix) passed the park test lately: no test.
     tested: bool,
-    /// Started parked: the backup flag is still to be set (at the first
-    /// verdict; the kernel finds no subflow to flag while it announces it).
-    flag_due: bool,
+    /// Started parked: how many times the backup flag is still to be set.
+    /// The kernel answers SET_FLAGS on a subflow just announced with
+    /// "subflow not found" at times (seen 250 ms after SUB_ESTABLISHED), and
+    /// the verdicts hear nothing of the command's fate: flagged at 0.5 s and
+    /// again at 1.5 s (a repeated flag is harmless).
+    flag_due: u8,
 }
 
 /// What the last park test of a (waypoint, destination prefix) found.
@@ -290,7 +293,7 @@ impl Judge {
             window: None,
             test: None,
             tested: false,
-            flag_due: false,
+            flag_due: 0,
         }
     }
 
@@ -310,7 +313,7 @@ impl Judge {
         j.role = Role::Backup;
         j.reprobed = true;
         j.why = Some(why);
-        j.flag_due = true;
+        j.flag_due = 2;
         j
     }
 
@@ -345,10 +348,15 @@ impl Judge {
         other: &Reference,
         alternative: bool,
     ) -> Verdict {
-        if std::mem::take(&mut self.flag_due) {
+        let age = now.saturating_duration_since(self.since);
+        if self.flag_due > 0 {
+            let at = if self.flag_due == 2 { 500 } else { 1500 };
+            if age < Duration::from_millis(at) {
+                return Verdict::Keep;
+            }
+            self.flag_due -= 1;
             return Verdict::Demote(self.why.clone().unwrap_or_default());
         }
-        let age = now.saturating_duration_since(self.since);
         match self.role {
             Role::Probing => {
                 if self.window.is_none() && age + s.park_test >= s.probation {
@@ -907,16 +915,13 @@ mod tests {
         assert!(v.is_empty(), "{v:?}");
         assert_eq!(j.role, Role::Active);
         // A detour through a (waypoint, prefix) parked lately starts parked:
-        // flagged backup at the first verdict, probed after the backoff.
+        // flagged backup at 0.5 s and again at 1.5 s, probed after the backoff.
         let mut j = Judge::parked(t0, &s, "parked lately".into());
         assert_eq!(j.role, Role::Backup);
         let v = drive(&mut j, &s, t0, (0, 11), (19_000_000, 10_000_000), &mut conn);
-        assert_eq!(
-            v[0],
-            (250, Verdict::Demote("parked lately".into())),
-            "{v:?}"
-        );
-        assert_eq!(v[1], (10_000, Verdict::Probe), "{v:?}");
+        let flagged = Verdict::Demote("parked lately".into());
+        assert_eq!(v[..2], [(500, flagged.clone()), (1500, flagged)], "{v:?}");
+        assert_eq!(v[2], (10_000, Verdict::Probe), "{v:?}");
     }
 
     #[test]
