@@ -9,6 +9,7 @@
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod convert;
 pub mod daemon;
 pub mod directory;
 pub mod http;

@@ -303,108 +303,128 @@ fn print_status(st: &control::Status) {
         st.version, st.uptime_s, st.member.name, st.member.id, st.member.roles
     );
     if let Some(c) = &st.client {
-        println!("client: {} connection(s)", c.connections.len());
-        for p in &c.peers {
-            let rtt = p
-                .rtt_ms
-                .map(|r| format!(" rtt {r:.1} ms"))
-                .unwrap_or_default();
-            println!(
-                "  peer {} {} ({}) {}{rtt}",
-                p.name,
-                p.address,
-                p.tunnel,
-                if p.up { "up" } else { "down" }
-            );
-        }
-        if let Some(lp) = &c.lan_proxy {
-            let wan = if lp.wan_interfaces.is_empty() {
-                "nothing (no default route)".to_owned()
-            } else {
-                format!("flows routed to {}", lp.wan_interfaces.join(", "))
-            };
-            println!(
-                "  lan proxy: {} open (cap {}), {} accepted; intercepting {wan}{}",
-                lp.counters.active,
-                lp.max_conns,
-                lp.counters.accepted,
-                if lp.paused {
-                    "; interception paused (at the cap): new LAN connections go direct"
-                } else {
-                    ""
-                }
-            );
-        }
-        for conn in &c.connections {
-            println!(
-                "  {} {} -> {} {}",
-                conn.token, conn.local, conn.remote, conn.state
-            );
-            for s in &conn.subflows {
-                let via = s
-                    .waypoint
-                    .as_deref()
-                    .map(|w| format!(" via {w}"))
-                    .unwrap_or_default();
-                let detail = s
-                    .detail
-                    .as_deref()
-                    .map(|d| format!(" ({d})"))
-                    .unwrap_or_default();
-                println!(
-                    "    {}{via} {} -> {} {}{detail}",
-                    s.path,
-                    s.local.as_deref().unwrap_or("-"),
-                    s.remote.as_deref().unwrap_or("-"),
-                    s.state
-                );
-            }
-        }
+        print_client(c);
     }
     if let Some(w) = &st.waypoint {
-        println!(
-            "waypoint: {} grant(s), {} datagrams, {} granted",
-            w.grants.len(),
-            w.datagrams,
-            w.granted
-        );
-        for g in &w.grants {
-            println!(
-                "  {} {}:{} -> {} age {}s expires in {}s",
-                g.member, g.client, g.port, g.destination, g.age_s, g.expires_in_s
-            );
-        }
-        for (why, n) in &w.refused {
-            println!("  refused {why}: {n}");
-        }
-        if w.donate_kbit > 0 {
-            println!("  donation cap: {} kbit/s", w.donate_kbit);
-        }
-        if w.donate_monthly_bytes > 0 {
-            println!(
-                "  donated this month: {} of {} bytes",
-                w.donated_month_bytes, w.donate_monthly_bytes
-            );
-        }
-        if let Some(why) = &w.refusing {
-            println!("  refusing new detours: {why}");
-        }
+        print_waypoint(w);
     }
     if let Some(d) = &st.directory {
-        let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        print_directory(d);
+    }
+}
+
+/// The client part of `dcol status`: peers, the LAN proxy, connections.
+fn print_client(c: &control::ClientStatus) {
+    println!("client: {} connection(s)", c.connections.len());
+    for p in &c.peers {
+        let rtt = p
+            .rtt_ms
+            .map(|r| format!(" rtt {r:.1} ms"))
+            .unwrap_or_default();
         println!(
-            "directory {}: serial {}, {} member(s), {} revoked, {} in use; last fetch: {}; record: {}",
-            d.url,
-            n(d.serial),
-            n(d.members.map(|m| m as u64)),
-            d.revoked,
-            d.peers,
-            d.last_result.as_deref().unwrap_or("-"),
-            d.published.as_deref().unwrap_or("not published")
+            "  peer {} {} ({}) {}{rtt}",
+            p.name,
+            p.address,
+            p.tunnel,
+            if p.up { "up" } else { "down" }
         );
-        if let Some(r) = &d.renewal {
-            println!("certificate renewal: {r}");
+    }
+    if let Some(lp) = &c.lan_proxy {
+        let wan = if lp.wan_interfaces.is_empty() {
+            "nothing (no default route)".to_owned()
+        } else {
+            format!("flows routed to {}", lp.wan_interfaces.join(", "))
+        };
+        println!(
+            "  lan proxy: {} open (cap {}), {} accepted; intercepting {wan}{}",
+            lp.counters.active,
+            lp.max_conns,
+            lp.counters.accepted,
+            if lp.paused {
+                "; interception paused (at the cap): new LAN connections go direct"
+            } else {
+                ""
+            }
+        );
+    }
+    print_connections(&c.connections);
+}
+
+/// Each connection and its subflows.
+fn print_connections(connections: &[control::ConnectionStatus]) {
+    for conn in connections {
+        println!(
+            "  {} {} -> {} {}",
+            conn.token, conn.local, conn.remote, conn.state
+        );
+        for s in &conn.subflows {
+            let via = s
+                .waypoint
+                .as_deref()
+                .map(|w| format!(" via {w}"))
+                .unwrap_or_default();
+            let detail = s
+                .detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            println!(
+                "    {}{via} {} -> {} {}{detail}",
+                s.path,
+                s.local.as_deref().unwrap_or("-"),
+                s.remote.as_deref().unwrap_or("-"),
+                s.state
+            );
         }
+    }
+}
+
+/// The waypoint part of `dcol status`: grants, refusals, the donation.
+fn print_waypoint(w: &control::WaypointStatus) {
+    println!(
+        "waypoint: {} grant(s), {} datagrams, {} granted",
+        w.grants.len(),
+        w.datagrams,
+        w.granted
+    );
+    for g in &w.grants {
+        println!(
+            "  {} {}:{} -> {} age {}s expires in {}s",
+            g.member, g.client, g.port, g.destination, g.age_s, g.expires_in_s
+        );
+    }
+    for (why, n) in &w.refused {
+        println!("  refused {why}: {n}");
+    }
+    if w.donate_kbit > 0 {
+        println!("  donation cap: {} kbit/s", w.donate_kbit);
+    }
+    if w.donate_monthly_bytes > 0 {
+        println!(
+            "  donated this month: {} of {} bytes",
+            w.donated_month_bytes, w.donate_monthly_bytes
+        );
+    }
+    if let Some(why) = &w.refusing {
+        println!("  refusing new detours: {why}");
+    }
+}
+
+/// The directory part of `dcol status`.
+fn print_directory(d: &control::DirectoryStatus) {
+    let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    println!(
+        "directory {}: serial {}, {} member(s), {} revoked, {} in use; last fetch: {}; record: {}",
+        d.url,
+        n(d.serial),
+        n(d.members.map(|m| m as u64)),
+        d.revoked,
+        d.peers,
+        d.last_result.as_deref().unwrap_or("-"),
+        d.published.as_deref().unwrap_or("not published")
+    );
+    if let Some(r) = &d.renewal {
+        println!("certificate renewal: {r}");
     }
 }
 
@@ -546,27 +566,27 @@ fn cmd_member_install(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let now = daemon::wall_ms() / 1000;
     if o.flag("rpc") {
         // The LuCI page: ubus arguments on stdin, JSON out, also on errors.
-        let answer = (|| -> Result<serde_json::Value, String> {
-            let paths = member_paths(&o).map_err(|f| f.msg)?;
+        let answer = (|| -> Result<serde_json::Value, Failure> {
+            let paths = member_paths(&o)?;
             let mut input = String::new();
             {
                 use std::io::Read;
                 std::io::stdin()
                     .take(4 * member::MAX_PASTE as u64)
                     .read_to_string(&mut input)
-                    .map_err(|e| format!("reading the arguments: {e}"))?;
+                    .map_err(|e| runtime(format!("reading the arguments: {e}")))?;
             }
             let args: serde_json::Value = serde_json::from_str(&input)
-                .map_err(|e| format!("the arguments are not JSON: {e}"))?;
-            let text = |k: &str| -> Result<Option<&str>, String> {
+                .map_err(|e| runtime(format!("the arguments are not JSON: {e}")))?;
+            let text = |k: &str| -> Result<Option<&str>, Failure> {
                 match &args[k] {
                     serde_json::Value::Null => Ok(None),
                     serde_json::Value::String(s) => Ok(Some(s.as_str())),
-                    _ => Err(format!("argument '{k}' is not a string")),
+                    _ => Err(runtime(format!("argument '{k}' is not a string"))),
                 }
             };
-            let cert = text("cert")?.ok_or("argument 'cert' missing")?;
-            let c = member::install(&paths, cert, text("collective")?, now)?;
+            let cert = text("cert")?.ok_or_else(|| runtime("argument 'cert' missing"))?;
+            let c = member::install(&paths, cert, text("collective")?, now).map_err(runtime)?;
             Ok(serde_json::json!({
                 "installed": true, "name": c.name, "member_id": c.member.to_string(),
                 "not_after": c.not_after,
@@ -575,7 +595,7 @@ fn cmd_member_install(p: &mut lexopt::Parser) -> Result<(), Failure> {
         })();
         let (v, code) = match answer {
             Ok(v) => (v, 0),
-            Err(e) => (serde_json::json!({ "error": e }), 2),
+            Err(e) => (serde_json::json!({ "error": e.msg }), 2),
         };
         println!("{v}");
         return if code == 0 {
@@ -590,8 +610,10 @@ fn cmd_member_install(p: &mut lexopt::Parser) -> Result<(), Failure> {
     let paths = member_paths(&o)?;
     let cert = read(o.need("cert")?)?;
     let coll = o.get("collective").map(read).transpose()?;
-    let c = member::install(&paths, &cert, coll.as_deref(), now)
-        .map_err(|e| Failure { code: 2, msg: e })?;
+    let c = member::install(&paths, &cert, coll.as_deref(), now).map_err(|e| Failure {
+        code: 2,
+        msg: e.to_string(),
+    })?;
     println!(
         "installed {} for '{}' ({}), valid until {} (reload dcol to use it)",
         paths.cert.display(),
@@ -873,23 +895,11 @@ fn cmd_waypoint_log(p: &mut lexopt::Parser) -> Result<(), Failure> {
                 continue;
             }
         }
-        let req = r.decode_request();
-        let asked = req.as_ref().map(|q| format!("{:?}", q.body.kind));
-        let verified = match root {
-            Some(k) if !r.request.is_empty() => {
-                Some(r.verify(&k).map(|_| ()).map_err(|e| e.to_string()))
-            }
-            _ => None,
-        };
-        if matches!(verified, Some(Err(_))) {
+        let record = evidence_json(r, root.as_ref());
+        if record["verified"] == false {
             failed += 1;
         }
-        shown.push(serde_json::json!({
-            "at_s": s, "from": r.from.to_string(), "member_id": r.member_id, "member": r.member,
-            "grant": r.grant, "bytes": r.bytes, "request": asked,
-            "verified": verified.as_ref().map(|v| v.is_ok()),
-            "verify_error": verified.and_then(|v| v.err()),
-        }));
+        shown.push(record);
     }
     if o.flag("json") {
         println!(
@@ -898,26 +908,7 @@ fn cmd_waypoint_log(p: &mut lexopt::Parser) -> Result<(), Failure> {
         );
     } else {
         for r in &shown {
-            println!(
-                "{} {} {} ({}) {}{}{}",
-                r["at_s"],
-                r["from"].as_str().unwrap_or(""),
-                r["member"].as_str().unwrap_or(""),
-                r["member_id"].as_str().unwrap_or(""),
-                r["grant"].as_str().unwrap_or(""),
-                r["bytes"]
-                    .as_u64()
-                    .map(|b| format!(", {b} bytes"))
-                    .unwrap_or_default(),
-                match r["verified"].as_bool() {
-                    Some(true) => "  [signature ok]".to_owned(),
-                    Some(false) => format!(
-                        "  [NOT VERIFIED: {}]",
-                        r["verify_error"].as_str().unwrap_or("")
-                    ),
-                    None => String::new(),
-                }
-            );
+            print_evidence(r);
         }
         eprintln!("{} record(s) from {}", shown.len(), dir.display());
     }
@@ -928,6 +919,53 @@ fn cmd_waypoint_log(p: &mut lexopt::Parser) -> Result<(), Failure> {
         });
     }
     Ok(())
+}
+
+/// One evidence record as `dcol waypoint log --json` prints it; with
+/// `root`, its signature checked.
+fn evidence_json(
+    r: &dcol::waypoint::evidence::Record,
+    root: Option<&trust::PublicKey>,
+) -> serde_json::Value {
+    let s = r.at_ms / 1000;
+    let req = r.decode_request();
+    let asked = req.as_ref().map(|q| format!("{:?}", q.body.kind));
+    let verified = match root {
+        Some(k) if !r.request.is_empty() => {
+            Some(r.verify(k).map(|_| ()).map_err(|e| e.to_string()))
+        }
+        _ => None,
+    };
+    serde_json::json!({
+        "at_s": s, "from": r.from.to_string(), "member_id": r.member_id, "member": r.member,
+        "grant": r.grant, "bytes": r.bytes, "request": asked,
+        "verified": verified.as_ref().map(|v| v.is_ok()),
+        "verify_error": verified.and_then(|v| v.err()),
+    })
+}
+
+/// One evidence record as `dcol waypoint log` prints it.
+fn print_evidence(r: &serde_json::Value) {
+    println!(
+        "{} {} {} ({}) {}{}{}",
+        r["at_s"],
+        r["from"].as_str().unwrap_or(""),
+        r["member"].as_str().unwrap_or(""),
+        r["member_id"].as_str().unwrap_or(""),
+        r["grant"].as_str().unwrap_or(""),
+        r["bytes"]
+            .as_u64()
+            .map(|b| format!(", {b} bytes"))
+            .unwrap_or_default(),
+        match r["verified"].as_bool() {
+            Some(true) => "  [signature ok]".to_owned(),
+            Some(false) => format!(
+                "  [NOT VERIFIED: {}]",
+                r["verify_error"].as_str().unwrap_or("")
+            ),
+            None => String::new(),
+        }
+    );
 }
 
 /// The logger: simplelog to stderr (procd forwards it to logd on OpenWrt,

@@ -36,7 +36,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::trust::files::{self, FileError};
-use crate::trust::{to_hex, Certificate, MemberId, PublicKey, SecretKey};
+use crate::trust::{to_hex, Certificate, MemberId, PublicKey, SecretKey, TrustError};
 
 /// Largest pasted text accepted (a certificate line is ~400 bytes).
 pub const MAX_PASTE: usize = 16 * 1024;
@@ -322,32 +322,90 @@ pub fn show(paths: &Paths, now: u64) -> Membership {
     }
 }
 
+/// Why a certificate is not usable by this router.
+#[derive(Debug, thiserror::Error)]
+pub enum CertProblem {
+    /// It certifies another key.
+    #[error("the certificate is for member {member} ('{name}'), not for this router's key (member {ours})")]
+    OtherKey {
+        /// The member it certifies.
+        member: MemberId,
+        /// That member's name.
+        name: String,
+        /// This router's member id.
+        ours: MemberId,
+    },
+    /// Another collective signed it.
+    #[error("the certificate is from collective {}…, not from {}… (the collective key installed)", &to_hex(&theirs.0)[..16], &to_hex(&ours.0)[..16])]
+    OtherCollective {
+        /// The collective that signed it.
+        theirs: PublicKey,
+        /// The collective key installed (or pasted).
+        ours: PublicKey,
+    },
+    /// Its signature, validity or revocation check fails.
+    #[error("{0}")]
+    Invalid(#[source] TrustError),
+}
+
+/// Why `install` wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The pasted text is longer than any key or certificate.
+    #[error("the pasted text is longer than {MAX_PASTE} bytes")]
+    TooLong,
+    /// This router has no usable member key.
+    #[error("{0} (create this router's member key first, and ask for a certificate for it)")]
+    NoKey(#[source] FileError),
+    /// The pasted collective key cannot be read.
+    #[error("{0}")]
+    PastedCollective(#[source] FileError),
+    /// No collective key pasted, and the installed one cannot be read.
+    #[error("{0} (paste the collective's public key too)")]
+    NoCollective(#[source] FileError),
+    /// The pasted certificate cannot be read.
+    #[error("{0}")]
+    PastedCertificate(#[source] FileError),
+    /// The pasted certificate is not this router's.
+    #[error("the pasted certificate: {0}")]
+    NotOurs(#[source] CertProblem),
+    /// The pasted certificate names another WireGuard key.
+    #[error("the pasted certificate names another WireGuard key than this router's")]
+    OtherWireGuardKey,
+    /// A file or its directory could not be written.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
 /// A certificate checked against this router's key and the collective.
 fn check(
     c: &Certificate,
     key: Option<&PublicKey>,
     root: Option<&PublicKey>,
     now: u64,
-) -> Result<(), String> {
+) -> Result<(), CertProblem> {
     if let Some(k) = key {
         if c.key != *k {
-            return Err(format!(
-                "the certificate is for member {} ('{}'), not for this router's key (member {})",
-                c.member,
-                c.name,
-                MemberId::of(k)
-            ));
+            return Err(CertProblem::OtherKey {
+                member: c.member,
+                name: c.name.clone(),
+                ours: MemberId::of(k),
+            });
         }
     }
     if let Some(r) = root {
         if c.collective != *r {
-            return Err(format!(
-                "the certificate is from collective {}…, not from {}… (the collective key installed)",
-                &to_hex(&c.collective.0)[..16],
-                &to_hex(&r.0)[..16]
-            ));
+            return Err(CertProblem::OtherCollective {
+                theirs: c.collective,
+                ours: *r,
+            });
         }
-        c.verify(r, now).map_err(|e| e.to_string())?;
+        c.verify(r, now).map_err(CertProblem::Invalid)?;
     }
     Ok(())
 }
@@ -369,37 +427,34 @@ pub fn install(
     cert_text: &str,
     collective_text: Option<&str>,
     now: u64,
-) -> Result<Certificate, String> {
+) -> Result<Certificate, InstallError> {
     if cert_text.len() > MAX_PASTE || collective_text.is_some_and(|t| t.len() > MAX_PASTE) {
-        return Err(format!("the pasted text is longer than {MAX_PASTE} bytes"));
+        return Err(InstallError::TooLong);
     }
-    let key: SecretKey = files::read_secret_key(&paths.key).map_err(|e| {
-        format!("{e} (create this router's member key first, and ask for a certificate for it)")
-    })?;
+    let key: SecretKey = files::read_secret_key(&paths.key).map_err(InstallError::NoKey)?;
     let root = match collective_text.map(str::trim).filter(|t| !t.is_empty()) {
         Some(t) => files::parse_public_key(Path::new("the pasted collective key"), t)
-            .map_err(|e| e.to_string())?,
-        None => files::read_public_key(&paths.collective)
-            .map_err(|e| format!("{e} (paste the collective's public key too)"))?,
+            .map_err(InstallError::PastedCollective)?,
+        None => files::read_public_key(&paths.collective).map_err(InstallError::NoCollective)?,
     };
     let cert = files::parse_certificate(Path::new("the pasted certificate"), cert_text)
-        .map_err(|e| e.to_string())?;
-    check(&cert, Some(&key.public()), Some(&root), now)
-        .map_err(|e| format!("the pasted certificate: {e}"))?;
+        .map_err(InstallError::PastedCertificate)?;
+    check(&cert, Some(&key.public()), Some(&root), now).map_err(InstallError::NotOurs)?;
     if let Some(wg) = cert.wg_key {
         let mine = crate::trust::wg::public(&crate::trust::wg::secret(&key));
         if wg != mine {
-            return Err(
-                "the pasted certificate names another WireGuard key than this router's".into(),
-            );
+            return Err(InstallError::OtherWireGuardKey);
         }
     }
     let write = |path: &Path, text: &str| {
+        let failed = |path: &Path| {
+            let path = path.to_owned();
+            move |source| InstallError::Write { path, source }
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(failed(dir))?;
         }
-        crate::directory::store::write_atomic(path, text.as_bytes(), 0o644)
-            .map_err(|e| format!("{}: {e}", path.display()))
+        crate::directory::store::write_atomic(path, text.as_bytes(), 0o644).map_err(failed(path))
     };
     if collective_text.is_some_and(|t| !t.trim().is_empty()) {
         write(&paths.collective, &files::public_key_text(&root))?;
@@ -469,8 +524,10 @@ mod tests {
         let (cert, coll) = admit(&d, &request, 30);
         let c = files::parse_certificate(Path::new("x"), &cert).unwrap();
         assert!(c.wg_key.is_some());
-        assert!(install(&p, &cert, None, NOW)
-            .unwrap_err()
+        let e = install(&p, &cert, None, NOW).unwrap_err();
+        assert!(matches!(e, InstallError::NoCollective(_)), "{e}");
+        assert!(e
+            .to_string()
             .contains("paste the collective's public key too"));
         assert!(!p.cert.exists(), "nothing written on error");
         let c = install(&p, &cert, Some(&coll), NOW).unwrap();
@@ -603,11 +660,11 @@ mod tests {
         let op = paths(&other);
         create_key(&op).unwrap();
         let (theirs, _) = admit(&d, &show(&op, NOW).key.request.unwrap(), 30);
-        let e = install(&p, &theirs, None, NOW).unwrap_err();
+        let e = install(&p, &theirs, None, NOW).unwrap_err().to_string();
         assert!(e.contains("not for this router's key"), "{e}");
         // From another collective.
         let (foreign, foreign_coll) = admit(&other, &request, 30);
-        let e = install(&p, &foreign, None, NOW).unwrap_err();
+        let e = install(&p, &foreign, None, NOW).unwrap_err().to_string();
         assert!(e.contains("not from"), "{e}");
         // ... even with that collective's key pasted, against our key it is
         // fine: the user chose to switch collectives.
@@ -628,11 +685,12 @@ mod tests {
             ),
             (&theirs[..theirs.len() - 3], None, "the pasted certificate"),
         ] {
-            let e = install(&p, text, coll_text, NOW).unwrap_err();
+            let e = install(&p, text, coll_text, NOW).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");
         }
         let e = install(&p, &"a".repeat(MAX_PASTE + 1), None, NOW).unwrap_err();
-        assert!(e.contains("longer than"), "{e}");
+        assert!(matches!(e, InstallError::TooLong), "{e}");
+        assert!(e.to_string().contains("longer than"), "{e}");
         assert_eq!(std::fs::read(&p.cert).unwrap(), before);
         // A damaged file on disk is reported, not fatal.
         std::fs::write(&p.collective, "garbage\n").unwrap();

@@ -43,6 +43,9 @@ pub enum ParseError {
     /// Not a [`TunnelKind`] name.
     #[error("expected 'nat' or 'vpn', got '{0}'")]
     TunnelKind(String),
+    /// Not a [`ConvertMode`] name.
+    #[error("expected 'off' or 'auto', got '{0}'")]
+    ConvertMode(String),
     /// Not a [`DetourPolicy`] name.
     #[error("expected 'tls-after-handshake', 'all' or 'none', got '{0}'")]
     DetourPolicy(String),
@@ -253,6 +256,37 @@ impl DetourPolicy {
             DetourPolicy::TlsAfterHandshake => "tls-after-handshake",
             DetourPolicy::All => "all",
             DetourPolicy::None => "none",
+        }
+    }
+}
+
+/// Whether proxied LAN connections to servers without MPTCP go through a
+/// converter member (`option convert` in the client section, issue 17).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConvertMode {
+    /// `off` (default): a converter sees destinations and TLS server names,
+    /// so using one is the owner's choice.
+    #[default]
+    Off,
+    /// `auto`: servers known not to speak MPTCP are reached through a
+    /// converter peer (`option convert '1'` in its peer section, or the
+    /// directory's converters), falling back to plain TCP.
+    Auto,
+}
+
+impl ConvertMode {
+    /// The UCI spellings (`0` is also read as `off`).
+    pub const NAMES: [&'static str; 2] = ["off", "auto"];
+}
+
+impl FromStr for ConvertMode {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        match s {
+            "off" | "0" => Ok(ConvertMode::Off),
+            "auto" => Ok(ConvertMode::Auto),
+            _ => Err(ParseError::ConvertMode(show(s))),
         }
     }
 }

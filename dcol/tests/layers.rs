@@ -7,7 +7,7 @@
 //! | floor | modules | what they are |
 //! |---|---|---|
 //! | 0 | `mptcp`, `types`, `trust`, `http`, `special`, `routes`, `proto`, `loglimit`, `testutil` | vocabulary: types, wire formats, tables |
-//! | 1 | `client`, `waypoint`, `proxy` | pure decisions (state machines on virtual time) |
+//! | 1 | `client`, `waypoint`, `proxy`, `convert` | pure decisions (state machines on virtual time) |
 //! | 2 | `sys` | the kernel: netlink, nftables, sockets, relay |
 //! | 3 | `config`, `directory`, `traversal`, `control`, `member` | the UCI parser (its value types are `types`, below), services with their own threads or sockets |
 //! | 4 | `daemon` | the role drivers and the loop |
@@ -17,6 +17,10 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+
+use common::{rust_files, src};
+
+mod common;
 
 const FLOORS: &[(&str, u8)] = &[
     ("mptcp", 0),
@@ -31,6 +35,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("client", 1),
     ("waypoint", 1),
     ("proxy", 1),
+    ("convert", 1),
     ("sys", 2),
     ("config", 3),
     ("directory", 3),
@@ -48,22 +53,6 @@ const SYSTEM_CRATES: &[&str] = &["libc", "nix", "neli", "rtnetlink", "netlink_pa
 
 fn floor(module: &str) -> Option<u8> {
     FLOORS.iter().find(|(m, _)| *m == module).map(|(_, f)| *f)
-}
-
-fn src() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
-}
-
-/// Every `.rs` file under `dir`.
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
 }
 
 /// The top-level module a file under src/ belongs to (`None` for lib.rs and

@@ -13,6 +13,14 @@ use serde_json::Value;
 
 static DIRS: AtomicU32 = AtomicU32::new(0);
 
+/// Where scratch directories go: `$DCOL_SCRATCH_DIR`, else the workspace's
+/// `target/scratch/`.
+pub fn scratch_base() -> PathBuf {
+    std::env::var_os("DCOL_SCRATCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::openwrt::target_dir().join("scratch"))
+}
+
 /// A scratch directory removed on drop.
 #[derive(Debug)]
 pub struct Scratch {
@@ -20,10 +28,12 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// A fresh directory under the system temp dir.
+    /// A fresh directory under `$DCOL_SCRATCH_DIR`, else the workspace's
+    /// `target/scratch/` (not the shared `/tmp`, where another program's
+    /// sweep removed files of running tests on a busy machine).
     pub fn new(tag: &str) -> Scratch {
         let n = DIRS.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("dcol-{tag}-{}-{n}", std::process::id()));
+        let path = scratch_base().join(format!("dcol-{tag}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).expect("create scratch dir");
         Scratch { path }

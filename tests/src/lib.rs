@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub mod convlab;
 pub mod dcol;
 pub mod lab;
 pub mod openwrt;

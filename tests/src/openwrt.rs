@@ -221,7 +221,7 @@ pub(crate) fn workspace() -> PathBuf {
 
 /// `$CARGO_TARGET_DIR` (relative: to the workspace), else the workspace's
 /// `target/` (as `dcol_bin` finds it).
-pub(crate) fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let ws = workspace();
     std::env::var_os("CARGO_TARGET_DIR")
         .map(|d| ws.join(d))

@@ -7,6 +7,7 @@ pub mod fallback;
 pub mod strategy;
 
 pub use self::core::{
-    Action, Client, Conn, Detour, DetourState, PeerSpec, PeerStatus, Settings, DETOUR_LOCAL_ID,
+    Action, Client, Conn, DatagramError, Detour, DetourState, PeerSpec, PeerStatus, Settings,
+    DETOUR_LOCAL_ID,
 };
 pub use self::core::{VpnPeer, VpnState};

@@ -210,6 +210,14 @@ pub enum ValueError {
     /// Not a value of a [`crate::types`] type.
     #[error(transparent)]
     Type(#[from] ParseError),
+    /// A TCP port another option of the file uses already.
+    #[error("TCP port {port} is taken by option '{by}'")]
+    PortTaken {
+        /// The port.
+        port: u16,
+        /// The other option.
+        by: &'static str,
+    },
 }
 
 /// Something in the file the daemon ignores or resolves; logged, never fatal

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use super::error::ValueError;
 use super::Draft;
 use crate::http::Url;
-use crate::types::{show, Cidr, DetourPolicy, PortRange, TunnelKind};
+use crate::types::{show, Cidr, ConvertMode, DetourPolicy, PortRange, TunnelKind};
 
 /// Stores a parsed value where it belongs in the configuration being built.
 pub struct Set<T>(pub(super) fn(&mut Draft, T));
@@ -94,6 +94,8 @@ pub enum Kind {
     Tunnel(Set<TunnelKind>),
     /// A [`DetourPolicy`] name.
     Policy(Set<DetourPolicy>),
+    /// A [`ConvertMode`] name.
+    Convert(Set<ConvertMode>),
 }
 
 impl Kind {
@@ -130,6 +132,7 @@ impl Kind {
             Kind::LogLevel(s) => s.0(d, level(v)?),
             Kind::Tunnel(s) => s.0(d, v.parse()?),
             Kind::Policy(s) => s.0(d, v.parse()?),
+            Kind::Convert(s) => s.0(d, v.parse()?),
         }
         Ok(())
     }
@@ -140,6 +143,7 @@ impl Kind {
             Kind::LogLevel(_) => Some(LOG_LEVELS),
             Kind::Tunnel(_) => Some(TUNNELS),
             Kind::Policy(_) => Some(POLICIES),
+            Kind::Convert(_) => Some(&ConvertMode::NAMES),
             _ => None,
         }
     }
@@ -176,7 +180,11 @@ impl Kind {
             Kind::MemberId(_) => "and(hexstring,rangelength(16,16))".into(),
             Kind::MemberName(_) => format!("rangelength(1,{})", crate::trust::MAX_NAME),
             Kind::Gigabytes(_) => "ufloat".into(),
-            Kind::Url(_) | Kind::LogLevel(_) | Kind::Tunnel(_) | Kind::Policy(_) => return None,
+            Kind::Url(_)
+            | Kind::LogLevel(_)
+            | Kind::Tunnel(_)
+            | Kind::Policy(_)
+            | Kind::Convert(_) => return None,
         })
     }
 

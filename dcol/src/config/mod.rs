@@ -52,6 +52,7 @@ pub use error::{ConfigError, ConfigWarning, SyntaxError, ValueError};
 pub use kind::{Kind, Set, LOG_LEVELS};
 pub use options::{Section, UciOption, OPTIONS};
 
+pub use crate::types::ConvertMode;
 use crate::types::{Cidr, DetourPolicy, PortRange, TunnelKind};
 
 /// `config dcol 'main'`.
@@ -130,6 +131,11 @@ pub struct ClientConfig {
     pub sample_interval_ms: u32,
     /// A new detour's probation before it is kept, demoted or dropped, ms.
     pub probation_ms: u32,
+    /// Converters for servers without MPTCP (`option convert`).
+    pub convert: ConvertMode,
+    /// TCP Fast Open on the connection to a converter, so the Convert
+    /// message rides in the SYN (`option convert_fastopen`).
+    pub convert_fastopen: bool,
 }
 
 /// `config waypoint 'waypoint'`.
@@ -188,6 +194,17 @@ pub struct WaypointConfig {
     pub upnp_url: Option<crate::http::Url>,
     /// Lease of each UPnP mapping, s (`option upnp_lease_s`; 0: permanent).
     pub upnp_lease_s: u32,
+    /// Convert MPTCP connections of members to plain TCP (RFC 8803;
+    /// `option convert`).
+    pub convert: bool,
+    /// The converter's TCP port (`option convert_port`; default 7447, the
+    /// signaling port's number, which the directory publishes).
+    pub convert_port: u16,
+    /// Conversions one member may hold at once (`option convert_max_per_member`).
+    pub convert_max_per_member: u32,
+    /// Connections to the converter one source (IPv4 address, IPv6 /64)
+    /// may hold at once (`option convert_max_per_source`).
+    pub convert_max_per_source: u32,
 }
 
 /// Most NAT tunnel ports mapped on a UPnP gateway (one mapping each).
@@ -244,6 +261,9 @@ pub struct PeerConfig {
     pub address: SocketAddr,
     /// Tunnel type.
     pub tunnel: TunnelKind,
+    /// The peer converts (`option convert '1'`): its converter listens on
+    /// TCP at the signaling address's port.
+    pub convert: bool,
 }
 
 /// The whole configuration.
@@ -332,6 +352,19 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         }
     }
     let mut cfg = d.finish(&given, &present);
+    let (c, w) = (&cfg.client, &cfg.waypoint);
+    if c.enabled && c.lan_proxy && w.enabled && w.convert && c.proxy_port == w.convert_port {
+        return Err(ConfigError::Value {
+            file: file.to_owned(),
+            line: 0,
+            section: Section::Waypoint,
+            option: "convert_port",
+            what: ValueError::PortTaken {
+                port: w.convert_port,
+                by: "proxy_port",
+            },
+        });
+    }
     if !present.contains(&Section::Main) {
         let file = file.to_owned();
         cfg.warnings.push(ConfigWarning::NoMain { file });
@@ -355,6 +388,7 @@ impl PeerConfig {
             name: String::new(),
             address: SocketAddr::from(([0, 0, 0, 0], 0)),
             tunnel: TunnelKind::Nat,
+            convert: false,
         }
     }
 }

@@ -174,6 +174,8 @@ pub static OPTIONS: &[UciOption] = &[
     opt(CLIENT, "proxy_idle_timeout_s", Some("3600"), num(1, 604_800, |d, v| d.cfg.client.proxy_idle_timeout_s = v)),
     opt(CLIENT, "vpn_interface_prefix", Some("dcolc"), Kind::IfName { max: 12, set: Set(|d, v| d.cfg.client.vpn_interface_prefix = v) }),
     opt(CLIENT, "vpn_table", Some("7400"), num(1, 0x7fff_0000, |d, v| d.cfg.client.vpn_table = v)),
+    opt(CLIENT, "convert", Some("off"), Kind::Convert(Set(|d, v| d.cfg.client.convert = v))),
+    opt(CLIENT, "convert_fastopen", Some("1"), Kind::Bool(Set(|d, v| d.cfg.client.convert_fastopen = v))),
 
     opt(WAYPOINT, "enabled", Some("1"), Kind::Bool(Set(|d, v| d.cfg.waypoint.enabled = v))),
     list(WAYPOINT, "listen", Some("0.0.0.0:7447"), Kind::Socket(Set(|d, v| d.cfg.waypoint.listen.push(v)))),
@@ -197,11 +199,16 @@ pub static OPTIONS: &[UciOption] = &[
     list(WAYPOINT, "stun_server", None, Kind::HostPort(Set(|d, v| d.cfg.waypoint.stun_servers.push(v)))),
     opt(WAYPOINT, "upnp", Some("1"), Kind::Bool(Set(|d, v| d.cfg.waypoint.upnp = v))),
     opt(WAYPOINT, "upnp_url", None, Kind::Url(Set(|d, v| d.cfg.waypoint.upnp_url = Some(v)))),
+    opt(WAYPOINT, "convert", Some("0"), Kind::Bool(Set(|d, v| d.cfg.waypoint.convert = v))),
+    opt(WAYPOINT, "convert_port", Some("7447"), Kind::Port(Set(|d, v| d.cfg.waypoint.convert_port = v))),
+    opt(WAYPOINT, "convert_max_per_member", Some("256"), num(1, 65_536, |d, v| d.cfg.waypoint.convert_max_per_member = v)),
+    opt(WAYPOINT, "convert_max_per_source", Some("256"), num(1, 65_536, |d, v| d.cfg.waypoint.convert_max_per_source = v)),
     opt(WAYPOINT, "upnp_lease_s", Some("3600"), Kind::ZeroOr { zero: "permanent", min: 10, max: 604_800, set: Set(|d, v| d.cfg.waypoint.upnp_lease_s = v) }),
 
     required(PEER, "name", Kind::MemberName(Set(|d, v| d.peer.name = v))),
     required(PEER, "address", Kind::Socket(Set(|d, v| d.peer.address = v))),
     opt(PEER, "tunnel", Some("nat"), Kind::Tunnel(Set(|d, v| d.peer.tunnel = v))),
+    opt(PEER, "convert", Some("0"), Kind::Bool(Set(|d, v| d.peer.convert = v))),
 ];
 
 /// The option `name` of section type `section`.

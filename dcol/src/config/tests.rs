@@ -353,3 +353,26 @@ config waypoint 'w'
         "{e}"
     );
 }
+
+#[test]
+fn convert_options() {
+    let c = p("config dcol 'main'\nconfig client 'client'\n\toption convert 'auto'\n\toption convert_fastopen '0'\nconfig waypoint 'waypoint'\n\toption convert '1'\n\toption convert_port '7448'\n\toption convert_max_per_source '8'\nconfig peer\n\toption name 'carol'\n\toption address '203.0.113.5:7447'\n\toption convert '1'\n").unwrap();
+    assert_eq!(c.client.convert, ConvertMode::Auto);
+    assert!(!c.client.convert_fastopen);
+    assert!(c.waypoint.convert);
+    assert_eq!(c.waypoint.convert_port, 7448);
+    assert_eq!(c.waypoint.convert_max_per_source, 8);
+    assert!(c.peers[0].convert);
+    let d = Config::default();
+    assert_eq!(d.client.convert, ConvertMode::Off);
+    assert_eq!(d.waypoint.convert_port, 7447);
+    let e = p("config client\n\toption convert 'always'\n").unwrap_err();
+    assert!(e.to_string().contains("expected 'off' or 'auto'"), "{e}");
+    let e = p("config client\n\toption lan_proxy '1'\nconfig waypoint\n\toption convert '1'\n\toption convert_port '7448'\n").unwrap_err();
+    assert_eq!(e.option(), Some("convert_port"));
+    assert!(
+        e.to_string()
+            .contains("TCP port 7448 is taken by option 'proxy_port'"),
+        "{e}"
+    );
+}

@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 mod status;
 
 pub use status::{
-    ClientStatus, ConnectionStatus, DirectoryStatus, GrantStatus, LanProxyStatus, LoopStatus,
-    MemberStatus, PeerStatus, ScoreStatus, Status, SubflowStatus, TraversalStatus, VpnPeerStatus,
-    WaypointStatus,
+    ClientStatus, ConnectionStatus, ConversionStatus, ConverterStatus, ConverterUse,
+    DirectoryStatus, GrantStatus, LanProxyStatus, LoopStatus, MemberStatus, PeerStatus,
+    ScoreStatus, Status, SubflowStatus, TraversalStatus, VpnPeerStatus, WaypointStatus,
 };
 
 /// Errors of the control socket.

@@ -35,7 +35,10 @@
 //!                    "resets": 2, "bytes_up": 48213, "bytes_down": 90312744, "fallback_cached": 1,
 //!                    "detour_policy": "tls-after-handshake", "max_conns": 2031,
 //!                    "paused": false, "pauses": 0, "wan_interfaces": ["pppoe-wan"],
-//!                    "follow_firewall": true, "firewall_changes": 2 }
+//!                    "follow_firewall": true, "firewall_changes": 2,
+//!                    "converters": [ { "converter": "carol", "address": "10.0.5.2:7447",
+//!                                      "converted": 5, "active": 1, "refused": 0,
+//!                                      "failed": 0, "held_down": false } ] }
 //!   },
 //!   "waypoint": {
 //!     "listen": ["0.0.0.0:7447"],
@@ -47,7 +50,10 @@
 //!     "donated_month_bytes": 1234567, "refusing": null,
 //!     "vpn_peers": [ { "member": "bob", "member_id": "3f2a9c0d11e4b7a0", "address": "10.200.7.2",
 //!                      "client": "198.51.100.7", "wg_key": "<base64>", "age_s": 30,
-//!                      "expires_in_s": 270 } ]
+//!                      "expires_in_s": 270 } ],
+//!     "converter": { "port": 7447, "accepted": 12, "converted": 10,
+//!                    "refused": { "Not Authorized": 2 }, "bytes_up": 1200,
+//!                    "bytes_down": 9000000, "conversions": [] }
 //!   },
 //!   "directory": {
 //!     "url": "http://dir.example:7450/snapshot", "serial": 1795000123,
@@ -327,6 +333,9 @@ pub struct LanProxyStatus {
     /// Ruleset changes that made the proxy ask the firewall again.
     #[serde(default)]
     pub firewall_changes: u64,
+    /// Converted connections per converter (`option convert 'auto'`).
+    #[serde(default)]
+    pub converters: Vec<ConverterUse>,
 }
 
 /// One MPTCP connection.
@@ -464,7 +473,55 @@ pub struct WaypointStatus {
     /// Live VPN tunnels (empty without `vpn_subnet`).
     #[serde(default)]
     pub vpn_peers: Vec<VpnPeerStatus>,
+    /// The converter (`option convert '1'`), or `null`.
+    #[serde(default)]
+    pub converter: Option<ConverterStatus>,
 }
+
+/// The converter role (issue 17): `{ "port": 7447, "accepted": 12,
+/// "converted": 10, "refused": { "Not Authorized": 2 }, "bytes_up": 1200,
+/// "bytes_down": 9000000, "conversions": [ { "member": "bob", "client":
+/// "10.0.1.1:40312", "destination": "10.0.3.2:5201", "bytes_up": 100,
+/// "bytes_down": 8000, "age_s": 3 } ] }`. `refused` counts refusals by their
+/// RFC 8803 error name; bytes count finished conversions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConverterStatus {
+    /// The MPTCP listening port.
+    pub port: u16,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Conversions admitted.
+    pub converted: u64,
+    /// Refusals by RFC 8803 error name.
+    pub refused: BTreeMap<String, u64>,
+    /// Bytes client → server of finished conversions.
+    pub bytes_up: u64,
+    /// Bytes server → client of finished conversions.
+    pub bytes_down: u64,
+    /// Running conversions.
+    pub conversions: Vec<ConversionStatus>,
+}
+
+/// One running conversion.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConversionStatus {
+    /// Member name.
+    pub member: String,
+    /// Where the MPTCP connection comes from.
+    pub client: String,
+    /// The plain TCP server.
+    pub destination: String,
+    /// Bytes client → server so far.
+    pub bytes_up: u64,
+    /// Bytes server → client so far.
+    pub bytes_down: u64,
+    /// Seconds since the server answered.
+    pub age_s: u64,
+}
+
+/// Per converter, in `client.lan_proxy.converters` (defined with the
+/// LAN proxy's converters, [`crate::proxy::convert`]).
+pub use crate::proxy::convert::ConverterUse;
 
 /// One member's live VPN tunnel on this waypoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -120,6 +120,7 @@ fn core(
             name: p.name.clone(),
             address: p.address,
             vpn: p.tunnel == TunnelKind::Vpn,
+            convert: p.convert,
         })
         .collect();
     if peers.is_empty() && cfg.directory.url.is_none() {
@@ -140,7 +141,7 @@ fn core(
     Ok((core, tunnels))
 }
 
-fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+pub(super) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }

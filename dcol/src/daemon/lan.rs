@@ -19,10 +19,12 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::driver::{earliest, Ctx, Driver, Event, Outbox, Role};
+use super::identity::Identity;
 use super::DaemonError;
-use crate::config::Config;
+use crate::config::{Config, ConvertMode};
 use crate::control::{self, Status};
 use crate::proxy::admission::{Action as AdmissionAction, Admission, Full};
+use crate::proxy::convert::{ConverterPeer, Converters};
 use crate::sys::lan::{self, InterceptSpec, LanIntercept, RulesetWatch};
 use crate::sys::relay::{Relay, RelaySettings};
 use crate::sys::SysError;
@@ -44,6 +46,8 @@ pub(super) struct LanDriver {
     policy: DetourPolicy,
     /// Whether new LAN flows are intercepted now.
     admission: Admission,
+    /// Converters: the configured peers', then the directory's.
+    converter_peers: (Vec<ConverterPeer>, Vec<ConverterPeer>),
 }
 
 fn relay_settings(cfg: &Config) -> RelaySettings {
@@ -57,6 +61,42 @@ fn relay_settings(cfg: &Config) -> RelaySettings {
         idle: Duration::from_secs(u64::from(c.proxy_idle_timeout_s)),
         policy: c.detour_policy,
     }
+}
+
+/// The converter peers of `cfg` (`option convert '1'`; the converter
+/// listens on TCP at the signaling address).
+fn converter_peers(cfg: &Config) -> Vec<ConverterPeer> {
+    cfg.peers
+        .iter()
+        .filter(|p| p.convert)
+        .map(|p| ConverterPeer {
+            name: p.name.clone(),
+            address: p.address,
+        })
+        .collect()
+}
+
+/// The relay's converters with `option convert 'auto'`.
+fn converters(cfg: &Config, id: &Identity) -> Option<Converters> {
+    if cfg.client.convert == ConvertMode::Off {
+        return None;
+    }
+    let mut prefix = [0u8; 8];
+    if let Err(e) = super::client::random_bytes(&mut prefix) {
+        log::warn!("lan proxy: /dev/urandom: {e}; converter cookies use a time-based nonce");
+        prefix.copy_from_slice(&super::wall_ms().to_be_bytes());
+    }
+    let peers = converter_peers(cfg);
+    if peers.is_empty() {
+        log::warn!("lan proxy: option convert 'auto' but no peer converts ('option convert' in a peer section)");
+    }
+    let identity = Some((id.cert.clone(), id.key.clone()));
+    Some(Converters::new(
+        peers,
+        identity,
+        prefix,
+        cfg.client.convert_fastopen,
+    ))
 }
 
 fn intercept_spec(cfg: &Config) -> InterceptSpec {
@@ -99,9 +139,10 @@ fn open_watch(spec: &InterceptSpec, own: &[String]) -> Option<RulesetWatch> {
 impl LanDriver {
     /// Starts the relay, then switches interception on for flows routed to
     /// `wan` (relay first: a redirected connection must find a listener).
-    fn start(cfg: &Config, wan: &[String]) -> Result<LanDriver, DaemonError> {
+    fn start(cfg: &Config, id: &Identity, wan: &[String]) -> Result<LanDriver, DaemonError> {
         let c = &cfg.client;
-        let relay = Relay::open(relay_settings(cfg))?;
+        let mut relay = Relay::open(relay_settings(cfg))?;
+        relay.set_converters(converters(cfg, id));
         let spec = intercept_spec(cfg);
         let own = own_tables(cfg);
         // The watch first: a change while the table is made is not missed.
@@ -114,6 +155,7 @@ impl LanDriver {
             spec,
             policy: c.detour_policy,
             admission: Admission::new(Instant::now(), lan::HEARTBEAT),
+            converter_peers: (converter_peers(cfg), Vec::new()),
         };
         role.intercept = Some(role.start_intercept(wan)?);
         log::info!(
@@ -224,6 +266,7 @@ impl LanDriver {
                 .unwrap_or_default(),
             follow_firewall: self.spec.follow_firewall,
             firewall_changes: self.admission.firewall_changes(),
+            converters: self.relay.converter_status(Instant::now()),
         }
     }
 }
@@ -247,8 +290,28 @@ impl Driver for LanDriver {
     }
 
     fn on_event(&mut self, ev: &Event, _now: Instant, _out: &mut Outbox) {
-        if let Event::Routes(r) = ev {
-            self.set_wan(&r.wan());
+        match ev {
+            Event::Routes(r) => self.set_wan(&r.wan()),
+            Event::PublicAddress(a) => {
+                if let Some(c) = self.relay.converters_mut() {
+                    c.set_public_address(*a);
+                }
+            }
+            Event::DirectoryPeers(peers) => {
+                self.converter_peers.1 = peers
+                    .iter()
+                    .filter(|p| p.convert)
+                    .map(|p| ConverterPeer {
+                        name: p.name.clone(),
+                        address: p.address,
+                    })
+                    .collect();
+                if let Some(c) = self.relay.converters_mut() {
+                    let (own, dir) = &self.converter_peers;
+                    c.set_peers(own.iter().chain(dir).cloned().collect());
+                }
+            }
+            _ => {}
         }
     }
 
@@ -267,7 +330,7 @@ impl Role for LanDriver {
     const RESTARTED: &'static str = "LAN proxy (re)started";
 
     fn start(ctx: &mut Ctx<'_>, _out: &mut Outbox) -> Result<Option<Self>, DaemonError> {
-        LanDriver::start(ctx.cfg, &ctx.routes.wan()).map(Some)
+        LanDriver::start(ctx.cfg, ctx.id, &ctx.routes.wan()).map(Some)
     }
 
     /// Applies the new settings in place (same port): proxied connections
@@ -280,6 +343,16 @@ impl Role for LanDriver {
     ) -> Result<Vec<String>, DaemonError> {
         let new = ctx.cfg;
         self.relay.set_settings(relay_settings(new));
+        match (self.relay.converters_mut(), new.client.convert) {
+            (Some(c), ConvertMode::Auto) => {
+                self.converter_peers.0 = converter_peers(new);
+                let (own, dir) = &self.converter_peers;
+                c.set_peers(own.iter().chain(dir).cloned().collect());
+                c.set_identity(Some((ctx.id.cert.clone(), ctx.id.key.clone())));
+                c.fastopen = new.client.convert_fastopen;
+            }
+            _ => self.relay.set_converters(converters(new, ctx.id)),
+        }
         self.policy = new.client.detour_policy;
         let spec = intercept_spec(new);
         self.own_tables = own_tables(new);

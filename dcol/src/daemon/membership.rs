@@ -21,9 +21,10 @@
 //! certificate reloads the daemon ([`Command::Reload`]).
 
 use std::collections::BTreeSet;
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::driver::{earliest, Command, Ctx, Driver, Event, Outbox, Role};
@@ -32,10 +33,11 @@ use super::{wall_ms, DaemonError};
 use crate::client::PeerSpec;
 use crate::config::{self, Config, PeerConfig};
 use crate::control::{DirectoryStatus, Status};
-use crate::directory::agent::{self, Agent, AgentSettings, Report};
+use crate::directory::agent::{self, Agent, AgentSettings, PostError, Report};
 use crate::directory::{self as dir, renew, store};
 use crate::directory::{Advert, Chosen, Record, Selection, Statement, Tunnels};
-use crate::trust::{files, Certificate, MemberId, SecretKey};
+use crate::trust::files::{self, FileError};
+use crate::trust::{Certificate, MemberId, SecretKey, TrustError};
 use crate::types::TunnelKind;
 
 /// How often a published record is renewed (the directory drops records not
@@ -125,6 +127,15 @@ fn advert(cfg: &Config, learned: &[SocketAddr], used_up: bool) -> Option<Advert>
     let mut tunnels = Tunnels::NAT;
     if w.vpn_subnet.is_some() {
         tunnels = Tunnels(tunnels.0 | Tunnels::VPN.0);
+    }
+    // Members reach a converter on TCP at the published endpoint.
+    if w.convert && endpoints.iter().all(|e| e.port() == w.convert_port) {
+        tunnels = Tunnels(tunnels.0 | Tunnels::CONVERT.0);
+    } else if w.convert {
+        log::warn!(
+            "directory: the converter is not published: its port {} is not the signaling endpoints' port",
+            w.convert_port
+        );
     }
     Some(Advert {
         endpoints,
@@ -228,19 +239,16 @@ impl MembershipDriver {
 
     /// Checks a renewed certificate from the directory: this member's key,
     /// this collective, valid now, later than the one in force.
-    fn check_renewed(&self, text: &str) -> Result<Certificate, String> {
+    fn check_renewed(&self, text: &str) -> Result<Certificate, RenewalError> {
         let c = files::parse_certificate(Path::new("the directory's answer"), text)
-            .map_err(|e| e.to_string())?;
+            .map_err(RenewalError::Unreadable)?;
         if c.key != self.key.public() {
-            return Err("the directory's certificate is for another key".into());
+            return Err(RenewalError::OtherKey);
         }
         c.verify(&self.settings.root, wall_ms() / 1000)
-            .map_err(|e| format!("the directory's certificate: {e}"))?;
+            .map_err(RenewalError::Invalid)?;
         if c.not_after <= self.cert.not_after {
-            return Err(format!(
-                "the directory's certificate ends at {}, not later than this one",
-                c.not_after
-            ));
+            return Err(RenewalError::NotLater(c.not_after));
         }
         Ok(c)
     }
@@ -342,13 +350,17 @@ impl MembershipDriver {
 
     /// The directory's answer to a renewal: a good certificate is written
     /// over `option cert` and taken as on SIGHUP (detours stay).
-    fn renewed(&mut self, result: Result<String, String>, out: &mut Outbox) {
+    fn renewed(&mut self, result: Result<String, PostError>, out: &mut Outbox) {
         self.renewing = false;
         let path = self.cfg.main.cert.clone();
-        let written = result.and_then(|text| {
+        let written = result.map_err(RenewalError::Post).and_then(|text| {
             let c = self.check_renewed(&text)?;
-            store::write_atomic(&path, text.as_bytes(), 0o644)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            store::write_atomic(&path, text.as_bytes(), 0o644).map_err(|source| {
+                RenewalError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             Ok(c)
         });
         match written {
@@ -369,7 +381,8 @@ impl MembershipDriver {
             }
             Err(e) => {
                 // A directory without --renew: ask daily, not hourly.
-                let wait = if e.contains("HTTP 404") {
+                let wait = if matches!(e, RenewalError::Post(PostError::Status { status: 404, .. }))
+                {
                     RENEW_RETRY * 24
                 } else {
                     RENEW_RETRY
@@ -378,14 +391,14 @@ impl MembershipDriver {
                     "directory: certificate renewal: {e}; asking again in {} h",
                     wait.as_secs() / 3600
                 );
-                self.status.renewal = Some(e);
+                self.status.renewal = Some(e.to_string());
                 self.renew_wait = Instant::now() + wait;
             }
         }
     }
 
     /// A record was posted; true when a publication failed.
-    fn posted(&mut self, withdraw: bool, result: Result<String, String>, at: u64) -> bool {
+    fn posted(&mut self, withdraw: bool, result: Result<String, PostError>, at: u64) -> bool {
         let st = &mut self.status;
         st.last_publish = Some(at);
         match result {
@@ -397,7 +410,7 @@ impl MembershipDriver {
             }
             Err(e) => {
                 log::warn!("directory: posting the record: {e}");
-                st.publish_result = Some(e);
+                st.publish_result = Some(e.to_string());
                 !withdraw
             }
         }
@@ -545,4 +558,32 @@ impl Role for MembershipDriver {
         out.event(Event::DirectoryPeers(Vec::new()));
         out.event(Event::DirectoryRevoked(BTreeSet::new()));
     }
+}
+
+/// Why a renewed certificate was not taken (the one in force stays).
+#[derive(Debug, thiserror::Error)]
+enum RenewalError {
+    /// Asking the directory failed.
+    #[error("{0}")]
+    Post(#[source] PostError),
+    /// The answer is not a certificate.
+    #[error("{0}")]
+    Unreadable(#[source] FileError),
+    /// It certifies another key.
+    #[error("the directory's certificate is for another key")]
+    OtherKey,
+    /// It does not verify against the collective now.
+    #[error("the directory's certificate: {0}")]
+    Invalid(#[source] TrustError),
+    /// It ends no later than the one in force (its end, Unix seconds).
+    #[error("the directory's certificate ends at {0}, not later than this one")]
+    NotLater(u64),
+    /// It could not be written over `option cert`.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// `option cert`.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
 }

@@ -267,13 +267,20 @@ fn lan_step(old: &Config, new: &Config, client: &Step<ClientChange>, running: bo
                 Step::Restart(Why::ProxyPort)
             }
             (true, true)
-                if old.client != new.client || old.waypoint.table != new.waypoint.table =>
+                if old.client != new.client
+                    || old.waypoint.table != new.waypoint.table
+                    || converters(old).ne(converters(new)) =>
             {
                 Step::Reconfigure(())
             }
             (true, true) => Step::Keep,
         },
     }
+}
+
+/// The peers that convert (the LAN proxy's converters).
+fn converters(c: &Config) -> impl Iterator<Item = &crate::config::PeerConfig> {
+    c.peers.iter().filter(|p| p.convert)
 }
 
 /// The directory agent runs while `option directory` is set; a running one
@@ -325,6 +332,7 @@ mod tests {
             name: "alice".into(),
             address: "203.0.113.5:7447".parse().unwrap(),
             tunnel: crate::types::TunnelKind::Nat,
+            convert: false,
         });
         c
     }
@@ -402,6 +410,9 @@ mod tests {
         );
         assert_eq!(p.client, Step::Keep);
         assert_eq!(p.lan, Step::Keep);
+        // A converter peer more: the LAN proxy takes it in place.
+        let p = after(|c| c.peers[0].convert = true);
+        assert_eq!(p.lan, Step::Reconfigure(()));
         // The destination rules go to the VPN firewall too.
         let p = after(|c| c.waypoint.deny_port.clear());
         assert_eq!(

@@ -110,7 +110,7 @@ fn status_of(o: &Outcome) -> TraversalStatus {
         mapped: port_ranges(&o.mapped),
         mapped_ports: o.mapped.len(),
         stun_seen: o.stun_seen.iter().map(|a| a.to_string()).collect(),
-        errors: o.errors.clone(),
+        errors: o.errors.iter().map(ToString::to_string).collect(),
         last_pass: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -32,10 +32,12 @@ use crate::trust::{self, MemberId, Revocations};
 use crate::waypoint::evidence::{self, EvidenceLog};
 use crate::waypoint::{self, Lease, Waypoint};
 
+mod convert;
 mod donation;
 mod nat;
 mod vpn;
 
+use convert::ConvertRole;
 use donation::Donated;
 
 /// Datagrams a waypoint socket is read for per turn of the event loop.
@@ -68,6 +70,8 @@ pub(super) struct WaypointDriver {
     dir_revoked: BTreeSet<MemberId>,
     /// Whether the others were last told the donation is used up.
     told_used_up: Option<bool>,
+    /// The converter (`option convert '1'`).
+    convert: Option<ConvertRole>,
     /// NAT leases ended in this loop turn, and why: their conntrack flows
     /// are deleted together at its end ([`WaypointDriver::flush_ended`]).
     ended: Vec<(Lease, String)>,
@@ -218,6 +222,7 @@ impl WaypointDriver {
             filter_log: LogLimit::new(2),
             dir_revoked: BTreeSet::new(),
             told_used_up: None,
+            convert: None,
             ended: Vec::new(),
         };
         role.seed_evidence();
@@ -225,6 +230,10 @@ impl WaypointDriver {
         role.set_wan(&ctx.routes.wan())?;
         if w.vpn_subnet.is_some() {
             role.start_vpn(cfg, id)?;
+        }
+        if w.convert {
+            let cv = ConvertRole::start(cfg, id, &role.dir_revoked, ctx.routes, ctx.sysctls)?;
+            role.convert = Some(cv);
         }
         log::info!(
             "waypoint: NAT tunnels on ports {}-{}, signaling on {:?}",
@@ -259,6 +268,9 @@ impl WaypointDriver {
     /// A new routing snapshot: the destination policy and the WAN follow it.
     fn set_routes(&mut self, routes: &Routes) {
         self.core.set_routes(routes.clone());
+        if let Some(cv) = self.convert.as_mut() {
+            cv.set_routes(routes);
+        }
         if let Err(e) = self.set_wan(&routes.wan()) {
             log::error!("waypoint: WAN interfaces {:?}: {e}", routes.wan());
         }
@@ -277,6 +289,9 @@ impl WaypointDriver {
             self.end_leases(&ended);
         }
         self.expire_vpn(now);
+        if let Some(cv) = self.convert.as_mut() {
+            cv.set_revoked(revoked);
+        }
         self.dir_revoked.clone_from(revoked);
     }
 
@@ -314,8 +329,10 @@ impl WaypointDriver {
         self.batch = batch;
     }
 
-    /// What is due: the kernel's drop list, expired leases, the quota.
+    /// What is due: the kernel's drop list, expired leases, the quota, the
+    /// converter's connections.
     fn turn(&mut self, now: Instant, out: &mut Outbox) {
+        self.convert_turn(now);
         self.filter_sources(now);
         for l in self.core.expire(now) {
             self.end_lease(&l, "lease expired");
@@ -421,6 +438,7 @@ impl WaypointDriver {
             donated_month_bytes: caps.used,
             refusing: self.core.used_up().map(str::to_owned),
             vpn_peers: self.vpn_status(now),
+            converter: self.convert.as_ref().map(|c| c.status(now)),
         }
     }
 }
@@ -428,10 +446,13 @@ impl WaypointDriver {
 impl Driver for WaypointDriver {
     fn fds<'a>(&'a self, out: &mut Vec<BorrowedFd<'a>>) {
         out.extend(self.sockets.iter().map(|s| s.as_fd()));
+        out.extend(self.convert.as_ref().map(ConvertRole::fd));
     }
 
     fn deadline(&self, _now: Instant) -> Option<Instant> {
-        super::driver::earliest(self.core.next_timeout(), self.donation.deadline())
+        let convert = self.convert.as_ref().and_then(ConvertRole::deadline);
+        let t = super::driver::earliest(self.core.next_timeout(), self.donation.deadline());
+        super::driver::earliest(t, convert)
     }
 
     /// One batch of the socket's datagrams (each handled at its own time),
@@ -521,6 +542,7 @@ impl Role for WaypointDriver {
         if change.listen {
             self.sockets = bind_signaling(&cfg.waypoint.listen)?;
         }
+        self.reconfigure_convert(ctx, &mut changes)?;
         changes.push("waypoint settings".to_owned());
         Ok(changes)
     }
@@ -539,6 +561,10 @@ impl Drop for WaypointDriver {
     /// Removes the NAT table and the conntrack flows of every live tunnel, also
     /// when the daemon fails half-way through starting.
     fn drop(&mut self) {
+        if let Some(mut cv) = self.convert.take() {
+            let ended = cv.close_all();
+            self.convert_events(Instant::now(), ended);
+        }
         self.flush_ended();
         let tunnels: Vec<(IpAddr, u16)> = self.core.leases().map(|l| (l.client, l.port)).collect();
         self.save_at_exit();

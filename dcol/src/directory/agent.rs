@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::store::write_atomic;
 use super::{
-    choose, freshness, Chosen, Freshness, Selection, Snapshot, SnapshotHead, MAX_SNAPSHOT,
+    choose, freshness, Chosen, DirError, Freshness, Selection, Snapshot, SnapshotHead,
+    StaleSnapshot, MAX_SNAPSHOT,
 };
 use crate::http::{self, Url};
 use crate::trust::{PublicKey, Revocations};
@@ -53,7 +54,7 @@ enum Command {
 }
 
 /// What the agent tells the daemon.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Report {
     /// A verified snapshot is in force (newly fetched, or from the cache at
     /// start, or chosen again after new settings).
@@ -81,7 +82,7 @@ pub enum Report {
     /// records URL).
     Renewed {
         /// `Ok(the new certificate's text)` or `Err(why)`.
-        result: Result<String, String>,
+        result: Result<String, PostError>,
         /// Unix seconds.
         at: u64,
     },
@@ -90,7 +91,7 @@ pub enum Report {
         /// It was a withdrawal.
         withdraw: bool,
         /// `Ok(server's reply)` or `Err(why)`.
-        result: Result<String, String>,
+        result: Result<String, PostError>,
         /// Unix seconds.
         at: u64,
     },
@@ -103,8 +104,29 @@ fn unix_s() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why a POST to the directory (a record, a renewal) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// The renewal URL cannot be made from the records URL.
+    #[error("the renewal URL: {0}")]
+    Url(#[source] http::WireError),
+    /// No answer, a broken one, or one too large.
+    #[error("{0}")]
+    Http(#[source] http::HttpError),
+    /// The server answered with another status than 200.
+    #[error("{url}: HTTP {status}: {text}")]
+    Status {
+        /// Where the POST went.
+        url: Url,
+        /// The HTTP status.
+        status: u16,
+        /// The server's answer, trimmed.
+        text: String,
+    },
+}
+
 /// Posts a record to `url`; the server's one-line answer or why it failed.
-pub fn post_record(url: &Url, bytes: &[u8], timeout: Duration) -> Result<String, String> {
+pub fn post_record(url: &Url, bytes: &[u8], timeout: Duration) -> Result<String, PostError> {
     let limits = http::Limits {
         timeout,
         max_body: 4096,
@@ -115,12 +137,16 @@ pub fn post_record(url: &Url, bytes: &[u8], timeout: Duration) -> Result<String,
         bytes,
         limits,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(PostError::Http)?;
     let text = String::from_utf8_lossy(&r.body).trim().to_owned();
     if r.status == 200 {
         Ok(text)
     } else {
-        Err(format!("{url}: HTTP {}: {text}", r.status))
+        Err(PostError::Status {
+            url: url.clone(),
+            status: r.status,
+            text,
+        })
     }
 }
 
@@ -225,7 +251,7 @@ impl Worker {
                         .settings
                         .publish
                         .join("/renew")
-                        .map_err(|e| e.to_string())
+                        .map_err(PostError::Url)
                         .and_then(|url| post_record(&url, &bytes, POST_TIMEOUT));
                     self.report(Report::Renewed {
                         result,
@@ -368,10 +394,10 @@ impl Worker {
     }
 
     /// Verifies and caches `bytes`; `Ok(None)` when it is the cached one.
-    fn accept(&mut self, bytes: Vec<u8>, now: u64) -> Result<Option<Chosen>, String> {
-        let s = Snapshot::verify(&bytes, &self.settings.root).map_err(|e| e.to_string())?;
+    fn accept(&mut self, bytes: Vec<u8>, now: u64) -> Result<Option<Chosen>, Refused> {
+        let s = Snapshot::verify(&bytes, &self.settings.root).map_err(Refused::Invalid)?;
         let have = self.cached.as_ref().map(|(b, h)| (h, b.as_slice()));
-        match freshness(&s.head, &bytes, have, now).map_err(|e| e.to_string())? {
+        match freshness(&s.head, &bytes, have, now).map_err(Refused::Stale)? {
             Freshness::Same => return Ok(None),
             Freshness::Newer => {}
         }
@@ -387,6 +413,18 @@ impl Worker {
         self.cached = Some((bytes, head));
         Ok(Some(chosen))
     }
+}
+
+/// Why a fetched snapshot is not taken.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    /// Its signature or contents do not hold.
+    #[error("{0}")]
+    Invalid(#[source] DirError),
+    /// Older than the cached one, or too old (`StaleSnapshot` is not a
+    /// `std::error::Error` yet: directory/mod.rs is being split elsewhere).
+    #[error("{0}")]
+    Stale(StaleSnapshot),
 }
 
 fn read_limited(path: &Path) -> io::Result<Vec<u8>> {

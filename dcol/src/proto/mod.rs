@@ -111,6 +111,14 @@ pub enum RequestKind {
         /// Nonce of the request that created the lease.
         lease: Nonce,
     },
+    /// Convert one MPTCP connection to plain TCP toward `destination`
+    /// (RFC 8803): never sent as a datagram, only inside the Cookie TLV of
+    /// a Convert message ([`crate::convert::cookie`]). A waypoint's
+    /// signaling port ignores it.
+    Convert {
+        /// The plain TCP server.
+        destination: SocketAddr,
+    },
 }
 
 /// The signed part of a request.

@@ -7,6 +7,7 @@
 //! interception rules in [`crate::sys::lan`].
 
 pub mod admission;
+pub mod convert;
 pub mod limits;
 pub mod tls;
 

@@ -162,47 +162,9 @@ fn cidr_set(name: &str, v6: bool, blocks: &[Cidr]) -> String {
 /// The `nft -f` script for `spec` in table `inet <table>`.
 pub fn ruleset(table: &str, spec: &InterceptSpec) -> Result<String, SysError> {
     let ifaces = quoted(&spec.interfaces)?;
-    let ports = if spec.bypass_ports.is_empty() {
-        String::new()
-    } else {
-        let p = spec
-            .bypass_ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!("\t\ttcp dport {{ {p} }} return\n")
-    };
-    let mut sets = String::new();
-    for v6 in [false, true] {
-        let f = if v6 { '6' } else { '4' };
-        sets.push_str(&cidr_set(&format!("bypass{f}"), v6, &spec.bypass));
-        sets.push_str(&cidr_set(
-            &format!("deny{f}"),
-            v6,
-            &special::deny_blocks(v6),
-        ));
-        sets.push_str(&cidr_set(&format!("allow{f}"), v6, &spec.allow));
-    }
-    let key4 = "iifname . ether saddr . ip saddr . ip daddr . tcp dport";
-    let key6 = "iifname . ether saddr . ip6 saddr . ip6 daddr . tcp dport";
-    let (permit, learn) = if spec.follow_firewall {
-        (
-            format!("\t\t{key4} != @permit4 return\n\t\t{key6} != @permit6 return\n"),
-            format!(
-                "\t\tiifname != {{ {ifaces} }} return
-\t\tmeta l4proto != tcp return
-\t\tct state != new return
-\t\toifname != @wan_out return
-\t\tupdate @permit_rate {{ ether saddr limit rate over {PERMIT_RATE}/second burst 100 packets }} return
-\t\tupdate @permit4 {{ {key4} }}
-\t\tupdate @permit6 {{ {key6} }}
-"
-            ),
-        )
-    } else {
-        (String::new(), String::new())
-    };
+    let ports = bypass_ports_rule(&spec.bypass_ports);
+    let sets = cidr_sets(spec);
+    let (permit, learn) = follow_firewall_rules(spec, &ifaces);
     let ttl = PERMIT_TTL.as_secs();
     Ok(format!(
         "table inet {table} {{
@@ -245,6 +207,60 @@ pub fn ruleset(table: &str, spec: &InterceptSpec) -> Result<String, SysError> {
         prefix = spec.max_per_prefix,
         port = spec.port,
     ))
+}
+
+/// The rule that lets TCP to `ports` pass uncaught (empty: none).
+fn bypass_ports_rule(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        String::new()
+    } else {
+        let p = ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("\t\ttcp dport {{ {p} }} return\n")
+    }
+}
+
+/// The bypass, deny and allow address sets of both families.
+fn cidr_sets(spec: &InterceptSpec) -> String {
+    let mut sets = String::new();
+    for v6 in [false, true] {
+        let f = if v6 { '6' } else { '4' };
+        sets.push_str(&cidr_set(&format!("bypass{f}"), v6, &spec.bypass));
+        sets.push_str(&cidr_set(
+            &format!("deny{f}"),
+            v6,
+            &special::deny_blocks(v6),
+        ));
+        sets.push_str(&cidr_set(&format!("allow{f}"), v6, &spec.allow));
+    }
+    sets
+}
+
+/// With `follow_firewall`: the intercept chain's check against the learnt
+/// permits, and the forward chain's rules that learn them.
+fn follow_firewall_rules(spec: &InterceptSpec, ifaces: &str) -> (String, String) {
+    let key4 = "iifname . ether saddr . ip saddr . ip daddr . tcp dport";
+    let key6 = "iifname . ether saddr . ip6 saddr . ip6 daddr . tcp dport";
+    if spec.follow_firewall {
+        (
+            format!("\t\t{key4} != @permit4 return\n\t\t{key6} != @permit6 return\n"),
+            format!(
+                "\t\tiifname != {{ {ifaces} }} return
+\t\tmeta l4proto != tcp return
+\t\tct state != new return
+\t\toifname != @wan_out return
+\t\tupdate @permit_rate {{ ether saddr limit rate over {PERMIT_RATE}/second burst 100 packets }} return
+\t\tupdate @permit4 {{ {key4} }}
+\t\tupdate @permit6 {{ {key6} }}
+"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    }
 }
 
 /// The script that changes a live table from `old` to `new` in one

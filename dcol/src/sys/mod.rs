@@ -10,6 +10,7 @@
 use std::io;
 
 pub mod conntrack;
+pub mod convert;
 pub mod diag;
 pub mod genl;
 pub mod lan;
@@ -88,6 +89,20 @@ pub enum SysError {
     /// A feature this needs is missing from the running kernel.
     #[error("{0}")]
     Unsupported(String),
+    /// A kernel connection a worker reads from was closed.
+    #[error("{op}: connection closed")]
+    Closed {
+        /// What we were reading.
+        op: &'static str,
+    },
+    /// A worker did not answer in time.
+    #[error("{op}: no answer within {waited:?}")]
+    Silent {
+        /// What we waited for.
+        op: &'static str,
+        /// How long.
+        waited: std::time::Duration,
+    },
 }
 
 impl SysError {

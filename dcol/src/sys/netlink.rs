@@ -494,15 +494,22 @@ impl<'a> Messages<'a> {
         Messages { op, data }
     }
 
-    fn cut(&mut self) -> Result<&'a [u8], String> {
+    /// The next message's bytes; on a length that does not hold, what is
+    /// wrong (for [`SysError::Malformed`]).
+    fn cut(&mut self) -> Result<&'a [u8], SysError> {
+        let op = self.op;
+        let malformed = |what: String| SysError::Malformed { op, what };
         let d = self.data;
         let len = d
             .get(..4)
             .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
             .filter(|_| d.len() >= NLMSG_HDRLEN)
-            .ok_or_else(|| format!("{} trailing bytes, short of a header", d.len()))?;
+            .ok_or_else(|| malformed(format!("{} trailing bytes, short of a header", d.len())))?;
         if len < NLMSG_HDRLEN || len > d.len() {
-            return Err(format!("header states {len} bytes; {} are left", d.len()));
+            return Err(malformed(format!(
+                "header states {len} bytes; {} are left",
+                d.len()
+            )));
         }
         let msg = &d[..len];
         let ty = u16::from_ne_bytes([msg[4], msg[5]]);
@@ -515,10 +522,10 @@ impl<'a> Messages<'a> {
                 .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
                 .unwrap_or(0);
             if echoed < NLMSG_HDRLEN || align4(echoed) > body.len() - 4 {
-                return Err(format!(
+                return Err(malformed(format!(
                     "error message echoes {echoed} bytes in {}",
                     body.len() - 4
-                ));
+                )));
             }
         }
         self.data = d.get(align4(len)..).unwrap_or_default();
@@ -536,9 +543,9 @@ impl Iterator for Messages<'_> {
         let op = self.op;
         let msg = match self.cut() {
             Ok(m) => m,
-            Err(what) => {
+            Err(e) => {
                 self.data = &[];
-                return Some(Err(SysError::Malformed { op, what }));
+                return Some(Err(e));
             }
         };
         Some(
@@ -697,22 +704,18 @@ pub(crate) mod testns {
     impl NsThread {
         pub(crate) fn new() -> NsThread {
             let (tx, rx) = mpsc::channel::<Job>();
-            let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+            let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<String>>();
             let handle = std::thread::spawn(move || {
-                let r = super::unshare_netns_for_this_thread()
-                    .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))
-                    .and_then(|()| {
-                        let o = Command::new("ip")
-                            .args(["link", "set", "lo", "up"])
-                            .output()
-                            .map_err(|e| e.to_string())?;
-                        if !o.status.success() {
-                            return Err(String::from_utf8_lossy(&o.stderr).into_owned());
-                        }
-                        std::fs::read_link("/proc/thread-self")
-                            .map(|p| p.display().to_string())
-                            .map_err(|e| e.to_string())
-                    });
+                let r = super::unshare_netns_for_this_thread().and_then(|()| {
+                    let o = Command::new("ip")
+                        .args(["link", "set", "lo", "up"])
+                        .output()?;
+                    if !o.status.success() {
+                        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+                        return Err(std::io::Error::other(e));
+                    }
+                    std::fs::read_link("/proc/thread-self").map(|p| p.display().to_string())
+                });
                 let ok = r.is_ok();
                 let _ = ready_tx.send(r);
                 if !ok {

@@ -11,6 +11,9 @@
 //! - [`AttachFilter`], [`DetachFilter`]: `SO_ATTACH_FILTER` and
 //!   `SO_DETACH_FILTER` (a classic BPF socket filter): nix has neither
 //!   option, and libc 0.2.191 keeps the Linux constants crate-private;
+//! - [`TcpFastOpen`]: `TCP_FASTOPEN` on a listener (the server side of TCP
+//!   Fast Open, the converter's), an option nix lacks (it has only the
+//!   client's `TCP_FASTOPEN_CONNECT`);
 //! - [`listen`]: nix's `Backlog` refuses a backlog above libc's `SOMAXCONN`,
 //!   which is 128 on musl (the routers' libc), while the kernel's own cap is
 //!   `net.core.somaxconn` (4096 by default since Linux 5.4): the relay asks
@@ -144,6 +147,29 @@ impl SetSockOpt for DetachFilter {
     fn set<F: AsFd>(&self, fd: &F, _: &()) -> nix::Result<()> {
         // SAFETY: the kernel ignores the value (an int, by convention).
         unsafe { set_socket_opt(fd.as_fd(), SO_DETACH_FILTER, &0 as &libc::c_int) }
+    }
+}
+
+/// `TCP_FASTOPEN` at `IPPROTO_TCP`: a listener accepts data in SYNs, up to
+/// this many connections waiting (0 turns it off).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpFastOpen;
+
+impl SetSockOpt for TcpFastOpen {
+    type Val = libc::c_int;
+
+    fn set<F: AsFd>(&self, fd: &F, qlen: &libc::c_int) -> nix::Result<()> {
+        // SAFETY: the option takes an int; qlen is a live c_int of the size passed.
+        Errno::result(unsafe {
+            libc::setsockopt(
+                fd.as_fd().as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_FASTOPEN,
+                (qlen as *const libc::c_int).cast(),
+                size_of_val(qlen) as libc::socklen_t,
+            )
+        })
+        .map(drop)
     }
 }
 

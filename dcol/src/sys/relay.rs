@@ -44,6 +44,7 @@ use nix::sys::epoll::EpollFlags;
 use super::sock::{self, ev, Epoll};
 use super::SysError;
 use crate::client::fallback::FallbackCache;
+use crate::proxy::convert::Converters;
 use crate::proxy::limits::{destination_refused, source_key, Capacity};
 use crate::proxy::tls::TlsWatch;
 use crate::proxy::{Counters, Gate};
@@ -63,6 +64,9 @@ const FALLBACK_CAP: usize = 4096;
 const FD_SHORT_FOR: Duration = Duration::from_secs(1);
 /// The open-file limit assumed when it cannot be read.
 const DEFAULT_NOFILE: u64 = 1024;
+
+mod convert;
+use convert::Conv;
 
 /// How the relay behaves.
 #[derive(Debug, Clone)]
@@ -123,21 +127,22 @@ pub enum RelayEvent {
 
 /// One direction of a connection: source socket → pipe → destination socket.
 #[derive(Debug)]
-struct Dir {
+pub(super) struct Dir {
     /// Read end, write end.
     pipe: Option<(OwnedFd, OwnedFd)>,
     cap: usize,
     /// Bytes in the pipe.
     filled: usize,
     /// The source said EOF.
-    eof: bool,
+    pub(super) eof: bool,
     /// The EOF has been passed on (`shutdown(SHUT_WR)` on the destination).
     shut: bool,
-    bytes: u64,
+    /// Bytes moved.
+    pub(super) bytes: u64,
 }
 
 impl Dir {
-    fn new() -> Dir {
+    pub(super) fn new() -> Dir {
         Dir {
             pipe: None,
             cap: 0,
@@ -148,7 +153,7 @@ impl Dir {
         }
     }
 
-    fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         self.eof && self.filled == 0 && self.shut
     }
 }
@@ -179,6 +184,10 @@ struct Conn {
     /// LAN → upstream, upstream → LAN.
     dirs: [Dir; 2],
     last: Instant,
+    /// Through a converter, until its answer: LAN bytes wait meanwhile.
+    conv: Option<Conv>,
+    /// The converter that converts it (after its answer).
+    converter: Option<usize>,
 }
 
 /// How a connection ends.
@@ -220,6 +229,10 @@ pub struct Relay {
     events: Vec<RelayEvent>,
     /// Refusals logged in the current second (rate limit).
     log_window: (Instant, u32),
+    /// Converters for servers without MPTCP (`option convert 'auto'`).
+    converters: Option<Converters>,
+    /// When connections through converters must have been answered.
+    conv_deadlines: Vec<(Instant, usize, u32)>,
 }
 
 fn ioerr(op: &'static str) -> impl FnOnce(io::Error) -> SysError {
@@ -285,6 +298,8 @@ impl Relay {
             scratch: vec![0; INSPECT_CHUNK],
             events: Vec::new(),
             log_window: (now, 0),
+            converters: None,
+            conv_deadlines: Vec::new(),
         })
     }
 
@@ -312,6 +327,9 @@ impl Relay {
         }
         if !self.again.is_empty() {
             t = Instant::now();
+        }
+        if let Some(&(c, ..)) = self.conv_deadlines.iter().min_by_key(|d| d.0) {
+            t = t.min(c);
         }
         t
     }
@@ -366,6 +384,7 @@ impl Relay {
             self.next_scan = now + scan_interval(self.settings.idle);
             self.close_idle(now);
         }
+        self.conv_expired(now);
         std::mem::take(&mut self.events)
     }
 
@@ -418,47 +437,12 @@ impl Relay {
 
     fn admit(&mut self, now: Instant, lan: OwnedFd, peer: SocketAddr, v6: bool) {
         self.stats.accepted = self.stats.accepted.wrapping_add(1);
-        let server = match sock::original_dst(&lan, v6) {
-            Ok(d) if sock::local_addr(&lan).is_ok_and(|l| l != d) => d,
-            _ => {
-                // Addressed to the proxy port itself, not redirected: relaying
-                // it would loop.
-                self.stats.refused_direct += 1;
-                if self.refusal_logged(now) {
-                    log::warn!("lan proxy: {peer} connected to the proxy port directly; closed");
-                }
-                sock::set_reset_on_close(&lan);
-                return;
-            }
-        };
-        if let Some(why) = destination_refused(server.ip(), &self.settings.allow) {
-            self.stats.refused_special += 1;
-            if self.refusal_logged(now) {
-                log::warn!("lan proxy: refused {peer} -> {server}: {why}");
-            }
+        let Some((server, source)) = self.admission(now, &lan, peer, v6) else {
             sock::set_reset_on_close(&lan);
             return;
-        }
-        let source = source_key(peer.ip());
-        let (max, option) = if source.is_ipv4() {
-            (self.settings.max_per_host, "max_conns_per_host")
-        } else {
-            (self.settings.max_per_prefix, "max_conns_per_prefix")
         };
-        let count = self.per_host.entry(source).or_insert(0);
-        if *count >= max {
-            self.stats.refused_limit += 1;
-            let n = *count;
-            if self.refusal_logged(now) {
-                log::warn!(
-                    "lan proxy: refused {peer} -> {server}: {n} connections open from {source} ({option})"
-                );
-            }
-            sock::set_reset_on_close(&lan);
-            return;
-        }
         let plain = self.fallback.plain_tcp(now, server);
-        let (up, mptcp) = match sock::connect(server, !plain) {
+        let (up, mptcp, conv) = match self.open_upstream(now, server, plain) {
             Ok(x) => x,
             Err(e) => {
                 self.stats.connect_failed += 1;
@@ -475,8 +459,10 @@ impl Relay {
                 return;
             }
         };
-        *count += 1;
-        if plain {
+        *self.per_host.entry(source).or_insert(0) += 1;
+        if conv.is_some() {
+            log::debug!("lan proxy: {peer} -> {server}: through a converter from {local}");
+        } else if plain {
             self.stats.plain_tcp += 1;
             log::debug!("lan proxy: {peer} -> {server}: plain TCP (cached: no MPTCP there)");
         } else {
@@ -501,17 +487,13 @@ impl Relay {
             pending: Vec::new(),
             dirs: [Dir::new(), Dir::new()],
             last: now,
+            conv,
+            converter: None,
         };
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot { gen: 0, conn: None });
-                self.slots.len() - 1
-            }
-        };
-        let slot = &mut self.slots[idx];
-        slot.gen = slot.gen.wrapping_add(1) & 0x3fff_ffff;
-        let gen = slot.gen;
+        let (idx, gen) = self.new_slot();
+        if let Some(c) = &conn.conv {
+            self.conv_deadlines.push((c.deadline, idx, gen));
+        }
         let flags = ev::IN | ev::OUT | ev::RDHUP | ev::ET;
         let reg = self
             .epoll
@@ -531,6 +513,69 @@ impl Relay {
             log::warn!("lan proxy: epoll_ctl: {e}");
             self.remove(idx);
         }
+    }
+
+    /// The connection's real destination and its source's key, or `None`
+    /// (counted and logged) when it is refused: addressed to the proxy port
+    /// itself, to a destination the proxy does not take, or over its
+    /// source's cap.
+    fn admission(
+        &mut self,
+        now: Instant,
+        lan: &OwnedFd,
+        peer: SocketAddr,
+        v6: bool,
+    ) -> Option<(SocketAddr, IpAddr)> {
+        let server = match sock::original_dst(lan, v6) {
+            Ok(d) if sock::local_addr(lan).is_ok_and(|l| l != d) => d,
+            _ => {
+                // Addressed to the proxy port itself, not redirected: relaying
+                // it would loop.
+                self.stats.refused_direct += 1;
+                if self.refusal_logged(now) {
+                    log::warn!("lan proxy: {peer} connected to the proxy port directly; closed");
+                }
+                return None;
+            }
+        };
+        if let Some(why) = destination_refused(server.ip(), &self.settings.allow) {
+            self.stats.refused_special += 1;
+            if self.refusal_logged(now) {
+                log::warn!("lan proxy: refused {peer} -> {server}: {why}");
+            }
+            return None;
+        }
+        let source = source_key(peer.ip());
+        let (max, option) = if source.is_ipv4() {
+            (self.settings.max_per_host, "max_conns_per_host")
+        } else {
+            (self.settings.max_per_prefix, "max_conns_per_prefix")
+        };
+        let n = self.per_host.get(&source).copied().unwrap_or(0);
+        if n >= max {
+            self.stats.refused_limit += 1;
+            if self.refusal_logged(now) {
+                log::warn!(
+                    "lan proxy: refused {peer} -> {server}: {n} connections open from {source} ({option})"
+                );
+            }
+            return None;
+        }
+        Some((server, source))
+    }
+
+    /// A free slot (a new one when none is), with its next generation.
+    fn new_slot(&mut self) -> (usize, u32) {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, conn: None });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[idx];
+        slot.gen = slot.gen.wrapping_add(1) & 0x3fff_ffff;
+        (idx, slot.gen)
     }
 
     fn on_ready(&mut self, now: Instant, idx: usize, gen: u32, side: Side, flags: EpollFlags) {
@@ -564,6 +609,9 @@ impl Relay {
                 {
                     return;
                 }
+                if c.conv.is_some() {
+                    return self.fail_open(now, idx, gen, &format!("connect: {e}"));
+                }
                 log::debug!("lan proxy: {} -> {}: {e}", c.lan_peer, c.server);
                 sock::set_reset_on_close(&c.lan);
                 self.stats.connect_failed += 1;
@@ -573,6 +621,12 @@ impl Relay {
         }
         c.connected = true;
         c.last = now;
+        if let Some(cv) = c.conv.as_mut() {
+            cv.deadline = now + convert::ANSWER_WITHIN;
+            let d = (cv.deadline, idx, gen);
+            self.conv_deadlines.push(d);
+            return self.connected_to_converter(now, idx, gen);
+        }
         if c.mptcp {
             let (server, local) = (c.server, c.local);
             match sock::mptcp_info(&c.up) {
@@ -610,6 +664,16 @@ impl Relay {
         if !c.connected {
             return;
         }
+        if c.conv.is_some() && !self.converse(now, idx, gen) {
+            return;
+        }
+        let c = match self.slots.get_mut(idx) {
+            Some(Slot {
+                gen: g,
+                conn: Some(c),
+            }) if *g == gen => c,
+            _ => return,
+        };
         let mut budget = TURN_BUDGET;
         let before = [c.dirs[0].bytes, c.dirs[1].bytes];
         let mut result = Ok(());
@@ -714,6 +778,9 @@ impl Relay {
         if c.mptcp {
             self.events.push(RelayEvent::Closed { local: c.local });
         }
+        if let (Some(i), Some(cv)) = (c.converter, self.converters.as_mut()) {
+            cv.closed(i);
+        }
         log::debug!(
             "lan proxy: {} -> {} closed after {} bytes up, {} down",
             c.lan_peer,
@@ -790,9 +857,20 @@ fn splice_dir(c: &mut Conn, d: usize, budget: &mut usize) -> Result<(), End> {
     } else {
         (&c.up, &c.lan, Side::Up, Side::Lan)
     };
-    let dir = &mut c.dirs[d];
+    splice_one(src, dst, &mut c.dirs[d], budget)
+        .map_err(|(at_src, e)| End::Failed(if at_src { src_side } else { dst_side }, e))
+}
+
+/// [`splice_dir`] for any two sockets (the converter's relay too); an
+/// error says whether the source (`true`) or the destination failed.
+pub(super) fn splice_one(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    dir: &mut Dir,
+    budget: &mut usize,
+) -> Result<(), (bool, io::Error)> {
     if dir.pipe.is_none() && !dir.eof {
-        let (r, w, cap) = sock::pipe().map_err(|e| End::Failed(src_side, e))?;
+        let (r, w, cap) = sock::pipe().map_err(|e| (true, e))?;
         dir.pipe = Some((r, w));
         dir.cap = cap;
     }
@@ -810,7 +888,7 @@ fn splice_dir(c: &mut Conn, d: usize, budget: &mut usize) -> Result<(), End> {
                         progress = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(End::Failed(src_side, e)),
+                    Err(e) => return Err((true, e)),
                 }
             }
             if dir.filled > 0 {
@@ -822,7 +900,7 @@ fn splice_dir(c: &mut Conn, d: usize, budget: &mut usize) -> Result<(), End> {
                         progress |= n > 0;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(End::Failed(dst_side, e)),
+                    Err(e) => return Err((false, e)),
                 }
             }
             if !progress {
@@ -835,7 +913,7 @@ fn splice_dir(c: &mut Conn, d: usize, budget: &mut usize) -> Result<(), End> {
         match sock::shutdown_write(dst) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(Errno::ENOTCONN as i32) => {}
-            Err(e) => return Err(End::Failed(dst_side, e)),
+            Err(e) => return Err((false, e)),
         }
         // Nothing more will be read from this source: free the pipe.
         dir.pipe = None;

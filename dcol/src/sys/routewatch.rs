@@ -44,7 +44,7 @@ const FIRST_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct RouteWatch {
     wake: UnixStream,
-    rx: mpsc::Receiver<Result<Routes, String>>,
+    rx: mpsc::Receiver<Result<Routes, SysError>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -74,11 +74,12 @@ impl RouteWatch {
         };
         let first = match w.rx.recv_timeout(FIRST_WAIT) {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(SysError::Unsupported(format!("{op}: {e}"))),
+            Ok(Err(e)) => return Err(e),
             Err(_) => {
-                return Err(SysError::Unsupported(format!(
-                    "{op}: no routing table within {FIRST_WAIT:?}"
-                )))
+                return Err(SysError::Silent {
+                    op: "route watch: the first routing table",
+                    waited: FIRST_WAIT,
+                })
             }
         };
         w.drain_wake();
@@ -119,7 +120,7 @@ impl Drop for RouteWatch {
     }
 }
 
-fn worker(tx: mpsc::Sender<Result<Routes, String>>, mut wake: UnixStream, stop: Arc<AtomicBool>) {
+fn worker(tx: mpsc::Sender<Result<Routes, SysError>>, mut wake: UnixStream, stop: Arc<AtomicBool>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -127,7 +128,7 @@ fn worker(tx: mpsc::Sender<Result<Routes, String>>, mut wake: UnixStream, stop: 
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = tx.send(Err(format!("tokio runtime: {e}")));
+            let _ = tx.send(Err(SysError::io("route watch: tokio runtime", e)));
             return;
         }
     };
@@ -142,7 +143,7 @@ fn worker(tx: mpsc::Sender<Result<Routes, String>>, mut wake: UnixStream, stop: 
         let (conn, handle, mut events) = match rtnetlink::new_multicast_connection(&groups) {
             Ok(c) => c,
             Err(e) => {
-                let _ = tx.send(Err(format!("rtnetlink socket: {e}")));
+                let _ = tx.send(Err(SysError::io("route watch: rtnetlink socket", e)));
                 return;
             }
         };
@@ -161,7 +162,8 @@ fn worker(tx: mpsc::Sender<Result<Routes, String>>, mut wake: UnixStream, stop: 
                 match tokio::time::timeout(STOP_POLL, events.next()).await {
                     Ok(Some(_)) => break,
                     Ok(None) => {
-                        let _ = tx.send(Err("rtnetlink connection closed".into()));
+                        let op = "route watch: rtnetlink";
+                        let _ = tx.send(Err(SysError::Closed { op }));
                         return;
                     }
                     Err(_) => {}
@@ -174,13 +176,16 @@ fn worker(tx: mpsc::Sender<Result<Routes, String>>, mut wake: UnixStream, stop: 
 }
 
 /// Links, addresses and routes (both families) as one snapshot.
-async fn dump(handle: &Handle) -> Result<Routes, String> {
+async fn dump(handle: &Handle) -> Result<Routes, SysError> {
     let mut names = Vec::new();
     let mut links = handle.link().get().execute();
     while let Some(l) = links
         .try_next()
         .await
-        .map_err(|e| format!("dump links: {e}"))?
+        .map_err(|source| SysError::Rtnetlink {
+            op: "route watch: dump links",
+            source,
+        })?
     {
         for a in &l.attributes {
             if let LinkAttribute::IfName(n) = a {
@@ -193,7 +198,10 @@ async fn dump(handle: &Handle) -> Result<Routes, String> {
     while let Some(a) = addrs
         .try_next()
         .await
-        .map_err(|e| format!("dump addresses: {e}"))?
+        .map_err(|source| SysError::Rtnetlink {
+            op: "route watch: dump addresses",
+            source,
+        })?
     {
         // IFA_LOCAL is the router's own address (IFA_ADDRESS is the peer's
         // on point-to-point links); IPv6 has only IFA_ADDRESS.
@@ -215,11 +223,10 @@ async fn dump(handle: &Handle) -> Result<Routes, String> {
             RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
         };
         let mut rs = handle.route().get(msg).execute();
-        while let Some(r) = rs
-            .try_next()
-            .await
-            .map_err(|e| format!("dump routes: {e}"))?
-        {
+        while let Some(r) = rs.try_next().await.map_err(|source| SysError::Rtnetlink {
+            op: "route watch: dump routes",
+            source,
+        })? {
             routes.extend(route_of(&r, v4));
         }
     }

@@ -124,6 +124,37 @@ pub fn connect(dst: SocketAddr, mptcp: bool) -> io::Result<(OwnedFd, bool)> {
     }
 }
 
+/// A non-blocking MPTCP listener on `addr` (IPv6 listeners are IPv6-only)
+/// with TCP Fast Open for `fastopen` waiting connections (0: without).
+pub fn mptcp_listener(addr: SocketAddr, backlog: i32, fastopen: i32) -> io::Result<TcpListener> {
+    let fd = raw::mptcp_socket(family(&addr), FLAGS)?;
+    nsock::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if addr.is_ipv6() {
+        nsock::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    nsock::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    if fastopen > 0 {
+        if let Err(e) = nsock::setsockopt(&fd, raw::TcpFastOpen, &fastopen) {
+            log::info!("no TCP Fast Open on the MPTCP listener {addr}: {e}");
+        }
+    }
+    raw::listen(&fd, backlog)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// An MPTCP socket to `dst` whose connect waits for the first write, so
+/// that write rides in the SYN where the server gave a TCP Fast Open cookie
+/// before (`TCP_FASTOPEN_CONNECT`; without it, an ordinary non-blocking
+/// connect). Returns the socket and whether Fast Open is on.
+pub fn connect_fastopen(dst: SocketAddr, fastopen: bool) -> io::Result<(OwnedFd, bool)> {
+    let fd = raw::mptcp_socket(family(&dst), FLAGS)?;
+    let tfo = fastopen && nsock::setsockopt(&fd, sockopt::TcpFastOpenConnect, &true).is_ok();
+    match nsock::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
+        Ok(()) | Err(Errno::EINPROGRESS) => Ok((fd, tfo)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A blocking TCP connection to `to` from the local address `from` (port
 /// chosen by the kernel): `std` cannot bind before it connects. For tests
 /// that need connections from many addresses of one host.

@@ -20,6 +20,8 @@ pub const MPTCP_PATH_MANAGER: &str = "/proc/sys/net/mptcp/path_manager";
 pub const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Per-flow byte counters in conntrack (the evidence log's bytes per lease).
 pub const CONNTRACK_ACCT: &str = "/proc/sys/net/netfilter/nf_conntrack_acct";
+/// `net.ipv4.tcp_fastopen` (bit 1 client, bit 2 server; IPv6 too).
+pub const TCP_FASTOPEN: &str = "/proc/sys/net/ipv4/tcp_fastopen";
 /// `net.ipv6.conf.all.forwarding`.
 pub const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 

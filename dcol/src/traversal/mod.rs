@@ -26,6 +26,8 @@
 //! `igd-next`'s [`igd_next::Gateway`] is built from what was checked here
 //! ([`soap_gateway`]), and its HTTP client follows no redirects.
 
+mod error;
+mod gateway;
 pub mod natpmp;
 pub mod pcp;
 mod record;
@@ -44,6 +46,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::http::{self, Url};
+pub use error::{StunFailure, TraversalError};
+use gateway::*;
+pub use gateway::{MapError, PcpFailure};
 pub use stun::Mapping;
 pub use upnp::Protocol;
 
@@ -89,7 +94,7 @@ pub struct Settings {
 }
 
 /// The result of one pass.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Outcome {
     /// The address to publish (`None`: not reachable from outside, see `note`).
     pub public: Option<SocketAddr>,
@@ -102,7 +107,7 @@ pub struct Outcome {
     /// Ports mapped on the gateway.
     pub mapped: Vec<(Protocol, u16)>,
     /// Problems of this pass (a port refused, a server silent...).
-    pub errors: Vec<String>,
+    pub errors: Vec<TraversalError>,
     /// The addresses STUN servers saw.
     pub stun_seen: Vec<SocketAddr>,
     /// The mapping behaviour found.
@@ -393,11 +398,14 @@ impl Worker {
                                 o.stun_seen.push(seen);
                                 local_ip = local_ip.or(local);
                             }
-                            Err(e) => o.errors.push(format!("STUN {server}: {e}")),
+                            Err(source) => o.errors.push(TraversalError::Stun {
+                                server: server.clone(),
+                                source,
+                            }),
                         }
                     }
                 }
-                Err(e) => o.errors.push(format!("STUN socket: {e}")),
+                Err(e) => o.errors.push(TraversalError::StunSocket(e)),
             }
         }
         if o.stun_seen.is_empty() {
@@ -427,7 +435,7 @@ impl Worker {
     }
 
     /// Finds the gateway (once), asks its external address, maps the ports.
-    fn map_ports(&mut self, o: &mut Outcome, rx: &Receiver<Command>) -> Result<(), String> {
+    fn map_ports(&mut self, o: &mut Outcome, rx: &Receiver<Command>) -> Result<(), TraversalError> {
         let gw = match self.gateway.clone() {
             Some(g) => g,
             None => {
@@ -439,10 +447,13 @@ impl Worker {
             }
         };
         o.gateway = Some(gw.name());
-        o.external_ip = Some(
-            gw.external_ip()
-                .map_err(|e| format!("gateway {}: {e}", gw.name()))?,
-        );
+        let ip = gw
+            .external_ip()
+            .map_err(|source| TraversalError::ExternalIp {
+                gateway: gw.name(),
+                source,
+            });
+        o.external_ip = Some(ip?);
         for (proto, port) in self.settings.ports.clone() {
             if self.stopping(rx) {
                 return Ok(());
@@ -454,13 +465,19 @@ impl Worker {
                         self.mapped.push((proto, port));
                     }
                 }
-                Err(MapError::Refused(e)) => o
-                    .errors
-                    .push(format!("mapping {} {port}: {e}", proto.as_str())),
+                Err(source @ MapError::Refused(_)) => o.errors.push(TraversalError::Mapping {
+                    proto,
+                    port,
+                    source,
+                }),
                 // The gateway is gone: no use trying the other ports.
-                Err(MapError::Gone(e)) => {
+                Err(source @ MapError::Gone(_)) => {
                     self.record();
-                    return Err(format!("mapping {} {port}: {e}", proto.as_str()));
+                    return Err(TraversalError::Mapping {
+                        proto,
+                        port,
+                        source,
+                    });
                 }
             }
         }
@@ -471,17 +488,21 @@ impl Worker {
     /// Opens the IPv6 pinholes with PCP at the IPv6 default router, from
     /// this router's global address (PCP requires the mapping's address to
     /// be the request's source).
-    fn open_pinholes(&mut self, o: &mut Outcome, rx: &Receiver<Command>) -> Result<(), String> {
+    fn open_pinholes(
+        &mut self,
+        o: &mut Outcome,
+        rx: &Receiver<Command>,
+    ) -> Result<(), TraversalError> {
         let (server, me, nonce) = match self.pcp {
             Some(p) => p,
             None => {
-                let me = global_ip6().ok_or("IPv6: no global address on the default route")?;
+                let me = global_ip6().ok_or(TraversalError::NoGlobal6)?;
                 let route = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
                 let (hop, ifname) =
-                    pcp::default_router6(&route).ok_or("IPv6: no default router for PCP")?;
+                    pcp::default_router6(&route).ok_or(TraversalError::NoRouter6)?;
                 let scope = if (hop.segments()[0] & 0xffc0) == 0xfe80 {
                     match crate::sys::rtnl::index_of(&ifname) {
-                        0 => return Err(format!("IPv6: no interface {ifname}")),
+                        0 => return Err(TraversalError::NoInterface(ifname)),
                         i => i,
                     }
                 } else {
@@ -491,7 +512,7 @@ impl Worker {
                 let mut nonce = [0u8; 12];
                 std::fs::File::open("/dev/urandom")
                     .and_then(|mut f| f.read_exact(&mut nonce))
-                    .map_err(|e| format!("/dev/urandom: {e}"))?;
+                    .map_err(TraversalError::Random)?;
                 let p = (server, me, nonce);
                 self.pcp = Some(p);
                 self.found.store(true, Ordering::SeqCst);
@@ -516,12 +537,14 @@ impl Worker {
                         self.pinholed.push((proto, port));
                     }
                 }
-                Err(PcpFailure::Refused(e)) => o
-                    .errors
-                    .push(format!("IPv6 pinhole {} {port}: {e}", proto.as_str())),
-                Err(PcpFailure::Gone(e)) => {
+                Err(source @ PcpFailure::Refused(_)) => o.errors.push(TraversalError::Pinhole {
+                    proto,
+                    port,
+                    source,
+                }),
+                Err(source @ PcpFailure::Gone(_)) => {
                     self.record();
-                    return Err(format!("IPv6 pinholes with PCP at {server}: {e}"));
+                    return Err(TraversalError::PcpGone { server, source });
                 }
             }
         }
@@ -672,827 +695,5 @@ pub fn delete_leftovers(path: &Path) {
     }
 }
 
-/// A port mapping gateway: UPnP IGD, or NAT-PMP at the default gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Gateway {
-    Upnp {
-        service: upnp::Service,
-        /// This router's address towards it (the mappings' internal client).
-        me: Ipv4Addr,
-    },
-    Pmp(SocketAddr),
-}
-
-/// Why a mapping call failed.
-enum MapError {
-    /// The gateway answered no (this port).
-    Refused(String),
-    /// No answer or a broken one (the gateway, not the port).
-    Gone(String),
-}
-
-impl MapError {
-    /// A request that failed: a UPnP error code is the gateway's answer
-    /// (this port), anything else (no answer, not SOAP) the gateway's fault.
-    fn of(e: igd_next::RequestError) -> MapError {
-        match e {
-            igd_next::RequestError::ErrorCode(..)
-            | igd_next::RequestError::UnsupportedAction(_) => MapError::refused(&e),
-            e => MapError::Gone(short(&e)),
-        }
-    }
-
-    /// The gateway said no (`e`: `igd-next`'s reading of its UPnP error).
-    fn refused(e: &dyn std::fmt::Display) -> MapError {
-        MapError::Refused(format!("refused by the gateway: {}", short(e)))
-    }
-}
-
-impl std::fmt::Display for MapError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (MapError::Refused(m) | MapError::Gone(m)) = self;
-        f.write_str(m)
-    }
-}
-
-impl Gateway {
-    /// UPnP (SSDP, or `url`); without an answer and without `url`, NAT-PMP
-    /// at the default gateway.
-    fn find(url: Option<&Url>) -> Result<Gateway, String> {
-        let upnp = find_gateway(url).and_then(|service| {
-            let me = local_ip_towards(&service.control)
-                .map_err(|e| format!("the address towards the gateway: {e}"))?;
-            Ok(Gateway::Upnp { service, me })
-        });
-        match upnp {
-            Ok(g) => Ok(g),
-            Err(e) if url.is_some() => Err(e),
-            Err(e) => {
-                let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-                let Some(gw) = natpmp::default_gateway(&route) else {
-                    return Err(format!("{e}; no default gateway for NAT-PMP"));
-                };
-                let g = Gateway::Pmp(SocketAddr::from((gw, natpmp::PORT)));
-                match g.external_ip() {
-                    Ok(_) => Ok(g),
-                    Err(p) => Err(format!("{e}; NAT-PMP at {gw}: {p}")),
-                }
-            }
-        }
-    }
-
-    fn name(&self) -> String {
-        match self {
-            Gateway::Upnp { service, .. } => service.control.to_string(),
-            Gateway::Pmp(a) => format!("natpmp://{a}"),
-        }
-    }
-
-    fn external_ip(&self) -> Result<IpAddr, MapError> {
-        match self {
-            Gateway::Upnp { service, .. } => match soap_gateway(service)?.get_external_ip() {
-                Ok(ip) => Ok(ip),
-                Err(igd_next::GetExternalIpError::RequestError(e)) => Err(MapError::of(e)),
-                Err(e) => Err(MapError::refused(&e)),
-            },
-            Gateway::Pmp(gw) => {
-                let b = pmp_exchange(*gw, &natpmp::address_request())?;
-                natpmp::parse_address(&b)
-                    .map(IpAddr::V4)
-                    .map_err(|e| MapError::Gone(e.to_string()))
-            }
-        }
-    }
-
-    /// Maps `port` (external = internal) for `lease_s` (0: permanent).
-    fn map(&self, proto: Protocol, port: u16, lease_s: u32) -> Result<(), MapError> {
-        match self {
-            Gateway::Upnp { service, me } => {
-                let gw = soap_gateway(service)?;
-                let to = SocketAddr::from((*me, port));
-                let add = |lease| gw.add_port(proto.into(), port, to, lease, DESCRIPTION);
-                match add(lease_s) {
-                    Err(igd_next::AddPortError::OnlyPermanentLeasesSupported) => add(0),
-                    r => r,
-                }
-                .map_err(|e| match e {
-                    igd_next::AddPortError::RequestError(e) => MapError::of(e),
-                    e => MapError::refused(&e),
-                })
-            }
-            Gateway::Pmp(gw) => {
-                // NAT-PMP has no permanent leases: a day, renewed like others.
-                let lifetime = if lease_s == 0 { 86_400 } else { lease_s };
-                let req = natpmp::map_request(proto, port, port, lifetime);
-                let b = pmp_exchange(*gw, &req)?;
-                match natpmp::parse_map(&b, proto, port) {
-                    Ok(m) if m.external == port => Ok(()),
-                    Ok(m) => {
-                        // Another external port is of no use: grants name the port.
-                        let _ = pmp_exchange(*gw, &natpmp::map_request(proto, port, 0, 0));
-                        Err(MapError::Refused(format!(
-                            "NAT-PMP gave external port {} instead",
-                            m.external
-                        )))
-                    }
-                    Err(e @ natpmp::PmpError::Refused(..)) => Err(MapError::Refused(e.to_string())),
-                    Err(e) => Err(MapError::Gone(e.to_string())),
-                }
-            }
-        }
-    }
-
-    fn unmap(&self, proto: Protocol, port: u16) -> Result<(), MapError> {
-        match self {
-            Gateway::Upnp { service, .. } => {
-                match soap_gateway(service)?.remove_port(proto.into(), port) {
-                    Ok(()) | Err(igd_next::RemovePortError::NoSuchPortMapping) => Ok(()),
-                    Err(igd_next::RemovePortError::RequestError(e)) => Err(MapError::of(e)),
-                    Err(e) => Err(MapError::refused(&e)),
-                }
-            }
-            Gateway::Pmp(gw) => {
-                let b = pmp_exchange(*gw, &natpmp::map_request(proto, port, 0, 0))?;
-                natpmp::parse_map(&b, proto, port)
-                    .map(drop)
-                    .map_err(|e| MapError::Refused(e.to_string()))
-            }
-        }
-    }
-}
-
-/// The lifetime asked for pinholes: the lease, within what PCP servers
-/// grant (miniupnpd: at least 120 s; a day for "permanent").
-fn pcp_lifetime(lease_s: u32) -> u32 {
-    if lease_s == 0 {
-        86_400
-    } else {
-        lease_s.clamp(120, 86_400)
-    }
-}
-
-/// Why a PCP exchange failed.
-enum PcpFailure {
-    /// The server answered no (this port).
-    Refused(String),
-    /// No answer, or not a PCP server.
-    Gone(String),
-}
-
-impl From<pcp::PcpError> for PcpFailure {
-    fn from(e: pcp::PcpError) -> Self {
-        match e {
-            pcp::PcpError::Refused(..) => PcpFailure::Refused(e.to_string()),
-            e => PcpFailure::Gone(e.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for PcpFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (PcpFailure::Refused(m) | PcpFailure::Gone(m)) = self;
-        f.write_str(m)
-    }
-}
-
-/// One PCP exchange from `me`.
-fn pcp_exchange(server: SocketAddr, me: Ipv6Addr, req: &[u8]) -> Result<Vec<u8>, PcpFailure> {
-    let gone = |e: io::Error| PcpFailure::Gone(format!("PCP {server}: {e}"));
-    let mut buf = [0u8; pcp::MAX_MESSAGE + 1];
-    match udp_exchange(SocketAddr::new(IpAddr::V6(me), 0), server, req, &mut buf) {
-        Ok(Some(n)) => Ok(buf[..n].to_vec()),
-        Ok(None) => Err(PcpFailure::Gone(format!("PCP {server}: no answer"))),
-        Err(e) => Err(gone(e)),
-    }
-}
-
-/// One request from `local` to `server` and its answer, with
-/// retransmissions (250 ms doubling, 4 tries, as NAT-PMP and PCP say);
-/// `None`: no answer.
-fn udp_exchange(
-    local: SocketAddr,
-    server: SocketAddr,
-    req: &[u8],
-    buf: &mut [u8],
-) -> io::Result<Option<usize>> {
-    let sock = UdpSocket::bind(local)?;
-    sock.connect(server)?;
-    let mut wait = Duration::from_millis(250);
-    for _ in 0..4 {
-        sock.send(req)?;
-        sock.set_read_timeout(Some(wait))?;
-        match sock.recv(buf) {
-            Ok(n) => return Ok(Some(n)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                wait *= 2
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
-}
-
-/// This router's global IPv6 address on its default route (a route lookup:
-/// connect() on UDP sends nothing).
-fn global_ip6() -> Option<Ipv6Addr> {
-    let s = UdpSocket::bind("[::]:0").ok()?;
-    s.connect("[2001:db8::1]:9").ok()?;
-    match s.local_addr().ok()?.ip() {
-        IpAddr::V6(a) if (a.segments()[0] & 0xe000) == 0x2000 => Some(a),
-        _ => None,
-    }
-}
-
-/// One NAT-PMP exchange.
-fn pmp_exchange(gw: SocketAddr, req: &[u8]) -> Result<Vec<u8>, MapError> {
-    let mut buf = [0u8; 64];
-    match udp_exchange(SocketAddr::from(([0, 0, 0, 0], 0)), gw, req, &mut buf) {
-        Ok(Some(n)) => Ok(buf[..n].to_vec()),
-        Ok(None) => Err(MapError::Gone(format!("NAT-PMP {gw}: no answer"))),
-        Err(e) => Err(MapError::Gone(format!("NAT-PMP {gw}: {e}"))),
-    }
-}
-
-/// The input arguments of the two actions called, in the order of the IGD
-/// specification (WANIPConnection:1 §2.4.16 and §2.4.17; the same in v2 and
-/// WANPPPConnection). `igd-next` writes a request's arguments from this
-/// list; its `search_gateway` would read them from the gateway's SCPD.
-const ARGUMENTS: [(&str, &[&str]); 2] = [
-    (
-        "AddPortMapping",
-        &[
-            "NewRemoteHost",
-            "NewExternalPort",
-            "NewProtocol",
-            "NewInternalPort",
-            "NewInternalClient",
-            "NewEnabled",
-            "NewPortMappingDescription",
-            "NewLeaseDuration",
-        ],
-    ),
-    (
-        "DeletePortMapping",
-        &["NewRemoteHost", "NewExternalPort", "NewProtocol"],
-    ),
-];
-
-/// `igd-next`'s handle on the gateway's `service`: SOAP calls go to the
-/// control URL's address (a name, from `option upnp_url`, resolved here) and
-/// nowhere else. The control URL is handed over absolute, with that address
-/// as its host: `igd-next` resolves it against `http://addr/`, where a path
-/// starting with `//` would name another host.
-fn soap_gateway(service: &upnp::Service) -> Result<igd_next::Gateway, MapError> {
-    let c = &service.control;
-    let addr = (c.host.as_str(), c.port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| MapError::Gone(format!("{c}: cannot resolve {}", c.host)))?;
-    let control_schema = ARGUMENTS
-        .iter()
-        .map(|(action, args)| {
-            let args = args.iter().map(|a| (*a).to_owned()).collect();
-            ((*action).to_owned(), args)
-        })
-        .collect();
-    Ok(igd_next::Gateway {
-        addr,
-        root_url: "/".into(),
-        control_url: format!("http://{addr}{}", c.path),
-        control_schema_url: String::new(),
-        control_schema,
-        service_type: service.kind.clone(),
-    })
-}
-
-/// An error's text, at most 200 characters (`igd-next` puts a gateway's
-/// whole answer into some).
-fn short(e: &dyn std::fmt::Display) -> String {
-    let t = e.to_string();
-    match t.char_indices().nth(200) {
-        Some((i, _)) => format!("{}...", &t[..i]),
-        None => t,
-    }
-}
-
-/// SSDP discovery (or the configured URL), then the description, fetched
-/// without following redirects; its control URL must be on the host the
-/// description came from (the URL SOAP calls go to, which follow no
-/// redirects either).
-fn find_gateway(url: Option<&Url>) -> Result<upnp::Service, String> {
-    let location = match url {
-        Some(u) => u.clone(),
-        None => {
-            let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-            let gw = natpmp::default_gateway(&route)
-                .ok_or("UPnP discovery: no IPv4 default gateway (only it may answer the search)")?;
-            discover(gw).map_err(|e| format!("UPnP discovery: {e}"))?
-        }
-    };
-    let limits = http::Limits {
-        timeout: GATEWAY_TIMEOUT,
-        max_body: upnp::MAX_DESCRIPTION,
-    };
-    let r = http::get_only(&location, &[], limits).map_err(|e| format!("UPnP description: {e}"))?;
-    if r.status != 200 {
-        let redirect = match &r.location {
-            Some(to) if (300..400).contains(&r.status) => {
-                format!(" (a redirect to {}: not followed)", to.escape_debug())
-            }
-            _ => String::new(),
-        };
-        return Err(format!(
-            "UPnP description {location}: HTTP status {}{redirect}",
-            r.status
-        ));
-    }
-    let xml = String::from_utf8_lossy(&r.body);
-    let s = upnp::parse_description(&xml, &location).map_err(|e| format!("{location}: {e}"))?;
-    if !same_host(&s.control, &location) {
-        return Err(format!(
-            "{location}: the control URL {} is on another host",
-            s.control
-        ));
-    }
-    Ok(s)
-}
-
-/// Searches for IGDs; only an answer from the default gateway `gateway`,
-/// whose description is on that gateway, is taken: another LAN host must not
-/// steer the router's requests (and its port mappings) elsewhere.
-fn discover(gateway: Ipv4Addr) -> Result<Url, String> {
-    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-    let _ = sock.set_multicast_ttl_v4(2);
-    let group = SocketAddr::from((Ipv4Addr::new(239, 255, 255, 250), 1900));
-    for target in upnp::SEARCH_TARGETS {
-        sock.send_to(upnp::msearch(target).as_bytes(), group)
-            .map_err(|e| format!("sending the search: {e}"))?;
-    }
-    let deadline = Instant::now() + SSDP_WAIT;
-    let mut buf = [0u8; 2048];
-    let mut last = format!("the default gateway {gateway} did not answer");
-    let mut foreign = false;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .map_err(|e| e.to_string())?;
-        match sock.recv_from(&mut buf) {
-            Ok((n, from)) => match ssdp_location(&buf[..n], from, gateway) {
-                Ok(u) => return Ok(u),
-                Err(Ssdp::NotTheGateway) => {
-                    if !foreign {
-                        log::warn!(
-                            "traversal: ignored an SSDP answer from {from}: not the default gateway {gateway}"
-                        );
-                        foreign = true;
-                    }
-                }
-                Err(Ssdp::Bad(e)) => last = format!("{from}: {e}"),
-            },
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                break
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Err(last)
-}
-
-/// Why an SSDP answer is not taken.
-#[derive(Debug, PartialEq, Eq)]
-enum Ssdp {
-    /// It did not come from the default gateway.
-    NotTheGateway,
-    /// The gateway's answer is unusable (why).
-    Bad(String),
-}
-
-/// The description URL in SSDP answer `b` from `from`, when `from` is the
-/// default gateway `gateway` and the URL names it by that address.
-fn ssdp_location(b: &[u8], from: SocketAddr, gateway: Ipv4Addr) -> Result<Url, Ssdp> {
-    if from.ip() != IpAddr::V4(gateway) {
-        return Err(Ssdp::NotTheGateway);
-    }
-    let u = upnp::parse_ssdp(b).map_err(|e| Ssdp::Bad(e.to_string()))?;
-    if !on_host(&u, from.ip()) {
-        return Err(Ssdp::Bad(format!("LOCATION {u} is on another host")));
-    }
-    Ok(u)
-}
-
-/// Whether `url` names the host with address `ip` (the gateway that
-/// answered) by that address.
-fn on_host(url: &Url, ip: IpAddr) -> bool {
-    url.host.parse::<IpAddr>().is_ok_and(|h| h == ip)
-}
-
-/// Whether `a` and `b` name the same host (addresses compared as
-/// addresses, names as names).
-fn same_host(a: &Url, b: &Url) -> bool {
-    match (a.host.parse::<IpAddr>(), b.host.parse::<IpAddr>()) {
-        (Ok(x), Ok(y)) => x == y,
-        (Err(_), Err(_)) => a.host.eq_ignore_ascii_case(&b.host),
-        _ => false,
-    }
-}
-
-/// This router's IPv4 address on the route to `url`'s host (no packet sent).
-fn local_ip_towards(url: &Url) -> io::Result<Ipv4Addr> {
-    let target = (url.host.as_str(), url.port)
-        .to_socket_addrs()?
-        .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no IPv4 address"))?;
-    let s = UdpSocket::bind("0.0.0.0:0")?;
-    s.connect(target)?;
-    match s.local_addr()?.ip() {
-        IpAddr::V4(a) => Ok(a),
-        IpAddr::V6(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "IPv6")),
-    }
-}
-
-/// Asks one STUN server from `sock`: what it saw, and this router's address
-/// on the route to it.
-fn ask_stun(sock: &UdpSocket, server: &str) -> Result<(SocketAddr, Option<IpAddr>), String> {
-    let addr = server
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .find(SocketAddr::is_ipv4)
-        .ok_or("no IPv4 address")?;
-    let local = UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect(addr).and_then(|()| s.local_addr()))
-        .ok()
-        .map(|a| a.ip());
-    let mut tid = [0u8; 12];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut tid))
-        .map_err(|e| format!("/dev/urandom: {e}"))?;
-    let req = stun::request(tid);
-    let mut buf = [0u8; stun::MAX_MESSAGE];
-    let mut last = "no answer".to_owned();
-    for wait in STUN_TRIES {
-        sock.send_to(&req, addr).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + wait;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let _ = sock.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) if from == addr => match stun::parse_response(&buf[..n], &tid) {
-                    Ok(seen) => return Ok((seen, local)),
-                    Err(stun::StunError::OtherTransaction) => {}
-                    Err(e) => last = e.to_string(),
-                },
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    }
-    Err(format!("{last} after {} tries", STUN_TRIES.len()))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn gateway_urls_must_stay_on_the_gateway() {
-        let gw: IpAddr = "192.168.7.1".parse().unwrap();
-        let u = |s: &str| Url::parse(s).unwrap();
-        assert!(on_host(&u("http://192.168.7.1:5000/rootDesc.xml"), gw));
-        assert!(!on_host(&u("http://192.168.7.9:5000/rootDesc.xml"), gw));
-        assert!(!on_host(&u("http://gateway.lan:5000/rootDesc.xml"), gw));
-        let desc = u("http://192.168.7.1:5000/rootDesc.xml");
-        assert!(same_host(&u("http://192.168.7.1:6000/ctl/IPConn"), &desc));
-        assert!(!same_host(&u("http://192.168.7.9:5000/ctl/IPConn"), &desc));
-        assert!(!same_host(&u("http://gw.lan:5000/ctl/IPConn"), &desc));
-        assert!(same_host(
-            &u("http://[fe80::0:1]/c"),
-            &u("http://[fe80::1]:80/d")
-        ));
-        assert!(same_host(&u("http://GW.lan/c"), &u("http://gw.lan/d")));
-    }
-
-    #[test]
-    fn ssdp_answers_only_from_the_default_gateway() {
-        let gw = Ipv4Addr::new(192, 168, 7, 1);
-        let answer = |loc: &str| {
-            format!("HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLOCATION: {loc}\r\n\r\n")
-                .into_bytes()
-        };
-        let good = answer("http://192.168.7.1:5000/rootDesc.xml");
-        assert_eq!(
-            ssdp_location(&good, sa("192.168.7.1:1900"), gw),
-            Ok(Url::parse("http://192.168.7.1:5000/rootDesc.xml").unwrap())
-        );
-        // Another LAN host, even naming itself or the gateway: ignored.
-        let rogue = answer("http://192.168.7.66:5000/rootDesc.xml");
-        assert_eq!(
-            ssdp_location(&rogue, sa("192.168.7.66:1900"), gw),
-            Err(Ssdp::NotTheGateway)
-        );
-        assert_eq!(
-            ssdp_location(&good, sa("192.168.7.66:1900"), gw),
-            Err(Ssdp::NotTheGateway)
-        );
-        // The gateway pointing elsewhere, or garbage from it: unusable.
-        assert!(matches!(
-            ssdp_location(&rogue, sa("192.168.7.1:1900"), gw),
-            Err(Ssdp::Bad(e)) if e.contains("on another host")
-        ));
-        assert!(matches!(
-            ssdp_location(b"garbage", sa("192.168.7.1:1900"), gw),
-            Err(Ssdp::Bad(_))
-        ));
-    }
-
-    /// The requests a [`serve`] server got: method, target, `SOAPAction`
-    /// and body, one string each.
-    type Seen = Arc<std::sync::Mutex<Vec<String>>>;
-
-    /// Serves `replies` on loopback, one connection each, in order; records
-    /// the requests it got.
-    fn serve(replies: Vec<String>) -> (SocketAddr, Seen) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let seen = Seen::default();
-        let log = Arc::clone(&seen);
-        thread::spawn(move || {
-            for r in replies {
-                let Ok((mut c, _)) = l.accept() else { return };
-                let line = match http::read_request(&mut c, 1 << 16, Duration::from_secs(5)) {
-                    Ok((h, body)) => format!(
-                        "{} {} {} {}",
-                        h.first,
-                        h.second,
-                        h.field("soapaction").unwrap_or("-"),
-                        String::from_utf8_lossy(&body)
-                    ),
-                    Err(e) => format!("unreadable: {e}"),
-                };
-                log.lock().unwrap().push(line);
-                let _ = c.write_all(r.as_bytes());
-            }
-        });
-        (addr, seen)
-    }
-
-    fn ok(body: &str) -> String {
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    }
-
-    fn description(control: &str) -> String {
-        format!("<root><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>{control}</controlURL></service></root>")
-    }
-
-    #[test]
-    fn the_description_is_fetched_without_redirects() {
-        // A second server with a valid description, where the gateway
-        // redirects to: never asked.
-        let (elsewhere, asked) = serve(vec![ok(&description("/ctl")); 2]);
-        let target = format!("http://{elsewhere}/rootDesc.xml");
-        let (gw, _) = serve(vec![format!(
-            "HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n"
-        )]);
-        let url = Url::parse(&format!("http://{gw}/rootDesc.xml")).unwrap();
-        let e = find_gateway(Some(&url)).unwrap_err();
-        assert!(e.contains("HTTP status 302"), "{e}");
-        assert!(
-            e.contains(&format!("a redirect to {target}: not followed")),
-            "{e}"
-        );
-        assert!(
-            asked.lock().unwrap().is_empty(),
-            "the redirect was followed"
-        );
-        // Without a redirect the same description is taken.
-        let s = find_gateway(Some(&Url::parse(&target).unwrap())).unwrap();
-        assert_eq!(s.control.to_string(), format!("http://{elsewhere}/ctl"));
-    }
-
-    #[test]
-    fn the_control_url_must_be_on_the_gateway() {
-        for control in ["http://127.0.0.2:5000/ctl", "http://gateway.example/ctl"] {
-            let (gw, _) = serve(vec![ok(&description(control))]);
-            let url = Url::parse(&format!("http://{gw}/rootDesc.xml")).unwrap();
-            let e = find_gateway(Some(&url)).unwrap_err();
-            let shown = Url::parse(control).unwrap();
-            assert!(
-                e.contains(&format!("the control URL {shown} is on another host")),
-                "{e}"
-            );
-        }
-        // A URLBase elsewhere moves a relative control URL with it.
-        let (gw, _) = serve(vec![ok(
-            "<root><URLBase>http://127.0.0.3:80/</URLBase><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>/ctl</controlURL></service></root>",
-        )]);
-        let url = Url::parse(&format!("http://{gw}/rootDesc.xml")).unwrap();
-        let e = find_gateway(Some(&url)).unwrap_err();
-        assert!(e.contains("is on another host"), "{e}");
-    }
-
-    /// A SOAP answer: `inner` in the body, status 200.
-    fn soap_ok(inner: &str) -> String {
-        ok(&format!(
-            "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body>{inner}</s:Body></s:Envelope>"
-        ))
-    }
-
-    /// A SOAP fault with UPnP error `code` (status 500, as miniupnpd sends it).
-    fn soap_fault(code: u16, what: &str) -> String {
-        let body = format!(
-            "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>{code}</errorCode><errorDescription>{what}</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>"
-        );
-        format!(
-            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    }
-
-    /// The SOAP calls, made by `igd-next` on the gateway built from the
-    /// checked description: the right actions and arguments to the control
-    /// URL, a permanent lease where only that is taken, a missing mapping
-    /// deleted, a refusal kept apart from a gateway that is gone, and a
-    /// redirect not followed.
-    #[test]
-    fn soap_calls_through_igd_next() {
-        const KIND: &str = "urn:schemas-upnp-org:service:WANIPConnection:1";
-        let (elsewhere, asked) = serve(vec![soap_ok(""); 1]);
-        let (gw, seen) = serve(vec![
-            soap_ok(&format!("<u:GetExternalIPAddressResponse xmlns:u=\"{KIND}\"><NewExternalIPAddress>11.7.1.1</NewExternalIPAddress></u:GetExternalIPAddressResponse>")),
-            soap_fault(725, "OnlyPermanentLeasesSupported"),
-            soap_ok(&format!("<u:AddPortMappingResponse xmlns:u=\"{KIND}\"/>")),
-            soap_fault(718, "ConflictInMappingEntry"),
-            soap_fault(714, "NoSuchEntryInArray"),
-            "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot here.".into(),
-            format!("HTTP/1.1 307 Moved\r\nLocation: http://{elsewhere}/ctl\r\nContent-Length: 0\r\n\r\n"),
-        ]);
-        let g = Gateway::Upnp {
-            service: upnp::Service {
-                kind: KIND.into(),
-                control: Url::parse(&format!("http://{gw}/ctl/IPConn")).unwrap(),
-            },
-            me: Ipv4Addr::new(192, 168, 7, 2),
-        };
-        assert_eq!(g.external_ip().ok(), Some("11.7.1.1".parse().unwrap()));
-        assert!(g.map(Protocol::Udp, 7447, 3600).is_ok());
-        assert!(
-            matches!(g.map(Protocol::Tcp, 40000, 3600), Err(MapError::Refused(e)) if e.contains("refused by the gateway: The requested mapping conflicts"))
-        );
-        assert!(g.unmap(Protocol::Udp, 7447).is_ok());
-        assert!(matches!(
-            g.unmap(Protocol::Udp, 7447),
-            Err(MapError::Gone(_))
-        ));
-        assert!(matches!(
-            g.unmap(Protocol::Udp, 7447),
-            Err(MapError::Gone(_))
-        ));
-        assert!(
-            asked.lock().unwrap().is_empty(),
-            "a SOAP redirect was followed"
-        );
-        let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 7, "{seen:#?}");
-        let action = |i: usize, a: &str| {
-            assert!(
-                seen[i].starts_with(&format!("POST /ctl/IPConn \"{KIND}#{a}\"")),
-                "{i}: {}",
-                seen[i]
-            );
-        };
-        action(0, "GetExternalIPAddress");
-        for i in 1..=3 {
-            action(i, "AddPortMapping");
-        }
-        action(4, "DeletePortMapping");
-        for want in [
-            "<NewExternalPort>7447</NewExternalPort>",
-            "<NewProtocol>UDP</NewProtocol>",
-            "<NewInternalPort>7447</NewInternalPort>",
-            "<NewInternalClient>192.168.7.2</NewInternalClient>",
-            "<NewPortMappingDescription>dcol waypoint</NewPortMappingDescription>",
-            "<NewLeaseDuration>3600</NewLeaseDuration>",
-        ] {
-            assert!(seen[1].contains(want), "{want} not in {}", seen[1]);
-        }
-        assert!(
-            seen[2].contains("<NewLeaseDuration>0</NewLeaseDuration>"),
-            "{}",
-            seen[2]
-        );
-        assert!(
-            seen[4].contains("<NewExternalPort>7447</NewExternalPort>"),
-            "{}",
-            seen[4]
-        );
-    }
-
-    /// A control URL whose path starts with `//` (from the gateway's own
-    /// description) still sends SOAP to the gateway: the path is not taken
-    /// for another host.
-    #[test]
-    fn soap_stays_on_the_control_urls_host() {
-        let (other, asked) = serve(vec![soap_ok(""); 1]);
-        let (gw, seen) = serve(vec![soap_fault(606, "Action not authorized")]);
-        let service = upnp::Service {
-            kind: "urn:schemas-upnp-org:service:WANIPConnection:1".into(),
-            control: Url {
-                host: "127.0.0.1".into(),
-                port: gw.port(),
-                path: format!("//{other}/ctl"),
-            },
-        };
-        let g = Gateway::Upnp {
-            service,
-            me: Ipv4Addr::new(192, 168, 7, 2),
-        };
-        assert!(g.external_ip().is_err());
-        assert!(asked.lock().unwrap().is_empty(), "SOAP went to {other}");
-        let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 1, "{seen:?}");
-        assert!(
-            seen[0].starts_with(&format!("POST //{other}/ctl ")),
-            "{seen:?}"
-        );
-    }
-
-    #[test]
-    fn what_a_router_publishes() {
-        let lan: IpAddr = "192.168.7.2".parse().unwrap();
-        let public: IpAddr = "11.7.1.1".parse().unwrap();
-        // Behind a UPnP gateway whose external address STUN confirms.
-        let (p, m, _) = decide(
-            7447,
-            Some(lan),
-            5000,
-            &[sa("11.7.1.1:5000"), sa("11.7.1.1:5000")],
-            Some(public),
-            true,
-        );
-        assert_eq!(
-            (p, m),
-            (
-                Some(sa("11.7.1.1:7447")),
-                Some(Mapping::EndpointIndependent)
-            )
-        );
-        // Double NAT: the gateway's address is not the public one.
-        let (p, _, note) = decide(
-            7447,
-            Some(lan),
-            5000,
-            &[sa("11.7.1.1:5000")],
-            Some("100.64.0.9".parse().unwrap()),
-            true,
-        );
-        assert_eq!(p, None);
-        assert!(note.contains("another NAT"), "{note}");
-        // Mapped, no STUN: a public external address is trusted, a private one not.
-        assert_eq!(
-            decide(7447, None, 0, &[], Some(public), true).0,
-            Some(sa("11.7.1.1:7447"))
-        );
-        assert_eq!(
-            decide(7447, None, 0, &[], Some("10.0.0.2".parse().unwrap()), true).0,
-            None
-        );
-        // No NAT at all.
-        let (p, m, _) = decide(
-            7447,
-            Some(public),
-            5000,
-            &[sa("11.7.1.1:5000")],
-            None,
-            false,
-        );
-        assert_eq!((p, m), (Some(sa("11.7.1.1:7447")), Some(Mapping::None)));
-        // NAT without a mapping: nothing to publish, and why.
-        let (p, _, note) = decide(7447, Some(lan), 5000, &[sa("11.7.1.1:6000")], None, false);
-        assert_eq!(p, None);
-        assert!(note.contains("forward the ports"), "{note}");
-        let (p, m, _) = decide(7447, None, 0, &[], None, false);
-        assert_eq!((p, m), (None, None));
-        // No STUN server, no gateway: a public address of its own is used,
-        // a private one is not.
-        let (p, _, note) = decide(7447, Some(public), 0, &[], None, false);
-        assert_eq!(p, Some(sa("11.7.1.1:7447")), "{note}");
-        assert_eq!(decide(7447, Some(lan), 0, &[], None, false).0, None);
-        let cgnat: IpAddr = "100.64.1.2".parse().unwrap();
-        assert_eq!(decide(7447, Some(cgnat), 0, &[], None, false).0, None);
-    }
-}
+mod tests;

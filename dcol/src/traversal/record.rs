@@ -19,11 +19,11 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::net::{AddrParseError, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use super::{upnp, Gateway, PcpServer, Protocol};
-use crate::http::Url;
+use crate::http::{Url, WireError};
 
 /// Ports on one gateway.
 pub(super) type Ports = Vec<(Protocol, u16)>;
@@ -88,122 +88,240 @@ fn parse_nonce(hex: &str) -> Option<[u8; 12]> {
     Some(n)
 }
 
+/// Why the record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RecordError {
+    /// Reading the file at `path` failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The record's path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file is larger than any record dcol writes.
+    #[error("{}: {len} bytes, more than {MAX_RECORD}", path.display())]
+    TooLarge {
+        /// The record's path.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+    },
+    /// The file is not a record.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The record's path.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ParseError,
+    },
+}
+
+/// What is wrong with a record's text.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ParseError {
+    /// Line `line` (from 1) cannot be read.
+    #[error("line {line}: {source}")]
+    Line {
+        /// Its number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        source: LineError,
+    },
+    /// No gateway line: nothing says where the ports were mapped.
+    #[error("no gateway line")]
+    NoGateway,
+}
+
+/// What is wrong with one line of a record.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LineError {
+    /// A second IPv4 gateway line, or a second PCP line.
+    #[error("a second gateway")]
+    SecondGateway,
+    /// The UPnP service type is not a URN.
+    #[error("service type '{0}' is not a urn")]
+    NotUrn(String),
+    /// The UPnP control URL cannot be read.
+    #[error("{0}")]
+    ControlUrl(#[source] WireError),
+    /// The NAT-PMP gateway is not an address:port.
+    #[error("'{text}' is not an address:port")]
+    NotAddress {
+        /// The word read.
+        text: String,
+        /// The cause.
+        #[source]
+        source: AddrParseError,
+    },
+    /// The PCP server is not an IPv6 address:port.
+    #[error("'{0}' is not an IPv6 address:port")]
+    NotIpv6Endpoint(String),
+    /// The pinholes' address is not an IPv6 address.
+    #[error("'{text}' is not an IPv6 address")]
+    NotIpv6 {
+        /// The word read.
+        text: String,
+        /// The cause.
+        #[source]
+        source: AddrParseError,
+    },
+    /// The PCP nonce is not 24 hex digits.
+    #[error("'{0}' is not a 24-digit hex nonce")]
+    NotNonce(String),
+    /// A port is not 1-65535.
+    #[error("port '{0}' is not 1-65535")]
+    BadPort(String),
+    /// A port line comes before any gateway line.
+    #[error("a port before the gateway line")]
+    PortFirst,
+    /// None of the record's lines.
+    #[error("cannot read '{0}'")]
+    Unreadable(String),
+}
+
+/// Where the port lines go: the last gateway line's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    None,
+    Mappings,
+    Pinholes,
+}
+
 /// Parses a record; errors name the line.
-pub(super) fn parse(text: &str) -> Result<Record, String> {
+pub(super) fn parse(text: &str) -> Result<Record, ParseError> {
     let mut r = Record::default();
-    // Where the port lines go: the last gateway line's list.
-    #[derive(PartialEq)]
-    enum Section {
-        None,
-        Mappings,
-        Pinholes,
-    }
     let mut section = Section::None;
     for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let words: Vec<&str> = line.split_ascii_whitespace().collect();
-        let second = || format!("line {n}: a second gateway");
-        match words.as_slice() {
-            ["upnp", kind, control] => {
-                if r.mappings.is_some() {
-                    return Err(second());
-                }
-                if !kind.starts_with("urn:") {
-                    return Err(format!("line {n}: service type '{kind}' is not a urn"));
-                }
-                let control = Url::parse(control).map_err(|e| format!("line {n}: {e}"))?;
-                let gw = Gateway::Upnp {
-                    service: upnp::Service {
-                        kind: (*kind).to_owned(),
-                        control,
-                    },
-                    // Deleting needs no internal client address.
-                    me: Ipv4Addr::UNSPECIFIED,
-                };
-                r.mappings = Some((gw, Vec::new()));
-                section = Section::Mappings;
-            }
-            ["natpmp", addr] => {
-                if r.mappings.is_some() {
-                    return Err(second());
-                }
-                let a: SocketAddr = addr
-                    .parse()
-                    .map_err(|_| format!("line {n}: '{addr}' is not an address:port"))?;
-                r.mappings = Some((Gateway::Pmp(a), Vec::new()));
-                section = Section::Mappings;
-            }
-            ["pcp", server, me, nonce] => {
-                if r.pinholes.is_some() {
-                    return Err(second());
-                }
-                let server: SocketAddr = server
-                    .parse()
-                    .ok()
-                    .filter(SocketAddr::is_ipv6)
-                    .ok_or_else(|| format!("line {n}: '{server}' is not an IPv6 address:port"))?;
-                let me: Ipv6Addr = me
-                    .parse()
-                    .map_err(|_| format!("line {n}: '{me}' is not an IPv6 address"))?;
-                let nonce = parse_nonce(nonce)
-                    .ok_or_else(|| format!("line {n}: '{nonce}' is not a 24-digit hex nonce"))?;
-                r.pinholes = Some(((server, me, nonce), Vec::new()));
-                section = Section::Pinholes;
-            }
-            [proto @ ("tcp" | "udp"), port] => {
-                let port = port
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|&p| p != 0)
-                    .ok_or_else(|| format!("line {n}: port '{port}' is not 1-65535"))?;
-                let proto = if *proto == "tcp" {
-                    Protocol::Tcp
-                } else {
-                    Protocol::Udp
-                };
-                let ports = match section {
-                    Section::None => {
-                        return Err(format!("line {n}: a port before the gateway line"))
-                    }
-                    Section::Mappings => r.mappings.as_mut().map(|m| &mut m.1),
-                    Section::Pinholes => r.pinholes.as_mut().map(|p| &mut p.1),
-                };
-                let ports = ports.expect("the section's gateway line was read");
-                if !ports.contains(&(proto, port)) {
-                    ports.push((proto, port));
-                }
-            }
-            _ => return Err(format!("line {n}: cannot read '{line}'")),
-        }
+        parse_line(&mut r, &mut section, line).map_err(|source| ParseError::Line {
+            line: i + 1,
+            source,
+        })?;
     }
     if r.mappings.is_none() && r.pinholes.is_none() {
-        return Err("no gateway line".into());
+        return Err(ParseError::NoGateway);
     }
     Ok(r)
 }
 
+/// Adds one line (not blank, not a comment) to `r`.
+fn parse_line(r: &mut Record, section: &mut Section, line: &str) -> Result<(), LineError> {
+    let words: Vec<&str> = line.split_ascii_whitespace().collect();
+    match words.as_slice() {
+        ["upnp", kind, control] => {
+            if r.mappings.is_some() {
+                return Err(LineError::SecondGateway);
+            }
+            r.mappings = Some((upnp_gateway(kind, control)?, Vec::new()));
+            *section = Section::Mappings;
+        }
+        ["natpmp", addr] => {
+            if r.mappings.is_some() {
+                return Err(LineError::SecondGateway);
+            }
+            let a: SocketAddr = addr.parse().map_err(|source| LineError::NotAddress {
+                text: (*addr).to_owned(),
+                source,
+            })?;
+            r.mappings = Some((Gateway::Pmp(a), Vec::new()));
+            *section = Section::Mappings;
+        }
+        ["pcp", server, me, nonce] => {
+            if r.pinholes.is_some() {
+                return Err(LineError::SecondGateway);
+            }
+            r.pinholes = Some((pcp_server(server, me, nonce)?, Vec::new()));
+            *section = Section::Pinholes;
+        }
+        [proto @ ("tcp" | "udp"), port] => {
+            let entry = port_entry(proto, port)?;
+            let ports = match section {
+                Section::None => return Err(LineError::PortFirst),
+                Section::Mappings => r.mappings.as_mut().map(|m| &mut m.1),
+                Section::Pinholes => r.pinholes.as_mut().map(|p| &mut p.1),
+            };
+            let ports = ports.expect("the section's gateway line was read");
+            if !ports.contains(&entry) {
+                ports.push(entry);
+            }
+        }
+        _ => return Err(LineError::Unreadable(line.to_owned())),
+    }
+    Ok(())
+}
+
+/// The gateway of a `upnp SERVICE-TYPE CONTROL-URL` line.
+fn upnp_gateway(kind: &str, control: &str) -> Result<Gateway, LineError> {
+    if !kind.starts_with("urn:") {
+        return Err(LineError::NotUrn(kind.to_owned()));
+    }
+    let control = Url::parse(control).map_err(LineError::ControlUrl)?;
+    Ok(Gateway::Upnp {
+        service: upnp::Service {
+            kind: kind.to_owned(),
+            control,
+        },
+        // Deleting needs no internal client address.
+        me: Ipv4Addr::UNSPECIFIED,
+    })
+}
+
+/// The server of a `pcp SERVER ME NONCE` line.
+fn pcp_server(server: &str, me: &str, nonce: &str) -> Result<PcpServer, LineError> {
+    let server: SocketAddr = server
+        .parse()
+        .ok()
+        .filter(SocketAddr::is_ipv6)
+        .ok_or_else(|| LineError::NotIpv6Endpoint(server.to_owned()))?;
+    let me: Ipv6Addr = me.parse().map_err(|source| LineError::NotIpv6 {
+        text: me.to_owned(),
+        source,
+    })?;
+    let nonce = parse_nonce(nonce).ok_or_else(|| LineError::NotNonce(nonce.to_owned()))?;
+    Ok((server, me, nonce))
+}
+
+/// The entry of a `tcp PORT` or `udp PORT` line.
+fn port_entry(proto: &str, port: &str) -> Result<(Protocol, u16), LineError> {
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| LineError::BadPort(port.to_owned()))?;
+    let proto = if proto == "tcp" {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    Ok((proto, port))
+}
+
 /// Reads the record at `path` (`Ok(None)`: there is none).
-pub(super) fn load(path: &Path) -> Result<Option<Record>, String> {
+pub(super) fn load(path: &Path) -> Result<Option<Record>, RecordError> {
+    let io = |source| RecordError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(io(e)),
     };
     if meta.len() > MAX_RECORD {
-        return Err(format!(
-            "{}: {} bytes, more than {MAX_RECORD}",
-            path.display(),
-            meta.len()
-        ));
+        return Err(RecordError::TooLarge {
+            path: path.to_owned(),
+            len: meta.len(),
+        });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&text)
-        .map(Some)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    parse(&text).map(Some).map_err(|source| RecordError::Parse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Writes the record (removes it when there is nothing to delete).
@@ -350,7 +468,7 @@ mod tests {
             ),
             ("pcp [fe80::1]:1 ::2\n", "line 1: cannot read"),
         ] {
-            let e = parse(text).unwrap_err();
+            let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");
         }
     }
@@ -367,10 +485,10 @@ mod tests {
         save(&path, &mappings(upnp_gw(), &[])).unwrap();
         assert!(!path.exists());
         std::fs::write(&path, "upnp\n").unwrap();
-        let e = load(&path).unwrap_err();
+        let e = load(&path).unwrap_err().to_string();
         assert!(e.contains("port-mappings: line 1"), "{e}");
         std::fs::write(&path, vec![b'#'; 70_000]).unwrap();
-        assert!(load(&path).unwrap_err().contains("more than"));
+        assert!(load(&path).unwrap_err().to_string().contains("more than"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

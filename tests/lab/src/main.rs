@@ -39,6 +39,7 @@
 #![deny(unsafe_code)]
 
 mod begin;
+mod converter;
 mod delay;
 mod grid;
 mod lease;
@@ -81,7 +82,7 @@ const CL_EXTRA: &str = "\toption vpn_interface_prefix 'dlabc'\n";
 static CLEANING: AtomicBool = AtomicBool::new(false);
 
 fn usage() -> &'static str {
-    "usage: dcol-lab paper [--quick] [--trials N] [--out DIR] [--config KEY]...\n       dcol-lab waypoints [--quick] [--out DIR]\n       dcol-lab lan-load [--quick] [--out DIR] (load.rs)\n       dcol-lab waypoint-load [--quick] [--out DIR] (wpload.rs)\n       dcol-lab grid [--quick] [--trials N] [--config nat|vpn|mixed]... [--out DIR] (grid.rs)\n       dcol-lab table [--results DIR] [--readme FILE] [--check] (table.rs: the README's performance table)\n\nRoot only. Needs ip, tc, nft, ethtool, ping, iperf3, mptcpize, wireguard-go, wg.\nConfigurations (--config): symmetric, symmetric_lossy, symmetric_delayed,\ncore_limited, core_limited_lossy, core_limited_delayed (--quick: the two plain ones).\nUses $DCOL_BIN, else builds target/release/dcol with cargo."
+    "usage: dcol-lab paper [--quick] [--trials N] [--out DIR] [--config KEY]...\n       dcol-lab waypoints [--quick] [--out DIR]\n       dcol-lab converter [--quick] [--out DIR]\n       dcol-lab lan-load [--quick] [--out DIR] (load.rs)\n       dcol-lab waypoint-load [--quick] [--out DIR] (wpload.rs)\n       dcol-lab grid [--quick] [--trials N] [--config nat|vpn|mixed]... [--out DIR] (grid.rs)\n       dcol-lab table [--results DIR] [--readme FILE] [--check] (table.rs: the README's performance table)\n\nRoot only. Needs ip, tc, nft, ethtool, ping, iperf3, mptcpize, wireguard-go, wg.\nConfigurations (--config): symmetric, symmetric_lossy, symmetric_delayed,\ncore_limited, core_limited_lossy, core_limited_delayed (--quick: the two plain ones).\nUses $DCOL_BIN, else builds target/release/dcol with cargo."
 }
 
 fn main() -> ExitCode {
@@ -106,6 +107,7 @@ fn main() -> ExitCode {
             }
         },
         "waypoints" => waypoints::main(&mut args),
+        "converter" => converter::main(&mut args),
         "lan-load" => load::main(&mut args),
         "waypoint-load" => wpload::main(&mut args),
         "grid" => grid::main(&mut args),
@@ -412,7 +414,7 @@ fn cleanup_everything() {
         }
         let _ = Command::new("ip").args(["netns", "del", n]).status();
     }
-    let tmp = std::env::temp_dir();
+    let tmp = dcol_tests::dcol::scratch_base();
     let scratch = format!("dcol-lab-{}-", std::process::id());
     if let Ok(rd) = std::fs::read_dir(&tmp) {
         for e in rd.flatten() {

@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, Client, Detour, DetourState, Gate, RATE_LIMITED_HOLDDOWN, REQUEST_ATTEMPTS,
-    USED_UP_HOLDDOWN,
+    Action, Client, DatagramError, Detour, DetourState, Gate, RATE_LIMITED_HOLDDOWN,
+    REQUEST_ATTEMPTS, USED_UP_HOLDDOWN,
 };
 use crate::mptcp::AddrId;
 use crate::proto::{Nonce, Outcome, RefusalReason, RequestKind, Response};
@@ -261,21 +261,19 @@ impl Client {
         wall_ms: u64,
         from: SocketAddr,
         resp: Response,
-    ) -> Result<Vec<Action>, String> {
+    ) -> Result<Vec<Action>, DatagramError> {
         let p = &self.vpn_pending[&resp.body.nonce];
         if p.to != from {
-            return Err(format!("{from}: response for a request sent to {}", p.to));
+            return Err(DatagramError::WrongSender { from, to: p.to });
         }
         resp.verify(&self.root, &self.revocations, wall_ms / 1000)
-            .map_err(|e| format!("{from}: waypoint certificate or signature: {e}"))?;
+            .map_err(|source| DatagramError::Untrusted { from, source })?;
         let peer = p.peer;
         if resp.cert.name != self.peers[peer].spec.name
             || !resp.cert.roles.contains(Roles::WAYPOINT)
         {
-            return Err(format!(
-                "{from}: answered as '{}', not the configured waypoint",
-                resp.cert.name
-            ));
+            let name = resp.cert.name.clone();
+            return Err(DatagramError::NotTheVpnWaypoint { from, name });
         }
         let p = self
             .vpn_pending
@@ -297,13 +295,26 @@ impl Client {
             }
             return Ok(out);
         }
+        let answer = (resp.body.nonce, resp.body.outcome);
+        Ok(self.vpn_outcome(now, wall_ms, peer, p.kind, answer))
+    }
+
+    /// What the answer `resp` from `peer` to a request of `kind` changes.
+    fn vpn_outcome(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        peer: usize,
+        kind: RequestKind,
+        (nonce, outcome): (Nonce, Outcome),
+    ) -> Vec<Action> {
         let renew = self.settings.renew_interval;
         let holddown = self.settings.holddown;
         let endpoint_ip = self.peers[peer].spec.address.ip();
         let Some(v) = self.peers[peer].vpn.as_mut() else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
-        match (p.kind, resp.body.outcome) {
+        match (kind, outcome) {
             (
                 RequestKind::Vpn,
                 Outcome::VpnGranted {
@@ -315,12 +326,12 @@ impl Client {
                 },
             ) => {
                 if v.state != VpnState::Requesting {
-                    return Ok(Vec::new());
+                    return Vec::new();
                 }
                 v.state = VpnState::Up {
                     address,
                     address6,
-                    lease: resp.body.nonce,
+                    lease: nonce,
                 };
                 v.renew_due = Some(now + renew);
                 v.misses = 0;
@@ -332,29 +343,18 @@ impl Client {
                     wg_key,
                     endpoint: SocketAddr::new(endpoint_ip, port),
                 }];
-                // Every established connection may use the new tunnel.
-                let tokens: Vec<_> = self
-                    .conns
-                    .values()
-                    .filter(|c| {
-                        c.established_at.is_some() && c.gate == Gate::Open && !c.join_refused
-                    })
-                    .map(|c| c.token)
-                    .collect();
-                for t in tokens {
-                    out.extend(self.add_detours(now, wall_ms, t));
-                }
-                Ok(out)
+                out.extend(self.detour_all(now, wall_ms));
+                out
             }
             (RequestKind::Vpn, Outcome::Refused { reason }) => {
                 v.state = VpnState::Idle;
                 v.retry_at = Some(now + holddown_for(reason, holddown));
                 v.last_error = Some(format!("refused: {reason}"));
-                Ok(Vec::new())
+                Vec::new()
             }
             (RequestKind::VpnRenew { .. }, Outcome::VpnGranted { .. }) => {
                 v.misses = 0;
-                Ok(Vec::new())
+                Vec::new()
             }
             (
                 RequestKind::VpnRenew { .. },
@@ -364,7 +364,7 @@ impl Client {
             ) => {
                 // Not renewed yet, not lost: ask again in a second.
                 v.renew_due = Some(now + Duration::from_secs(1).min(renew));
-                Ok(Vec::new())
+                Vec::new()
             }
             (RequestKind::VpnRenew { .. }, Outcome::Refused { reason }) => {
                 v.last_error = Some(format!("lease lost: {reason}"));
@@ -372,10 +372,25 @@ impl Client {
                 // after the hold-down if we were revoked.
                 let retry = (reason != RefusalReason::UnknownLease)
                     .then(|| now + holddown_for(reason, holddown));
-                Ok(self.vpn_lost(now, peer, retry))
+                self.vpn_lost(now, peer, retry)
             }
-            _ => Ok(Vec::new()),
+            _ => Vec::new(),
         }
+    }
+
+    /// Detours for every established connection (a new tunnel is up).
+    fn detour_all(&mut self, now: Instant, wall_ms: u64) -> Vec<Action> {
+        let tokens: Vec<_> = self
+            .conns
+            .values()
+            .filter(|c| c.established_at.is_some() && c.gate == Gate::Open && !c.join_refused)
+            .map(|c| c.token)
+            .collect();
+        let mut out = Vec::new();
+        for t in tokens {
+            out.extend(self.add_detours(now, wall_ms, t));
+        }
+        out
     }
 
     /// VPN detours for connection `token`, at most `want`.

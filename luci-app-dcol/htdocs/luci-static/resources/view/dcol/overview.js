@@ -117,6 +117,23 @@ function donation(wp) {
 	return text;
 }
 
+/* What went through converters: this router's LAN flows (client.lan_proxy.converters)
+ * and the conversions it does for others (waypoint.converter). */
+function conversionsText(lp, wp) {
+	var parts = [];
+	(lp && Array.isArray(lp.converters) ? lp.converters : []).forEach(function(c) {
+		parts.push(_('%d via %s (%d open, %d refused, %d failed%s)').format(
+			+c.converted || 0, c.converter, +c.active || 0, +c.refused || 0, +c.failed || 0,
+			c.held_down ? ', ' + _('held down') : ''));
+	});
+	var cv = wp && wp.converter;
+	if (cv)
+		parts.push(_('converting for others: %d running, %d since start, %d refused').format(
+			Array.isArray(cv.conversions) ? cv.conversions.length : 0, +cv.converted || 0,
+			Object.keys(cv.refused || {}).reduce(function(n, k) { return n + (+cv.refused[k] || 0); }, 0)));
+	return parts.length ? parts.join('; ') : E('em', [ _('off') ]);
+}
+
 /* Where other members reach this waypoint, from NAT traversal. */
 function reachability(tr) {
 	if (!tr)
@@ -426,6 +443,7 @@ return view.extend({
 				[ _('Reachable from other members at'), wp
 					? E('span', { 'id': 'dcol-reach' }, [ reachability(st.traversal) ])
 					: E('em', [ _('off') ]) ],
+				[ _('Conversions (servers without MPTCP)'), E('span', { 'id': 'dcol-conversions' }, [ conversionsText(lp, wp) ]) ],
 				[ _('Membership directory'), E('span', { 'id': 'dcol-directory' }, [ directoryText(st.directory) ]) ]
 			]),
 			lp ? this.renderGraph() : E([])

@@ -63,6 +63,13 @@ return view.extend({
 		o.default = '0';
 		o.rmempty = false;
 
+		o = s.taboption('general', form.ListValue, 'convert', _('Servers without MPTCP through converters'),
+			_('Connections of LAN devices to servers known not to speak MPTCP go through a member that converts (RFC 8803), with detours toward it. That member sees the destinations and, for TLS, the server names: off unless you trust the converters.'));
+		o.value('off', _('Off (recommended unless you trust the converters)'));
+		o.value('auto', _('Through converter members'));
+		o.default = 'off';
+		o.depends('lan_proxy', '1');
+
 		o = s.taboption('general', form.DynamicList, 'lan_interface', _('LAN interfaces'),
 			_('Interfaces whose outgoing TCP is intercepted, e.g. br-lan.'));
 		o.datatype = 'rangelength(1,15)';
@@ -146,6 +153,11 @@ return view.extend({
 			_('WireGuard interfaces to waypoints are named this plus a number (up to 12 characters).'));
 		o.datatype = 'rangelength(1,12)';
 		o.placeholder = 'dcolc';
+
+		o = s.taboption('advanced', form.Flag, 'convert_fastopen', _('TCP Fast Open toward converters'),
+			_('The Convert header rides in the SYN, saving a round trip before the first byte.'));
+		o.default = '1';
+		o.depends('convert', 'auto');
 
 		o = s.taboption('advanced', form.Value, 'vpn_table', _('First VPN routing table'),
 			_('Routing tables (and rule priorities) of VPN tunnels start here.'));
@@ -251,6 +263,17 @@ return view.extend({
 		o.datatype = 'ipaddrport(1)';
 		o.placeholder = '203.0.113.5:7447';
 
+		o = s.taboption('general', form.Flag, 'convert', _('Convert for other members'),
+			_('Members\' MPTCP connections to servers without MPTCP are converted here to plain TCP (RFC 8803), under the same destination rules, revocations and donation caps as detours. This router then opens those connections itself: each one is kept in the evidence log.'));
+		o.rmempty = false;
+		o.default = '0';
+
+		o = s.taboption('general', form.Value, 'convert_port', _('Converter port'),
+			_('TCP port of the converter (the directory publishes it when it is the signaling port).'));
+		o.datatype = 'range(1,65535)';
+		o.placeholder = '7447';
+		o.depends('convert', '1');
+
 		o = s.taboption('general', form.Value, 'nat_ports', _('Port range for NAT tunnels'),
 			_('One port per served detour, e.g. 40000-40999 (ports from 1024). Forward them on an upstream gateway if there is one.'));
 		o.datatype = 'portrange';
@@ -333,6 +356,18 @@ return view.extend({
 		o.datatype = 'or("0",range(10,604800))';
 		o.placeholder = '3600';
 
+		o = s.taboption('advanced', form.Value, 'convert_max_per_member', _('Converter: connections per member'),
+			_('How many conversions one member may hold through this router at the same time.'));
+		o.datatype = 'range(1,65536)';
+		o.placeholder = '256';
+		o.depends('convert', '1');
+
+		o = s.taboption('advanced', form.Value, 'convert_max_per_source', _('Converter: connections per source'),
+			_('How many connections to the converter one address (IPv6: one /64) may hold at the same time.'));
+		o.datatype = 'range(1,65536)';
+		o.placeholder = '256';
+		o.depends('convert', '1');
+
 		o = s.taboption('advanced', form.Value, 'max_clock_skew_s', _('Allowed clock difference'),
 			_('Seconds a member\'s clock may differ from this router\'s (1-3600).'));
 		o.datatype = 'range(1,3600)';
@@ -363,6 +398,11 @@ return view.extend({
 		o.value('nat', _('NAT (no overhead)'));
 		o.value('vpn', _('VPN (WireGuard)'));
 		o.default = 'nat';
+
+		o = s.option(form.Flag, 'convert', _('Converts'),
+			_('This member converts to plain TCP (RFC 8803) at its address.'));
+		o.editable = true;
+		o.default = '0';
 
 		return m.render();
 	}
