@@ -281,6 +281,8 @@ pub struct Conn {
     pub direct: Meter,
     /// Peers whose detour the strategy destroyed: not asked again.
     rejected: Vec<usize>,
+    /// The direct subflow's best rate before its first detour, bits/s.
+    alone_bps: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -354,6 +356,9 @@ pub struct Client {
     /// The last park test's outcome per (peer, destination prefix), and
     /// until when it holds for new detours.
     parked: HashMap<(usize, String), (Instant, Tested)>,
+    /// SUBFLOW_CREATEs held back while their connection runs alone for
+    /// [`strategy::StrategySettings::baseline`], with when they are due.
+    deferred: Vec<(Instant, Action)>,
     /// The address each waypoint saw our requests from, by (peer, local
     /// address; unspecified for requests whose source routing picks).
     observed: HashMap<(usize, IpAddr), IpAddr>,
@@ -389,6 +394,7 @@ impl Client {
             nonce_counter: 0,
             board: Scoreboard::default(),
             parked: HashMap::new(),
+            deferred: Vec::new(),
             observed: HashMap::new(),
             public4: None,
         }
@@ -527,6 +533,7 @@ impl Client {
             gate,
             direct: Meter::default(),
             rejected: Vec::new(),
+            alone_bps: None,
         }
     }
 
@@ -721,6 +728,7 @@ impl Client {
             out.extend(self.send_request(now, wall_ms, token, i, kind, 0, renew_interval, false));
         }
         out.extend(self.poll_vpn(now, wall_ms));
+        out.extend(self.due_creates(now));
         out
     }
 
@@ -735,7 +743,8 @@ impl Client {
             .filter(|d| d.live())
             .filter_map(|d| d.renew_due)
             .min();
-        [p, r, self.vpn_next_timeout(now)]
+        let c = self.deferred.iter().map(|(t, _)| *t).min();
+        [p, r, c, self.vpn_next_timeout(now)]
             .into_iter()
             .flatten()
             .min()
@@ -858,6 +867,17 @@ impl Client {
             return;
         };
         let est = conn.established_at;
+        // The first detour: what the direct subflow did alone until now.
+        if conn.detours.iter().all(|d| d.judge.is_none()) && conn.direct.intervals >= 1 {
+            conn.alone_bps = Some(conn.direct.peak_bps);
+        }
+        log::debug!(
+            "connection {:#010x} alone: {:.2} Mbit/s at best over {} intervals",
+            token.0,
+            conn.direct.peak_bps / 1e6,
+            conn.direct.intervals
+        );
+        let alone = conn.alone_bps;
         let Some(d) = conn.detours.iter_mut().find(|d| d.is(&self.peers, sf)) else {
             return;
         };
@@ -866,7 +886,13 @@ impl Client {
         d.established_at = Some(now);
         d.setup = est.map(|e| now.saturating_duration_since(e));
         d.judge = Some(match tested {
-            None => Judge::new(now, strategy),
+            None => {
+                let mut j = Judge::new(now, strategy);
+                if let Some(a) = alone {
+                    j.set_alone(a);
+                }
+                j
+            }
             Some(Tested::Adds) => Judge::tested(now, strategy),
             Some(Tested::AddsNothing(why)) => {
                 Judge::parked(now, strategy, format!("parked lately ({why})"))

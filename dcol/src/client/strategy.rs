@@ -16,18 +16,33 @@
 //!   [`StrategySettings::reprobe`] (doubling each time it fails again) it is
 //!   probed again, so a path that recovers is used again.
 //!
-//! A detour that passed its probation while the connection moved enough is
-//! then tested: the connection runs [`StrategySettings::park_test`] without
-//! it (marked backup). Unless it moved at least
-//! [`StrategySettings::park_gain`] more with the detour than without, the
-//! detour stays **parked** (backup, probed again later as a demoted one): a
-//! detour sharing the direct path's bottleneck adds nothing and costs its
-//! tunnel's overhead (a WireGuard detour over the same access link cost 5-8
-//! % of the throughput). The client remembers each test's outcome per
-//! (waypoint, prefix) for [`StrategySettings::park_memory`]: the next
-//! connections' detours through a parked one start parked, and those through
-//! one that added throughput skip the test (it costs the connection the
-//! detour's share for 2.5 s).
+//! **Does it add throughput?** A detour sharing the direct path's bottleneck
+//! adds nothing and costs its tunnel's overhead (a WireGuard detour over the
+//! same access link cost 5-8 % of the throughput): such a detour is
+//! **parked** (backup, probed again later as a demoted one). The evidence,
+//! cheapest first:
+//! - *the connection alone*: where no outcome is remembered for the
+//!   (waypoint, prefix), the client creates the detour subflow only
+//!   [`StrategySettings::baseline`] after the connection's ESTABLISHED and
+//!   measures the direct subflow alone meanwhile (its best sampling
+//!   interval: `alone`, handed to [`Judge::set_alone`]). At the probation's
+//!   end the connection's rate with the detour (its last
+//!   [`StrategySettings::park_test`]) is compared with it: at least
+//!   [`HELPS`] × `alone` → it adds throughput (in use, never removed: two
+//!   independent paths run at twice the rate); below (1 +
+//!   [`StrategySettings::park_gain`]) × `alone` → parked at once (the direct
+//!   subflow's rate fell as much as the detour took);
+//! - *the removal test*, only where that is ambiguous (in between, or no
+//!   `alone`: an app-limited start, a re-probe): the connection runs
+//!   [`StrategySettings::park_test`] (after a 1 s settling) without the
+//!   detour (marked backup); unless it moved `park_gain` more with the
+//!   detour than without, the detour stays parked.
+//!
+//! A connection moving too little to tell keeps its detour. The client
+//! remembers each outcome per (waypoint, prefix) for
+//! [`StrategySettings::park_memory`]: the next connections' detours through
+//! a parked one start parked, and those through one that added throughput
+//! start at once and are not tested.
 //!
 //! A detour failing its first probation while another waypoint has never been tried
 //! for this destination is destroyed instead of kept as backup: the server's
@@ -85,6 +100,11 @@ pub struct StrategySettings {
     /// How long a park test's outcome holds for its (waypoint, destination
     /// prefix): new detours through it start parked, or skip the test.
     pub park_memory: Duration,
+    /// How long a connection runs alone before a detour without a
+    /// remembered outcome is created: the rate it shows meanwhile is what
+    /// the detour is judged against (0: created at once, the removal test
+    /// decides).
+    pub baseline: Duration,
 }
 
 impl Default for StrategySettings {
@@ -101,6 +121,7 @@ impl Default for StrategySettings {
             park_gain: 0.05,
             park_test: Duration::from_millis(1500),
             park_memory: Duration::from_secs(300),
+            baseline: Duration::from_millis(750),
         }
     }
 }
@@ -123,6 +144,10 @@ pub struct Meter {
     pub bytes: u64,
     /// Bytes carried since the current role began.
     pub bytes_in_role: u64,
+    /// Highest rate of one sampling interval, bits/s.
+    pub peak_bps: f64,
+    /// Sampling intervals measured.
+    pub intervals: u32,
 }
 
 /// Segments an interval needs before its loss fraction counts.
@@ -141,6 +166,8 @@ impl Meter {
             self.bytes_in_role = self.bytes_in_role.saturating_add(db);
             if dt > 0.0 {
                 let r = db as f64 * 8.0 / dt;
+                self.peak_bps = self.peak_bps.max(r);
+                self.intervals = self.intervals.saturating_add(1);
                 self.rate_bps = if self.rate_bps == 0.0 {
                     r
                 } else {
@@ -210,6 +237,8 @@ pub struct Judge {
     test: Option<f64>,
     /// Its (waypoint, prefix) passed the park test lately: no test.
     tested: bool,
+    /// The connection's rate before any detour, bits/s (see the module doc).
+    alone: Option<f64>,
     /// Started parked: how many times the backup flag is still to be set.
     /// The kernel answers SET_FLAGS on a subflow just announced with
     /// "subflow not found" at times (seen 250 ms after SUB_ESTABLISHED), and
@@ -231,6 +260,14 @@ pub enum Tested {
 /// park test to run (1.4 Mbit/s over 1.5 s): a slower connection keeps its
 /// detour, as before the test existed.
 const PARK_MIN_BYTES: u64 = 256 * 1024;
+
+/// A connection moving at least this many times its rate alone with a
+/// detour: the detour adds throughput, no removal test.
+pub const HELPS: f64 = 1.5;
+
+/// The rate alone below which it is no evidence (an app-limited start, or
+/// too few bytes to tell): 1 Mbit/s.
+const ALONE_MIN_BPS: f64 = 1e6;
 
 /// How long the other subflows get to take the detour's share before the
 /// park test measures the connection without it: a congestion window
@@ -276,8 +313,12 @@ pub enum Verdict {
     Test,
     /// The test found it adds throughput: clear its backup flag.
     Resume,
-    /// The test found it adds nothing: it stays backup (parked).
+    /// The test, or the rate alone against the rate with it, found it adds
+    /// nothing: it stays or goes backup (parked).
     Park(String),
+    /// The rate with it against the rate alone shows it adds throughput: in
+    /// use, untested (the text says by how much).
+    Helps(String),
 }
 
 impl Judge {
@@ -293,8 +334,16 @@ impl Judge {
             window: None,
             test: None,
             tested: false,
+            alone: None,
             flag_due: 0,
         }
+    }
+
+    /// The connection's rate before it had any detour, bits/s: evidence
+    /// for the verdict at the probation's end (taken once: a re-probe has
+    /// the removal test).
+    pub fn set_alone(&mut self, bps: f64) {
+        self.alone = Some(bps);
     }
 
     /// A detour established at `now` through a (waypoint, prefix) whose
@@ -399,18 +448,38 @@ impl Judge {
             .take()
             .filter(|(_, b)| other.conn_bytes.saturating_sub(*b) >= PARK_MIN_BYTES)
             .map(|(t, b)| rate(t, b, now, other.conn_bytes));
-        match with {
-            Some(w) if s.park_gain > 0.0 && !self.tested => {
+        let alone = self.alone.take().filter(|a| *a >= ALONE_MIN_BPS);
+        let Some(w) = with.filter(|_| s.park_gain > 0.0 && !self.tested) else {
+            self.set_role(now, Role::Active);
+            self.backoff = s.reprobe;
+            return Verdict::Keep;
+        };
+        let compared = |a: f64| {
+            format!(
+                "{:.2} Mbit/s with it, {:.2} alone before it",
+                w / 1e6,
+                a / 1e6
+            )
+        };
+        match alone {
+            Some(a) if w >= a * HELPS => {
+                self.set_role(now, Role::Active);
+                self.backoff = s.reprobe;
+                Verdict::Helps(compared(a))
+            }
+            Some(a) if w < a * (1.0 + s.park_gain) => {
+                let why = format!("adds nothing: {}", compared(a));
+                self.set_role(now, Role::Backup);
+                self.why = Some(why.clone());
+                Verdict::Park(why)
+            }
+            _ => {
                 self.set_role(now, Role::Backup);
                 self.test = Some(w);
                 self.window = None;
-                self.why = Some("testing the connection without it".into());
+                let evidence = alone.map_or_else(|| "no rate alone".to_owned(), compared);
+                self.why = Some(format!("testing the connection without it ({evidence})"));
                 Verdict::Test
-            }
-            _ => {
-                self.set_role(now, Role::Active);
-                self.backoff = s.reprobe;
-                Verdict::Keep
             }
         }
     }

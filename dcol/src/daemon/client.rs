@@ -94,6 +94,12 @@ fn settings(cfg: &Config) -> client::Settings {
         },
         strategy: client::strategy::StrategySettings {
             probation: Duration::from_millis(u64::from(c.probation_ms)),
+            // Nothing measures the connection alone without sampling.
+            baseline: if c.sample_interval_ms == 0 {
+                Duration::ZERO
+            } else {
+                client::strategy::StrategySettings::default().baseline
+            },
             ..Default::default()
         },
     }

@@ -32,12 +32,13 @@ impl Client {
                 d.state = DetourState::Connecting;
                 d.renew_due = Some(now + renew);
                 let remote = d.remote(peers).expect("port set just above");
-                vec![Action::CreateSubflow {
+                let create = Action::CreateSubflow {
                     token,
                     local: local_ip,
                     local_id: DETOUR_LOCAL_ID,
                     remote,
-                }]
+                };
+                self.defer_creates(now, vec![create])
             }
             (RequestKind::NatDetour { .. }, Outcome::Refused { reason }) => {
                 d.state = DetourState::Failed(format!("refused: {reason}"));
@@ -123,8 +124,9 @@ impl Client {
         let used = conn.live_peers();
         let want = usize::from(self.settings.max_detours).saturating_sub(used.len());
         let candidates: Vec<usize> = self.ranked_candidates(now, conn, &used);
-        let mut out = self.add_vpn_detours(token, want);
-        let want = want.saturating_sub(out.len());
+        let vpn = self.add_vpn_detours(token, want);
+        let want = want.saturating_sub(vpn.len());
+        let mut out = self.defer_creates(now, vpn);
         for peer in candidates.into_iter().take(want) {
             out.extend(self.request_detour(now, wall_ms, token, peer));
         }

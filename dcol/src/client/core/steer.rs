@@ -83,13 +83,76 @@ impl Client {
         }
     }
 
+    /// Holds back the SUBFLOW_CREATEs among `acts` whose connection is
+    /// younger than [`strategy::StrategySettings::baseline`] and whose
+    /// (waypoint, prefix) has no remembered outcome: the connection runs
+    /// alone until then, measured, so that the detour's verdict can compare
+    /// the rate with it against the rate without it (see the strategy's
+    /// module doc). The rest pass through.
+    pub(super) fn defer_creates(&mut self, now: Instant, acts: Vec<Action>) -> Vec<Action> {
+        let s = &self.settings.strategy;
+        if s.baseline.is_zero() || s.park_gain <= 0.0 {
+            return acts;
+        }
+        let mut out = Vec::new();
+        for a in acts {
+            let due = match &a {
+                Action::CreateSubflow { token, remote, .. } => {
+                    self.baseline_due(now, *token, *remote)
+                }
+                _ => None,
+            };
+            match due {
+                Some(t) if t > now => self.deferred.push((t, a)),
+                _ => out.push(a),
+            }
+        }
+        out
+    }
+
+    /// When a detour of `token` to `remote` is due, if it is to wait for
+    /// the connection's rate alone.
+    fn baseline_due(&mut self, now: Instant, token: Token, remote: SocketAddr) -> Option<Instant> {
+        let conn = self.conns.get(&token)?;
+        let at = conn.established_at? + self.settings.strategy.baseline;
+        let peer = conn
+            .detours
+            .iter()
+            .find(|d| d.live() && d.judge.is_none() && d.remote(&self.peers) == Some(remote))?
+            .peer;
+        let first = conn.detours.iter().all(|d| d.judge.is_none());
+        let server = conn.remote;
+        (first && self.parked_lately(now, peer, server).is_none()).then_some(at)
+    }
+
+    /// The held-back SUBFLOW_CREATEs now due whose detour still waits.
+    pub(super) fn due_creates(&mut self, now: Instant) -> Vec<Action> {
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.deferred = wait;
+        due.into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| {
+                let Action::CreateSubflow { token, remote, .. } = a else {
+                    return false;
+                };
+                self.conns.get(token).is_some_and(|c| {
+                    c.detours.iter().any(|d| {
+                        d.state == DetourState::Connecting && d.remote(&self.peers) == Some(*remote)
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// The 4-tuples (local, remote) of every subflow the strategy measures:
-    /// the direct subflow of each established connection with a running
-    /// detour, and those detours.
+    /// the direct subflow of each established connection with a detour
+    /// (requested, held back or running), and the running detours.
     pub fn measured(&self) -> Vec<FourTuple> {
         let mut out = Vec::new();
         for conn in self.conns.values() {
-            let mut any = false;
+            let mut any = conn.established_at.is_some() && conn.detours.iter().any(|d| d.live());
             for d in &conn.detours {
                 if let (Some(_), Some(lp), Some(r)) =
                     (&d.judge, d.local_port, d.remote(&self.peers))
@@ -206,6 +269,10 @@ impl Client {
         };
         match v {
             Verdict::Keep => Vec::new(),
+            Verdict::Helps(_) => {
+                self.remember_park(now, token, i, &v);
+                Vec::new()
+            }
             Verdict::Test | Verdict::Resume | Verdict::Park(_) => {
                 let backup = !matches!(v, Verdict::Resume);
                 self.remember_park(now, token, i, &v);
@@ -278,13 +345,21 @@ impl Client {
         let key = (d.peer, strategy::prefix_of(conn.remote.ip()));
         let name = &self.peers[d.peer].spec.name;
         match v {
-            Verdict::Test => log::debug!(
-                "detour of {:#010x} via {name}: testing the connection without it",
-                token.0
+            Verdict::Test => log::info!(
+                "detour of {:#010x} via {name}: {}",
+                token.0,
+                d.judge
+                    .as_ref()
+                    .and_then(|j| j.why.as_deref())
+                    .unwrap_or("")
             ),
-            Verdict::Resume => {
+            Verdict::Resume | Verdict::Helps(_) => {
+                let how = match v {
+                    Verdict::Helps(how) => how.as_str(),
+                    _ => "tested without it",
+                };
                 log::info!(
-                    "detour of {:#010x} via {name} adds throughput: in use",
+                    "detour of {:#010x} via {name} adds throughput ({how}): in use",
                     token.0
                 );
                 let until = now + self.settings.strategy.park_memory;

@@ -40,7 +40,12 @@ fn settings() -> Settings {
         liveness_misses: 3,
         holddown: Duration::from_secs(30),
         own_connections: Gate::Open,
-        strategy: StrategySettings::default(),
+        // Detours at once; `held_back_until_the_connection_ran_alone` has
+        // the baseline wait.
+        strategy: StrategySettings {
+            baseline: Duration::ZERO,
+            ..StrategySettings::default()
+        },
     }
 }
 
@@ -585,6 +590,50 @@ fn max_detours_and_address_family() {
     // Only the IPv4 peer serves an IPv4 connection.
     assert_eq!(p.created.len(), 1);
     assert_eq!(p.c.conns().next().unwrap().detours.len(), 1);
+}
+
+#[test]
+fn held_back_until_the_connection_ran_alone() {
+    let mut p = Pair::new(Pair::alice());
+    p.c.settings.strategy.baseline = Duration::from_millis(750);
+    p.event(established(1));
+    // Granted at once, created only 750 ms after ESTABLISHED; the direct
+    // subflow is measured meanwhile.
+    assert!(p.created.is_empty(), "{:?}", p.created);
+    assert_eq!(detour_state(&p, 1), vec!["connecting"]);
+    let conn = p.c.conns().next().unwrap();
+    let direct = (conn.local, conn.remote);
+    assert_eq!(p.c.measured(), vec![direct]);
+    let mut acc = Sample::default();
+    for _ in 0..3 {
+        p.advance(Duration::from_millis(250), true);
+        acc.bytes_acked += 300_000;
+        acc.segs_out += 200;
+        let a =
+            p.c.on_samples(p.now, p.ms(), &HashMap::from([(direct, acc)]));
+        p.run(a, true);
+    }
+    assert_eq!(p.created.len(), 1, "{:?}", p.created);
+    let remote = p.created[0].1;
+    p.event(PmEvent::SubEstablished {
+        token: Token(1),
+        subflow: sub(remote, 41000),
+    });
+    let conn = p.c.conns().next().unwrap();
+    assert_eq!(conn.alone_bps, Some(9.6e6));
+    // Once an outcome is remembered for (alice, prefix), the next
+    // connection's detour is created at once.
+    p.c.parked.insert(
+        (0, "10.0.3.0/24".into()),
+        (p.now + Duration::from_secs(300), Tested::Adds),
+    );
+    p.event(PmEvent::Established {
+        token: Token(2),
+        local: format!("{CLIENT_IP}:40405").parse().unwrap(),
+        remote: "10.0.3.2:5201".parse().unwrap(),
+        server_side: false,
+    });
+    assert_eq!(p.created.len(), 2, "{:?}", p.created);
 }
 
 /// One 250 ms sampling round: the direct subflow moves 300 kB in 200

@@ -171,6 +171,8 @@ fn drive(
     out
 }
 
+/// Without the rate alone (created at once, or a re-probe) the removal
+/// test decides.
 #[test]
 fn a_detour_that_adds_nothing_is_parked_and_probed_again_later() {
     let s = StrategySettings::default();
@@ -220,6 +222,51 @@ fn a_detour_that_adds_throughput_is_resumed_and_a_slow_connection_untested() {
     let flagged = Verdict::Demote("parked lately".into());
     assert_eq!(v[..2], [(500, flagged.clone()), (1500, flagged)], "{v:?}");
     assert_eq!(v[2], (10_000, Verdict::Probe), "{v:?}");
+}
+
+#[test]
+fn the_rate_alone_decides_without_a_removal_window_unless_ambiguous() {
+    let s = StrategySettings::default();
+    let t0 = Instant::now();
+    let mut conn = 0;
+    // Helps: two independent paths, 9.4 Mbit/s alone, 18.6 with it: in use
+    // from the probation's end on, never backup, never tested.
+    let mut j = Judge::new(t0, &s);
+    j.set_alone(9.4e6);
+    let v = drive(&mut j, &s, t0, (0, 20), (18_600_000, 9_400_000), &mut conn);
+    assert!(
+        matches!(&v[..], [(2000, Verdict::Helps(w))] if w.contains("18.60 Mbit/s with it, 9.40 alone")),
+        "{v:?}"
+    );
+    assert_eq!(j.role, Role::Active);
+    // No help: a shared bottleneck, 9.4 alone, 9.0 with it (the tunnel's
+    // overhead): parked at the probation's end without a test, probed
+    // again after the backoff, and then tested (the rate alone is old).
+    let mut j = Judge::new(t0, &s);
+    j.set_alone(9.4e6);
+    let v = drive(&mut j, &s, t0, (0, 15), (9_000_000, 9_400_000), &mut conn);
+    assert!(
+        matches!(
+            &v[..],
+            [
+                (2000, Verdict::Park(w)),
+                (12000, Verdict::Probe),
+                (14000, Verdict::Test)
+            ] if w.starts_with("adds nothing")
+        ),
+        "{v:?}"
+    );
+    // Ambiguous: 12 Mbit/s with it against 9.4 alone (+28 %): the removal
+    // test decides (it adds: resumed).
+    let mut j = Judge::new(t0, &s);
+    j.set_alone(9.4e6);
+    let v = drive(&mut j, &s, t0, (0, 10), (12_000_000, 9_400_000), &mut conn);
+    assert_eq!(v, vec![(2000, Verdict::Test), (4500, Verdict::Resume)]);
+    // An app-limited start (0.3 Mbit/s alone) is no evidence: tested.
+    let mut j = Judge::new(t0, &s);
+    j.set_alone(0.3e6);
+    let v = drive(&mut j, &s, t0, (0, 3), (18_600_000, 9_400_000), &mut conn);
+    assert_eq!(v, vec![(2000, Verdict::Test)]);
 }
 
 #[test]
