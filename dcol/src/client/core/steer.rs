@@ -269,13 +269,12 @@ impl Client {
         };
         match v {
             Verdict::Keep => Vec::new(),
-            Verdict::Helps(_) => {
+            Verdict::Test | Verdict::Resume | Verdict::Park(_) | Verdict::Helps(_) => {
                 self.remember_park(now, token, i, &v);
-                Vec::new()
-            }
-            Verdict::Test | Verdict::Resume | Verdict::Park(_) => {
+                if matches!(v, Verdict::Helps(_)) {
+                    return Vec::new();
+                }
                 let backup = !matches!(v, Verdict::Resume);
-                self.remember_park(now, token, i, &v);
                 vec![Action::SetBackup {
                     token,
                     local,
