@@ -32,7 +32,7 @@ mod vpn;
 pub use error::DatagramError;
 pub use vpn::{VpnPeer, VpnState};
 
-use super::strategy::{Judge, Meter, Scoreboard, StrategySettings, Tested};
+use super::strategy::{self, Judge, Meter, Scoreboard, StrategySettings, Tested};
 use crate::mptcp::{AddrId, PmEvent, SubflowInfo, Token};
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind,
@@ -357,7 +357,7 @@ pub struct Client {
     /// until when it holds for new detours.
     parked: HashMap<(usize, String), (Instant, Tested)>,
     /// SUBFLOW_CREATEs held back while their connection runs alone for
-    /// [`strategy::StrategySettings::baseline`], with when they are due.
+    /// [`StrategySettings::baseline`], with when they are due.
     deferred: Vec<(Instant, Action)>,
     /// The address each waypoint saw our requests from, by (peer, local
     /// address; unspecified for requests whose source routing picks).
@@ -868,15 +868,16 @@ impl Client {
         };
         let est = conn.established_at;
         // The first detour: what the direct subflow did alone until now.
-        if conn.detours.iter().all(|d| d.judge.is_none()) && conn.direct.intervals >= 1 {
-            conn.alone_bps = Some(conn.direct.peak_bps);
+        if conn.detours.iter().all(|d| d.judge.is_none()) {
+            let ran = est.map_or(Duration::ZERO, |e| now.saturating_duration_since(e));
+            conn.alone_bps = strategy::rate_alone(&conn.direct, ran);
+            log::debug!(
+                "connection {:#010x} alone: {:.2} Mbit/s at best over {} intervals",
+                token.0,
+                conn.direct.peak_bps / 1e6,
+                conn.direct.intervals
+            );
         }
-        log::debug!(
-            "connection {:#010x} alone: {:.2} Mbit/s at best over {} intervals",
-            token.0,
-            conn.direct.peak_bps / 1e6,
-            conn.direct.intervals
-        );
         let alone = conn.alone_bps;
         let Some(d) = conn.detours.iter_mut().find(|d| d.is(&self.peers, sf)) else {
             return;

@@ -269,6 +269,21 @@ pub const HELPS: f64 = 1.5;
 /// too few bytes to tell): 1 Mbit/s.
 const ALONE_MIN_BPS: f64 = 1e6;
 
+/// Round trips a connection must have run alone for its rate to count:
+/// slow start takes a few (ten segments doubling per round trip reach a
+/// 10 Mbit/s × 30 ms window in three), and a path whose round trip is long
+/// against [`StrategySettings::baseline`] is still in slow start when the
+/// detour comes.
+const ALONE_RTTS: u32 = 8;
+
+/// The connection's rate alone, from its direct subflow's meter after it
+/// ran `ran` without a detour: the best sampling interval's, if there was
+/// one and the connection ran at least [`ALONE_RTTS`] round trips.
+pub fn rate_alone(direct: &Meter, ran: Duration) -> Option<f64> {
+    let rtt = direct.min_rtt?;
+    (direct.intervals >= 1 && ran >= rtt * ALONE_RTTS).then_some(direct.peak_bps)
+}
+
 /// How long the other subflows get to take the detour's share before the
 /// park test measures the connection without it: a congestion window
 /// sized for part of the bottleneck grows back over a few round trips, and

@@ -109,12 +109,14 @@
 //! directions; `rtt_ms` its smoothed RTT; `loss_pct` its retransmitted share
 //! of sent segments, smoothed; `bytes` what it carried (acked + received)
 //! since it was first measured. The direct subflow is measured only while the
-//! connection has a detour. Detour `role` is `probing` (new, on probation),
-//! `active` (kept) or `backup` (marked backup with SET_FLAGS: neither the
-//! server nor we send on it; `detail` says why: a fault, `adds nothing: …`
-//! when it was parked after the connection ran as fast without it, `parked
-//! lately (…)` when it started parked); `null` for the direct subflow
-//! and for detours not established.
+//! connection has a detour (requested, held back or running). Detour
+//! `role` is `probing` (new, on probation), `active` (kept) or `backup`
+//! (marked backup with SET_FLAGS: neither the server nor we send on it;
+//! `detail` says why: a fault, `adds nothing: …` when it was parked
+//! because the connection ran no faster with it than alone before it, or
+//! than without it in the park test; `testing the connection without it
+//! (…)` during that test; `parked lately (…)` when it started parked);
+//! `null` for the direct subflow and for detours not established.
 //!
 //! Scores: `peers[].score` is the waypoint's discounted mean reward over every
 //! destination (0-1: a detour's share of its connection's bytes, doubled and

@@ -609,6 +609,7 @@ fn held_back_until_the_connection_ran_alone() {
         p.advance(Duration::from_millis(250), true);
         acc.bytes_acked += 300_000;
         acc.segs_out += 200;
+        acc.min_rtt = Duration::from_millis(10);
         let a =
             p.c.on_samples(p.now, p.ms(), &HashMap::from([(direct, acc)]));
         p.run(a, true);

@@ -270,6 +270,26 @@ fn the_rate_alone_decides_without_a_removal_window_unless_ambiguous() {
 }
 
 #[test]
+fn the_rate_alone_counts_only_after_eight_round_trips() {
+    let t0 = Instant::now();
+    let mut direct = Meter::default();
+    let mut acc = Sample::default();
+    assert_eq!(rate_alone(&direct, Duration::from_millis(750)), None);
+    for i in 1..=3 {
+        acc.bytes_acked += 300_000 * i;
+        acc.segs_out += 200;
+        acc.min_rtt = Duration::from_millis(30);
+        direct.feed(ms(t0, 250 * i), acc);
+    }
+    // Two intervals: 19.2 and 28.8 Mbit/s; the best counts.
+    let ran = Duration::from_millis(750);
+    assert_eq!(rate_alone(&direct, ran), Some(28.8e6));
+    // A 200 ms round trip: 750 ms is still slow start.
+    direct.min_rtt = Some(Duration::from_millis(200));
+    assert_eq!(rate_alone(&direct, ran), None);
+}
+
+#[test]
 fn ucb_finds_the_good_waypoint_and_drops_one_that_turns_bad() {
     let s = StrategySettings::default();
     let names = ["good", "slow", "lossy", "far", "dead"];
