@@ -205,7 +205,8 @@ pub struct Detour {
     lease: Option<Nonce>,
     /// Local port of the subflow once established.
     pub local_port: Option<u16>,
-    /// ESTABLISHED of the connection → SUB_ESTABLISHED of this detour.
+    /// ESTABLISHED of the connection (or the end of [`Conn::held`]) →
+    /// SUB_ESTABLISHED of this detour.
     pub setup: Option<Duration>,
     /// Unanswered renewals in a row.
     misses: u32,
@@ -283,6 +284,9 @@ pub struct Conn {
     rejected: Vec<usize>,
     /// The direct subflow's best rate before its first detour, bits/s.
     alone_bps: Option<f64>,
+    /// How long its first detours' SUBFLOW_CREATE was held back after
+    /// ESTABLISHED, for the rate alone.
+    pub held: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -534,6 +538,7 @@ impl Client {
             direct: Meter::default(),
             rejected: Vec::new(),
             alone_bps: None,
+            held: None,
         }
     }
 
@@ -885,7 +890,8 @@ impl Client {
         d.state = DetourState::Established;
         d.local_port = Some(sf.local.port());
         d.established_at = Some(now);
-        d.setup = est.map(|e| now.saturating_duration_since(e));
+        let from = est.map(|e| e + conn.held.unwrap_or_default());
+        d.setup = from.map(|e| now.saturating_duration_since(e));
         d.judge = Some(match tested {
             None => {
                 let mut j = Judge::new(now, strategy);

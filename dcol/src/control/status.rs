@@ -378,7 +378,9 @@ pub struct SubflowStatus {
     pub state: String,
     /// Why it failed.
     pub detail: Option<String>,
-    /// Connection ESTABLISHED → this subflow's SUB_ESTABLISHED, in ms.
+    /// Connection ESTABLISHED (or the end of the hold of a detour created
+    /// late, for the connection's rate alone) → this subflow's
+    /// SUB_ESTABLISHED, in ms.
     pub setup_ms: Option<u64>,
     /// Detours: `probing`, `active` or `backup`.
     #[serde(default)]

@@ -379,8 +379,16 @@ impl ClientDriver {
             }
             if let PmEvent::SubEstablished { token, subflow } = &ev {
                 if let Some((peer, setup)) = self.core.detour_setup(*token, subflow.remote) {
+                    let held = self
+                        .core
+                        .conns()
+                        .find(|c| c.token == *token)
+                        .and_then(|c| c.held)
+                        .map_or(String::new(), |h| {
+                            format!("'s {} ms hold for its rate alone", h.as_millis())
+                        });
                     log::info!(
-                        "detour of {:#010x} via {peer} established {:.2} ms after the connection",
+                        "detour of {:#010x} via {peer} established {:.2} ms after the connection{held}",
                         token.0,
                         setup.as_secs_f64() * 1000.0
                     );

@@ -103,7 +103,14 @@ impl Client {
                 _ => None,
             };
             match due {
-                Some(t) if t > now => self.deferred.push((t, a)),
+                Some(t) if t > now => {
+                    if let Action::CreateSubflow { token, .. } = &a {
+                        if let Some(c) = self.conns.get_mut(token) {
+                            c.held = Some(self.settings.strategy.baseline);
+                        }
+                    }
+                    self.deferred.push((t, a));
+                }
                 _ => out.push(a),
             }
         }

@@ -622,6 +622,9 @@ fn held_back_until_the_connection_ran_alone() {
     });
     let conn = p.c.conns().next().unwrap();
     assert_eq!(conn.alone_bps, Some(9.6e6));
+    // Its setup time counts from the end of the hold.
+    assert_eq!(conn.held, Some(Duration::from_millis(750)));
+    assert_eq!(conn.detours[0].setup, Some(Duration::ZERO));
     // Once an outcome is remembered for (alice, prefix), the next
     // connection's detour is created at once.
     p.c.parked.insert(
