@@ -26,13 +26,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 mod error;
+mod peer;
 mod request;
 mod steer;
 mod vpn;
+
 pub use error::DatagramError;
+use peer::Peer;
 pub use vpn::{VpnPeer, VpnState};
 
-use super::strategy::{Judge, Meter, Scoreboard, StrategySettings};
+use super::strategy::{self, Judge, Meter, Scoreboard, StrategySettings, Tested};
 use crate::mptcp::{AddrId, PmEvent, SubflowInfo, Token};
 use crate::proto::{
     self, Message, Nonce, Outcome, RefusalReason, Request, RequestBody, RequestKind,
@@ -213,7 +216,8 @@ pub struct Detour {
     lease: Option<Nonce>,
     /// Local port of the subflow once established.
     pub local_port: Option<u16>,
-    /// ESTABLISHED of the connection → SUB_ESTABLISHED of this detour.
+    /// ESTABLISHED of the connection (or the end of [`Conn::held`]) →
+    /// SUB_ESTABLISHED of this detour.
     pub setup: Option<Duration>,
     /// Unanswered renewals in a row.
     misses: u32,
@@ -289,37 +293,11 @@ pub struct Conn {
     pub direct: Meter,
     /// Peers whose detour the strategy destroyed: not asked again.
     rejected: Vec<usize>,
-}
-
-#[derive(Debug)]
-struct Peer {
-    spec: PeerSpec,
-    down_until: Option<Instant>,
-    /// Full for us (it refused `NoPortsLeft` or `QuotaExceeded`): no new NAT
-    /// tunnel is asked for until then. Unlike `down_until`, answers to
-    /// renewals do not end it, and the peer shows up.
-    full_until: Option<Instant>,
-    /// It refused us for its owner's policy (donation used up, evidence
-    /// store full, over our request rate): no new tunnel is asked for until
-    /// then. Answers to other requests (renewals of running detours) do not
-    /// end it, unlike `down_until`, which only means "not answering".
-    refused_until: Option<Instant>,
-    last_rtt: Option<Duration>,
-    /// The tunnel, for VPN peers.
-    vpn: Option<vpn::VpnPeer>,
-}
-
-impl Peer {
-    fn new(spec: PeerSpec) -> Peer {
-        Peer {
-            vpn: spec.vpn.then(vpn::VpnPeer::default),
-            spec,
-            down_until: None,
-            full_until: None,
-            refused_until: None,
-            last_rtt: None,
-        }
-    }
+    /// The direct subflow's best rate before its first detour, bits/s.
+    alone_bps: Option<f64>,
+    /// How long its first detours' SUBFLOW_CREATE was held back after
+    /// ESTABLISHED, for the rate alone.
+    pub held: Option<Duration>,
 }
 
 /// A peer as status shows it.
@@ -370,6 +348,12 @@ pub struct Client {
     nonce_counter: u64,
     /// Waypoint scores, learned across connections.
     board: Scoreboard,
+    /// The last park test's outcome per (peer, destination prefix), and
+    /// until when it holds for new detours.
+    parked: HashMap<(usize, String), (Instant, Tested)>,
+    /// SUBFLOW_CREATEs held back while their connection runs alone for
+    /// [`StrategySettings::baseline`], with when they are due.
+    deferred: Vec<(Instant, Action)>,
     /// The address each waypoint saw our requests from, by (peer, local
     /// address; unspecified for requests whose source routing picks).
     observed: HashMap<(usize, IpAddr), IpAddr>,
@@ -404,6 +388,8 @@ impl Client {
             nonce_prefix,
             nonce_counter: 0,
             board: Scoreboard::default(),
+            parked: HashMap::new(),
+            deferred: Vec::new(),
             observed: HashMap::new(),
             public4: None,
         }
@@ -542,6 +528,8 @@ impl Client {
             gate,
             direct: Meter::default(),
             rejected: Vec::new(),
+            alone_bps: None,
+            held: None,
         }
     }
 
@@ -736,6 +724,7 @@ impl Client {
             out.extend(self.send_request(now, wall_ms, token, i, kind, 0, renew_interval, false));
         }
         out.extend(self.poll_vpn(now, wall_ms));
+        out.extend(self.due_creates(now));
         out
     }
 
@@ -750,7 +739,8 @@ impl Client {
             .filter(|d| d.live())
             .filter_map(|d| d.renew_due)
             .min();
-        [p, r, self.vpn_next_timeout(now)]
+        let c = self.deferred.iter().map(|(t, _)| *t).min();
+        [p, r, c, self.vpn_next_timeout(now)]
             .into_iter()
             .flatten()
             .min()
@@ -852,19 +842,61 @@ impl Client {
         out
     }
 
+    /// A detour subflow is up: its judge starts (parked when its waypoint
+    /// added nothing to this prefix lately, without a park test when it
+    /// added throughput lately).
     fn sub_established(&mut self, now: Instant, token: Token, sf: &SubflowInfo) {
         let peers = &self.peers;
+        let Some(conn) = self.conns.get(&token) else {
+            return;
+        };
+        let Some(peer) = conn
+            .detours
+            .iter()
+            .find(|d| d.is(peers, sf))
+            .map(|d| d.peer)
+        else {
+            return;
+        };
+        let tested = self.parked_lately(now, peer, conn.remote);
+        let strategy = &self.settings.strategy;
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
         let est = conn.established_at;
-        if let Some(d) = conn.detours.iter_mut().find(|d| d.is(peers, sf)) {
-            d.state = DetourState::Established;
-            d.local_port = Some(sf.local.port());
-            d.established_at = Some(now);
-            d.judge = Some(Judge::new(now, &self.settings.strategy));
-            d.setup = est.map(|e| now.saturating_duration_since(e));
+        // The first detour: what the direct subflow did alone until now.
+        if conn.detours.iter().all(|d| d.judge.is_none()) {
+            let ran = est.map_or(Duration::ZERO, |e| now.saturating_duration_since(e));
+            conn.alone_bps = strategy::rate_alone(&conn.direct, ran);
+            log::debug!(
+                "connection {:#010x} alone: {:.2} Mbit/s at best over {} intervals",
+                token.0,
+                conn.direct.peak_bps / 1e6,
+                conn.direct.intervals
+            );
         }
+        let alone = conn.alone_bps;
+        let Some(d) = conn.detours.iter_mut().find(|d| d.is(&self.peers, sf)) else {
+            return;
+        };
+        d.state = DetourState::Established;
+        d.local_port = Some(sf.local.port());
+        d.established_at = Some(now);
+        let from = est.map(|e| e + conn.held.unwrap_or_default());
+        d.setup = from.map(|e| now.saturating_duration_since(e));
+        d.judge = Some(match tested {
+            None => {
+                let mut j = Judge::new(now, strategy);
+                if let Some(a) = alone {
+                    j.set_alone(a);
+                }
+                j
+            }
+            Some(Tested::Adds) => Judge::tested(now, strategy),
+            Some(Tested::AddsNothing(why)) => {
+                Judge::parked(now, strategy, format!("parked lately ({why})"))
+            }
+        });
     }
 
     fn sub_closed(

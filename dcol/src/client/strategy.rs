@@ -16,6 +16,34 @@
 //!   [`StrategySettings::reprobe`] (doubling each time it fails again) it is
 //!   probed again, so a path that recovers is used again.
 //!
+//! **Does it add throughput?** A detour sharing the direct path's bottleneck
+//! adds nothing and costs its tunnel's overhead (a WireGuard detour over the
+//! same access link cost 5-8 % of the throughput): such a detour is
+//! **parked** (backup, probed again later as a demoted one). The evidence,
+//! cheapest first:
+//! - *the connection alone*: where no outcome is remembered for the
+//!   (waypoint, prefix), the client creates the detour subflow only
+//!   [`StrategySettings::baseline`] after the connection's ESTABLISHED and
+//!   measures the direct subflow alone meanwhile (its best sampling
+//!   interval: `alone`, handed to [`Judge::set_alone`]). At the probation's
+//!   end the connection's rate with the detour (its last
+//!   [`StrategySettings::park_test`]) is compared with it: at least
+//!   [`HELPS`] × `alone` → it adds throughput (in use, never removed: two
+//!   independent paths run at twice the rate); below (1 +
+//!   [`StrategySettings::park_gain`]) × `alone` → parked at once (the direct
+//!   subflow's rate fell as much as the detour took);
+//! - *the removal test*, only where that is ambiguous (in between, or no
+//!   `alone`: an app-limited start, a re-probe): the connection runs
+//!   [`StrategySettings::park_test`] (after a 1 s settling) without the
+//!   detour (marked backup); unless it moved `park_gain` more with the
+//!   detour than without, the detour stays parked.
+//!
+//! A connection moving too little to tell keeps its detour. The client
+//! remembers each outcome per (waypoint, prefix) for
+//! [`StrategySettings::park_memory`]: the next connections' detours through
+//! a parked one start parked, and those through one that added throughput
+//! start at once and are not tested.
+//!
 //! A detour failing its first probation while another waypoint has never been tried
 //! for this destination is destroyed instead of kept as backup: the server's
 //! subflow limit (usually 2 extra) makes its slot worth more elsewhere.
@@ -63,6 +91,20 @@ pub struct StrategySettings {
     pub explore: f64,
     /// Weight kept by past rewards of a (waypoint, prefix) per new reward.
     pub discount: f64,
+    /// A detour must add this fraction to its connection's throughput to stay
+    /// in use after its probation (0 turns the test off).
+    pub park_gain: f64,
+    /// How long the connection runs without the detour for that test (and
+    /// how much of the probation's end the rate with it is taken from).
+    pub park_test: Duration,
+    /// How long a park test's outcome holds for its (waypoint, destination
+    /// prefix): new detours through it start parked, or skip the test.
+    pub park_memory: Duration,
+    /// How long a connection runs alone before a detour without a
+    /// remembered outcome is created: the rate it shows meanwhile is what
+    /// the detour is judged against (0: created at once, the removal test
+    /// decides).
+    pub baseline: Duration,
 }
 
 impl Default for StrategySettings {
@@ -76,6 +118,10 @@ impl Default for StrategySettings {
             reprobe: Duration::from_secs(10),
             explore: 0.3,
             discount: 0.8,
+            park_gain: 0.05,
+            park_test: Duration::from_millis(1500),
+            park_memory: Duration::from_secs(300),
+            baseline: Duration::from_millis(750),
         }
     }
 }
@@ -98,6 +144,10 @@ pub struct Meter {
     pub bytes: u64,
     /// Bytes carried since the current role began.
     pub bytes_in_role: u64,
+    /// Highest rate of one sampling interval, bits/s.
+    pub peak_bps: f64,
+    /// Sampling intervals measured.
+    pub intervals: u32,
 }
 
 /// Segments an interval needs before its loss fraction counts.
@@ -116,6 +166,8 @@ impl Meter {
             self.bytes_in_role = self.bytes_in_role.saturating_add(db);
             if dt > 0.0 {
                 let r = db as f64 * 8.0 / dt;
+                self.peak_bps = self.peak_bps.max(r);
+                self.intervals = self.intervals.saturating_add(1);
                 self.rate_bps = if self.rate_bps == 0.0 {
                     r
                 } else {
@@ -179,6 +231,72 @@ pub struct Judge {
     pub why: Option<String>,
     /// Its counters.
     pub meter: Meter,
+    /// Where a throughput window began: when, and the connection's bytes.
+    window: Option<(Instant, u64)>,
+    /// While the connection is tested without it: its rate with it, bits/s.
+    test: Option<f64>,
+    /// Its (waypoint, prefix) passed the park test lately: no test.
+    tested: bool,
+    /// The connection's rate before any detour, bits/s (see the module doc).
+    alone: Option<f64>,
+    /// Started parked: how many times the backup flag is still to be set.
+    /// The kernel answers SET_FLAGS on a subflow just announced with
+    /// "subflow not found" at times (seen 250 ms after SUB_ESTABLISHED), and
+    /// the verdicts hear nothing of the command's fate: flagged at 0.5 s and
+    /// again at 1.5 s (a repeated flag is harmless).
+    flag_due: u8,
+}
+
+/// What the last park test of a (waypoint, destination prefix) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tested {
+    /// The detour added throughput: new ones skip the test.
+    Adds,
+    /// It added nothing (why): new ones start parked.
+    AddsNothing(String),
+}
+
+/// Bytes the connection must move in the window before its end for the
+/// park test to run (1.4 Mbit/s over 1.5 s): a slower connection keeps its
+/// detour, as before the test existed.
+const PARK_MIN_BYTES: u64 = 256 * 1024;
+
+/// A connection moving at least this many times its rate alone with a
+/// detour: the detour adds throughput, no removal test.
+pub const HELPS: f64 = 1.5;
+
+/// The rate alone below which it is no evidence (an app-limited start, or
+/// too few bytes to tell): 1 Mbit/s.
+const ALONE_MIN_BPS: f64 = 1e6;
+
+/// Round trips a connection must have run alone for its rate to count:
+/// slow start takes a few (ten segments doubling per round trip reach a
+/// 10 Mbit/s × 30 ms window in three), and a path whose round trip is long
+/// against [`StrategySettings::baseline`] is still in slow start when the
+/// detour comes.
+const ALONE_RTTS: u32 = 8;
+
+/// The connection's rate alone, from its direct subflow's meter after it
+/// ran `ran` without a detour: the best sampling interval's, if there was
+/// one and the connection ran at least [`ALONE_RTTS`] round trips.
+pub fn rate_alone(direct: &Meter, ran: Duration) -> Option<f64> {
+    let rtt = direct.min_rtt?;
+    (direct.intervals >= 1 && ran >= rtt * ALONE_RTTS).then_some(direct.peak_bps)
+}
+
+/// How long the other subflows get to take the detour's share before the
+/// park test measures the connection without it: a congestion window
+/// sized for part of the bottleneck grows back over a few round trips, and
+/// data queued on the detour drains.
+const PARK_SETTLE: Duration = Duration::from_millis(1000);
+
+/// Bits per second between `(t0, b0)` and `(t1, b1)`.
+fn rate(t0: Instant, b0: u64, t1: Instant, b1: u64) -> f64 {
+    let dt = t1.saturating_duration_since(t0).as_secs_f64();
+    if dt <= 0.0 {
+        return 0.0;
+    }
+    b1.saturating_sub(b0) as f64 * 8.0 / dt
 }
 
 /// The best of a connection's other carrying subflows, to judge one against.
@@ -190,6 +308,9 @@ pub struct Reference {
     pub loss: f64,
     /// Highest smoothed rate, bits/s.
     pub rate_bps: f64,
+    /// Bytes every subflow of the connection carried so far (acked and
+    /// received), for the park test.
+    pub conn_bytes: u64,
 }
 
 /// What to do with a detour subflow.
@@ -203,6 +324,16 @@ pub enum Verdict {
     Probe,
     /// Destroy it: its slot is worth more elsewhere.
     Destroy(String),
+    /// Mark it backup for the park test (the connection runs without it).
+    Test,
+    /// The test found it adds throughput: clear its backup flag.
+    Resume,
+    /// The test, or the rate alone against the rate with it, found it adds
+    /// nothing: it stays or goes backup (parked).
+    Park(String),
+    /// The rate with it against the rate alone shows it adds throughput: in
+    /// use, untested (the text says by how much).
+    Helps(String),
 }
 
 impl Judge {
@@ -215,7 +346,39 @@ impl Judge {
             reprobed: false,
             why: None,
             meter: Meter::default(),
+            window: None,
+            test: None,
+            tested: false,
+            alone: None,
+            flag_due: 0,
         }
+    }
+
+    /// The connection's rate before it had any detour, bits/s: evidence
+    /// for the verdict at the probation's end (taken once: a re-probe has
+    /// the removal test).
+    pub fn set_alone(&mut self, bps: f64) {
+        self.alone = Some(bps);
+    }
+
+    /// A detour established at `now` through a (waypoint, prefix) whose
+    /// detours passed the park test lately: no test at its probation's end.
+    pub fn tested(now: Instant, s: &StrategySettings) -> Self {
+        let mut j = Judge::new(now, s);
+        j.tested = true;
+        j
+    }
+
+    /// A detour established at `now` through a (waypoint, prefix) that was
+    /// parked lately: it starts parked (backup), probed after
+    /// [`StrategySettings::reprobe`].
+    pub fn parked(now: Instant, s: &StrategySettings, why: String) -> Self {
+        let mut j = Judge::new(now, s);
+        j.role = Role::Backup;
+        j.reprobed = true;
+        j.why = Some(why);
+        j.flag_due = 2;
+        j
     }
 
     /// Why the path is bad, if it is, compared with the connection's other
@@ -250,21 +413,29 @@ impl Judge {
         alternative: bool,
     ) -> Verdict {
         let age = now.saturating_duration_since(self.since);
+        if self.flag_due > 0 {
+            let at = if self.flag_due == 2 { 500 } else { 1500 };
+            if age < Duration::from_millis(at) {
+                return Verdict::Keep;
+            }
+            self.flag_due -= 1;
+            return Verdict::Demote(self.why.clone().unwrap_or_default());
+        }
         match self.role {
             Role::Probing => {
+                if self.window.is_none() && age + s.park_test >= s.probation {
+                    self.window = Some((now, other.conn_bytes));
+                }
                 if age < s.probation {
                     return Verdict::Keep;
                 }
                 match self.fault(s, other) {
                     Some(why) if alternative && !self.reprobed => Verdict::Destroy(why),
                     Some(why) => self.demote(now, why),
-                    None => {
-                        self.set_role(now, Role::Active);
-                        self.backoff = s.reprobe;
-                        Verdict::Keep
-                    }
+                    None => self.passed(now, s, other),
                 }
             }
+            Role::Backup if self.test.is_some() => self.test_end(now, s, other),
             Role::Active => match self.fault(s, other) {
                 Some(why) => self.demote(now, why),
                 None => Verdict::Keep,
@@ -276,11 +447,91 @@ impl Judge {
                 self.backoff = (self.backoff * 2).min(s.reprobe * 16);
                 // Old loss figures would condemn the fresh probe at once.
                 self.meter.loss = 0.0;
+                self.window = None;
                 self.reprobed = true;
                 self.set_role(now, Role::Probing);
                 Verdict::Probe
             }
         }
+    }
+
+    /// Passed its probation: tested without it when the connection moved
+    /// enough, else in use.
+    fn passed(&mut self, now: Instant, s: &StrategySettings, other: &Reference) -> Verdict {
+        let with = self
+            .window
+            .take()
+            .filter(|(_, b)| other.conn_bytes.saturating_sub(*b) >= PARK_MIN_BYTES)
+            .map(|(t, b)| rate(t, b, now, other.conn_bytes));
+        let alone = self.alone.take().filter(|a| *a >= ALONE_MIN_BPS);
+        let Some(w) = with.filter(|_| s.park_gain > 0.0 && !self.tested) else {
+            self.set_role(now, Role::Active);
+            self.backoff = s.reprobe;
+            return Verdict::Keep;
+        };
+        let compared = |a: f64| {
+            format!(
+                "{:.2} Mbit/s with it, {:.2} alone before it",
+                w / 1e6,
+                a / 1e6
+            )
+        };
+        match alone {
+            Some(a) if w >= a * HELPS => {
+                self.set_role(now, Role::Active);
+                self.backoff = s.reprobe;
+                Verdict::Helps(compared(a))
+            }
+            Some(a) if w < a * (1.0 + s.park_gain) => {
+                let why = format!("adds nothing: {}", compared(a));
+                self.set_role(now, Role::Backup);
+                self.why = Some(why.clone());
+                Verdict::Park(why)
+            }
+            _ => {
+                self.set_role(now, Role::Backup);
+                self.test = Some(w);
+                self.window = None;
+                let evidence = alone.map_or_else(|| "no rate alone".to_owned(), compared);
+                self.why = Some(format!("testing the connection without it ({evidence})"));
+                Verdict::Test
+            }
+        }
+    }
+
+    /// The end of the park test: the connection's rate without the detour
+    /// against the rate with it.
+    fn test_end(&mut self, now: Instant, s: &StrategySettings, other: &Reference) -> Verdict {
+        let age = now.saturating_duration_since(self.since);
+        if age < PARK_SETTLE {
+            return Verdict::Keep;
+        }
+        let Some((t, _)) = self.window else {
+            self.window = Some((now, other.conn_bytes));
+            return Verdict::Keep;
+        };
+        if now.saturating_duration_since(t) < s.park_test {
+            return Verdict::Keep;
+        }
+        let with = self.test.take().unwrap_or(0.0);
+        let without = self
+            .window
+            .take()
+            .map_or(0.0, |(t, b)| rate(t, b, now, other.conn_bytes));
+        if with >= without * (1.0 + s.park_gain) {
+            self.set_role(now, Role::Active);
+            self.backoff = s.reprobe;
+            self.why = None;
+            return Verdict::Resume;
+        }
+        let why = format!(
+            "adds nothing: {:.2} Mbit/s with it, {:.2} without",
+            with / 1e6,
+            without / 1e6
+        );
+        self.set_role(now, Role::Backup);
+        self.why = Some(why.clone());
+        Verdict::Park(why)
     }
 
     fn demote(&mut self, now: Instant, why: String) -> Verdict {
@@ -589,223 +840,4 @@ fn parse_line(line: &str) -> Result<(Key, Score), ScoreLineError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(t0: Instant, m: u64) -> Instant {
-        t0 + Duration::from_millis(m)
-    }
-
-    /// Feeds `secs` seconds of 250 ms samples of a path moving `bps` with
-    /// `loss` and `rtt`, judging after each; returns the verdicts that were
-    /// not Keep.
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        j: &mut Judge,
-        t0: Instant,
-        from_ms: u64,
-        secs: u64,
-        bps: u64,
-        loss: f64,
-        rtt_ms: u64,
-        s: &StrategySettings,
-        direct_rtt: u64,
-        alternative: bool,
-        acc: &mut Sample,
-    ) -> Vec<(u64, Verdict)> {
-        let mut out = Vec::new();
-        let mut t = from_ms;
-        while t < from_ms + secs * 1000 {
-            t += 250;
-            let segs = (bps / 8 / 4 / 1448).max(1) as u32;
-            acc.bytes_acked += bps / 8 / 4;
-            acc.segs_out += segs;
-            acc.retrans += (f64::from(segs) * loss).round() as u32;
-            acc.rtt = Duration::from_millis(rtt_ms);
-            acc.min_rtt = Duration::from_millis(rtt_ms);
-            j.meter.feed(ms(t0, t), *acc);
-            let other = Reference {
-                min_rtt: Some(Duration::from_millis(direct_rtt)),
-                loss: 0.002,
-                rate_bps: 10e6,
-            };
-            let v = j.judge(ms(t0, t), s, &other, alternative);
-            if v != Verdict::Keep {
-                out.push((t, v));
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn good_detour_is_promoted_and_stays() {
-        let s = StrategySettings::default();
-        let t0 = Instant::now();
-        let mut j = Judge::new(t0, &s);
-        let mut acc = Sample::default();
-        let v = run(
-            &mut j, t0, 0, 20, 10_000_000, 0.0, 12, &s, 10, true, &mut acc,
-        );
-        assert!(v.is_empty(), "{v:?}");
-        assert_eq!(j.role, Role::Active);
-        assert!(
-            (j.meter.rate_bps - 10e6).abs() < 0.5e6,
-            "{}",
-            j.meter.rate_bps
-        );
-    }
-
-    #[test]
-    fn lossy_or_slow_probe_is_destroyed_when_an_alternative_exists_else_demoted() {
-        let s = StrategySettings::default();
-        let t0 = Instant::now();
-        let mut j = Judge::new(t0, &s);
-        let mut acc = Sample::default();
-        let v = run(
-            &mut j, t0, 0, 3, 3_000_000, 0.03, 12, &s, 10, true, &mut acc,
-        );
-        assert!(
-            matches!(&v[0], (2000, Verdict::Destroy(w)) if w.starts_with("loss")),
-            "{v:?}"
-        );
-        let mut j = Judge::new(t0, &s);
-        let mut acc = Sample::default();
-        let v = run(
-            &mut j, t0, 0, 3, 1_000_000, 0.0, 210, &s, 10, false, &mut acc,
-        );
-        assert!(
-            matches!(&v[..], [(2000, Verdict::Demote(w))] if w.starts_with("rtt")),
-            "{v:?}"
-        );
-        assert_eq!(j.role, Role::Backup);
-    }
-
-    #[test]
-    fn path_turning_bad_is_demoted_within_a_second_and_reprobed_with_backoff() {
-        let s = StrategySettings::default();
-        let t0 = Instant::now();
-        let mut j = Judge::new(t0, &s);
-        let mut acc = Sample::default();
-        assert!(run(&mut j, t0, 0, 5, 8_000_000, 0.0, 12, &s, 10, true, &mut acc).is_empty());
-        assert_eq!(j.role, Role::Active);
-        // Loss switched on at t = 5 s.
-        let v = run(
-            &mut j, t0, 5000, 10, 2_000_000, 0.03, 12, &s, 10, true, &mut acc,
-        );
-        let (t, first) = &v[0];
-        assert!(matches!(first, Verdict::Demote(_)), "{v:?}");
-        assert!(*t <= 5750, "demoted at {t} ms");
-        // Backup at ~5.25 s: probed again 10 s later, fails, next wait 20 s.
-        let v = run(
-            &mut j, t0, 15_000, 20, 2_000_000, 0.03, 12, &s, 10, true, &mut acc,
-        );
-        let probes: Vec<u64> = v
-            .iter()
-            .filter(|(_, v)| *v == Verdict::Probe)
-            .map(|(t, _)| *t)
-            .collect();
-        assert_eq!(probes.len(), 1, "{v:?}");
-        assert!(probes[0] >= 15_250 && probes[0] <= 15_500, "{probes:?}");
-        assert!(
-            v.iter()
-                .any(|(t, v)| matches!(v, Verdict::Demote(_)) && *t > probes[0]),
-            "{v:?}"
-        );
-        // The path recovered: the next probe promotes it.
-        let v = run(
-            &mut j, t0, 35_000, 30, 8_000_000, 0.0, 12, &s, 10, true, &mut acc,
-        );
-        assert!(v.iter().any(|(_, v)| *v == Verdict::Probe), "{v:?}");
-        assert_eq!(j.role, Role::Active);
-    }
-
-    #[test]
-    fn ucb_finds_the_good_waypoint_and_drops_one_that_turns_bad() {
-        let s = StrategySettings::default();
-        let names = ["good", "slow", "lossy", "far", "dead"];
-        let truth = |w: &str, turned: bool| match w {
-            "good" if turned => 0.05,
-            "good" => 1.0,
-            "slow" => 0.3,
-            "lossy" => 0.2,
-            "far" => 0.6,
-            _ => 0.0,
-        };
-        let mut b = Scoreboard::default();
-        let pfx = prefix_of("10.0.2.2".parse().unwrap());
-        let mut picks = Vec::new();
-        for conn in 0..40 {
-            let cands: Vec<(usize, &str)> = names.iter().copied().enumerate().collect();
-            let order = b.rank(&cands, &pfx, s.explore);
-            // Two slots per connection (the server's subflow limit).
-            for &i in &order[..2] {
-                b.record(names[i], &pfx, truth(names[i], conn >= 20), s.discount);
-            }
-            picks.push(order[0]);
-        }
-        // Every candidate tried in the first 3 connections (5 candidates, 2 slots).
-        let learned: Vec<usize> = picks[5..20].to_vec();
-        assert!(learned.iter().all(|&i| names[i] == "good"), "{picks:?}");
-        // After 'good' turns bad at connection 20, 'far' leads within 5 connections.
-        assert!(picks[25..].iter().all(|&i| names[i] == "far"), "{picks:?}");
-        assert!(b.score("dead", &pfx).unwrap().mean().unwrap() < 0.01);
-    }
-
-    #[test]
-    fn prefix_without_history_borrows_the_waypoints_overall_score() {
-        let s = StrategySettings::default();
-        let mut b = Scoreboard::default();
-        for _ in 0..5 {
-            b.record("a", "10.0.2.0/24", 0.1, s.discount);
-            b.record("b", "10.0.2.0/24", 0.9, s.discount);
-        }
-        let order = b.rank(&[(0, "a"), (1, "b")], "10.9.9.0/24", s.explore);
-        assert_eq!(order, vec![1, 0]);
-        // An untried waypoint goes first.
-        let order = b.rank(&[(0, "a"), (1, "b"), (2, "c")], "10.9.9.0/24", s.explore);
-        assert_eq!(order[0], 2);
-    }
-
-    #[test]
-    fn file_round_trip_and_corruption() {
-        let mut b = Scoreboard::default();
-        b.record("alice", "10.0.2.0/24", 0.75, 0.8);
-        b.record("bob", "2001:db8:1::/48", 1.0, 0.8);
-        let text = b.to_file();
-        assert!(
-            text.starts_with("dcol-scores 1\nalice\t*\t1\t0.75\t1\n"),
-            "{text}"
-        );
-        let (back, bad) = Scoreboard::from_file(&text).unwrap();
-        assert!(bad.is_empty());
-        assert_eq!(back.scores, b.scores);
-        // A bad line is skipped and named; the rest survives.
-        let broken = text.replace("bob\t*\t1\t1\t1", "bob\t*\tNaN\t1\t1") + "junk\n";
-        let (back, bad) = Scoreboard::from_file(&broken).unwrap();
-        assert_eq!(bad.len(), 2, "{bad:?}");
-        assert_eq!(bad[1].line, 6);
-        assert!(back.score("bob", "*").is_none());
-        assert!(back.score("alice", "*").is_some());
-        assert!(Scoreboard::from_file("garbage\nalice\t*\t1\t1\t1\n").is_err());
-        assert!(Scoreboard::from_file("").is_err());
-        assert!(
-            Scoreboard::from_file("dcol-scores 1\na\tb\t1\t2\t1\n")
-                .unwrap()
-                .1
-                .len()
-                == 1
-        );
-    }
-
-    #[test]
-    fn prefixes() {
-        assert_eq!(prefix_of("192.0.2.77".parse().unwrap()), "192.0.2.0/24");
-        assert_eq!(
-            prefix_of("2001:db8:abcd:12::1".parse().unwrap()),
-            "2001:db8:abcd::/48"
-        );
-        assert_eq!(reward(50, 100), 1.0);
-        assert_eq!(reward(10, 100), 0.2);
-        assert_eq!(reward(1, 0), 0.0);
-    }
-}
+mod tests;

@@ -109,10 +109,14 @@
 //! directions; `rtt_ms` its smoothed RTT; `loss_pct` its retransmitted share
 //! of sent segments, smoothed; `bytes` what it carried (acked + received)
 //! since it was first measured. The direct subflow is measured only while the
-//! connection has a detour. Detour `role` is `probing` (new, on probation),
-//! `active` (kept) or `backup` (marked backup with SET_FLAGS: neither the
-//! server nor we send on it; `detail` says why); `null` for the direct subflow
-//! and for detours not established.
+//! connection has a detour (requested, held back or running). Detour
+//! `role` is `probing` (new, on probation), `active` (kept) or `backup`
+//! (marked backup with SET_FLAGS: neither the server nor we send on it;
+//! `detail` says why: a fault, `adds nothing: …` when it was parked
+//! because the connection ran no faster with it than alone before it, or
+//! than without it in the park test; `testing the connection without it
+//! (…)` during that test; `parked lately (…)` when it started parked);
+//! `null` for the direct subflow and for detours not established.
 //!
 //! Scores: `peers[].score` is the waypoint's discounted mean reward over every
 //! destination (0-1: a detour's share of its connection's bytes, doubled and
@@ -374,7 +378,9 @@ pub struct SubflowStatus {
     pub state: String,
     /// Why it failed.
     pub detail: Option<String>,
-    /// Connection ESTABLISHED → this subflow's SUB_ESTABLISHED, in ms.
+    /// Connection ESTABLISHED (or the end of the hold of a detour created
+    /// late, for the connection's rate alone) → this subflow's
+    /// SUB_ESTABLISHED, in ms.
     pub setup_ms: Option<u64>,
     /// Detours: `probing`, `active` or `backup`.
     #[serde(default)]

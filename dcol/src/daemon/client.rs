@@ -78,8 +78,9 @@ pub(super) struct ClientDriver {
     dir_revoked: BTreeSet<MemberId>,
 }
 
-/// The core's settings from `cfg`.
-fn settings(cfg: &Config) -> client::Settings {
+/// The core's settings from `cfg`; `measured`: sock_diag is open (the
+/// strategy has subflow measurements).
+fn settings(cfg: &Config, measured: bool) -> client::Settings {
     let c = &cfg.client;
     client::Settings {
         max_detours: c.max_detours,
@@ -94,6 +95,13 @@ fn settings(cfg: &Config) -> client::Settings {
         },
         strategy: client::strategy::StrategySettings {
             probation: Duration::from_millis(u64::from(c.probation_ms)),
+            // Nothing measures the connection alone without sampling: no
+            // detour is held back for it.
+            baseline: if !measured {
+                Duration::ZERO
+            } else {
+                client::strategy::StrategySettings::default().baseline
+            },
             ..Default::default()
         },
     }
@@ -112,6 +120,7 @@ fn core(
     cfg: &Config,
     id: &Identity,
     revocations: Revocations,
+    measured: bool,
 ) -> Result<(Client, Vec<TunnelKind>), DaemonError> {
     let peers: Vec<PeerSpec> = cfg
         .peers
@@ -130,7 +139,7 @@ fn core(
     let mut prefix = [0u8; 8];
     random_bytes(&mut prefix).map_err(io_err("/dev/urandom"))?;
     let core = Client::new(
-        settings(cfg),
+        settings(cfg, measured),
         id.cert.clone(),
         id.key.clone(),
         id.root,
@@ -234,10 +243,10 @@ impl ClientDriver {
         let events = PmEvents::open()?;
         let pm = PmSocket::open()?;
         let (sock4, sock6) = bind_sockets()?;
-        let (mut core, tunnels) = core(cfg, id, id.revocations.clone())?;
+        let diag = open_diag(cfg);
+        let (mut core, tunnels) = core(cfg, id, id.revocations.clone(), diag.is_some())?;
         let scores_file = cfg.main.state_dir.join("scores");
         core.set_scoreboard(load_scores(&scores_file));
-        let diag = open_diag(cfg);
         log::info!(
             "client: userspace path manager on, {} waypoint(s), max {} detours",
             tunnels.len(),
@@ -287,7 +296,8 @@ impl ClientDriver {
     /// A new core for the static peers and `dir` (the running connections'
     /// detours are released; the scoreboard carries over).
     fn rebuild(&mut self, dir: Vec<PeerSpec>) -> Result<(), DaemonError> {
-        let (mut core, mut tunnels) = core(&self.cfg, &self.id, self.revocations())?;
+        let (mut core, mut tunnels) =
+            core(&self.cfg, &self.id, self.revocations(), self.diag.is_some())?;
         self.release_all();
         core.set_scoreboard(self.core.scoreboard().clone());
         tunnels.extend(dir.iter().map(tunnel_kind));
@@ -373,8 +383,16 @@ impl ClientDriver {
             }
             if let PmEvent::SubEstablished { token, subflow } = &ev {
                 if let Some((peer, setup)) = self.core.detour_setup(*token, subflow.remote) {
+                    let held = self
+                        .core
+                        .conns()
+                        .find(|c| c.token == *token)
+                        .and_then(|c| c.held)
+                        .map_or(String::new(), |h| {
+                            format!("'s {} ms hold for its rate alone", h.as_millis())
+                        });
                     log::info!(
-                        "detour of {:#010x} via {peer} established {:.2} ms after the connection",
+                        "detour of {:#010x} via {peer} established {:.2} ms after the connection{held}",
                         token.0,
                         setup.as_secs_f64() * 1000.0
                     );
@@ -563,8 +581,12 @@ impl Driver for ClientDriver {
                 self.dir_revoked.clone_from(r);
                 let (cert, key) = (self.id.cert.clone(), self.id.key.clone());
                 let revocations = self.revocations();
-                self.core
-                    .reconfigure(settings(&self.cfg), cert, key, revocations);
+                self.core.reconfigure(
+                    settings(&self.cfg, self.diag.is_some()),
+                    cert,
+                    key,
+                    revocations,
+                );
             }
             _ => {}
         }
@@ -605,8 +627,12 @@ impl Role for ClientDriver {
         } else if change.settings || change.identity {
             let (cert, key) = (self.id.cert.clone(), self.id.key.clone());
             let revocations = self.revocations();
-            self.core
-                .reconfigure(settings(&self.cfg), cert, key, revocations);
+            self.core.reconfigure(
+                settings(&self.cfg, self.diag.is_some()),
+                cert,
+                key,
+                revocations,
+            );
         }
         if change.settings {
             changes.push("client settings".to_owned());

@@ -100,7 +100,7 @@ pub fn main(args: &mut lexopt::Parser) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The rows of every recorded run, in the order of their directory names.
+/// The rows of every recorded run, oldest first.
 fn rows(results: &Path) -> Vec<Row> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(results)
         .map(|rd| {
@@ -110,7 +110,15 @@ fn rows(results: &Path) -> Vec<Row> {
                 .collect()
         })
         .unwrap_or_default();
-    dirs.sort();
+    // Oldest runs first: by the date that ends a run's name, then by name.
+    dirs.sort_by_key(|p| {
+        let n = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let date = n.get(n.len().saturating_sub(10)..).unwrap_or("").to_owned();
+        (date, n)
+    });
     let mut out = Vec::new();
     for d in dirs {
         let name = d
@@ -336,7 +344,7 @@ fn setup_short_rows(doc: &Value, run: &str, out: &mut Vec<Row>) {
         &pl["detour_setup_under_load_ms"],
     );
     out.push(row(
-        "detour setup under that load, median / p99",
+        "detour setup under that load, median / p99 (ratio: medians)",
         format!("{} / {} ms", f(&u["median"], 1), f(&u["p99"], 1)),
         format!("idle {} / {} ms", f(&i["median"], 1), f(&i["p99"], 1)),
         ratio(&u["median"], &i["median"]),
@@ -368,12 +376,10 @@ fn setup_short_rows(doc: &Value, run: &str, out: &mut Vec<Row>) {
 
 fn wp_rows(doc: &Value, run: &str, out: &mut Vec<Row>) {
     let (q, l, s) = (&doc["quiet"], &doc["load"], &doc["samples"]);
-    let n = format!(
-        "waypoint, {} members, {} grants/s, {} s",
-        doc["members"], doc["grants_per_s"], doc["churn_s"]
-    );
+    let (m, g, t) = (&doc["members"], &doc["grants_per_s"], &doc["churn_s"]);
+    let n = format!("waypoint, {m} members, {g} grants/s, {t} s");
     out.push(row(
-        format!("{n}: grant latency median / p99"),
+        format!("{n}: grant latency median / p99 (ratio: p99s)"),
         format!(
             "{} / {} ms",
             f(&l["grant_ms"]["median"], 1),
@@ -414,12 +420,13 @@ fn wp_rows(doc: &Value, run: &str, out: &mut Vec<Row>) {
         run,
     ));
     out.push(row(
-        format!("{n}: dcol CPU, RSS peak, slowest loop turn"),
+        format!("{n}: dcol CPU, RSS peak, loop turns over 50 ms"),
         format!(
-            "{} % of a core, {} KB, {} ms",
+            "{} % of a core, {} KB, {} turns over 50 ms (slowest {} ms since start)",
             f(&s["steady_cpu_pct"], 1),
             f(&s["rss_peak_kb"], 0),
-            f(&doc["loop"]["max_ms"], 1)
+            doc["loop"]["over_50ms"],
+            f(&doc["loop"]["max_ms_since_start"], 1)
         ),
         "–".into(),
         "–".into(),

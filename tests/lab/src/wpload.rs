@@ -6,7 +6,7 @@
 //! ```
 //! Every member has its own certificate (issued in-process by the
 //! collective's root key), address and socket, and speaks the real signed
-//! protocol (`wpmember.rs`): it holds 2 NAT leases, renews each every 10 s
+//! protocol (`wpmember.rs`): it holds 2 NAT leases, renews each every 5 s (the client's default)
 //! (lease 30 s), and replaces one every 4 s, so 200 members churn 50 grants
 //! a second; a TCP connection goes through every lease. First a quiet
 //! baseline in the same run: one member, grants one at a time, 10 a second,
@@ -266,7 +266,7 @@ fn schedule(a: &Args, quiet: Duration) -> Schedule {
         destination: SocketAddr::new(IpAddr::V4(SERVER), TCP_PORT),
         leases: 2,
         churn: Duration::from_secs_f64(a.members as f64 / a.rate),
-        renew: Duration::from_secs(10),
+        renew: Duration::from_secs(5),
         ramp,
         start,
         end: start + Duration::from_secs(a.secs),

@@ -32,35 +32,18 @@ impl Client {
                 d.state = DetourState::Connecting;
                 d.renew_due = Some(now + renew);
                 let remote = d.remote(peers).expect("port set just above");
-                vec![Action::CreateSubflow {
+                let create = Action::CreateSubflow {
                     token,
                     local: local_ip,
                     local_id: DETOUR_LOCAL_ID,
                     remote,
-                }]
+                };
+                self.defer_creates(now, vec![create])
             }
             (RequestKind::NatDetour { .. }, Outcome::Refused { reason }) => {
                 d.state = DetourState::Failed(format!("refused: {reason}"));
-                if matches!(
-                    reason,
-                    RefusalReason::NoPortsLeft | RefusalReason::QuotaExceeded
-                ) {
-                    // Full for us for now: a short back-off, not a
-                    // hold-down; the slot goes to the next waypoint.
-                    self.peers[d.peer].full_until = Some(now + FULL_BACKOFF);
-                    return self.add_detours(now, wall_ms, token);
-                }
-                let skip = match reason {
-                    RefusalReason::DonationUsedUp | RefusalReason::EvidenceFull => USED_UP_HOLDDOWN,
-                    // Over our rate there: ask it for no new tunnel for a
-                    // moment (hammering it would make it drop our address).
-                    RefusalReason::RateLimited => RATE_LIMITED_HOLDDOWN,
-                    _ => return Vec::new(),
-                };
-                // Skip it for a while; the slot goes to the next waypoint.
                 let peer = d.peer;
-                self.peers[peer].refused_until = Some(now + skip);
-                self.add_detours(now, wall_ms, token)
+                self.tunnel_refused(now, wall_ms, (token, peer), reason)
             }
             (RequestKind::Renew { .. }, Outcome::Granted { .. }) => {
                 d.misses = 0;
@@ -83,6 +66,33 @@ impl Client {
             (RequestKind::Release { .. }, _) => Vec::new(),
             (_, _) => Vec::new(),
         }
+    }
+
+    /// A new NAT tunnel through `peer` for connection `token` was refused:
+    /// the waypoint is paused for new tunnels as the reason says, and the
+    /// connection's slot goes to the next waypoint.
+    fn tunnel_refused(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        (token, peer): (Token, usize),
+        reason: RefusalReason,
+    ) -> Vec<Action> {
+        let p = &mut self.peers[peer];
+        match reason {
+            // Full for us for now: a short back-off, not a hold-down.
+            RefusalReason::NoPortsLeft | RefusalReason::QuotaExceeded => {
+                p.full_until = Some(now + FULL_BACKOFF);
+            }
+            RefusalReason::DonationUsedUp | RefusalReason::EvidenceFull => {
+                p.refused_until = Some(now + USED_UP_HOLDDOWN);
+            }
+            // Over our rate there: ask it for no new tunnel for a moment
+            // (hammering it would make it drop our address).
+            RefusalReason::RateLimited => p.refused_until = Some(now + RATE_LIMITED_HOLDDOWN),
+            _ => return Vec::new(),
+        }
+        self.add_detours(now, wall_ms, token)
     }
 
     /// A renewal refused (not for rate): the waypoint lost the lease
@@ -132,8 +142,9 @@ impl Client {
         let used = conn.live_peers();
         let want = usize::from(self.settings.max_detours).saturating_sub(used.len());
         let candidates: Vec<usize> = self.ranked_candidates(now, conn, &used);
-        let mut out = self.add_vpn_detours(token, want);
-        let want = want.saturating_sub(out.len());
+        let vpn = self.add_vpn_detours(token, want);
+        let want = want.saturating_sub(vpn.len());
+        let mut out = self.defer_creates(now, vpn);
         for peer in candidates.into_iter().take(want) {
             out.extend(self.request_detour(now, wall_ms, token, peer));
         }

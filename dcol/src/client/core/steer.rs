@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Action, Client, Conn, DetourState, Token};
-use crate::client::strategy::{self, Meter, Role, Scoreboard, Verdict};
+use crate::client::strategy::{self, Meter, Role, Scoreboard, Tested, Verdict};
 use crate::mptcp::{FourTuple, Sample};
 
 /// Connections moving fewer bytes than this do not score their detours.
@@ -85,13 +85,83 @@ impl Client {
         }
     }
 
+    /// Holds back the SUBFLOW_CREATEs among `acts` whose connection is
+    /// younger than [`strategy::StrategySettings::baseline`] and whose
+    /// (waypoint, prefix) has no remembered outcome: the connection runs
+    /// alone until then, measured, so that the detour's verdict can compare
+    /// the rate with it against the rate without it (see the strategy's
+    /// module doc). The rest pass through.
+    pub(super) fn defer_creates(&mut self, now: Instant, acts: Vec<Action>) -> Vec<Action> {
+        let s = &self.settings.strategy;
+        if s.baseline.is_zero() || s.park_gain <= 0.0 {
+            return acts;
+        }
+        let mut out = Vec::new();
+        for a in acts {
+            let due = match &a {
+                Action::CreateSubflow { token, remote, .. } => {
+                    self.baseline_due(now, *token, *remote)
+                }
+                _ => None,
+            };
+            match due {
+                Some(t) if t > now => {
+                    if let Action::CreateSubflow { token, .. } = &a {
+                        if let Some(c) = self.conns.get_mut(token) {
+                            c.held = Some(self.settings.strategy.baseline);
+                        }
+                    }
+                    self.deferred.push((t, a));
+                }
+                _ => out.push(a),
+            }
+        }
+        out
+    }
+
+    /// When a detour of `token` to `remote` is due, if it is to wait for
+    /// the connection's rate alone.
+    fn baseline_due(&mut self, now: Instant, token: Token, remote: SocketAddr) -> Option<Instant> {
+        let conn = self.conns.get(&token)?;
+        let at = conn.established_at? + self.settings.strategy.baseline;
+        let peer = conn
+            .detours
+            .iter()
+            .find(|d| d.live() && d.judge.is_none() && d.remote(&self.peers) == Some(remote))?
+            .peer;
+        let first = conn.detours.iter().all(|d| d.judge.is_none());
+        let server = conn.remote;
+        (first && self.parked_lately(now, peer, server).is_none()).then_some(at)
+    }
+
+    /// The held-back SUBFLOW_CREATEs now due whose detour still waits.
+    pub(super) fn due_creates(&mut self, now: Instant) -> Vec<Action> {
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.deferred = wait;
+        due.into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| {
+                let Action::CreateSubflow { token, remote, .. } = a else {
+                    return false;
+                };
+                self.conns.get(token).is_some_and(|c| {
+                    c.detours.iter().any(|d| {
+                        d.state == DetourState::Connecting && d.remote(&self.peers) == Some(*remote)
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// The 4-tuples (local, remote) of every subflow the strategy measures:
-    /// the direct subflow of each established connection with a running
-    /// detour, and those detours.
+    /// the direct subflow of each established connection with a detour
+    /// (requested, held back or running), and the running detours.
     pub fn measured(&self) -> Vec<FourTuple> {
         let mut out = Vec::new();
         for conn in self.conns.values() {
-            let mut any = false;
+            let mut any = conn.established_at.is_some() && conn.detours.iter().any(|d| d.live());
             for d in &conn.detours {
                 if let (Some(_), Some(lp), Some(r)) =
                     (&d.judge, d.local_port, d.remote(&self.peers))
@@ -162,6 +232,7 @@ impl Client {
                         .ranked_candidates(now, self.conns.get(&token).expect("present"), &used)
                         .is_empty();
                 let conn = self.conns.get_mut(&token).expect("present");
+                let all_bytes = conn_bytes(conn);
                 for (i, l, r) in tuples {
                     let others = carrying.iter().filter(|(k, _)| *k != Some(i));
                     let other = strategy::Reference {
@@ -171,6 +242,7 @@ impl Client {
                             .map(|(_, m)| m.loss)
                             .fold(f64::INFINITY, f64::min),
                         rate_bps: others.map(|(_, m)| m.rate_bps).fold(0.0, f64::max),
+                        conn_bytes: all_bytes,
                     };
                     let j = conn.detours[i].judge.as_mut().expect("measured above");
                     let v = j.judge(now, &strat, &other, alternative);
@@ -206,6 +278,19 @@ impl Client {
         };
         match v {
             Verdict::Keep => Vec::new(),
+            Verdict::Test | Verdict::Resume | Verdict::Park(_) | Verdict::Helps(_) => {
+                self.remember_park(now, token, i, &v);
+                if matches!(v, Verdict::Helps(_)) {
+                    return Vec::new();
+                }
+                let backup = !matches!(v, Verdict::Resume);
+                vec![Action::SetBackup {
+                    token,
+                    local,
+                    remote,
+                    backup,
+                }]
+            }
             Verdict::Demote(_) | Verdict::Probe => {
                 let backup = matches!(v, Verdict::Demote(_));
                 match &v {
@@ -253,6 +338,63 @@ impl Client {
                 out
             }
         }
+    }
+
+    /// Logs a park test's step and remembers its outcome for the
+    /// (waypoint, prefix): new detours through a parked one start parked,
+    /// through one that added throughput skip the test.
+    fn remember_park(&mut self, now: Instant, token: Token, i: usize, v: &Verdict) {
+        let Some(conn) = self.conns.get(&token) else {
+            return;
+        };
+        let Some(d) = conn.detours.get(i) else {
+            return;
+        };
+        let key = (d.peer, strategy::prefix_of(conn.remote.ip()));
+        let name = &self.peers[d.peer].spec.name;
+        match v {
+            Verdict::Test => log::info!(
+                "detour of {:#010x} via {name}: {}",
+                token.0,
+                d.judge
+                    .as_ref()
+                    .and_then(|j| j.why.as_deref())
+                    .unwrap_or("")
+            ),
+            Verdict::Resume | Verdict::Helps(_) => {
+                let how = match v {
+                    Verdict::Helps(how) => how.as_str(),
+                    _ => "tested without it",
+                };
+                log::info!(
+                    "detour of {:#010x} via {name} adds throughput ({how}): in use",
+                    token.0
+                );
+                let until = now + self.settings.strategy.park_memory;
+                self.parked.insert(key, (until, Tested::Adds));
+            }
+            Verdict::Park(why) => {
+                log::info!("detour of {:#010x} via {name} parked: {why}", token.0);
+                let until = now + self.settings.strategy.park_memory;
+                self.parked
+                    .insert(key, (until, Tested::AddsNothing(why.clone())));
+            }
+            _ => {}
+        }
+    }
+
+    /// What the last park test of `peer` for `remote`'s prefix found, if it
+    /// still holds.
+    pub(super) fn parked_lately(
+        &mut self,
+        now: Instant,
+        peer: usize,
+        remote: SocketAddr,
+    ) -> Option<Tested> {
+        self.parked.retain(|_, (until, _)| *until > now);
+        self.parked
+            .get(&(peer, strategy::prefix_of(remote.ip())))
+            .map(|(_, t)| t.clone())
     }
 
     fn score_detours_one(&mut self, token: Token, i: usize) {
