@@ -182,3 +182,127 @@ fn wait_link(ns: &Netns, dev: &str, present: bool) -> Result<(), String> {
 pub fn per_router() -> Duration {
     LINK_DELAY * 3 / 2
 }
+
+/// Relay device for [`IngressDelays`].
+const INGRESS_DEV: &str = "dlyin";
+/// Routing table that sends ingress traffic into [`INGRESS_DEV`].
+const INGRESS_TABLE: &str = "103";
+/// Where the `local` rule goes while [`IngressDelays`] runs (after the
+/// ingress rule, pref 10).
+const LOCAL_PREF: &str = "20";
+
+/// IPv4 delay on what arrives on given interfaces, whether the namespace
+/// forwards it or delivers it locally ([`Delays`] holds only forwarded
+/// packets, so it cannot delay a connection between two routers' own
+/// sockets, such as the LAN proxy's to a converter). The `local` rule moves
+/// from pref 0 to [`LOCAL_PREF`] behind an `iif` rule (pref 10) that routes
+/// the interface's packets into a relay; the relay writes them back into
+/// its device, where the `iif` rule no longer matches, and they go on to
+/// `local` or the main table. Delaying each link's receiving end by `d`
+/// gives the link `d` one way in both directions. Only TCP and ICMP are
+/// held: ARP's check of a request's target address is a route lookup on
+/// the same interface (without a protocol), which must still find `local`.
+/// Early demux is off while the relays run: it attaches a socket to a
+/// packet for a local address, and the kernel drops forwarded packets that
+/// carry one.
+pub struct IngressDelays {
+    /// (node, pid) of running relays.
+    running: Vec<(Node, u32)>,
+}
+
+impl IngressDelays {
+    /// Starts a relay of `delay` in each node of `at`, for the packets
+    /// arriving on the node's listed interfaces; waits until routed.
+    pub fn start(
+        lab: &Lab,
+        at: &[(Node, &[&str])],
+        delay: Duration,
+    ) -> Result<IngressDelays, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let exe = exe.to_string_lossy().into_owned();
+        let us = delay.as_micros().to_string();
+        let mut d = IngressDelays {
+            running: Vec::new(),
+        };
+        for (n, ifaces) in at {
+            let ns = lab.topo.ns(*n);
+            let pid = ns.spawn(&[&exe, "relay", "--dev", INGRESS_DEV, "--delay-us", &us]);
+            d.running.push((*n, pid));
+            wait_link(ns, INGRESS_DEV, true)?;
+            ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
+            ns.sysctl("net.ipv4.ip_early_demux", "0");
+            ns.sysctl("net.ipv4.tcp_early_demux", "0");
+            ns.sysctl(&format!("net.ipv4.conf.{INGRESS_DEV}.rp_filter"), "0");
+            ns.sysctl(&format!("net.ipv4.conf.{INGRESS_DEV}.forwarding"), "1");
+            ns.exec(&[
+                "ip",
+                "link",
+                "set",
+                INGRESS_DEV,
+                "up",
+                "txqueuelen",
+                "10000",
+            ]);
+            ns.exec(&[
+                "ip",
+                "-4",
+                "route",
+                "replace",
+                "default",
+                "dev",
+                INGRESS_DEV,
+                "table",
+                INGRESS_TABLE,
+            ]);
+            for i in *ifaces {
+                // A packet for a local address is "forwarded" into the
+                // relay: the receiving interface must forward.
+                ns.sysctl(&format!("net.ipv4.conf.{i}.forwarding"), "1");
+                ns.sysctl(&format!("net.ipv4.conf.{i}.rp_filter"), "0");
+                for proto in ["tcp", "icmp"] {
+                    ns.exec(&[
+                        "ip",
+                        "-4",
+                        "rule",
+                        "add",
+                        "pref",
+                        "10",
+                        "iif",
+                        i,
+                        "ipproto",
+                        proto,
+                        "lookup",
+                        INGRESS_TABLE,
+                    ]);
+                }
+            }
+            ns.exec(&[
+                "ip", "-4", "rule", "add", "pref", LOCAL_PREF, "lookup", "local",
+            ]);
+            ns.exec(&["ip", "-4", "rule", "del", "pref", "0", "lookup", "local"]);
+        }
+        Ok(d)
+    }
+
+    /// Stops the relays and restores the rules: no added delay.
+    pub fn stop(mut self, lab: &Lab) {
+        for (n, pid) in std::mem::take(&mut self.running) {
+            let ns = lab.topo.ns(n);
+            ns.exec(&["ip", "-4", "rule", "add", "pref", "0", "lookup", "local"]);
+            ns.exec(&[
+                "ip", "-4", "rule", "del", "pref", LOCAL_PREF, "lookup", "local",
+            ]);
+            while ns
+                .output(&["ip", "-4", "rule", "del", "pref", "10"])
+                .status
+                .success()
+            {}
+            ns.sysctl("net.ipv4.ip_early_demux", "1");
+            ns.sysctl("net.ipv4.tcp_early_demux", "1");
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let _ = wait_link(ns, INGRESS_DEV, false);
+        }
+    }
+}
