@@ -253,6 +253,7 @@ impl LinkProfile {
 #[derive(Debug)]
 pub struct Topology {
     nodes: Vec<(Node, Netns)>,
+    profile: LinkProfile,
 }
 
 fn ip4(link: u8, host: u8) -> Ipv4Addr {
@@ -270,7 +271,7 @@ impl Topology {
             .iter()
             .map(|n| (*n, Netns::new(&format!("{n:?}").to_lowercase())))
             .collect();
-        let t = Topology { nodes };
+        let t = Topology { nodes, profile };
         for (l, a, b, core) in LINKS {
             let (ia, ib) = (format!("l{l}a"), format!("l{l}b"));
             run(&[
@@ -288,11 +289,7 @@ impl Topology {
                 "netns",
                 t.ns(b).name(),
             ]);
-            let rate = if core {
-                profile.core_mbit
-            } else {
-                profile.access_mbit
-            };
+            let rate = t.rate(core);
             for (node, ifname, host) in [(a, &ia, 1u8), (b, &ib, 2u8)] {
                 let ns = t.ns(node);
                 ns.exec(&[
@@ -317,22 +314,7 @@ impl Topology {
                 ns.exec(&[
                     "ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off",
                 ]);
-                // 10 packets of burst; a queue of ~50 ms at the link rate.
-                ns.exec(&[
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    ifname,
-                    "root",
-                    "tbf",
-                    "rate",
-                    &format!("{rate}mbit"),
-                    "burst",
-                    "15000",
-                    "latency",
-                    "50ms",
-                ]);
+                tbf(ns, ifname, rate);
             }
         }
         for r in [Node::Rc, Node::Rs, Node::Rw] {
@@ -439,6 +421,71 @@ impl Topology {
             self.ns(n).exec(&["ip", "link", "set", &i, "up"]);
         }
     }
+
+    /// Moves the shaping of `node`'s outgoing traffic off `node`: each of its
+    /// links is then shaped at the far end's ingress (an `ifb` device behind
+    /// a `mirred` redirect, same tbf), and `node`'s own interfaces keep only
+    /// their default qdisc.
+    ///
+    /// Why: on this kernel a TCP socket whose *own* qdisc drops at enqueue
+    /// can be aborted with ETIMEDOUT after bursts of failed retransmissions
+    /// (`tests/lab/results/local-qdisc-aborts-2026-12-06`), while forwarded
+    /// traffic meeting the same tbf is not. A router whose proxy terminates
+    /// connections is such a local sender; with this, its bottleneck sits
+    /// beyond its WAN port, as a modem's would.
+    pub fn shape_beyond(&self, node: Node) {
+        for (l, a, b, core) in LINKS {
+            let (far, far_if, own_if) = if a == node {
+                (b, format!("l{l}b"), format!("l{l}a"))
+            } else if b == node {
+                (a, format!("l{l}a"), format!("l{l}b"))
+            } else {
+                continue;
+            };
+            self.ns(node)
+                .exec(&["tc", "qdisc", "del", "dev", &own_if, "root"]);
+            let ns = self.ns(far);
+            let ifb = format!("ifb{l}");
+            ns.exec(&["ip", "link", "add", &ifb, "type", "ifb"]);
+            ns.exec(&["ip", "link", "set", &ifb, "up"]);
+            ns.exec(&[
+                "tc", "qdisc", "add", "dev", &far_if, "handle", "ffff:", "ingress",
+            ]);
+            ns.exec(&[
+                "tc", "filter", "add", "dev", &far_if, "parent", "ffff:", "protocol", "all", "u32",
+                "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", &ifb,
+            ]);
+            tbf(ns, &ifb, self.rate(core));
+        }
+    }
+
+    fn rate(&self, core: bool) -> u32 {
+        if core {
+            self.profile.core_mbit
+        } else {
+            self.profile.access_mbit
+        }
+    }
+}
+
+/// A tbf of `mbit` on `ifname`'s egress: 10 packets of burst, a queue of
+/// ~50 ms at the link rate.
+fn tbf(ns: &Netns, ifname: &str, mbit: u32) {
+    ns.exec(&[
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        ifname,
+        "root",
+        "tbf",
+        "rate",
+        &format!("{mbit}mbit"),
+        "burst",
+        "15000",
+        "latency",
+        "50ms",
+    ]);
 }
 
 fn host_of(n: Node) -> (u8, u8) {

@@ -8,7 +8,11 @@
 //!                             waypoint (dcol)
 //! ```
 //! The paper's topology (`dcol_tests::Topology`) with faster links (core
-//! 50 Mbit/s, access 100) and no delay relays. Unmodified programs: the
+//! 50 Mbit/s, access 100) and no delay relays. The router's links are
+//! shaped at their far ends (`Topology::shape_beyond`): the proxy's upstream
+//! sockets are local senders, and on this kernel a local sender whose own
+//! tbf drops at enqueue can be aborted (results
+//! `local-qdisc-aborts-2026-12-06`). Unmodified programs: the
 //! client host speaks plain TCP; the router's proxy makes it MPTCP, and
 //! connections to the MPTCP server get a NAT detour through the waypoint.
 //!
@@ -29,7 +33,9 @@
 //!    load's steady state;
 //! 3. short connections (connect, 16 bytes echoed, closed) to the TCP
 //!    server, `--short` of them (10,000; 2,000 quick) with 64 at a time: the
-//!    rate, their duration and failures.
+//!    rate, their duration and failures. They start once the load's uploads
+//!    have drained (nothing more reaches the servers for a second): before,
+//!    they only timed the bottleneck's queue.
 //!
 //! Output: `DIR/results.json`, `DIR/lan-load.svg`, a summary on stdout.
 
@@ -145,6 +151,9 @@ fn run(a: &Args) -> Value {
         core_mbit: 50,
         access_mbit: 100,
     });
+    // The router's proxy is a local sender: its bottleneck must lie beyond
+    // its WAN ports, as a modem's would (see `Topology::shape_beyond`).
+    lab.topo.shape_beyond(Node::Rc);
     for n in [Node::Client, Node::Rc] {
         lab.topo
             .ns(n)
@@ -159,18 +168,19 @@ fn run(a: &Args) -> Value {
     );
     eprintln!("== routed (dcol not running on the router) ==");
     let routed = load_phase(a, &lab, &servers, None);
-    let routed_short = short_phase(a, &lab, server);
+    let routed_short = short_phase(a, &lab, &servers, server);
     eprintln!("== through the LAN proxy ==");
     let daemon = start_proxy(&mut lab);
     warm_up(&lab, server);
     let idle_setup = crate::loadprobe::idle_setups(&lab, &daemon, server, a.probes);
     let proxied = load_phase(a, &lab, &servers, Some(&daemon));
-    let proxied_short = short_phase(a, &lab, server);
+    let proxied_short = short_phase(a, &lab, &servers, server);
     let end_status = daemon.try_status();
     json!({
         "command": "lan-load",
         "quick": a.quick,
         "links_mbit": {"core": 50, "access": 100},
+        "router_links_shaped": "at the far ends' ingress (ifb)",
         "conns": a.conns, "mptcp_conns": a.mptcp, "hold_s": a.secs,
         "short_conns": a.short, "short_window": a.window,
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).ok(),
@@ -258,6 +268,12 @@ fn load_phase(a: &Args, lab: &Lab, servers: &Servers, daemon: Option<&Daemon>) -
         .map(|&i| servers.received(i).saturating_sub(rx0[i]))
         .sum();
     let stalled_bulk = gaps.iter().filter(|g| **g >= loadgen::STALL).count();
+    // Bulk ids below `a.mptcp` upload to the MPTCP server (see `conn_specs`).
+    let stalled_mptcp = bulk
+        .iter()
+        .zip(&gaps)
+        .filter(|(&i, g)| i < a.mptcp && **g >= loadgen::STALL)
+        .count();
     let max_gap = gaps.iter().max().copied().unwrap_or_default();
     eprintln!(
         "  {} connected, {} failed to connect, {} lost, {} echo stalled, {stalled_bulk} bulk stalled (longest gap {:.1} s); echo p50 {:.2} ms p99 {:.2} ms; bulk {:.1} Mbit/s",
@@ -277,6 +293,7 @@ fn load_phase(a: &Args, lab: &Lab, servers: &Servers, daemon: Option<&Daemon>) -
         "echo_stalled": report.stalled,
         "bulk_conns": bulk.len(),
         "bulk_stalled": stalled_bulk,
+        "bulk_stalled_to": {"mptcp_server": stalled_mptcp, "tcp_server": stalled_bulk - stalled_mptcp},
         "bulk_longest_gap_s": round3(max_gap.as_secs_f64()),
         "bulk_mbps": round3(bytes as f64 * 8.0 / 1e6 / (a.secs as f64 + 5.0)),
         "echo_ms": stats(&report.echo_ms),
@@ -292,7 +309,17 @@ fn load_phase(a: &Args, lab: &Lab, servers: &Servers, daemon: Option<&Daemon>) -
 }
 
 /// Short connections to the TCP server, `a.short` of them, `a.window` at once.
-fn short_phase(a: &Args, lab: &Lab, server: Ipv4Addr) -> Value {
+///
+/// They start once the load's uploads have drained: what the closed
+/// connections left in send buffers (the proxy's upstream sockets hold
+/// megabytes) still crosses the bottleneck after the load ends, and short
+/// connections measured behind that queue would time the queue.
+fn short_phase(a: &Args, lab: &Lab, servers: &Servers, server: Ipv4Addr) -> Value {
+    let drain = wait_quiet(servers, a.conns, Duration::from_secs(90));
+    eprintln!(
+        "  the load's uploads drained {:.1} s after it ended",
+        drain.as_secs_f64()
+    );
     let to = SocketAddr::new(IpAddr::V4(server), TCP_PORT);
     let cpu0 = procstat::busy_cpu_s();
     let r = loadgen::run_short(lab.topo.ns(Node::Client), to, a.short, a.window);
@@ -309,6 +336,7 @@ fn short_phase(a: &Args, lab: &Lab, server: Ipv4Addr) -> Value {
     // TIME_WAIT and conntrack entries of this phase settle before the next.
     std::thread::sleep(Duration::from_secs(2));
     json!({
+        "drained_after_load_s": round3(drain.as_secs_f64()),
         "done": r.done, "failed": r.failed, "elapsed_s": round3(r.elapsed.as_secs_f64()),
         "per_s": round3(rate), "ms": stats(&r.ms), "errors": r.errors,
         "machine_cpu_s": round3(cpu),
@@ -316,6 +344,23 @@ fn short_phase(a: &Args, lab: &Lab, server: Ipv4Addr) -> Value {
 }
 
 /// Median, p99, max and count of `v`.
+/// Waits until the servers have received nothing more for a second (at
+/// most `limit`); returns how long that took.
+fn wait_quiet(servers: &Servers, slots: usize, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    let total = || (0..slots).map(|i| servers.received(i)).sum::<u64>();
+    let mut last = total();
+    while t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = total();
+        if now == last {
+            return t0.elapsed().saturating_sub(Duration::from_secs(1));
+        }
+        last = now;
+    }
+    t0.elapsed()
+}
+
 pub fn stats(v: &[f64]) -> Value {
     json!({
         "n": v.len(),

@@ -277,11 +277,23 @@ fn lan_rows(doc: &Value, run: &str, out: &mut Vec<Row>) {
         doc["conns"], doc["mptcp_conns"], doc["hold_s"]
     );
     let lost = |l: &Value| {
-        format!(
-            "{} lost, {} stalled",
+        let stalled =
+            l["echo_stalled"].as_u64().unwrap_or(0) + l["bulk_stalled"].as_u64().unwrap_or(0);
+        let mut s = format!(
+            "{} lost, {stalled} stalled",
             l["lost"].as_u64().unwrap_or(0) + l["connect_failed"].as_u64().unwrap_or(0),
-            l["echo_stalled"].as_u64().unwrap_or(0) + l["bulk_stalled"].as_u64().unwrap_or(0)
-        )
+        );
+        // Newer runs say which server the stalled uploads went to.
+        let to = &l["bulk_stalled_to"];
+        if stalled > 0 && to.is_object() {
+            s.push_str(&format!(
+                " (uploads to the TCP server {}, to the MPTCP server {}; longest gap {} s)",
+                to["tcp_server"],
+                to["mptcp_server"],
+                f(&l["bulk_longest_gap_s"], 1)
+            ));
+        }
+        s
     };
     out.push(row(
         format!("{n}: through the proxy"),
@@ -346,7 +358,12 @@ fn setup_short_rows(doc: &Value, run: &str, out: &mut Vec<Row>) {
     out.push(row(
         "detour setup under that load, median / p99 (ratio: medians)",
         format!("{} / {} ms", f(&u["median"], 1), f(&u["p99"], 1)),
-        format!("idle {} / {} ms", f(&i["median"], 1), f(&i["p99"], 1)),
+        format!(
+            "idle {} / {} ms; one loaded queue: routed echo p50 {} ms",
+            f(&i["median"], 1),
+            f(&i["p99"], 1),
+            f(&r["load"]["echo_ms"]["median"], 1)
+        ),
         ratio(&u["median"], &i["median"]),
         "",
         run,
@@ -354,8 +371,14 @@ fn setup_short_rows(doc: &Value, run: &str, out: &mut Vec<Row>) {
     let (rs, ps) = (&r["short"], &p["short"]);
     out.push(row(
         format!(
-            "{} short connections, {} at once",
-            doc["short_conns"], doc["short_window"]
+            "{} short connections, {} at once{}",
+            doc["short_conns"],
+            doc["short_window"],
+            if ps["drained_after_load_s"].is_number() {
+                ", after the load drained"
+            } else {
+                ""
+            }
         ),
         format!(
             "{}/s, {} failed, p99 {} ms",
