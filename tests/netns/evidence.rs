@@ -5,11 +5,19 @@
 //! Attribution evidence: a waypoint keeps the signed request of every grant
 //! it made; `dcol waypoint log` shows who asked for which destination and
 //! re-checks the signatures against the collective's key; a torn record
-//! (crash mid-write) is reported and the records before it kept.
+//! (crash mid-write) is reported and the records before it kept. Grants to
+//! one destination share a tunnel; each holder's grant and end is recorded.
 
-use std::net::IpAddr;
-use std::path::PathBuf;
+mod lease;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use dcol::proto::{Nonce, Outcome, RefusalReason, RequestKind};
+use dcol_tests::lab::{enter_netns, SIGNAL_PORT};
+use lease::{nat_lease, signed_request};
 
 use dcol_tests::dcol::{dcol_bin, map_elements};
 use dcol_tests::lab::{need_root, Lab, IPERF_PORT};
@@ -211,4 +219,176 @@ fn vpn_lease_end_records_its_bytes() {
     // 3 s at ~9 Mbit/s, about half of it through the tunnel.
     assert!(bytes.is_some_and(|b| b > 1_000_000), "{out}");
     assert!(out.contains("\"grant\":\"vpn 10.202.7."), "{out}");
+}
+
+/// Opens a TCP socket in namespace `ns` (the socket stays in it).
+fn connect_in(ns: &str, to: SocketAddr) -> TcpStream {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        enter_netns(&std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns"));
+        let s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        s
+    })
+    .join()
+    .expect("connect thread")
+}
+
+/// An echo server on `port` in namespace `ns`, one thread per connection.
+fn echo_server_in(ns: &str, port: u16) {
+    let ns = ns.to_owned();
+    let l = std::thread::spawn(move || {
+        enter_netns(&std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns"));
+        TcpListener::bind(("0.0.0.0", port)).expect("bind")
+    })
+    .join()
+    .expect("listen thread");
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut b = [0u8; 64];
+                while let Ok(n) = c.read(&mut b) {
+                    if n == 0 || c.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Whether `s` still carries an echo.
+fn echoes(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 4];
+    s.write_all(b"ping").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"ping"
+}
+
+/// `dcol waypoint log --json` records whose grant starts with `prefix`.
+fn records(ev: &Path, prefix: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(dcol_bin())
+        .args(["waypoint", "log", "--json", "--dir"])
+        .arg(ev)
+        .output()
+        .expect("dcol waypoint log");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["grant"].as_str().unwrap_or("").starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
+/// Two grants to one destination share one port and one map element; each
+/// holder renews and releases on its own: the first release leaves the
+/// tunnel (and the other connection's flow) up, the last ends it, its
+/// flows included. Each grant has its end record.
+#[test]
+#[cfg_attr(
+    not(dcol_root),
+    ignore = "needs root: network namespaces, nftables, the MPTCP path manager"
+)]
+fn grants_to_one_destination_share_a_tunnel() {
+    if !need_root() {
+        return;
+    }
+    let (lab, server, _srv, ev) = lab_with_evidence("");
+    let echo_port = 6107;
+    echo_server_in(&lab.ns(Node::Server), echo_port);
+    let dest = SocketAddr::new(server, echo_port);
+    let wp_ip: IpAddr = lab.topo.addr4(Node::Waypoint).into();
+    let wp = SocketAddr::new(wp_ip, SIGNAL_PORT);
+    let wns = lab.ns(Node::Waypoint);
+    let cns = lab.ns(Node::Client);
+    let port = nat_lease(&lab, dest, 1);
+    assert_eq!(nat_lease(&lab, dest, 2), port, "the second grant shares");
+    assert_eq!(map_elements(&wns, "dcol", "nat4"), 1);
+    let st = lab.wp().status();
+    assert_eq!(st["waypoint"]["granted"], 2, "{st}");
+    assert_eq!(st["waypoint"]["grants"][0]["holders"], 2, "{st}");
+    let mut a = connect_in(&cns, SocketAddr::new(wp_ip, port));
+    let mut b = connect_in(&cns, SocketAddr::new(wp_ip, port));
+    assert!(echoes(&mut a) && echoes(&mut b));
+    let ask =
+        |kind: RequestKind, nonce: u8| signed_request(&cns, &lab.client_member, wp, kind, nonce);
+    let renew = |lease: u8, nonce: u8| {
+        ask(
+            RequestKind::Renew {
+                port,
+                destination: dest,
+                lease: Nonce([lease; 16]),
+            },
+            nonce,
+        )
+    };
+    let release = |lease: u8, nonce: u8| {
+        ask(
+            RequestKind::Release {
+                port,
+                lease: Nonce([lease; 16]),
+            },
+            nonce,
+        )
+    };
+    // Each holder renews by its own grant's nonce; a nonce that holds
+    // nothing is refused.
+    assert!(matches!(renew(1, 3), Outcome::Granted { .. }));
+    assert!(matches!(renew(2, 4), Outcome::Granted { .. }));
+    assert!(matches!(
+        release(9, 5),
+        Outcome::Refused {
+            reason: RefusalReason::UnknownLease
+        }
+    ));
+    // The first holder leaves: the tunnel stays, the other flow carries on.
+    assert!(matches!(
+        release(1, 6),
+        Outcome::Granted { lease_secs: 0, .. }
+    ));
+    assert_eq!(map_elements(&wns, "dcol", "nat4"), 1);
+    assert!(echoes(&mut b), "the remaining holder's flow stopped");
+    assert!(matches!(
+        renew(1, 7),
+        Outcome::Refused {
+            reason: RefusalReason::UnknownLease
+        }
+    ));
+    assert_eq!(records(&ev, "end nat ").len(), 1);
+    // The last one leaves: element and flows are gone.
+    assert!(matches!(
+        release(2, 8),
+        Outcome::Granted { lease_secs: 0, .. }
+    ));
+    assert_eq!(map_elements(&wns, "dcol", "nat4"), 0);
+    let t0 = Instant::now();
+    while echoes(&mut b) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "a flow of the ended tunnel still carries"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Evidence: two grants, two ends; the tunnel's bytes on the last.
+    let t0 = Instant::now();
+    let ends = loop {
+        let e = records(&ev, "end nat ");
+        if e.len() >= 2 || t0.elapsed() > Duration::from_secs(5) {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let grants = records(&ev, &format!("nat {port} -> {dest}"));
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    assert!(
+        ends[0]["grant"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("released (shared)"),
+        "{ends:?}"
+    );
+    assert!(ends[1]["bytes"].as_u64().is_some_and(|b| b > 0), "{ends:?}");
+    drop(a);
 }

@@ -44,7 +44,7 @@
 //!     "listen": ["0.0.0.0:7447"],
 //!     "grants": [ { "member": "bob", "member_id": "3f2a9c0d11e4b7a0", "client": "10.0.1.1",
 //!                   "port": 40000, "destination": "10.0.3.2:5201",
-//!                   "age_s": 12, "expires_in_s": 288 } ],
+//!                   "age_s": 12, "expires_in_s": 288, "holders": 1 } ],
 //!     "datagrams": 10, "granted": 9, "refused": { "Stale": 1 },
 //!     "donate_kbit": 8000, "donate_monthly_bytes": 100000000000,
 //!     "donated_month_bytes": 1234567, "refusing": null, "ending_tunnels": 0,
@@ -568,4 +568,8 @@ pub struct GrantStatus {
     pub age_s: u64,
     /// Seconds left unless renewed.
     pub expires_in_s: u64,
+    /// Grants holding it: connections of the member from that client to
+    /// that destination share one tunnel.
+    #[serde(default)]
+    pub holders: usize,
 }

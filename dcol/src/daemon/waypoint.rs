@@ -347,6 +347,9 @@ impl WaypointDriver {
         for l in self.core.expire(now) {
             self.end_lease(&l, "lease expired");
         }
+        for (l, _) in self.core.take_pruned() {
+            self.share_ended(&l, "share expired");
+        }
         self.flush_ended();
         self.expire_vpn(now);
         self.check_quota(now);
@@ -428,6 +431,7 @@ impl WaypointDriver {
                 destination: l.destination.to_string(),
                 age_s: now.saturating_duration_since(l.granted_at).as_secs(),
                 expires_in_s: l.expires_at.saturating_duration_since(now).as_secs(),
+                holders: l.holders.len(),
             })
             .collect();
         let st = self.core.stats();

@@ -32,28 +32,36 @@ impl Waypoint {
                 limit,
             );
         }
-        match self.leases.allocate(
+        match self.leases.grant(
             now,
             nonce,
-            member,
-            &req.cert.name,
-            client,
-            destination,
+            (member, &req.cert.name),
+            (client, destination),
             lease_len,
         ) {
-            Ok(lease) => {
+            Ok(granted) => {
+                let (Granted::New(lease) | Granted::Joined(lease)) = &granted;
                 let bytes = self.grant_bytes(wall_ms, nonce, lease.port, client);
                 if bytes.len() > limit {
-                    self.leases.end(now, lease.client, lease.port);
+                    self.leases.leave(now, (lease.client, lease.port), nonce);
                     return self.ignore("grant would be larger than the request");
                 }
                 self.count_grant();
-                Decision::Install {
-                    lease,
-                    timeout: lease_len,
-                    to: from,
-                    bytes,
-                    nonce,
+                match granted {
+                    Granted::New(lease) => Decision::Install {
+                        lease,
+                        timeout: lease_len,
+                        to: from,
+                        bytes,
+                        nonce,
+                    },
+                    Granted::Joined(lease) => Decision::Join {
+                        lease,
+                        timeout: lease_len,
+                        to: from,
+                        bytes,
+                        nonce,
+                    },
                 }
             }
             Err(e) => {
@@ -87,15 +95,21 @@ impl Waypoint {
         let client = from.ip();
         let (member, nonce) = (req.cert.member, req.body.nonce);
         let lease_len = self.settings.lease;
-        let owned = self.leases.lookup(client, port).is_some_and(|l| {
-            l.member == member && l.destination == destination && l.nonce == lease
-        });
-        if !owned {
+        let owned = self
+            .leases
+            .lookup(client, port)
+            .is_some_and(|l| l.member == member && l.destination == destination);
+        let renewed = owned
+            .then(|| {
+                self.leases
+                    .renew(now, (client, port), lease, now + lease_len)
+                    .cloned()
+            })
+            .flatten();
+        let Some(lease) = renewed else {
             let d = format!("no lease on port {port} for {client}");
             return self.refusal(wall_ms, from, nonce, RefusalReason::UnknownLease, d, limit);
-        }
-        let lease = self.leases.renew(client, port, now + lease_len).cloned();
-        let lease = lease.expect("lease checked just above");
+        };
         let bytes = self.grant_bytes(wall_ms, nonce, port, client);
         self.fit(bytes, limit, |bytes| Decision::Refresh {
             lease,
@@ -120,15 +134,14 @@ impl Waypoint {
         let owned = self
             .leases
             .lookup(client, port)
-            .is_some_and(|l| l.member == member && l.nonce == lease);
-        if !owned {
+            .is_some_and(|l| l.member == member && l.held_by(lease));
+        let left = owned
+            .then(|| self.leases.leave(now, (client, port), lease))
+            .flatten();
+        let Some(left) = left else {
             let d = format!("no lease on port {port} for {client}");
             return self.refusal(wall_ms, from, nonce, RefusalReason::UnknownLease, d, limit);
-        }
-        let lease = self
-            .leases
-            .end(now, client, port)
-            .expect("lease checked just above");
+        };
         let bytes = self.response_bytes(
             wall_ms,
             nonce,
@@ -138,10 +151,17 @@ impl Waypoint {
                 observed: client,
             },
         );
-        self.fit(bytes, limit, |bytes| Decision::Remove {
-            lease,
-            to: from,
-            bytes,
+        self.fit(bytes, limit, |bytes| match left {
+            Left::Ended(lease) => Decision::Remove {
+                lease,
+                to: from,
+                bytes,
+            },
+            Left::Stays(lease) => Decision::Leave {
+                lease,
+                to: from,
+                bytes,
+            },
         })
     }
 

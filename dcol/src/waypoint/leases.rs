@@ -7,6 +7,17 @@
 //! address; a released or expired `(client, port)` rests in quarantine before it
 //! is handed out again, because MPTCP subflows linger after they close
 //! (`net.mptcp.close_timeout`, 60 s by default).
+//!
+//! **Shared leases.** A second grant for the same member, client address and
+//! destination while a lease is live joins that lease instead of taking a
+//! port: the kernel element already maps `(client, port)` to the destination,
+//! and the subflows of different connections differ by their source ports.
+//! Each grant is a *holder* named by its request's nonce, renews and releases
+//! on its own, and counts against the member's quota like a lease of its own;
+//! the lease (element and flows) ends when its last holder releases or
+//! expires. A household whose connections all detour to one destination (a
+//! converter, one busy server) then needs one port per waypoint, not one per
+//! connection: the ports a UPnP gateway maps are few.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -33,10 +44,37 @@ pub struct Lease {
     pub destination: SocketAddr,
     /// When it was first granted.
     pub granted_at: Instant,
-    /// When it ends unless renewed.
+    /// When it ends unless renewed (its last holder's expiry).
     pub expires_at: Instant,
-    /// Nonce of the request that created it; renewals and releases must name it.
-    pub nonce: Nonce,
+    /// Its holders: the nonce of each grant's request (renewals and releases
+    /// must name one) and when that holder's share ends unless renewed. The
+    /// first created the lease. Never empty while the lease is live.
+    pub holders: Vec<(Nonce, Instant)>,
+}
+
+impl Lease {
+    /// Whether the grant of request `nonce` holds it.
+    pub fn held_by(&self, nonce: Nonce) -> bool {
+        self.holders.iter().any(|(n, _)| *n == nonce)
+    }
+}
+
+/// What [`LeaseTable::grant`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Granted {
+    /// A new lease on a free port.
+    New(Lease),
+    /// A holder added to the member's live lease to the same destination.
+    Joined(Lease),
+}
+
+/// What [`LeaseTable::leave`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Left {
+    /// The last holder left: the lease ended (it is returned as it was).
+    Ended(Lease),
+    /// Other holders remain: the lease stays.
+    Stays(Lease),
 }
 
 /// Why no lease could be made.
@@ -64,6 +102,9 @@ pub struct LeaseTable {
     /// only those, never a scan of the map.
     rest_order: VecDeque<(Instant, IpAddr, u16)>,
     cursor: u16,
+    /// Holders dropped by [`Self::prune_holders`] since the last
+    /// [`Self::take_pruned`]: the lease as it stayed, and the holder's nonce.
+    pruned: Vec<(Lease, Nonce)>,
 }
 
 impl LeaseTable {
@@ -85,6 +126,7 @@ impl LeaseTable {
             resting: HashMap::new(),
             rest_order: VecDeque::new(),
             cursor: ports.0,
+            pruned: Vec::new(),
         }
     }
 
@@ -104,7 +146,44 @@ impl LeaseTable {
         self.live.get(&(client, port))
     }
 
-    /// Allocates a new lease.
+    /// A grant for request `nonce` of `(member, its name)` on the flow
+    /// `(client, destination)`: joins the member's live lease on that flow
+    /// if there is one, else allocates a new lease. Either way the holder
+    /// counts against the member's quota.
+    pub fn grant(
+        &mut self,
+        now: Instant,
+        nonce: Nonce,
+        (member, member_name): (MemberId, &str),
+        (client, destination): (IpAddr, SocketAddr),
+        lease: Duration,
+    ) -> Result<Granted, LeaseError> {
+        let Some(port) = self.find(member, client, destination).map(|l| l.port) else {
+            return self
+                .allocate(now, nonce, member, member_name, client, destination, lease)
+                .map(Granted::New);
+        };
+        self.prune_holders(now, client, port);
+        let held = self.per_member.get(&member).copied().unwrap_or(0);
+        if held >= self.max_per_member {
+            return Err(LeaseError::QuotaExceeded);
+        }
+        let until = now + lease;
+        let l = self
+            .live
+            .get_mut(&(client, port))
+            .expect("by_flow names live leases only");
+        l.holders.push((nonce, until));
+        if until > l.expires_at {
+            self.expiry.remove(&(l.expires_at, client, port));
+            l.expires_at = until;
+            self.expiry.insert((until, client, port));
+        }
+        *self.per_member.entry(member).or_default() += 1;
+        Ok(Granted::Joined(l.clone()))
+    }
+
+    /// Allocates a new lease (never joins one: see [`Self::grant`]).
     #[allow(clippy::too_many_arguments)]
     pub fn allocate(
         &mut self,
@@ -145,7 +224,7 @@ impl LeaseTable {
                 destination,
                 granted_at: now,
                 expires_at: now + lease,
-                nonce,
+                holders: vec![(nonce, now + lease)],
             };
             self.live.insert(key, l.clone());
             self.by_flow.insert((member, client, destination), port);
@@ -156,9 +235,20 @@ impl LeaseTable {
         Err(LeaseError::NoPortsLeft)
     }
 
-    /// Extends a live lease; returns it, or `None` when there is no such lease.
-    pub fn renew(&mut self, client: IpAddr, port: u16, until: Instant) -> Option<&Lease> {
+    /// Extends holder `nonce`'s share of a live lease (and the lease with
+    /// it); returns the lease, or `None` when there is no such lease or
+    /// holder.
+    pub fn renew(
+        &mut self,
+        now: Instant,
+        (client, port): (IpAddr, u16),
+        nonce: Nonce,
+        until: Instant,
+    ) -> Option<&Lease> {
+        self.prune_holders(now, client, port);
         let l = self.live.get_mut(&(client, port))?;
+        let h = l.holders.iter_mut().find(|(n, _)| *n == nonce)?;
+        h.1 = h.1.max(until);
         if until > l.expires_at {
             self.expiry.remove(&(l.expires_at, client, port));
             l.expires_at = until;
@@ -167,17 +257,85 @@ impl LeaseTable {
         Some(l)
     }
 
-    /// Ends a lease now (release, revocation, failed install).
+    /// Holder `nonce` leaves the lease on `(client, port)` (its release, or
+    /// its failed grant): the lease ends with its last holder. `None` when
+    /// there is no such lease or holder.
+    pub fn leave(
+        &mut self,
+        now: Instant,
+        (client, port): (IpAddr, u16),
+        nonce: Nonce,
+    ) -> Option<Left> {
+        let l = self.live.get_mut(&(client, port))?;
+        let i = l.holders.iter().position(|(n, _)| *n == nonce)?;
+        let others_live = l
+            .holders
+            .iter()
+            .enumerate()
+            .any(|(j, (_, until))| j != i && *until > now);
+        if !others_live {
+            // Ended with every holder it had (each one's end is recorded).
+            return self.end(now, client, port).map(Left::Ended);
+        }
+        l.holders.swap_remove(i);
+        // It now lasts as long as its longest remaining share.
+        let last = l.holders.iter().map(|h| h.1).max().unwrap_or(now);
+        if last < l.expires_at {
+            self.expiry.remove(&(l.expires_at, client, port));
+            l.expires_at = last;
+            self.expiry.insert((last, client, port));
+        }
+        let (member, kept) = (l.member, l.clone());
+        self.uncount(member, 1);
+        Some(Left::Stays(kept))
+    }
+
+    /// Drops the holders of `(client, port)` whose shares ended by `now`
+    /// without a release (their connection's end was never told); the
+    /// lease itself ends by [`Self::expire`] when its last share does.
+    fn prune_holders(&mut self, now: Instant, client: IpAddr, port: u16) {
+        let Some(l) = self.live.get_mut(&(client, port)) else {
+            return;
+        };
+        if l.holders.iter().all(|(_, until)| *until <= now) {
+            // The lease itself has expired: `expire` ends it, holders and all.
+            return;
+        }
+        let (kept, gone): (Vec<_>, Vec<_>) = l.holders.iter().partition(|(_, until)| *until > now);
+        if gone.is_empty() {
+            return;
+        }
+        l.holders = kept;
+        let (member, stays) = (l.member, l.clone());
+        self.uncount(member, gone.len());
+        self.pruned
+            .extend(gone.into_iter().map(|(n, _)| (stays.clone(), n)));
+    }
+
+    /// The holders whose shares ended without a release while their lease
+    /// stayed (for their end records), since the last call.
+    pub fn take_pruned(&mut self) -> Vec<(Lease, Nonce)> {
+        std::mem::take(&mut self.pruned)
+    }
+
+    fn uncount(&mut self, member: MemberId, holders: usize) {
+        if let Some(n) = self.per_member.get_mut(&member) {
+            *n = n.saturating_sub(u32::try_from(holders).unwrap_or(u32::MAX));
+            if *n == 0 {
+                self.per_member.remove(&member);
+            }
+        }
+    }
+
+    /// Ends a lease now, whoever holds it (expiry, revocation, failed install).
     pub fn end(&mut self, now: Instant, client: IpAddr, port: u16) -> Option<Lease> {
         let l = self.live.remove(&(client, port))?;
         self.expiry.remove(&(l.expires_at, client, port));
-        self.by_flow.remove(&(l.member, client, l.destination));
-        if let Some(n) = self.per_member.get_mut(&l.member) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_member.remove(&l.member);
-            }
+        let flow = (l.member, client, l.destination);
+        if self.by_flow.get(&flow) == Some(&port) {
+            self.by_flow.remove(&flow);
         }
+        self.uncount(l.member, l.holders.len());
         self.forget_rests(now);
         let until = now + QUARANTINE;
         self.resting.insert((client, port), until);
@@ -372,12 +530,14 @@ mod tests {
             .unwrap();
         assert_eq!(t.next_expiry(), Some(t0 + LEASE));
         assert!(t.expire(t0 + LEASE - Duration::from_secs(1)).is_empty());
-        t.renew(a.client, a.port, t0 + LEASE * 2).unwrap();
+        let key = (a.client, a.port);
+        assert!(t.renew(t0, key, Nonce([9; 16]), t0 + LEASE * 2).is_none());
+        t.renew(t0, key, Nonce([0; 16]), t0 + LEASE * 2).unwrap();
         assert!(t.expire(t0 + LEASE).is_empty());
         let gone = t.expire(t0 + LEASE * 2);
         assert_eq!(gone.len(), 1);
         assert!(t.is_empty());
-        assert!(t.renew(a.client, a.port, t0 + LEASE * 3).is_none());
+        assert!(t.renew(t0, key, Nonce([0; 16]), t0 + LEASE * 3).is_none());
     }
 
     #[test]
@@ -396,5 +556,130 @@ mod tests {
         assert!(t.find(m(1), ip("10.0.1.9"), dst()).is_none());
         assert_eq!(t.end_member(t0, m(1)).len(), 1);
         assert_eq!(t.len(), 1);
+    }
+
+    fn n(b: u8) -> Nonce {
+        Nonce([b; 16])
+    }
+
+    fn joined(g: Result<Granted, LeaseError>) -> Lease {
+        match g {
+            Ok(Granted::Joined(l)) => l,
+            other => panic!("expected a join, got {other:?}"),
+        }
+    }
+
+    fn new(g: Result<Granted, LeaseError>) -> Lease {
+        match g {
+            Ok(Granted::New(l)) => l,
+            other => panic!("expected a new lease, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn grants_to_one_destination_share_a_port_and_count_each() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new((40000, 40009), 3);
+        let c = ip("10.0.1.2");
+        let a = new(t.grant(t0, n(1), (m(1), "a"), (c, dst()), LEASE));
+        let b = joined(t.grant(t0, n(2), (m(1), "a"), (c, dst()), LEASE));
+        assert_eq!(a.port, b.port);
+        assert_eq!(b.holders.len(), 2);
+        assert_eq!(t.len(), 1);
+        // Another destination, another client address or another member
+        // take a port of their own.
+        let other: SocketAddr = "10.0.3.2:443".parse().unwrap();
+        let d = new(t.grant(t0, n(3), (m(1), "a"), (c, other), LEASE));
+        assert_ne!(d.port, a.port);
+        new(t.grant(t0, n(4), (m(2), "b"), (c, dst()), LEASE));
+        new(t.grant(t0, n(5), (m(2), "b"), (ip("10.0.1.3"), dst()), LEASE));
+        // Each holder counts against the member's quota (3): a join too.
+        assert_eq!(
+            t.grant(t0, n(6), (m(1), "a"), (c, dst()), LEASE),
+            Err(LeaseError::QuotaExceeded)
+        );
+    }
+
+    #[test]
+    fn holders_renew_and_leave_on_their_own() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new((40000, 40009), 10);
+        let c = ip("10.0.1.2");
+        let a = new(t.grant(t0, n(1), (m(1), "a"), (c, dst()), LEASE));
+        let key = (c, a.port);
+        let t1 = t0 + Duration::from_secs(10);
+        joined(t.grant(t1, n(2), (m(1), "a"), (c, dst()), LEASE));
+        assert_eq!(t.next_expiry(), Some(t1 + LEASE));
+        // A stranger's nonce neither renews nor releases.
+        assert!(t.renew(t1, key, n(7), t1 + LEASE).is_none());
+        assert!(t.leave(t1, key, n(7)).is_none());
+        // The second holder leaves: the lease stays, for the first holder's
+        // time only.
+        match t.leave(t1, key, n(2)) {
+            Some(Left::Stays(l)) => assert_eq!(l.holders.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.next_expiry(), Some(t0 + LEASE));
+        assert!(t.renew(t1, key, n(2), t1 + LEASE).is_none());
+        // The last holder leaves: it ends, and its port rests.
+        match t.leave(t1, key, n(1)) {
+            Some(Left::Ended(l)) => assert_eq!(l.holders.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.resting(), 1);
+        // The quota is whole again.
+        let mut q = LeaseTable::new((40000, 40009), 1);
+        let l = new(q.grant(t0, n(1), (m(1), "a"), (c, dst()), LEASE));
+        q.leave(t0, (c, l.port), n(1));
+        new(q.grant(t0, n(2), (m(1), "a"), (c, dst()), LEASE));
+    }
+
+    #[test]
+    fn unreleased_shares_end_by_themselves() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new((40000, 40009), 2);
+        let c = ip("10.0.1.2");
+        let a = new(t.grant(t0, n(1), (m(1), "a"), (c, dst()), LEASE));
+        let key = (c, a.port);
+        joined(t.grant(t0, n(2), (m(1), "a"), (c, dst()), LEASE));
+        // Holder 1 renews; holder 2 never does (its connection's end was
+        // never told) and is pruned once its share is over.
+        let t1 = t0 + LEASE - Duration::from_secs(1);
+        t.renew(t1, key, n(1), t1 + LEASE).unwrap();
+        let t2 = t0 + LEASE + Duration::from_secs(1);
+        assert!(t.expire(t2).is_empty());
+        t.renew(t2, key, n(1), t2 + LEASE).unwrap();
+        let pruned = t.take_pruned();
+        assert_eq!(pruned.len(), 1);
+        assert_eq!(pruned[0].1, n(2));
+        assert_eq!(pruned[0].0.holders.len(), 1);
+        assert!(t.take_pruned().is_empty());
+        // Its quota share is back.
+        joined(t.grant(t2, n(3), (m(1), "a"), (c, dst()), LEASE));
+        // When every share is over, the whole lease expires with its holders.
+        let gone = t.expire(t2 + LEASE);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].holders.len(), 2);
+        assert!(t.is_empty());
+        new(t.grant(t2 + LEASE, n(4), (m(1), "a"), (c, dst()), LEASE));
+    }
+
+    #[test]
+    fn releasing_beside_expired_shares_ends_the_lease() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new((40000, 40009), 10);
+        let c = ip("10.0.1.2");
+        let a = new(t.grant(t0, n(1), (m(1), "a"), (c, dst()), LEASE));
+        let key = (c, a.port);
+        let t1 = t0 + LEASE / 2;
+        joined(t.grant(t1, n(2), (m(1), "a"), (c, dst()), LEASE));
+        // Holder 1's share is over (unrenewed); holder 2 releases: nobody
+        // live is left, so the lease ends now, both holders recorded.
+        match t.leave(t0 + LEASE + Duration::from_secs(1), key, n(2)) {
+            Some(Left::Ended(l)) => assert_eq!(l.holders.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.is_empty());
     }
 }

@@ -60,7 +60,7 @@ use crate::trust::{
     CertCache, Certificate, MemberId, PublicKey, Revocations, Roles, SecretKey, TrustError,
 };
 use evidence::Shares;
-pub use leases::{Lease, LeaseError, LeaseTable};
+pub use leases::{Granted, Lease, LeaseError, LeaseTable, Left};
 pub use limits::Limits;
 use limits::{Blocklist, Buckets, Source};
 pub use vpn::{VpnLease, VpnSettings, VpnTable};
@@ -157,6 +157,31 @@ pub enum Decision {
     VpnRemove {
         /// The ended lease.
         lease: VpnLease,
+        /// Destination of the reply.
+        to: SocketAddr,
+        /// The encoded confirmation.
+        bytes: Vec<u8>,
+    },
+    /// A grant joined the member's live `lease` to the same destination
+    /// ([`leases::Granted::Joined`]): refresh its element to `timeout`, keep
+    /// the request as evidence, then send the grant.
+    Join {
+        /// The shared lease, the new holder included.
+        lease: Lease,
+        /// Element timeout.
+        timeout: Duration,
+        /// Destination of the reply.
+        to: SocketAddr,
+        /// The encoded grant.
+        bytes: Vec<u8>,
+        /// Nonce of the request (for [`Waypoint::abort`]).
+        nonce: Nonce,
+    },
+    /// One holder released a shared `lease` that others still hold: no
+    /// kernel change; keep its end record, then send the reply.
+    Leave {
+        /// The lease as it stays.
+        lease: Lease,
         /// Destination of the reply.
         to: SocketAddr,
         /// The encoded confirmation.
@@ -393,7 +418,9 @@ impl Waypoint {
         let remember = matches!(
             decision,
             Decision::Install { .. }
+                | Decision::Join { .. }
                 | Decision::Refresh { .. }
+                | Decision::Leave { .. }
                 | Decision::Remove { .. }
                 | Decision::VpnInstall { .. }
                 | Decision::VpnRefresh { .. }
@@ -401,7 +428,7 @@ impl Waypoint {
         );
         if matches!(
             decision,
-            Decision::Install { .. } | Decision::VpnInstall { .. }
+            Decision::Install { .. } | Decision::Join { .. } | Decision::VpnInstall { .. }
         ) {
             if let Some(sh) = self.shares.as_mut() {
                 sh.add(member, wall_ms, evidence_cost(dgram));
@@ -614,8 +641,10 @@ impl Waypoint {
         self.vpn.as_ref().map(|t| t.settings())
     }
 
-    /// Undoes an [`Decision::Install`] whose kernel change failed and returns the
-    /// refusal to send to `to` instead (never longer than the grant it replaces).
+    /// Undoes an [`Decision::Install`] or [`Decision::Join`] whose kernel
+    /// change failed (request `nonce` leaves the lease; a new one ends) and
+    /// returns the refusal to send to `to` instead (never longer than the
+    /// grant it replaces).
     #[allow(clippy::too_many_arguments)]
     pub fn abort(
         &mut self,
@@ -627,7 +656,7 @@ impl Waypoint {
         limit: usize,
         why: &str,
     ) -> Decision {
-        self.leases.end(now, lease.client, lease.port);
+        self.leases.leave(now, (lease.client, lease.port), nonce);
         self.unsee((lease.member, nonce));
         self.stats.granted = self.stats.granted.saturating_sub(1);
         self.refusal(
@@ -644,6 +673,13 @@ impl Waypoint {
     /// conntrack entries.
     pub fn expire(&mut self, now: Instant) -> Vec<Lease> {
         self.leases.expire(now)
+    }
+
+    /// Holders of shared leases whose shares ended unreleased while others
+    /// kept the lease: the lease as it stays and the holder's nonce (the
+    /// daemon writes their end records; nothing in the kernel changes).
+    pub fn take_pruned(&mut self) -> Vec<(Lease, Nonce)> {
+        self.leases.take_pruned()
     }
 
     /// Applies a changed configuration without dropping live tunnels: the

@@ -8,7 +8,11 @@
 //! collective's root key), address and socket, and speaks the real signed
 //! protocol (`wpmember.rs`): it holds 2 NAT leases, renews each every 5 s (the client's default)
 //! (lease 30 s), and replaces one every 4 s, so 200 members churn 50 grants
-//! a second; a TCP connection goes through every lease. First a quiet
+//! a second; a TCP connection goes through every lease. A member's grants
+//! go to 8 server addresses in turn, so the leases it holds are distinct
+//! tunnels; with `--destinations 1` every grant goes to one address and
+//! joins the member's live lease (shared tunnels, see `waypoint::leases`).
+//! First a quiet
 //! baseline in the same run: one member, grants one at a time, 10 a second,
 //! nothing else. Then the churn for `--secs` (300; 30 with `--quick`),
 //! sampling every 2 s the NAT map's elements, the conntrack entries of
@@ -52,6 +56,7 @@ struct Args {
     members: usize,
     rate: f64,
     secs: u64,
+    destinations: u8,
 }
 
 fn parse(args: &mut lexopt::Parser) -> Result<Args, lexopt::Error> {
@@ -61,6 +66,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Args, lexopt::Error> {
         members: 200,
         rate: 50.0,
         secs: 300,
+        destinations: wpmember::DESTINATIONS,
     };
     let mut secs = None;
     while let Some(arg) = args.next()? {
@@ -70,6 +76,17 @@ fn parse(args: &mut lexopt::Parser) -> Result<Args, lexopt::Error> {
             lexopt::Arg::Long("members") => a.members = args.value()?.parse()?,
             lexopt::Arg::Long("rate") => a.rate = args.value()?.parse()?,
             lexopt::Arg::Long("secs") => secs = Some(args.value()?.parse()?),
+            lexopt::Arg::Long("destinations") => {
+                a.destinations = args.value()?.parse()?;
+                if !(1..=wpmember::DESTINATIONS).contains(&a.destinations) {
+                    return Err(format!(
+                        "--destinations: 1 to {}, not {}",
+                        wpmember::DESTINATIONS,
+                        a.destinations
+                    )
+                    .into());
+                }
+            }
             other => return Err(other.unexpected()),
         }
     }
@@ -125,6 +142,11 @@ fn build(members: usize) -> Net {
     };
     veth(&n.m, "lm0", "10.60.0.1/16", &n.w, "lm1", "10.60.0.254/16");
     veth(&n.w, "lw0", "10.77.0.1/24", &n.i, "lw1", "10.77.0.2/24");
+    // The servers' other addresses (see `wpmember::DESTINATIONS`).
+    for k in 1..crate::wpmember::DESTINATIONS {
+        let a = format!("10.77.0.{}/24", 2 + k);
+        n.i.exec(&["ip", "addr", "add", &a, "dev", "lw1"]);
+    }
     let mut batch = String::new();
     for k in 0..members {
         batch.push_str(&format!("addr add {} dev lm0\n", member_addr(k)));
@@ -246,6 +268,7 @@ fn run(a: &Args) -> Value {
         "command": "waypoint-load",
         "quick": a.quick,
         "members": a.members, "leases_per_member": sched.leases, "grants_per_s": a.rate,
+        "destinations": a.destinations,
         "renew_s": sched.renew.as_secs(), "lease_s": 30, "churn_s": a.secs,
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).ok(),
         "quiet": summarize(&quiet, None),
@@ -264,6 +287,7 @@ fn schedule(a: &Args, quiet: Duration) -> Schedule {
     Schedule {
         waypoint: SocketAddr::new(IpAddr::V4(WAYPOINT), 7447),
         destination: SocketAddr::new(IpAddr::V4(SERVER), TCP_PORT),
+        destinations: a.destinations,
         leases: 2,
         churn: Duration::from_secs_f64(a.members as f64 / a.rate),
         renew: Duration::from_secs(5),

@@ -15,6 +15,9 @@ use dcol::proto::{self, Message, Nonce, Outcome, Request, RequestBody, RequestKi
 use dcol::trust::{Certificate, SecretKey};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
+/// How many server addresses the members' grants cycle through.
+pub const DESTINATIONS: u8 = 8;
+
 /// What a request was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReqKind {
@@ -42,8 +45,13 @@ pub struct Member {
 pub struct Schedule {
     /// The waypoint's signaling address.
     pub waypoint: SocketAddr,
-    /// Where the tunnels lead.
+    /// Where the tunnels lead: this address and the next
+    /// [`DESTINATIONS`]` - 1` (a member's grants go to them in turn, so the
+    /// leases it holds at once are distinct tunnels: grants to one
+    /// destination would share one).
     pub destination: SocketAddr,
+    /// How many of those addresses (1 to [`DESTINATIONS`]).
+    pub destinations: u8,
     /// Leases each member holds.
     pub leases: usize,
     /// Each member replaces one lease this often.
@@ -86,6 +94,7 @@ pub struct MemberReport {
 
 struct Lease {
     port: u16,
+    destination: SocketAddr,
     nonce: Nonce,
     next_renew: Instant,
     _flow: Option<TcpStream>,
@@ -96,6 +105,8 @@ struct Ctx {
     s: Schedule,
     sock: UdpSocket,
     seq: u64,
+    /// Grants asked for so far (picks the destination).
+    grants: u64,
     idx: u16,
     report: MemberReport,
 }
@@ -170,9 +181,19 @@ impl Ctx {
 
     async fn grant(&mut self) -> Option<Lease> {
         let nonce = self.nonce();
-        let kind = RequestKind::NatDetour {
-            destination: self.s.destination,
+        let destination = match self.s.destination {
+            SocketAddr::V4(d) => {
+                let k = (self.grants % u64::from(self.s.destinations.max(1))) as u8;
+                self.grants += 1;
+                let o = d.ip().octets();
+                SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], o[3].wrapping_add(k))),
+                    d.port(),
+                )
+            }
+            v6 => v6,
         };
+        let kind = RequestKind::NatDetour { destination };
         let Some(Outcome::Granted { port, .. }) = self.ask(kind, ReqKind::Grant, nonce).await
         else {
             return None;
@@ -180,6 +201,7 @@ impl Ctx {
         let flow = self.flow(port).await;
         Some(Lease {
             port,
+            destination,
             nonce,
             next_renew: Instant::now() + self.s.renew,
             _flow: flow,
@@ -207,7 +229,7 @@ impl Ctx {
     async fn renew(&mut self, l: &mut Lease) {
         let kind = RequestKind::Renew {
             port: l.port,
-            destination: self.s.destination,
+            destination: l.destination,
             lease: l.nonce,
         };
         let n = self.nonce();
@@ -238,6 +260,7 @@ pub async fn run(idx: usize, of: usize, m: Member, s: Schedule) -> MemberReport 
         s,
         sock,
         seq: 0,
+        grants: 0,
         idx: idx as u16,
         report: MemberReport::default(),
     };
@@ -292,6 +315,7 @@ pub async fn quiet(m: Member, s: Schedule, n: usize, gap: Duration) -> MemberRep
         s,
         sock,
         seq: 1 << 40,
+        grants: 0,
         idx: u16::MAX,
         report: MemberReport::default(),
     };

@@ -179,7 +179,9 @@ impl Pair {
                     let reply = match self.w.handle(self.now, self.ms(), from, &bytes) {
                         Decision::Reply { bytes, .. }
                         | Decision::Install { bytes, .. }
+                        | Decision::Join { bytes, .. }
                         | Decision::Refresh { bytes, .. }
+                        | Decision::Leave { bytes, .. }
                         | Decision::Remove { bytes, .. }
                         | Decision::VpnInstall { bytes, .. }
                         | Decision::VpnRefresh { bytes, .. }

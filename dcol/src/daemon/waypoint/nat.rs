@@ -27,6 +27,8 @@ struct Grant {
     timeout: Duration,
     to: SocketAddr,
     bytes: Vec<u8>,
+    /// It joined a live lease: its element exists and is only refreshed.
+    joined: bool,
 }
 
 impl WaypointDriver {
@@ -66,20 +68,36 @@ impl WaypointDriver {
                 }
                 self.send(i, to, &bytes);
             }
-            Decision::Install {
-                lease,
-                timeout,
-                to,
-                bytes,
-                nonce,
-            } => {
-                let g = Grant {
+            d @ (Decision::Install { .. } | Decision::Join { .. }) => {
+                let joined = matches!(d, Decision::Join { .. });
+                if let Decision::Install {
                     lease,
                     timeout,
                     to,
                     bytes,
-                };
-                self.install(i, (now, wall), from, g, nonce, request);
+                    nonce,
+                }
+                | Decision::Join {
+                    lease,
+                    timeout,
+                    to,
+                    bytes,
+                    nonce,
+                } = d
+                {
+                    let g = Grant {
+                        lease,
+                        timeout,
+                        to,
+                        bytes,
+                        joined,
+                    };
+                    self.install(i, (now, wall), from, g, nonce, request);
+                }
+            }
+            Decision::Leave { lease, to, bytes } => {
+                self.share_ended(&lease, "released");
+                self.send(i, to, &bytes);
             }
             Decision::Refresh {
                 lease,
@@ -91,8 +109,9 @@ impl WaypointDriver {
         }
     }
 
-    /// Adds the map element of a new lease, then sends the grant; a kernel
-    /// failure withdraws the lease and refuses instead.
+    /// Adds the map element of a new lease (refreshes it, for a grant that
+    /// joined a live one), then sends the grant; a kernel failure withdraws
+    /// the grant and refuses instead.
     fn install(
         &mut self,
         i: usize,
@@ -104,10 +123,19 @@ impl WaypointDriver {
     ) {
         let Some(nat) = self.nat.as_mut() else { return };
         let lease = &g.lease;
-        match nat.add(&element(lease), g.timeout) {
+        let done = if g.joined {
+            nat.refresh(&element(lease), g.timeout)
+        } else {
+            nat.add(&element(lease), g.timeout)
+        };
+        match done {
             Ok(()) => {
+                let shared = match lease.holders.len() {
+                    1 => String::new(),
+                    n => format!(" (shared by {n})"),
+                };
                 log::info!(
-                    "granted {} ({}) {}:{} -> {} for {}s",
+                    "granted {} ({}) {}:{} -> {} for {}s{shared}",
                     lease.member_name,
                     lease.member,
                     lease.client,
@@ -183,6 +211,28 @@ impl WaypointDriver {
             lease.member_name
         );
         self.send(i, to, bytes);
+    }
+
+    /// One holder of a shared lease is gone (`why`) while others keep it:
+    /// nothing changes in the kernel; its end record is written (the
+    /// tunnel's bytes go on the record of the lease's end).
+    pub(super) fn share_ended(&self, l: &Lease, why: &str) {
+        log::info!(
+            "{why}: one share of {} {}:{} -> {} ({} left)",
+            l.member_name,
+            l.client,
+            l.port,
+            l.destination,
+            l.holders.len()
+        );
+        self.keep_evidence(
+            super::wall_ms(),
+            SocketAddr::new(l.client, 0),
+            (l.member, &l.member_name),
+            format!("end nat {} -> {}: {why} (shared)", l.port, l.destination),
+            None,
+            &[],
+        );
     }
 
     /// Removes the NAT elements and flows of leases ended by a revocation.
@@ -268,14 +318,18 @@ impl WaypointDriver {
             if n > 0 {
                 log::info!("deleted {n} conntrack flow(s) of {}:{}", l.client, l.port);
             }
-            self.keep_evidence(
-                wall,
-                SocketAddr::new(l.client, 0),
-                (l.member, &l.member_name),
-                format!("end nat {} -> {}: {why}", l.port, l.destination),
-                Some(bytes),
-                &[],
-            );
+            // One end record per holder left, as there was one grant record
+            // each; the tunnel's bytes go on the first.
+            for k in 0..l.holders.len().max(1) {
+                self.keep_evidence(
+                    wall,
+                    SocketAddr::new(l.client, 0),
+                    (l.member, &l.member_name),
+                    format!("end nat {} -> {}: {why}", l.port, l.destination),
+                    (k == 0).then_some(bytes),
+                    &[],
+                );
+            }
         }
     }
 }
