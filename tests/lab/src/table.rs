@@ -400,7 +400,12 @@ fn setup_short_rows(doc: &Value, run: &str, out: &mut Vec<Row>) {
 fn wp_rows(doc: &Value, run: &str, out: &mut Vec<Row>) {
     let (q, l, s) = (&doc["quiet"], &doc["load"], &doc["samples"]);
     let (m, g, t) = (&doc["members"], &doc["grants_per_s"], &doc["churn_s"]);
-    let n = format!("waypoint, {m} members, {g} grants/s, {t} s");
+    let shared = if doc["destinations"] == 1 {
+        " (one destination: shared tunnels)"
+    } else {
+        ""
+    };
+    let n = format!("waypoint, {m} members, {g} grants/s, {t} s{shared}");
     out.push(row(
         format!("{n}: grant latency median / p99 (ratio: p99s)"),
         format!(
