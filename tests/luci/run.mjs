@@ -469,11 +469,14 @@ try {
     const s = daemonStatus();
     const g = (s && s.waypoint && s.waypoint.grants) || [];
     const rows = await page.locator('#dcol-grants tr.dcol-grant').allTextContents();
-    return g.length && rows.length &&
-      g.every((x) => rows.some((r) => r.includes(x.member) && r.includes(x.destination))) ? { g, rows } : false;
+    const holders = await page.locator('#dcol-grants tr.dcol-grant').evaluateAll(
+      (trs) => trs.map((tr) => Number(tr.getAttribute('data-holders'))));
+    const total = (xs) => xs.reduce((a, b) => a + b, 0);
+    return g.length && rows.length && total(holders) === total(g.map((x) => x.holders)) &&
+      g.every((x) => rows.some((r) => r.includes(x.member) && r.includes(x.destination))) ? { g, rows, holders } : false;
   }, 40000);
   check(served.rows.every((r) => r.includes('bob')) && served.g.every((x) => x.destination === `${opt.server}:${opt.memberIperfPort}`),
-    `the detours the router serves, as its daemon reports them: ${served.rows.length} grant(s) to member bob (through fw4)`);
+    `the detours the router serves, as its daemon reports them: ${served.rows.length} grant(s) to member bob, held by ${served.holders.join('+')} connection(s) (through fw4)`);
   await page.locator('#dcol-grants').scrollIntoViewIfNeeded();
   await shot('detours-served');
   noProblems('detours');

@@ -24,7 +24,7 @@
  * },
  * "waypoint": {
  *   "grants": [ { "member": "bob", "member_id": "3f2a9c0d11e4b7a0", "client": "10.0.1.1", "port": 40000,
- *                 "destination": "10.0.3.2:5201", "age_s": 12, "expires_in_s": 288 } ] }
+ *                 "destination": "10.0.3.2:5201", "age_s": 12, "expires_in_s": 288, "holders": 1 } ] }
  *
  * or {"error": "..."} when the daemon does not answer. Daemon text only ever
  * goes into children arrays (text nodes).
@@ -167,11 +167,13 @@ return view.extend({
 		out.push(E('h3', [ _('Detours served (waypoint)') ]));
 		if (wp) {
 			out.push(table('dcol-grants', [
-				_('Member'), _('Member id'), _('Client'), _('Port'), _('Destination'), _('Age'), _('Expires in')
+				_('Member'), _('Member id'), _('Client'), _('Port'), _('Destination'), _('Connections'), _('Age'), _('Expires in')
 			], (Array.isArray(wp.grants) ? wp.grants : []).map(function(g) {
-				return E('tr', { 'class': 'tr dcol-grant' }, cells([
+				/* Connections of the member to that destination share one tunnel. */
+				var holders = Number.isInteger(g.holders) && g.holders > 0 ? g.holders : 1;
+				return E('tr', { 'class': 'tr dcol-grant', 'data-holders': String(holders) }, cells([
 					g.member, E('code', [ g.member_id ]), g.client, String(g.port), g.destination,
-					_('%ds').format(g.age_s), _('%ds').format(g.expires_in_s)
+					String(holders), _('%ds').format(g.age_s), _('%ds').format(g.expires_in_s)
 				]));
 			}), _('No detours served right now.')));
 		}
