@@ -37,6 +37,10 @@
 //!    have drained (nothing more reaches the servers for a second): before,
 //!    they only timed the bottleneck's queue.
 //!
+//! `--upnp` leaves the waypoint's UPnP on (its default on routers): grants
+//! then use only its first 32 ports; connections of the router to one server
+//! share a tunnel, so they all get their detour.
+//!
 //! Output: `DIR/results.json`, `DIR/lan-load.svg`, a summary on stdout.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -64,6 +68,7 @@ struct Args {
     short: usize,
     window: usize,
     probes: usize,
+    upnp: bool,
 }
 
 fn parse(args: &mut lexopt::Parser) -> Result<Args, lexopt::Error> {
@@ -76,6 +81,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Args, lexopt::Error> {
         short: 10_000,
         window: 64,
         probes: 20,
+        upnp: false,
     };
     let (mut secs, mut short) = (None, None);
     while let Some(arg) = args.next()? {
@@ -87,6 +93,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Args, lexopt::Error> {
             lexopt::Arg::Long("secs") => secs = Some(args.value()?.parse()?),
             lexopt::Arg::Long("short") => short = Some(args.value()?.parse()?),
             lexopt::Arg::Long("window") => a.window = args.value()?.parse()?,
+            lexopt::Arg::Long("upnp") => a.upnp = true,
             other => return Err(other.unexpected()),
         }
     }
@@ -161,11 +168,13 @@ fn run(a: &Args) -> Value {
     }
     let server = lab.topo.addr4(Node::Server);
     let servers = Servers::start(lab.topo.ns(Node::Server), a.conns + a.probes + 16);
-    lab.start_waypoint_with(
-        // UPnP off: with it, grants use only the first 32 ports (one
-        // mapping each), and 100 MPTCP connections from one router need more.
-        "\toption nat_ports '40000-44999'\n\toption max_tunnels_per_member '5000'\n\toption lease_s '60'\n\toption upnp '0'\n",
-    );
+    // UPnP off unless `--upnp`: with it (the default on routers), grants
+    // use only the first 32 ports, one gateway mapping each (there is no
+    // gateway here; the cap holds all the same).
+    lab.start_waypoint_with(&format!(
+        "\toption nat_ports '40000-44999'\n\toption max_tunnels_per_member '5000'\n\toption lease_s '60'\n\toption upnp '{}'\n",
+        u8::from(a.upnp)
+    ));
     eprintln!("== routed (dcol not running on the router) ==");
     let routed = load_phase(a, &lab, &servers, None);
     let routed_short = short_phase(a, &lab, &servers, server);
@@ -174,6 +183,17 @@ fn run(a: &Args) -> Value {
     warm_up(&lab, server);
     let idle_setup = crate::loadprobe::idle_setups(&lab, &daemon, server, a.probes);
     let proxied = load_phase(a, &lab, &servers, Some(&daemon));
+    let wp_status = lab.wp().try_status();
+    eprintln!(
+        "  waypoint: granted {}, refused {}; connections with an established detour at the end: {}",
+        wp_status
+            .as_ref()
+            .map_or(Value::Null, |s| s["waypoint"]["granted"].clone()),
+        wp_status
+            .as_ref()
+            .map_or(Value::Null, |s| s["waypoint"]["refused"].clone()),
+        proxied["detoured_at_end"]
+    );
     let proxied_short = short_phase(a, &lab, &servers, server);
     let end_status = daemon.try_status();
     json!({
@@ -181,7 +201,7 @@ fn run(a: &Args) -> Value {
         "quick": a.quick,
         "links_mbit": {"core": 50, "access": 100},
         "router_links_shaped": "at the far ends' ingress (ifb)",
-        "conns": a.conns, "mptcp_conns": a.mptcp, "hold_s": a.secs,
+        "conns": a.conns, "mptcp_conns": a.mptcp, "hold_s": a.secs, "waypoint_upnp": a.upnp,
         "short_conns": a.short, "short_window": a.window,
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).ok(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
@@ -189,6 +209,9 @@ fn run(a: &Args) -> Value {
         "proxied": {"load": proxied, "short": proxied_short, "detour_setup_idle_ms": idle_setup,
                     "lan_proxy": end_status.as_ref().map(|s| s["client"]["lan_proxy"].clone())},
         "ratios": ratios(&routed, &proxied, &routed_short, &proxied_short),
+        "waypoint_after_load": wp_status.as_ref().map(|s| json!({
+            "granted": s["waypoint"]["granted"], "refused": s["waypoint"]["refused"],
+        })),
     })
 }
 
@@ -259,6 +282,19 @@ fn load_phase(a: &Args, lab: &Lab, servers: &Servers, daemon: Option<&Daemon>) -
     let status_conns = at_end
         .as_ref()
         .and_then(|s| s.0["client"]["connections"].as_array().map(Vec::len));
+    // Connections with an established detour subflow, near the load's end.
+    let detoured = at_end.as_ref().and_then(|s| {
+        s.0["client"]["connections"].as_array().map(|cs| {
+            cs.iter()
+                .filter(|c| {
+                    c["subflows"].as_array().is_some_and(|fs| {
+                        fs.iter()
+                            .any(|f| f["path"] == "detour" && f["state"] == "established")
+                    })
+                })
+                .count()
+        })
+    });
     let under_load_setups = probes.map(|p| p.join().unwrap_or_default());
     let log_setups = daemon
         .map(|d| crate::loadprobe::setups_in_log(&d.log_text()[log0..]))
@@ -303,6 +339,7 @@ fn load_phase(a: &Args, lab: &Lab, servers: &Servers, daemon: Option<&Daemon>) -
         "loop": loop_delta(loop0.as_ref(), loop1.as_ref()),
         "status_json_ms": status_ms,
         "status_connections": status_conns,
+        "detoured_at_end": detoured,
         "detour_setup_under_load_ms": under_load_setups,
         "detour_setups_logged_ms": stats(&log_setups),
     })

@@ -344,6 +344,26 @@ fn lan_rows(doc: &Value, run: &str, out: &mut Vec<Row>) {
         "",
         run,
     ));
+    if doc["waypoint_upnp"] == true {
+        let w = &doc["waypoint_after_load"];
+        let refused: u64 = w["refused"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        out.push(row(
+            format!("{n}, waypoint with UPnP (32 ports): connections with a detour at the end"),
+            format!(
+                "{} of {} MPTCP; {refused} grant(s) refused; bulk {} Mbit/s",
+                pl["detoured_at_end"],
+                doc["mptcp_conns"],
+                f(&pl["bulk_mbps"], 1)
+            ),
+            format!("routed bulk {} Mbit/s", f(&rl["bulk_mbps"], 1)),
+            ratio(&pl["bulk_mbps"], &rl["bulk_mbps"]),
+            "",
+            run,
+        ));
+    }
     setup_short_rows(doc, run, out);
 }
 
