@@ -43,7 +43,7 @@ impl Waypoint {
                 let (Granted::New(lease) | Granted::Joined(lease)) = &granted;
                 let bytes = self.grant_bytes(wall_ms, nonce, lease.port, client);
                 if bytes.len() > limit {
-                    self.leases.leave(now, (lease.client, lease.port), nonce);
+                    self.leases.withdraw(now, (lease.client, lease.port), nonce);
                     return self.ignore("grant would be larger than the request");
                 }
                 self.count_grant();

@@ -290,6 +290,27 @@ impl LeaseTable {
         Some(Left::Stays(kept))
     }
 
+    /// Takes back the grant of request `nonce` before anything of it
+    /// reached the kernel or the evidence (its install failed, or its answer
+    /// would not fit): a new lease ends (nothing to undo), a joined one only
+    /// loses that holder and otherwise runs its course (its element and
+    /// flows end through [`Self::expire`] or a release, with their records).
+    pub fn withdraw(&mut self, now: Instant, (client, port): (IpAddr, u16), nonce: Nonce) {
+        let Some(l) = self.live.get_mut(&(client, port)) else {
+            return;
+        };
+        let Some(i) = l.holders.iter().position(|(n, _)| *n == nonce) else {
+            return;
+        };
+        if l.holders.len() == 1 {
+            self.end(now, client, port);
+            return;
+        }
+        l.holders.swap_remove(i);
+        let member = l.member;
+        self.uncount(member, 1);
+    }
+
     /// Drops the holders of `(client, port)` whose shares ended by `now`
     /// without a release (their connection's end was never told); the
     /// lease itself ends by [`Self::expire`] when its last share does.
@@ -681,5 +702,29 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_withdrawn_join_leaves_the_lease_to_its_holders() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new((40000, 40009), 10);
+        let c = ip("10.0.1.2");
+        let a = new(t.grant(t0, n(1), (m(1), "a"), (c, dst()), LEASE));
+        let key = (c, a.port);
+        joined(t.grant(t0 + LEASE, n(2), (m(1), "a"), (c, dst()), LEASE));
+        // Holder 1's share is over, holder 2's grant is taken back: the
+        // lease stays (its element is in the kernel) and expires with its
+        // stale holder, recorded then.
+        t.withdraw(t0 + LEASE, key, n(2));
+        assert_eq!(t.len(), 1);
+        assert!(t.lookup(c, a.port).is_some_and(|l| !l.held_by(n(2))));
+        let gone = t.expire(t0 + LEASE * 2);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].holders.len(), 1);
+        // A new lease taken back ends at once.
+        let b = new(t.grant(t0, n(3), (m(1), "a"), (c, dst()), LEASE));
+        t.withdraw(t0, (c, b.port), n(3));
+        assert!(t.is_empty());
+        new(t.grant(t0, n(4), (m(1), "a"), (c, dst()), LEASE));
     }
 }

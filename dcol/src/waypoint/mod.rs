@@ -642,7 +642,8 @@ impl Waypoint {
     }
 
     /// Undoes an [`Decision::Install`] or [`Decision::Join`] whose kernel
-    /// change failed (request `nonce` leaves the lease; a new one ends) and
+    /// change failed (request `nonce`'s grant is withdrawn; a new lease
+    /// ends) and
     /// returns the refusal to send to `to` instead (never longer than the
     /// grant it replaces).
     #[allow(clippy::too_many_arguments)]
@@ -656,7 +657,7 @@ impl Waypoint {
         limit: usize,
         why: &str,
     ) -> Decision {
-        self.leases.leave(now, (lease.client, lease.port), nonce);
+        self.leases.withdraw(now, (lease.client, lease.port), nonce);
         self.unsee((lease.member, nonce));
         self.stats.granted = self.stats.granted.saturating_sub(1);
         self.refusal(

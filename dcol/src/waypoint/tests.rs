@@ -586,7 +586,7 @@ fn used_up_donation_refuses_grants_and_renewals_but_not_releases() {
 }
 
 #[test]
-fn abort_undoes_a_failed_install() {
+fn abort_undoes_a_failed_install_or_join() {
     let mut w = waypoint();
     let t = Instant::now();
     let req = request(&bob(), 3, "alice", 1, MS, nat("10.0.3.2:5201"));
@@ -604,9 +604,28 @@ fn abort_undoes_a_failed_install() {
     assert_eq!(refusal(&d), RefusalReason::Internal);
     assert_eq!(w.leases().count(), 0);
     // The client's retransmission is evaluated afresh and granted.
+    let port = port_of(&w.handle(t, MS, from(), &req));
+    // A join whose element refresh failed is taken back alone: the lease
+    // and its first holder carry on, and the retransmission joins again.
+    let join = request(&bob(), 3, "alice", 2, MS, nat("10.0.3.2:5201"));
+    let Decision::Join {
+        lease, to, nonce, ..
+    } = w.handle(t, MS, from(), &join)
+    else {
+        panic!("no join")
+    };
+    let d = w.abort(t, MS, &lease, to, nonce, bytes.len(), "netlink said no");
+    assert_eq!(refusal(&d), RefusalReason::Internal);
+    let left: Vec<usize> = w.leases().map(|l| l.holders.len()).collect();
+    assert_eq!(left, vec![1]);
+    let renewal = request(&bob(), 3, "alice", 3, MS, renew(port, "10.0.3.2:5201", 1));
     assert!(matches!(
-        w.handle(t, MS, from(), &req),
-        Decision::Install { .. }
+        w.handle(t, MS, from(), &renewal),
+        Decision::Refresh { .. }
+    ));
+    assert!(matches!(
+        w.handle(t, MS, from(), &join),
+        Decision::Join { .. }
     ));
 }
 
